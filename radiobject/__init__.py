@@ -1,0 +1,82 @@
+"""radiobject: radiology volumes in TileDB, fed to PyTorch by reading only what each sample needs.
+
+>>> import radiobject
+>>> sorted(radiobject.__all__)[:3]
+['AlignmentError', 'AlreadyExistsError', 'CacheStats']
+"""
+
+from radiobject._collection import VolumeCollection
+from radiobject._context import get_tiledb_ctx
+from radiobject._dataframe import Dataframe
+from radiobject._errors import (
+    AlignmentError,
+    AlreadyExistsError,
+    ConfigurationError,
+    FilterError,
+    IngestError,
+    LabelError,
+    NotFoundError,
+    OptionalDependencyError,
+    OutOfBoundsError,
+    RadiObjectError,
+    S3Error,
+    ShapeError,
+    StorageError,
+)
+from radiobject._ingest import subject_id_from_path
+from radiobject._radiobject import RadiObject
+from radiobject._stats import CacheStats, S3Stats, TileDBStats
+from radiobject._versions import show_versions
+from radiobject._volume import Volume
+from radiobject.config import (
+    CompressionConfig,
+    Compressor,
+    RadiObjectConfig,
+    ReadConfig,
+    S3Config,
+    SliceOrientation,
+    TileConfig,
+    WriteConfig,
+    configure,
+    get_config,
+    reset_config,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentError",
+    "AlreadyExistsError",
+    "CacheStats",
+    "CompressionConfig",
+    "Compressor",
+    "ConfigurationError",
+    "Dataframe",
+    "FilterError",
+    "IngestError",
+    "LabelError",
+    "NotFoundError",
+    "OptionalDependencyError",
+    "OutOfBoundsError",
+    "RadiObject",
+    "RadiObjectConfig",
+    "RadiObjectError",
+    "ReadConfig",
+    "S3Config",
+    "S3Error",
+    "S3Stats",
+    "ShapeError",
+    "SliceOrientation",
+    "StorageError",
+    "TileConfig",
+    "TileDBStats",
+    "Volume",
+    "VolumeCollection",
+    "WriteConfig",
+    "configure",
+    "get_config",
+    "get_tiledb_ctx",
+    "reset_config",
+    "show_versions",
+    "subject_id_from_path",
+]

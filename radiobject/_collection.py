@@ -1,0 +1,367 @@
+"""VolumeCollection: volumes of one kind (a modality or a mask), one per subject, with ``obs``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tiledb
+
+from radiobject._context import get_tiledb_ctx
+from radiobject._dataframe import Dataframe
+from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
+from radiobject._foreground import ForegroundIndex, compute_foreground, read_foreground
+from radiobject._group import group_meta, join
+from radiobject._volume import Volume
+
+__all__ = ["VolumeCollection"]
+
+KIND = "VolumeCollection"
+# columns radiobject fills in for every volume; the rest of obs is the user's
+CORE_COLUMNS = (
+    "obs_subject_id",
+    "volume",
+    "shape",
+    "spacing",
+    "orientation",
+    "dtype",
+    "affine",
+    "source",
+)
+
+
+class _ILoc:
+    def __init__(self, owner: VolumeCollection) -> None:
+        self._owner = owner
+
+    def __getitem__(self, key: int | slice | Sequence[int]) -> Any:
+        ids = self._owner.obs_ids
+        if isinstance(key, (int, np.integer)):
+            n = len(ids)
+            if not -n <= key < n:
+                raise OutOfBoundsError(
+                    f"position {int(key)} is out of range for collection "
+                    f"{self._owner.name!r} of {n} volumes"
+                )
+            return self._owner.volume(ids[int(key)])
+        if isinstance(key, slice):
+            return self._owner._view(ids[key])
+        picked = []
+        for i in key:
+            if not -len(ids) <= int(i) < len(ids):
+                raise OutOfBoundsError(
+                    f"position {int(i)} is out of range for collection {self._owner.name!r} "
+                    f"of {len(ids)} volumes"
+                )
+            picked.append(ids[int(i)])
+        return self._owner._view(picked)
+
+
+class _Loc:
+    def __init__(self, owner: VolumeCollection) -> None:
+        self._owner = owner
+
+    def __getitem__(self, key: str | Sequence[str]) -> Any:
+        if isinstance(key, str):
+            return self._owner.volume(key)
+        return self._owner._view([self._owner._check_id(k) for k in key])
+
+
+class VolumeCollection:
+    """Volumes of one kind, one row of ``obs`` each.
+
+    A collection is opened lazily; ``head``, ``filter``, ``iloc[a:b]`` and friends return
+    views (cheap objects over the same arrays) that ``write(uri)`` can materialise.
+
+    >>> from radiobject.data import make_sample_radiobject
+    >>> import tempfile, os
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=3,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> t1 = radi.T1w
+    >>> len(t1), t1.shape, t1.iloc[0].shape
+    (3, (16, 16, 12), (16, 16, 12))
+    >>> len(t1.head(2)), t1.head(2).obs_ids == t1.obs_ids[:2]
+    (2, True)
+    """
+
+    def __init__(
+        self,
+        uri: str | Path,
+        ctx: tiledb.Ctx | None = None,
+        *,
+        _selection: Sequence[str] | None = None,
+        _obs_meta: Dataframe | None = None,
+    ) -> None:
+        self.uri = str(uri).rstrip("/")
+        self._ctx = ctx
+        self._selection = None if _selection is None else tuple(_selection)
+        self._obs_meta = _obs_meta
+        self._meta: dict[str, Any] | None = None
+        self._obs: pd.DataFrame | None = None
+        self._fg: dict[str, ForegroundIndex] | None = None
+
+    # -- basics --------------------------------------------------------------------------
+    @property
+    def ctx(self) -> tiledb.Ctx:
+        """The TileDB context in use."""
+        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_ctx"] = None  # workers build their own context
+        state["_fg"] = None
+        return state
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Group metadata (name, mask flag, ...)."""
+        if self._meta is None:
+            self._meta = group_meta(self.uri, KIND, self.ctx)
+        return self._meta
+
+    @property
+    def name(self) -> str:
+        """The collection's name, e.g. ``"T1w"``."""
+        return str(self.meta.get("name", self.uri.rsplit("/", 1)[-1]))
+
+    @property
+    def is_mask(self) -> bool:
+        """True for label maps (segmentations); their foreground is indexed."""
+        return bool(self.meta.get("is_mask", 0))
+
+    @property
+    def is_view(self) -> bool:
+        """True when this object shows a subset of the stored volumes."""
+        return self._selection is not None
+
+    @property
+    def obs_table(self) -> Dataframe:
+        """The stored ``obs`` table (all volumes, not only this view's)."""
+        return Dataframe(join(self.uri, "obs"), ctx=self._ctx)
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """One row per volume of this collection (or view): ids, geometry and user columns."""
+        if self._obs is None:
+            df = self.obs_table.read()
+            if self._selection is not None:
+                df = df.set_index("obs_id").loc[list(self._selection)].reset_index()
+            self._obs = df
+        return self._obs.copy()
+
+    @property
+    def obs_ids(self) -> list[str]:
+        """Volume ids, in order."""
+        if self._selection is not None:
+            return list(self._selection)
+        return self._obs_frame()["obs_id"].tolist()
+
+    @property
+    def obs_subject_ids(self) -> list[str]:
+        """Subject id of each volume, in order."""
+        return self._obs_frame()["obs_subject_id"].tolist()
+
+    def _obs_frame(self) -> pd.DataFrame:
+        if self._obs is None:
+            self.obs  # noqa: B018 - fills the cache
+        assert self._obs is not None
+        return self._obs
+
+    def __len__(self) -> int:
+        return len(self.obs_ids)
+
+    def __iter__(self) -> Iterator[Volume]:
+        for obs_id in self.obs_ids:
+            yield self.volume(obs_id)
+
+    def __contains__(self, obs_id: object) -> bool:
+        return obs_id in set(self.obs_ids)
+
+    def __repr__(self) -> str:
+        kind = "view of " if self.is_view else ""
+        return f"<VolumeCollection {self.name!r} ({kind}{len(self)} volumes) at {self.uri!r}>"
+
+    @property
+    def iloc(self) -> _ILoc:
+        """Positional access: ``iloc[i]`` -> Volume, ``iloc[a:b]`` or a list -> view."""
+        return _ILoc(self)
+
+    @property
+    def loc(self) -> _Loc:
+        """Access by obs_id: ``loc["sub-01_T1w"]`` -> Volume, a list -> view."""
+        return _Loc(self)
+
+    def _check_id(self, obs_id: str) -> str:
+        if obs_id not in self:
+            near = [i for i in self.obs_ids if obs_id.lower() in i.lower()][:5]
+            hint = f"; similar ids: {near}" if near else ""
+            raise NotFoundError(f"no volume {obs_id!r} in collection {self.name!r}{hint}")
+        return obs_id
+
+    def row(self, obs_id: str) -> pd.Series:
+        """The ``obs`` row of one volume."""
+        frame = self._obs_frame()
+        hit = frame[frame["obs_id"] == self._check_id(obs_id)]
+        return hit.iloc[0]
+
+    def volume_uri(self, obs_id: str) -> str:
+        """Where the array of ``obs_id`` is stored."""
+        return join(self.uri, str(self.row(obs_id)["volume"]))
+
+    def volume(self, obs_id: str) -> Volume:
+        """The :class:`Volume` of ``obs_id``."""
+        return Volume(self.volume_uri(obs_id), ctx=self._ctx)
+
+    def volume_shape(self, obs_id: str) -> tuple[int, ...]:
+        """Shape of one volume, from ``obs`` (no array is opened)."""
+        return tuple(int(v) for v in str(self.row(obs_id)["shape"]).split(","))
+
+    def volume_affine(self, obs_id: str) -> np.ndarray:
+        """Affine of one volume, from ``obs``."""
+        return np.array(json.loads(str(self.row(obs_id)["affine"])), dtype=np.float64)
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Shape of every volume, in order (from ``obs``)."""
+        return [tuple(int(v) for v in s.split(",")) for s in self._obs_frame()["shape"]]
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every volume has the same shape."""
+        return len(set(self.shapes)) <= 1
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The common volume shape, or ``None`` when shapes differ."""
+        shapes = set(self.shapes)
+        return next(iter(shapes)) if len(shapes) == 1 else None
+
+    # -- views ---------------------------------------------------------------------------
+    def _view(self, ids: Sequence[str]) -> VolumeCollection:
+        view = VolumeCollection(
+            self.uri, ctx=self._ctx, _selection=list(ids), _obs_meta=self._obs_meta
+        )
+        view._meta = self._meta
+        return view
+
+    def head(self, n: int = 5) -> VolumeCollection:
+        """A view of the first ``n`` volumes."""
+        return self._view(self.obs_ids[:n])
+
+    def tail(self, n: int = 5) -> VolumeCollection:
+        """A view of the last ``n`` volumes."""
+        return self._view(self.obs_ids[-n:] if n else [])
+
+    def sample(self, n: int, seed: int | None = None) -> VolumeCollection:
+        """A view of ``n`` volumes drawn without replacement (kept in collection order)."""
+        ids = self.obs_ids
+        if not 0 <= n <= len(ids):
+            raise OutOfBoundsError(f"cannot sample {n} of {len(ids)} volumes in {self.name!r}")
+        picked = set(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+        return self._view([i for k, i in enumerate(ids) if k in picked])
+
+    def filter(self, expr: str) -> VolumeCollection:
+        """A view of the volumes whose ``obs`` row matches ``expr`` (a TileDB QueryCondition).
+
+        Columns of ``obs_meta`` can be used too when the collection belongs to a RadiObject.
+        """
+        keep = set(self._matching_ids(expr))
+        return self._view([i for i in self.obs_ids if i in keep])
+
+    def _matching_ids(self, expr: str) -> list[str]:
+        obs_cols = set(self.obs_table.columns)
+        meta = self._obs_meta
+        if meta is not None and not _names_in(expr) <= obs_cols:
+            subjects = set(meta.ids(expr))
+            frame = self._obs_frame()
+            return frame.loc[frame["obs_subject_id"].isin(subjects), "obs_id"].tolist()
+        return self.obs_table.ids(expr)
+
+    # -- labels and foreground -------------------------------------------------------------
+    def column(self, name: str) -> pd.Series:
+        """A column by name, per volume (indexed by obs_id): from ``obs``, else ``obs_meta``."""
+        frame = self._obs_frame().set_index("obs_id")
+        if name in frame.columns:
+            return frame[name]
+        if self._obs_meta is not None and name in self._obs_meta.columns:
+            meta = self._obs_meta.read(columns=[name]).set_index("obs_subject_id")[name]
+            values = frame["obs_subject_id"].map(meta)
+            return values.rename(name)
+        known = sorted(set(frame.columns) | set(self._obs_meta.columns if self._obs_meta else []))
+        raise LabelError(
+            f"no column {name!r} in the obs of collection {self.name!r}"
+            + (" or in obs_meta" if self._obs_meta is not None else "")
+            + f"; available columns: {known}"
+        )
+
+    def foreground(self) -> dict[str, ForegroundIndex]:
+        """Foreground index of every volume of this mask collection (read once, one query).
+
+        Volumes missing from the stored index are computed now (reading their masks once)
+        and stored, so the next call reads only the index.
+        """
+        if self._fg is None:
+            from radiobject._foreground import write_foreground
+
+            uri = join(self.uri, "fg_index")
+            stored = read_foreground(uri, self.ctx)
+            missing = [i for i in self.obs_ids if i not in stored]
+            if missing:
+                new = {i: compute_foreground(self.volume(i).to_numpy()) for i in missing}
+                with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
+                    write_foreground(uri, new, self.ctx)
+                stored.update(new)
+            self._fg = {i: stored[i] for i in self.obs_ids}
+        return self._fg
+
+    # -- writing ---------------------------------------------------------------------------
+    def write(self, uri: str | Path, *, progress: bool = False) -> VolumeCollection:
+        """Materialise this collection (or view) as a new standalone collection at ``uri``."""
+        from radiobject._ingest import write_collection_from_volumes
+
+        return write_collection_from_volumes(self, str(uri), progress=progress, ctx=self._ctx)
+
+    # -- constructors (implemented in radiobject._ingest) ---------------------------------
+    @classmethod
+    def from_numpy(cls, uri: str | Path, arrays: Any, **kwargs: Any) -> VolumeCollection:
+        """Write numpy arrays as a new collection (see ``collection_from_numpy``)."""
+        from radiobject._ingest import collection_from_numpy
+
+        return collection_from_numpy(str(uri), arrays, **kwargs)
+
+    @classmethod
+    def from_volumes(cls, uri: str | Path, volumes: Any, **kwargs: Any) -> VolumeCollection:
+        """Copy existing :class:`Volume` objects into a new collection."""
+        from radiobject._ingest import collection_from_volumes
+
+        return collection_from_volumes(str(uri), volumes, **kwargs)
+
+    @classmethod
+    def from_niftis(cls, uri: str | Path, sources: Any, **kwargs: Any) -> VolumeCollection:
+        """Ingest NIfTI files (a glob, a folder, paths, or ``(path, subject_id)`` pairs)."""
+        from radiobject._ingest import collection_from_files
+
+        return collection_from_files(str(uri), sources, **kwargs)
+
+    @classmethod
+    def from_dicoms(cls, uri: str | Path, sources: Any, **kwargs: Any) -> VolumeCollection:
+        """Ingest DICOM series folders (one series per folder) as a new collection."""
+        from radiobject._ingest import collection_from_files
+
+        return collection_from_files(str(uri), sources, fmt="dicom", **kwargs)
+
+
+def _names_in(expr: str) -> set[str]:
+    """Column names an expression mentions (identifiers outside quotes, minus keywords)."""
+    import ast
+
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return set()
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}

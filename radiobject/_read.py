@@ -1,0 +1,254 @@
+"""The read path: open array handles kept per process, and a cache of decompressed tiles.
+
+TileDB 2.30 has no tile cache of its own. This module keeps one: a bounded LRU of
+decompressed, tile-aligned blocks per process, with counters that are true (hits, misses,
+evictions, bytes served from memory and from storage). A region read asks TileDB only
+for the tiles the cache lacks, in one query, and assembles the answer from blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tiledb
+from cachetools import LRUCache
+
+from radiobject._errors import tiledb_errors
+from radiobject.config import config_version, get_config
+
+__all__ = ["ArrayInfo", "CacheCounters", "block_cache", "open_array", "read_region"]
+
+Bounds = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What a volume array is, read once per process from its schema and metadata."""
+
+    uri: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    tiles: tuple[int, ...]
+    attr: str
+    meta: dict[str, Any]
+
+
+class _HandleCache(LRUCache):
+    def popitem(self) -> tuple[Any, Any]:
+        key, (handle, _info) = super().popitem()
+        with contextlib.suppress(tiledb.TileDBError):
+            handle.close()
+        return key, (handle, _info)
+
+
+_MAX_HANDLES = 512
+_handles_lock = threading.RLock()
+_handles: _HandleCache = _HandleCache(maxsize=_MAX_HANDLES)
+_handles_pid = os.getpid()
+
+
+def _own_handles() -> _HandleCache:
+    """The handle cache of this process (a forked child drops its parent's, unclosed)."""
+    global _handles, _handles_pid
+    if _handles_pid != os.getpid():
+        _handles = _HandleCache(maxsize=_MAX_HANDLES)
+        _handles_pid = os.getpid()
+    return _handles
+
+
+def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
+    """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process."""
+    key = (uri, id(ctx))
+    with _handles_lock:
+        cache = _own_handles()
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        with tiledb_errors(uri, "open volume"):
+            handle = tiledb.open(uri, mode="r", ctx=ctx)
+            schema = handle.schema
+            dom = schema.domain
+            shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
+            tiles = tuple(int(dom.dim(i).tile) for i in range(dom.ndim))
+            attr = schema.attr(0)
+            meta = {k: handle.meta[k] for k in handle.meta}
+        info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta)
+        cache[key] = (handle, info)
+        return handle, info
+
+
+def forget_array(uri: str) -> None:
+    """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed)."""
+    with _handles_lock:
+        cache = _own_handles()
+        for key in [k for k in cache if k[0] == uri]:
+            handle, _ = cache.pop(key)
+            handle.close()
+    block_cache().drop(uri)
+
+
+@dataclass
+class CacheCounters:
+    """Counters of the block cache since the process started (monotonic)."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes_from_cache: int = 0
+    bytes_from_storage: int = 0
+    storage_queries: int = 0
+
+    def copy(self) -> CacheCounters:
+        """A snapshot of the counters."""
+        return CacheCounters(**self.__dict__)
+
+
+class BlockCache:
+    """A bounded LRU of decompressed tile blocks, keyed by (uri, tile index)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.counters = CacheCounters()
+        self._maxsize = -1
+        self._version = -1
+        self._lru: LRUCache = LRUCache(maxsize=1)
+        self.worker_share = 1
+
+    def _sync(self) -> None:
+        version = config_version()
+        if version == self._version:
+            return
+        self._version = version
+        size = get_config().read.cache_mb * 1024 * 1024 // max(1, self.worker_share)
+        if size != self._maxsize:  # a new budget starts an empty cache
+            self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
+            self._maxsize = size
+
+    @property
+    def maxsize(self) -> int:
+        """Bytes the cache may hold in this process."""
+        with self._lock:
+            self._sync()
+            return self._maxsize
+
+    @property
+    def currsize(self) -> int:
+        """Bytes the cache holds now."""
+        return int(self._lru.currsize) if self._maxsize > 0 else 0
+
+    def __len__(self) -> int:
+        return len(self._lru) if self._maxsize > 0 else 0
+
+    def get(self, key: tuple[str, tuple[int, ...]]) -> np.ndarray | None:
+        with self._lock:
+            return self._lru.get(key)
+
+    def put(self, key: tuple[str, tuple[int, ...]], block: np.ndarray) -> None:
+        with self._lock:
+            if block.nbytes > self._maxsize:
+                return
+            before = len(self._lru)
+            self._lru[key] = block
+            evicted = before + 1 - len(self._lru)
+            self.counters.evictions += max(0, evicted)
+
+    def drop(self, uri: str) -> None:
+        with self._lock:
+            for key in [k for k in self._lru if k[0] == uri]:
+                del self._lru[key]
+
+    def clear(self) -> None:
+        """Empty the cache (counters keep counting)."""
+        with self._lock:
+            self._lru.clear()
+
+
+_cache_pid = os.getpid()
+_cache = BlockCache()
+
+
+def block_cache() -> BlockCache:
+    """The block cache of this process."""
+    global _cache, _cache_pid
+    if _cache_pid != os.getpid():
+        _cache = BlockCache()
+        _cache_pid = os.getpid()
+    return _cache
+
+
+def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
+    index = tuple(slice(lo, hi) for lo, hi in bounds)
+    with tiledb_errors(info.uri, "read volume"):
+        return handle.query(attrs=[info.attr])[index][info.attr]
+
+
+def read_region(uri: str, ctx: tiledb.Ctx, bounds: Bounds) -> np.ndarray:
+    """Voxels of ``uri`` in the half-open ``bounds`` (one (start, stop) per axis).
+
+    Served from the block cache where it can be; the tiles it lacks are read from storage
+    in one query. Regions too large for the cache are read straight from storage.
+    """
+    handle, info = open_array(uri, ctx)
+    cache = block_cache()
+    tiles = info.tiles
+    first = [lo // t for (lo, _), t in zip(bounds, tiles, strict=True)]
+    last = [(hi - 1) // t for (_, hi), t in zip(bounds, tiles, strict=True)]
+    n_tiles = int(np.prod([b - a + 1 for a, b in zip(first, last, strict=True)]))
+    tile_bytes = int(np.prod(tiles)) * info.dtype.itemsize
+    counters = cache.counters
+    if n_tiles * tile_bytes * 4 > cache.maxsize:
+        out = _query(handle, info, bounds)
+        with cache._lock:
+            counters.misses += n_tiles
+            counters.bytes_from_storage += out.nbytes
+            counters.storage_queries += 1
+        return out
+
+    keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
+    blocks = {k: cache.get((uri, k)) for k in keys}
+    missing = [k for k, v in blocks.items() if v is None]
+    if missing:
+        lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
+        hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
+        fetch = tuple(
+            (lo * t, min((hi + 1) * t, s))
+            for lo, hi, t, s in zip(lo_t, hi_t, tiles, info.shape, strict=True)
+        )
+        data = _query(handle, info, fetch)
+        for k in itertools.product(*[range(a, b + 1) for a, b in zip(lo_t, hi_t, strict=True)]):
+            sl = tuple(
+                slice(
+                    k[d] * tiles[d] - fetch[d][0],
+                    min((k[d] + 1) * tiles[d], info.shape[d]) - fetch[d][0],
+                )
+                for d in range(len(tiles))
+            )
+            block = np.ascontiguousarray(data[sl])
+            if k in blocks and blocks[k] is None:
+                blocks[k] = block
+            cache.put((uri, k), block)
+        with cache._lock:
+            counters.storage_queries += 1
+            counters.bytes_from_storage += data.nbytes
+    with cache._lock:
+        counters.hits += n_tiles - len(missing)
+        counters.misses += len(missing)
+        missed = set(missing)
+        counters.bytes_from_cache += sum(blocks[k].nbytes for k in keys if k not in missed)
+
+    out = np.empty(tuple(hi - lo for lo, hi in bounds), dtype=info.dtype)
+    for k, block in blocks.items():
+        t0 = [k[d] * tiles[d] for d in range(len(tiles))]
+        src, dst = [], []
+        for d, (lo, hi) in enumerate(bounds):
+            a, b = max(lo, t0[d]), min(hi, t0[d] + block.shape[d])
+            src.append(slice(a - t0[d], b - t0[d]))
+            dst.append(slice(a - lo, b - lo))
+        out[tuple(dst)] = block[tuple(src)]
+    return out

@@ -1,0 +1,288 @@
+"""A single 3D or 4D volume stored as a dense TileDB array."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tiledb
+
+from radiobject._context import get_tiledb_ctx
+from radiobject._errors import (
+    AlreadyExistsError,
+    OutOfBoundsError,
+    ShapeError,
+    tiledb_errors,
+)
+from radiobject._read import ArrayInfo, open_array, read_region
+from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
+
+__all__ = ["Volume", "affine_orientation", "spacing_from_affine"]
+
+_DIMS = ("x", "y", "z", "t")
+ATTR = "v"
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the three axes of ``affine``.
+
+    >>> spacing_from_affine(np.diag([1.0, 2.0, 3.0, 1.0]))
+    (1.0, 2.0, 3.0)
+    """
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def affine_orientation(affine: np.ndarray) -> str:
+    """Axis codes of ``affine`` in the RAS+ convention, e.g. ``"RAS"``.
+
+    >>> affine_orientation(np.diag([-1.0, -1.0, 1.0, 1.0]))
+    'LPS'
+    """
+    from nibabel.orientations import aff2axcodes
+
+    return "".join(str(c) for c in aff2axcodes(np.asarray(affine)))
+
+
+def _filters(compression: CompressionConfig) -> tiledb.FilterList:
+    algo = compression.algorithm
+    if algo is Compressor.NONE:
+        return tiledb.FilterList([])
+    codec = {
+        Compressor.ZSTD: lambda: tiledb.ZstdFilter(level=compression.level),
+        Compressor.LZ4: lambda: tiledb.LZ4Filter(),
+        Compressor.GZIP: lambda: tiledb.GzipFilter(level=compression.level),
+    }[algo]()
+    return tiledb.FilterList([tiledb.ByteShuffleFilter(), codec])
+
+
+class Volume:
+    """One 3D ``(x, y, z)`` or 4D ``(x, y, z, t)`` volume in TileDB.
+
+    Opening is lazy and cheap; ``shape``, ``affine`` and friends read metadata once per
+    process; indexing reads only the tiles the region touches.
+
+    >>> import numpy as np, tempfile, os
+    >>> uri = os.path.join(tempfile.mkdtemp(), "vol")
+    >>> vol = Volume.from_numpy(uri, np.arange(24, dtype=np.int16).reshape(2, 3, 4))
+    >>> vol.shape, vol.orientation
+    ((2, 3, 4), 'RAS')
+    >>> vol[1, 2, 1:3]
+    array([21, 22], dtype=int16)
+    """
+
+    def __init__(self, uri: str | Path, ctx: tiledb.Ctx | None = None) -> None:
+        self.uri = str(uri)
+        self._ctx = ctx
+
+    @property
+    def ctx(self) -> tiledb.Ctx:
+        """The TileDB context reads use (the process default unless one was given)."""
+        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "_ctx": None}
+
+    def __repr__(self) -> str:
+        return f"Volume({self.uri!r})"
+
+    # -- metadata ------------------------------------------------------------------------
+    @property
+    def info(self) -> ArrayInfo:
+        """Schema and metadata, read once per process."""
+        return open_array(self.uri, self.ctx)[1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Voxel grid shape, ``(x, y, z)`` or ``(x, y, z, t)``."""
+        return self.info.shape
+
+    @property
+    def ndim(self) -> int:
+        """3 or 4."""
+        return len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Voxel data type."""
+        return self.info.dtype
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        """Tile extents on disk."""
+        return self.info.tiles
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 voxel-to-world (RAS+, mm) matrix."""
+        return np.array(json.loads(self.info.meta["affine"]), dtype=np.float64)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along x, y, z."""
+        return tuple(json.loads(self.info.meta["spacing"]))
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``"RAS"``."""
+        return str(self.info.meta["orientation"])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """All stored metadata (affine and spacing as JSON text)."""
+        return dict(self.info.meta)
+
+    # -- reads ---------------------------------------------------------------------------
+    def _bounds(self, index: Any) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+        shape = self.shape
+        if not isinstance(index, tuple):
+            index = (index,)
+        if any(i is Ellipsis for i in index):
+            pos = index.index(Ellipsis)
+            fill = (slice(None),) * (len(shape) - len(index) + 1)
+            index = index[:pos] + fill + index[pos + 1 :]
+        if len(index) > len(shape):
+            raise OutOfBoundsError(
+                f"too many indices ({len(index)}) for volume {self.uri!r} of shape {shape}"
+            )
+        index = index + (slice(None),) * (len(shape) - len(index))
+        bounds, drop = [], []
+        for axis, (i, n) in enumerate(zip(index, shape, strict=True)):
+            if isinstance(i, slice):
+                if i.step not in (None, 1):
+                    raise ShapeError(f"volume slices take step 1 only, got step {i.step}")
+                lo, hi, _ = i.indices(n)
+                if (i.start is not None and not -n <= i.start <= n) or (
+                    i.stop is not None and not -n <= i.stop <= n
+                ):
+                    raise OutOfBoundsError(
+                        f"slice {i.start}:{i.stop} on axis {_DIMS[axis]} is out of bounds for "
+                        f"volume {self.uri!r} of shape {shape}"
+                    )
+                if hi <= lo:
+                    raise ShapeError(
+                        f"empty slice {i.start}:{i.stop} on axis {_DIMS[axis]} of {self.uri!r}"
+                    )
+                bounds.append((lo, hi))
+            elif isinstance(i, (int, np.integer)):
+                j = int(i) + n if i < 0 else int(i)
+                if not 0 <= j < n:
+                    raise OutOfBoundsError(
+                        f"index {int(i)} on axis {_DIMS[axis]} is out of bounds for volume "
+                        f"{self.uri!r} of shape {shape} (valid: 0..{n - 1})"
+                    )
+                bounds.append((j, j + 1))
+                drop.append(axis)
+            else:
+                raise ShapeError(f"volumes are indexed by ints and slices, got {i!r}")
+        return tuple(bounds), tuple(drop)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        bounds, drop = self._bounds(index)
+        out = read_region(self.uri, self.ctx, bounds)
+        return out.squeeze(axis=drop) if drop else out
+
+    def read(self, bounds: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Voxels in half-open ``bounds``, one ``(start, stop)`` per axis (no checks)."""
+        return read_region(self.uri, self.ctx, tuple(bounds))
+
+    def to_numpy(self) -> np.ndarray:
+        """The whole volume."""
+        return self[...]
+
+    def axial(self, z: int) -> np.ndarray:
+        """The axial plane at ``z``: shape ``(x, y)`` (``(x, y, t)`` for 4D)."""
+        return self[:, :, z]
+
+    def sagittal(self, x: int) -> np.ndarray:
+        """The sagittal plane at ``x``: shape ``(y, z)``."""
+        return self[x, :, :]
+
+    def coronal(self, y: int) -> np.ndarray:
+        """The coronal plane at ``y``: shape ``(x, z)``."""
+        return self[:, y, :]
+
+    def to_nifti(self, path: str | Path) -> Path:
+        """Write the volume, with its affine, as a NIfTI file (``.nii`` or ``.nii.gz``)."""
+        import nibabel as nib
+
+        path = Path(path)
+        img = nib.Nifti1Image(self.to_numpy(), self.affine)
+        img.header.set_zooms(tuple(self.spacing) + tuple([1.0] * (self.ndim - 3)))
+        nib.save(img, str(path))
+        return path
+
+    # -- writes --------------------------------------------------------------------------
+    @classmethod
+    def from_numpy(
+        cls,
+        uri: str | Path,
+        array: np.ndarray,
+        *,
+        affine: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
+        metadata: dict[str, Any] | None = None,
+        tile: TileConfig | None = None,
+        compression: CompressionConfig | None = None,
+        ctx: tiledb.Ctx | None = None,
+    ) -> Volume:
+        """Write ``array`` as a new volume at ``uri``.
+
+        Args:
+            uri: where to write; it must not exist.
+            array: 3D or 4D voxels.
+            affine: 4x4 voxel-to-world matrix (default: ``diag(spacing)``).
+            spacing: voxel size in mm (default: from ``affine``, else 1 mm).
+            metadata: extra key/value pairs stored with the array.
+            tile: tile shape (default from ``configure(write=...)``).
+            compression: codec (default from ``configure(write=...)``).
+            ctx: TileDB context.
+        """
+        uri = str(uri)
+        ctx = ctx or get_tiledb_ctx()
+        array = np.asarray(array)
+        if array.ndim not in (3, 4) or 0 in array.shape:
+            raise ShapeError(
+                f"a volume must be a non-empty 3D or 4D array, got shape {array.shape} for {uri!r}"
+            )
+        if array.dtype.kind not in "biuf":
+            raise ShapeError(f"volume voxels must be numeric, got dtype {array.dtype} for {uri!r}")
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        if affine is None:
+            sp = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+            affine = np.diag([*sp, 1.0])
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ShapeError(f"affine must be 4x4, got shape {affine.shape} for {uri!r}")
+        spacing = tuple(float(s) for s in spacing) if spacing else spacing_from_affine(affine)
+        write = get_config().write
+        tile = tile or write.tile
+        compression = compression or write.compression
+        with tiledb_errors(uri, "write volume"):
+            if tiledb.object_type(uri, ctx=ctx) is not None:
+                raise AlreadyExistsError(f"{uri!r} already exists; remove it or write to a new URI")
+            extents = tile.extents_for(array.shape)
+            dims = [
+                tiledb.Dim(name=_DIMS[i], domain=(0, n - 1), tile=extents[i], dtype=np.int32)
+                for i, n in enumerate(array.shape)
+            ]
+            schema = tiledb.ArraySchema(
+                domain=tiledb.Domain(*dims, ctx=ctx),
+                attrs=[tiledb.Attr(ATTR, dtype=array.dtype, filters=_filters(compression))],
+                sparse=False,
+                cell_order="row-major",
+                tile_order="row-major",
+                ctx=ctx,
+            )
+            tiledb.Array.create(uri, schema, ctx=ctx)
+            with tiledb.open(uri, mode="w", ctx=ctx) as arr:
+                arr[...] = np.ascontiguousarray(array)
+                arr.meta["affine"] = json.dumps(affine.tolist())
+                arr.meta["spacing"] = json.dumps(list(spacing))
+                arr.meta["orientation"] = affine_orientation(affine)
+                for key, value in (metadata or {}).items():
+                    arr.meta[key] = value if isinstance(value, (int, float, str)) else str(value)
+        return cls(uri, ctx=ctx)

@@ -1,0 +1,348 @@
+"""Process-wide settings: how volumes are read, written and fetched from S3.
+
+Settings are frozen dataclasses validated on construction; :func:`configure` installs them
+as the process defaults and also works as a ``with`` block that restores what was there.
+
+>>> from radiobject import ReadConfig, configure, get_config
+>>> with configure(read=ReadConfig(max_workers=2, cache_mb=64)):
+...     get_config().read.cache_mb
+64
+>>> get_config().read.cache_mb == ReadConfig().cache_mb
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from radiobject._errors import ConfigurationError
+
+__all__ = [
+    "CompressionConfig",
+    "Compressor",
+    "RadiObjectConfig",
+    "ReadConfig",
+    "S3Config",
+    "SliceOrientation",
+    "TileConfig",
+    "WriteConfig",
+    "configure",
+    "get_config",
+    "reset_config",
+]
+
+
+class SliceOrientation(str, enum.Enum):
+    """How a volume is cut into tiles on disk.
+
+    ``AXIAL`` tiles are whole (x, y) planes, one z deep: an axial slice is one tile.
+    ``ISOTROPIC`` tiles are cubes: best for 3D patches.
+    """
+
+    AXIAL = "axial"
+    SAGITTAL = "sagittal"
+    CORONAL = "coronal"
+    ISOTROPIC = "isotropic"
+
+
+class Compressor(str, enum.Enum):
+    """Compression applied to voxel tiles (after a byte shuffle)."""
+
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+    GZIP = "gzip"
+    NONE = "none"
+
+
+def _check_int(owner: str, name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(
+            f"{owner}.{name} must be an integer, got {value!r} of type {type(value).__name__}"
+        )
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ConfigurationError(f"{owner}.{name} must be {allowed}, got {value}")
+
+
+def _coerce_enum(owner: str, name: str, value: object, kind: type[enum.Enum]) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise ConfigurationError(
+            f"{owner}.{name} must be one of {allowed}; got {value!r}"
+        ) from None
+
+
+class _Checked:
+    """Reject unknown keyword arguments with a ConfigurationError naming them."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return super().__new__(cls)
+
+
+@dataclass(frozen=True)
+class ReadConfig(_Checked):
+    """How volumes are read.
+
+    Args:
+        max_workers: threads used by :func:`radiobject.parallel.map_on_threads` and ingest.
+        concurrency: TileDB's compute and I/O concurrency per query.
+        memory_budget_mb: TileDB's memory budget per query, in MiB.
+        cache_mb: size of radiobject's cache of decompressed tile blocks, in MiB, for the whole
+            loader: DataLoader workers share it out, so adding workers never multiplies memory.
+            ``0`` turns the cache off.
+    """
+
+    max_workers: int = 4
+    concurrency: int = 2
+    memory_budget_mb: int = 1024
+    cache_mb: int = 512
+
+    def __post_init__(self) -> None:
+        _check_int("ReadConfig", "max_workers", self.max_workers, 1, 256)
+        _check_int("ReadConfig", "concurrency", self.concurrency, 1, 256)
+        _check_int("ReadConfig", "memory_budget_mb", self.memory_budget_mb, 16)
+        _check_int("ReadConfig", "cache_mb", self.cache_mb, 0)
+
+
+@dataclass(frozen=True)
+class TileConfig(_Checked):
+    """Tile shape of new volumes.
+
+    Args:
+        orientation: cut planes along one axis, or cubes (``ISOTROPIC``).
+        extents: explicit tile extents per axis (overrides ``orientation``); a value larger
+            than the volume is clipped to it.
+        isotropic_extent: cube edge for ``ISOTROPIC`` tiles.
+    """
+
+    orientation: SliceOrientation = SliceOrientation.ISOTROPIC
+    extents: tuple[int, ...] | None = None
+    isotropic_extent: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "orientation",
+            _coerce_enum("TileConfig", "orientation", self.orientation, SliceOrientation),
+        )
+        _check_int("TileConfig", "isotropic_extent", self.isotropic_extent, 1)
+        if self.extents is not None:
+            ext = tuple(self.extents)
+            if len(ext) not in (3, 4):
+                raise ConfigurationError(
+                    f"TileConfig.extents must have 3 or 4 values (x, y, z[, t]), got {ext!r}"
+                )
+            for i, e in enumerate(ext):
+                _check_int("TileConfig", f"extents[{i}]", e, 1)
+            object.__setattr__(self, "extents", ext)
+
+    def extents_for(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Tile extents for a volume of ``shape``.
+
+        >>> TileConfig(orientation=SliceOrientation.AXIAL).extents_for((240, 240, 155))
+        (240, 240, 1)
+        >>> TileConfig().extents_for((32, 32, 20))
+        (32, 32, 20)
+        """
+        spatial = shape[:3]
+        if self.extents is not None:
+            ext = list(self.extents[:3])
+        elif self.orientation is SliceOrientation.AXIAL:
+            ext = [spatial[0], spatial[1], 1]
+        elif self.orientation is SliceOrientation.SAGITTAL:
+            ext = [1, spatial[1], spatial[2]]
+        elif self.orientation is SliceOrientation.CORONAL:
+            ext = [spatial[0], 1, spatial[2]]
+        else:
+            ext = [self.isotropic_extent] * 3
+        ext = [max(1, min(e, s)) for e, s in zip(ext, spatial, strict=True)]
+        if len(shape) == 4:
+            t_ext = self.extents[3] if self.extents is not None and len(self.extents) == 4 else 1
+            ext.append(max(1, min(t_ext, shape[3])))
+        return tuple(ext)
+
+
+@dataclass(frozen=True)
+class CompressionConfig(_Checked):
+    """Compression of voxel tiles.
+
+    Args:
+        algorithm: the codec; a byte shuffle runs before it unless ``NONE``.
+        level: codec level (zstd -7..22, gzip 1..9; ignored by lz4).
+    """
+
+    algorithm: Compressor = Compressor.ZSTD
+    level: int = 3
+
+    def __post_init__(self) -> None:
+        algo = _coerce_enum("CompressionConfig", "algorithm", self.algorithm, Compressor)
+        object.__setattr__(self, "algorithm", algo)
+        low, high = {"zstd": (-7, 22), "gzip": (1, 9)}.get(algo.value, (-100, 100))
+        _check_int("CompressionConfig", "level", self.level, low, high)
+
+
+@dataclass(frozen=True)
+class WriteConfig(_Checked):
+    """How new volumes are written (tiles and compression)."""
+
+    tile: TileConfig = field(default_factory=TileConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tile, TileConfig):
+            raise ConfigurationError(f"WriteConfig.tile must be a TileConfig, got {self.tile!r}")
+        if not isinstance(self.compression, CompressionConfig):
+            raise ConfigurationError(
+                f"WriteConfig.compression must be a CompressionConfig, got {self.compression!r}"
+            )
+
+
+_SECRET_FIELDS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+@dataclass(frozen=True)
+class S3Config(_Checked):
+    """Object storage settings, mapped onto TileDB's ``vfs.s3.*`` options.
+
+    Credentials left as ``None`` come from the usual AWS environment variables or profile.
+    They never appear in ``repr``.
+
+    >>> S3Config(aws_secret_access_key="hunter2")  # doctest: +ELLIPSIS
+    S3Config(region='us-east-1', ..., aws_secret_access_key='***', ...)
+    """
+
+    region: str = "us-east-1"
+    endpoint: str | None = None
+    scheme: str = "https"
+    use_virtual_addressing: bool = True
+    max_parallel_ops: int = 8
+    multipart_part_size_mb: int = 50
+    connect_timeout_ms: int = 3000
+    request_timeout_ms: int = 30000
+    connect_max_tries: int = 5
+    verify_ssl: bool = True
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    profile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("http", "https"):
+            raise ConfigurationError(
+                f"S3Config.scheme must be 'http' or 'https', got {self.scheme!r}"
+            )
+        _check_int("S3Config", "max_parallel_ops", self.max_parallel_ops, 1, 1024)
+        _check_int("S3Config", "multipart_part_size_mb", self.multipart_part_size_mb, 5, 5120)
+        _check_int("S3Config", "connect_timeout_ms", self.connect_timeout_ms, 1)
+        _check_int("S3Config", "request_timeout_ms", self.request_timeout_ms, 1)
+        _check_int("S3Config", "connect_max_tries", self.connect_max_tries, 1, 100)
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = "'***'" if f.name in _SECRET_FIELDS and value is not None else repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"S3Config({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class RadiObjectConfig:
+    """The settings in force: read, write and S3."""
+
+    read: ReadConfig = field(default_factory=ReadConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    s3: S3Config = field(default_factory=S3Config)
+
+
+_lock = threading.Lock()
+_current = RadiObjectConfig()
+_version = 0
+
+
+def get_config() -> RadiObjectConfig:
+    """The settings in force in this process."""
+    return _current
+
+
+def config_version() -> int:
+    """A number that changes each time the settings change (cheap staleness check)."""
+    return _version
+
+
+def _install(config: RadiObjectConfig) -> None:
+    global _current, _version
+    with _lock:
+        _current = config
+        _version += 1
+
+
+class configure:
+    """Install process-wide settings; use as a call or as a ``with`` block.
+
+    Args:
+        read: a :class:`ReadConfig`, or a mapping of its fields to change.
+        write: a :class:`WriteConfig`, or a mapping of its fields to change.
+        s3: a :class:`S3Config`, or a mapping of its fields to change.
+
+    >>> configure(read={"max_workers": 3}).config.read.max_workers
+    3
+    >>> reset_config()
+    """
+
+    def __init__(
+        self,
+        read: ReadConfig | Mapping[str, Any] | None = None,
+        write: WriteConfig | Mapping[str, Any] | None = None,
+        s3: S3Config | Mapping[str, Any] | None = None,
+    ) -> None:
+        self.previous = get_config()
+        self.config = RadiObjectConfig(
+            read=_merge(self.previous.read, read, ReadConfig, "read"),
+            write=_merge(self.previous.write, write, WriteConfig, "write"),
+            s3=_merge(self.previous.s3, s3, S3Config, "s3"),
+        )
+        _install(self.config)
+
+    def __enter__(self) -> RadiObjectConfig:
+        return self.config
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _install(self.previous)
+
+
+def _merge(current: Any, new: Any, kind: type, name: str) -> Any:
+    if new is None:
+        return current
+    if isinstance(new, kind):
+        return new
+    if isinstance(new, Mapping):
+        return dataclasses.replace(current, **new)
+    raise ConfigurationError(
+        f"configure({name}=...) takes a {kind.__name__} or a dict of its fields, "
+        f"got {type(new).__name__}"
+    )
+
+
+def reset_config() -> None:
+    """Restore the default settings."""
+    _install(RadiObjectConfig())

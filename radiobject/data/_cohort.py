@@ -1,0 +1,166 @@
+"""The bundled synthetic sample cohort: brain-like MR volumes, tumour masks, subject table."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tiledb
+
+from radiobject._errors import ConfigurationError
+from radiobject.data._phantom import MODALITIES, make_subject
+
+__all__ = ["BRATS_SHAPE", "make_sample_radiobject", "sample_obs_meta", "write_sample_niftis"]
+
+BRATS_SHAPE = (240, 240, 155)
+_SPACING = (1.0, 1.0, 1.0)
+_SITES = ("site-A", "site-B", "site-C")
+
+
+def _check(n_subjects: int, shape: Sequence[int], modalities: Sequence[str]) -> None:
+    if n_subjects < 1:
+        raise ConfigurationError(f"n_subjects must be >= 1, got {n_subjects}")
+    if len(shape) != 3 or min(shape) < 8:
+        raise ConfigurationError(f"shape must be 3 sizes >= 8, got {tuple(shape)}")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigurationError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
+
+
+def sample_obs_meta(n_subjects: int, seed: int = 0) -> pd.DataFrame:
+    """The subject table of the sample cohort: diagnosis, age, sex, site, tumour grade.
+
+    About two thirds of subjects have a tumour (``diagnosis == "tumour"``), the rest are
+    ``"healthy"``; the same seed gives the same table.
+
+    >>> sample_obs_meta(3, seed=1).columns.tolist()
+    ['obs_subject_id', 'diagnosis', 'age', 'sex', 'site', 'grade']
+    """
+    rng = np.random.default_rng([seed, 1])
+    has_tumour = rng.random(n_subjects) < 0.66
+    if n_subjects >= 2:  # both classes always present, for classification examples
+        has_tumour[0], has_tumour[1] = True, False
+    return pd.DataFrame(
+        {
+            "obs_subject_id": [f"sub-{i:03d}" for i in range(n_subjects)],
+            "diagnosis": np.where(has_tumour, "tumour", "healthy").astype(object),
+            "age": rng.integers(22, 85, n_subjects).astype(np.int64),
+            "sex": rng.choice(np.array(["F", "M"], dtype=object), n_subjects),
+            "site": rng.choice(np.array(_SITES, dtype=object), n_subjects),
+            "grade": np.where(has_tumour, rng.integers(1, 5, n_subjects), 0).astype(np.int64),
+        }
+    )
+
+
+def _affine(shape: Sequence[int]) -> np.ndarray:
+    affine = np.diag([*_SPACING, 1.0])
+    affine[:3, 3] = [-(n - 1) * s / 2 for n, s in zip(shape, _SPACING, strict=True)]
+    return affine
+
+
+def make_sample_radiobject(
+    uri: str | Path,
+    *,
+    n_subjects: int = 8,
+    shape: Sequence[int] = (64, 64, 48),
+    modalities: Sequence[str] = ("T1w", "FLAIR"),
+    seed: int = 0,
+    progress: bool = True,
+    ctx: tiledb.Ctx | None = None,
+) -> RadiObject:  # noqa: F821 - imported below to keep the import graph simple
+    """Write the synthetic sample cohort as a RadiObject at ``uri``.
+
+    Every subject has one volume per modality (all sharing one anatomy) and a tumour
+    segmentation in the ``seg`` collection (BraTS labels 1, 2, 3; empty for healthy
+    subjects); ``obs_meta`` holds diagnosis, age, sex, site and grade.
+
+    Args:
+        uri: target (must not exist).
+        n_subjects: number of subjects.
+        shape: volume grid; ``BRATS_SHAPE`` (240, 240, 155) for benchmarks.
+        modalities: names from ``radiobject.data.MODALITIES``.
+        seed: the cohort is a function of the seed.
+        progress: show progress bars.
+        ctx: TileDB context.
+
+    >>> import tempfile, os
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "s"), n_subjects=2,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> radi.collection_names, len(radi)
+    (['FLAIR', 'T1w', 'seg'], 2)
+    """
+    from radiobject._ingest import Item
+    from radiobject._radiobject import RadiObject
+
+    shape = tuple(int(s) for s in shape)
+    _check(n_subjects, shape, modalities)
+    obs_meta = sample_obs_meta(n_subjects, seed)
+    affine = _affine(shape)
+    cache: dict[int, object] = {}
+    uses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def take(i: int, key: str | None) -> np.ndarray:
+        # each subject is made once and dropped when all its collections have been written
+        with lock:
+            if i not in cache:
+                rng = np.random.default_rng([seed, i])
+                tumour = obs_meta["diagnosis"].iloc[i] == "tumour"
+                cache[i] = make_subject(shape, rng, modalities=modalities, tumour=tumour)
+            phantom = cache[i]
+            uses[i] = uses.get(i, 0) + 1
+            if uses[i] == len(modalities) + 1:
+                del cache[i]
+        return phantom.mask if key is None else phantom.images[key]  # type: ignore[attr-defined]
+
+    def item(i: int, key: str | None) -> Item:
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            return take(i, key), affine
+
+        return Item(obs_meta["obs_subject_id"].iloc[i], load, source=f"synthetic:seed={seed}")
+
+    sources = {m: [item(i, m) for i in range(n_subjects)] for m in modalities}
+    sources["seg"] = [item(i, None) for i in range(n_subjects)]
+    return RadiObject._from_items(
+        str(uri), sources, obs_meta=obs_meta, progress=progress, ctx=ctx, masks=["seg"]
+    )
+
+
+def write_sample_niftis(
+    directory: str | Path,
+    *,
+    n_subjects: int = 4,
+    shape: Sequence[int] = (64, 64, 48),
+    modalities: Sequence[str] = ("T1w", "FLAIR"),
+    seed: int = 0,
+) -> tuple[dict[str, str], pd.DataFrame]:
+    """Write the sample cohort as NIfTI files: ``<dir>/<modality>/sub-000_<modality>.nii.gz``.
+
+    Returns the ``images`` mapping and the ``obs_meta`` table to pass to
+    :meth:`RadiObject.from_images`.
+    """
+    import nibabel as nib
+
+    shape = tuple(int(s) for s in shape)
+    _check(n_subjects, shape, modalities)
+    directory = Path(directory)
+    obs_meta = sample_obs_meta(n_subjects, seed)
+    affine = _affine(shape)
+    images = {}
+    for name in (*modalities, "seg"):
+        (directory / name).mkdir(parents=True, exist_ok=True)
+        images[name] = str(directory / name / "*.nii.gz")
+    for i, sid in enumerate(obs_meta["obs_subject_id"]):
+        rng = np.random.default_rng([seed, i])
+        tumour = obs_meta["diagnosis"].iloc[i] == "tumour"
+        phantom = make_subject(shape, rng, modalities=modalities, tumour=tumour)
+        for name in modalities:
+            img = nib.Nifti1Image(phantom.images[name], affine)
+            nib.save(img, str(directory / name / f"{sid}_{name}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(phantom.mask, affine), str(directory / "seg" / f"{sid}_seg.nii.gz")
+        )
+    return images, obs_meta

@@ -1,0 +1,117 @@
+"""Contexts and helpers for parallel code: threads share, processes isolate.
+
+========================  ============================  ============================
+Scenario                  Function                      Behaviour
+========================  ============================  ============================
+ThreadPoolExecutor        ``ctx_for_threads(ctx)``      same context (shared caching)
+multiprocessing.Pool      ``ctx_for_process()``         isolated context
+DataLoader workers        ``ctx_for_process()``         isolated context
+========================  ============================  ============================
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import tiledb
+
+from radiobject._context import get_tiledb_ctx
+from radiobject.config import get_config
+
+__all__ = ["ctx_for_process", "ctx_for_threads", "map_on_threads"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_lock = threading.Lock()
+_process_ctx: dict[tuple[int, str], tiledb.Ctx] = {}
+
+
+def ctx_for_threads(ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
+    """The context threads should share: ``ctx`` itself, or the process default.
+
+    Threads of one process share a context so they share its caches and thread pools.
+
+    >>> from radiobject import get_tiledb_ctx
+    >>> ctx_for_threads(get_tiledb_ctx()) is get_tiledb_ctx()
+    True
+    """
+    return ctx if ctx is not None else get_tiledb_ctx()
+
+
+def ctx_for_process(base_ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
+    """A context private to the calling process, safe after ``fork`` or ``spawn``.
+
+    Each process gets its own context, built on first use (with ``base_ctx``'s settings when
+    given, else the settings in force) and reused by later calls in that process. A
+    context inherited from a parent process is never returned.
+
+    >>> import os
+    >>> ctx_for_process() is ctx_for_process()
+    True
+    """
+    if base_ctx is None:
+        return get_tiledb_ctx()
+    cfg = base_ctx.config()
+    items = sorted((k, cfg[k]) for k in cfg)
+    key = (os.getpid(), repr(items))
+    with _lock:
+        ctx = _process_ctx.get(key)
+        if ctx is None:
+            for k in [k for k in _process_ctx if k[0] != key[0]]:
+                del _process_ctx[k]
+            ctx = tiledb.Ctx(tiledb.Config(dict(items)))
+            _process_ctx[key] = ctx
+    return ctx
+
+
+def map_on_threads(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    max_workers: int | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> list[R]:
+    """Apply ``fn`` to every item on a thread pool; results keep the order of ``items``.
+
+    Args:
+        fn: the function; it should use :func:`ctx_for_threads` for its TileDB context.
+        items: the inputs.
+        max_workers: threads (default ``ReadConfig.max_workers``).
+        progress: show a tqdm progress bar.
+        desc: the progress bar's label.
+
+    >>> map_on_threads(lambda x: x * x, range(5))
+    [0, 1, 4, 9, 16]
+    """
+    items = list(items)
+    workers = max_workers or get_config().read.max_workers
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc=desc)
+    try:
+        if workers <= 1 or len(items) <= 1:
+            out = []
+            for item in items:
+                out.append(fn(item))
+                if bar is not None:
+                    bar.update(1)
+            return out
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            results = []
+            for fut in futures:
+                results.append(fut.result())
+                if bar is not None:
+                    bar.update(1)
+            return results
+    finally:
+        if bar is not None:
+            bar.close()

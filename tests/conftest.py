@@ -1,0 +1,43 @@
+"""Shared fixtures: small arange volumes that prove where a read came from, sample cohorts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import radiobject
+from radiobject.data import make_sample_radiobject
+
+SMALL = (32, 32, 24)
+
+
+@pytest.fixture(autouse=True)
+def _reset_config():
+    """Every test starts and ends with default settings."""
+    radiobject.reset_config()
+    yield
+    radiobject.reset_config()
+
+
+def arange_volume(shape: tuple[int, ...] = SMALL, dtype: str = "float32") -> np.ndarray:
+    """Voxel value = its flat index, so a read shows exactly where it came from."""
+    return np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+
+
+@pytest.fixture
+def arange() -> np.ndarray:
+    return arange_volume()
+
+
+@pytest.fixture(scope="session")
+def sample_radi(tmp_path_factory: pytest.TempPathFactory) -> radiobject.RadiObject:
+    """A 6-subject sample cohort (T1w, FLAIR, seg) of 32x32x24 volumes, shared read-only."""
+    uri = tmp_path_factory.mktemp("cohort") / "radi"
+    return make_sample_radiobject(str(uri), n_subjects=6, shape=SMALL, seed=7, progress=False)
+
+
+@pytest.fixture
+def new_uri(tmp_path: Path) -> str:
+    return str(tmp_path / "target")

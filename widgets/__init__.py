@@ -1,0 +1,3 @@
+"""Jupyter widgets for radiobject (installed as ``radiobject.widgets``)."""
+
+__all__: list[str] = []
