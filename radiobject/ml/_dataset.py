@@ -151,7 +151,7 @@ class VolumeCollectionDataset(Dataset):
         transform: a callable on the sample dict, e.g. a MONAI ``Compose`` of dict transforms.
 
     Subclassing: override :meth:`read_image` to change how channels are read,
-    :meth:`patch_start` to change where patches go, or :meth:`make_sample` to add keys.
+    :meth:`patch_start` to change where patches go, or :meth:`read_sample` to add keys.
 
     >>> from radiobject.data import make_sample_radiobject
     >>> import tempfile, os
@@ -262,12 +262,19 @@ class VolumeCollectionDataset(Dataset):
         return np.stack(chans).astype(np.float32, copy=False)
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample dict of item ``index`` before ``transform``. Override to add keys."""
-        ref = self.refs[self.volume_of(index)]
-        box = self.region(index, rng)
-        image = self.read_image(ref, box)
+        """The sample dict of item ``index`` before ``transform``."""
+        return self.read_sample(index, self.region(index, rng))
+
+    def squeeze_slice(self, array: np.ndarray) -> np.ndarray:
+        """Drop the sliced axis of a ``(C, X, Y, Z)`` array in ``SLICE_2D`` mode."""
         if self._mode is LoadingMode.SLICE_2D:
-            image = image.squeeze(1 + _SLICE_AXIS[self.config.slice_orientation])
+            return array.squeeze(1 + _SLICE_AXIS[self.config.slice_orientation])
+        return array
+
+    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+        """Read the voxels of item ``index`` inside ``box``. Override to add keys."""
+        ref = self.refs[self.volume_of(index)]
+        image = self.squeeze_slice(self.read_image(ref, box))
         sample: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
             "obs_id": ref.obs_id,

@@ -1,0 +1,411 @@
+"""DataLoader factories, epoch-aware samplers and safe worker processes.
+
+Workers start with ``forkserver`` (``spawn`` where it is missing), never plain ``fork``:
+a TileDB context does not survive ``fork`` (a forked worker can hang for ever in
+``Array::open``). The fork server is a clean process that never opened TileDB, so workers
+forked from it start fast and safe; each builds its own context on first use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import DataLoader, Sampler
+
+from radiobject._collection import VolumeCollection
+from radiobject._read import block_cache
+from radiobject.config import RadiObjectConfig, configure, get_config
+from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._sampling import shuffled, window_shuffled
+from radiobject.ml._segmentation import SegmentationDataset
+
+__all__ = [
+    "EpochSampler",
+    "create_inference_dataloader",
+    "create_segmentation_dataloader",
+    "create_training_dataloader",
+    "create_validation_dataloader",
+    "default_start_method",
+    "worker_init",
+]
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` so every worker draws the same sample for the same key.
+
+    Each pass over the sampler is a new epoch (0, 1, 2 ...) unless :meth:`set_epoch` is
+    called. ``shuffle_window`` shuffles within runs of that many volumes, so patches of one
+    volume are read close together and share its cached tiles.
+
+    Args:
+        dataset: the dataset to index.
+        shuffle: shuffle the order each epoch (a function of ``seed`` and the epoch).
+        seed: shuffling seed.
+        shuffle_window: volumes per shuffling window (``None``: shuffle everything).
+    """
+
+    def __init__(
+        self,
+        dataset: VolumeCollectionDataset,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_window: int | None = None,
+    ) -> None:
+        self.n = len(dataset)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_window = shuffle_window
+        self.epoch = 0
+        self._groups: list[list[int]] | None = None
+        if shuffle_window:
+            groups: dict[int, list[int]] = {}
+            for i in range(self.n):
+                groups.setdefault(dataset.volume_of(i), []).append(i)
+            self._groups = list(groups.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next pass (then count on from it)."""
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[int]:
+        """Item order of one epoch."""
+        if not self.shuffle:
+            return list(range(self.n))
+        if self._groups is not None:
+            return window_shuffled(self._groups, self.shuffle_window or 1, self.seed, epoch)
+        return [int(i) for i in shuffled(self.n, self.seed, epoch)]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        for index in self.order(epoch):
+            yield epoch, index
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class EpochTagged(Sampler):
+    """Wraps an index sampler (e.g. ``DistributedSampler``) to yield ``(epoch, index)``."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and on the wrapped sampler."""
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self.sampler:
+            yield epoch, int(index)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+@dataclass(frozen=True)
+class worker_init:
+    """Set up a DataLoader worker: the parent's settings and a share of the cache budget.
+
+    The cache budget of ``ReadConfig.cache_mb`` is for the whole loader: each of the
+    ``num_workers`` workers gets ``1/num_workers`` of it.
+    """
+
+    config: RadiObjectConfig
+    num_workers: int
+    user_fn: Callable[[int], None] | None = None
+
+    def __call__(self, worker_id: int) -> None:
+        block_cache().worker_share = max(1, self.num_workers)
+        configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
+        if self.user_fn is not None:
+            self.user_fn(worker_id)
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``)."""
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _mp_context(method: str | None) -> Any:
+    method = method or default_start_method()
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # the server imports these once; every worker forked from it starts warm
+        ctx.set_forkserver_preload(["torch", "numpy", "radiobject.ml"])
+    return ctx
+
+
+def build_loader(
+    dataset: VolumeCollectionDataset,
+    *,
+    batch_size: int,
+    sampler: Sampler,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    drop_last: bool = False,
+    prefetch_factor: int | None = None,
+    multiprocessing_context: str | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with radiobject's safe worker set-up."""
+    if batch_size < 1:
+        from radiobject._errors import ConfigurationError
+
+        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["multiprocessing_context"] = _mp_context(multiprocessing_context)
+        kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn)
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    if collate_fn is not None:
+        kwargs["collate_fn"] = collate_fn
+    import torch
+
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        # pinning only helps a GPU; without one torch would just warn
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        drop_last=drop_last,
+        **kwargs,
+    )
+
+
+def _config(
+    config: DatasetConfig | None,
+    patch_size: Sequence[int] | None,
+    patches_per_volume: int,
+    seed: int,
+    fixed_epoch: bool = False,
+) -> DatasetConfig:
+    if config is not None:
+        return config
+    mode = LoadingMode.PATCH if patch_size is not None else LoadingMode.FULL_VOLUME
+    return DatasetConfig(
+        loading_mode=mode,
+        patch_size=tuple(patch_size) if patch_size is not None else None,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+        fixed_epoch=fixed_epoch,
+    )
+
+
+def _window(dataset: VolumeCollectionDataset, shuffle_window: int | str | None) -> int | None:
+    if shuffle_window == "auto":
+        return 4 if dataset.items_per_volume > 1 else None
+    return shuffle_window  # type: ignore[return-value]
+
+
+def create_training_dataloader(
+    collections: VolumeCollection | Sequence[VolumeCollection],
+    labels: Labels = None,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    batch_size: int = 4,
+    *,
+    patch_size: Sequence[int] | None = None,
+    patches_per_volume: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    seed: int = 0,
+    config: DatasetConfig | None = None,
+    shuffle_window: int | str | None = "auto",
+    drop_last: bool | None = None,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """A shuffling DataLoader of dict samples for training (MONAI dict transforms welcome).
+
+    Args:
+        collections: a collection or a list of them (stacked as channels).
+        labels: a column name such as ``"diagnosis"`` (looked up in ``obs`` then
+            ``obs_meta``), a dict, a DataFrame or a callable.
+        transform: a callable on the sample dict, e.g. a MONAI ``Compose``.
+        batch_size: samples per batch.
+        patch_size: read random patches of this size (default: whole volumes).
+        patches_per_volume: patches per volume and epoch.
+        num_workers: worker processes (started safely, see module docs).
+        pin_memory: pin batches for faster GPU transfer.
+        persistent_workers: keep workers between epochs.
+        seed: patch positions and order derive from ``(seed, epoch, index)``.
+        config: a full :class:`DatasetConfig` (overrides the patch arguments).
+        shuffle_window: shuffle within windows of this many volumes (``"auto"``: 4 when a
+            volume gives several patches, for cache locality; ``None``: global shuffle).
+        drop_last: drop the last incomplete batch (default: yes, unless the dataset is
+            smaller than one batch).
+        **loader_kwargs: ``prefetch_factor``, ``multiprocessing_context``,
+            ``worker_init_fn`` or ``collate_fn`` for the DataLoader.
+
+    >>> from radiobject.data import make_sample_radiobject
+    >>> import tempfile, os
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=4,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> loader = create_training_dataloader(radi.T1w, labels="diagnosis", batch_size=2)
+    >>> batch = next(iter(loader))
+    >>> tuple(batch["image"].shape), tuple(batch["label"].shape)
+    ((2, 1, 16, 16, 12), (2,))
+    """
+    cfg = _config(config, patch_size, patches_per_volume, seed)
+    dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
+    sampler = EpochSampler(
+        dataset, shuffle=True, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
+    )
+    if drop_last is None:
+        drop_last = len(dataset) > batch_size
+    return build_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        drop_last=drop_last,
+        **loader_kwargs,
+    )
+
+
+def create_validation_dataloader(
+    collections: VolumeCollection | Sequence[VolumeCollection],
+    labels: Labels = None,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    batch_size: int = 4,
+    *,
+    patch_size: Sequence[int] | None = None,
+    patches_per_volume: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    seed: int = 0,
+    config: DatasetConfig | None = None,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """A deterministic DataLoader for validation: fixed order, same patches every epoch.
+
+    Arguments are those of :func:`create_training_dataloader`; nothing is shuffled or dropped.
+    """
+    cfg = _config(config, patch_size, patches_per_volume, seed, fixed_epoch=True)
+    dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
+    sampler = EpochSampler(dataset, shuffle=False, seed=cfg.seed)
+    return build_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        drop_last=False,
+        **loader_kwargs,
+    )
+
+
+def create_inference_dataloader(
+    collections: VolumeCollection | Sequence[VolumeCollection],
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    batch_size: int = 1,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """Whole volumes in collection order, one per batch by default.
+
+    Every batch keeps ``"obs_id"`` and ``"obs_subject_id"`` so predictions can be written
+    back (e.g. with ``VolumeCollection.from_numpy`` and the volume's affine).
+    """
+    cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
+    dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+    sampler = EpochSampler(dataset, shuffle=False)
+    return build_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        **loader_kwargs,
+    )
+
+
+def create_segmentation_dataloader(
+    image: VolumeCollection | Sequence[VolumeCollection],
+    mask: VolumeCollection,
+    batch_size: int = 4,
+    patch_size: Sequence[int] | None = (96, 96, 96),
+    *,
+    patches_per_volume: int = 1,
+    foreground_sampling: bool = True,
+    foreground_probability: float = 0.5,
+    class_ratios: Sequence[float] | None = None,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+    seed: int = 0,
+    shuffle: bool = True,
+    config: DatasetConfig | None = None,
+    shuffle_window: int | str | None = "auto",
+    drop_last: bool | None = None,
+    **loader_kwargs: Any,
+) -> DataLoader:
+    """Image and mask patches for segmentation, biased toward the foreground.
+
+    Args:
+        image: image collection(s) (channels).
+        mask: the mask collection, e.g. ``radi.seg``.
+        batch_size: samples per batch.
+        patch_size: patch shape (``None``: whole volumes).
+        patches_per_volume: patches per volume and epoch.
+        foreground_sampling: centre patches on mask voxels with ``foreground_probability``.
+        foreground_probability: share of foreground-centred patches (nnU-Net uses 0.33).
+        class_ratios: per-label weights for multi-label masks.
+        transform: a callable on the sample dict (``keys=["image", "mask"]`` for MONAI).
+        num_workers: worker processes.
+        pin_memory: pin batches for faster GPU transfer.
+        persistent_workers: keep workers between epochs.
+        seed: sampling seed.
+        shuffle: shuffle each epoch.
+        config: a full :class:`DatasetConfig` (overrides the patch arguments).
+        shuffle_window: as in :func:`create_training_dataloader`.
+        drop_last: as in :func:`create_training_dataloader`.
+        **loader_kwargs: further DataLoader options.
+    """
+    cfg = _config(config, patch_size, patches_per_volume, seed)
+    dataset = SegmentationDataset(
+        image,
+        mask,
+        cfg,
+        transform,
+        foreground_sampling=foreground_sampling,
+        foreground_probability=foreground_probability,
+        class_ratios=class_ratios,
+    )
+    sampler = EpochSampler(
+        dataset, shuffle=shuffle, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
+    )
+    if drop_last is None:
+        drop_last = shuffle and len(dataset) > batch_size
+    return build_loader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
+        drop_last=drop_last,
+        **loader_kwargs,
+    )

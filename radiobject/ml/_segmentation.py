@@ -1,0 +1,108 @@
+"""``SegmentationDataset``: image and mask patches, optionally centred on the foreground."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from radiobject._collection import VolumeCollection
+from radiobject._context import get_tiledb_ctx
+from radiobject._errors import AlignmentError, RadiObjectError
+from radiobject._foreground import ForegroundIndex
+from radiobject._read import read_region
+from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._dataset import VolumeCollectionDataset, align
+from radiobject.ml._sampling import foreground_patch_start
+
+__all__ = ["SegmentationDataset"]
+
+
+class SegmentationDataset(VolumeCollectionDataset):
+    """Samples ``{"image": (C, X, Y, Z) float32, "mask": (1, X, Y, Z) int64, ...}``.
+
+    With ``foreground_sampling``, a patch is centred on a mask voxel with probability
+    ``foreground_probability`` and placed uniformly otherwise (the fg/bg ratio of MONAI's
+    ``RandCropByPosNegLabeld`` and nnU-Net's oversampling). ``class_ratios`` weights the labels
+    of multi-label masks (label ``k`` gets ``class_ratios[k - 1]``). The foreground comes
+    from the mask collection's stored index: set-up reads that index once and never a mask.
+
+    Args:
+        image: a collection or a list of collections (channels).
+        mask: the mask collection (same subjects and grids).
+        config: patch settings (default: whole volumes).
+        transform: a callable on the sample dict (MONAI dict transforms with
+            ``keys=["image", "mask"]``).
+        foreground_sampling: centre patches on foreground with ``foreground_probability``.
+        foreground_probability: share of patches centred on foreground (0..1).
+        class_ratios: per-label weights for multi-label masks.
+        labels: optional per-volume labels, as in :class:`VolumeCollectionDataset`.
+    """
+
+    def __init__(
+        self,
+        image: VolumeCollection | Sequence[VolumeCollection],
+        mask: VolumeCollection,
+        config: DatasetConfig | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        *,
+        foreground_sampling: bool = False,
+        foreground_probability: float = 0.5,
+        class_ratios: Sequence[float] | None = None,
+        labels: Any = None,
+    ) -> None:
+        if not isinstance(mask, VolumeCollection):
+            raise RadiObjectError(f"mask must be a VolumeCollection (e.g. radi.seg), got {mask!r}")
+        if not 0.0 <= float(foreground_probability) <= 1.0:
+            raise RadiObjectError(
+                f"foreground_probability must be between 0 and 1, got {foreground_probability}"
+            )
+        super().__init__(image, config=config, labels=labels, transform=transform)
+        self.mask = mask
+        self.foreground_sampling = bool(foreground_sampling)
+        self.foreground_probability = float(foreground_probability)
+        self.class_ratios = tuple(class_ratios) if class_ratios is not None else None
+        mask_refs = {r.obs_subject_id: r for r in align([mask])}
+        self.mask_uris: list[str] = []
+        for ref in self.refs:
+            other = mask_refs.get(ref.obs_subject_id)
+            if other is None:
+                raise AlignmentError(
+                    f"subject {ref.obs_subject_id!r} has an image but no mask in {mask.name!r}"
+                )
+            if other.shape[:3] != ref.shape[:3]:
+                raise AlignmentError(
+                    f"subject {ref.obs_subject_id!r}: image shape {ref.shape[:3]} differs from "
+                    f"mask shape {other.shape[:3]} in {mask.name!r}"
+                )
+            self.mask_uris.append(other.uris[0])
+        self.foreground: list[ForegroundIndex] | None = None
+        if self.foreground_sampling and self.config.loading_mode is LoadingMode.PATCH:
+            index = mask.foreground()
+            by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
+            self.foreground = [index[by_subject[r.obs_subject_id]] for r in self.refs]
+
+    def patch_start(self, index: int, rng: np.random.Generator) -> tuple[int, ...]:
+        """Foreground-centred with ``foreground_probability`` when enabled, else uniform."""
+        if self.foreground is None:
+            return super().patch_start(index, rng)
+        v = self.volume_of(index)
+        assert self.config.patch_size is not None
+        start, _ = foreground_patch_start(
+            self.refs[v].shape[:3],
+            self.config.patch_size,
+            self.foreground[v],
+            rng,
+            self.foreground_probability,
+            self.class_ratios,
+        )
+        return start
+
+    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+        """Image sample plus the mask of the same region (``"mask"``)."""
+        sample = super().read_sample(index, box)
+        mask = read_region(self.mask_uris[self.volume_of(index)], get_tiledb_ctx(), box[:3])
+        sample["mask"] = torch.from_numpy(self.squeeze_slice(mask[None].astype(np.int64)))
+        return sample
