@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -284,11 +284,21 @@ def config_version() -> int:
     return _version
 
 
+_listeners: list[Callable[[], None]] = []
+
+
+def add_listener(fn: Callable[[], None]) -> None:
+    """Call ``fn()`` after every settings change (used to reach DataLoader workers)."""
+    _listeners.append(fn)
+
+
 def _install(config: RadiObjectConfig) -> None:
     global _current, _version
     with _lock:
         _current = config
         _version += 1
+    for fn in list(_listeners):
+        fn()
 
 
 class configure:

@@ -28,14 +28,19 @@ from radiobject.ml._loaders import (
     create_training_dataloader,
     create_validation_dataloader,
     default_start_method,
+    loader_cache_counters,
     worker_init,
 )
+from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._segmentation import SegmentationDataset
 
 __all__ = [
     "DatasetConfig",
     "EpochSampler",
+    "LoaderProbe",
     "LoadingMode",
+    "ProbeRecord",
+    "ProbeResult",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",
@@ -45,6 +50,7 @@ __all__ = [
     "create_training_dataloader",
     "create_validation_dataloader",
     "default_start_method",
+    "loader_cache_counters",
     "worker_init",
 ]
 

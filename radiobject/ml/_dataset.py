@@ -19,6 +19,7 @@ from radiobject._read import read_region
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._sampling import item_rng, random_patch_start
+from radiobject.ml._shared import sync_worker
 
 __all__ = ["VolumeCollectionDataset"]
 
@@ -230,7 +231,9 @@ class VolumeCollectionDataset(Dataset):
         index %= len(self)
         if self.config.fixed_epoch:
             epoch = 0
+        sync_worker()  # settings published by the parent apply before this read
         sample = self.make_sample(index, item_rng(self.config.seed, int(epoch), index))
+        sync_worker()  # and the parent sees this read in the counters
         return self.transform(sample) if self.transform is not None else sample
 
     # -- hooks ---------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from typing import Any
 from torch.utils.data import DataLoader, Sampler
 
 from radiobject._collection import VolumeCollection
-from radiobject._read import block_cache
+from radiobject._read import CacheCounters, block_cache
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
+from radiobject.ml._shared import SharedLoaderState, install_worker
 
 __all__ = [
     "EpochSampler",
@@ -30,6 +31,7 @@ __all__ = [
     "create_training_dataloader",
     "create_validation_dataloader",
     "default_start_method",
+    "loader_cache_counters",
     "worker_init",
 ]
 
@@ -123,12 +125,25 @@ class worker_init:
     config: RadiObjectConfig
     num_workers: int
     user_fn: Callable[[int], None] | None = None
+    shared: SharedLoaderState | None = None
 
     def __call__(self, worker_id: int) -> None:
         block_cache().worker_share = max(1, self.num_workers)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
+        install_worker(self.shared, worker_id)
         if self.user_fn is not None:
             self.user_fn(worker_id)
+
+
+def loader_cache_counters(loader: DataLoader) -> CacheCounters:
+    """Cache counters of everything ``loader`` read so far: its workers', or this process's.
+
+    Counters are monotonic; subtract two snapshots to get the activity in between.
+    """
+    init = getattr(loader, "worker_init_fn", None)
+    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
+        return init.shared.cache_counters()
+    return block_cache().counters.copy()
 
 
 def default_start_method() -> str:
@@ -166,8 +181,10 @@ def build_loader(
         raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs["multiprocessing_context"] = _mp_context(multiprocessing_context)
-        kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn)
+        mp_ctx = _mp_context(multiprocessing_context)
+        shared = SharedLoaderState(mp_ctx, num_workers)
+        kwargs["multiprocessing_context"] = mp_ctx
+        kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor

@@ -1,0 +1,223 @@
+"""``LoaderProbe``: measure a DataLoader while it runs (samples/s, latency, cache, bytes).
+
+UI-free: the widgets plot what it records, and scripts can print it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from radiobject._read import CacheCounters
+from radiobject.ml._loaders import loader_cache_counters
+
+__all__ = ["LoaderProbe", "ProbeRecord", "ProbeResult"]
+
+
+@dataclass(frozen=True)
+class ProbeRecord:
+    """Loader activity during one interval."""
+
+    t: float  # seconds since the run started, at the end of the interval
+    batches: int
+    samples: int
+    samples_per_s: float
+    batch_latency_ms: float  # mean wait for a batch in the interval
+    cache_hits: int
+    cache_misses: int
+    hit_rate: float
+    bytes_from_storage: int
+    storage_mb_per_s: float
+
+
+@dataclass
+class ProbeResult:
+    """All intervals of a run, and totals."""
+
+    records: list[ProbeRecord] = field(default_factory=list)
+    samples: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    first_batch_s: float = 0.0
+    first_batch_samples: int = 0
+    error: BaseException | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        """Mean throughput after the first batch (worker start-up excluded)."""
+        steady = self.seconds - self.first_batch_s
+        return (self.samples - self.first_batch_samples) / steady if steady > 0 else 0.0
+
+    @property
+    def hit_rate(self) -> float:
+        """Cache hit rate over the run."""
+        hits = sum(r.cache_hits for r in self.records)
+        total = hits + sum(r.cache_misses for r in self.records)
+        return hits / total if total else 0.0
+
+    def to_frame(self) -> pd.DataFrame:
+        """The intervals as a DataFrame."""
+        return pd.DataFrame([asdict(r) for r in self.records])
+
+
+def _count(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for value in batch.values():
+            if hasattr(value, "shape") and len(value.shape) > 0:
+                return int(value.shape[0])
+            if isinstance(value, list):
+                return len(value)
+    if isinstance(batch, (list, tuple)) and batch:
+        return _count(batch[0]) if not hasattr(batch[0], "shape") else int(batch[0].shape[0])
+    return int(getattr(batch, "shape", [1])[0])
+
+
+class LoaderProbe:
+    """Iterate a DataLoader and record throughput, latency and cache activity per interval.
+
+    >>> from radiobject.data import make_sample_radiobject
+    >>> from radiobject.ml import create_training_dataloader
+    >>> import tempfile, os
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=4,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=4)
+    >>> result = LoaderProbe(loader, interval_s=0.01).run(n_batches=6)
+    >>> result.batches, result.samples
+    (6, 12)
+
+    Args:
+        loader: the DataLoader to measure (radiobject's loaders report their workers' cache).
+        interval_s: length of one record.
+    """
+
+    def __init__(self, loader: DataLoader, interval_s: float = 0.5) -> None:
+        self.loader = loader
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask a running :meth:`run` to finish after the current batch (thread-safe)."""
+        self._stop.set()
+
+    def batches(self, n_batches: int | None = None) -> Iterator[Any]:
+        """Yield batches from the loader, cycling over epochs, until ``n_batches`` or stop."""
+        done = 0
+        while n_batches is None or done < n_batches:
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+                done += 1
+                if self._stop.is_set() or (n_batches is not None and done >= n_batches):
+                    return
+            if empty:
+                return
+
+    def run(
+        self,
+        n_batches: int | None = None,
+        duration_s: float | None = None,
+        callback: Callable[[ProbeRecord], None] | None = None,
+        on_batch: Callable[[Any], None] | None = None,
+    ) -> ProbeResult:
+        """Pull batches and record one :class:`ProbeRecord` per interval.
+
+        Args:
+            n_batches: stop after this many batches.
+            duration_s: stop after this many seconds.
+            callback: called with each new record (e.g. to update a plot).
+            on_batch: called with each batch (e.g. a training step).
+        """
+        self._stop.clear()
+        result = ProbeResult()
+        start = time.perf_counter()
+        last_t, last_c = start, loader_cache_counters(self.loader)
+        window_batches = window_samples = 0
+        window_wait = 0.0
+        wait_start = time.perf_counter()
+        try:
+            for batch in self.batches(n_batches):
+                now = time.perf_counter()
+                n = _count(batch)
+                if result.batches == 0:
+                    result.first_batch_s = now - start
+                    result.first_batch_samples = n
+                window_wait += now - wait_start
+                result.batches += 1
+                result.samples += n
+                window_batches += 1
+                window_samples += n
+                if on_batch is not None:
+                    on_batch(batch)
+                if now - last_t >= self.interval_s:
+                    counters = loader_cache_counters(self.loader)
+                    record = self._record(
+                        now - start,
+                        now - last_t,
+                        window_batches,
+                        window_samples,
+                        window_wait,
+                        counters,
+                        last_c,
+                    )
+                    result.records.append(record)
+                    if callback is not None:
+                        callback(record)
+                    last_t, last_c = now, counters
+                    window_batches = window_samples = 0
+                    window_wait = 0.0
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                wait_start = time.perf_counter()
+        except Exception as e:  # recorded for the caller (a widget shows it)
+            result.error = e
+        now = time.perf_counter()
+        if window_batches:
+            counters = loader_cache_counters(self.loader)
+            record = self._record(
+                now - start,
+                now - last_t,
+                window_batches,
+                window_samples,
+                window_wait,
+                counters,
+                last_c,
+            )
+            result.records.append(record)
+            if callback is not None:
+                callback(record)
+        result.seconds = now - start
+        return result
+
+    @staticmethod
+    def _record(
+        t: float,
+        span: float,
+        batches: int,
+        samples: int,
+        wait: float,
+        after: CacheCounters,
+        before: CacheCounters,
+    ) -> ProbeRecord:
+        hits = after.hits - before.hits
+        misses = after.misses - before.misses
+        read = after.bytes_from_storage - before.bytes_from_storage
+        return ProbeRecord(
+            t=t,
+            batches=batches,
+            samples=samples,
+            samples_per_s=samples / span if span > 0 else 0.0,
+            batch_latency_ms=1000 * wait / batches if batches else 0.0,
+            cache_hits=hits,
+            cache_misses=misses,
+            hit_rate=hits / (hits + misses) if hits + misses else 0.0,
+            bytes_from_storage=read,
+            storage_mb_per_s=read / span / 1e6 if span > 0 else 0.0,
+        )

@@ -1,0 +1,102 @@
+"""State shared between a DataLoader and its worker processes.
+
+Workers are separate processes with their own block caches and settings. A loader made by
+radiobject gives its workers a small shared-memory block through which
+
+* each worker publishes its cache counters (so the parent reports true hits and misses
+  of the whole loader), and
+* the parent publishes the read settings, so ``configure(read=...)`` reaches running
+  (persistent) workers before their next read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import weakref
+from typing import Any
+
+from radiobject._read import CacheCounters, block_cache
+from radiobject.config import ReadConfig, add_listener, configure, get_config
+
+__all__ = ["SharedLoaderState", "current_state", "sync_worker"]
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(CacheCounters))
+_CONFIG_BYTES = 2048
+
+
+class SharedLoaderState:
+    """Counters per worker and the published read settings, in shared memory."""
+
+    def __init__(self, mp_context: Any, num_workers: int) -> None:
+        self.num_workers = num_workers
+        self.counters = mp_context.Array("q", num_workers * len(_FIELDS), lock=False)
+        self.version = mp_context.Value("q", 0, lock=False)
+        self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
+        self.publish(get_config().read)
+        _live.add(self)
+
+    def publish(self, read: ReadConfig) -> None:
+        """Make ``read`` the settings of the workers (applied before their next read)."""
+        data = json.dumps(dataclasses.asdict(read)).encode()
+        self.config.raw = data.ljust(_CONFIG_BYTES, b"\0")
+        self.version.value += 1
+
+    def read_config(self) -> ReadConfig:
+        """The published settings."""
+        raw = bytes(self.config.raw).rstrip(b"\0")
+        return ReadConfig(**json.loads(raw))
+
+    def cache_counters(self) -> CacheCounters:
+        """The sum of every worker's cache counters."""
+        total = CacheCounters()
+        n = len(_FIELDS)
+        for w in range(self.num_workers):
+            for i, name in enumerate(_FIELDS):
+                setattr(total, name, getattr(total, name) + self.counters[w * n + i])
+        return total
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_live: weakref.WeakSet[SharedLoaderState] = weakref.WeakSet()
+_worker: dict[str, Any] = {"state": None, "id": 0, "version": -1}
+
+
+def _on_configure() -> None:
+    read = get_config().read
+    for state in list(_live):
+        state.publish(read)
+
+
+add_listener(_on_configure)
+
+
+def install_worker(state: SharedLoaderState | None, worker_id: int) -> None:
+    """Called in a worker at start: remember the shared block of this worker."""
+    _worker["state"] = state
+    _worker["id"] = worker_id
+    _worker["version"] = -1
+    if state is not None:
+        sync_worker()
+
+
+def current_state() -> SharedLoaderState | None:
+    """The shared block of this worker process (``None`` outside loader workers)."""
+    return _worker["state"]
+
+
+def sync_worker() -> None:
+    """In a worker: apply newly published settings and publish this worker's counters."""
+    state: SharedLoaderState | None = _worker["state"]
+    if state is None:
+        return
+    version = state.version.value
+    if version != _worker["version"]:
+        _worker["version"] = version
+        configure(read=state.read_config())
+    counters = block_cache().counters
+    base = _worker["id"] * len(_FIELDS)
+    for i, name in enumerate(_FIELDS):
+        state.counters[base + i] = getattr(counters, name)
