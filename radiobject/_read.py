@@ -183,22 +183,46 @@ def block_cache() -> BlockCache:
 
 
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
-    index = tuple(slice(lo, hi) for lo, hi in bounds)
     with tiledb_errors(info.uri, "read volume"):
-        return handle.query(attrs=[info.attr])[index][info.attr]
+        sub = tiledb.Subarray(handle)
+        sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
+        return handle.read_subarray(sub)[info.attr]
 
 
-def read_region(uri: str, ctx: tiledb.Ctx, bounds: Bounds) -> np.ndarray:
+_fetch_locks: dict[str, threading.Lock] = {}
+_fetch_locks_guard = threading.Lock()
+
+
+def _fetch_lock(uri: str) -> threading.Lock:
+    with _fetch_locks_guard:
+        lock = _fetch_locks.get(uri)
+        if lock is None:
+            if len(_fetch_locks) > 4096:
+                _fetch_locks.clear()
+            lock = _fetch_locks[uri] = threading.Lock()
+        return lock
+
+
+def _tile_range(bounds: Bounds, tiles: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    first = [lo // t for (lo, _), t in zip(bounds, tiles, strict=True)]
+    last = [(hi - 1) // t for (_, hi), t in zip(bounds, tiles, strict=True)]
+    return first, last
+
+
+def read_region(
+    uri: str, ctx: tiledb.Ctx, bounds: Bounds, *, whole_on_miss: bool = False
+) -> np.ndarray:
     """Voxels of ``uri`` in the half-open ``bounds`` (one (start, stop) per axis).
 
     Served from the block cache where it can be; the tiles it lacks are read from storage
-    in one query. Regions too large for the cache are read straight from storage.
+    in one query. With ``whole_on_miss`` a miss fetches every tile of the volume at once
+    (cheaper when many more reads of the volume follow, as with many patches per volume).
+    Regions too large for the cache are read straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
     tiles = info.tiles
-    first = [lo // t for (lo, _), t in zip(bounds, tiles, strict=True)]
-    last = [(hi - 1) // t for (_, hi), t in zip(bounds, tiles, strict=True)]
+    first, last = _tile_range(bounds, tiles)
     n_tiles = int(np.prod([b - a + 1 for a, b in zip(first, last, strict=True)]))
     tile_bytes = int(np.prod(tiles)) * info.dtype.itemsize
     counters = cache.counters
@@ -214,28 +238,21 @@ def read_region(uri: str, ctx: tiledb.Ctx, bounds: Bounds) -> np.ndarray:
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
     if missing:
-        lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
-        hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
-        fetch = tuple(
-            (lo * t, min((hi + 1) * t, s))
-            for lo, hi, t, s in zip(lo_t, hi_t, tiles, info.shape, strict=True)
-        )
-        data = _query(handle, info, fetch)
-        for k in itertools.product(*[range(a, b + 1) for a, b in zip(lo_t, hi_t, strict=True)]):
-            sl = tuple(
-                slice(
-                    k[d] * tiles[d] - fetch[d][0],
-                    min((k[d] + 1) * tiles[d], info.shape[d]) - fetch[d][0],
-                )
-                for d in range(len(tiles))
+        whole = tuple((0, n) for n in info.shape)
+        if whole_on_miss and info.dtype.itemsize * int(np.prod(info.shape)) * 4 <= cache.maxsize:
+            with _fetch_lock(uri):  # one thread fetches the volume, the others wait for it
+                blocks = {k: cache.get((uri, k)) for k in keys}
+                missing = [k for k, v in blocks.items() if v is None]
+                if missing:
+                    _fetch_into_cache(cache, handle, info, whole, blocks)
+        else:
+            lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
+            hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
+            fetch = tuple(
+                (lo * t, min((hi + 1) * t, s))
+                for lo, hi, t, s in zip(lo_t, hi_t, tiles, info.shape, strict=True)
             )
-            block = np.ascontiguousarray(data[sl])
-            if k in blocks and blocks[k] is None:
-                blocks[k] = block
-            cache.put((uri, k), block)
-        with cache._lock:
-            counters.storage_queries += 1
-            counters.bytes_from_storage += data.nbytes
+            _fetch_into_cache(cache, handle, info, fetch, blocks)
     with cache._lock:
         counters.hits += n_tiles - len(missing)
         counters.misses += len(missing)
@@ -244,11 +261,40 @@ def read_region(uri: str, ctx: tiledb.Ctx, bounds: Bounds) -> np.ndarray:
 
     out = np.empty(tuple(hi - lo for lo, hi in bounds), dtype=info.dtype)
     for k, block in blocks.items():
-        t0 = [k[d] * tiles[d] for d in range(len(tiles))]
         src, dst = [], []
         for d, (lo, hi) in enumerate(bounds):
-            a, b = max(lo, t0[d]), min(hi, t0[d] + block.shape[d])
-            src.append(slice(a - t0[d], b - t0[d]))
+            t0 = k[d] * tiles[d]
+            a, b = max(lo, t0), min(hi, t0 + block.shape[d])
+            src.append(slice(a - t0, b - t0))
             dst.append(slice(a - lo, b - lo))
         out[tuple(dst)] = block[tuple(src)]
     return out
+
+
+def _fetch_into_cache(
+    cache: BlockCache,
+    handle: tiledb.Array,
+    info: ArrayInfo,
+    fetch: Bounds,
+    blocks: dict[tuple[int, ...], np.ndarray | None],
+) -> None:
+    """Read the tile-aligned box ``fetch`` in one query, cut it into blocks, cache them."""
+    tiles = info.tiles
+    data = _query(handle, info, fetch)
+    lo_t = [lo // t for (lo, _), t in zip(fetch, tiles, strict=True)]
+    hi_t = [(hi - 1) // t for (_, hi), t in zip(fetch, tiles, strict=True)]
+    for k in itertools.product(*[range(a, b + 1) for a, b in zip(lo_t, hi_t, strict=True)]):
+        sl = tuple(
+            slice(
+                k[d] * tiles[d] - fetch[d][0],
+                min((k[d] + 1) * tiles[d], info.shape[d]) - fetch[d][0],
+            )
+            for d in range(len(tiles))
+        )
+        block = np.ascontiguousarray(data[sl])
+        if k in blocks and blocks[k] is None:
+            blocks[k] = block
+        cache.put((info.uri, k), block)
+    with cache._lock:
+        cache.counters.storage_queries += 1
+        cache.counters.bytes_from_storage += data.nbytes

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import enum
+import numbers
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import SliceOrientation
 
 __all__ = ["DatasetConfig", "LoadingMode"]
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 class LoadingMode(str, enum.Enum):
@@ -48,44 +54,59 @@ class DatasetConfig:
     fixed_epoch: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            mode = LoadingMode(self.loading_mode)
-        except ValueError:
-            allowed = ", ".join(m.name for m in LoadingMode)
-            raise ConfigurationError(
-                f"DatasetConfig.loading_mode must be one of {allowed}, got {self.loading_mode!r}"
-            ) from None
+        mode = _parse_enum("loading_mode", self.loading_mode, LoadingMode)
         object.__setattr__(self, "loading_mode", mode)
-        try:
-            orient = SliceOrientation(self.slice_orientation)
-        except ValueError:
-            raise ConfigurationError(
-                f"DatasetConfig.slice_orientation must be axial, coronal or sagittal, "
-                f"got {self.slice_orientation!r}"
-            ) from None
-        if orient is SliceOrientation.ISOTROPIC:
-            raise ConfigurationError("DatasetConfig.slice_orientation cannot be ISOTROPIC")
+        orient = _parse_enum(
+            "slice_orientation", self.slice_orientation, SliceOrientation, exclude="ISOTROPIC"
+        )
         object.__setattr__(self, "slice_orientation", orient)
-        if (
-            isinstance(self.patches_per_volume, bool)
-            or not isinstance(self.patches_per_volume, int)
-            or self.patches_per_volume < 1
-        ):
+        ppv = _as_int(self.patches_per_volume)
+        if ppv is None or ppv < 1:
             raise ConfigurationError(
                 f"DatasetConfig.patches_per_volume must be an integer >= 1, "
                 f"got {self.patches_per_volume!r}"
             )
+        object.__setattr__(self, "patches_per_volume", ppv)
+        seed = _as_int(self.seed)
+        if seed is None or seed < 0:
+            raise ConfigurationError(
+                f"DatasetConfig.seed must be an integer >= 0, got {self.seed!r}"
+            )
+        object.__setattr__(self, "seed", seed)
         if self.patch_size is not None:
-            size = (self.patch_size,) * 3 if isinstance(self.patch_size, int) else self.patch_size
-            size = tuple(size)
-            if len(size) != 3 or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size
-            ):
+            raw = self.patch_size
+            if _as_int(raw) is not None:
+                raw = (raw,) * 3
+            size = (
+                tuple(_as_int(s) for s in raw)
+                if isinstance(raw, (tuple, list, np.ndarray))
+                else None
+            )
+            if size is None or len(size) != 3 or any(s is None or s < 1 for s in size):
                 raise ConfigurationError(
-                    f"DatasetConfig.patch_size must be three positive integers, got {size!r}"
+                    f"DatasetConfig.patch_size must be three positive integers, got {raw!r}"
                 )
             object.__setattr__(self, "patch_size", size)
         if mode is LoadingMode.PATCH and self.patch_size is None:
             raise ConfigurationError(
                 "DatasetConfig: loading_mode=PATCH needs patch_size, e.g. patch_size=(64, 64, 64)"
             )
+
+
+def _as_int(value: object) -> int | None:
+    """``value`` as an int when it is an integer (numpy integers too), else ``None``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _parse_enum(name: str, value: object, kind: type[E], exclude: str = "") -> E:
+    """A member of ``kind`` from a member, its value or its name (any case)."""
+    members = [m for m in kind if m.name != exclude]
+    for member in members:
+        if value is member or (
+            isinstance(value, str) and value.lower() in (member.value, member.name.lower())
+        ):
+            return member
+    allowed = ", ".join(m.name for m in members)
+    raise ConfigurationError(f"DatasetConfig.{name} must be one of {allowed}, got {value!r}")

@@ -15,11 +15,11 @@ from torch.utils.data import Dataset
 from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
-from radiobject._read import read_region
+from radiobject._read import open_array, read_region
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._sampling import item_rng, random_patch_start
-from radiobject.ml._shared import sync_worker
+from radiobject.ml._shared import read_pool, sync_worker
 
 __all__ = ["VolumeCollectionDataset"]
 
@@ -177,6 +177,7 @@ class VolumeCollectionDataset(Dataset):
         self.refs = align(self.collections)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
         self.epoch = 0
+        self._whole: dict[str, bool] = {}
         self._check_patch_fits()
         self._slices = self._slice_table() if self._mode is LoadingMode.SLICE_2D else None
 
@@ -223,18 +224,41 @@ class VolumeCollectionDataset(Dataset):
         """Set the epoch used by plain integer indices (samplers pass it explicitly)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+    def _key(self, key: int | tuple[int, int]) -> tuple[int, int]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         index = int(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
-        index %= len(self)
-        if self.config.fixed_epoch:
-            epoch = 0
+        return (0 if self.config.fixed_epoch else int(epoch)), index % len(self)
+
+    def _load(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        return self.make_sample(index, item_rng(self.config.seed, epoch, index))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
-        sample = self.make_sample(index, item_rng(self.config.seed, int(epoch), index))
+        sample = self._load(self._key(key))
         sync_worker()  # and the parent sees this read in the counters
         return self.transform(sample) if self.transform is not None else sample
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
+        """Load a whole batch: reads run concurrently on threads, transforms in order.
+
+        TileDB releases the GIL while it reads and decompresses, so the items of a batch
+        are read in parallel (``ReadConfig.max_workers`` threads). Transforms run one after
+        another in the calling thread, so random transforms stay reproducible.
+        """
+        sync_worker()
+        parsed = [self._key(k) for k in keys]
+        samples = (
+            read_pool().map(self._load, parsed)
+            if len(parsed) > 1
+            else [self._load(k) for k in parsed]
+        )
+        sync_worker()
+        if self.transform is None:
+            return list(samples)
+        return [self.transform(s) for s in samples]
 
     # -- hooks ---------------------------------------------------------------------------
     def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
@@ -261,8 +285,35 @@ class VolumeCollectionDataset(Dataset):
     def read_image(self, ref: VolumeRef, box: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32."""
         ctx = get_tiledb_ctx()
-        chans = [read_region(uri, ctx, box) for uri in ref.uris]
+        whole = self.prefer_whole_volume(ref.uris[0])
+        chans = [read_region(uri, ctx, box, whole_on_miss=whole) for uri in ref.uris]
         return np.stack(chans).astype(np.float32, copy=False)
+
+    def prefer_whole_volume(self, uri: str) -> bool:
+        """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
+
+        True when the items of one volume are expected to touch at least half of its
+        tiles per epoch (many patches per volume, or every slice of it): one large query
+        is then much cheaper than many small ones, and the rest is served from the cache.
+        """
+        if self._mode is LoadingMode.FULL_VOLUME:
+            return False
+        if self._mode is LoadingMode.SLICE_2D:
+            return True
+        cached = self._whole.get(uri)
+        if cached is None:
+            info = open_array(uri, get_tiledb_ctx())[1]
+            assert self.config.patch_size is not None
+            per_patch = np.prod(
+                [
+                    min(-(-p // t) + 1, -(-s // t))
+                    for p, t, s in zip(self.config.patch_size, info.tiles, info.shape, strict=False)
+                ]
+            )
+            total = np.prod([-(-s // t) for s, t in zip(info.shape, info.tiles, strict=True)])
+            cached = bool(self.config.patches_per_volume * per_patch >= 0.5 * total)
+            self._whole[uri] = cached
+        return cached
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample dict of item ``index`` before ``transform``."""

@@ -8,6 +8,7 @@ forked from it start fast and safe; each builds its own context on first use.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -151,12 +152,31 @@ def default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _mp_context(method: str | None) -> Any:
+_PRELOAD = ("torch", "numpy", "radiobject.ml")
+
+
+def _preload_modules(dataset: VolumeCollectionDataset) -> list[str]:
+    """Modules a worker imports to unpickle ``dataset``: its class's and its transform's.
+
+    A MONAI ``Compose`` takes seconds to import; imported once by the fork server, it is
+    not imported again by every worker.
+    """
+    names = list(_PRELOAD)
+    for obj in (dataset, getattr(dataset, "transform", None)):
+        if obj is None:
+            continue
+        module = obj.__module__ if inspect.isfunction(obj) else type(obj).__module__
+        if module and module not in ("__main__", "builtins") and module not in names:
+            names.append(module)
+    return names
+
+
+def _mp_context(method: str | None, preload: Sequence[str] = _PRELOAD) -> Any:
     method = method or default_start_method()
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        # the server imports these once; every worker forked from it starts warm
-        ctx.set_forkserver_preload(["torch", "numpy", "radiobject.ml"])
+        # the server imports these once (when it starts); workers forked from it start warm
+        ctx.set_forkserver_preload(list(preload))
     return ctx
 
 

@@ -10,7 +10,7 @@ import torch
 
 from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
-from radiobject._errors import AlignmentError, RadiObjectError
+from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject._foreground import ForegroundIndex
 from radiobject._read import read_region
 from radiobject.ml._config import DatasetConfig, LoadingMode
@@ -56,8 +56,17 @@ class SegmentationDataset(VolumeCollectionDataset):
         if not isinstance(mask, VolumeCollection):
             raise RadiObjectError(f"mask must be a VolumeCollection (e.g. radi.seg), got {mask!r}")
         if not 0.0 <= float(foreground_probability) <= 1.0:
-            raise RadiObjectError(
+            raise ConfigurationError(
                 f"foreground_probability must be between 0 and 1, got {foreground_probability}"
+            )
+        if class_ratios is not None and (
+            len(class_ratios) == 0
+            or any(not float(r) >= 0.0 for r in class_ratios)
+            or sum(float(r) for r in class_ratios) <= 0.0
+        ):
+            raise ConfigurationError(
+                f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
+                f"with at least one above 0, got {class_ratios!r}"
             )
         super().__init__(image, config=config, labels=labels, transform=transform)
         self.mask = mask

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from radiobject._read import CacheCounters, block_cache
@@ -58,6 +60,23 @@ class SharedLoaderState:
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+_pool: dict[str, Any] = {"pid": None, "pool": None, "size": 0}
+
+
+def read_pool() -> ThreadPoolExecutor:
+    """This process's pool of reader threads (``ReadConfig.max_workers`` of them)."""
+    size = get_config().read.max_workers
+    if _pool["pid"] != os.getpid() or _pool["size"] != size:
+        if _pool["pid"] == os.getpid() and _pool["pool"] is not None:
+            _pool["pool"].shutdown(wait=False)
+        _pool.update(
+            pid=os.getpid(),
+            size=size,
+            pool=ThreadPoolExecutor(max_workers=size, thread_name_prefix="radiobject"),
+        )
+    return _pool["pool"]
 
 
 _live: weakref.WeakSet[SharedLoaderState] = weakref.WeakSet()
