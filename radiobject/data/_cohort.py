@@ -164,3 +164,44 @@ def write_sample_niftis(
             nib.Nifti1Image(phantom.mask, affine), str(directory / "seg" / f"{sid}_seg.nii.gz")
         )
     return images, obs_meta
+
+
+SCALES = {
+    "small": {"n_subjects": 8, "shape": (64, 64, 48)},
+    "medium": {"n_subjects": 12, "shape": (128, 128, 96)},
+    "full": {"n_subjects": 12, "shape": BRATS_SHAPE},
+}
+
+
+def load_sample_radiobject(
+    scale: str | None = None, path: str | Path | None = None, *, progress: bool = True
+) -> RadiObject:  # noqa: F821
+    """The tutorials' sample cohort: opened if already made, else made once and kept.
+
+    Args:
+        scale: ``"small"`` (8 subjects, 64x64x48; the default), ``"medium"`` (12, 128x128x96)
+            or ``"full"`` (12, 240x240x155 like BraTS); default from the environment
+            variable ``RADIOBJECT_SCALE``.
+        path: where it lives (default ``$RADIOBJECT_SAMPLE_DIR`` or
+            ``~/.cache/radiobject/sample-<scale>``).
+        progress: show progress bars while making it.
+
+    The cohort has T1w, FLAIR and CT collections, a ``seg`` mask collection and ``obs_meta``.
+    """
+    import os
+
+    from radiobject._radiobject import RadiObject
+
+    scale = scale or os.environ.get("RADIOBJECT_SCALE", "small")
+    if scale not in SCALES:
+        raise ConfigurationError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    if path is None:
+        root = os.environ.get("RADIOBJECT_SAMPLE_DIR") or str(Path.home() / ".cache" / "radiobject")
+        path = Path(root) / f"sample-{scale}"
+    path = Path(path)
+    if path.exists():
+        return RadiObject(str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_sample_radiobject(
+        str(path), modalities=("T1w", "FLAIR", "CT"), progress=progress, **SCALES[scale]
+    )
