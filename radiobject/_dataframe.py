@@ -17,7 +17,15 @@ import pandas as pd
 import tiledb
 
 from radiobject._context import get_tiledb_ctx
-from radiobject._errors import AlreadyExistsError, FilterError, RadiObjectError, tiledb_errors
+from radiobject._errors import (
+    AlreadyExistsError,
+    FilterError,
+    NotFoundError,
+    RadiObjectError,
+    S3Error,
+    tiledb_errors,
+    translate_tiledb_error,
+)
 
 __all__ = ["Dataframe"]
 
@@ -35,11 +43,14 @@ def _column_kind(series: pd.Series) -> tuple[str, Any]:
 
 
 def _encode(series: pd.Series, kind: str) -> np.ndarray:
+    if kind in ("bool", "int") and series.isna().any():
+        what = "boolean" if kind == "bool" else "integer"
+        raise RadiObjectError(
+            f"{what} column {series.name!r} has missing values; fill them or use floats"
+        )
     if kind == "bool":
         return series.to_numpy(dtype=np.uint8)
     if kind == "int":
-        if series.isna().any():
-            raise RadiObjectError(f"integer column {series.name!r} has missing values")
         return series.to_numpy(dtype=np.int64)
     if kind == "float":
         return series.to_numpy(dtype=np.float64)
@@ -116,7 +127,7 @@ class Dataframe:
             ids: only these keys.
         """
         index, kinds = self._layout()
-        wanted = [c for c in (columns or list(kinds)) if c != index]
+        wanted = [c for c in (list(kinds) if columns is None else columns) if c != index]
         unknown = [c for c in wanted if c not in kinds]
         if unknown:
             raise FilterError(
@@ -129,13 +140,14 @@ class Dataframe:
                 query = arr.query(attrs=wanted, dims=[index], cond=value_filter or None)
                 raw = query.multi_index[list(ids)] if ids is not None else query[:]
         except tiledb.TileDBError as e:
-            if value_filter:
+            storage = translate_tiledb_error(e, self.uri, "read table")
+            if value_filter and not isinstance(storage, (S3Error, NotFoundError)):
                 first = str(e).splitlines()[0].replace("TileDBError: ", "")
                 raise FilterError(
                     f"invalid filter {value_filter!r} on {self.uri!r}: {first}. Filters compare "
                     f"columns {self.columns} with values, joined by 'and'/'or'"
                 ) from e
-            raise
+            raise storage from e
         data = {index: _decode(raw[index], "str")}
         for c in wanted:
             data[c] = _decode(raw[c], kinds[c])
@@ -162,6 +174,8 @@ class Dataframe:
             dupes = sorted(set(keys[keys.duplicated()]))[:5]
             raise RadiObjectError(f"duplicate {index} values {dupes} in table for {uri!r}")
         kinds = {str(c): _column_kind(df[c]) for c in df.columns if c != index}
+        # encode before anything is written, so a bad column leaves nothing behind
+        values = {name: _encode(df[name], kind) for name, (kind, _) in kinds.items()}
         attrs = [
             tiledb.Attr(name, dtype=dt, var=dt is str, filters=[tiledb.ZstdFilter()], ctx=ctx)
             for name, (_, dt) in kinds.items()
@@ -169,7 +183,9 @@ class Dataframe:
         dom = tiledb.Domain(
             tiledb.Dim(name=index, domain=(None, None), tile=None, dtype="ascii", ctx=ctx), ctx=ctx
         )
-        if tiledb.object_type(uri, ctx=ctx) is not None:
+        with tiledb_errors(uri, "write table"):
+            taken = tiledb.object_type(uri, ctx=ctx) is not None
+        if taken:
             raise AlreadyExistsError(f"{uri!r} already exists; write the table to a new URI")
         with tiledb_errors(uri, "write table"):
             schema = tiledb.ArraySchema(
@@ -178,8 +194,6 @@ class Dataframe:
             tiledb.Array.create(uri, schema, ctx=ctx)
             with tiledb.open(uri, mode="w", ctx=ctx) as arr:
                 if len(df):
-                    arr[keys.to_numpy(dtype=object).astype(str)] = {
-                        name: _encode(df[name], kind) for name, (kind, _) in kinds.items()
-                    }
+                    arr[keys.to_numpy(dtype=object).astype(str)] = values
                 arr.meta["column_kinds"] = json.dumps({k: v[0] for k, v in kinds.items()})
         return cls(uri, ctx=ctx)

@@ -24,7 +24,7 @@ from radiobject._dataframe import Dataframe
 from radiobject._errors import IngestError, RadiObjectError
 from radiobject._foreground import compute_foreground, write_foreground
 from radiobject._group import add_members, create_group, join, new_target
-from radiobject._volume import Volume, affine_orientation, spacing_from_affine
+from radiobject._volume import Volume, affine_orientation, spacing_from_affine, storage_dtype
 from radiobject.parallel import map_on_threads
 
 __all__ = [
@@ -221,7 +221,7 @@ def write_collection(
                 "shape": ",".join(str(n) for n in array.shape),
                 "spacing": ",".join(f"{s:g}" for s in spacing_from_affine(affine)),
                 "orientation": affine_orientation(affine),
-                "dtype": str(array.dtype),
+                "dtype": str(storage_dtype(array.dtype)),
                 "affine": json.dumps(np.asarray(affine).tolist()),
                 "source": item.source,
                 **dict(item.extra or {}),
@@ -314,6 +314,12 @@ def collection_from_numpy(
     if obs is not None:
         if "obs_subject_id" not in obs.columns:
             raise IngestError("obs must have an 'obs_subject_id' column to match the arrays")
+        reserved = sorted(set(obs.columns) & {"obs_id", *CORE_COLUMNS} - {"obs_subject_id"})
+        if reserved:
+            raise IngestError(
+                f"obs columns {reserved} are filled in by radiobject for every volume; "
+                "rename them (e.g. 'tumour_volume_ml' for 'volume')"
+            )
         extra = obs.set_index("obs_subject_id").to_dict(orient="index")
 
     def loader(key: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:

@@ -163,7 +163,9 @@ class RadiObject:
             with tiledb.Group(join(self.uri, "collections"), ctx=self.ctx) as g:
                 self._all_names = sorted(m.name for m in g)
         names = self._all_names
-        return [n for n in names if n in self._collections] if self._collections else list(names)
+        if self._collections is None:
+            return list(names)
+        return [n for n in names if n in self._collections]
 
     def collection(self, name: str) -> VolumeCollection:
         """The collection ``name``, restricted to this view's subjects."""
@@ -230,7 +232,7 @@ class RadiObject:
         return pd.DataFrame(rows).set_index("collection")
 
     def __repr__(self) -> str:
-        kind = "view of " if self._subjects is not None or self._collections else ""
+        kind = "view of " if self._subjects is not None or self._collections is not None else ""
         cols = ", ".join(self.collection_names)
         return f"<RadiObject ({kind}{len(self)} subjects; collections: {cols}) at {self.uri!r}>"
 
@@ -293,6 +295,8 @@ class RadiObject:
             )
         add_members(join(self.uri, "collections"), [name], self.ctx)
         self._all_names = None
+        if self._collections is not None:  # a view of some collections also shows the new one
+            self._collections.append(name)
         return self.collection(name)
 
     @classmethod

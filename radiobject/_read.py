@@ -153,9 +153,10 @@ class BlockCache:
         with self._lock:
             if block.nbytes > self._maxsize:
                 return
+            added = 0 if key in self._lru else 1  # a block fetched again replaces itself
             before = len(self._lru)
             self._lru[key] = block
-            evicted = before + 1 - len(self._lru)
+            evicted = before + added - len(self._lru)
             self.counters.evictions += max(0, evicted)
 
     def drop(self, uri: str) -> None:

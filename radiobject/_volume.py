@@ -20,7 +20,7 @@ from radiobject._errors import (
 from radiobject._read import ArrayInfo, open_array, read_region
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
 
-__all__ = ["Volume", "affine_orientation", "spacing_from_affine"]
+__all__ = ["Volume", "affine_orientation", "spacing_from_affine", "storage_dtype"]
 
 _DIMS = ("x", "y", "z", "t")
 ATTR = "v"
@@ -44,6 +44,18 @@ def affine_orientation(affine: np.ndarray) -> str:
     from nibabel.orientations import aff2axcodes
 
     return "".join(str(c) for c in aff2axcodes(np.asarray(affine)))
+
+
+def storage_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a volume of ``dtype`` is stored as: bool as uint8, native byte order.
+
+    >>> storage_dtype(np.dtype(">i2")), storage_dtype(np.dtype(bool))
+    (dtype('int16'), dtype('uint8'))
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    return dtype.newbyteorder("=") if not dtype.isnative else dtype
 
 
 def _filters(compression: CompressionConfig) -> tiledb.FilterList:
@@ -249,8 +261,7 @@ class Volume:
             )
         if array.dtype.kind not in "biuf":
             raise ShapeError(f"volume voxels must be numeric, got dtype {array.dtype} for {uri!r}")
-        if array.dtype == np.bool_:
-            array = array.astype(np.uint8)
+        array = array.astype(storage_dtype(array.dtype), copy=False)
         if affine is None:
             sp = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
             affine = np.diag([*sp, 1.0])

@@ -107,10 +107,15 @@ def map_on_threads(
         with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
             futures = [pool.submit(fn, item) for item in items]
             results = []
-            for fut in futures:
-                results.append(fut.result())
-                if bar is not None:
-                    bar.update(1)
+            try:
+                for fut in futures:
+                    results.append(fut.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                for fut in futures:  # fail fast: items not started yet never run
+                    fut.cancel()
+                raise
             return results
     finally:
         if bar is not None:

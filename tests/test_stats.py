@@ -1,0 +1,170 @@
+"""TileDBStats and the block cache: real hits and misses, counted per tile block."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radiobject import CacheStats, ReadConfig, S3Stats, TileConfig, TileDBStats, Volume, configure
+from tests.conftest import arange_volume
+
+TILE = TileConfig(extents=(16, 16, 16))
+
+
+@pytest.fixture
+def vol(tmp_path) -> Volume:
+    """A 48^3 float64 volume in 27 tiles of 16^3 (32 KiB each)."""
+    return Volume.from_numpy(tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE)
+
+
+def read(vol: Volume, index) -> tuple[CacheStats, S3Stats, np.ndarray]:
+    with TileDBStats() as stats:
+        out = vol[index]
+    return stats.cache_stats(), stats.s3_stats(), out
+
+
+REGION = np.s_[0:32, 0:32, 0:16]  # 2 x 2 x 1 tiles
+
+
+def test_counters_equal_the_tiles_touched(vol):
+    expected = arange_volume((48, 48, 48), "float64")[REGION]
+    first, io_first, out = read(vol, REGION)
+    np.testing.assert_array_equal(out, expected)
+    assert (first.hits, first.misses) == (0, 4)
+    assert first.storage_queries == 1  # the four tiles come in one query
+    assert first.bytes_from_storage == 4 * 16**3 * 8
+    assert first.bytes_from_cache == 0
+    assert io_first.read_ops > 0
+    assert io_first.bytes_read > 0
+
+    again, io_again, out = read(vol, REGION)
+    np.testing.assert_array_equal(out, expected)
+    assert (again.hits, again.misses) == (4, 0)
+    assert again.storage_queries == 0
+    assert again.bytes_from_cache == 4 * 16**3 * 8
+    assert again.bytes_from_storage == 0
+    assert io_again.read_ops == 0  # nothing reached TileDB
+    assert again.hit_rate > first.hit_rate
+    assert again.hit_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("index", "tiles"),
+    [
+        (np.s_[0:16, 0:16, 0:16], 1),
+        (np.s_[8:24, 8:24, 8:24], 8),  # one 16^3 patch off the grid touches 8 tiles
+        (np.s_[15:17, 0:1, 0:1], 2),
+        (np.s_[:, :, 20], 9),  # an axial plane crosses 3 x 3 tiles
+        (np.s_[5, 5, 5], 1),
+        (np.s_[...], 27),
+    ],
+)
+def test_tile_counts(vol, index, tiles):
+    first, _, out = read(vol, index)
+    np.testing.assert_array_equal(out, arange_volume((48, 48, 48), "float64")[index])
+    assert first.hits + first.misses == tiles
+    assert first.misses == tiles
+
+
+def test_partial_overlap_hits_only_the_cached_tiles(vol):
+    read(vol, np.s_[0:16, 0:16, 0:32])  # tiles (0,0,0) and (0,0,1)
+    stats, _, out = read(vol, np.s_[0:16, 0:32, 0:32])  # those two and two new ones
+    assert (stats.hits, stats.misses) == (2, 2)
+    np.testing.assert_array_equal(out, arange_volume((48, 48, 48), "float64")[0:16, 0:32, 0:32])
+
+
+def test_a_cached_tile_between_missing_ones(vol):
+    read(vol, np.s_[0:16, 0:16, 16:32])  # the middle tile of a column of three
+    stats, _, out = read(vol, np.s_[0:16, 0:16, 0:48])
+    assert (stats.hits, stats.misses) == (1, 2)
+    assert stats.storage_queries == 1
+    assert stats.evictions == 0  # the cache is far from full: nothing was dropped
+    np.testing.assert_array_equal(out, arange_volume((48, 48, 48), "float64")[0:16, 0:16, :])
+    again, _, _ = read(vol, np.s_[0:16, 0:16, 0:48])
+    assert (again.hits, again.misses, again.evictions) == (3, 0, 0)
+
+
+def test_no_cache_means_every_read_is_a_storage_read(vol):
+    with configure(read=ReadConfig(cache_mb=0)):
+        for _ in range(3):
+            stats, io, out = read(vol, REGION)
+            assert (stats.hits, stats.misses) == (0, 4)
+            assert stats.storage_queries == 1
+            assert stats.bytes_from_storage == 4 * 16**3 * 8
+            assert stats.capacity_bytes == 0
+            assert stats.size_bytes == 0
+            assert io.read_ops > 0
+        np.testing.assert_array_equal(out, arange_volume((48, 48, 48), "float64")[REGION])
+
+
+def sweep(volumes: list[Volume]) -> CacheStats:
+    """Read every tile of every volume once, tile by tile."""
+    with TileDBStats() as stats:
+        for vol in volumes:
+            for i in range(3):
+                for j in range(3):
+                    for k in range(3):
+                        vol[i * 16 : i * 16 + 16, j * 16 : j * 16 + 16, k * 16 : k * 16 + 16]
+    return stats.cache_stats()
+
+
+def test_bigger_cache_gives_a_higher_hit_rate(tmp_path):
+    # working set: 2 x 27 tiles x 32 KiB = 1.7 MiB, larger than a 1 MiB cache
+    volumes = [
+        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((48, 48, 48), "float64") + n, tile=TILE)
+        for n in range(2)
+    ]
+    rates = {}
+    for mb in (1, 8):
+        with configure(read=ReadConfig(cache_mb=mb)):
+            sweep(volumes)  # warm up
+            second = sweep(volumes)
+            assert second.hits + second.misses == 54
+            assert second.capacity_bytes == mb * 1024 * 1024
+            assert second.size_bytes <= second.capacity_bytes
+            rates[mb] = (second.hit_rate, second.evictions)
+    small_rate, small_evictions = rates[1]
+    big_rate, big_evictions = rates[8]
+    assert big_rate > small_rate
+    assert big_rate == 1.0  # everything fits
+    assert small_evictions > 0  # the small cache really had to drop blocks
+    assert big_evictions == 0
+
+
+def test_a_new_cache_budget_starts_empty(vol):
+    read(vol, REGION)
+    with configure(read=ReadConfig(cache_mb=4)):
+        stats, _, _ = read(vol, REGION)
+    assert stats.misses == 4
+
+
+def test_stats_inside_the_block(vol):
+    with TileDBStats() as stats:
+        vol[REGION]
+        during = stats.cache_stats()
+        vol[REGION]
+    assert (during.hits, during.misses) == (0, 4)
+    assert (stats.cache_stats().hits, stats.cache_stats().misses) == (4, 4)
+    assert stats.cache_stats().hit_rate == 0.5
+
+
+def test_nested_stats_blocks(vol):
+    with TileDBStats() as outer:
+        vol[REGION]
+        with TileDBStats() as inner:
+            vol[REGION]
+        vol[np.s_[32:48, 0:16, 0:16]]
+    assert (inner.cache_stats().hits, inner.cache_stats().misses) == (4, 0)
+    assert (outer.cache_stats().hits, outer.cache_stats().misses) == (4, 5)
+    assert outer.s3_stats().read_ops > 0
+
+
+def test_empty_stats():
+    with TileDBStats() as stats:
+        pass
+    assert stats.cache_stats().hit_rate == 0.0
+    assert stats.cache_stats().hits + stats.cache_stats().misses == 0
+    assert stats.s3_stats() == S3Stats()
+    assert S3Stats().parallelization_rate == 0.0
+    total = CacheStats(hits=1, misses=3) + CacheStats(hits=2, misses=2)
+    assert (total.hits, total.misses, total.hit_rate) == (3, 5, 3 / 8)
