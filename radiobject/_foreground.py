@@ -8,6 +8,7 @@ set-up reads that one array and never the masks themselves.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,53 +66,53 @@ def compute_foreground(mask: np.ndarray, max_points: int = MAX_POINTS) -> Foregr
 
 
 def write_foreground(uri: str, entries: dict[str, ForegroundIndex], ctx: tiledb.Ctx) -> None:
-    """Write the index of several volumes (keyed by obs_id) as one sparse array at ``uri``."""
-    with tiledb_errors(uri, "write foreground index"):
-        if tiledb.object_type(uri, ctx=ctx) is None:
-            dom = tiledb.Domain(
-                tiledb.Dim(name="obs_id", domain=(None, None), tile=None, dtype="ascii", ctx=ctx),
-                tiledb.Dim(name="row", domain=(0, 2**40), tile=4096, dtype=np.int64, ctx=ctx),
-                ctx=ctx,
-            )
-            attrs = [
-                tiledb.Attr(
-                    n,
-                    dtype=np.int64 if n == "count" else np.int32,
-                    filters=[tiledb.ZstdFilter()],
-                    ctx=ctx,
-                )
-                for n in ("label", "x", "y", "z", "count")
+    """Store the index of several volumes (keyed by obs_id) as one small array at ``uri``.
+
+    Volumes already indexed at ``uri`` are kept; the array is rewritten with all of them.
+    Layout: a dense array of rows ``(volume, label, x, y, z)`` (int32), and the obs_ids and
+    per-label voxel counts in its metadata, so a reader decodes it with a few numpy calls.
+    """
+    merged = {**read_foreground(uri, ctx), **entries}
+    obs_ids = sorted(merged)
+    rows = [
+        np.column_stack(
+            [
+                np.full(len(merged[o].points[k]), v, dtype=np.int32),
+                np.full(len(merged[o].points[k]), k, dtype=np.int32),
+                merged[o].points[k].astype(np.int32),
             ]
-            tiledb.Array.create(
-                uri, tiledb.ArraySchema(domain=dom, attrs=attrs, sparse=True, ctx=ctx), ctx=ctx
-            )
-        ids, rows, cols = [], [], {n: [] for n in ("label", "x", "y", "z", "count")}
-        for obs_id, fg in entries.items():
-            # row 0 of every volume is a marker, so volumes without foreground are indexed too
-            ids.append(obs_id)
-            rows.append(0)
-            for n in cols:
-                cols[n].append(-1)
-            r = 1
-            for label in fg.labels:
-                pts = fg.points[label]
-                for p in pts:
-                    ids.append(obs_id)
-                    rows.append(r)
-                    r += 1
-                    cols["label"].append(label)
-                    cols["x"].append(p[0])
-                    cols["y"].append(p[1])
-                    cols["z"].append(p[2])
-                    cols["count"].append(fg.counts[label])
+        )
+        for v, o in enumerate(obs_ids)
+        for k in merged[o].labels
+    ]
+    table = np.concatenate(rows) if rows else np.zeros((0, 5), dtype=np.int32)
+    counts = {o: {str(k): c for k, c in merged[o].counts.items()} for o in obs_ids}
+    with tiledb_errors(uri, "write foreground index"):
+        if tiledb.object_type(uri, ctx=ctx) is not None:
+            tiledb.remove(uri, ctx=ctx)
+        n = max(len(table), 1)
+        dom = tiledb.Domain(
+            tiledb.Dim(name="row", domain=(0, n - 1), tile=min(n, 65536), dtype=np.int64, ctx=ctx),
+            ctx=ctx,
+        )
+        attrs = [
+            tiledb.Attr(name, dtype=np.int32, filters=[tiledb.ZstdFilter()], ctx=ctx)
+            for name in _COLUMNS
+        ]
+        tiledb.Array.create(
+            uri, tiledb.ArraySchema(domain=dom, attrs=attrs, sparse=False, ctx=ctx), ctx=ctx
+        )
         with tiledb.open(uri, mode="w", ctx=ctx) as arr:
-            arr[np.array(ids, dtype=object).astype(str), np.array(rows, dtype=np.int64)] = {
-                "label": np.array(cols["label"], dtype=np.int32),
-                "x": np.array(cols["x"], dtype=np.int32),
-                "y": np.array(cols["y"], dtype=np.int32),
-                "z": np.array(cols["z"], dtype=np.int32),
-                "count": np.array(cols["count"], dtype=np.int64),
-            }
+            if len(table):
+                arr[0 : len(table)] = {
+                    c: np.ascontiguousarray(table[:, i]) for i, c in enumerate(_COLUMNS)
+                }
+            arr.meta["obs_ids"] = json.dumps(obs_ids)
+            arr.meta["counts"] = json.dumps(counts)
+            arr.meta["rows"] = len(table)
+
+
+_COLUMNS = ("volume", "label", "x", "y", "z")
 
 
 def read_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
@@ -119,17 +120,25 @@ def read_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
     if tiledb.object_type(uri, ctx=ctx) is None:
         return {}
     with tiledb_errors(uri, "read foreground index"), tiledb.open(uri, ctx=ctx) as arr:
-        raw = arr[:]
-    ids = np.array([v.decode() if isinstance(v, bytes) else v for v in raw["obs_id"]])
+        if "obs_ids" not in arr.meta:  # an index of an older layout: rebuilt by the caller
+            return {}
+        obs_ids = json.loads(arr.meta["obs_ids"])
+        counts = json.loads(arr.meta["counts"])
+        n = int(arr.meta["rows"])
+        raw = arr[0:n] if n else {c: np.zeros(0, dtype=np.int32) for c in _COLUMNS}
     out: dict[str, ForegroundIndex] = {}
-    labels = raw["label"]
+    volume, label = raw["volume"], raw["label"]
     coords = np.stack([raw["x"], raw["y"], raw["z"]], axis=1)
-    for obs_id in np.unique(ids):
-        sel = (ids == obs_id) & (labels >= 0)
-        lab = labels[sel]
-        pts = coords[sel]
-        cnt = raw["count"][sel]
-        points = {int(k): pts[lab == k] for k in np.unique(lab)}
-        counts = {int(k): int(cnt[lab == k][0]) for k in np.unique(lab)}
-        out[str(obs_id)] = ForegroundIndex(points=points, counts=counts)
+    order = np.lexsort((label, volume))  # rows are written grouped; this makes sure of it
+    volume, label, coords = volume[order], label[order], coords[order]
+    keys = volume.astype(np.int64) * 1_000_003 + label
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.zeros(0, int)
+    ends = np.r_[starts[1:], n] if n else np.zeros(0, int)
+    points: dict[str, dict[int, np.ndarray]] = {o: {} for o in obs_ids}
+    for a, b in zip(starts, ends, strict=True):
+        points[obs_ids[int(volume[a])]][int(label[a])] = coords[a:b]
+    for o in obs_ids:
+        out[o] = ForegroundIndex(
+            points=points[o], counts={int(k): int(c) for k, c in counts[o].items()}
+        )
     return out

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,8 +184,43 @@ def block_cache() -> BlockCache:
     return _cache
 
 
+class ReadOverlap:
+    """Storage reads TileDB made while two or more queries of this process were in flight.
+
+    Every storage query enters and leaves this meter. While statistics are collected,
+    ``counter`` returns TileDB's running count of read operations, and the reads made while
+    queries overlapped (threads reading volumes at once) add up in ``parallel_ops``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.inflight = 0
+        self.parallel_ops = 0
+        self.counter: Callable[[], int] | None = None
+        self._mark: int | None = None
+
+    def _advance(self) -> None:
+        now = self.counter() if self.counter is not None else None
+        if now is not None and self._mark is not None and self.inflight >= 2:
+            self.parallel_ops += max(0, now - self._mark)
+        self._mark = now
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._advance()
+            self.inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._advance()
+            self.inflight -= 1
+
+
+read_overlap = ReadOverlap()
+
+
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
-    with tiledb_errors(info.uri, "read volume"):
+    with read_overlap, tiledb_errors(info.uri, "read volume"):
         sub = tiledb.Subarray(handle)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
         return handle.read_subarray(sub)[info.attr]
@@ -227,6 +263,9 @@ def read_region(
     n_tiles = int(np.prod([b - a + 1 for a, b in zip(first, last, strict=True)]))
     tile_bytes = int(np.prod(tiles)) * info.dtype.itemsize
     counters = cache.counters
+    volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
+    if whole_on_miss and volume_bytes * 4 <= cache.maxsize:
+        return _read_via_whole(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         out = _query(handle, info, bounds)
         with cache._lock:
@@ -239,21 +278,13 @@ def read_region(
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
     if missing:
-        whole = tuple((0, n) for n in info.shape)
-        if whole_on_miss and info.dtype.itemsize * int(np.prod(info.shape)) * 4 <= cache.maxsize:
-            with _fetch_lock(uri):  # one thread fetches the volume, the others wait for it
-                blocks = {k: cache.get((uri, k)) for k in keys}
-                missing = [k for k, v in blocks.items() if v is None]
-                if missing:
-                    _fetch_into_cache(cache, handle, info, whole, blocks)
-        else:
-            lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
-            hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
-            fetch = tuple(
-                (lo * t, min((hi + 1) * t, s))
-                for lo, hi, t, s in zip(lo_t, hi_t, tiles, info.shape, strict=True)
-            )
-            _fetch_into_cache(cache, handle, info, fetch, blocks)
+        lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
+        hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
+        fetch = tuple(
+            (lo * t, min((hi + 1) * t, s))
+            for lo, hi, t, s in zip(lo_t, hi_t, tiles, info.shape, strict=True)
+        )
+        _fetch_into_cache(cache, handle, info, fetch, blocks)
     with cache._lock:
         counters.hits += n_tiles - len(missing)
         counters.misses += len(missing)
@@ -269,6 +300,40 @@ def read_region(
             src.append(slice(a - t0, b - t0))
             dst.append(slice(a - lo, b - lo))
         out[tuple(dst)] = block[tuple(src)]
+    return out
+
+
+_WHOLE = (-1,)  # cache key of a volume held as one block
+
+
+def _read_via_whole(
+    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, n_tiles: int
+) -> np.ndarray:
+    """Serve ``bounds`` from the whole volume, held in the cache as one block.
+
+    The first read of the volume fetches all of it in one query (one thread does; threads
+    wanting the same volume wait for it). Hits and misses count the tiles ``bounds`` touches.
+    """
+    key = (info.uri, _WHOLE)
+    volume = cache.get(key)
+    hit = volume is not None
+    if volume is None:
+        with _fetch_lock(info.uri):
+            volume = cache.get(key)
+            hit = volume is not None
+            if volume is None:
+                volume = _query(handle, info, tuple((0, n) for n in info.shape))
+                cache.put(key, volume)
+                with cache._lock:
+                    cache.counters.storage_queries += 1
+                    cache.counters.bytes_from_storage += volume.nbytes
+    out = volume[tuple(slice(lo, hi) for lo, hi in bounds)].copy()
+    with cache._lock:
+        if hit:
+            cache.counters.hits += n_tiles
+            cache.counters.bytes_from_cache += out.nbytes
+        else:
+            cache.counters.misses += n_tiles
     return out
 
 
