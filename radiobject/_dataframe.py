@@ -166,7 +166,7 @@ class Dataframe:
     ) -> Dataframe:
         """Write ``df`` as a new table at ``uri`` keyed by column ``index`` (unique)."""
         uri = str(uri)
-        ctx = ctx or get_tiledb_ctx()
+        given, ctx = ctx, ctx or get_tiledb_ctx()
         if index not in df.columns:
             raise RadiObjectError(f"table for {uri!r} needs a column {index!r}")
         keys = df[index].astype(str)
@@ -196,4 +196,4 @@ class Dataframe:
                 if len(df):
                     arr[keys.to_numpy(dtype=object).astype(str)] = values
                 arr.meta["column_kinds"] = json.dumps({k: v[0] for k, v in kinds.items()})
-        return cls(uri, ctx=ctx)
+        return cls(uri, ctx=given)  # no context given: follow configure()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import tiledb
 
-from radiobject._errors import AlreadyExistsError, NotFoundError, tiledb_errors
+from radiobject._errors import AlreadyExistsError, NotFoundError, RadiObjectError, tiledb_errors
 
 __all__ = ["add_members", "create_group", "group_meta", "join", "new_target", "remove"]
+
+_log = logging.getLogger(__name__)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -41,7 +44,8 @@ def add_members(uri: str, names: list[str], ctx: tiledb.Ctx) -> None:
 
 def group_meta(uri: str, kind: str, ctx: tiledb.Ctx) -> dict[str, Any]:
     """Metadata of the group at ``uri``, checking it is a radiobject ``kind``."""
-    found = tiledb.object_type(uri, ctx=ctx)
+    with tiledb_errors(uri, f"open {kind}"):
+        found = tiledb.object_type(uri, ctx=ctx)
     if found is None:
         raise NotFoundError(f"no {kind} at {uri!r}: nothing is stored there")
     with tiledb_errors(uri, f"open {kind}"):
@@ -56,21 +60,31 @@ def group_meta(uri: str, kind: str, ctx: tiledb.Ctx) -> dict[str, Any]:
 
 
 def remove(uri: str, ctx: tiledb.Ctx) -> None:
-    """Delete everything under ``uri`` (no error if nothing is there)."""
-    vfs = tiledb.VFS(ctx=ctx)
-    if vfs.is_dir(uri):
-        vfs.remove_dir(uri)
-    elif vfs.is_file(uri):
-        vfs.remove_file(uri)
+    """Delete everything under ``uri`` (no error if nothing is there).
+
+    On S3 a "directory" is a key prefix: ``is_dir`` lists ``uri/`` and ``remove_dir`` deletes
+    every object under it.
+    """
+    with tiledb_errors(uri, "remove"):
+        vfs = tiledb.VFS(ctx=ctx)
+        if vfs.is_dir(uri):
+            vfs.remove_dir(uri)
+        elif vfs.is_file(uri):
+            vfs.remove_file(uri)
 
 
 @contextmanager
 def new_target(uri: str, ctx: tiledb.Ctx) -> Iterator[None]:
     """Guard a write of a new object at ``uri``: it must not exist, and a failure removes it."""
-    if tiledb.object_type(uri, ctx=ctx) is not None or tiledb.VFS(ctx=ctx).is_dir(uri):
+    with tiledb_errors(uri, "check the write target"):
+        taken = tiledb.object_type(uri, ctx=ctx) is not None or tiledb.VFS(ctx=ctx).is_dir(uri)
+    if taken:
         raise AlreadyExistsError(f"{uri!r} already exists; remove it or choose a new URI")
     try:
         yield
     except BaseException:
-        remove(uri, ctx)
+        try:
+            remove(uri, ctx)
+        except RadiObjectError as cleanup:  # e.g. the endpoint went away: keep the first error
+            _log.warning("could not remove the partial write at %r: %s", uri, cleanup)
         raise

@@ -185,7 +185,7 @@ def write_collection(
     progress: bool = True,
 ) -> VolumeCollection:
     """Write ``items`` as a new collection at ``uri`` (all or nothing)."""
-    ctx = ctx or get_tiledb_ctx()
+    given, ctx = ctx, ctx or get_tiledb_ctx()
     ids = [it.obs_subject_id for it in items]
     dupes = sorted({s for s in ids if ids.count(s) > 1})
     if dupes:
@@ -242,7 +242,7 @@ def write_collection(
             g.meta["is_mask"] = int(bool(mask_flag and mask_flag[0]))
         add_members(uri, members, ctx)
         add_members(join(uri, "volumes"), [r["volume"].split("/")[1] for r, _ in results], ctx)
-    return VolumeCollection(uri, ctx=ctx)
+    return VolumeCollection(uri, ctx=given)  # no context given: follow configure()
 
 
 def collection_from_files(

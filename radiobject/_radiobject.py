@@ -14,7 +14,13 @@ import tiledb
 from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._dataframe import Dataframe
-from radiobject._errors import AlignmentError, IngestError, NotFoundError, OutOfBoundsError
+from radiobject._errors import (
+    AlignmentError,
+    IngestError,
+    NotFoundError,
+    OutOfBoundsError,
+    tiledb_errors,
+)
 from radiobject._group import add_members, create_group, group_meta, join, new_target
 
 __all__ = ["RadiObject"]
@@ -160,7 +166,8 @@ class RadiObject:
     def collection_names(self) -> list[str]:
         """Names of the collections (of this view), sorted."""
         if self._all_names is None:
-            with tiledb.Group(join(self.uri, "collections"), ctx=self.ctx) as g:
+            uri = join(self.uri, "collections")
+            with tiledb_errors(uri, "list collections"), tiledb.Group(uri, ctx=self.ctx) as g:
                 self._all_names = sorted(m.name for m in g)
         names = self._all_names
         if self._collections is None:
@@ -412,7 +419,7 @@ def _build(
     write: Any,
     subjects_of: Any,
 ) -> RadiObject:
-    ctx = ctx or get_tiledb_ctx()
+    given, ctx = ctx, ctx or get_tiledb_ctx()
     if not sources:
         raise IngestError("a RadiObject needs at least one collection")
     subjects: list[str] = []
@@ -430,6 +437,8 @@ def _build(
         radi = RadiObject(uri, ctx=ctx)
         if validate_alignment:
             _check_alignment(radi)
+    # without a context of its own, the new object follows configure() (e.g. S3 set later)
+    radi._ctx = given
     return radi
 
 

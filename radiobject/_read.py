@@ -200,7 +200,10 @@ class ReadOverlap:
         self._mark: int | None = None
 
     def _advance(self) -> None:
-        now = self.counter() if self.counter is not None else None
+        try:
+            now = self.counter() if self.counter is not None else None
+        except Exception:  # statistics must never break a read
+            now = None
         if now is not None and self._mark is not None and self.inflight >= 2:
             self.parallel_ops += max(0, now - self._mark)
         self._mark = now

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from radiobject._read import CacheCounters, block_cache
+from radiobject._read import CacheCounters, block_cache, read_overlap
 
 __all__ = ["CacheStats", "S3Stats", "TileDBStats", "tiledb_counters"]
 
@@ -59,13 +59,24 @@ class CacheStats:
 
 @dataclass(frozen=True)
 class S3Stats:
-    """Storage I/O seen by TileDB (for S3 and local files alike).
+    """Storage I/O seen by TileDB (for S3 and local files alike), from TileDB's own counters.
+
+    TileDB 2.30 counts storage operations per VFS, not per backend: it has no S3-only
+    counter, no count of HTTP requests and no counter of parallel reads. On S3 a read is a
+    ranged GET unless TileDB's read-ahead cache already holds it (small metadata reads), so
+    the server sees at most ``read_ops`` GETs; TileDB does not count its ListObjects requests.
 
     Attributes:
-        read_ops: reads TileDB issued to the storage backend (VFS read operations).
-        parallelized_reads: reads that ran as part of a batch of concurrent reads.
+        read_ops: reads TileDB issued to storage (``VFS.read_ops_num``). A read TileDB splits
+            over ``S3Config.max_parallel_ops`` connections (reads of at least twice
+            ``vfs.min_parallel_size``, 10 MiB by default) counts each part.
+        parallelized_reads: reads TileDB made while two or more volume queries of this
+            process were in flight (e.g. threads of ``map_on_threads``), measured around each
+            query. Parts of one split read are not seen here (they show in ``read_ops``).
         bytes_read: bytes fetched from storage (compressed, as stored).
-        requests: HTTP requests made to S3 (0 for local files).
+        requests: storage requests: reads plus object sizes and existence checks
+            (``VFS.read_ops_num + file_size_num + is_object_num``). On S3 the checks are
+            one HEAD each and the reads at most one GET each (see above).
     """
 
     read_ops: int = 0
@@ -80,18 +91,30 @@ class S3Stats:
 
 
 def tiledb_counters() -> dict[str, int]:
-    """TileDB's process-wide counters right now (needs stats enabled)."""
+    """TileDB's process-wide counters right now, summed over every context (needs stats on).
+
+    TileDB keeps counters per context; ``tiledb.stats_dump(json=True)`` returns only the
+    first context's, so a context built by a later ``configure(...)`` would go unseen.
+    """
     import tiledb
 
-    raw = tiledb.stats_dump(json=True, print_out=False)
+    try:
+        from tiledb.main import stats_raw_dump_str
+
+        raw: Any = stats_raw_dump_str()
+    except ImportError:  # older tiledb-py: the first context only
+        raw = tiledb.stats_dump(json=True, print_out=False)
     data: Any = json.loads(raw) if isinstance(raw, str) else raw
-    if isinstance(data, list):
-        data = data[0] if data else {}
-    return {k: int(v) for k, v in (data.get("counters") or {}).items()}
+    total: dict[str, int] = {}
+    for entry in data if isinstance(data, list) else [data]:
+        for k, v in (entry.get("counters") or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+    # a context freed during the block takes its counters with it: never count below zero
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
 def _sum(counters: dict[str, int], suffix: str, contains: str = "") -> int:
@@ -115,6 +138,8 @@ class TileDBStats:
     _cache_before: CacheCounters | None = None
     _cache_after: CacheCounters | None = None
     _tdb_before: dict[str, int] = field(default_factory=dict)
+    _parallel_before: int = 0
+    _parallel_after: int | None = None
 
     def __enter__(self) -> TileDBStats:
         import tiledb
@@ -123,7 +148,10 @@ class TileDBStats:
         with _enable_lock:
             if _enabled == 0:
                 tiledb.stats_enable()
+                read_overlap.counter = _vfs_read_ops
             _enabled += 1
+        self._parallel_before = read_overlap.parallel_ops
+        self._parallel_after = None
         self._tdb_before = tiledb_counters()
         self._cache_before = block_cache().counters.copy()
         self._cache_after = None
@@ -140,9 +168,11 @@ class TileDBStats:
         global _enabled
         self._cache_after = block_cache().counters.copy()
         self.counters = _diff(tiledb_counters(), self._tdb_before)
+        self._parallel_after = read_overlap.parallel_ops
         with _enable_lock:
             _enabled -= 1
             if _enabled == 0:
+                read_overlap.counter = None
                 tiledb.stats_disable()
 
     def cache_stats(self) -> CacheStats:
@@ -160,19 +190,20 @@ class TileDBStats:
             if self._cache_after is not None
             else _diff(tiledb_counters(), self._tdb_before)
         )
-        read_ops = _sum(c, "read_ops_num", "VFS")
-        parallel = _sum(c, "read_ops_num", "S3") if any("S3" in k for k in c) else 0
-        parallel = min(parallel, read_ops) if parallel else _parallel_local(c, read_ops)
+        read_ops = _sum(c, ".VFS.read_ops_num")
+        after = self._parallel_after
+        overlapped = (read_overlap.parallel_ops if after is None else after) - self._parallel_before
         return S3Stats(
             read_ops=read_ops,
-            parallelized_reads=parallel,
-            bytes_read=_sum(c, "read_byte_num", "VFS"),
-            requests=_sum(c, "num_requests", "S3") or _sum(c, "read_ops_num", "S3"),
+            parallelized_reads=max(0, min(read_ops, overlapped)),
+            bytes_read=_sum(c, ".VFS.read_byte_num"),
+            requests=sum(_sum(c, f".VFS.{name}") for name in _REQUEST_COUNTERS),
         )
 
 
-def _parallel_local(counters: dict[str, int], read_ops: int) -> int:
-    # TileDB batches the tile reads of one query into one parallel VFS call; reads beyond the
-    # first of each batch ran concurrently with it
-    batches = _sum(counters, "Reader.loop_num")
-    return max(0, read_ops - batches) if batches else 0
+# TileDB's VFS counters of operations that are one request each on S3 (GET, HEAD, HEAD)
+_REQUEST_COUNTERS = ("read_ops_num", "file_size_num", "is_object_num")
+
+
+def _vfs_read_ops() -> int:
+    return _sum(tiledb_counters(), ".VFS.read_ops_num")

@@ -253,7 +253,7 @@ class Volume:
             ctx: TileDB context.
         """
         uri = str(uri)
-        ctx = ctx or get_tiledb_ctx()
+        given, ctx = ctx, ctx or get_tiledb_ctx()
         array = np.asarray(array)
         if array.ndim not in (3, 4) or 0 in array.shape:
             raise ShapeError(
@@ -296,4 +296,4 @@ class Volume:
                 arr.meta["orientation"] = affine_orientation(affine)
                 for key, value in (metadata or {}).items():
                     arr.meta[key] = value if isinstance(value, (int, float, str)) else str(value)
-        return cls(uri, ctx=ctx)
+        return cls(uri, ctx=given)  # no context given: follow configure()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import DataLoader, Sampler
@@ -115,20 +116,28 @@ class EpochTagged(Sampler):
         return len(self.sampler)
 
 
+def _aws_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
 @dataclass(frozen=True)
 class worker_init:
     """Set up a DataLoader worker: the parent's settings and a share of the cache budget.
 
     The cache budget of ``ReadConfig.cache_mb`` is for the whole loader: each of the
-    ``num_workers`` workers gets ``1/num_workers`` of it.
+    ``num_workers`` workers gets ``1/num_workers`` of it. The parent's ``AWS_*`` environment
+    (S3 credentials, profile, region) goes along too: workers fork from a server process
+    that may have started before those variables were set. It is never shown in ``repr``.
     """
 
     config: RadiObjectConfig
     num_workers: int
     user_fn: Callable[[int], None] | None = None
     shared: SharedLoaderState | None = None
+    aws_env: dict[str, str] = field(default_factory=_aws_environment, repr=False)
 
     def __call__(self, worker_id: int) -> None:
+        os.environ.update(self.aws_env)
         block_cache().worker_share = max(1, self.num_workers)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
         install_worker(self.shared, worker_id)
@@ -166,7 +175,9 @@ def _preload_modules(dataset: VolumeCollectionDataset) -> list[str]:
         if obj is None:
             continue
         module = obj.__module__ if inspect.isfunction(obj) else type(obj).__module__
-        if module and module not in ("__main__", "builtins") and module not in names:
+        if not module or module in ("__main__", "builtins"):
+            continue
+        if not any(module == n or module.startswith(n + ".") for n in names):
             names.append(module)
     return names
 
@@ -201,7 +212,7 @@ def build_loader(
         raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        mp_ctx = _mp_context(multiprocessing_context)
+        mp_ctx = _mp_context(multiprocessing_context, _preload_modules(dataset))
         shared = SharedLoaderState(mp_ctx, num_workers)
         kwargs["multiprocessing_context"] = mp_ctx
         kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
