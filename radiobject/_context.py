@@ -18,6 +18,7 @@ __all__ = ["build_tiledb_config", "get_tiledb_ctx"]
 _MIB = 1024 * 1024
 _lock = threading.Lock()
 _cache: dict[tuple[int, object], tiledb.Ctx] = {}
+_inherited: list[tiledb.Ctx] = []
 
 
 def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config:
@@ -76,7 +77,10 @@ def get_tiledb_ctx() -> tiledb.Ctx:
             ctx = _cache.get(key)
             if ctx is None:
                 if any(k[0] != key[0] for k in _cache):
-                    _cache.clear()  # inherited through fork: never touch the parent's
+                    # inherited through fork: keep the parent's contexts alive, unused (freeing
+                    # a context made by another process can block for ever)
+                    _inherited.extend(_cache.values())
+                    _cache.clear()
                 if len(_cache) >= 8:
                     _cache.pop(next(iter(_cache)))
                 ctx = tiledb.Ctx(build_tiledb_config(config))

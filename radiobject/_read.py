@@ -52,12 +52,16 @@ _MAX_HANDLES = 512
 _handles_lock = threading.RLock()
 _handles: _HandleCache = _HandleCache(maxsize=_MAX_HANDLES)
 _handles_pid = os.getpid()
+_inherited: list[Any] = []
 
 
 def _own_handles() -> _HandleCache:
     """The handle cache of this process (a forked child drops its parent's, unclosed)."""
     global _handles, _handles_pid
     if _handles_pid != os.getpid():
+        # inherited through fork: keep the parent's handles alive but never use or free them
+        # (freeing TileDB objects made by another process can block for ever)
+        _inherited.append(_handles)
         _handles = _HandleCache(maxsize=_MAX_HANDLES)
         _handles_pid = os.getpid()
     return _handles
@@ -224,7 +228,7 @@ read_overlap = ReadOverlap()
 
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     with read_overlap, tiledb_errors(info.uri, "read volume"):
-        sub = tiledb.Subarray(handle)
+        sub = tiledb.Subarray(handle, ctx=handle.ctx)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
         return handle.read_subarray(sub)[info.attr]
 

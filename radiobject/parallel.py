@@ -29,6 +29,7 @@ R = TypeVar("R")
 
 _lock = threading.Lock()
 _process_ctx: dict[tuple[int, str], tiledb.Ctx] = {}
+_inherited: list[tiledb.Ctx] = []
 
 
 def ctx_for_threads(ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
@@ -63,7 +64,7 @@ def ctx_for_process(base_ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
         ctx = _process_ctx.get(key)
         if ctx is None:
             for k in [k for k in _process_ctx if k[0] != key[0]]:
-                del _process_ctx[k]
+                _inherited.append(_process_ctx.pop(k))  # a parent's: keep alive, never free
             ctx = tiledb.Ctx(tiledb.Config(dict(items)))
             _process_ctx[key] = ctx
     return ctx

@@ -55,6 +55,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     Use it with ``tio.Queue`` and a patch sampler (every released TorchIO ``Queue`` needs
     one, e.g. ``tio.UniformSampler(patch_size)`` or ``tio.LabelSampler(patch_size, "seg")``).
 
+    ``tio.Queue(..., num_workers=n)`` starts its loading processes with the platform's
+    default start method, which is ``fork`` on Linux, and a TileDB context does not survive
+    ``fork``. Before a queue with ``num_workers > 0``, call
+    ``multiprocessing.set_start_method("forkserver", force=True)``. The subjects are
+    picklable, so forkserver and spawn workers load them.
+
     Args:
         collections: collection(s); each becomes an image keyed by its name.
         labels: per-volume labels, as in :class:`VolumeCollectionDataset`.

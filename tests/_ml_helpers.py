@@ -1,0 +1,57 @@
+"""Code that runs inside DataLoader workers and spawned processes of the ML tests.
+
+Spawned and forkserver children unpickle classes and functions by importing their module,
+so they live here (tests put this folder on ``sys.path``) and not in test modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import radiobject
+from radiobject._read import block_cache
+from radiobject.ml import VolumeCollectionDataset
+
+
+class ConfigProbeDataset(VolumeCollectionDataset):
+    """A documented subclass: adds what the process reading the sample sees."""
+
+    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+        sample = super().read_sample(index, box)
+        sample["pid"] = os.getpid()
+        sample["max_workers"] = radiobject.get_config().read.max_workers
+        sample["cache_mb"] = radiobject.get_config().read.cache_mb
+        sample["cache_bytes"] = block_cache().maxsize
+        return sample
+
+
+def distributed_worker(
+    rank: int, world_size: int, init_method: str, radi_uri: str, out_dir: str
+) -> None:
+    """One rank: load its shard for two epochs and write what it saw to ``out_dir``."""
+    import torch.distributed as dist
+
+    from radiobject.ml import create_distributed_dataloader
+
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        radi = radiobject.RadiObject(radi_uri)
+        loader = create_distributed_dataloader(
+            radi.T1w, rank, world_size, batch_size=2, patch_size=(8, 8, 8), seed=5
+        )
+        seen: dict[str, list[Any]] = {}
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            items = []
+            for batch in loader:
+                for obs_id, start in zip(batch["obs_id"], batch["patch_start"], strict=True):
+                    items.append([obs_id, start.tolist()])
+            seen[str(epoch)] = items
+        # all ranks finish loading before any leaves the group
+        dist.barrier()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()

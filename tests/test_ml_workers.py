@@ -1,0 +1,172 @@
+"""DataLoader worker processes: safe start method, determinism, settings, persistence.
+
+Each test here starts worker processes (a few seconds each), so they are few.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from radiobject import ReadConfig, configure, get_config
+from radiobject.ml import (
+    EpochSampler,
+    VolumeCollectionDataset,
+    create_training_dataloader,
+    default_start_method,
+    worker_init,
+)
+from radiobject.ml._loaders import _preload_modules
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def helpers(monkeypatch):
+    """tests/_ml_helpers.py, importable by name in spawned and forkserver workers too."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    return importlib.import_module("_ml_helpers")
+
+
+def keys_of(loader, epochs):
+    return [
+        [
+            (obs_id, tuple(start.tolist()))
+            for batch in loader
+            for obs_id, start in zip(batch["obs_id"], batch["patch_start"], strict=True)
+        ]
+        for _ in range(epochs)
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_two_persistent_workers_run_epochs_like_the_main_process(sample_radi):
+    def make(num_workers):
+        return create_training_dataloader(
+            sample_radi.T1w,
+            labels="diagnosis",
+            batch_size=4,
+            patch_size=(8, 8, 8),
+            patches_per_volume=2,
+            seed=9,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+
+    loader = make(2)
+    assert loader.num_workers == 2
+    assert loader.persistent_workers
+    # TileDB contexts do not survive fork: workers come from a fork server (or spawn)
+    assert loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+    assert loader.multiprocessing_context.get_start_method() == default_start_method()
+
+    with_workers = keys_of(loader, epochs=3)
+    in_process = keys_of(make(0), epochs=3)
+    assert [len(e) for e in with_workers] == [12, 12, 12]  # 6 volumes x 2 patches
+    assert with_workers == in_process  # same seed, same samples, whatever num_workers is
+    assert with_workers[0] != with_workers[1] != with_workers[2]
+    for epoch in with_workers:
+        assert sorted({obs for obs, _ in epoch}) == sample_radi.T1w.obs_ids
+
+
+@pytest.mark.timeout(120)
+def test_parent_settings_and_a_cache_share_reach_the_workers(sample_radi, helpers):
+    configure(read=ReadConfig(max_workers=3, cache_mb=64))
+    dataset = helpers.ConfigProbeDataset(
+        sample_radi.T1w, transform=lambda s: {**s, "image": s["image"] + 1}
+    )
+    # the documented path for a subclass: DataLoader + EpochSampler + worker_init
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        sampler=EpochSampler(dataset, shuffle=False),
+        num_workers=2,
+        multiprocessing_context=default_start_method(),
+        worker_init_fn=worker_init(get_config(), num_workers=2),
+        persistent_workers=True,
+    )
+    pids = []
+    for _ in range(2):
+        epoch_pids = set()
+        for batch in loader:
+            assert batch["max_workers"].tolist() == [3, 3]
+            assert batch["cache_mb"].tolist() == [64, 64]
+            # the 64 MiB budget is for the loader: each of 2 workers gets half
+            assert batch["cache_bytes"].tolist() == [32 * 1024 * 1024] * 2
+            for image, obs_id in zip(batch["image"], batch["obs_id"], strict=True):
+                stored = sample_radi.T1w.loc[obs_id].to_numpy()
+                np.testing.assert_array_equal(image[0].numpy(), stored + 1)  # lambda ran
+            epoch_pids |= set(batch["pid"].tolist())
+        pids.append(epoch_pids)
+    assert os.getpid() not in pids[0]
+    assert len(pids[0]) == 2
+    assert pids[0] == pids[1]  # persistent: the same two workers served both epochs
+    # in this process the budget is whole
+    assert dataset[0]["cache_bytes"] == 64 * 1024 * 1024
+    assert isinstance(dataset[0]["image"], torch.Tensor)
+
+
+def test_workers_preload_what_unpickling_the_dataset_imports(sample_radi, helpers):
+    """The fork server imports the transform's library once, not every worker on its own."""
+    monai = pytest.importorskip("monai.transforms")
+    dataset = helpers.ConfigProbeDataset(
+        sample_radi.T1w, transform=monai.Compose([monai.NormalizeIntensityd(keys="image")])
+    )
+    names = _preload_modules(dataset)
+    assert names[:3] == ["torch", "numpy", "radiobject.ml"]
+    assert "_ml_helpers" in names
+    assert "monai.transforms.compose" in names
+    assert _preload_modules(VolumeCollectionDataset(sample_radi.T1w)) == names[:3]
+    lambda_transform = VolumeCollectionDataset(sample_radi.T1w, transform=lambda s: s)
+    assert "builtins" not in _preload_modules(lambda_transform)
+
+
+# A child forked after TileDB was used must never free its parent's TileDB objects: it keeps
+# (leaks) the parent's contexts and handles and builds its own. Reader threads pass the
+# handle's context to every Subarray, so no thread holds TileDB's default context across fork.
+# radiobject's own loaders use forkserver anyway; this covers a user's DataLoader with the
+# default start method on Linux, or tio.Queue(num_workers=n).
+FORK_AFTER_THREADED_READS = """
+import os, sys, time, warnings
+from concurrent.futures import ThreadPoolExecutor
+warnings.simplefilter("ignore")
+from radiobject import RadiObject, Volume
+radi = RadiObject(sys.argv[1])
+uris = [radi.T1w.volume_uri(o) for o in radi.T1w.obs_ids]
+pool = ThreadPoolExecutor(2)  # reader threads that stay alive, like radiobject's own
+list(pool.map(lambda uri: Volume(uri).to_numpy(), uris))
+pid = os.fork()
+if pid == 0:
+    Volume(uris[0]).to_numpy()
+    os._exit(0)
+deadline = time.monotonic() + 8
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child exit code", os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+    time.sleep(0.05)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print("child hung")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_fork_child_can_read_after_threaded_reads(sample_radi):
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_THREADED_READS, sample_radi.uri],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
+    )
+    assert result.stdout.strip() == "child exit code 0"
