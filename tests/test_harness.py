@@ -191,8 +191,12 @@ def test_widgets_use_only_public_api():
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 mod = node.module
                 if mod.startswith("radiobject"):
-                    assert mod in ("radiobject", "radiobject.ml", "radiobject.data",
-                                   "radiobject.parallel") or mod.startswith("radiobject.widgets"), (
+                    assert mod in (
+                        "radiobject",
+                        "radiobject.ml",
+                        "radiobject.data",
+                        "radiobject.parallel",
+                    ) or mod.startswith("radiobject.widgets"), (
                         f"{path.name} imports private module {mod}"
                     )
             elif isinstance(node, ast.Import):
