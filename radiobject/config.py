@@ -126,12 +126,14 @@ class TileConfig(_Checked):
         orientation: cut planes along one axis, or cubes (``ISOTROPIC``).
         extents: explicit tile extents per axis (overrides ``orientation``); a value larger
             than the volume is clipped to it.
-        isotropic_extent: cube edge for ``ISOTROPIC`` tiles.
+        isotropic_extent: cube edge for ``ISOTROPIC`` tiles. 32 was measured best for random
+            64³ patches (a patch touches 27 small tiles instead of 8 large ones, decompressing
+            about half as many voxels) while keeping full-volume reads as fast.
     """
 
     orientation: SliceOrientation = SliceOrientation.ISOTROPIC
     extents: tuple[int, ...] | None = None
-    isotropic_extent: int = 64
+    isotropic_extent: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(

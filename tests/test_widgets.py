@@ -1,0 +1,365 @@
+"""The widgets driven through their Python API (no kernel, no browser)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+
+from radiobject.widgets import CollectionBrowser, LoaderTuner, PatchPreview
+from radiobject.widgets._png import decode_png
+from radiobject.widgets._render import label_color
+from radiobject.widgets._viewer import BLANK
+
+import radiobject
+from radiobject import RadiObject, Volume, VolumeCollection
+from radiobject.ml import (
+    DatasetConfig,
+    LoadingMode,
+    SegmentationDataset,
+    create_segmentation_dataloader,
+)
+
+
+def test_public_api():
+    import radiobject.widgets as widgets
+
+    assert widgets.__all__ == ["CollectionBrowser", "LoaderTuner", "PatchPreview"]
+    for name in widgets.__all__:
+        assert getattr(widgets, name).__doc__
+
+
+# -- CollectionBrowser ---------------------------------------------------------------------
+@pytest.fixture
+def browser(sample_radi):
+    return CollectionBrowser(sample_radi)
+
+
+def _pixel(png, plane_shape, u, v, scale):
+    """The pixel at the middle of plane voxel (u, v) of a displayed plane."""
+    rows, cols = scale
+    return decode_png(png)[(plane_shape[1] - 1 - v) * rows + rows // 2, u * cols + cols // 2]
+
+
+def test_browser_starts_on_the_first_image_collection(browser, sample_radi):
+    assert browser.collection == "FLAIR"  # collections are sorted; seg is a mask
+    assert browser.subject == "sub-000"
+    assert browser.obs_id == "sub-000_FLAIR"
+    assert browser.mask == "seg"
+    assert browser.error == ""
+    assert browser.position == (16, 16, 12)  # the centre of 32 x 32 x 24
+    shapes = {p: decode_png(png).shape for p, png in browser.images.items()}
+    assert shapes == {"axial": (256, 256, 3), "coronal": (192, 256, 3), "sagittal": (192, 256, 3)}
+    assert "sub-000" in browser.meta_box.value
+    assert "tumour" in browser.meta_box.value
+    assert "sub-000_FLAIR" in browser.obs_box.value
+    assert len(browser.thumbnails.children) == 6
+
+
+def test_moving_a_slider_changes_the_image_and_reads_one_plane(browser, monkeypatch):
+    reads = []
+    original = Volume.__getitem__
+
+    def spy(self, index):
+        reads.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(Volume, "__getitem__", spy)
+    before = browser.images
+    browser.viewer.sliders["axial"].value = 5
+    after = browser.images
+    assert browser.position == (16, 16, 5)
+    assert after["axial"] != before["axial"]
+    assert after["coronal"] != before["coronal"]  # the crosshair moved there
+    # one image plane and one mask plane, each a single z: no whole-volume reads
+    assert len(reads) == 2
+    assert all(index[2] == 5 and index[0] == slice(None) for index in reads)
+
+
+def test_overlay_pixel_has_the_label_colour(browser, sample_radi):
+    seg = sample_radi.seg.loc["sub-000_seg"].to_numpy()
+    x, y, z = (int(v) for v in np.argwhere(seg == 2)[0])
+    browser.viewer.opacity = 1.0
+    browser.viewer.crosshair = False
+    browser.set_position(x, y, z)
+    scale = (8, 8)  # 32 x 32 axial plane grows to 256 pixels
+    assert _pixel(browser.images["axial"], (32, 32), x, y, scale).tolist() == list(label_color(2))
+    browser.mask = ""
+    assert _pixel(browser.images["axial"], (32, 32), x, y, scale).tolist() != list(label_color(2))
+    assert "label" not in browser.readout
+
+
+def test_window_level_gives_exact_grey_and_readout(browser, sample_radi):
+    vol = sample_radi.FLAIR.loc["sub-003_FLAIR"].to_numpy()
+    browser.subject = "sub-003"
+    browser.mask = ""
+    browser.viewer.crosshair = False
+    browser.set_position(10, 20, 8)
+    value = float(vol[10, 20, 8])
+    browser.viewer.level, browser.viewer.width = value, 2 * value  # value -> 0.5 -> 128
+    assert browser.viewer.preset == "custom"
+    assert _pixel(browser.images["axial"], (32, 32), 10, 20, (8, 8)).tolist() == [128] * 3
+    readout = browser.readout
+    assert "(10, 20, 8)" in readout
+    assert f"{value:.4g}" in readout
+    affine = sample_radi.FLAIR.loc["sub-003_FLAIR"].affine
+    wx, wy, wz = (affine @ [10, 20, 8, 1])[:3]
+    assert f"({wx:.1f}, {wy:.1f}, {wz:.1f})" in readout
+    browser.viewer.preset = "CT brain"
+    assert (browser.viewer.level, browser.viewer.width) == (40.0, 80.0)
+    browser.viewer.preset = "min-max"
+    lo, hi = (
+        browser.viewer.level - browser.viewer.width / 2,
+        browser.viewer.level + browser.viewer.width / 2,
+    )
+    shown = np.concatenate([vol[:, :, 8].ravel(), vol[:, 20, :].ravel(), vol[10].ravel()])
+    assert (lo, hi) == pytest.approx((shown.min(), shown.max()))
+
+
+def test_switching_collection_subject_and_colormap(browser):
+    browser.set_position(3, 4, 5)
+    browser.collection = "T1w"
+    assert browser.obs_id == "sub-000_T1w"
+    assert browser.position == (3, 4, 5)
+    before = browser.images["axial"]
+    browser.viewer.cmap = "viridis"
+    assert decode_png(browser.images["axial"]).std(axis=2).max() > 0  # not grey any more
+    assert browser.images["axial"] != before
+    browser.thumbnails.children[2].children[1].click()  # the third thumbnail's button
+    assert browser.subject == "sub-002"
+    assert browser.obs_id == "sub-002_T1w"
+    browser.subject_filter.value = "005"
+    assert browser.subject_picker.options == ("sub-002", "sub-005")  # shown one stays
+    assert len(browser.thumbnails.children) == 1
+    with pytest.raises(Exception, match="no subject"):
+        browser.subject = "sub-999"
+
+
+def test_browser_on_views_and_on_a_lone_collection(sample_radi):
+    healthy = CollectionBrowser(sample_radi.filter("diagnosis == 'healthy'"))
+    assert list(healthy.subject_picker.options) == ["sub-001"]
+    lone = CollectionBrowser(sample_radi.T1w.head(2), mask=sample_radi.seg)
+    assert lone.collection == "T1w"
+    assert lone.mask == "seg"
+    assert list(lone.subject_picker.options) == ["sub-000", "sub-001"]
+    assert lone.error == ""
+    assert lone.images["axial"] != BLANK
+    assert "(none)" in lone.meta_box.value  # a lone collection has no obs_meta
+    with pytest.raises(TypeError, match="RadiObject or a VolumeCollection"):
+        CollectionBrowser(np.zeros(3))
+
+
+def test_empty_collection_is_shown_in_place(sample_radi):
+    empty = CollectionBrowser(sample_radi.filter("age > 1000"))
+    assert "no volumes" in empty.error
+    assert "no volumes" in empty.error_box.value
+    assert empty.images["axial"] == BLANK
+    empty.collection = "T1w"  # still usable: picking another collection just says so again
+    assert "'T1w' has no volumes" in empty.error
+
+
+@pytest.fixture(scope="module")
+def misaligned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("misaligned")
+    image = np.arange(16 * 16 * 12, dtype=np.float32).reshape(16, 16, 12)
+    img = VolumeCollection.from_numpy(str(root / "img"), {"s1": image}, name="img")
+    seg = VolumeCollection.from_numpy(
+        str(root / "seg"), {"s1": np.ones((8, 8, 8), np.uint8)}, name="seg", is_mask=True
+    )
+    return RadiObject.from_collections(
+        str(root / "radi"), {"img": img, "seg": seg}, validate_alignment=False, progress=False
+    )
+
+
+def test_mask_on_another_grid_is_reported_and_the_image_still_shows(misaligned):
+    browser = CollectionBrowser(misaligned)
+    assert browser.collection == "img"
+    assert browser.mask == "seg"
+    assert "shape (8, 8, 8)" in browser.error
+    assert "(16, 16, 12)" in browser.error
+    assert "overlay is off" in browser.error_box.value
+    assert browser.images["axial"] != BLANK
+    before = browser.images["axial"]
+    browser.set_position(2, 3, 4)  # still usable
+    assert browser.images["axial"] != before
+    assert "(2, 3, 4)" in browser.readout
+    browser.mask = ""
+    assert browser.error == ""
+
+
+# -- PatchPreview --------------------------------------------------------------------------
+def test_patch_preview_on_a_dataset_shows_where_patches_came_from(sample_radi):
+    cfg = DatasetConfig(loading_mode=LoadingMode.PATCH, patch_size=(8, 8, 8), patches_per_volume=2)
+    ds = SegmentationDataset(sample_radi.T1w, sample_radi.seg, cfg)
+    preview = PatchPreview(ds, n=4)
+    assert preview.error == ""
+    assert len(preview.patches) == 4
+    assert len(preview.cards.children) == 4
+    for p in preview.patches:  # the voxels are those of the volume at the patch corner
+        x, y, z = p.start
+        vol = sample_radi.T1w.loc[p.obs_id]
+        np.testing.assert_array_equal(p.image, vol[x : x + 8, y : y + 8, z : z + 8])
+        assert p.mask is not None
+        assert p.mask.shape == (8, 8, 8)
+    caption = preview.cards.children[0].children[1].value
+    assert preview.patches[0].obs_id in caption
+    assert "fg " in caption
+    first = [p.start for p in preview.patches]
+    preview.resample_button.click()
+    assert preview.draws == 2
+    assert len(preview.history) == 8
+    assert [p.start for p in preview.patches] != first
+    assert decode_png(preview.location.value).shape == (256, 256, 3)
+
+
+def test_foreground_sampling_shows_in_the_touch_fraction(sample_radi):
+    tumours = sample_radi.filter("diagnosis == 'tumour'")
+    fractions = {}
+    for fg in (True, False):
+        loader = create_segmentation_dataloader(
+            tumours.T1w,
+            tumours.seg,
+            batch_size=4,
+            patch_size=(6, 6, 6),
+            patches_per_volume=2,
+            foreground_sampling=fg,
+            foreground_probability=1.0,
+        )
+        preview = PatchPreview(loader, n=8)
+        stats = preview.draw_many(4)
+        assert stats["all"]["patches"] == 40
+        fractions[fg] = stats["all"]["touching_fraction"]
+        assert f"foreground_sampling={'on' if fg else 'off'}" in preview.stats_box.value
+    assert fractions[True] == 1.0
+    assert fractions[False] < 0.8
+
+
+def test_patch_location_views(sample_radi):
+    loader = create_segmentation_dataloader(
+        sample_radi.T1w, sample_radi.seg, batch_size=4, patch_size=(8, 8, 8)
+    )
+    preview = PatchPreview(loader, n=4)
+    boxes = decode_png(preview.location.value)
+    assert ((boxes == [0, 255, 0]).all(axis=2)).any()  # green outlines of this draw
+    preview.draw_many(3)
+    preview.view_mode.value = "coverage (all draws)"
+    heat = decode_png(preview.location.value)
+    assert not np.array_equal(heat, boxes)
+    assert "patches from this volume" in preview.location_title.value
+
+
+def test_a_loader_raising_mid_draw_is_shown_and_resample_works_again(sample_radi):
+    fail = {"now": False}
+
+    def transform(sample):
+        if fail["now"]:
+            raise RuntimeError("disk on fire")
+        return sample
+
+    loader = create_segmentation_dataloader(
+        sample_radi.T1w, sample_radi.seg, batch_size=2, patch_size=(8, 8, 8), transform=transform
+    )
+    preview = PatchPreview(loader, n=2)
+    shown = preview.patches
+    fail["now"] = True
+    preview.resample_button.click()
+    assert "disk on fire" in preview.error
+    assert "disk on fire" in preview.error_box.value
+    assert preview.patches is shown  # the last good draw stays on screen
+    fail["now"] = False
+    preview.resample_button.click()
+    assert preview.error == ""
+    assert preview.error_box.value == ""
+    assert preview.patches is not shown
+
+
+# -- LoaderTuner ---------------------------------------------------------------------------
+def test_tuner_run_appears_in_the_summary(sample_radi):
+    tuner = LoaderTuner(sample_radi.T1w, sample_radi.seg, patch_size=(8, 8, 8), redraw_s=0.2)
+    run = tuner.run_sync(duration_s=1.0, num_workers=0, cache_mb=64)
+    assert run is not None
+    assert run.done
+    assert run.error == ""
+    assert run.samples_per_s > 0
+    assert run.result.batches > 0
+    assert run.records
+    assert tuner.runs == [run]
+    assert tuner.best is run
+    assert not tuner.running
+    assert "run 1" in tuner.best_box.value
+    assert "samples/s" in tuner.best_box.value
+    assert "★" in tuner.summary.value
+    assert "8x8x8" in tuner.summary.value
+    assert tuner.redraws >= 1
+    assert decode_png(tuner.plot.value).ndim == 3
+    assert run.storage_reads is not None
+    assert radiobject.get_config().read.cache_mb == radiobject.ReadConfig().cache_mb  # restored
+    assert not tuner.start_button.disabled
+    assert tuner.stop_button.disabled
+    assert tuner.controls["max_parallel_ops"].layout.display == "none"  # local data
+
+
+def test_tuner_stop_and_button_start(sample_radi):
+    tuner = LoaderTuner(sample_radi.T1w, patch_size=(8, 8, 8), duration_s=60)
+    tuner.start_button.click()
+    assert tuner.running
+    assert tuner.start_button.disabled
+    time.sleep(0.5)
+    began = time.perf_counter()
+    tuner.stop_button.click()
+    run = tuner.wait(timeout=20)
+    assert time.perf_counter() - began < 10
+    assert run.done
+    assert not tuner.running
+    assert run.result.seconds < 30
+
+
+def test_tuner_shows_a_failing_loader_and_starts_again(sample_radi):
+    from torch.utils.data import DataLoader, Dataset
+
+    class Flaky(Dataset):
+        def __len__(self):
+            return 1000
+
+        def __getitem__(self, i):
+            if i >= 6 and broken["now"]:
+                raise OSError("volume vanished")
+            return {"image": np.zeros((1, 2, 2, 2), np.float32)}
+
+    broken = {"now": True}
+
+    def make_loader(batch_size, num_workers, patch_size, patches_per_volume):
+        return DataLoader(Flaky(), batch_size=batch_size, num_workers=num_workers)
+
+    tuner = LoaderTuner(make_loader, duration_s=1.0)
+    run = tuner.run_sync(batch_size=2)
+    assert "volume vanished" in run.error
+    assert "volume vanished" in tuner.error
+    assert "failed" in tuner.error_box.value
+    assert not tuner.running
+    assert tuner.best is None
+    assert not tuner.start_button.disabled
+    broken["now"] = False
+    good = tuner.run_sync(duration_s=0.3)
+    assert good.error == ""
+    assert tuner.error == ""
+    assert tuner.best is good
+    assert len(tuner.runs) == 2
+    assert tuner.summary.value.count("<tr") == 3
+
+
+def test_tuner_bad_settings_are_shown(sample_radi):
+    tuner = LoaderTuner(sample_radi.T1w, s3=True, duration_s=0.3)
+    assert tuner.controls["max_parallel_ops"].layout.display is None  # shown for S3
+    assert tuner.start(patch_size="abc") is None
+    assert "patch size" in tuner.error
+    assert tuner.runs == []
+    run = tuner.run_sync(patch_size=(64, 64, 64))  # larger than the volumes
+    assert "ShapeError" in run.error
+    assert "larger than volume" in tuner.error
+    with pytest.raises(KeyError, match="no setting"):
+        tuner.set(prefetch=3)

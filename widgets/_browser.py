@@ -1,0 +1,342 @@
+"""``CollectionBrowser``: pick a collection and subject, scrub three planes, overlay a mask."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ipywidgets as w
+import traitlets as t
+
+from radiobject import RadiObject, VolumeCollection
+
+from ._png import encode_png, show_png
+from ._render import auto_window, display_scale, render_slice
+from ._slices import SliceCache, error_html, row_html
+from ._viewer import BLANK, SliceViewer
+
+__all__ = ["CollectionBrowser"]
+
+
+class _Source:
+    """What a browser browses: a RadiObject (or view), or a lone collection."""
+
+    def __init__(self, obj: Any, mask: VolumeCollection | None) -> None:
+        self._extra: dict[str, VolumeCollection] = {}
+        self.radi: RadiObject | None = None
+        if isinstance(obj, RadiObject):
+            self.radi = obj
+            self.names = obj.collection_names
+            self.masks = [n for n in self.names if obj.collection(n).is_mask]
+        elif isinstance(obj, VolumeCollection):
+            self.names = [obj.name]
+            self._extra[obj.name] = obj
+            self.masks = []
+            if mask is not None:
+                self._extra[mask.name] = mask
+                self.masks = [mask.name]
+        else:
+            raise TypeError(
+                "CollectionBrowser takes a RadiObject or a VolumeCollection (or a view), "
+                f"got {type(obj).__name__}"
+            )
+
+    def collection(self, name: str) -> VolumeCollection:
+        if name in self._extra:
+            return self._extra[name]
+        assert self.radi is not None
+        return self.radi.collection(name)
+
+    def subject_row(self, subject: str) -> Any:
+        if self.radi is None:
+            return None
+        meta = self.radi.obs_meta
+        return meta[meta["obs_subject_id"] == subject]
+
+
+def volumes_by_subject(coll: VolumeCollection) -> dict[str, str]:
+    """Subject id -> its first volume in ``coll`` (in collection order)."""
+    out: dict[str, str] = {}
+    for obs_id, sid in zip(coll.obs_ids, coll.obs_subject_ids, strict=True):
+        out.setdefault(str(sid), str(obs_id))
+    return out
+
+
+class CollectionBrowser(w.VBox):
+    """Browse a RadiObject: collection and subject pickers, three planes, window, mask overlay.
+
+    Only the planes shown are read (``Volume.axial``/``coronal``/``sagittal``), each once per
+    new slice index, so scrubbing stays fast on large volumes. Problems (an empty
+    collection, a mask on another grid) are shown in place and the browser stays usable.
+
+    Args:
+        obj: a :class:`~radiobject.RadiObject`, a :class:`~radiobject.VolumeCollection`, or a
+            view of either (``radi.filter(...)``, ``radi.T1w.head(3)``).
+        collection: the collection to show first (default: the first non-mask one).
+        mask: a mask collection name to overlay (a VolumeCollection when ``obj`` is one);
+            default: the first mask collection of a RadiObject.
+        label_colors: label -> RGB colours for the overlay (defaults: BraTS-like palette).
+        n_thumbnails: subjects in the thumbnail strip.
+
+    Python API: traits ``collection``, ``subject``, ``mask`` and ``error``; the plane viewer
+    is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``, ``cmap``,
+    ``opacity``, ``crosshair``); :meth:`set_position`, :meth:`render`, :attr:`images`,
+    :attr:`readout`, :attr:`obs_id`.
+    """
+
+    collection = t.Unicode("")
+    subject = t.Unicode("")
+    mask = t.Unicode("")
+    error = t.Unicode("")
+
+    def __init__(
+        self,
+        obj: RadiObject | VolumeCollection,
+        *,
+        collection: str | None = None,
+        mask: str | VolumeCollection | None = None,
+        label_colors: Mapping[int, tuple[int, int, int]] | None = None,
+        n_thumbnails: int = 6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._source = _Source(obj, mask if isinstance(mask, VolumeCollection) else None)
+        self.n_thumbnails = n_thumbnails
+        self._quiet = False
+        self._problems: dict[str, str] = {}
+        self._coll: VolumeCollection | None = None
+        self._by_subject: dict[str, str] = {}
+        self.viewer = SliceViewer(label_colors, report=self._report)
+        self._build()
+        self.add_class("radiobject-browser")
+        if not self._source.names:
+            self._report("collection", "nothing to browse: the RadiObject has no collections")
+            return
+        plain = [n for n in self._source.names if n not in self._source.masks]
+        default_mask = mask.name if isinstance(mask, VolumeCollection) else mask
+        if default_mask is None and self._source.masks:
+            default_mask = self._source.masks[0]
+        self.mask = default_mask or ""
+        self.collection = collection or (plain or self._source.names)[0]
+
+    def _build(self) -> None:
+        self.collection_picker = w.Dropdown(
+            options=self._source.names, value=None, description="collection"
+        )
+        self.subject_filter = w.Text(
+            placeholder="filter subjects", continuous_update=False, layout=w.Layout(width="140px")
+        )
+        self.subject_picker = w.Dropdown(options=[], description="subject")
+        self.mask_picker = w.Dropdown(
+            options=[("(none)", ""), *((m, m) for m in self._source.masks)], description="mask"
+        )
+        self.error_box = w.HTML()
+        self.meta_box = w.HTML(layout=w.Layout(width="50%"))
+        self.obs_box = w.HTML(layout=w.Layout(width="50%"))
+        self.thumbnails = w.HBox(layout=w.Layout(overflow="auto", width="100%"))
+        self.children = [
+            w.HBox([self.collection_picker, self.subject_filter, self.subject_picker]),
+            self.mask_picker,
+            self.error_box,
+            self.viewer,
+            w.HBox([self.meta_box, self.obs_box]),
+            self.thumbnails,
+        ]
+        for name, control in (
+            ("collection", self.collection_picker),
+            ("subject", self.subject_picker),
+            ("mask", self.mask_picker),
+        ):
+            control.observe(self._from_control(name), "value")
+        self.subject_filter.observe(lambda _: self._fill_subjects(), "value")
+
+    def _from_control(self, name: str) -> Any:
+        def handler(change: dict[str, Any]) -> None:
+            if not self._quiet and change["new"] is not None:
+                setattr(self, name, change["new"])
+
+        return handler
+
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        quiet, self._quiet = self._quiet, True
+        try:
+            yield
+        finally:
+            self._quiet = quiet
+
+    # -- problems, shown in place ---------------------------------------------------------
+    def _report(self, key: str, message: str | None) -> None:
+        if message:
+            self._problems[key] = message
+        else:
+            self._problems.pop(key, None)
+        self.error = "\n".join(self._problems.values())
+        self.error_box.value = error_html(list(self._problems.values()))
+
+    @contextlib.contextmanager
+    def _guard(self, key: str) -> Iterator[None]:
+        try:
+            yield
+            self._report(key, None)
+        except Exception as e:  # shown in the widget, which stays usable
+            self._report(key, f"{type(e).__name__}: {e}")
+
+    # -- traits ---------------------------------------------------------------------------
+    @t.validate("collection")
+    def _check_collection(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] not in self._source.names:
+            raise t.TraitError(
+                f"no collection {proposal['value']!r}; collections are {self._source.names}"
+            )
+        return proposal["value"]
+
+    @t.validate("subject")
+    def _check_subject(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] not in self._by_subject:
+            raise t.TraitError(
+                f"no subject {proposal['value']!r} in collection {self.collection!r}"
+            )
+        return proposal["value"]
+
+    @t.validate("mask")
+    def _check_mask(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"] and proposal["value"] not in self._source.masks:
+            raise t.TraitError(
+                f"no mask collection {proposal['value']!r}; masks are {self._source.masks}"
+            )
+        return proposal["value"]
+
+    @t.observe("collection")
+    def _collection_changed(self, change: dict[str, Any]) -> None:
+        with self._quietly():
+            self.collection_picker.value = change["new"]
+        self._clear()
+        self._coll, self._by_subject = None, {}
+        with self._guard("collection"):
+            self._coll = self._source.collection(change["new"])
+            self._by_subject = volumes_by_subject(self._coll)
+            if not self._by_subject:
+                raise ValueError(f"collection {change['new']!r} has no volumes to show")
+            if self._coll.is_mask and self.viewer.preset != "custom":
+                self.viewer.preset = "min-max"
+        self._fill_subjects()
+        if not self._by_subject:
+            return
+        if self.subject in self._by_subject:
+            self._load()
+        else:
+            self.subject = next(iter(self._by_subject))
+
+    @t.observe("subject")
+    def _subject_changed(self, change: dict[str, Any]) -> None:
+        with self._quietly():
+            if change["new"] not in self.subject_picker.options:
+                self.subject_picker.options = [change["new"], *self.subject_picker.options]
+            self.subject_picker.value = change["new"]
+        self._load()
+
+    @t.observe("mask")
+    def _mask_changed(self, change: dict[str, Any]) -> None:
+        with self._quietly():
+            self.mask_picker.value = change["new"]
+        if self.viewer.image is not None:
+            self.viewer.mask = self._mask_for(self.viewer.image)
+            self.viewer.mask_name = change["new"]
+            self.viewer.render()
+
+    # -- loading --------------------------------------------------------------------------
+    def _fill_subjects(self) -> None:
+        needle = (self.subject_filter.value or "").lower()
+        subjects = [s for s in self._by_subject if needle in s.lower()]
+        matching = list(subjects)
+        if self.subject in self._by_subject and self.subject not in subjects:
+            subjects.insert(0, self.subject)  # the one shown stays pickable
+        with self._quietly():
+            self.subject_picker.options = subjects
+            self.subject_picker.value = self.subject if self.subject in subjects else None
+        self._build_thumbnails(matching)
+
+    def _clear(self) -> None:
+        self.viewer.clear()
+        self.meta_box.value = self.obs_box.value = ""
+
+    def _load(self) -> None:
+        image = None
+        with self._guard("volume"):
+            assert self._coll is not None
+            obs_id = self._by_subject[self.subject]
+            image = SliceCache(self._coll.volume(obs_id))
+            self.meta_box.value = row_html(
+                f"obs_meta: {self.subject}", self._source.subject_row(self.subject)
+            )
+            row = self._coll.row(obs_id).drop(labels=["affine"], errors="ignore")
+            self.obs_box.value = row_html(f"obs: {obs_id}", row)  # world mm: in the readout
+        if image is None:
+            self._clear()
+            return
+        self.viewer.show(image, self._mask_for(image), self.mask)
+
+    def _mask_for(self, image: SliceCache) -> SliceCache | None:
+        self._report("mask", None)
+        if not self.mask:
+            return None
+        with self._guard("mask"):
+            coll = self._source.collection(self.mask)
+            obs_id = volumes_by_subject(coll).get(self.subject)
+            if obs_id is None:
+                raise LookupError(f"mask {self.mask!r} has no volume for subject {self.subject!r}")
+            cache = SliceCache(coll.volume(obs_id))
+            if cache.shape != image.shape:
+                raise ValueError(
+                    f"mask {self.mask!r} volume {obs_id!r} has shape {cache.shape} but image "
+                    f"{self.obs_id!r} has shape {image.shape}; overlay is off"
+                )
+            return cache
+        return None
+
+    def _build_thumbnails(self, subjects: list[str]) -> None:
+        cards = []
+        for sid in subjects[: self.n_thumbnails]:
+            button = w.Button(description=sid, layout=w.Layout(width="96px"))
+            button.on_click(lambda _, s=sid: setattr(self, "subject", s))
+            image = w.Image(format="png")
+            show_png(image, BLANK)
+            with contextlib.suppress(Exception):  # a thumbnail never breaks the browser
+                assert self._coll is not None
+                vol = SliceCache(self._coll.volume(self._by_subject[sid]))
+                data = vol.plane("axial", vol.shape[2] // 2)
+                scale = display_scale(data.shape, target=96)
+                show_png(image, encode_png(render_slice(data, auto_window(data), scale=scale)))
+            cards.append(w.VBox([image, button]))
+        self.thumbnails.children = cards
+
+    # -- Python API -----------------------------------------------------------------------
+    @property
+    def obs_id(self) -> str | None:
+        """The obs_id of the volume shown."""
+        return self._by_subject.get(self.subject)
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        """The crosshair voxel ``(x, y, z)``."""
+        return self.viewer.position
+
+    def set_position(self, x: int, y: int, z: int) -> None:
+        """Move the crosshair to voxel ``(x, y, z)`` (clamped to the volume)."""
+        self.viewer.position = (int(x), int(y), int(z))
+
+    @property
+    def images(self) -> dict[str, bytes]:
+        """The PNG bytes shown for each plane (``axial``, ``coronal``, ``sagittal``)."""
+        return self.viewer.images
+
+    @property
+    def readout(self) -> str:
+        """The coordinate and intensity readout (HTML)."""
+        return self.viewer.readout
+
+    def render(self) -> dict[str, bytes]:
+        """Redraw the planes; return their PNG bytes."""
+        return self.viewer.render()

@@ -1,0 +1,199 @@
+"""Tuner settings and runs: what was tried, what it measured. No widgets, no threads."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from radiobject import ReadConfig, VolumeCollection
+from radiobject.ml import (
+    ProbeRecord,
+    ProbeResult,
+    create_segmentation_dataloader,
+    create_training_dataloader,
+)
+
+__all__ = [
+    "INT_CONTROLS",
+    "MakeLoader",
+    "TunerRun",
+    "TunerSettings",
+    "factory",
+    "on_s3",
+    "parse_patch_size",
+]
+
+MakeLoader = Callable[..., DataLoader]
+
+
+INT_CONTROLS = {  # name: (description, min, max)
+    "max_workers": ("threads", 1, 256),
+    "concurrency": ("concurrency", 1, 256),
+    "memory_budget_mb": ("memory MB", 16, 1 << 20),
+    "cache_mb": ("cache MB", 0, 1 << 20),
+    "max_parallel_ops": ("S3 ops", 1, 1024),
+    "num_workers": ("workers", 0, 4 * (os.cpu_count() or 1)),
+    "batch_size": ("batch_size", 1, 4096),
+    "patches_per_volume": ("per volume", 1, 4096),
+}
+
+
+def factory(
+    collections: VolumeCollection | Sequence[VolumeCollection],
+    mask: VolumeCollection | None,
+    loader_kwargs: dict[str, Any],
+) -> MakeLoader:
+    """``make_loader(**settings)`` over radiobject's segmentation or training factory."""
+
+    def make(**settings: Any) -> DataLoader:
+        if mask is not None:
+            return create_segmentation_dataloader(collections, mask, **settings, **loader_kwargs)
+        return create_training_dataloader(collections, **settings, **loader_kwargs)
+
+    return make
+
+
+def on_s3(collections: Any) -> bool:
+    """True when any of ``collections`` is stored on ``s3://``."""
+    items = [collections] if isinstance(collections, VolumeCollection) else list(collections)
+    return any(str(getattr(c, "uri", "")).startswith("s3://") for c in items)
+
+
+def parse_patch_size(text: str) -> tuple[int, int, int] | None:
+    """``"32"`` -> a cube, ``"64,64,32"`` -> that box, ``""`` or ``"full"`` -> whole volumes.
+
+    >>> parse_patch_size("32"), parse_patch_size("64, 64, 32"), parse_patch_size("full")
+    ((32, 32, 32), (64, 64, 32), None)
+    """
+    text = str(text).strip().lower()
+    if text in ("", "full", "none"):
+        return None
+    try:
+        sizes = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ValueError(
+            f"patch size must be one or three integers such as '32' or '64,64,32', got {text!r}"
+        ) from None
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise ValueError(f"patch size must be one or three positive integers, got {text!r}")
+    return (sizes[0], sizes[1], sizes[2])
+
+
+@dataclass(frozen=True)
+class TunerSettings:
+    """Everything one tuning run sets: read settings and loader settings.
+
+    >>> TunerSettings(patch_size=(32, 32, 32)).label()
+    'w0 b4 p32 x4 cache512'
+    """
+
+    max_workers: int = 4
+    concurrency: int = 2
+    memory_budget_mb: int = 1024
+    cache_mb: int = 512
+    max_parallel_ops: int | None = None  # S3 only
+    num_workers: int = 0
+    batch_size: int = 4
+    patch_size: tuple[int, int, int] | None = None
+    patches_per_volume: int = 4
+    persistent_workers: bool = True
+    duration_s: float = 10.0
+
+    def read_config(self) -> ReadConfig:
+        """The :class:`~radiobject.ReadConfig` of these settings."""
+        return ReadConfig(
+            max_workers=self.max_workers,
+            concurrency=self.concurrency,
+            memory_budget_mb=self.memory_budget_mb,
+            cache_mb=self.cache_mb,
+        )
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The arguments a loader factory takes."""
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "patch_size": self.patch_size,
+            "patches_per_volume": self.patches_per_volume,
+        }
+
+    def label(self) -> str:
+        """A short label: workers, batch, patch, patches per volume, cache."""
+        if self.patch_size is None:
+            patch = "full"
+        elif len(set(self.patch_size)) == 1:
+            patch = f"p{self.patch_size[0]}"
+        else:
+            patch = "p" + "x".join(map(str, self.patch_size))
+        ops = f" ops{self.max_parallel_ops}" if self.max_parallel_ops else ""
+        return (
+            f"w{self.num_workers} b{self.batch_size} {patch} x{self.patches_per_volume} "
+            f"cache{self.cache_mb}{ops}"
+        )
+
+    def replace(self, **changes: Any) -> TunerSettings:
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class TunerRun:
+    """One run: its settings, the records seen so far, the final result or error."""
+
+    number: int
+    settings: TunerSettings
+    records: list[ProbeRecord] = field(default_factory=list)
+    result: ProbeResult | None = None
+    error: str = ""
+    done: bool = False
+    storage_reads: int | None = None  # TileDB read ops in this process (num_workers=0 only)
+    draw_seconds: float = 0.0  # time spent redrawing live plots while the loader ran
+
+    @property
+    def label(self) -> str:
+        """``"run N: <settings>"``."""
+        return f"run {self.number}: {self.settings.label()}"
+
+    @property
+    def samples_per_s(self) -> float:
+        """Steady throughput (after the first batch) of the finished run, else of the records."""
+        if self.result is not None:
+            return self.result.samples_per_s
+        recent = [r.samples_per_s for r in self.records[1:]] or [
+            r.samples_per_s for r in self.records
+        ]
+        return float(np.mean(recent)) if recent else 0.0
+
+    def _mean(self, name: str) -> float:
+        values = [getattr(r, name) for r in self.records]
+        return float(np.mean(values)) if values else float("nan")
+
+    def row(self) -> dict[str, Any]:
+        """This run as a row of the summary table."""
+        s = self.settings
+        res = self.result
+        return {
+            "run": self.number,
+            "workers": s.num_workers,
+            "batch": s.batch_size,
+            "patch": "full" if s.patch_size is None else "x".join(map(str, s.patch_size)),
+            "per vol": s.patches_per_volume,
+            "cache MB": s.cache_mb,
+            "threads": s.max_workers,
+            "concurrency": s.concurrency,
+            "samples/s": self.samples_per_s,
+            "latency ms": self._mean("batch_latency_ms"),
+            "hit rate": res.hit_rate if res is not None else self._mean("hit_rate"),
+            "MB/s": self._mean("storage_mb_per_s"),
+            "first batch s": res.first_batch_s if res is not None else float("nan"),
+            "batches": res.batches if res is not None else sum(r.batches for r in self.records),
+            "error": self.error,
+        }

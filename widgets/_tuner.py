@@ -1,0 +1,394 @@
+"""``LoaderTuner``: try read and loader settings live, keep every run for comparison."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ipywidgets as w
+import traitlets as t
+
+from radiobject import TileDBStats, VolumeCollection, configure, get_config
+from radiobject.ml import LoaderProbe
+
+from ._plots import Trace, TracePlot, best_html, summary_html
+from ._png import show_png
+from ._runs import (
+    INT_CONTROLS,
+    MakeLoader,
+    TunerRun,
+    TunerSettings,
+    factory,
+    on_s3,
+    parse_patch_size,
+)
+from ._slices import error_html
+
+__all__ = ["LoaderTuner"]
+
+
+class LoaderTuner(w.VBox):
+    """Run a loader with chosen settings in the background and watch it live.
+
+    Each run applies the read settings (``configure(read=..., s3=...)`` for the duration of
+    the run, process-wide), builds a loader, and measures it with
+    :class:`~radiobject.ml.LoaderProbe` in a background thread; the notebook stays
+    responsive. Plots of samples/s, batch latency, cache hit rate and storage MB/s are
+    redrawn at most every ``redraw_s`` seconds and never more often than keeps drawing
+    under ``redraw_budget`` of the time, so watching barely slows the loader.
+
+    Args:
+        source: ``make_loader(batch_size=, num_workers=, patch_size=, patches_per_volume=)``
+            returning a DataLoader (keep its workers persistent: a loader that restarts
+            its workers every epoch spends most of a short run starting them), or the
+            collection(s) to load (the tuner then uses ``create_segmentation_dataloader``
+            with ``mask``, else ``create_training_dataloader``).
+        mask: a mask collection for segmentation loaders.
+        patch_size: initial patch size (``None``: whole volumes).
+        batch_size: initial batch size.
+        patches_per_volume: initial patches per volume.
+        num_workers: initial DataLoader workers.
+        duration_s: initial run length.
+        s3: show the S3 settings (default: when the collections are on ``s3://``).
+        interval_s: length of one probe record.
+        redraw_s: shortest time between plot redraws.
+        redraw_budget: the largest share of wall time spent redrawing.
+        loader_kwargs: more arguments for the loader factory (e.g. ``labels=``).
+
+    Python API: :meth:`start`, :meth:`stop`, :meth:`wait`, :meth:`run_sync`, :attr:`runs`
+    (each a :class:`TunerRun` with its settings, records, result, error and the seconds
+    spent redrawing while it ran), :attr:`best`, :meth:`settings`, :meth:`set`;
+    ``live_box`` turns live plots off; traits ``running``, ``status``, ``error``.
+    """
+
+    running = t.Bool(False)
+    status = t.Unicode("")
+    error = t.Unicode("")
+
+    def __init__(
+        self,
+        source: MakeLoader | VolumeCollection | Sequence[VolumeCollection],
+        mask: VolumeCollection | None = None,
+        *,
+        patch_size: Sequence[int] | None = (32, 32, 32),
+        batch_size: int = 4,
+        patches_per_volume: int = 4,
+        num_workers: int = 0,
+        duration_s: float = 10.0,
+        s3: bool | None = None,
+        interval_s: float = 0.25,
+        redraw_s: float = 0.5,
+        redraw_budget: float = 0.03,
+        loader_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._builtin = not (callable(source) and not isinstance(source, VolumeCollection))
+        if not self._builtin:
+            self._make: MakeLoader = source  # type: ignore[assignment]
+            remote = bool(s3)
+        else:
+            self._make = factory(source, mask, dict(loader_kwargs or {}))  # type: ignore[arg-type]
+            remote = on_s3(source) if s3 is None else s3
+        self.interval_s, self.redraw_s, self.redraw_budget = interval_s, redraw_s, redraw_budget
+        self.runs: list[TunerRun] = []
+        self.redraws = 0  # every plot update
+        self.live_redraws = 0  # updates while a loader ran
+        self._thread: threading.Thread | None = None
+        self._probe: LoaderProbe | None = None
+        self._stop_requested = False
+        self._changed = 0
+        cfg = get_config()
+        initial = TunerSettings(
+            max_workers=cfg.read.max_workers,
+            concurrency=cfg.read.concurrency,
+            memory_budget_mb=cfg.read.memory_budget_mb,
+            cache_mb=cfg.read.cache_mb,
+            max_parallel_ops=cfg.s3.max_parallel_ops if remote else None,
+            num_workers=num_workers,
+            batch_size=batch_size,
+            patch_size=tuple(patch_size) if patch_size is not None else None,  # type: ignore[arg-type]
+            patches_per_volume=patches_per_volume,
+            duration_s=duration_s,
+        )
+        self._build(initial, remote)
+        self.add_class("radiobject-loader-tuner")
+
+    # -- layout ---------------------------------------------------------------------------
+    def _build(self, s: TunerSettings, on_s3: bool) -> None:
+        self.controls: dict[str, w.ValueWidget] = {}
+        for name, (label, lo, hi) in INT_CONTROLS.items():
+            value = getattr(s, name)
+            self.controls[name] = w.BoundedIntText(
+                value=value if value is not None else 8,
+                min=lo,
+                max=hi,
+                description=label,
+                layout=w.Layout(width="200px"),  # one Layout each: hiding one hides only it
+            )
+        patch = "full" if s.patch_size is None else ",".join(map(str, s.patch_size))
+        self.controls["patch_size"] = w.Text(
+            value=patch, description="patch", layout=w.Layout(width="200px")
+        )
+        self.controls["persistent_workers"] = w.Checkbox(
+            value=s.persistent_workers,
+            description="persistent workers",
+            indent=False,
+            layout=w.Layout(display=None if self._builtin else "none"),
+        )
+        self.controls["duration_s"] = w.BoundedFloatText(
+            value=s.duration_s,
+            min=0.1,
+            max=3600,
+            description="seconds",
+            layout=w.Layout(width="200px"),
+        )
+        self.on_s3 = on_s3
+        self.controls["max_parallel_ops"].layout.display = None if on_s3 else "none"
+        c = self.controls
+        self.live_box = w.Checkbox(value=True, description="live plots", indent=False)
+        self.start_button = w.Button(description="Start", button_style="success", icon="play")
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
+        self.status_box = w.HTML()
+        self.error_box = w.HTML()
+        self.plot = w.Image(format="png")
+        self._plot = TracePlot()
+        self._cost = {False: 0.02, True: 0.2}  # seconds per redraw (lines, whole), measured
+        show_png(self.plot, self._plot.render([]))
+        self.summary = w.HTML(summary_html([]))
+        self.best_box = w.HTML(best_html(None, None))
+        read = w.VBox(
+            [
+                w.HTML("<b>read</b>"),
+                c["max_workers"],
+                c["concurrency"],
+                c["memory_budget_mb"],
+                c["cache_mb"],
+                c["max_parallel_ops"],
+            ]
+        )
+        loader = w.VBox(
+            [
+                w.HTML("<b>loader</b>"),
+                c["num_workers"],
+                c["batch_size"],
+                c["patch_size"],
+                c["patches_per_volume"],
+                c["persistent_workers"],
+                c["duration_s"],
+            ]
+        )
+        buttons = w.VBox([self.start_button, self.stop_button, self.live_box, self.status_box])
+        self.children = [
+            w.HBox([read, loader, buttons]),
+            self.error_box,
+            self.plot,
+            self.best_box,
+            self.summary,
+        ]
+        self.start_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+
+    @t.observe("running")
+    def _running_changed(self, change: dict[str, Any]) -> None:
+        self.start_button.disabled = change["new"]
+        self.stop_button.disabled = not change["new"]
+
+    @t.observe("status")
+    def _status_changed(self, change: dict[str, Any]) -> None:
+        self.status_box.value = f"<small>{change['new']}</small>"
+
+    @t.observe("error")
+    def _error_changed(self, change: dict[str, Any]) -> None:
+        self.error_box.value = error_html([change["new"]] if change["new"] else [])
+
+    # -- settings -------------------------------------------------------------------------
+    def settings(self) -> TunerSettings:
+        """The settings the controls show now."""
+        c = self.controls
+        ints = {k: int(c[k].value) for k in INT_CONTROLS}
+        if not self.on_s3:
+            ints["max_parallel_ops"] = None  # type: ignore[assignment]
+        return TunerSettings(
+            **ints,
+            patch_size=parse_patch_size(c["patch_size"].value),
+            persistent_workers=bool(c["persistent_workers"].value),
+            duration_s=float(c["duration_s"].value),
+        )
+
+    def set(self, **values: Any) -> None:
+        """Set controls by name, e.g. ``set(num_workers=2, patch_size=(64, 64, 32))``."""
+        for name, value in values.items():
+            if name not in self.controls:
+                raise KeyError(f"no setting {name!r}; settings are {sorted(self.controls)}")
+            if name == "patch_size":
+                value = (
+                    "full"
+                    if value is None
+                    else ",".join(map(str, ((value,) * 3 if isinstance(value, int) else value)))
+                )
+            self.controls[name].value = value
+
+    # -- running --------------------------------------------------------------------------
+    def start(self, **values: Any) -> TunerRun | None:
+        """Start a run in the background with the controls' settings (after ``set(**values)``).
+
+        Returns the new run, or ``None`` when the settings are invalid (the error is shown).
+        """
+        if self.running:
+            return self.runs[-1]
+        try:
+            self.set(**values)
+            settings = self.settings()
+            settings.read_config()  # validates
+        except Exception as e:  # bad settings: say so in place
+            self.error = f"{type(e).__name__}: {e}"
+            return None
+        self.error = ""
+        run = TunerRun(number=len(self.runs) + 1, settings=settings)
+        self.runs.append(run)
+        self._stop_requested = False
+        self.running = True
+        self.status = f"{run.label}: starting"
+        self._thread = threading.Thread(
+            target=self._work, args=(run,), daemon=True, name=f"radiobject-tuner-{run.number}"
+        )
+        self._thread.start()
+        return run
+
+    def stop(self) -> None:
+        """Ask the running loader to stop after its current batch."""
+        self._stop_requested = True
+        if self._probe is not None:
+            self._probe.stop()
+
+    def wait(self, timeout: float | None = None) -> TunerRun | None:
+        """Block until the current run ends; return it."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.runs[-1] if self.runs else None
+
+    def run_sync(self, **values: Any) -> TunerRun | None:
+        """:meth:`start` with ``values`` (e.g. ``duration_s=2``) and :meth:`wait`."""
+        run = self.start(**values)
+        return self.wait() if run is not None else None
+
+    @property
+    def best(self) -> TunerRun | None:
+        """The finished run with the highest samples/s (runs with errors excluded)."""
+        good = [r for r in self.runs if r.done and not r.error and r.result is not None]
+        return max(good, key=lambda r: r.samples_per_s) if good else None
+
+    def _work(self, run: TunerRun) -> None:
+        s = run.settings
+        done = threading.Event()
+        live = threading.Thread(target=self._draw_loop, args=(run, done), daemon=True)
+        if self.live_box.value:
+            live.start()
+        loader = None
+        try:
+            s3 = {"max_parallel_ops": s.max_parallel_ops} if s.max_parallel_ops else None
+            with configure(read=s.read_config(), s3=s3):
+                kwargs = s.loader_kwargs()
+                if self._builtin:  # a user's make_loader gets the four core settings only
+                    kwargs["persistent_workers"] = s.persistent_workers
+                loader = self._make(**kwargs)
+                probe = self._probe = LoaderProbe(loader, interval_s=self.interval_s)
+
+                def record(rec: Any) -> None:
+                    run.records.append(rec)
+                    self._changed += 1
+
+                first: list[float] = []
+
+                def check(_: Any) -> None:
+                    # the run lasts duration_s after the first batch: worker start-up
+                    # (seconds with num_workers > 0) is not part of the measurement
+                    now = time.perf_counter()
+                    first.append(now) if not first else None
+                    if self._stop_requested or now - first[0] >= s.duration_s:
+                        probe.stop()
+
+                self._redraw(run)  # the axes for this run, drawn before the clock starts
+                with TileDBStats() as stats:
+                    result = probe.run(callback=record, on_batch=check)
+                run.result = result
+                if s.num_workers == 0:
+                    run.storage_reads = stats.s3_stats().read_ops
+            if result.error is not None:
+                run.error = f"{type(result.error).__name__}: {result.error}"
+        except Exception as e:  # shown in the widget; Start works again
+            run.error = f"{type(e).__name__}: {e}"
+        finally:
+            del loader  # ends its worker processes
+            self._probe = None
+            run.done = True
+            done.set()
+            if live.is_alive():
+                live.join()
+            self._finish(run)
+
+    def _draw_loop(self, run: TunerRun, done: threading.Event) -> None:
+        """Redraw while the run goes on, throttled.
+
+        At most every ``redraw_s`` seconds, and only while the time spent drawing stays
+        within ``redraw_budget`` of the time elapsed: a slow machine redraws less often,
+        and a whole-figure redraw (new axis limits) waits until the budget affords it,
+        the lines being updated on the old axes meanwhile.
+        """
+        start, spent, last, drawn = time.perf_counter(), 0.0, 0.0, -1
+        while not done.wait(timeout=0.1):
+            now = time.perf_counter()
+            if self._changed == drawn or now - last < self.redraw_s:
+                continue
+            traces, seconds = self._traces(run)
+            allowed = self.redraw_budget * (now - start) - spent
+            full = self._plot.needs_rebuild(traces, seconds) and self._cost[True] <= allowed
+            if self._cost[full] > allowed:
+                continue
+            drawn, last = self._changed, now
+            cost = self._redraw(run, relimit=full)
+            self._cost[full] = 0.5 * self._cost[full] + 0.5 * cost
+            self.live_redraws += 1
+            spent += cost
+            run.draw_seconds = spent
+
+    def _traces(self, live: TunerRun | None) -> tuple[list[Trace], float]:
+        shown = self.runs[-6:]
+        traces = [Trace.from_records(r.label, list(r.records), live=r is live) for r in shown]
+        return traces, 1.2 * live.settings.duration_s if live is not None else 1.0
+
+    def _redraw(self, live: TunerRun | None, relimit: bool = True) -> float:
+        start = time.perf_counter()
+        traces, seconds = self._traces(live)
+        try:
+            show_png(self.plot, self._plot.render(traces, seconds, relimit=relimit))
+        except Exception as e:  # a plot never stops the run
+            self.error = f"plot failed: {type(e).__name__}: {e}"
+        self.redraws += 1
+        if live is not None and live.records:
+            rec = live.records[-1]
+            self.status = (
+                f"{live.label}: {rec.t:.1f} s, {live.samples_per_s:.3g} samples/s, "
+                f"hit rate {100 * rec.hit_rate:.0f}%"
+            )
+        return time.perf_counter() - start
+
+    def _finish(self, run: TunerRun) -> None:
+        self._redraw(None)
+        best = self.best
+        rows = [r.row() for r in self.runs if r.done]
+        best_pos = next((i for i, r in enumerate(self.runs) if r is best), None)
+        self.summary.value = summary_html(rows, best_pos)
+        self.best_box.value = best_html(
+            best.label if best else None, best.samples_per_s if best else None
+        )
+        self.error = f"{run.label} failed: {run.error}" if run.error else ""
+        self.status = (
+            f"{run.label}: failed"
+            if run.error
+            else f"{run.label}: {run.samples_per_s:.3g} samples/s"
+        )
+        self.running = False
