@@ -22,12 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from radiobject.widgets import LoaderTuner
-from radiobject.widgets._runs import TunerSettings
-
 from radiobject import configure
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import LoaderProbe, create_segmentation_dataloader
+from radiobject.widgets import LoaderTuner
+from radiobject.widgets._runs import TunerSettings
 
 
 def bare(radi, settings: TunerSettings) -> float:

@@ -10,11 +10,6 @@ import pytest
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
-from radiobject.widgets import CollectionBrowser, LoaderTuner, PatchPreview
-from radiobject.widgets._png import decode_png
-from radiobject.widgets._render import label_color
-from radiobject.widgets._viewer import BLANK
-
 import radiobject
 from radiobject import RadiObject, Volume, VolumeCollection
 from radiobject.ml import (
@@ -23,6 +18,10 @@ from radiobject.ml import (
     SegmentationDataset,
     create_segmentation_dataloader,
 )
+from radiobject.widgets import CollectionBrowser, LoaderTuner, PatchPreview
+from radiobject.widgets._png import decode_png
+from radiobject.widgets._render import label_color
+from radiobject.widgets._viewer import BLANK
 
 
 def test_public_api():

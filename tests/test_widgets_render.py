@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
+from radiobject import ConfigurationError, Volume
 from radiobject.widgets import _patches, _plots, _runs, _slices
 from radiobject.widgets._png import decode_png, encode_png
 from radiobject.widgets._render import (
@@ -29,8 +30,6 @@ from radiobject.widgets._render import (
     to_display,
     window_for,
 )
-
-from radiobject import ConfigurationError, Volume
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ def create_distributed_dataloader(
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     shuffle: bool = True,
     seed: int = 0,
     drop_last: bool = False,
@@ -50,7 +50,8 @@ def create_distributed_dataloader(
         patches_per_volume: patches per volume and epoch.
         num_workers: worker processes per rank.
         pin_memory: pin batches for faster GPU transfer.
-        persistent_workers: keep workers between epochs.
+        persistent_workers: keep workers between epochs (default: yes when
+            ``num_workers > 0``).
         shuffle: shuffle each epoch (same permutation on every rank, as DistributedSampler).
         seed: sampling seed, identical on every rank.
         drop_last: drop the tail so every rank gets the same number of items.

@@ -198,7 +198,7 @@ def build_loader(
     sampler: Sampler,
     num_workers: int = 0,
     pin_memory: bool = False,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     drop_last: bool = False,
     prefetch_factor: int | None = None,
     multiprocessing_context: str | None = None,
@@ -216,7 +216,7 @@ def build_loader(
         shared = SharedLoaderState(mp_ctx, num_workers)
         kwargs["multiprocessing_context"] = mp_ctx
         kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
-        kwargs["persistent_workers"] = persistent_workers
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     if collate_fn is not None:
@@ -270,7 +270,7 @@ def create_training_dataloader(
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     seed: int = 0,
     config: DatasetConfig | None = None,
     shuffle_window: int | str | None = "auto",
@@ -289,7 +289,8 @@ def create_training_dataloader(
         patches_per_volume: patches per volume and epoch.
         num_workers: worker processes (started safely, see module docs).
         pin_memory: pin batches for faster GPU transfer.
-        persistent_workers: keep workers between epochs.
+        persistent_workers: keep workers between epochs (default: yes when
+            ``num_workers > 0``; restarting them every epoch costs seconds).
         seed: patch positions and order derive from ``(seed, epoch, index)``.
         config: a full :class:`DatasetConfig` (overrides the patch arguments).
         shuffle_window: shuffle within windows of this many volumes (``"auto"``: 4 when a
@@ -337,7 +338,7 @@ def create_validation_dataloader(
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     seed: int = 0,
     config: DatasetConfig | None = None,
     **loader_kwargs: Any,
@@ -402,7 +403,7 @@ def create_segmentation_dataloader(
     transform: Callable[[dict[str, Any]], Any] | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
-    persistent_workers: bool = False,
+    persistent_workers: bool | None = None,
     seed: int = 0,
     shuffle: bool = True,
     config: DatasetConfig | None = None,
@@ -424,7 +425,8 @@ def create_segmentation_dataloader(
         transform: a callable on the sample dict (``keys=["image", "mask"]`` for MONAI).
         num_workers: worker processes.
         pin_memory: pin batches for faster GPU transfer.
-        persistent_workers: keep workers between epochs.
+        persistent_workers: keep workers between epochs (default: yes when
+            ``num_workers > 0``; restarting them every epoch costs seconds).
         seed: sampling seed.
         shuffle: shuffle each epoch.
         config: a full :class:`DatasetConfig` (overrides the patch arguments).

@@ -131,11 +131,11 @@ class LoaderProbe:
 
         Args:
             n_batches: stop after this many batches.
-            duration_s: stop after this many seconds.
+            duration_s: stop this many seconds after the first batch (worker start-up is
+                not counted, so short runs still measure steady throughput).
             callback: called with each new record (e.g. to update a plot).
             on_batch: called with each batch (e.g. a training step).
         """
-        self._stop.clear()
         result = ProbeResult()
         start = time.perf_counter()
         last_t, last_c = start, loader_cache_counters(self.loader)
@@ -173,11 +173,13 @@ class LoaderProbe:
                     last_t, last_c = now, counters
                     window_batches = window_samples = 0
                     window_wait = 0.0
-                if duration_s is not None and now - start >= duration_s:
+                if duration_s is not None and now - start - result.first_batch_s >= duration_s:
                     break
                 wait_start = time.perf_counter()
         except Exception as e:  # recorded for the caller (a widget shows it)
             result.error = e
+        finally:
+            self._stop.clear()  # a stop() asked before this run started ended it at once
         now = time.perf_counter()
         if window_batches:
             counters = loader_cache_counters(self.loader)
