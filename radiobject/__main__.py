@@ -1,4 +1,8 @@
-"""Command line: ``python -m radiobject demo`` makes the sample cohort and shows what it holds."""
+"""Command line of radiobject.
+
+``python -m radiobject tutorials`` makes the sample data and opens JupyterLab on the
+tutorials; ``python -m radiobject demo`` makes a sample cohort and prints what it holds.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +51,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tutorials(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from radiobject.data import load_sample_radiobject
+
+    radi = load_sample_radiobject(args.scale, progress=True)
+    print(f"Sample data ready: {radi}")
+    folder = Path(args.notebooks)
+    if not folder.is_dir():
+        print(
+            f"no tutorials folder at {folder}; run this from a radiobject checkout", file=sys.stderr
+        )
+        return 2
+    command = ["jupyter", "lab", f"--notebook-dir={folder}", "--ip=127.0.0.1", *args.jupyter_args]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and Binder-like machines
+        command.append("--allow-root")
+    if args.dry_run:
+        print("would run:", " ".join(command))
+        return 0
+    if shutil.which("jupyter") is None:
+        print("JupyterLab is not installed: pip install 'radiobject[tutorials]'", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RADIOBJECT_SCALE", args.scale or "small")
+    os.execvp(command[0], command)
+    return 0  # pragma: no cover - execvp does not return
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m radiobject``."""
     parser = argparse.ArgumentParser(prog="radiobject", description=__doc__)
@@ -56,8 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--subjects", type=int, default=8, help="number of subjects (8)")
     demo.add_argument("--shape", default="64x64x48", help="volume shape, e.g. 240x240x155")
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    tut = sub.add_parser(
+        "tutorials", help="make the tutorials' sample data, then open JupyterLab on notebooks/"
+    )
+    tut.add_argument(
+        "--scale",
+        choices=["small", "medium", "full"],
+        default=None,
+        help="sample size (default: $RADIOBJECT_SCALE or small)",
+    )
+    tut.add_argument("--notebooks", default="notebooks", help="tutorials folder (notebooks)")
+    tut.add_argument("--dry-run", action="store_true", help="prepare data, print the command")
+    tut.add_argument("jupyter_args", nargs="*", help="extra arguments for jupyter lab")
     sub.add_parser("versions", help="print the versions of radiobject and its dependencies")
     args = parser.parse_args(argv)
+    if args.command == "tutorials":
+        return _tutorials(args)
     if args.command == "versions":
         from radiobject import show_versions
 

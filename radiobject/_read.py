@@ -271,7 +271,8 @@ def read_region(
     tile_bytes = int(np.prod(tiles)) * info.dtype.itemsize
     counters = cache.counters
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
-    if whole_on_miss and volume_bytes * 4 <= cache.maxsize:
+    whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
+    if (whole_on_miss or whole_region) and volume_bytes * 4 <= cache.maxsize:
         return _read_via_whole(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         out = _query(handle, info, bounds)

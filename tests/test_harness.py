@@ -230,3 +230,43 @@ def test_demo_bad_arguments():
     result = run([sys.executable, "-m", "radiobject", "frobnicate"])
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_tutorials_command_opens_jupyterlab_on_the_notebooks(tmp_path):
+    """The README's main command: sample data made, then JupyterLab serves the tutorials."""
+    import socket
+    import time
+    import urllib.request
+
+    if shutil.which("jupyter") is None:
+        pytest.skip("JupyterLab is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RADIOBJECT_SAMPLE_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)}
+    log_path = tmp_path / "jupyter.log"
+    command = [sys.executable, "-m", "radiobject", "tutorials", "--", "--no-browser"]
+    command += [f"--port={port}", "--ServerApp.token=", "--ServerApp.password="]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            body = ""
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    url = f"http://127.0.0.1:{port}/api/contents"
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        body = r.read().decode()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            assert "01_quick_start.ipynb" in body, log_path.read_text()[-2000:]
+            assert (tmp_path / "data" / "sample-small").is_dir()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
