@@ -21,6 +21,7 @@ import tiledb
 from cachetools import LRUCache
 
 from radiobject._errors import tiledb_errors
+from radiobject._shared_store import get_shared_store
 from radiobject.config import config_version, get_config
 
 __all__ = ["ArrayInfo", "CacheCounters", "block_cache", "open_array", "read_region"]
@@ -322,10 +323,21 @@ def _read_via_whole(
     The first read of the volume fetches all of it in one query (one thread does; threads
     wanting the same volume wait for it). Hits and misses count the tiles ``bounds`` touches.
     """
+    store = get_shared_store()
     key = (info.uri, _WHOLE)
-    volume = cache.get(key)
+    volume = cache.get(key) if store is None else None
     hit = volume is not None
-    if volume is None:
+    if store is not None:  # a loader's workers share whole volumes through shared memory
+
+        def load() -> np.ndarray:
+            data = _query(handle, info, tuple((0, n) for n in info.shape))
+            with cache._lock:
+                cache.counters.storage_queries += 1
+                cache.counters.bytes_from_storage += data.nbytes
+            return data
+
+        volume, hit = store.fetch(info.uri, load)
+    elif volume is None:
         with _fetch_lock(info.uri):
             volume = cache.get(key)
             hit = volume is not None

@@ -170,3 +170,26 @@ def test_a_plain_fork_child_can_read_after_threaded_reads(sample_radi):
         check=True,
     )
     assert result.stdout.strip() == "child exit code 0"
+
+
+@pytest.mark.timeout(120)
+def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
+    """Many patches per volume: each volume is read from storage about once for all workers."""
+    from radiobject.ml import loader_cache_counters
+
+    kwargs = {"batch_size": 4, "patch_size": (16, 16, 16), "patches_per_volume": 16, "seed": 3}
+    single = create_training_dataloader(sample_radi.T1w, **kwargs)
+    expected = [b["image"] for b in single]
+    loader = create_training_dataloader(sample_radi.T1w, num_workers=2, **kwargs)
+    got = [b["image"] for b in loader]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)  # same voxels, whichever process read the volume
+    counters = loader_cache_counters(loader)
+    volume_bytes = int(np.prod(sample_radi.T1w.shape)) * 4
+    n_volumes = len(sample_radi.T1w)
+    # without sharing, both workers would read every volume (2 x n_volumes)
+    assert counters.bytes_from_storage <= 1.5 * n_volumes * volume_bytes
+    assert counters.bytes_from_storage >= n_volumes * volume_bytes
+    shm = loader.worker_init_fn.shared.shm_dir
+    assert os.path.isdir(shm) and any(name.endswith(".npy") for name in os.listdir(shm))

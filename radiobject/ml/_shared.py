@@ -6,7 +6,10 @@ radiobject gives its workers a small shared-memory block through which
 * each worker publishes its cache counters (so the parent reports true hits and misses
   of the whole loader), and
 * the parent publishes the read settings, so ``configure(read=...)`` reaches running
-  (persistent) workers before their next read.
+  (persistent) workers before their next read, and
+* whole volumes fetched for many patches are shared through a folder on ``/dev/shm``
+  (``radiobject._shared_store``): one worker reads a volume, the others map it, and the
+  folder (bounded by ``ReadConfig.cache_mb``) is removed with the loader.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from radiobject._read import CacheCounters, block_cache
+from radiobject._shared_store import SharedStore, set_shared_store
 from radiobject.config import ReadConfig, add_listener, configure, get_config
 
 __all__ = ["SharedLoaderState", "current_state", "sync_worker"]
@@ -36,6 +42,9 @@ class SharedLoaderState:
         self.version = mp_context.Value("q", 0, lock=False)
         self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
         self.publish(get_config().read)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.shm_dir = tempfile.mkdtemp(prefix="radiobject-loader-", dir=shm)
+        weakref.finalize(self, shutil.rmtree, self.shm_dir, True)
         _live.add(self)
 
     def publish(self, read: ReadConfig) -> None:
@@ -99,6 +108,8 @@ def install_worker(state: SharedLoaderState | None, worker_id: int) -> None:
     _worker["version"] = -1
     if state is not None:
         sync_worker()
+        budget = get_config().read.cache_mb * 1024 * 1024
+        set_shared_store(SharedStore(state.shm_dir, budget) if budget > 0 else None)
 
 
 def current_state() -> SharedLoaderState | None:

@@ -1,0 +1,122 @@
+"""Whole volumes shared by the worker processes of one loader, through shared memory.
+
+When a loader's workers read many patches per volume, each would otherwise fetch and
+decompress the same volumes. With a shared store, the first worker that needs a volume
+reads it once and publishes it as a ``.npy`` file in a folder on ``/dev/shm``; the others
+map that file (no copy, no decompression). The folder belongs to the loader, holds at most
+its byte budget (oldest volumes are dropped first) and is removed with the loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SharedStore", "get_shared_store", "set_shared_store"]
+
+_WAIT_S = 30.0  # how long a worker waits for another one's fetch before reading itself
+
+
+class SharedStore:
+    """A folder of whole volumes shared by processes, bounded by ``budget_bytes``.
+
+    >>> import tempfile
+    >>> store = SharedStore(tempfile.mkdtemp(), budget_bytes=1 << 20)
+    >>> first, hit = store.fetch("a", lambda: np.arange(4.0))
+    >>> again, hit_again = store.fetch("a", lambda: 1 / 0)
+    >>> hit, hit_again, again.tolist()
+    (False, True, [0.0, 1.0, 2.0, 3.0])
+    """
+
+    def __init__(self, directory: str | os.PathLike, budget_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.budget_bytes = int(budget_bytes)
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _path(self, uri: str) -> Path:
+        return self.directory / (hashlib.sha1(uri.encode()).hexdigest() + ".npy")
+
+    def _mapped(self, path: Path) -> np.ndarray | None:
+        key = str(path)
+        with self._lock:
+            arr = self._maps.get(key)
+            if arr is not None:
+                self._maps.move_to_end(key)
+                return arr
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        with self._lock:
+            self._maps[key] = arr
+            while len(self._maps) > 32:
+                self._maps.popitem(last=False)
+        return arr
+
+    def fetch(self, uri: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
+        """The whole volume of ``uri`` and whether another process (or call) had stored it."""
+        path = self._path(uri)
+        arr = self._mapped(path)
+        if arr is not None:
+            return arr, True
+        lock = path.with_suffix(".lock")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            deadline = time.monotonic() + _WAIT_S
+            while time.monotonic() < deadline:
+                if path.exists():
+                    arr = self._mapped(path)
+                    if arr is not None:
+                        return arr, True
+                if not lock.exists():
+                    break
+                time.sleep(0.002)
+            return load(), False  # the other worker died or took too long: read it here
+        try:
+            data = load()
+            self._make_room(data.nbytes)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, data)
+            os.replace(tmp, path)
+            return data, False
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+
+    def _make_room(self, nbytes: int) -> None:
+        files = []
+        for p in self.directory.glob("*.npy"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total + nbytes <= self.budget_bytes:
+                break
+            p.unlink(missing_ok=True)  # mappings held elsewhere stay valid
+            total -= size
+
+
+_store: SharedStore | None = None
+
+
+def set_shared_store(store: SharedStore | None) -> None:
+    """Use ``store`` for whole-volume reads in this process (``None``: no sharing)."""
+    global _store
+    _store = store
+
+
+def get_shared_store() -> SharedStore | None:
+    """The shared store of this process, if its loader set one up."""
+    return _store
