@@ -75,8 +75,12 @@ _pool: dict[str, Any] = {"pid": None, "pool": None, "size": 0}
 
 
 def read_pool() -> ThreadPoolExecutor:
-    """This process's pool of reader threads (``ReadConfig.max_workers`` of them)."""
-    size = get_config().read.max_workers
+    """This process's pool of reader threads.
+
+    ``ReadConfig.max_workers`` threads in the main process; in a loader worker, its share of
+    them (the workers of one loader split the threads as they split the cache).
+    """
+    size = max(1, get_config().read.max_workers // max(1, block_cache().worker_share))
     if _pool["pid"] != os.getpid() or _pool["size"] != size:
         if _pool["pid"] == os.getpid() and _pool["pool"] is not None:
             _pool["pool"].shutdown(wait=False)
