@@ -192,4 +192,5 @@ def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
     assert counters.bytes_from_storage <= 1.5 * n_volumes * volume_bytes
     assert counters.bytes_from_storage >= n_volumes * volume_bytes
     shm = loader.worker_init_fn.shared.shm_dir
-    assert os.path.isdir(shm) and any(name.endswith(".npy") for name in os.listdir(shm))
+    assert os.path.isdir(shm)
+    assert any(name.endswith(".npy") for name in os.listdir(shm))
