@@ -138,9 +138,7 @@ class LoaderProbe:
         """
         result = ProbeResult()
         start = time.perf_counter()
-        last_t, last_c = start, loader_cache_counters(self.loader)
-        window_batches = window_samples = 0
-        window_wait = 0.0
+        window = _Window(start, loader_cache_counters(self.loader))
         wait_start = time.perf_counter()
         try:
             for batch in self.batches(n_batches):
@@ -149,30 +147,15 @@ class LoaderProbe:
                 if result.batches == 0:
                     result.first_batch_s = now - start
                     result.first_batch_samples = n
-                window_wait += now - wait_start
+                window.wait += now - wait_start
                 result.batches += 1
                 result.samples += n
-                window_batches += 1
-                window_samples += n
+                window.batches += 1
+                window.samples += n
                 if on_batch is not None:
                     on_batch(batch)
-                if now - last_t >= self.interval_s:
-                    counters = loader_cache_counters(self.loader)
-                    record = self._record(
-                        now - start,
-                        now - last_t,
-                        window_batches,
-                        window_samples,
-                        window_wait,
-                        counters,
-                        last_c,
-                    )
-                    result.records.append(record)
-                    if callback is not None:
-                        callback(record)
-                    last_t, last_c = now, counters
-                    window_batches = window_samples = 0
-                    window_wait = 0.0
+                if now - window.t0 >= self.interval_s:
+                    window = self._close(window, now, start, result, callback)
                 if duration_s is not None and now - start - result.first_batch_s >= duration_s:
                     break
                 wait_start = time.perf_counter()
@@ -181,45 +164,49 @@ class LoaderProbe:
         finally:
             self._stop.clear()  # a stop() asked before this run started ended it at once
         now = time.perf_counter()
-        if window_batches:
-            counters = loader_cache_counters(self.loader)
-            record = self._record(
-                now - start,
-                now - last_t,
-                window_batches,
-                window_samples,
-                window_wait,
-                counters,
-                last_c,
-            )
-            result.records.append(record)
-            if callback is not None:
-                callback(record)
+        if window.batches:
+            self._close(window, now, start, result, callback)
         result.seconds = now - start
         return result
 
-    @staticmethod
-    def _record(
-        t: float,
-        span: float,
-        batches: int,
-        samples: int,
-        wait: float,
-        after: CacheCounters,
-        before: CacheCounters,
-    ) -> ProbeRecord:
+    def _close(
+        self,
+        window: _Window,
+        now: float,
+        start: float,
+        result: ProbeResult,
+        callback: Callable[[ProbeRecord], None] | None,
+    ) -> _Window:
+        """Record the interval that ends ``now``, and start the next one."""
+        after, before = loader_cache_counters(self.loader), window.counters
+        span = now - window.t0
         hits = after.hits - before.hits
         misses = after.misses - before.misses
         read = after.bytes_from_storage - before.bytes_from_storage
-        return ProbeRecord(
-            t=t,
-            batches=batches,
-            samples=samples,
-            samples_per_s=samples / span if span > 0 else 0.0,
-            batch_latency_ms=1000 * wait / batches if batches else 0.0,
+        record = ProbeRecord(
+            t=now - start,
+            batches=window.batches,
+            samples=window.samples,
+            samples_per_s=window.samples / span if span > 0 else 0.0,
+            batch_latency_ms=1000 * window.wait / window.batches if window.batches else 0.0,
             cache_hits=hits,
             cache_misses=misses,
             hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             bytes_from_storage=read,
             storage_mb_per_s=read / span / 1e6 if span > 0 else 0.0,
         )
+        result.records.append(record)
+        if callback is not None:
+            callback(record)
+        return _Window(now, after)
+
+
+@dataclass
+class _Window:
+    """Activity since the start of the current interval."""
+
+    t0: float
+    counters: CacheCounters
+    batches: int = 0
+    samples: int = 0
+    wait: float = 0.0
