@@ -16,7 +16,9 @@ def loader(radi, **kwargs):
 
 
 def test_counts_batches_samples_and_real_cache_activity(sample_radi):
-    result = LoaderProbe(loader(sample_radi), interval_s=0.0).run(n_batches=10)
+    # a cache budget of its own starts empty, whatever earlier tests read
+    with configure(read=ReadConfig(cache_mb=123)):
+        result = LoaderProbe(loader(sample_radi), interval_s=0.0).run(n_batches=10)
     assert (result.batches, result.samples) == (10, 20)
     assert len(result.records) == 10  # interval 0: one record per batch
     assert sum(r.samples for r in result.records) == 20
