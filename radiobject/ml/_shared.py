@@ -42,8 +42,9 @@ class SharedLoaderState:
         self.version = mp_context.Value("q", 0, lock=False)
         self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
         self.publish(get_config().read)
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.shm_dir = tempfile.mkdtemp(prefix="radiobject-loader-", dir=shm)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        _remove_orphans(shm)
+        self.shm_dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=shm)
         weakref.finalize(self, shutil.rmtree, self.shm_dir, True)
         _live.add(self)
 
@@ -90,6 +91,25 @@ def read_pool() -> ThreadPoolExecutor:
             pool=ThreadPoolExecutor(max_workers=size, thread_name_prefix="radiobject"),
         )
     return _pool["pool"]
+
+
+_PREFIX = "radiobject-loader-"
+
+
+def _remove_orphans(root: str) -> None:
+    """Remove shared folders left by loaders whose process died without cleaning up."""
+    for name in os.listdir(root):
+        if not name.startswith(_PREFIX):
+            continue
+        pid = name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 _live: weakref.WeakSet[SharedLoaderState] = weakref.WeakSet()
