@@ -11,6 +11,7 @@ import threading
 
 import tiledb
 
+from radiobject._allocator import retain_freed_memory
 from radiobject.config import RadiObjectConfig, get_config
 
 __all__ = ["build_tiledb_config", "get_tiledb_ctx"]
@@ -36,6 +37,9 @@ def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config
         "sm.io_concurrency_level": read.concurrency,
         "sm.memory_budget": read.memory_budget_mb * _MIB,
         "sm.memory_budget_var": read.memory_budget_mb * _MIB,
+        # with memory kept for reuse, TileDB's malloc_trim after every query only hands it
+        # back to be faulted in again (see radiobject._allocator)
+        "sm.mem.malloc_trim": str(read.retain_freed_mb == 0).lower(),
         "vfs.s3.region": s3.region,
         "vfs.s3.scheme": s3.scheme,
         "vfs.s3.use_virtual_addressing": str(s3.use_virtual_addressing).lower(),
@@ -61,7 +65,8 @@ def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config
 
 
 def _key(config: RadiObjectConfig) -> tuple[object, ...]:
-    return (config.read.concurrency, config.read.memory_budget_mb, config.s3)
+    read = config.read
+    return (read.concurrency, read.memory_budget_mb, read.retain_freed_mb == 0, config.s3)
 
 
 def get_tiledb_ctx() -> tiledb.Ctx:
@@ -70,6 +75,7 @@ def get_tiledb_ctx() -> tiledb.Ctx:
     It is rebuilt when the read or S3 settings change, and never shared across ``fork``.
     """
     config = get_config()
+    retain_freed_memory(config.read.retain_freed_mb)
     key = (os.getpid(), _key(config))
     ctx = _cache.get(key)
     if ctx is None:

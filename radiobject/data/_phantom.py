@@ -4,7 +4,8 @@
 grey-matter cortex, white matter, deep grey nuclei, two lateral ventricles), rendered in
 any of :data:`MODALITIES` with modality-specific tissue contrast, a smooth bias field and
 Rician noise, plus an optional tumour (necrotic core, enhancing rim, oedema) and its
-BraTS-like label mask. Everything is a function of the random generator only, and it is
+BraTS-like label mask. Intensities are whole numbers stored as float32, as in volumes read
+from scanner data. Everything is a function of the random generator only, and it is
 fast: a 240 x 240 x 155 subject with two modalities takes under a second on one core.
 
 >>> import numpy as np
@@ -562,4 +563,7 @@ def make_subject(
             img += t2
             np.sqrt(img, out=img)
             np.minimum(img, _MAX_INTENSITY, out=img)
+            # scanners store whole numbers (DICOM pixel data, BraTS's int16 NIfTIs); float32
+            # volumes read from them hold integers, and that is what compression sees
+            np.rint(img, out=img)
     return SubjectPhantom(images=images, mask=mask, has_tumour=bool(tumour))

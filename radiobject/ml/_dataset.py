@@ -293,12 +293,10 @@ class VolumeCollectionDataset(Dataset):
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
 
         True when the items of one volume are expected to touch at least half of its
-        tiles per epoch (many patches per volume, or every slice of it): one large query
+        tiles per epoch (whole volumes, many patches per volume, or every slice): one query
         is then much cheaper than many small ones, and the rest is served from the cache.
         """
-        if self._mode is LoadingMode.FULL_VOLUME:
-            return False
-        if self._mode is LoadingMode.SLICE_2D:
+        if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
             return True
         cached = self._whole.get(uri)
         if cached is None:
