@@ -228,6 +228,8 @@ read_overlap = ReadOverlap()
 
 
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
+    # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
+    # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
     with read_overlap, tiledb_errors(info.uri, "read volume"):
         sub = tiledb.Subarray(handle, ctx=handle.ctx)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])

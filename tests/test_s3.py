@@ -406,8 +406,14 @@ def test_s3_stats_count_the_requests_the_server_saw(s3, cohort):
     assert io.parallelized_reads == 0  # one volume at a time
     assert io.parallelization_rate == 0.0
 
+    # noise volumes of 1 MiB: reads long enough to be in flight together
+    rng = np.random.default_rng(3)
+    noisy = [
+        Volume.from_numpy(s3.uri(f"noise-{i}"), rng.random((64, 64, 64), dtype=np.float32))
+        for i in range(3)
+    ]
     with TileDBStats() as threaded:
-        map_on_threads(lambda v: v.to_numpy(), volumes * 2, max_workers=3)
+        map_on_threads(lambda v: v.to_numpy(), noisy * 2, max_workers=3)
     io = threaded.s3_stats()
     assert io.read_ops > 0
     assert 0 < io.parallelized_reads <= io.read_ops
