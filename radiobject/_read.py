@@ -24,7 +24,14 @@ from radiobject._errors import tiledb_errors
 from radiobject._shared_store import get_shared_store
 from radiobject.config import config_version, get_config
 
-__all__ = ["ArrayInfo", "CacheCounters", "block_cache", "open_array", "read_region"]
+__all__ = [
+    "ArrayInfo",
+    "CacheCounters",
+    "block_cache",
+    "open_array",
+    "read_region",
+    "whole_volume_budget",
+]
 
 Bounds = tuple[tuple[int, int], ...]
 
@@ -320,6 +327,12 @@ def read_region(
 
 
 _WHOLE = (-1,)  # cache key of a volume held as one block
+
+
+def whole_volume_budget() -> int:
+    """Bytes this process may keep as whole volumes: its loader's shared store, or its cache."""
+    store = get_shared_store()
+    return store.budget_bytes if store is not None else block_cache().maxsize
 
 
 def _read_via_whole(

@@ -431,3 +431,29 @@ def test_foreground_sampling_on_standalone_collections(tmp_path):
     )
     assert all(ds[i]["mask"].any() for i in range(len(ds)))
     assert (Path(tmp_path) / "msk" / "fg_index").exists()
+
+
+@pytest.mark.parametrize(("cache_mb", "fits"), [(64, True), (4, False)])
+def test_a_dataset_that_fits_the_cache_reads_whole_volumes_once(tmp_path, cache_mb, fits):
+    from radiobject import TileConfig, configure
+    from radiobject._read import block_cache
+
+    arrays = {f"s{i}": arange((64, 64, 64), offset=i) for i in range(4)}  # 1 MiB each
+    with configure(write={"tile": TileConfig(extents=(16, 16, 16))}):
+        coll = VolumeCollection.from_numpy(tmp_path / "c", arrays, name="T1w")
+    configure(read={"cache_mb": cache_mb})
+    block_cache().clear()
+    ds = VolumeCollectionDataset(coll, config=patch_cfg((8, 8, 8)))  # 8 of 64 tiles a patch
+    assert (ds.stored_bytes() <= 0.85 * cache_mb * 2**20) is fits
+    counters = block_cache().counters
+    before = counters.copy()
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            ds[i]
+    storage = counters.bytes_from_storage - before.bytes_from_storage
+    if fits:  # each volume once, whole; the second epoch is served from memory
+        assert storage == 4 * 64**3 * 4
+        assert counters.storage_queries - before.storage_queries == 4
+    else:  # only the tiles the patches touch
+        assert 0 < storage <= 2 * 4 * 8 * 16**3 * 4

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
-from radiobject._read import open_array, read_region
+from radiobject._read import open_array, read_region, whole_volume_budget
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._sampling import item_rng, random_patch_start
@@ -25,6 +25,9 @@ __all__ = ["VolumeCollectionDataset"]
 
 Labels = str | Mapping[str, Any] | pd.DataFrame | pd.Series | Callable[[str], Any] | None
 _SLICE_AXIS = {SliceOrientation.AXIAL: 2, SliceOrientation.CORONAL: 1, SliceOrientation.SAGITTAL: 0}
+
+
+_FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ class VolumeCollectionDataset(Dataset):
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
         self.epoch = 0
         self._whole: dict[str, bool] = {}
+        self._stored_bytes: int | None = None
         self._check_patch_fits()
         self._slices = self._slice_table() if self._mode is LoadingMode.SLICE_2D else None
 
@@ -295,8 +299,13 @@ class VolumeCollectionDataset(Dataset):
         True when the items of one volume are expected to touch at least half of its
         tiles per epoch (whole volumes, many patches per volume, or every slice): one query
         is then much cheaper than many small ones, and the rest is served from the cache.
+        Also true while every volume the dataset reads fits in the cache together (see
+        :meth:`stored_bytes`): the first epoch then reads whole volumes and the later ones
+        are served from memory, like MONAI's ``CacheDataset`` but filled as it goes.
         """
         if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
+            return True
+        if self.stored_bytes() <= _FITS_SHARE * whole_volume_budget():
             return True
         cached = self._whole.get(uri)
         if cached is None:
@@ -312,6 +321,14 @@ class VolumeCollectionDataset(Dataset):
             cached = bool(self.config.patches_per_volume * per_patch >= 0.5 * total)
             self._whole[uri] = cached
         return cached
+
+    def stored_bytes(self) -> int:
+        """Bytes of all the volumes this dataset reads, once decompressed (computed once)."""
+        if self._stored_bytes is None:
+            itemsize = open_array(self.refs[0].uris[0], get_tiledb_ctx())[1].dtype.itemsize
+            voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
+            self._stored_bytes = voxels * itemsize
+        return self._stored_bytes
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample dict of item ``index`` before ``transform``."""
