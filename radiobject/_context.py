@@ -40,6 +40,9 @@ def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config
         # with memory kept for reuse, TileDB's malloc_trim after every query only hands it
         # back to be faulted in again (see radiobject._allocator)
         "sm.mem.malloc_trim": str(read.retain_freed_mb == 0).lower(),
+        # first buffer per column of a TileDB-Py sparse read (obs tables): TileDB-Py's 10 MiB
+        # default made a 12-row obs read cost ~10 ms; bigger tables grow the buffers as needed
+        "py.init_buffer_bytes": 256 * 1024,
         "vfs.s3.region": s3.region,
         "vfs.s3.scheme": s3.scheme,
         "vfs.s3.use_virtual_addressing": str(s3.use_virtual_addressing).lower(),
