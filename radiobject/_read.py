@@ -271,8 +271,8 @@ def read_region(
     Served from the block cache where it can be; the tiles it lacks are read from storage
     in one query. With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
-    many patches per volume). Whole volumes asked for without it, and regions too large for
-    the cache, are read straight from storage and not cached.
+    many patches per volume); whole volumes asked for are kept the same way. Regions too
+    large for the cache are read straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
@@ -283,13 +283,9 @@ def read_region(
     counters = cache.counters
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
-    if whole_on_miss and volume_bytes * 4 <= cache.maxsize:
+    if (whole_on_miss or whole_region) and volume_bytes * 4 <= cache.maxsize:
         return _read_via_whole(cache, handle, info, bounds, n_tiles)
-    if whole_region and cache.get((uri, _WHOLE)) is not None:
-        return _read_via_whole(cache, handle, info, bounds, n_tiles)
-    if whole_region or n_tiles * tile_bytes * 4 > cache.maxsize:
-        # a whole volume asked for once (``to_numpy``) goes straight to the caller: caching
-        # it would cost a copy and push out the tiles that patches and planes reuse
+    if n_tiles * tile_bytes * 4 > cache.maxsize:
         out = _query(handle, info, bounds)
         with cache._lock:
             counters.misses += n_tiles
