@@ -44,7 +44,7 @@ def test_defaults():
     assert config.read == ReadConfig(max_workers=4, concurrency=2, memory_budget_mb=1024)
     assert config.read.cache_mb == 512
     assert config.write.tile.orientation is SliceOrientation.ISOTROPIC
-    assert config.write.tile.isotropic_extent == 32
+    assert config.write.tile.isotropic_extent == 48
     assert config.write.compression == CompressionConfig(Compressor.ZSTD, 3)
     assert config.s3.region == "us-east-1"
     assert config.s3.aws_secret_access_key is None
@@ -205,9 +205,9 @@ def test_reset_config():
         (TileConfig(orientation=SliceOrientation.AXIAL), (40, 30, 20), (40, 30, 1)),
         (TileConfig(orientation=SliceOrientation.SAGITTAL), (40, 30, 20), (1, 30, 20)),
         (TileConfig(orientation=SliceOrientation.CORONAL), (40, 30, 20), (40, 1, 20)),
-        (TileConfig(orientation=SliceOrientation.ISOTROPIC), (240, 240, 155), (32, 32, 32)),
+        (TileConfig(orientation=SliceOrientation.ISOTROPIC), (240, 240, 155), (48, 48, 48)),
         (TileConfig(isotropic_extent=16), (40, 30, 20), (16, 16, 16)),
-        (TileConfig(), (40, 30, 20), (32, 30, 20)),  # clipped to the volume
+        (TileConfig(), (60, 30, 20), (48, 30, 20)),  # clipped to the volume
         (TileConfig(extents=(8, 4, 2)), (40, 30, 20), (8, 4, 2)),
         (TileConfig(extents=(100, 4, 2)), (40, 30, 20), (40, 4, 2)),
         (TileConfig(orientation="axial"), (40, 30, 20, 5), (40, 30, 1, 1)),
