@@ -122,6 +122,9 @@ class CacheCounters:
         return CacheCounters(**self.__dict__)
 
 
+_SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
+
+
 class BlockCache:
     """A bounded LRU of decompressed tile blocks, keyed by (uri, tile index)."""
 
@@ -131,6 +134,8 @@ class BlockCache:
         self._maxsize = -1
         self._version = -1
         self._lru: LRUCache = LRUCache(maxsize=1)
+        # tiles read once without being cached (see ``read_region``): a second touch caches
+        self._seen: LRUCache = LRUCache(maxsize=_SEEN_MAX)
         self.worker_share = 1
 
     def _sync(self) -> None:
@@ -172,15 +177,26 @@ class BlockCache:
             evicted = before + added - len(self._lru)
             self.counters.evictions += max(0, evicted)
 
+    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]]) -> bool:
+        """Whether any of ``keys`` was read before; all of them count as read from now on."""
+        with self._lock:
+            before = any(k in self._seen for k in keys)
+            for k in keys:
+                self._seen[k] = True
+            return before
+
     def drop(self, uri: str) -> None:
         with self._lock:
             for key in [k for k in self._lru if k[0] == uri]:
                 del self._lru[key]
+            for key in [k for k in self._seen if k[0] == uri]:
+                del self._seen[key]
 
     def clear(self) -> None:
-        """Empty the cache (counters keep counting)."""
+        """Empty the cache and forget what was read (counters keep counting)."""
         with self._lock:
             self._lru.clear()
+            self._seen.clear()
 
 
 _cache_pid = os.getpid()
@@ -269,7 +285,11 @@ def read_region(
     """Voxels of ``uri`` in the half-open ``bounds`` (one (start, stop) per axis).
 
     Served from the block cache where it can be; the tiles it lacks are read from storage
-    in one query. With ``whole_on_miss`` a miss fetches every tile of the volume at once
+    in one query and cached. A region none of whose tiles was read before, and that does not
+    fall on tile edges, is read exactly and not cached (one-off reads skip the larger
+    tile-aligned fetch); touching those tiles again caches them.
+
+    With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
     many patches per volume); whole volumes asked for are kept the same way. Regions too
     large for the cache are read straight from storage.
@@ -296,6 +316,19 @@ def read_region(
     keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
+    if (
+        len(missing) == len(keys)
+        and not _tile_aligned(bounds, tiles, info.shape)
+        and not cache.seen_before([(uri, k) for k in keys])
+    ):
+        # first touch of these tiles: read just the region (a tile-aligned fetch decompresses
+        # and copies more); the tiles are cached when a later read touches them again
+        out = _query(handle, info, bounds)
+        with cache._lock:
+            counters.misses += n_tiles
+            counters.bytes_from_storage += out.nbytes
+            counters.storage_queries += 1
+        return out
     if missing:
         lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
         hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
@@ -320,6 +353,14 @@ def read_region(
             dst.append(slice(a - lo, b - lo))
         out[tuple(dst)] = block[tuple(src)]
     return out
+
+
+def _tile_aligned(bounds: Bounds, tiles: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether ``bounds`` starts and ends on tile edges (or the volume's end)."""
+    return all(
+        lo % t == 0 and (hi % t == 0 or hi == n)
+        for (lo, hi), t, n in zip(bounds, tiles, shape, strict=True)
+    )
 
 
 _WHOLE = (-1,)  # cache key of a volume held as one block

@@ -48,6 +48,30 @@ def test_counters_equal_the_tiles_touched(vol):
     assert again.hit_rate == 1.0
 
 
+def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
+    from radiobject._read import block_cache
+
+    block_cache().clear()
+    off_grid = np.s_[8:24, 8:24, 8:24]  # 8 tiles of 16^3, none read yet
+    expected = arange_volume((48, 48, 48), "float64")[off_grid]
+    first, _, out = read(vol, off_grid)
+    np.testing.assert_array_equal(out, expected)
+    assert (first.hits, first.misses, first.storage_queries) == (0, 8, 1)
+    assert first.bytes_from_storage == 16**3 * 8  # the region only, not its 8 tiles
+    assert len(block_cache()) == 0
+    second, _, out = read(vol, off_grid)  # touched again: its tiles are fetched and kept
+    np.testing.assert_array_equal(out, expected)
+    assert (second.hits, second.misses) == (0, 8)
+    assert second.bytes_from_storage == 8 * 16**3 * 8
+    assert len(block_cache()) == 8
+    third, _, out = read(vol, off_grid)
+    np.testing.assert_array_equal(out, expected)
+    assert (third.hits, third.misses, third.storage_queries) == (8, 0, 0)
+    block_cache().clear()  # cold again: forgets what was read, too
+    again, _, _ = read(vol, off_grid)
+    assert again.bytes_from_storage == 16**3 * 8
+
+
 @pytest.mark.parametrize(
     ("index", "tiles"),
     [
