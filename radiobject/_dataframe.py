@@ -94,12 +94,14 @@ class Dataframe:
     def __repr__(self) -> str:
         return f"Dataframe({self.uri!r})"
 
-    def _layout(self) -> tuple[str, dict[str, str]]:
+    def _layout(self, opened: tiledb.Array | None = None) -> tuple[str, dict[str, str]]:
         if self._schema is None:
-            with tiledb_errors(self.uri, "open table"), tiledb.open(self.uri, ctx=self.ctx) as a:
-                index = a.schema.domain.dim(0).name
-                kinds = json.loads(a.meta["column_kinds"])
-            self._schema = (index, kinds)
+            if opened is not None:
+                self._schema = _layout_of(opened)
+            else:
+                uri, ctx = self.uri, self.ctx
+                with tiledb_errors(uri, "open table"), tiledb.open(uri, ctx=ctx) as a:
+                    self._schema = _layout_of(a)
         return self._schema
 
     @property
@@ -126,17 +128,17 @@ class Dataframe:
             value_filter: a TileDB QueryCondition such as ``"age > 40 and sex == 'F'"``.
             ids: only these keys.
         """
-        index, kinds = self._layout()
-        wanted = [c for c in (list(kinds) if columns is None else columns) if c != index]
-        unknown = [c for c in wanted if c not in kinds]
-        if unknown:
-            raise FilterError(
-                f"column(s) {unknown} not in table {self.uri!r}; columns are {self.columns}"
-            )
-        if ids is not None and len(ids) == 0:
-            return pd.DataFrame({c: pd.Series([], dtype=object) for c in [index, *wanted]})
         try:
             with tiledb.open(self.uri, ctx=self.ctx) as arr:
+                index, kinds = self._layout(arr)  # one open for the layout and the rows
+                wanted = [c for c in (list(kinds) if columns is None else columns) if c != index]
+                unknown = [c for c in wanted if c not in kinds]
+                if unknown:
+                    raise FilterError(
+                        f"column(s) {unknown} not in table {self.uri!r}; columns are {self.columns}"
+                    )
+                if ids is not None and len(ids) == 0:
+                    return pd.DataFrame({c: pd.Series([], dtype=object) for c in [index, *wanted]})
                 query = arr.query(attrs=wanted, dims=[index], cond=value_filter or None)
                 raw = query.multi_index[list(ids)] if ids is not None else query[:]
         except tiledb.TileDBError as e:
@@ -197,3 +199,8 @@ class Dataframe:
                     arr[keys.to_numpy(dtype=object).astype(str)] = values
                 arr.meta["column_kinds"] = json.dumps({k: v[0] for k, v in kinds.items()})
         return cls(uri, ctx=given)  # no context given: follow configure()
+
+
+def _layout_of(arr: tiledb.Array) -> tuple[str, dict[str, str]]:
+    """Key column and column kinds of an open table."""
+    return arr.schema.domain.dim(0).name, json.loads(arr.meta["column_kinds"])

@@ -129,9 +129,10 @@ def read_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
     out: dict[str, ForegroundIndex] = {}
     volume, label = raw["volume"], raw["label"]
     coords = np.stack([raw["x"], raw["y"], raw["z"]], axis=1)
-    order = np.lexsort((label, volume))  # rows are written grouped; this makes sure of it
-    volume, label, coords = volume[order], label[order], coords[order]
     keys = volume.astype(np.int64) * 1_000_003 + label
+    if n and np.any(keys[1:] < keys[:-1]):  # rows are written grouped; this makes sure of it
+        order = np.argsort(keys, kind="stable")
+        volume, label, coords, keys = volume[order], label[order], coords[order], keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if n else np.zeros(0, int)
     ends = np.r_[starts[1:], n] if n else np.zeros(0, int)
     points: dict[str, dict[int, np.ndarray]] = {o: {} for o in obs_ids}

@@ -67,7 +67,8 @@ def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
         tables.append(obs.set_index("obs_subject_id"))
     refs = []
     lead = tables[0]
-    for sid, row in lead.iterrows():
+    rows = lead[["uri", "shape", "obs_id"]].to_dict("records")
+    for sid, row in zip(lead.index, rows, strict=True):
         uris, shape = [row["uri"]], str(row["shape"])
         for coll, table in zip(collections[1:], tables[1:], strict=True):
             if sid not in table.index:
