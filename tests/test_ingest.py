@@ -429,46 +429,15 @@ def test_collection_target_that_exists(niftis, tmp_path):
 # --- DICOM --------------------------------------------------------------------------------------
 
 
-def write_dicom_series(folder: Path, volume: np.ndarray, origin, pixel_spacing, step) -> None:
-    """Write ``volume`` (NIfTI order ``[i, j, k]``) as axial single-frame CT slices."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    series_uid = generate_uid()
-    for k in np.random.default_rng(0).permutation(volume.shape[2]):  # files out of order
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID = series_uid
-        ds.Modality = "CT"
-        ds.PatientID = folder.name
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + float(k) * step]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = list(pixel_spacing)
-        plane = np.ascontiguousarray(volume[:, :, k].T)
-        ds.Rows, ds.Columns = plane.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.PixelData = plane.astype("<i2").tobytes()
-        ds.save_as(folder / f"slice_{k:03d}.dcm", enforce_file_format=True)
-
-
 @pytest.fixture
 def dicom_root(tmp_path) -> Path:
     pytest.importorskip("pydicom")
+    from tests._dicom_series import write_series
+
     root = tmp_path / "dicom"
     for i, sid in enumerate(["pat-a", "pat-b"]):
         volume = (np.arange(12 * 10 * 6).reshape(12, 10, 6) + 1000 * i).astype(np.int16)
-        write_dicom_series(root / sid, volume, (-60.0, -50.0, 20.0 + i), (0.8, 0.7), 2.5)
+        write_series(root / sid, volume, origin=(-60.0, -50.0, 20.0 + i), pixel_spacing=(0.8, 0.7))
     return root
 
 

@@ -90,6 +90,16 @@ def test_validation_loader_repeats_itself(sample_radi):
             assert torch.equal(a["label"], b["label"])
 
 
+def test_validation_loader_fixes_the_patches_of_a_given_config(sample_radi):
+    from radiobject.ml import DatasetConfig
+
+    moving = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), fixed_epoch=False)
+    loader = create_validation_dataloader(sample_radi.T1w, batch_size=6, config=moving)
+    starts = [next(iter(loader))["patch_start"] for _ in range(3)]
+    assert all(torch.equal(starts[0], later) for later in starts[1:])
+    assert loader.dataset.config.fixed_epoch
+
+
 def test_inference_loader_keeps_ids_in_order(sample_radi):
     loader = create_inference_dataloader(sample_radi.T1w)
     batches = list(loader)

@@ -12,7 +12,7 @@ import inspect
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch.utils.data import DataLoader, Sampler
@@ -346,8 +346,11 @@ def create_validation_dataloader(
     """A deterministic DataLoader for validation: fixed order, same patches every epoch.
 
     Arguments are those of :func:`create_training_dataloader`; nothing is shuffled or dropped.
+    A given ``config`` is used with ``fixed_epoch=True``, so its patches never move either.
     """
     cfg = _config(config, patch_size, patches_per_volume, seed, fixed_epoch=True)
+    if not cfg.fixed_epoch:
+        cfg = replace(cfg, fixed_epoch=True)
     dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
     sampler = EpochSampler(dataset, shuffle=False, seed=cfg.seed)
     return build_loader(
