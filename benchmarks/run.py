@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.path.join(tempfile.gettempdir(), "radiobject-bench"),
         help="where the cohort is written (reused when present)",
     )
-    p.add_argument("--repeats", type=int, default=3, help="repeats per measurement (median)")
+    p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per loader run")
     p.add_argument("--max-seconds", type=float, default=None, help="time cap per loader run")
     p.add_argument("--cold-mb", type=int, default=None, help="cache of the cold rows (MB)")
