@@ -103,6 +103,29 @@ def test_obs_columns(coll):
     assert coll.obs.loc[0, "site"] == "a"
 
 
+def test_obs_columns_reads_only_what_it_is_asked(coll, monkeypatch):
+    from radiobject import VolumeCollection
+    from radiobject._dataframe import Dataframe
+
+    asked: list[list[str] | None] = []
+    read = Dataframe.read
+
+    def spy(self, columns=None, **kwargs):
+        asked.append(None if columns is None else list(columns))
+        return read(self, columns=columns, **kwargs)
+
+    monkeypatch.setattr(Dataframe, "read", spy)
+    fresh = VolumeCollection(coll.uri)
+    part = fresh.obs_columns("obs_subject_id", "site")
+    assert part.columns.tolist() == ["obs_id", "obs_subject_id", "site"]
+    assert part.equals(coll.obs[["obs_id", "obs_subject_id", "site"]])
+    assert fresh.obs_subject_ids == coll.obs_subject_ids  # served by the columns already read
+    assert asked == [["obs_subject_id", "site"]]
+    view = fresh.iloc[[3, 1]]
+    assert view.obs_columns("site")["obs_id"].tolist() == ["s3_CT", "s1_CT"]
+    assert view.obs_columns("site").equals(view.obs[["obs_id", "site"]])
+
+
 def test_column_lookup(coll):
     assert coll.column("score").to_dict() == {
         f"{s}_CT": v for s, v in zip(SUBJECTS, [0.5, 1.5, 2.5, 3.5, 4.5], strict=True)

@@ -58,11 +58,11 @@ def as_collections(collections: Any) -> list[VolumeCollection]:
 def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
     """Match the volumes of several collections by subject (the first collection leads)."""
     first = collections[0]
-    if len(first) == 0:
-        raise RadiObjectError(f"collection {first.name!r} has no volumes to load")
     tables = []
     for coll in collections:
-        obs = coll.obs
+        obs = coll.obs_columns("obs_subject_id", "volume", "shape")
+        if coll is first and len(obs) == 0:
+            raise RadiObjectError(f"collection {first.name!r} has no volumes to load")
         obs["uri"] = [coll.uri + "/" + v for v in obs["volume"]]
         tables.append(obs.set_index("obs_subject_id"))
     refs = []
