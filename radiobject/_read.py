@@ -252,7 +252,9 @@ class ReadOverlap:
 read_overlap = ReadOverlap()
 
 
-def _read_col_major(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray | None:
+def _read_col_major(
+    handle: tiledb.Array, info: ArrayInfo, sub: tiledb.Subarray, shape: tuple[int, ...]
+) -> np.ndarray | None:
     """``bounds`` in column-major layout (a Fortran-ordered array), or None if unsupported.
 
     ``Array.read_subarray`` always asks for row-major results, and TileDB-Py's
@@ -267,12 +269,9 @@ def _read_col_major(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np
         query = PyQuery(handle.ctx, handle, (info.attr,), (), lt.LayoutType.COL_MAJOR, False)
     except (ImportError, AttributeError, TypeError):
         return None
-    sub = tiledb.Subarray(handle, ctx=handle.ctx)
-    sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
     query.set_subarray(sub)
     query.submit()
     buffer = query.results()[info.attr][0]
-    shape = tuple(hi - lo for lo, hi in bounds)
     return buffer.view(info.dtype).reshape(shape, order="F")
 
 
@@ -280,12 +279,12 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
     # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
     with read_overlap, tiledb_errors(info.uri, "read volume"):
-        if info.order == "F":  # column-major cells: a column-major result copies in long runs
-            out = _read_col_major(handle, info, bounds)
-            if out is not None:
-                return out
         sub = tiledb.Subarray(handle, ctx=handle.ctx)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
+        if info.order == "F":  # column-major cells: a column-major result copies in long runs
+            out = _read_col_major(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
+            if out is not None:
+                return out
         return handle.read_subarray(sub)[info.attr]
 
 
@@ -336,12 +335,7 @@ def read_region(
     if (whole_on_miss or whole_region) and volume_bytes * 4 <= cache.maxsize:
         return _read_via_whole(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
-        out = _query(handle, info, bounds)
-        with cache._lock:
-            counters.misses += n_tiles
-            counters.bytes_from_storage += out.nbytes
-            counters.storage_queries += 1
-        return out
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
 
     keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
     blocks = {k: cache.get((uri, k)) for k in keys}
@@ -353,12 +347,7 @@ def read_region(
     ):
         # first touch of these tiles: read just the region (a tile-aligned fetch decompresses
         # and copies more); the tiles are cached when a later read touches them again
-        out = _query(handle, info, bounds)
-        with cache._lock:
-            counters.misses += n_tiles
-            counters.bytes_from_storage += out.nbytes
-            counters.storage_queries += 1
-        return out
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
     if missing:
         lo_t = [min(k[d] for k in missing) for d in range(len(tiles))]
         hi_t = [max(k[d] for k in missing) for d in range(len(tiles))]
@@ -382,6 +371,18 @@ def read_region(
             src.append(slice(a - t0, b - t0))
             dst.append(slice(a - lo, b - lo))
         out[tuple(dst)] = block[tuple(src)]
+    return out
+
+
+def _read_uncached(
+    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, n_tiles: int
+) -> np.ndarray:
+    """Exactly ``bounds`` from storage, not cached; its ``n_tiles`` tiles count as misses."""
+    out = _query(handle, info, bounds)
+    with cache._lock:
+        cache.counters.misses += n_tiles
+        cache.counters.bytes_from_storage += out.nbytes
+        cache.counters.storage_queries += 1
     return out
 
 
