@@ -292,7 +292,9 @@ class VolumeCollectionDataset(Dataset):
         ctx = get_tiledb_ctx()
         whole = self.prefer_whole_volume(ref.uris[0])
         chans = [read_region(uri, ctx, box, whole_on_miss=whole) for uri in ref.uris]
-        return np.stack(chans).astype(np.float32, copy=False)
+        # read_region returns arrays of our own: one channel needs no stacking copy
+        image = chans[0][None] if len(chans) == 1 else np.stack(chans)
+        return image.astype(np.float32, copy=False)
 
     def prefer_whole_volume(self, uri: str) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
