@@ -328,10 +328,12 @@ class VolumeCollectionDataset(Dataset):
     def stored_bytes(self) -> int:
         """Bytes of all the volumes this dataset reads, once decompressed (computed once)."""
         if self._stored_bytes is None:
-            itemsize = open_array(self.refs[0].uris[0], get_tiledb_ctx())[1].dtype.itemsize
-            voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
-            self._stored_bytes = voxels * itemsize
+            self._stored_bytes = self._count_stored_bytes()
         return self._stored_bytes
+
+    def _count_stored_bytes(self) -> int:
+        voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
+        return voxels * _itemsize(self.refs[0].uris[0])
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample dict of item ``index`` before ``transform``."""
@@ -372,6 +374,11 @@ class VolumeCollectionDataset(Dataset):
             f"{type(self).__name__}([{names}], {len(self.refs)} volumes, {len(self)} items, "
             f"mode={self._mode.name})"
         )
+
+
+def _itemsize(uri: str) -> int:
+    """Bytes per voxel of the volume at ``uri`` (from its schema, read once per process)."""
+    return open_array(uri, get_tiledb_ctx())[1].dtype.itemsize
 
 
 class _Pickled:

@@ -12,9 +12,9 @@ from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject._foreground import ForegroundIndex
-from radiobject._read import open_array, read_region
+from radiobject._read import read_region
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, align
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
 from radiobject.ml._sampling import foreground_patch_start
 
 __all__ = ["SegmentationDataset"]
@@ -109,13 +109,9 @@ class SegmentationDataset(VolumeCollectionDataset):
         )
         return start
 
-    def stored_bytes(self) -> int:
-        """Bytes of the images and the masks, once decompressed (computed once)."""
-        if self._stored_bytes is None:
-            itemsize = open_array(self.mask_uris[0], get_tiledb_ctx())[1].dtype.itemsize
-            masks = sum(int(np.prod(r.shape[:3])) for r in self.refs) * itemsize
-            self._stored_bytes = super().stored_bytes() + masks
-        return self._stored_bytes
+    def _count_stored_bytes(self) -> int:
+        masks = sum(int(np.prod(r.shape[:3])) for r in self.refs) * _itemsize(self.mask_uris[0])
+        return super()._count_stored_bytes() + masks
 
     def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
         """Image sample plus the mask of the same region (``"mask"``)."""
