@@ -99,9 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     tut.add_argument("--notebooks", default="notebooks", help="tutorials folder (notebooks)")
     tut.add_argument("--dry-run", action="store_true", help="prepare data, print the command")
-    tut.add_argument("jupyter_args", nargs="*", help="extra arguments for jupyter lab")
+    tut.epilog = "Any other option goes to jupyter lab, e.g. --no-browser --port 8899."
     sub.add_parser("versions", help="print the versions of radiobject and its dependencies")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if args.command != "tutorials" and unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # jupyter lab's own options pass through in the order given ("--" is optional)
+    args.jupyter_args = [a for a in unknown if a != "--"]
     if args.command == "tutorials":
         return _tutorials(args)
     if args.command == "versions":

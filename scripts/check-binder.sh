@@ -13,7 +13,9 @@ mkdir -p "$HOME"
 python -m pip install -q --upgrade pip
 # this machine has the CPU wheel on disk; Binder gets it from the extra index in requirements.txt
 python -m pip install -q torch==2.13.0
-python -m pip install -q -r binder/requirements.txt 2>&1 | grep -v -i "retrying\|warning: location" || true
+if ! python -m pip install -q -r binder/requirements.txt >"$work/pip.log" 2>&1; then
+  grep -v -i "retrying\|warning: location" "$work/pip.log"; exit 1
+fi
 python -c "import radiobject.ml, radiobject.widgets, jupyterlab" # the install worked
 bash binder/postBuild
 test -d "$HOME/.cache/radiobject/sample-small" || { echo "postBuild made no sample data"; exit 1; }

@@ -232,6 +232,25 @@ def test_demo_bad_arguments():
     assert "invalid choice" in result.stderr
 
 
+def test_tutorials_command_passes_unknown_options_to_jupyterlab_in_order(
+    tmp_path, capsys, monkeypatch
+):
+    from radiobject.__main__ import main
+
+    monkeypatch.setenv("RADIOBJECT_SAMPLE_DIR", str(tmp_path))
+    argv = ["tutorials", "--no-browser", "--port", "8899", "--dry-run"]
+    argv += ["--notebooks", str(ROOT / "notebooks"), "--", "--ServerApp.x=1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--ip=127.0.0.1 --no-browser --port 8899 --ServerApp.x=1" in out
+
+
+def test_other_commands_reject_unknown_options():
+    result = run([sys.executable, "-m", "radiobject", "versions", "--port", "1"])
+    assert result.returncode == 2
+    assert "unrecognized arguments: --port 1" in result.stderr
+
+
 def test_tutorials_command_opens_jupyterlab_on_the_notebooks(tmp_path):
     """The README's main command: sample data made, then JupyterLab serves the tutorials."""
     import socket
@@ -246,8 +265,9 @@ def test_tutorials_command_opens_jupyterlab_on_the_notebooks(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "RADIOBJECT_SAMPLE_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)}
     log_path = tmp_path / "jupyter.log"
-    command = [sys.executable, "-m", "radiobject", "tutorials", "--", "--no-browser"]
-    command += [f"--port={port}", "--ServerApp.token=", "--ServerApp.password="]
+    # jupyter lab's options as a user types them, without "--"
+    command = [sys.executable, "-m", "radiobject", "tutorials", "--no-browser", "--port", str(port)]
+    command += ["--ServerApp.token=", "--ServerApp.password="]
     with log_path.open("w") as log:
         proc = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
