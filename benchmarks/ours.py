@@ -46,7 +46,7 @@ class RadiReader:
 def clear_cache() -> None:
     """Empty radiobject's block cache in this process (counters keep counting)."""
     try:
-        from radiobject._read import block_cache
+        from radiobject.read._region import block_cache
     except ImportError:  # read path reorganised: a new budget also starts an empty cache
         mb = get_config().read.cache_mb
         configure(read={"cache_mb": mb + 1})

@@ -221,8 +221,8 @@ def main() -> None:
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
     from radiobject import CompressionConfig, S3Config, TileConfig, Volume, configure
-    from radiobject._read import block_cache
     from radiobject.data import BRATS_SHAPE, make_sample_radiobject
+    from radiobject.read._region import block_cache
 
     shape = (128, 128, 96) if args.quick else BRATS_SHAPE
     n_subjects = 2 if args.quick else args.subjects

@@ -5,9 +5,7 @@
 ['AlignmentError', 'AlreadyExistsError', 'CacheStats']
 """
 
-from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
-from radiobject._dataframe import Dataframe
 from radiobject._errors import (
     AlignmentError,
     AlreadyExistsError,
@@ -23,11 +21,7 @@ from radiobject._errors import (
     ShapeError,
     StorageError,
 )
-from radiobject._ingest import subject_id_from_path
-from radiobject._radiobject import RadiObject
-from radiobject._stats import CacheStats, S3Stats, TileDBStats
 from radiobject._versions import show_versions
-from radiobject._volume import Volume
 from radiobject.config import (
     CompressionConfig,
     Compressor,
@@ -41,6 +35,12 @@ from radiobject.config import (
     get_config,
     reset_config,
 )
+from radiobject.ingest._files import subject_id_from_path
+from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._radiobject import RadiObject
+from radiobject.storage._volume import Volume
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import radiobject
-from radiobject._read import block_cache
 from radiobject.ml import VolumeCollectionDataset
+from radiobject.read._region import block_cache
 
 
 class ConfigProbeDataset(VolumeCollectionDataset):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import radiobject._volume
+import radiobject.storage._volume
 from radiobject import (
     FilterError,
     IngestError,
@@ -50,13 +50,13 @@ def coll(tmp_path_factory) -> VolumeCollection:
 def voxel_reads(monkeypatch) -> list[tuple]:
     """Record every voxel read (calls of the read path used by Volume)."""
     calls: list[tuple] = []
-    real = radiobject._volume.read_region
+    real = radiobject.storage._volume.read_region
 
     def counting(uri, ctx, bounds):
         calls.append((uri, bounds))
         return real(uri, ctx, bounds)
 
-    monkeypatch.setattr(radiobject._volume, "read_region", counting)
+    monkeypatch.setattr(radiobject.storage._volume, "read_region", counting)
     return calls
 
 
@@ -105,7 +105,7 @@ def test_obs_columns(coll):
 
 def test_obs_columns_reads_only_what_it_is_asked(coll, monkeypatch):
     from radiobject import VolumeCollection
-    from radiobject._dataframe import Dataframe
+    from radiobject.storage._dataframe import Dataframe
 
     asked: list[list[str] | None] = []
     read = Dataframe.read
@@ -451,7 +451,7 @@ def test_foreground_of_a_view(tmp_path, masks):
 
 
 def test_foreground_sample_is_bounded(tmp_path):
-    from radiobject._foreground import MAX_POINTS
+    from radiobject.storage._foreground import MAX_POINTS
 
     big = np.ones((20, 20, 20), np.uint8)
     seg = VolumeCollection.from_numpy(tmp_path / "seg", {"a": big}, is_mask=True)

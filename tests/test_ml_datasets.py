@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import radiobject
-import radiobject._read
-import radiobject._volume
 import radiobject.ml._dataset
 import radiobject.ml._segmentation
+import radiobject.read._region
+import radiobject.storage._volume
 from radiobject import AlignmentError, LabelError, RadiObject, ShapeError, VolumeCollection
 from radiobject.ml import (
     DatasetConfig,
@@ -386,7 +386,7 @@ def test_setup_reads_only_the_foreground_index(sample_radi, monkeypatch):
     radi = RadiObject(sample_radi.uri)  # fresh handles: nothing cached from other tests
     opened: list[str] = []
     regions: list[str] = []
-    real_open, real_read = tiledb.open, radiobject._read.read_region
+    real_open, real_read = tiledb.open, radiobject.read._region.read_region
 
     def spy_open(uri, *args, **kwargs):
         opened.append(str(uri))
@@ -398,8 +398,8 @@ def test_setup_reads_only_the_foreground_index(sample_radi, monkeypatch):
 
     monkeypatch.setattr(tiledb, "open", spy_open)
     for module in (
-        radiobject._read,
-        radiobject._volume,
+        radiobject.read._region,
+        radiobject.storage._volume,
         radiobject.ml._dataset,
         radiobject.ml._segmentation,
     ):
@@ -436,7 +436,7 @@ def test_foreground_sampling_on_standalone_collections(tmp_path):
 @pytest.mark.parametrize(("cache_mb", "fits"), [(64, True), (4, False)])
 def test_a_dataset_that_fits_the_cache_reads_whole_volumes_once(tmp_path, cache_mb, fits):
     from radiobject import TileConfig, configure
-    from radiobject._read import block_cache
+    from radiobject.read._region import block_cache
 
     arrays = {f"s{i}": arange((64, 64, 64), offset=i) for i in range(4)}  # 1 MiB each
     with configure(write={"tile": TileConfig(extents=(16, 16, 16))}):

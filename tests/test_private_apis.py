@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import radiobject
-import radiobject._read
+import radiobject.read._region
 
 
 def test_tiledb_pyquery_reads_column_major(tmp_path):
@@ -20,12 +20,12 @@ def test_tiledb_pyquery_reads_column_major(tmp_path):
     vol = radiobject.Volume.from_numpy(
         str(tmp_path / "v"), data, tile=radiobject.TileConfig(orientation="axial")
     )
-    handle, info = radiobject._read.open_array(vol.uri, radiobject.get_tiledb_ctx())
+    handle, info = radiobject.read._region.open_array(vol.uri, radiobject.get_tiledb_ctx())
     import tiledb
 
     sub = tiledb.Subarray(handle, ctx=handle.ctx)
     sub.add_ranges([[(1, 4)], [(0, 2)], [(2, 3)]])
-    out = radiobject._read._read_col_major(handle, info, sub, (4, 3, 2))
+    out = radiobject.read._region._read_col_major(handle, info, sub, (4, 3, 2))
     assert out is not None, "TileDB-Py's PyQuery changed: reads fall back to row-major"
     np.testing.assert_array_equal(out, data[1:5, 0:3, 2:4])
 

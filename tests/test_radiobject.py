@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import radiobject._volume
+import radiobject.storage._volume
 from radiobject import (
     AlignmentError,
     IngestError,
@@ -28,13 +28,13 @@ NAMES = ["FLAIR", "T1w", "seg"]
 def voxel_reads(monkeypatch) -> list[str]:
     """Record every voxel read (calls of the read path used by Volume)."""
     calls: list[str] = []
-    real = radiobject._volume.read_region
+    real = radiobject.storage._volume.read_region
 
     def counting(uri, ctx, bounds):
         calls.append(uri)
         return real(uri, ctx, bounds)
 
-    monkeypatch.setattr(radiobject._volume, "read_region", counting)
+    monkeypatch.setattr(radiobject.storage._volume, "read_region", counting)
     return calls
 
 

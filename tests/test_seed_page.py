@@ -20,7 +20,7 @@ import torch
 
 import radiobject
 from radiobject import Volume, get_config, get_tiledb_ctx
-from radiobject._read import block_cache
+from radiobject.read._region import block_cache
 from radiobject.data import MODALITIES, make_sample_radiobject
 
 pytestmark = pytest.mark.slow

@@ -49,7 +49,7 @@ def test_counters_equal_the_tiles_touched(vol):
 
 
 def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
-    from radiobject._read import block_cache
+    from radiobject.read._region import block_cache
 
     block_cache().clear()
     off_grid = np.s_[8:24, 8:24, 8:24]  # 8 tiles of 16^3, none read yet

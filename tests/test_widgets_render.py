@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,16 +28,6 @@ from radiobject.widgets._render import (
     to_display,
     window_for,
 )
-
-
-@pytest.mark.parametrize(
-    "name", ["_render", "_png", "_slices", "_patches", "_plots", "_runs", "_viewer", "_browser"]
-)
-def test_docstring_examples(name):
-    # widgets/ is outside pytest's doctest paths: run its examples here
-    module = importlib.import_module(f"radiobject.widgets.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
 
 
 # -- window / level ------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def make_sample_radiobject(
     >>> radi.collection_names, len(radi)
     (['FLAIR', 'T1w', 'seg'], 2)
     """
-    from radiobject._ingest import Item
-    from radiobject._radiobject import RadiObject
+    from radiobject.ingest._files import Item
+    from radiobject.storage._radiobject import RadiObject
 
     shape = tuple(int(s) for s in shape)
     _check(n_subjects, shape, modalities)
@@ -190,7 +190,7 @@ def load_sample_radiobject(
     """
     import os
 
-    from radiobject._radiobject import RadiObject
+    from radiobject.storage._radiobject import RadiObject
 
     scale = scale or os.environ.get("RADIOBJECT_SCALE", "small")
     if scale not in SCALES:

@@ -12,14 +12,14 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
-from radiobject._read import open_array, read_region, whole_volume_budget
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._sampling import item_rng, random_patch_start
 from radiobject.ml._shared import read_pool, sync_worker
+from radiobject.read._region import open_array, read_region, whole_volume_budget
+from radiobject.storage._collection import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
 

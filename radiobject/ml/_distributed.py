@@ -8,10 +8,10 @@ from typing import Any
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from radiobject._collection import VolumeCollection
 from radiobject._errors import ConfigurationError
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._loaders import EpochTagged, _config, build_loader
+from radiobject.storage._collection import VolumeCollection
 
 __all__ = ["create_distributed_dataloader"]
 

@@ -17,14 +17,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Sampler
 
-from radiobject._collection import VolumeCollection
-from radiobject._read import CacheCounters, block_cache
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
+from radiobject.read._region import CacheCounters, block_cache
+from radiobject.storage._collection import VolumeCollection
 
 __all__ = [
     "EpochSampler",

@@ -14,8 +14,8 @@ from typing import Any
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from radiobject._read import CacheCounters
 from radiobject.ml._loaders import loader_cache_counters
+from radiobject.read._region import CacheCounters
 
 __all__ = ["LoaderProbe", "ProbeRecord", "ProbeResult"]
 

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
-from radiobject._foreground import ForegroundIndex
-from radiobject._read import read_region
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
 from radiobject.ml._sampling import foreground_patch_start
+from radiobject.read._region import read_region
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._foreground import ForegroundIndex
 
 __all__ = ["SegmentationDataset"]
 

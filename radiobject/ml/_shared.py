@@ -8,7 +8,7 @@ radiobject gives its workers a small shared-memory block through which
 * the parent publishes the read settings, so ``configure(read=...)`` reaches running
   (persistent) workers before their next read, and
 * whole volumes fetched for many patches are shared through a folder on ``/dev/shm``
-  (``radiobject._shared_store``): one worker reads a volume, the others map it, and the
+  (``radiobject.read._shared_store``): one worker reads a volume, the others map it, and the
   folder (bounded by ``ReadConfig.cache_mb``) is removed with the loader.
 """
 
@@ -23,9 +23,9 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from radiobject._read import CacheCounters, block_cache
-from radiobject._shared_store import SharedStore, set_shared_store
 from radiobject.config import ReadConfig, add_listener, configure, get_config
+from radiobject.read._region import CacheCounters, block_cache
+from radiobject.read._shared_store import SharedStore, set_shared_store
 
 __all__ = ["SharedLoaderState", "current_state", "sync_worker"]
 

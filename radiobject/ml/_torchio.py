@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from radiobject._collection import VolumeCollection
-from radiobject._volume import Volume
 from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._volume import Volume
 
 tio = require("torchio")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from radiobject._read import CacheCounters, block_cache, read_overlap
+from radiobject.read._region import CacheCounters, block_cache, read_overlap
 
 __all__ = ["CacheStats", "S3Stats", "TileDBStats", "tiledb_counters"]
 

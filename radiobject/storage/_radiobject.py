@@ -11,9 +11,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._collection import VolumeCollection
 from radiobject._context import get_tiledb_ctx
-from radiobject._dataframe import Dataframe
 from radiobject._errors import (
     AlignmentError,
     IngestError,
@@ -21,7 +19,9 @@ from radiobject._errors import (
     OutOfBoundsError,
     tiledb_errors,
 )
-from radiobject._group import add_members, create_group, group_meta, join, new_target
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._group import add_members, create_group, group_meta, join, new_target
 
 __all__ = ["RadiObject"]
 
@@ -274,7 +274,7 @@ class RadiObject:
 
         Every subject of the new collection must already be in ``obs_meta``.
         """
-        from radiobject._ingest import collection_from_files, write_collection_from_volumes
+        from radiobject.ingest._files import collection_from_files, write_collection_from_volumes
 
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
@@ -283,7 +283,7 @@ class RadiObject:
         if isinstance(source, VolumeCollection):
             subjects = set(source.obs_subject_ids)
         else:
-            from radiobject._ingest import resolve_sources
+            from radiobject.ingest._files import resolve_sources
 
             subjects = {sid for _, sid in resolve_sources(source, name)}
         unknown = sorted(subjects - known)
@@ -318,7 +318,7 @@ class RadiObject:
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
         """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed)."""
-        from radiobject._ingest import write_collection_from_volumes
+        from radiobject.ingest._files import write_collection_from_volumes
 
         return _build(
             str(uri),
@@ -359,7 +359,7 @@ class RadiObject:
             progress: show progress bars.
             ctx: TileDB context.
         """
-        from radiobject._ingest import collection_from_files, resolve_sources
+        from radiobject.ingest._files import collection_from_files, resolve_sources
 
         resolved = {name: resolve_sources(src, name) for name, src in images.items()}
         mask_set = set(masks) if masks is not None else None
@@ -392,8 +392,8 @@ class RadiObject:
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
-        """A new RadiObject from lazily loaded items (see ``radiobject._ingest.Item``)."""
-        from radiobject._ingest import write_collection
+        """A new RadiObject from lazily loaded items (see ``radiobject.ingest._files.Item``)."""
+        from radiobject.ingest._files import write_collection
 
         return _build(
             uri,

@@ -18,14 +18,19 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._collection import CORE_COLUMNS, KIND, VolumeCollection
 from radiobject._context import get_tiledb_ctx
-from radiobject._dataframe import Dataframe
 from radiobject._errors import IngestError, RadiObjectError
-from radiobject._foreground import compute_foreground, write_foreground
-from radiobject._group import add_members, create_group, join, new_target
-from radiobject._volume import Volume, affine_orientation, spacing_from_affine, storage_dtype
 from radiobject.parallel import map_on_threads
+from radiobject.storage._collection import CORE_COLUMNS, KIND, VolumeCollection
+from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._foreground import compute_foreground, write_foreground
+from radiobject.storage._group import add_members, create_group, join, new_target
+from radiobject.storage._volume import (
+    Volume,
+    affine_orientation,
+    spacing_from_affine,
+    storage_dtype,
+)
 
 __all__ = [
     "MASK_NAMES",

@@ -13,11 +13,11 @@ import pandas as pd
 import tiledb
 
 from radiobject._context import get_tiledb_ctx
-from radiobject._dataframe import Dataframe
 from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
-from radiobject._foreground import ForegroundIndex, compute_foreground, read_foreground
-from radiobject._group import group_meta, join
-from radiobject._volume import Volume
+from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
+from radiobject.storage._group import group_meta, join
+from radiobject.storage._volume import Volume
 
 __all__ = ["VolumeCollection"]
 
@@ -335,7 +335,7 @@ class VolumeCollection:
         and stored, so the next call reads only the index.
         """
         if self._fg is None:
-            from radiobject._foreground import write_foreground
+            from radiobject.storage._foreground import write_foreground
 
             uri = join(self.uri, "fg_index")
             stored = read_foreground(uri, self.ctx)
@@ -351,36 +351,36 @@ class VolumeCollection:
     # -- writing ---------------------------------------------------------------------------
     def write(self, uri: str | Path, *, progress: bool = False) -> VolumeCollection:
         """Materialise this collection (or view) as a new standalone collection at ``uri``."""
-        from radiobject._ingest import write_collection_from_volumes
+        from radiobject.ingest._files import write_collection_from_volumes
 
         return write_collection_from_volumes(self, str(uri), progress=progress, ctx=self._ctx)
 
-    # -- constructors (implemented in radiobject._ingest) ---------------------------------
+    # -- constructors (implemented in radiobject.ingest._files) ---------------------------------
     @classmethod
     def from_numpy(cls, uri: str | Path, arrays: Any, **kwargs: Any) -> VolumeCollection:
         """Write numpy arrays as a new collection (see ``collection_from_numpy``)."""
-        from radiobject._ingest import collection_from_numpy
+        from radiobject.ingest._files import collection_from_numpy
 
         return collection_from_numpy(str(uri), arrays, **kwargs)
 
     @classmethod
     def from_volumes(cls, uri: str | Path, volumes: Any, **kwargs: Any) -> VolumeCollection:
         """Copy existing :class:`Volume` objects into a new collection."""
-        from radiobject._ingest import collection_from_volumes
+        from radiobject.ingest._files import collection_from_volumes
 
         return collection_from_volumes(str(uri), volumes, **kwargs)
 
     @classmethod
     def from_niftis(cls, uri: str | Path, sources: Any, **kwargs: Any) -> VolumeCollection:
         """Ingest NIfTI files (a glob, a folder, paths, or ``(path, subject_id)`` pairs)."""
-        from radiobject._ingest import collection_from_files
+        from radiobject.ingest._files import collection_from_files
 
         return collection_from_files(str(uri), sources, **kwargs)
 
     @classmethod
     def from_dicoms(cls, uri: str | Path, sources: Any, **kwargs: Any) -> VolumeCollection:
         """Ingest DICOM series folders (one series per folder) as a new collection."""
-        from radiobject._ingest import collection_from_files
+        from radiobject.ingest._files import collection_from_files
 
         return collection_from_files(str(uri), sources, fmt="dicom", **kwargs)
 

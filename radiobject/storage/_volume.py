@@ -17,8 +17,8 @@ from radiobject._errors import (
     ShapeError,
     tiledb_errors,
 )
-from radiobject._read import ArrayInfo, open_array, read_region
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
+from radiobject.read._region import ArrayInfo, open_array, read_region
 
 __all__ = ["Volume", "affine_orientation", "spacing_from_affine", "storage_dtype"]
 

@@ -21,8 +21,8 @@ import tiledb
 from cachetools import LRUCache
 
 from radiobject._errors import tiledb_errors
-from radiobject._shared_store import get_shared_store
 from radiobject.config import config_version, get_config
+from radiobject.read._shared_store import get_shared_store
 
 __all__ = [
     "ArrayInfo",
