@@ -92,7 +92,7 @@ def make_sample_radiobject(
     >>> radi.collection_names, len(radi)
     (['FLAIR', 'T1w', 'seg'], 2)
     """
-    from radiobject.ingest._files import Item
+    from radiobject.ingest._sources import Item
     from radiobject.storage._radiobject import RadiObject
 
     shape = tuple(int(s) for s in shape)

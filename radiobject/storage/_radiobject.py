@@ -17,15 +17,14 @@ from radiobject._errors import (
     IngestError,
     NotFoundError,
     OutOfBoundsError,
-    tiledb_errors,
 )
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, create_group, group_meta, join, new_target
+from radiobject.storage._layout import COLLECTIONS, COLLECTIONS_KIND, OBS_META, RADIOBJECT_KIND
 
 __all__ = ["RadiObject"]
-
-KIND = "RadiObject"
 
 
 class _SubjectIndexer:
@@ -79,7 +78,7 @@ class RadiObject:
         self._ctx = ctx
         self._subjects = None if _subjects is None else list(_subjects)
         self._collections = None if _collections is None else list(_collections)
-        self._meta = group_meta(self.uri, KIND, self.ctx)
+        self._meta = group_meta(self.uri, RADIOBJECT_KIND, self.ctx)
         self._obs_meta_df: pd.DataFrame | None = None
         self._all_names: list[str] | None = None
 
@@ -95,7 +94,7 @@ class RadiObject:
     @property
     def obs_meta_table(self) -> Dataframe:
         """The stored subject table."""
-        return Dataframe(join(self.uri, "obs_meta"), ctx=self._ctx)
+        return Dataframe(join(self.uri, OBS_META), ctx=self._ctx)
 
     @property
     def obs_meta(self) -> pd.DataFrame:
@@ -166,7 +165,7 @@ class RadiObject:
     def collection_names(self) -> list[str]:
         """Names of the collections (of this view), sorted."""
         if self._all_names is None:
-            uri = join(self.uri, "collections")
+            uri = join(self.uri, COLLECTIONS)
             with tiledb_errors(uri, "list collections"), tiledb.Group(uri, ctx=self.ctx) as g:
                 self._all_names = sorted(m.name for m in g)
         names = self._all_names
@@ -181,7 +180,7 @@ class RadiObject:
                 f"no collection {name!r} in {self.uri!r}; collections are {self.collection_names}"
             )
         coll = VolumeCollection(
-            join(self.uri, "collections", name), ctx=self._ctx, _obs_meta=self.obs_meta_table
+            join(self.uri, COLLECTIONS, name), ctx=self._ctx, _obs_meta=self.obs_meta_table
         )
         if self._subjects is not None:
             keep = set(self._subjects)
@@ -274,18 +273,18 @@ class RadiObject:
 
         Every subject of the new collection must already be in ``obs_meta``.
         """
-        from radiobject.ingest._files import collection_from_files, write_collection_from_volumes
+        from radiobject.ingest._sources import file_items
+        from radiobject.ingest._writer import copy_collection, write_collection
 
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
-        target = join(self.uri, "collections", name)
+        target = join(self.uri, COLLECTIONS, name)
         known = set(self.obs_meta_table.ids())
         if isinstance(source, VolumeCollection):
             subjects = set(source.obs_subject_ids)
         else:
-            from radiobject.ingest._files import resolve_sources
-
-            subjects = {sid for _, sid in resolve_sources(source, name)}
+            items = file_items(source, name)
+            subjects = {it.obs_subject_id for it in items}
         unknown = sorted(subjects - known)
         if unknown:
             raise IngestError(
@@ -293,14 +292,12 @@ class RadiObject:
                 f"{self.uri!r}; add them to obs_meta first"
             )
         if isinstance(source, VolumeCollection):
-            write_collection_from_volumes(
-                source, target, progress=progress, ctx=self._ctx, name=name
-            )
+            copy_collection(source, target, name=name, progress=progress, ctx=self._ctx)
         else:
-            collection_from_files(
-                target, source, name=name, progress=progress, ctx=self._ctx, is_mask=is_mask
+            write_collection(
+                target, items, name=name, is_mask=is_mask, ctx=self._ctx, progress=progress
             )
-        add_members(join(self.uri, "collections"), [name], self.ctx)
+        add_members(join(self.uri, COLLECTIONS), [name], self.ctx)
         self._all_names = None
         if self._collections is not None:  # a view of some collections also shows the new one
             self._collections.append(name)
@@ -318,7 +315,7 @@ class RadiObject:
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
         """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed)."""
-        from radiobject.ingest._files import write_collection_from_volumes
+        from radiobject.ingest._writer import copy_collection
 
         return _build(
             str(uri),
@@ -327,8 +324,8 @@ class RadiObject:
             validate_alignment,
             progress,
             ctx,
-            lambda target, name, src: write_collection_from_volumes(
-                src, target, progress=progress, ctx=ctx, name=name
+            lambda target, name, src: copy_collection(
+                src, target, name=name, progress=progress, ctx=ctx
             ),
             lambda src: src.obs_subject_ids,
         )
@@ -359,9 +356,10 @@ class RadiObject:
             progress: show progress bars.
             ctx: TileDB context.
         """
-        from radiobject.ingest._files import collection_from_files, resolve_sources
+        from radiobject.ingest._sources import file_items
+        from radiobject.ingest._writer import write_collection
 
-        resolved = {name: resolve_sources(src, name) for name, src in images.items()}
+        resolved = {name: file_items(src, name) for name, src in images.items()}
         mask_set = set(masks) if masks is not None else None
         return _build(
             str(uri),
@@ -370,15 +368,15 @@ class RadiObject:
             validate_alignment,
             progress,
             ctx,
-            lambda target, name, pairs: collection_from_files(
+            lambda target, name, items: write_collection(
                 target,
-                [(p, s) for p, s in pairs],
+                items,
                 name=name,
-                progress=progress,
-                ctx=ctx,
                 is_mask=None if mask_set is None else name in mask_set,
+                ctx=ctx,
+                progress=progress,
             ),
-            lambda pairs: [s for _, s in pairs],
+            lambda items: [it.obs_subject_id for it in items],
         )
 
     @classmethod
@@ -392,8 +390,8 @@ class RadiObject:
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
-        """A new RadiObject from lazily loaded items (see ``radiobject.ingest._files.Item``)."""
-        from radiobject.ingest._files import write_collection
+        """A new RadiObject from lazily loaded items (see ``radiobject.ingest._sources.Item``)."""
+        from radiobject.ingest._writer import write_collection
 
         return _build(
             uri,
@@ -427,13 +425,13 @@ def _build(
         subjects.extend(s for s in subjects_of(src) if s not in subjects)
     obs_meta = _check_obs_meta(obs_meta, subjects)
     with new_target(uri, ctx):
-        create_group(uri, KIND, ctx)
-        create_group(join(uri, "collections"), "collections", ctx)
-        Dataframe.from_pandas(join(uri, "obs_meta"), obs_meta, index="obs_subject_id", ctx=ctx)
+        create_group(uri, RADIOBJECT_KIND, ctx)
+        create_group(join(uri, COLLECTIONS), COLLECTIONS_KIND, ctx)
+        Dataframe.from_pandas(join(uri, OBS_META), obs_meta, index="obs_subject_id", ctx=ctx)
         for name, src in sources.items():
-            write(join(uri, "collections", name), name, src)
-        add_members(join(uri, "collections"), list(sources), ctx)
-        add_members(uri, ["obs_meta", "collections"], ctx)
+            write(join(uri, COLLECTIONS, name), name, src)
+        add_members(join(uri, COLLECTIONS), list(sources), ctx)
+        add_members(uri, [OBS_META, COLLECTIONS], ctx)
         radi = RadiObject(uri, ctx=ctx)
         if validate_alignment:
             _check_alignment(radi)
