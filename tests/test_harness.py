@@ -220,7 +220,7 @@ def test_demo_command(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Wrote a sample RadiObject of 2 subjects" in out
-    assert "<RadiObject (2 subjects; collections: FLAIR, T1w, seg)" in out
+    assert "<RadiObject (3 collections: FLAIR, T1w, seg; 2 subjects)" in out
     for word in ("FLAIR", "T1w", "seg", "diagnosis", "sub-000", "sub-001", "(16, 16, 12)"):
         assert word in out
     assert "equal: True" in out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,11 @@ class _SubjectIndexer:
 class RadiObject:
     """Subjects and their volumes: ``obs_meta`` plus named collections (``radi.T1w``).
 
+    A RadiObject is a mapping of collection names to collections, as an xarray Dataset is of
+    its variables: ``len``, ``in``, iteration, ``keys()``, ``values()``, ``items()`` and
+    ``radi[name]`` all speak of collections. Subjects are rows: :attr:`n_subjects`,
+    :attr:`obs_subject_ids`, :attr:`obs_meta`, and ``iloc`` / ``loc`` select them.
+
     Views (``head``, ``filter``, ``iloc``, ``select_collections``) are cheap; ``write(uri)``
     materialises one. ``repr`` reads metadata only, never voxels.
 
@@ -60,10 +65,10 @@ class RadiObject:
     >>> import tempfile, os
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=4,
     ...                               shape=(16, 16, 12), progress=False)
-    >>> radi.collection_names
-    ['FLAIR', 'T1w', 'seg']
-    >>> len(radi.filter("age > 0")), radi.T1w is not None
-    (4, True)
+    >>> len(radi), list(radi), "T1w" in radi, "CT" in radi
+    (3, ['FLAIR', 'T1w', 'seg'], True, False)
+    >>> radi["T1w"].name, radi.n_subjects, radi.filter("age > 0").n_subjects
+    ('T1w', 4, 4)
     """
 
     def __init__(
@@ -113,7 +118,9 @@ class RadiObject:
             return list(self._subjects)
         return self.obs_meta["obs_subject_id"].tolist()
 
-    def __len__(self) -> int:
+    @property
+    def n_subjects(self) -> int:
+        """Number of subjects (of this view); ``len(radi)`` counts collections."""
         return len(self.obs_subject_ids)
 
     @property
@@ -189,8 +196,34 @@ class RadiObject:
             )
         return coll
 
+    # -- the mapping of collection names to collections ------------------------------------
     def __getitem__(self, name: str) -> VolumeCollection:
         return self.collection(name)
+
+    def __len__(self) -> int:
+        return len(self.collection_names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.collection_names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.collection_names
+
+    def keys(self) -> list[str]:
+        """Collection names (of this view), sorted; the same as ``list(radi)``."""
+        return self.collection_names
+
+    def values(self) -> list[VolumeCollection]:
+        """The collections (of this view), in the order of :meth:`keys`."""
+        return [self.collection(n) for n in self.collection_names]
+
+    def items(self) -> list[tuple[str, VolumeCollection]]:
+        """``(name, collection)`` pairs, in the order of :meth:`keys`."""
+        return [(n, self.collection(n)) for n in self.collection_names]
+
+    def get(self, name: str, default: Any = None) -> VolumeCollection | Any:
+        """The collection ``name``, or ``default`` when there is none."""
+        return self.collection(name) if name in self else default
 
     def __getattr__(self, name: str) -> VolumeCollection:
         if name.startswith("_"):
@@ -239,14 +272,18 @@ class RadiObject:
 
     def __repr__(self) -> str:
         kind = "view of " if self._subjects is not None or self._collections is not None else ""
-        cols = ", ".join(self.collection_names)
-        return f"<RadiObject ({kind}{len(self)} subjects; collections: {cols}) at {self.uri!r}>"
+        names = self.collection_names
+        return (
+            f"<RadiObject ({kind}{_count(len(names), 'collection')}: {', '.join(names)}; "
+            f"{_count(self.n_subjects, 'subject')}) at {self.uri!r}>"
+        )
 
     def _repr_html_(self) -> str:
         table = self.describe().to_html()
         meta_cols = ", ".join(html.escape(c) for c in self.obs_meta_table.columns)
         return (
-            f"<b>RadiObject</b> at <code>{html.escape(self.uri)}</code>: {len(self)} subjects"
+            f"<b>RadiObject</b> at <code>{html.escape(self.uri)}</code>: "
+            f"{_count(len(self), 'collection')}, {_count(self.n_subjects, 'subject')}"
             f"<br>obs_meta columns: {meta_cols}{table}"
         )
 
@@ -264,7 +301,11 @@ class RadiObject:
     def add_collection(
         self,
         name: str,
-        source: VolumeCollection | Any,
+        source: VolumeCollection
+        | str
+        | Path
+        | Sequence[str | Path]
+        | Sequence[tuple[str | Path, str]],
         *,
         progress: bool = True,
         is_mask: bool | None = None,
@@ -272,6 +313,27 @@ class RadiObject:
         """Add a collection from a :class:`VolumeCollection` or image sources (as ``from_images``).
 
         Every subject of the new collection must already be in ``obs_meta``.
+
+        Args:
+            name: the new collection's name (not one of :attr:`collection_names`).
+            source: a collection or view to copy (its user columns too), or image sources as
+                a value of ``from_images``'s ``images``: a glob, a folder, paths, or
+                ``(path, subject_id)`` pairs.
+            progress: show a progress bar.
+            is_mask: force the mask flag of image sources (default: guessed from the name and
+                voxel values; a copied collection keeps its flag).
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject.data import make_sample_radiobject
+        >>> d = tempfile.mkdtemp()
+        >>> radi = make_sample_radiobject(os.path.join(d, "r"), n_subjects=2,
+        ...                               shape=(16, 16, 12), progress=False)
+        >>> arrays = {s: np.zeros((16, 16, 12)) for s in radi.obs_subject_ids}
+        >>> ct = VolumeCollection.from_numpy(os.path.join(d, "CT"), arrays)
+        >>> radi.add_collection("CT", ct, progress=False).obs_ids
+        ['sub-000_CT', 'sub-001_CT']
+        >>> list(radi)
+        ['CT', 'FLAIR', 'T1w', 'seg']
         """
         from radiobject.ingest._sources import file_items
         from radiobject.ingest._writer import copy_collection, write_collection
@@ -314,7 +376,23 @@ class RadiObject:
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
-        """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed)."""
+        """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed).
+
+        Args:
+            uri: target (must not exist).
+            collections: name -> collection or view; the subjects are the union of theirs.
+            obs_meta: one row per subject with an ``obs_subject_id`` column (default: ids only).
+            validate_alignment: check that each subject's volumes share shape and affine.
+            progress: show progress bars.
+            ctx: TileDB context.
+
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> ct = VolumeCollection.from_numpy(os.path.join(d, "CT"), [np.ones((4, 4, 3))] * 2)
+        >>> radi = RadiObject.from_collections(os.path.join(d, "r"), {"CT": ct}, progress=False)
+        >>> list(radi), radi.obs_subject_ids
+        (['CT'], ['sub-000', 'sub-001'])
+        """
         from radiobject.ingest._writer import copy_collection
 
         return _build(
@@ -355,6 +433,17 @@ class RadiObject:
             masks: names of mask collections (default: guessed from names and voxel values).
             progress: show progress bars.
             ctx: TileDB context.
+
+        >>> import tempfile, os
+        >>> from radiobject.data import write_sample_niftis
+        >>> d = tempfile.mkdtemp()
+        >>> images, subjects = write_sample_niftis(d, n_subjects=2, shape=(16, 16, 12))
+        >>> sorted(images)
+        ['FLAIR', 'T1w', 'seg']
+        >>> radi = RadiObject.from_images(os.path.join(d, "radi"), images, obs_meta=subjects,
+        ...                               progress=False)
+        >>> list(radi), radi.n_subjects, radi.seg.is_mask
+        (['FLAIR', 'T1w', 'seg'], 2, True)
         """
         from radiobject.ingest._sources import file_items
         from radiobject.ingest._writer import write_collection
@@ -405,6 +494,11 @@ class RadiObject:
             ),
             lambda items: [it.obs_subject_id for it in items],
         )
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 subject"``, ``"3 subjects"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _build(
