@@ -217,7 +217,7 @@ def numpy_items(
     keys = list(arrays)
     if affines is not None and not isinstance(affines, Mapping):
         affines = dict(zip(keys, affines, strict=True))
-    extra: dict[Any, dict[str, Any]] = {}
+    extra: dict[Any, Any] = {}
     if obs is not None:
         if "obs_subject_id" not in obs.columns:
             raise IngestError("obs must have an 'obs_subject_id' column to match the arrays")
