@@ -51,9 +51,10 @@ def test_counters_equal_the_tiles_touched(vol):
 
 
 def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
+    from radiobject import clear_caches
     from radiobject.read._region import block_cache
 
-    block_cache().clear()
+    clear_caches()
     off_grid = np.s_[8:24, 8:24, 8:24]  # 8 tiles of 16^3, none read yet
     expected = arange_volume((48, 48, 48), "float64")[off_grid]
     first, _, out = read(vol, off_grid)
@@ -69,7 +70,7 @@ def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
     third, _, out = read(vol, off_grid)
     np.testing.assert_array_equal(out, expected)
     assert (third.hits, third.misses, third.storage_queries) == (8, 0, 0)
-    block_cache().clear()  # cold again: forgets what was read, too
+    clear_caches()  # cold again: forgets what was read, too
     again, _, _ = read(vol, off_grid)
     assert again.bytes_from_storage == 16**3 * 8
 
@@ -310,3 +311,27 @@ def test_statistics_the_user_turned_on_are_left_alone(vol):
 
 def _read_ops_key(counters: dict[str, int]) -> str:
     return next(k for k in counters if k.endswith(".VFS.read_ops_num"))
+
+
+def test_clear_caches_empties_the_block_cache_and_a_workers_shared_store(vol, tmp_path):
+    from radiobject import clear_caches
+    from radiobject.read._shared_store import SharedStore, set_shared_store
+
+    read(vol, REGION)
+    warm, _, _ = read(vol, REGION)
+    assert warm.misses == 0
+    clear_caches()
+    cold, _, _ = read(vol, REGION)
+    assert (cold.hits, cold.misses) == (0, 4)
+
+    store = SharedStore(tmp_path / "shm", budget_bytes=1 << 20)
+    store.directory.mkdir()
+    set_shared_store(store)  # as in a loader worker
+    try:
+        store.fetch("a", lambda: np.arange(4.0))
+        assert store.fetch("a", lambda: np.arange(4.0))[1]  # stored: a hit
+        clear_caches()
+        assert list(store.directory.glob("*.npy")) == []
+        assert not store.fetch("a", lambda: np.arange(4.0))[1]  # cold again
+    finally:
+        set_shared_store(None)
