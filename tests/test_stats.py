@@ -335,3 +335,34 @@ def test_clear_caches_empties_the_block_cache_and_a_workers_shared_store(vol, tm
         assert not store.fetch("a", lambda: np.arange(4.0))[1]  # cold again
     finally:
         set_shared_store(None)
+
+
+def test_tiledb_is_asked_for_its_counters_at_the_edges_only(vol, monkeypatch):
+    import radiobject.read._stats as stats_module
+
+    dumps = []
+    dump = stats_module._raw_counters
+    monkeypatch.setattr(stats_module, "_raw_counters", lambda: dumps.append(1) or dump())
+    with configure(read=ReadConfig(cache_mb=0)):
+        with TileDBStats() as stats:
+            for k in range(0, 48, 4):  # twelve storage queries
+                vol[k : k + 2, 0:2, 0:2]
+        assert stats.s3_stats().queries == 12
+        assert len(dumps) == 2  # entering and leaving, never per query
+        with TileDBStats() as outer:
+            vol[REGION]
+            with TileDBStats():
+                vol[REGION]
+        assert outer.s3_stats().queries == 2
+        assert len(dumps) == 6
+
+
+def test_tiledbs_record_of_queries_does_not_outlive_a_block(vol):
+    from radiobject.read._stats import _raw_counters
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        with TileDBStats() as stats:
+            vol[REGION]
+        assert stats.s3_stats().read_ops > 0
+        # reset at the exit edge: the next edge does not walk this block's queries again
+        assert _raw_counters() == {}

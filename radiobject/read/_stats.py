@@ -63,6 +63,11 @@ class S3Stats:
     ranged GET unless TileDB's read-ahead cache already holds it (small metadata reads), so
     the server sees at most ``read_ops`` GETs; TileDB does not count its ListObjects requests.
 
+    Cost: ``read_ops``, ``bytes_read`` and ``requests`` come from TileDB's statistics, read at
+    the edges of a :class:`TileDBStats` block (tens of microseconds per TileDB query there,
+    nothing per query inside); ``parallelized_reads`` and ``queries`` are radiobject's own
+    counters, free.
+
     Attributes:
         read_ops: reads TileDB issued to storage (``VFS.read_ops_num``). A read TileDB splits
             over ``S3Config.max_parallel_ops`` connections (reads of at least twice
@@ -133,8 +138,8 @@ def tiledb_counters() -> dict[str, int]:
     first context's, so a context built by a later ``configure(...)`` would go unseen.
 
     Not cheap: TileDB keeps a record of every query since its statistics were last reset
-    (about 13 kB each, even with statistics off) and this walks them all, some 20-30 us per
-    query. While :class:`TileDBStats` owns TileDB's statistics, it moves the counters into a
+    (about 12 kB each, also while statistics are off) and this walks them all, some 20-35 us
+    per query. While :class:`TileDBStats` owns TileDB's statistics, it moves the counters into a
     running total and resets TileDB's at each call (the counters stay monotonic), so a call
     costs in proportion to the queries since the previous one.
 
@@ -174,16 +179,19 @@ class TileDBStats:
 
     Nothing is measured per query beyond what the read path always counts (a few integers):
     counters are read when the block opens and when it closes. The edges are what cost:
-    TileDB's counters come from a dump of its statistics whose cost grows with the queries
-    it has recorded (:func:`tiledb_counters`, ~25 us per query). So the first block of a
-    process resets TileDB's statistics when it turns them on (what was recorded while they
-    were off holds no counts), and every edge moves TileDB's counters into a running total
-    and resets them: an edge costs in proportion to the queries since the previous edge,
-    whatever the process did before, and blocks may nest or run in several threads at once.
-    If you turned TileDB's statistics on yourself (``tiledb.stats_enable()``), they are
-    yours: nothing is reset, and each edge costs in proportion to every query since your
-    last reset. While a block is open TileDB's record of its queries grows (TileDB's, about
-    13 kB a query) until the block's end.
+    TileDB's counters come from a dump of its statistics, whose cost grows with the queries
+    TileDB has recorded since its statistics were last reset (:func:`tiledb_counters`).
+    So the outermost block resets TileDB's statistics as it turns them on (what was recorded
+    while they were off holds no counts), and every edge moves TileDB's counters into a
+    running total and resets them. Opening the outermost block thus costs in proportion to
+    the queries made since the last block ended, and every other edge to the queries since
+    the previous edge: tens of microseconds per TileDB query (about 65 us per query for the
+    dump and reset at the exit of a block of 100,000 one-voxel reads, on 2 shared cores;
+    ``benchmarks/telemetry_overhead.py``), never per query inside the block. Blocks may nest
+    or run in several threads at once. If you turned TileDB's statistics on yourself
+    (``tiledb.stats_enable()``), they are yours: nothing is reset, and each edge costs in
+    proportion to every query since your last reset. TileDB's record of the queries (about
+    12 kB each) is held until the next edge.
 
     Reading ``s3_stats()`` inside the block costs one such edge; ``cache_stats()`` is cheap.
 

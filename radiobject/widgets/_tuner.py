@@ -38,7 +38,10 @@ class LoaderTuner(w.VBox):
     :class:`~radiobject.ml.LoaderProbe` in a background thread; the notebook stays
     responsive. Plots of samples/s, batch latency, cache hit rate and storage MB/s are
     redrawn at most every ``redraw_s`` seconds and never more often than keeps drawing
-    under ``redraw_budget`` of the time, so watching barely slows the loader.
+    under ``redraw_budget`` of the time, so watching barely slows the loader. The summary
+    table adds "starved %": the share of the run the consumer waited for the next batch (near
+    100: the loader is the bottleneck). An error of the loader ends its run and is shown in
+    place, with where it arose; Start works again (``LoaderProbe`` alone raises it).
 
     Args:
         source: ``make_loader(batch_size=, num_workers=, patch_size=, patches_per_volume=)``
