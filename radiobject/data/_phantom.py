@@ -233,12 +233,17 @@ class _Patch:
 
 
 def _ellipsoid_q(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, center: Sequence[float], semi: Sequence[float]
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    center: Sequence[float] | np.ndarray,
+    semi: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Squared normalised distance to an axis-aligned ellipsoid centre."""
-    return (((x - center[0]) / semi[0]) ** 2 + ((y - center[1]) / semi[1]) ** 2) + (
+    q: np.ndarray = (((x - center[0]) / semi[0]) ** 2 + ((y - center[1]) / semi[1]) ** 2) + (
         (z - center[2]) / semi[2]
     ) ** 2
+    return q
 
 
 def _central_structures(
@@ -276,8 +281,8 @@ def _central_structures(
     ]
     jitter = rng.uniform(0.9, 1.1, size=(len(nuclei), 6))
     nuclei = [
-        tuple(float(a * b) for a, b in zip(n, jj, strict=True))
-        for n, jj in zip(nuclei, jitter, strict=True)
+        (n[0] * j[0], n[1] * j[1], n[2] * j[2], n[3] * j[3], n[4] * j[4], n[5] * j[5])
+        for n, j in zip(nuclei, jitter.tolist(), strict=True)
     ]
     v_smin = min(v_sx, v_sy, v_sz)
 

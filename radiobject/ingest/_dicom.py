@@ -78,7 +78,7 @@ def _dicom_files(folder: Path) -> list[Path]:
     )
 
 
-def is_dicom_dir(path: str | os.PathLike) -> bool:
+def is_dicom_dir(path: str | os.PathLike[str]) -> bool:
     """Tell whether a folder directly contains at least one DICOM file.
 
     A file counts when its name ends in ``.dcm`` or it carries the ``DICM`` preamble at
@@ -94,7 +94,7 @@ def is_dicom_dir(path: str | os.PathLike) -> bool:
     return folder.is_dir() and bool(_dicom_files(folder))
 
 
-def find_dicom_series(root: str | os.PathLike) -> list[Path]:
+def find_dicom_series(root: str | os.PathLike[str]) -> list[Path]:
     """List the folders under ``root`` (``root`` included) that directly hold DICOM images.
 
     A folder qualifies when one of its files is readable by pydicom and has an
@@ -180,7 +180,7 @@ def _check_same(folder: Path, slices: list[Any], what: str, key: Any, tol: float
             )
 
 
-def read_dicom_series(folder: str | os.PathLike) -> DicomSeries:
+def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
     """Read the single-frame DICOM slices in ``folder`` as one 3D volume.
 
     Slices are sorted by position along the slice normal (not by InstanceNumber or file

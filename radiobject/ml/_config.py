@@ -74,7 +74,7 @@ class DatasetConfig:
             )
         object.__setattr__(self, "seed", seed)
         if self.patch_size is not None:
-            raw = self.patch_size
+            raw: object = self.patch_size
             if _as_int(raw) is not None:
                 raw = (raw,) * 3
             size = (

@@ -33,7 +33,7 @@ def create_distributed_dataloader(
     seed: int = 0,
     drop_last: bool = False,
     **loader_kwargs: Any,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A DataLoader for rank ``rank`` of ``world_size``, sharded by ``DistributedSampler``.
 
     Call ``loader.sampler.set_epoch(epoch)`` at the start of every epoch (as with any
@@ -64,7 +64,7 @@ def create_distributed_dataloader(
         )
     cfg = _config(None, patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
-    inner = DistributedSampler(
+    inner: DistributedSampler[Any] = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     return build_loader(

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-class EpochSampler(Sampler):
+class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)`` so every worker draws the same sample for the same key.
 
     Each pass over the sampler is a new epoch (0, 1, 2 ...) unless :meth:`set_epoch` is
@@ -94,7 +94,7 @@ class EpochSampler(Sampler):
         return self.n
 
 
-class EpochTagged(Sampler):
+class EpochTagged(Sampler[tuple[int, int]]):
     """Wraps an index sampler (e.g. ``DistributedSampler``) to yield ``(epoch, index)``."""
 
     def __init__(self, sampler: Any) -> None:
@@ -145,7 +145,7 @@ class worker_init:
             self.user_fn(worker_id)
 
 
-def loader_cache_counters(loader: DataLoader) -> CacheCounters:
+def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
     """Cache counters of everything ``loader`` read so far: its workers', or this process's.
 
     Counters are monotonic; subtract two snapshots to get the activity in between.
@@ -195,7 +195,7 @@ def build_loader(
     dataset: VolumeCollectionDataset,
     *,
     batch_size: int,
-    sampler: Sampler,
+    sampler: Sampler[tuple[int, int]],
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool | None = None,
@@ -204,7 +204,7 @@ def build_loader(
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A DataLoader over ``dataset`` with radiobject's safe worker set-up."""
     if batch_size < 1:
         from radiobject._errors import ConfigurationError
@@ -276,7 +276,7 @@ def create_training_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     **loader_kwargs: Any,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A shuffling DataLoader of dict samples for training (MONAI dict transforms welcome).
 
     Args:
@@ -342,7 +342,7 @@ def create_validation_dataloader(
     seed: int = 0,
     config: DatasetConfig | None = None,
     **loader_kwargs: Any,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A deterministic DataLoader for validation: fixed order, same patches every epoch.
 
     Arguments are those of :func:`create_training_dataloader`; nothing is shuffled or dropped.
@@ -373,7 +373,7 @@ def create_inference_dataloader(
     num_workers: int = 0,
     pin_memory: bool = False,
     **loader_kwargs: Any,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """Whole volumes in collection order, one per batch by default.
 
     Every batch keeps ``"obs_id"`` and ``"obs_subject_id"`` so predictions can be written
@@ -413,7 +413,7 @@ def create_segmentation_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     **loader_kwargs: Any,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """Image and mask patches for segmentation, biased toward the foreground.
 
     Args:

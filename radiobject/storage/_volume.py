@@ -15,8 +15,8 @@ from radiobject._errors import (
     AlreadyExistsError,
     OutOfBoundsError,
     ShapeError,
-    tiledb_errors,
 )
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
 from radiobject.read._region import ArrayInfo, open_array, read_region
 
@@ -32,7 +32,8 @@ def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     >>> spacing_from_affine(np.diag([1.0, 2.0, 3.0, 1.0]))
     (1.0, 2.0, 3.0)
     """
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    x, y, z = (float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return x, y, z
 
 
 def affine_orientation(affine: np.ndarray) -> str:

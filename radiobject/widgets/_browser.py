@@ -190,7 +190,7 @@ class CollectionBrowser(w.VBox):
             raise t.TraitError(
                 f"no collection {proposal['value']!r}; collections are {self._source.names}"
             )
-        return proposal["value"]
+        return str(proposal["value"])
 
     @t.validate("subject")
     def _check_subject(self, proposal: dict[str, Any]) -> str:
@@ -198,7 +198,7 @@ class CollectionBrowser(w.VBox):
             raise t.TraitError(
                 f"no subject {proposal['value']!r} in collection {self.collection!r}"
             )
-        return proposal["value"]
+        return str(proposal["value"])
 
     @t.validate("mask")
     def _check_mask(self, proposal: dict[str, Any]) -> str:
@@ -206,7 +206,7 @@ class CollectionBrowser(w.VBox):
             raise t.TraitError(
                 f"no mask collection {proposal['value']!r}; masks are {self._source.masks}"
             )
-        return proposal["value"]
+        return str(proposal["value"])
 
     @t.observe("collection")
     def _collection_changed(self, change: dict[str, Any]) -> None:

@@ -61,7 +61,7 @@ class PatchPreview(w.VBox):
 
     def __init__(
         self,
-        source: DataLoader | Any,
+        source: DataLoader[Any] | Any,
         n: int = 8,
         *,
         channel: int = 0,
@@ -138,7 +138,7 @@ class PatchPreview(w.VBox):
                 fresh = False
                 out.extend(patches_from(batch, batched=True, channel=self.channel))
             return out[: self.n]
-        size = len(self.dataset)
+        size = len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
         if size == 0:
             raise ValueError("the dataset is empty")
         picks = self._rng.choice(size, size=min(self.n, size), replace=size < self.n)
@@ -230,8 +230,9 @@ class PatchPreview(w.VBox):
         with contextlib.suppress(Exception):
             cache = self._image_slices(obs_id)
             self.z_slider.max = cache.shape[2] - 1
-            if mine and len(mine[0].start or ()) >= 3:
-                self.z_slider.value = mine[0].start[2] + mine[0].size[2] // 2
+            start = mine[0].start if mine else None
+            if start is not None and len(start) >= 3:
+                self.z_slider.value = start[2] + mine[0].size[2] // 2
         self._show_location()
 
     def _volume(self, obs_id: str, mask: bool) -> SliceCache | None:

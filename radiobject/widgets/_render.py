@@ -156,7 +156,7 @@ def apply_window(data: np.ndarray, window: Window) -> np.ndarray:
     width = window.width if window.width > 0 else 1.0
     out = (np.asarray(data, dtype=np.float32) - np.float32(low)) / np.float32(width)
     np.clip(out, 0.0, 1.0, out=out)
-    return np.nan_to_num(out, copy=False)
+    return np.asarray(np.nan_to_num(out, copy=False))
 
 
 @functools.lru_cache(maxsize=32)

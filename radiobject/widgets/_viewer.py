@@ -201,7 +201,7 @@ class SliceViewer(w.VBox):
     @property
     def readout(self) -> str:
         """The coordinate and intensity readout (HTML)."""
-        return self.readout_box.value
+        return str(self.readout_box.value)
 
     def render(self) -> dict[str, bytes]:
         """Redraw the three planes (reading only planes not read yet) and the readout."""
