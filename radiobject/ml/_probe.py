@@ -110,7 +110,7 @@ class LoaderProbe:
         interval_s: length of one record.
     """
 
-    def __init__(self, loader: DataLoader, interval_s: float = 0.5) -> None:
+    def __init__(self, loader: DataLoader[Any], interval_s: float = 0.5) -> None:
         self.loader = loader
         self.interval_s = interval_s
         self._stop = threading.Event()

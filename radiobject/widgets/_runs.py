@@ -31,7 +31,7 @@ __all__ = [
     "parse_patch_size",
 ]
 
-MakeLoader = Callable[..., DataLoader]
+MakeLoader = Callable[..., DataLoader[Any]]
 
 
 INT_CONTROLS = {  # name: (description, min, max)
@@ -53,7 +53,7 @@ def factory(
 ) -> MakeLoader:
     """``make_loader(**settings)`` over radiobject's segmentation or training factory."""
 
-    def make(**settings: Any) -> DataLoader:
+    def make(**settings: Any) -> DataLoader[Any]:
         if mask is not None:
             return create_segmentation_dataloader(collections, mask, **settings, **loader_kwargs)
         return create_training_dataloader(collections, **settings, **loader_kwargs)
