@@ -137,11 +137,12 @@ def tiledb_counters() -> dict[str, int]:
     TileDB keeps counters per context; ``tiledb.stats_dump(json=True)`` returns only the
     first context's, so a context built by a later ``configure(...)`` would go unseen.
 
-    Not cheap: TileDB keeps a record of every query since its statistics were last reset
-    (about 12 kB each, also while statistics are off) and this walks them all, some 20-35 us
-    per query. While :class:`TileDBStats` owns TileDB's statistics, it moves the counters into a
-    running total and resets TileDB's at each call (the counters stay monotonic), so a call
-    costs in proportion to the queries since the previous one.
+    Not cheap: TileDB (2.30) keeps a record of every query its contexts made (about 12 kB
+    each until a reset, also while statistics are off) and this walks them all: some
+    20-35 us per query recorded since the last reset, and about 2 us per query the process
+    ever made (a reset empties the records but keeps them). While :class:`TileDBStats` owns
+    TileDB's statistics, a call moves the counters into a running total and resets TileDB's
+    (the counters stay monotonic), so the next call walks only what came after.
 
     >>> with TileDBStats():
     ...     before = tiledb_counters()
@@ -149,16 +150,24 @@ def tiledb_counters() -> dict[str, int]:
     >>> all(after.get(k, 0) >= v for k, v in before.items())
     True
     """
+    return _counters(reset=True)
+
+
+def _counters(reset: bool) -> dict[str, int]:
+    """The monotonic counters; with ``reset``, TileDB's are moved into the running total."""
     with _lock:
         live = _raw_counters()
         if not _owned:
             return live
-        import tiledb
-
+        total = dict(_folded)
         for k, v in live.items():
-            _folded[k] = _folded.get(k, 0) + v
-        tiledb.stats_reset()
-        return dict(_folded)
+            total[k] = total.get(k, 0) + v
+        if reset:
+            import tiledb
+
+            _folded.update(total)
+            tiledb.stats_reset()
+        return total
 
 
 def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -179,19 +188,17 @@ class TileDBStats:
 
     Nothing is measured per query beyond what the read path always counts (a few integers):
     counters are read when the block opens and when it closes. The edges are what cost:
-    TileDB's counters come from a dump of its statistics, whose cost grows with the queries
-    TileDB has recorded since its statistics were last reset (:func:`tiledb_counters`).
-    So the outermost block resets TileDB's statistics as it turns them on (what was recorded
-    while they were off holds no counts), and every edge moves TileDB's counters into a
-    running total and resets them. Opening the outermost block thus costs in proportion to
-    the queries made since the last block ended, and every other edge to the queries since
-    the previous edge: tens of microseconds per TileDB query (about 65 us per query for the
-    dump and reset at the exit of a block of 100,000 one-voxel reads, on 2 shared cores;
-    ``benchmarks/telemetry_overhead.py``), never per query inside the block. Blocks may nest
-    or run in several threads at once. If you turned TileDB's statistics on yourself
-    (``tiledb.stats_enable()``), they are yours: nothing is reset, and each edge costs in
-    proportion to every query since your last reset. TileDB's record of the queries (about
-    12 kB each) is held until the next edge.
+    TileDB's counters come from a walk over TileDB's record of its queries
+    (:func:`tiledb_counters`). The outermost block resets that record as it opens (a walk
+    over the queries made since the previous outermost block opened, in it or outside
+    blocks) and reads the counters as it closes (a walk over its own queries); nested or
+    concurrent blocks move the counters into a running total and reset at their edges, so
+    blocks may nest or run in several threads at once. Measured on 2 shared cores
+    (``benchmarks/telemetry_overhead.py``): tens of microseconds per TileDB query walked,
+    plus about 2 us per query the process ever made; never anything per query inside the
+    block. If you turned TileDB's statistics on yourself (``tiledb.stats_enable()``), they
+    are yours: nothing is reset, and each edge walks every query since your last reset
+    (TileDB-Py's ``tiledb.stats_reset()`` turns them on, too).
 
     Reading ``s3_stats()`` inside the block costs one such edge; ``cache_stats()`` is cheap.
 
@@ -214,11 +221,16 @@ class TileDBStats:
         global _blocks, _owned
         with _lock:
             if _blocks == 0 and not _stats_enabled():
-                tiledb.stats_reset()  # drops only what was recorded with statistics off
+                # no block open and the statistics are nobody's: drop what TileDB recorded
+                # since the last block (one walk of it), and count from zero
+                tiledb.stats_reset()
                 tiledb.stats_enable()
                 _owned = True
+                _folded.clear()
+                self._tdb_before = {}
+            else:  # another block counts too: fold, so that its edges stay cheap as well
+                self._tdb_before = _counters(reset=True)
             _blocks += 1
-            self._tdb_before = tiledb_counters()
         self._queries_before = read_overlap.snapshot()
         self._queries_after = None
         self._cache_before = block_cache().counters.copy()
@@ -237,12 +249,12 @@ class TileDBStats:
         self._cache_after = block_cache().counters.copy()
         self._queries_after = read_overlap.snapshot()
         with _lock:
-            self.counters = _diff(tiledb_counters(), self._tdb_before)
+            last = _blocks == 1  # the next block to open resets: no reset (walk) here
+            self.counters = _diff(_counters(reset=not last), self._tdb_before)
             _blocks -= 1
-            if _blocks == 0 and _owned:
+            if last and _owned:
                 tiledb.stats_disable()
                 _owned = False
-                _folded.clear()
 
     def cache_stats(self) -> CacheStats:
         """Block-cache hits, misses and bytes during the block (so far, if still inside)."""
