@@ -1,10 +1,11 @@
 """What radiobject's telemetry costs the loader it measures, and whether that cost stays flat.
 
 Part 1 runs the same loader (sample cohort, 32^3 patches, batch 4, cache off, num_workers=0)
-in four ways, in rounds whose order rotates so that drift on a shared machine hits each alike:
+in five ways, in rounds whose order rotates so that drift on a shared machine hits each alike:
 
 * ``plain``: iterate the loader, count samples;
 * ``TileDBStats``: the same loop inside ``with TileDBStats():`` (the block's edges included);
+* ``TileDBStats(storage=False)``: the same, without TileDB's counters (cache counters only);
 * ``LoaderProbe``: ``LoaderProbe(loader).run(duration_s=...)``;
 * ``LoaderTuner``: ``LoaderTuner(...).run_sync(duration_s=..., cache_mb=0)``, live plots on.
 
@@ -93,6 +94,13 @@ def with_stats(loader, seconds: float) -> float:
     return samples / (end - start)
 
 
+def with_cache_stats(loader, seconds: float) -> float:
+    start = time.perf_counter()
+    with TileDBStats(storage=False):
+        samples = loop(loader, seconds)
+    return samples / (time.perf_counter() - start)
+
+
 def with_probe(loader, seconds: float) -> float:
     start = time.perf_counter()
     result = LoaderProbe(loader, interval_s=0.25).run(duration_s=seconds)
@@ -126,6 +134,7 @@ def part1(args: argparse.Namespace, root: Path) -> None:
     modes: dict[str, Callable[..., float]] = {
         "plain loop": plain,
         "inside TileDBStats": with_stats,
+        "inside TileDBStats(storage=False)": with_cache_stats,
         "LoaderProbe.run": with_probe,
         "LoaderTuner.run_sync": with_tuner,
     }

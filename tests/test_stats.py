@@ -371,3 +371,19 @@ def test_tiledbs_record_of_queries_is_reset_when_a_block_opens(vol):
             assert _raw_counters() == {}
             vol[REGION]
     assert first.s3_stats().read_ops == second.s3_stats().read_ops > 0
+
+
+def test_stats_without_storage_counters_leave_tiledb_alone(vol, monkeypatch):
+    import radiobject.read._stats as stats_module
+    from radiobject import ConfigurationError
+
+    dumps = []
+    dump = stats_module._raw_counters
+    monkeypatch.setattr(stats_module, "_raw_counters", lambda: dumps.append(1) or dump())
+    with TileDBStats(storage=False) as stats:
+        vol[REGION]
+        vol[REGION]
+    assert (stats.cache_stats().hits, stats.cache_stats().misses) == (4, 4)
+    assert dumps == []
+    with pytest.raises(ConfigurationError, match=r"TileDBStats\(storage=False\)"):
+        stats.s3_stats()

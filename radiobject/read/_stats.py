@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from radiobject._errors import ConfigurationError
 from radiobject.read._region import CacheCounters, block_cache, read_overlap
 
 __all__ = ["CacheStats", "S3Stats", "TileDBStats", "tiledb_counters"]
@@ -170,6 +171,39 @@ def _counters(reset: bool) -> dict[str, int]:
         return total
 
 
+def _open_block() -> dict[str, int]:
+    """Count one more open block; TileDB's counters now (the block's baseline)."""
+    import tiledb
+
+    global _blocks, _owned
+    with _lock:
+        _blocks += 1
+        if _blocks > 1 or _stats_enabled():  # counted already: fold, keeping edges cheap
+            return _counters(reset=True)
+        # no block open and the statistics are nobody's: drop what TileDB recorded since
+        # the last block (one walk of it), and count from zero
+        tiledb.stats_reset()
+        tiledb.stats_enable()
+        _owned = True
+        _folded.clear()
+        return {}
+
+
+def _close_block() -> dict[str, int]:
+    """Count one block less; TileDB's counters now."""
+    import tiledb
+
+    global _blocks, _owned
+    with _lock:
+        last = _blocks == 1  # the next block to open resets: no reset (walk) here
+        counters = _counters(reset=not last)
+        _blocks -= 1
+        if last and _owned:
+            tiledb.stats_disable()
+            _owned = False
+        return counters
+
+
 def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     # a context freed during the block takes its counters with it: never count below zero
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
@@ -201,6 +235,8 @@ class TileDBStats:
     (TileDB-Py's ``tiledb.stats_reset()`` turns them on, too).
 
     Reading ``s3_stats()`` inside the block costs one such edge; ``cache_stats()`` is cheap.
+    ``TileDBStats(storage=False)`` leaves TileDB alone: no walks at all, ``cache_stats()``
+    only (what ``LoaderTuner`` uses when the reads happen in loader workers).
 
     >>> with TileDBStats() as stats:
     ...     pass
@@ -209,6 +245,7 @@ class TileDBStats:
     """
 
     counters: dict[str, int] = field(default_factory=dict)
+    storage: bool = field(default=True, kw_only=True)  # read TileDB's counters at the edges
     _cache_before: CacheCounters | None = None
     _cache_after: CacheCounters | None = None
     _tdb_before: dict[str, int] = field(default_factory=dict)
@@ -216,21 +253,7 @@ class TileDBStats:
     _queries_after: tuple[int, int] | None = None
 
     def __enter__(self) -> TileDBStats:
-        import tiledb
-
-        global _blocks, _owned
-        with _lock:
-            if _blocks == 0 and not _stats_enabled():
-                # no block open and the statistics are nobody's: drop what TileDB recorded
-                # since the last block (one walk of it), and count from zero
-                tiledb.stats_reset()
-                tiledb.stats_enable()
-                _owned = True
-                _folded.clear()
-                self._tdb_before = {}
-            else:  # another block counts too: fold, so that its edges stay cheap as well
-                self._tdb_before = _counters(reset=True)
-            _blocks += 1
+        self._tdb_before = _open_block() if self.storage else {}
         self._queries_before = read_overlap.snapshot()
         self._queries_after = None
         self._cache_before = block_cache().counters.copy()
@@ -243,18 +266,10 @@ class TileDBStats:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import tiledb
-
-        global _blocks, _owned
         self._cache_after = block_cache().counters.copy()
         self._queries_after = read_overlap.snapshot()
-        with _lock:
-            last = _blocks == 1  # the next block to open resets: no reset (walk) here
-            self.counters = _diff(_counters(reset=not last), self._tdb_before)
-            _blocks -= 1
-            if last and _owned:
-                tiledb.stats_disable()
-                _owned = False
+        if self.storage:
+            self.counters = _diff(_close_block(), self._tdb_before)
 
     def cache_stats(self) -> CacheStats:
         """Block-cache hits, misses and bytes during the block (so far, if still inside)."""
@@ -265,7 +280,17 @@ class TileDBStats:
         return CacheStats(**delta, size_bytes=cache.currsize, capacity_bytes=cache.maxsize)
 
     def s3_stats(self) -> S3Stats:
-        """Storage reads, parallel queries, bytes and S3 requests during the block."""
+        """Storage reads, parallel queries, bytes and S3 requests during the block.
+
+        Raises:
+            ConfigurationError: the block was opened with ``storage=False``.
+        """
+        if not self.storage:
+            raise ConfigurationError(
+                "s3_stats() needs TileDB's counters, which TileDBStats(storage=False) does not "
+                "read: open the block with TileDBStats() (its edges cost tens of microseconds "
+                "per TileDB query), or use cache_stats()"
+            )
         c = (
             self.counters
             if self._cache_after is not None

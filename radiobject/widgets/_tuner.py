@@ -316,7 +316,8 @@ class LoaderTuner(w.VBox):
                         probe.stop()
 
                 self._redraw(run)  # the axes for this run, drawn before the clock starts
-                with TileDBStats() as stats:
+                # TileDB's counters only where this process reads (they cost at the edges)
+                with TileDBStats(storage=s.num_workers == 0) as stats:
                     # the loader's errors are the run's result: kept, shown in place
                     result = probe.run(callback=record, on_batch=check, capture_errors=True)
                 run.result = result
