@@ -11,7 +11,9 @@ in five ways, in rounds whose order rotates so that drift on a shared machine hi
 
 Throughput is samples over wall time. The table shows medians over rounds and the median of
 the ratios to ``plain`` within each round (target: >= 0.95), and for the tuner also the
-samples/s it *reports* against the plain loop measured beside it (target: within 10%).
+samples/s it *reports* against the plain loop measured beside it (target: within 10%). On a
+busy machine wall time swings from round to round; the process's CPU time per sample (all
+its threads) is steadier, and its ratio to ``plain`` is printed too.
 
 Part 2 reads one voxel 100,000 times (each a storage query, cache off) inside a single
 ``TileDBStats`` block and prints the cost per query for each 10,000, from the first to the last
@@ -61,7 +63,7 @@ def rss_mb() -> float:
         return float("nan")
 
 
-# -- part 1: the loader four ways ------------------------------------------------------------
+# -- part 1: the loader five ways ------------------------------------------------------------
 
 
 def loop(loader, seconds: float) -> int:
@@ -74,16 +76,16 @@ def loop(loader, seconds: float) -> int:
                 return samples
 
 
-def plain(loader, seconds: float) -> float:
+def plain(loader, seconds: float) -> tuple[int, float]:
     start = time.perf_counter()
     samples = loop(loader, seconds)
-    return samples / (time.perf_counter() - start)
+    return samples, time.perf_counter() - start
 
 
 EDGES: list[tuple[float, float]] = []  # seconds entering and leaving each TileDBStats block
 
 
-def with_stats(loader, seconds: float) -> float:
+def with_stats(loader, seconds: float) -> tuple[int, float]:
     start = time.perf_counter()
     with TileDBStats():
         inside = time.perf_counter()
@@ -91,20 +93,20 @@ def with_stats(loader, seconds: float) -> float:
         leaving = time.perf_counter()
     end = time.perf_counter()
     EDGES.append((inside - start, end - leaving))
-    return samples / (end - start)
+    return samples, end - start
 
 
-def with_cache_stats(loader, seconds: float) -> float:
+def with_cache_stats(loader, seconds: float) -> tuple[int, float]:
     start = time.perf_counter()
     with TileDBStats(storage=False):
         samples = loop(loader, seconds)
-    return samples / (time.perf_counter() - start)
+    return samples, time.perf_counter() - start
 
 
-def with_probe(loader, seconds: float) -> float:
+def with_probe(loader, seconds: float) -> tuple[int, float]:
     start = time.perf_counter()
     result = LoaderProbe(loader, interval_s=0.25).run(duration_s=seconds)
-    return result.samples / (time.perf_counter() - start)
+    return result.samples, time.perf_counter() - start
 
 
 def part1(args: argparse.Namespace, root: Path) -> None:
@@ -120,7 +122,7 @@ def part1(args: argparse.Namespace, root: Path) -> None:
     reported: list[float] = []
     setup: list[float] = []  # tuner run time outside its probe: loader, first and last draw
 
-    def with_tuner(_loader, seconds: float) -> float:
+    def with_tuner(_loader, seconds: float) -> tuple[int, float]:
         start = time.perf_counter()
         run = tuner.run_sync(duration_s=seconds, cache_mb=0, num_workers=0)
         wall = time.perf_counter() - start
@@ -129,9 +131,9 @@ def part1(args: argparse.Namespace, root: Path) -> None:
             raise RuntimeError(run.error)
         reported.append(run.samples_per_s)
         setup.append(wall - run.result.seconds)
-        return run.result.samples / wall
+        return run.result.samples, wall
 
-    modes: dict[str, Callable[..., float]] = {
+    modes: dict[str, Callable[..., tuple[int, float]]] = {
         "plain loop": plain,
         "inside TileDBStats": with_stats,
         "inside TileDBStats(storage=False)": with_cache_stats,
@@ -140,20 +142,34 @@ def part1(args: argparse.Namespace, root: Path) -> None:
     }
     plain(loader, 1.0)  # warm-up: handles open, pages cached
     rates: dict[str, list[float]] = {name: [] for name in modes}
+    cpu: dict[str, list[float]] = {name: [] for name in modes}  # process CPU s per sample
     names = list(modes)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            rates[name].append(modes[name](loader, args.seconds))
+            used = time.process_time()
+            samples, wall = modes[name](loader, args.seconds)
+            cpu[name].append((time.process_time() - used) / samples)
+            rates[name].append(samples / wall)
         print(f"  round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:,.1f}" for n in names))
     base = rates["plain loop"]
     print(
         f"\nloader: {args.subjects} subjects {shape}, patch 32^3, batch 4, cache off, "
         f"num_workers=0; {args.rounds} rounds of {args.seconds:g} s per mode"
     )
-    print(f"{'mode':34s} {'samples/s (median)':>19s} {'ratio to plain':>15s}")
+    print(
+        f"{'mode':34s} {'samples/s (median)':>19s} {'ratio to plain':>15s} "
+        f"{'CPU ms/sample':>14s} {'CPU ratio':>10s}"
+    )
     for name in names:
         ratio = statistics.median(v / b for v, b in zip(rates[name], base, strict=True))
-        print(f"{name:34s} {statistics.median(rates[name]):19,.1f} {ratio:15.3f}")
+        used = statistics.median(cpu[name])
+        cpu_ratio = statistics.median(
+            v / b for v, b in zip(cpu[name], cpu["plain loop"], strict=True)
+        )
+        print(
+            f"{name:34s} {statistics.median(rates[name]):19,.1f} {ratio:15.3f} "
+            f"{1e3 * used:14.3f} {cpu_ratio:10.3f}"
+        )
     ratio = statistics.median(v / b for v, b in zip(reported, base, strict=True))
     label = "LoaderTuner, samples/s it reports"
     print(f"{label:34s} {statistics.median(reported):19,.1f} {ratio:15.3f}")
