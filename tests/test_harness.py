@@ -46,6 +46,7 @@ PUBLIC_API = [
     "Volume",
     "VolumeCollection",
     "WriteConfig",
+    "clear_caches",
     "configure",
     "get_config",
     "get_tiledb_ctx",

@@ -20,7 +20,6 @@ import torch
 
 import radiobject
 from radiobject import Volume, get_config, get_tiledb_ctx
-from radiobject.read._region import block_cache
 from radiobject.data import make_sample_radiobject
 
 pytestmark = pytest.mark.slow
@@ -339,7 +338,7 @@ def cache_snippet(volume_uris):
 
 def test_measuring_cache_performance(radi, capsys):
     volume_uris = [radi.T1w.volume_uri(o) for o in radi.T1w.obs_ids]
-    block_cache().clear()
+    radiobject.clear_caches()
     cold, cold_io = cache_snippet(volume_uris)
     warm, warm_io = cache_snippet(volume_uris)
     out = capsys.readouterr().out.splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -308,6 +309,8 @@ def test_tuner_run_appears_in_the_summary(sample_radi):
     # one redraw sets up the run's axes, one shows the finished run, the rest were live
     assert tuner.redraws == 2 + tuner.live_redraws
     assert tuner.plot.value != empty_plot  # the run's traces are drawn
+    assert "starved %" in tuner.summary.value
+    assert "e+" not in tuner.summary.value
     assert decode_png(tuner.plot.value).ndim == 3
     assert run.storage_reads > 0  # cold cache: TileDB read ops counted (num_workers=0)
     assert radiobject.get_config().read.cache_mb == radiobject.ReadConfig().cache_mb  # restored
@@ -357,6 +360,9 @@ def test_tuner_shows_a_failing_loader_and_starts_again(sample_radi):
     tuner = LoaderTuner(make_loader, duration_s=1.0)
     run = tuner.run_sync(batch_size=2)
     assert "volume vanished" in run.error
+    # where it happened: in the loader, at the line of the dataset that raised
+    assert "in the loader, at test_widgets.py:" in run.error
+    assert "in __getitem__" in run.error
     assert "volume vanished" in tuner.error
     assert "failed" in tuner.error_box.value
     assert not tuner.running
@@ -382,3 +388,22 @@ def test_tuner_bad_settings_are_shown(sample_radi):
     assert "larger than volume" in tuner.error
     with pytest.raises(KeyError, match="no setting"):
         tuner.set(prefetch=3)
+
+
+def test_tuner_table_numbers_read_as_numbers():
+    from radiobject.widgets._plots import summary_html
+
+    rows = [
+        {"run": 1, "samples/s": 3333.33, "hit rate": 0.853, "latency ms": 1.234, "batches": 12},
+        {
+            "run": 2,
+            "samples/s": 12.345,
+            "hit rate": float("nan"),
+            "latency ms": 250.0,
+            "batches": 3,
+        },
+    ]
+    table = summary_html(rows, best=0)
+    cells = re.findall(r"<td>(.*?)</td>", table)
+    assert cells == ["★", "1", "3,333", "85.3%", "1.23", "12", "", "2", "12.3", "-", "250", "3"]
+    assert "e+" not in table
