@@ -194,21 +194,3 @@ def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
     shm = loader.worker_init_fn.shared.shm_dir
     assert os.path.isdir(shm)
     assert any(name.endswith(".npy") for name in os.listdir(shm))
-
-
-def test_shared_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
-    import multiprocessing
-
-    from radiobject.ml import _shared
-
-    dead = multiprocessing.get_context("spawn").Process(target=int)
-    dead.start()
-    dead.join()
-    orphan = tmp_path / f"radiobject-loader-{dead.pid}-abc"
-    orphan.mkdir()
-    (orphan / "x.npy").write_bytes(b"0")
-    alive = tmp_path / f"radiobject-loader-{os.getpid()}-def"
-    alive.mkdir()
-    _shared._remove_orphans(str(tmp_path))
-    assert not orphan.exists()
-    assert alive.exists()
