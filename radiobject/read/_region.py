@@ -49,7 +49,7 @@ class ArrayInfo:
     order: str = "C"  # cell order: "F" for column-major arrays (read in that layout)
 
 
-class _HandleCache(LRUCache):
+class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
     def popitem(self) -> tuple[Any, Any]:
         key, (handle, _info) = super().popitem()
         with contextlib.suppress(tiledb.TileDBError):
@@ -131,9 +131,9 @@ class BlockCache:
         self.counters = CacheCounters()
         self._maxsize = -1
         self._version = -1
-        self._lru: LRUCache = LRUCache(maxsize=1)
+        self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
         # tiles read once without being cached (see ``read_region``): a second touch caches
-        self._seen: LRUCache = LRUCache(maxsize=_SEEN_MAX)
+        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
         self.worker_share = 1
 
     def _sync(self) -> None:

@@ -58,12 +58,12 @@ class SharedStore:
         if arr is not None:
             return arr
         try:
-            arr = np.load(path, mmap_mode="r")
+            loaded: np.ndarray = np.load(path, mmap_mode="r")
         except (FileNotFoundError, ValueError, OSError):
             return None
         with self._lock:
-            self._maps[key] = arr
-        return arr
+            self._maps[key] = loaded
+        return loaded
 
     def fetch(self, uri: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """The whole volume of ``uri`` and whether another process (or call) had stored it.
