@@ -112,9 +112,10 @@ class ReadConfig(_Checked):
             MiB of freed memory in each reading process instead of handing it back to the
             OS, so TileDB's fresh buffers for every query are not faulted in again. It
             retunes the allocator of the whole process, for the rest of its life (setting
-            ``0`` again does not undo it). Measured on 240x240x155 float32 volumes: a whole
-            volume read in 21 ms with ``256`` against 29 ms untouched, a random 64³ patch in
-            2.2 against 2.8 ms (see ``radiobject._allocator``).
+            ``0`` again does not undo it). Measured on 240x240x155 float32 volumes, cache
+            off: a whole volume read in 21 ms with ``256`` against 29 ms untouched (process
+            CPU time 0.58x); random 64³ patches gain little (2.2 against 2.8 ms in a quiet
+            run, CPU time 0.85-0.96x). See ``radiobject._allocator``.
     """
 
     max_workers: int = 4
