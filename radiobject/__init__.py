@@ -35,7 +35,7 @@ from radiobject.config import (
     get_config,
     reset_config,
 )
-from radiobject.ingest._files import subject_id_from_path
+from radiobject.ingest._sources import subject_id_from_path
 from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe

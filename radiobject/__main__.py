@@ -27,7 +27,8 @@ def _demo(args: argparse.Namespace) -> int:
         str(target), n_subjects=args.subjects, shape=shape, seed=args.seed, progress=True
     )
     took = time.perf_counter() - start
-    print(f"\nWrote a sample RadiObject of {len(radi)} subjects to {target} in {took:.1f} s\n")
+    n = radi.n_subjects
+    print(f"\nWrote a sample RadiObject of {n} subjects to {target} in {took:.1f} s\n")
     print(radi)
     print("\nCollections:")
     print(radi.describe().to_string())

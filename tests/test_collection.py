@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 
 import numpy as np
@@ -14,6 +15,7 @@ from radiobject import (
     IngestError,
     NotFoundError,
     OutOfBoundsError,
+    RadiObject,
     ShapeError,
     TileDBStats,
     Volume,
@@ -182,9 +184,9 @@ def test_bad_lookups(coll, get, error, match):
 
 
 def test_missing_id_is_also_a_builtin_error(coll):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no volume 'nope'"):
         coll.loc["nope"]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="position 99 is out of range"):
         coll.iloc[99]
 
 
@@ -359,6 +361,46 @@ def test_from_volumes(tmp_path):
     assert c.obs["source"].tolist() == [a.uri, b.uri]
     assert c.loc["pa_CT"].spacing == (1.0, 1.0, 3.0)
     np.testing.assert_array_equal(c.loc["pb_CT"].to_numpy(), b.to_numpy())
+
+
+CONSTRUCTORS = [
+    VolumeCollection.from_numpy,
+    VolumeCollection.from_volumes,
+    VolumeCollection.from_niftis,
+    VolumeCollection.from_dicoms,
+    RadiObject.from_images,
+    RadiObject.from_collections,
+    RadiObject.add_collection,
+]
+
+
+@pytest.mark.parametrize("method", CONSTRUCTORS, ids=lambda m: m.__qualname__)
+def test_constructor_signatures_are_written_out(method):
+    """No ``**kwargs``: every parameter is typed and described in the docstring's Args."""
+    params = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+    assert not [p for p in params if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    args = (method.__doc__ or "").split("Args:")[1]
+    for p in params:
+        assert p.annotation is not inspect.Parameter.empty, p.name
+        assert f"\n            {p.name}: " in args, f"{p.name} is not described"
+    assert ">>> " in method.__doc__
+
+
+@pytest.mark.parametrize(
+    ("make", "wrong"),
+    [
+        (lambda uri, a: VolumeCollection.from_numpy(uri, a, spacings=(1, 1, 1)), "spacings"),
+        (lambda uri, a: VolumeCollection.from_numpy(uri, a, mask=True), "mask"),
+        (lambda uri, a: VolumeCollection.from_volumes(uri, {}, spacing=(1, 1, 1)), "spacing"),
+        (lambda uri, a: VolumeCollection.from_niftis(uri, ".", fmt="dicom"), "fmt"),
+        (lambda uri, a: VolumeCollection.from_dicoms(uri, ".", affines=None), "affines"),
+        (lambda uri, a: RadiObject.from_images(uri, {"CT": "."}, mask=["CT"]), "mask"),
+    ],
+)
+def test_constructors_reject_unknown_keywords(tmp_path, make, wrong):
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{wrong}'"):
+        make(tmp_path / "c", {"a": np.zeros((4, 4, 3))})
+    assert not (tmp_path / "c").exists()
 
 
 def test_from_numpy_reserved_obs_column(tmp_path):

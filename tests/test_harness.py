@@ -13,7 +13,7 @@ import pytest
 
 import radiobject
 import radiobject.parallel
-from radiobject import _errors
+from radiobject import _errors, _tiledb_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,19 +132,20 @@ def test_error_hierarchy():
     ],
 )
 def test_tiledb_errors_never_show_credentials(message, secret):
-    err = _errors.translate_tiledb_error(Exception(message), "s3://bucket/x", "open")
+    err = _tiledb_errors.translate_tiledb_error(Exception(message), "s3://bucket/x", "open")
     assert secret not in str(err)
     assert "***" in str(err)
     assert "s3://bucket/x" in str(err)
 
 
 def test_tiledb_errors_are_translated(tmp_path):
-    err = _errors.translate_tiledb_error(Exception("Array does not exist"), "/x/y", "open volume")
+    translate = _tiledb_errors.translate_tiledb_error
+    err = translate(Exception("Array does not exist"), "/x/y", "open volume")
     assert isinstance(err, radiobject.NotFoundError)
     assert "'/x/y'" in str(err)
-    err = _errors.translate_tiledb_error(Exception("disk full"), "/x/y", "write volume")
+    err = translate(Exception("disk full"), "/x/y", "write volume")
     assert type(err) is radiobject.StorageError
-    err = _errors.translate_tiledb_error(Exception("curl error 7"), "s3://b/k", "read")
+    err = translate(Exception("curl error 7"), "s3://b/k", "read")
     assert isinstance(err, radiobject.S3Error)
     assert "S3Config(endpoint=" in str(err)
 
@@ -219,7 +220,7 @@ def test_demo_command(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Wrote a sample RadiObject of 2 subjects" in out
-    assert "<RadiObject (2 subjects; collections: FLAIR, T1w, seg)" in out
+    assert "<RadiObject (3 collections: FLAIR, T1w, seg; 2 subjects)" in out
     for word in ("FLAIR", "T1w", "seg", "diagnosis", "sub-000", "sub-001", "(16, 16, 12)"):
         assert word in out
     assert "equal: True" in out

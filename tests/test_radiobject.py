@@ -54,7 +54,7 @@ def expected_ids(radi: RadiObject, mask: pd.Series) -> list[str]:
 
 def test_collections(radi):
     assert radi.collection_names == NAMES
-    assert len(radi) == 6
+    assert radi.n_subjects == 6
     assert radi.obs_subject_ids == [f"sub-{i:03d}" for i in range(6)]
     for name in NAMES:
         by_attr, by_item, by_call = getattr(radi, name), radi[name], radi.collection(name)
@@ -126,7 +126,37 @@ def test_iloc_and_loc(radi):
     assert view.obs_subject_ids == ["sub-004", "sub-001"]
     assert view.obs_meta["obs_subject_id"].tolist() == ["sub-004", "sub-001"]
     assert sorted(view.seg.obs_subject_ids) == ["sub-001", "sub-004"]
-    assert len(view) == 2
+    assert view.n_subjects == 2
+
+
+def test_a_radiobject_is_a_mapping_of_collections(radi):
+    """len, in, iter, keys, values, items, [] and repr all speak of the same collections."""
+    assert len(radi) == 3
+    assert list(radi) == radi.keys() == NAMES
+    assert [name for name, _ in radi.items()] == NAMES
+    assert [c.name for c in radi.values()] == NAMES
+    assert all(isinstance(c, VolumeCollection) for c in radi.values())
+    for name in NAMES:
+        assert name in radi
+        assert radi[name].uri == radi.get(name).uri == dict(radi.items())[name].uri
+        assert name in repr(radi)
+    assert "3 collections" in repr(radi)
+    assert list(dict(radi)) == NAMES  # dict() takes it as a mapping (keys() and [])
+    # a missing name: `in` answers, [] raises NotFoundError naming what exists, get defaults
+    for missing in ("T2w", "t1w", "", 0, None, ("T1w",)):
+        assert missing not in radi
+    with pytest.raises(NotFoundError, match=r"no collection 'T2w'.*\['FLAIR', 'T1w', 'seg'\]"):
+        radi["T2w"]
+    assert radi.get("T2w") is None
+    assert radi.get("T2w", "none") == "none"
+    # views agree too: collections of a collection view, subjects unchanged
+    view = radi.select_collections(["seg"])
+    assert (len(view), list(view), "T1w" in view, "seg" in view) == (1, ["seg"], False, True)
+    assert view.n_subjects == radi.n_subjects == len(radi.obs_subject_ids) == 6
+    few = radi.head(2)
+    assert (len(few), list(few), few.n_subjects) == (3, NAMES, 2)
+    empty = radi.select_collections([])
+    assert (len(empty), list(empty), bool(empty)) == (0, [], False)
 
 
 @pytest.mark.parametrize(
@@ -178,8 +208,8 @@ def test_bad_filter(radi):
 
 def test_filter_finds_both_classes(radi):
     # the seeded cohort has subjects on both sides of the filters used above
-    assert 0 < len(radi.filter("age > 40 and sex == 'F'")) < len(radi)
-    assert 0 < len(radi.filter("diagnosis == 'healthy'")) < len(radi)
+    assert 0 < radi.filter("age > 40 and sex == 'F'").n_subjects < radi.n_subjects
+    assert 0 < radi.filter("diagnosis == 'healthy'").n_subjects < radi.n_subjects
 
 
 def test_filter_of_a_view_intersects(radi):
@@ -215,14 +245,14 @@ def test_head_tail_sample(radi):
     picked = radi.sample(3, seed=5)
     assert picked.obs_subject_ids == radi.sample(3, seed=5).obs_subject_ids
     assert picked.obs_subject_ids == sorted(picked.obs_subject_ids)
-    assert len(picked) == 3
+    assert picked.n_subjects == 3
     assert len({tuple(radi.sample(3, seed=s).obs_subject_ids) for s in range(10)}) > 1
 
 
 def test_select_collections(radi):
     view = radi.select_collections(["seg", "T1w"])
     assert view.collection_names == ["T1w", "seg"]
-    assert len(view) == 6
+    assert (len(view), view.n_subjects) == (2, 6)
     with pytest.raises(NotFoundError, match=r"FLAIR"):
         view.collection("FLAIR")
     assert radi.select_collections([]).collection_names == []
@@ -248,15 +278,18 @@ def test_describe(radi):
 
 def test_repr(radi):
     text = repr(radi)
-    assert text == f"<RadiObject (6 subjects; collections: FLAIR, T1w, seg) at {radi.uri!r}>"
-    assert "view of 2 subjects; collections: T1w" in repr(radi.head(2).select_collections(["T1w"]))
-    assert "view of 6 subjects" in repr(radi.select_collections(["T1w"]))
+    assert text == f"<RadiObject (3 collections: FLAIR, T1w, seg; 6 subjects) at {radi.uri!r}>"
+    assert "(view of 1 collection: T1w; 2 subjects)" in repr(
+        radi.head(2).select_collections(["T1w"])
+    )
+    assert "(view of 1 collection: T1w; 6 subjects)" in repr(radi.select_collections(["T1w"]))
+    assert "(view of 3 collections: FLAIR, T1w, seg; 1 subject)" in repr(radi.iloc[0])
 
 
 def test_repr_html(radi):
     page = radi._repr_html_()
     assert "<table" in page
-    assert "6 subjects" in page
+    assert "3 collections, 6 subjects" in page
     for name in NAMES:
         assert name in page
     assert "diagnosis" in page

@@ -504,7 +504,7 @@ TILEDB_FAULTS = [
 
 @pytest.mark.parametrize(("detail", "kind", "match"), TILEDB_FAULTS)
 def test_s3_failures_name_the_uri_and_the_setting(detail, kind, match, monkeypatch):
-    from radiobject._errors import translate_tiledb_error
+    from radiobject._tiledb_errors import translate_tiledb_error
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "verbatim-secret-42")
     message = (

@@ -1,7 +1,7 @@
 """Readers of source images (NIfTI through nibabel, DICOM series through pydicom)."""
 
 from radiobject.ingest._dicom import DicomSeries, find_dicom_series, read_dicom_series
-from radiobject.ingest._files import resolve_sources, subject_id_from_path
+from radiobject.ingest._sources import resolve_sources, subject_id_from_path
 
 __all__ = [
     "DicomSeries",

@@ -19,8 +19,8 @@ import numpy as np
 import tiledb
 from cachetools import LRUCache
 
-from radiobject._errors import tiledb_errors
 from radiobject._process import Resource
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import config_version, get_config
 from radiobject.read._shared_store import get_shared_store
 

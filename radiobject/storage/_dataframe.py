@@ -23,9 +23,8 @@ from radiobject._errors import (
     NotFoundError,
     RadiObjectError,
     S3Error,
-    tiledb_errors,
-    translate_tiledb_error,
 )
+from radiobject._tiledb_errors import tiledb_errors, translate_tiledb_error
 
 __all__ = ["Dataframe"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tiledb
 
-from radiobject._errors import tiledb_errors
+from radiobject._tiledb_errors import tiledb_errors
 
 __all__ = ["ForegroundIndex", "compute_foreground", "read_foreground", "write_foreground"]
 

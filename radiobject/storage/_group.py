@@ -9,7 +9,8 @@ from typing import Any
 
 import tiledb
 
-from radiobject._errors import AlreadyExistsError, NotFoundError, RadiObjectError, tiledb_errors
+from radiobject._errors import AlreadyExistsError, NotFoundError, RadiObjectError
+from radiobject._tiledb_errors import tiledb_errors
 
 __all__ = ["add_members", "create_group", "group_meta", "join", "new_target", "remove"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,14 @@ from radiobject._errors import (
     IngestError,
     NotFoundError,
     OutOfBoundsError,
-    tiledb_errors,
 )
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, create_group, group_meta, join, new_target
+from radiobject.storage._layout import COLLECTIONS, COLLECTIONS_KIND, OBS_META, RADIOBJECT_KIND
 
 __all__ = ["RadiObject"]
-
-KIND = "RadiObject"
 
 
 class _SubjectIndexer:
@@ -54,6 +53,11 @@ class _SubjectIndexer:
 class RadiObject:
     """Subjects and their volumes: ``obs_meta`` plus named collections (``radi.T1w``).
 
+    A RadiObject is a mapping of collection names to collections, as an xarray Dataset is of
+    its variables: ``len``, ``in``, iteration, ``keys()``, ``values()``, ``items()`` and
+    ``radi[name]`` all speak of collections. Subjects are rows: :attr:`n_subjects`,
+    :attr:`obs_subject_ids`, :attr:`obs_meta`, and ``iloc`` / ``loc`` select them.
+
     Views (``head``, ``filter``, ``iloc``, ``select_collections``) are cheap; ``write(uri)``
     materialises one. ``repr`` reads metadata only, never voxels.
 
@@ -61,10 +65,10 @@ class RadiObject:
     >>> import tempfile, os
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=4,
     ...                               shape=(16, 16, 12), progress=False)
-    >>> radi.collection_names
-    ['FLAIR', 'T1w', 'seg']
-    >>> len(radi.filter("age > 0")), radi.T1w is not None
-    (4, True)
+    >>> len(radi), list(radi), "T1w" in radi, "CT" in radi
+    (3, ['FLAIR', 'T1w', 'seg'], True, False)
+    >>> radi["T1w"].name, radi.n_subjects, radi.filter("age > 0").n_subjects
+    ('T1w', 4, 4)
     """
 
     def __init__(
@@ -79,7 +83,7 @@ class RadiObject:
         self._ctx = ctx
         self._subjects = None if _subjects is None else list(_subjects)
         self._collections = None if _collections is None else list(_collections)
-        self._meta = group_meta(self.uri, KIND, self.ctx)
+        self._meta = group_meta(self.uri, RADIOBJECT_KIND, self.ctx)
         self._obs_meta_df: pd.DataFrame | None = None
         self._all_names: list[str] | None = None
 
@@ -98,7 +102,7 @@ class RadiObject:
     @property
     def obs_meta_table(self) -> Dataframe:
         """The stored subject table."""
-        return Dataframe(join(self.uri, "obs_meta"), ctx=self._ctx)
+        return Dataframe(join(self.uri, OBS_META), ctx=self._ctx)
 
     @property
     def obs_meta(self) -> pd.DataFrame:
@@ -117,7 +121,9 @@ class RadiObject:
             return list(self._subjects)
         return self.obs_meta["obs_subject_id"].tolist()
 
-    def __len__(self) -> int:
+    @property
+    def n_subjects(self) -> int:
+        """Number of subjects (of this view); ``len(radi)`` counts collections."""
         return len(self.obs_subject_ids)
 
     @property
@@ -169,7 +175,7 @@ class RadiObject:
     def collection_names(self) -> list[str]:
         """Names of the collections (of this view), sorted."""
         if self._all_names is None:
-            uri = join(self.uri, "collections")
+            uri = join(self.uri, COLLECTIONS)
             with tiledb_errors(uri, "list collections"), tiledb.Group(uri, ctx=self.ctx) as g:
                 self._all_names = sorted(m.name for m in g)
         names = self._all_names
@@ -184,7 +190,7 @@ class RadiObject:
                 f"no collection {name!r} in {self.uri!r}; collections are {self.collection_names}"
             )
         coll = VolumeCollection(
-            join(self.uri, "collections", name), ctx=self._ctx, _obs_meta=self.obs_meta_table
+            join(self.uri, COLLECTIONS, name), ctx=self._ctx, _obs_meta=self.obs_meta_table
         )
         if self._subjects is not None:
             keep = set(self._subjects)
@@ -193,8 +199,34 @@ class RadiObject:
             )
         return coll
 
+    # -- the mapping of collection names to collections ------------------------------------
     def __getitem__(self, name: str) -> VolumeCollection:
         return self.collection(name)
+
+    def __len__(self) -> int:
+        return len(self.collection_names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.collection_names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.collection_names
+
+    def keys(self) -> list[str]:
+        """Collection names (of this view), sorted; the same as ``list(radi)``."""
+        return self.collection_names
+
+    def values(self) -> list[VolumeCollection]:
+        """The collections (of this view), in the order of :meth:`keys`."""
+        return [self.collection(n) for n in self.collection_names]
+
+    def items(self) -> list[tuple[str, VolumeCollection]]:
+        """``(name, collection)`` pairs, in the order of :meth:`keys`."""
+        return [(n, self.collection(n)) for n in self.collection_names]
+
+    def get(self, name: str, default: Any = None) -> VolumeCollection | Any:
+        """The collection ``name``, or ``default`` when there is none."""
+        return self.collection(name) if name in self else default
 
     def __getattr__(self, name: str) -> VolumeCollection:
         if name.startswith("_"):
@@ -243,14 +275,18 @@ class RadiObject:
 
     def __repr__(self) -> str:
         kind = "view of " if self._subjects is not None or self._collections is not None else ""
-        cols = ", ".join(self.collection_names)
-        return f"<RadiObject ({kind}{len(self)} subjects; collections: {cols}) at {self.uri!r}>"
+        names = self.collection_names
+        return (
+            f"<RadiObject ({kind}{_count(len(names), 'collection')}: {', '.join(names)}; "
+            f"{_count(self.n_subjects, 'subject')}) at {self.uri!r}>"
+        )
 
     def _repr_html_(self) -> str:
         table = self.describe().to_html()
         meta_cols = ", ".join(html.escape(c) for c in self.obs_meta_table.columns)
         return (
-            f"<b>RadiObject</b> at <code>{html.escape(self.uri)}</code>: {len(self)} subjects"
+            f"<b>RadiObject</b> at <code>{html.escape(self.uri)}</code>: "
+            f"{_count(len(self), 'collection')}, {_count(self.n_subjects, 'subject')}"
             f"<br>obs_meta columns: {meta_cols}{table}"
         )
 
@@ -268,7 +304,11 @@ class RadiObject:
     def add_collection(
         self,
         name: str,
-        source: VolumeCollection | Any,
+        source: VolumeCollection
+        | str
+        | Path
+        | Sequence[str | Path]
+        | Sequence[tuple[str | Path, str]],
         *,
         progress: bool = True,
         is_mask: bool | None = None,
@@ -276,19 +316,40 @@ class RadiObject:
         """Add a collection from a :class:`VolumeCollection` or image sources (as ``from_images``).
 
         Every subject of the new collection must already be in ``obs_meta``.
+
+        Args:
+            name: the new collection's name (not one of :attr:`collection_names`).
+            source: a collection or view to copy (its user columns too), or image sources as
+                a value of ``from_images``'s ``images``: a glob, a folder, paths, or
+                ``(path, subject_id)`` pairs.
+            progress: show a progress bar.
+            is_mask: force the mask flag of image sources (default: guessed from the name and
+                voxel values; a copied collection keeps its flag).
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject.data import make_sample_radiobject
+        >>> d = tempfile.mkdtemp()
+        >>> radi = make_sample_radiobject(os.path.join(d, "r"), n_subjects=2,
+        ...                               shape=(16, 16, 12), progress=False)
+        >>> arrays = {s: np.zeros((16, 16, 12)) for s in radi.obs_subject_ids}
+        >>> ct = VolumeCollection.from_numpy(os.path.join(d, "CT"), arrays)
+        >>> radi.add_collection("CT", ct, progress=False).obs_ids
+        ['sub-000_CT', 'sub-001_CT']
+        >>> list(radi)
+        ['CT', 'FLAIR', 'T1w', 'seg']
         """
-        from radiobject.ingest._files import collection_from_files, write_collection_from_volumes
+        from radiobject.ingest._sources import file_items
+        from radiobject.ingest._writer import copy_collection, write_collection
 
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
-        target = join(self.uri, "collections", name)
+        target = join(self.uri, COLLECTIONS, name)
         known = set(self.obs_meta_table.ids())
         if isinstance(source, VolumeCollection):
             subjects = set(source.obs_subject_ids)
         else:
-            from radiobject.ingest._files import resolve_sources
-
-            subjects = {sid for _, sid in resolve_sources(source, name)}
+            items = file_items(source, name)
+            subjects = {it.obs_subject_id for it in items}
         unknown = sorted(subjects - known)
         if unknown:
             raise IngestError(
@@ -296,14 +357,12 @@ class RadiObject:
                 f"{self.uri!r}; add them to obs_meta first"
             )
         if isinstance(source, VolumeCollection):
-            write_collection_from_volumes(
-                source, target, progress=progress, ctx=self._ctx, name=name
-            )
+            copy_collection(source, target, name=name, progress=progress, ctx=self._ctx)
         else:
-            collection_from_files(
-                target, source, name=name, progress=progress, ctx=self._ctx, is_mask=is_mask
+            write_collection(
+                target, items, name=name, is_mask=is_mask, ctx=self._ctx, progress=progress
             )
-        add_members(join(self.uri, "collections"), [name], self.ctx)
+        add_members(join(self.uri, COLLECTIONS), [name], self.ctx)
         self._all_names = None
         if self._collections is not None:  # a view of some collections also shows the new one
             self._collections.append(name)
@@ -320,8 +379,24 @@ class RadiObject:
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
-        """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed)."""
-        from radiobject.ingest._files import write_collection_from_volumes
+        """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed).
+
+        Args:
+            uri: target (must not exist).
+            collections: name -> collection or view; the subjects are the union of theirs.
+            obs_meta: one row per subject with an ``obs_subject_id`` column (default: ids only).
+            validate_alignment: check that each subject's volumes share shape and affine.
+            progress: show progress bars.
+            ctx: TileDB context.
+
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> ct = VolumeCollection.from_numpy(os.path.join(d, "CT"), [np.ones((4, 4, 3))] * 2)
+        >>> radi = RadiObject.from_collections(os.path.join(d, "r"), {"CT": ct}, progress=False)
+        >>> list(radi), radi.obs_subject_ids
+        (['CT'], ['sub-000', 'sub-001'])
+        """
+        from radiobject.ingest._writer import copy_collection
 
         return _build(
             str(uri),
@@ -330,8 +405,8 @@ class RadiObject:
             validate_alignment,
             progress,
             ctx,
-            lambda target, name, src: write_collection_from_volumes(
-                src, target, progress=progress, ctx=ctx, name=name
+            lambda target, name, src: copy_collection(
+                src, target, name=name, progress=progress, ctx=ctx
             ),
             lambda src: src.obs_subject_ids,
         )
@@ -361,10 +436,22 @@ class RadiObject:
             masks: names of mask collections (default: guessed from names and voxel values).
             progress: show progress bars.
             ctx: TileDB context.
-        """
-        from radiobject.ingest._files import collection_from_files, resolve_sources
 
-        resolved = {name: resolve_sources(src, name) for name, src in images.items()}
+        >>> import tempfile, os
+        >>> from radiobject.data import write_sample_niftis
+        >>> d = tempfile.mkdtemp()
+        >>> images, subjects = write_sample_niftis(d, n_subjects=2, shape=(16, 16, 12))
+        >>> sorted(images)
+        ['FLAIR', 'T1w', 'seg']
+        >>> radi = RadiObject.from_images(os.path.join(d, "radi"), images, obs_meta=subjects,
+        ...                               progress=False)
+        >>> list(radi), radi.n_subjects, radi.seg.is_mask
+        (['FLAIR', 'T1w', 'seg'], 2, True)
+        """
+        from radiobject.ingest._sources import file_items
+        from radiobject.ingest._writer import write_collection
+
+        resolved = {name: file_items(src, name) for name, src in images.items()}
         mask_set = set(masks) if masks is not None else None
         return _build(
             str(uri),
@@ -373,15 +460,15 @@ class RadiObject:
             validate_alignment,
             progress,
             ctx,
-            lambda target, name, pairs: collection_from_files(
+            lambda target, name, items: write_collection(
                 target,
-                [(p, s) for p, s in pairs],
+                items,
                 name=name,
-                progress=progress,
-                ctx=ctx,
                 is_mask=None if mask_set is None else name in mask_set,
+                ctx=ctx,
+                progress=progress,
             ),
-            lambda pairs: [s for _, s in pairs],
+            lambda items: [it.obs_subject_id for it in items],
         )
 
     @classmethod
@@ -395,8 +482,8 @@ class RadiObject:
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
-        """A new RadiObject from lazily loaded items (see ``radiobject.ingest._files.Item``)."""
-        from radiobject.ingest._files import write_collection
+        """A new RadiObject from lazily loaded items (see ``radiobject.ingest._sources.Item``)."""
+        from radiobject.ingest._writer import write_collection
 
         return _build(
             uri,
@@ -410,6 +497,11 @@ class RadiObject:
             ),
             lambda items: [it.obs_subject_id for it in items],
         )
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 subject"``, ``"3 subjects"``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _build(
@@ -430,13 +522,13 @@ def _build(
         subjects.extend(s for s in subjects_of(src) if s not in subjects)
     obs_meta = _check_obs_meta(obs_meta, subjects)
     with new_target(uri, ctx):
-        create_group(uri, KIND, ctx)
-        create_group(join(uri, "collections"), "collections", ctx)
-        Dataframe.from_pandas(join(uri, "obs_meta"), obs_meta, index="obs_subject_id", ctx=ctx)
+        create_group(uri, RADIOBJECT_KIND, ctx)
+        create_group(join(uri, COLLECTIONS), COLLECTIONS_KIND, ctx)
+        Dataframe.from_pandas(join(uri, OBS_META), obs_meta, index="obs_subject_id", ctx=ctx)
         for name, src in sources.items():
-            write(join(uri, "collections", name), name, src)
-        add_members(join(uri, "collections"), list(sources), ctx)
-        add_members(uri, ["obs_meta", "collections"], ctx)
+            write(join(uri, COLLECTIONS, name), name, src)
+        add_members(join(uri, COLLECTIONS), list(sources), ctx)
+        add_members(uri, [OBS_META, COLLECTIONS], ctx)
         radi = RadiObject(uri, ctx=ctx)
         if validate_alignment:
             _check_alignment(radi)

@@ -15,8 +15,8 @@ from radiobject._errors import (
     AlreadyExistsError,
     OutOfBoundsError,
     ShapeError,
-    tiledb_errors,
 )
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
 from radiobject.read._region import ArrayInfo, open_array, read_region
 

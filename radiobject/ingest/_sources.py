@@ -1,0 +1,248 @@
+"""Where volumes come from: finding files, subject ids from names, loaders, mask detection.
+
+Subject ids from file names follow one rule (see :func:`subject_id_from_path`). Nothing here
+writes; :mod:`radiobject.ingest._writer` turns :class:`Item` lists into collections.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from radiobject._errors import IngestError
+from radiobject.storage._layout import CORE_COLUMNS
+
+if TYPE_CHECKING:
+    from radiobject.storage._volume import Volume
+
+__all__ = [
+    "MASK_NAMES",
+    "Item",
+    "file_items",
+    "file_loader",
+    "looks_like_mask",
+    "numpy_items",
+    "resolve_sources",
+    "subject_id_from_path",
+    "volume_items",
+]
+
+MASK_NAMES = frozenset({"seg", "mask", "masks", "label", "labels", "segmentation", "lesion"})
+_SUFFIXES = frozenset(
+    {
+        "t1",
+        "t1w",
+        "t1ce",
+        "t1gd",
+        "t1c",
+        "t2",
+        "t2w",
+        "flair",
+        "t2f",
+        "t1n",
+        "pd",
+        "ct",
+        "pet",
+        "dwi",
+        "adc",
+        "bold",
+        "swi",
+    }
+    | MASK_NAMES
+)
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One volume to write: who it belongs to and how to load it."""
+
+    obs_subject_id: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (voxels, affine)
+    source: str = ""
+    extra: Mapping[str, Any] | None = None
+
+
+def subject_id_from_path(path: str | Path, collection: str | None = None) -> str:
+    """The subject id a file or series folder stands for.
+
+    The rule: drop the extension (``.nii.gz``, ``.nii``, ``.dcm``); then, if the name ends in
+    ``_<suffix>`` or ``-<suffix>`` where the suffix is the collection's name or a known
+    modality or mask word (t1, t1w, t1ce, t2, flair, seg, mask, ...; any case), drop that too.
+
+    >>> subject_id_from_path("data/BraTS_00012_flair.nii.gz")
+    'BraTS_00012'
+    >>> subject_id_from_path("sub-01_T1w.nii.gz"), subject_id_from_path("patient_003.nii")
+    ('sub-01', 'patient_003')
+    """
+    name = Path(path).name
+    for ext in (*_NIFTI, ".dcm"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    for sep in ("_", "-"):
+        head, _, tail = name.rpartition(sep)
+        if head and (tail.lower() in _SUFFIXES or (collection and tail == collection)):
+            return head
+    return name
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI)
+
+
+def resolve_sources(sources: Any, collection: str, fmt: str = "auto") -> list[tuple[Path, str]]:
+    """Turn a glob, a folder, a list of paths or of ``(path, subject_id)`` pairs into pairs."""
+    from radiobject.ingest import _dicom
+
+    if isinstance(sources, (str, os.PathLike)):
+        text = str(sources)
+        path = Path(text)
+        if any(c in text for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(text))
+            if not found:
+                raise IngestError(
+                    f"the pattern {text!r} for collection {collection!r} matches no file"
+                )
+            paths = found
+        elif path.is_dir():
+            if fmt == "dicom" or (fmt == "auto" and not any(_is_nifti(p) for p in path.iterdir())):
+                paths = _dicom.find_dicom_series(path)
+            else:
+                paths = sorted(p for p in path.iterdir() if _is_nifti(p))
+            if not paths:
+                raise IngestError(
+                    f"the folder {text!r} for collection {collection!r} holds no NIfTI file or "
+                    "DICOM series"
+                )
+        elif path.exists():
+            paths = [path]
+        else:
+            raise IngestError(f"{text!r} for collection {collection!r} does not exist")
+        return [(p, subject_id_from_path(p, collection)) for p in paths]
+    pairs: list[tuple[Path, str]] = []
+    for entry in sources:
+        if isinstance(entry, (tuple, list)) and len(entry) == 2:
+            pairs.append((Path(entry[0]), str(entry[1])))
+        else:
+            pairs.append((Path(entry), subject_id_from_path(entry, collection)))
+    if not pairs:
+        raise IngestError(f"no source files given for collection {collection!r}")
+    return pairs
+
+
+def file_loader(path: Path, fmt: str = "auto") -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """A function that reads ``path`` (a NIfTI file or a DICOM series folder) when called.
+
+    It returns ``(voxels, affine)``; a 5-D NIfTI with one time point loses that axis.
+    """
+
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        if not path.exists():
+            raise IngestError(f"{str(path)!r} does not exist")
+        if path.is_dir() or fmt == "dicom":
+            from radiobject.ingest._dicom import read_dicom_series
+
+            series = read_dicom_series(path)
+            return series.array, series.affine
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+        except Exception as e:
+            raise IngestError(
+                f"cannot read NIfTI file {str(path)!r}: {e}. Check the file is a complete "
+                ".nii or .nii.gz image"
+            ) from e
+        if data.ndim == 5 and data.shape[3] == 1:
+            data = data[:, :, :, 0, :]
+        return data, np.asarray(img.affine, dtype=np.float64)
+
+    return load
+
+
+def looks_like_mask(name: str, array: np.ndarray) -> bool:
+    """True when a collection called ``name`` holding ``array`` is a label map.
+
+    Either the name is a mask word (seg, mask, label, ...), or the voxels are small
+    non-negative integers with at most 32 distinct values.
+
+    >>> import numpy as np
+    >>> looks_like_mask("seg", np.zeros(3)), looks_like_mask("T1w", np.arange(3, dtype=np.uint8))
+    (True, True)
+    >>> looks_like_mask("T1w", np.linspace(0, 1, 5))
+    False
+    """
+    if name.lower() in MASK_NAMES:
+        return True
+    if array.dtype.kind not in "biu":
+        return False
+    return array.min() >= 0 and array.max() <= 255 and np.unique(array).size <= 32
+
+
+def file_items(sources: Any, collection: str, fmt: str = "auto") -> list[Item]:
+    """Items for NIfTI files or DICOM series folders (see :func:`resolve_sources`)."""
+    return [
+        Item(sid, file_loader(p, fmt), source=str(p))
+        for p, sid in resolve_sources(sources, collection, fmt)
+    ]
+
+
+def numpy_items(
+    arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray],
+    *,
+    affines: Mapping[str, np.ndarray] | Sequence[np.ndarray] | None = None,
+    spacing: Sequence[float] | None = None,
+    obs: pd.DataFrame | None = None,
+) -> list[Item]:
+    """Items for in-memory arrays: ``{subject_id: array}`` or a list (``sub-000``, ...).
+
+    ``affines`` (same keys or order) default to ``diag(spacing)``; ``obs`` adds per-volume
+    columns, matched on its ``obs_subject_id`` column.
+
+    >>> import numpy as np
+    >>> [it.obs_subject_id for it in numpy_items([np.zeros((2, 2, 2))] * 2)]
+    ['sub-000', 'sub-001']
+    """
+    if not isinstance(arrays, Mapping):
+        arrays = {f"sub-{i:03d}": a for i, a in enumerate(arrays)}
+    keys = list(arrays)
+    if affines is not None and not isinstance(affines, Mapping):
+        affines = dict(zip(keys, affines, strict=True))
+    extra: dict[Any, Any] = {}
+    if obs is not None:
+        if "obs_subject_id" not in obs.columns:
+            raise IngestError("obs must have an 'obs_subject_id' column to match the arrays")
+        reserved = sorted(set(obs.columns) & {"obs_id", *CORE_COLUMNS} - {"obs_subject_id"})
+        if reserved:
+            raise IngestError(
+                f"obs columns {reserved} are filled in by radiobject for every volume; "
+                "rename them (e.g. 'tumour_volume_ml' for 'volume')"
+            )
+        extra = obs.set_index("obs_subject_id").to_dict(orient="index")
+
+    def loader(key: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            aff = affines[key] if affines is not None else np.diag([*(spacing or (1, 1, 1)), 1.0])
+            return np.asarray(arrays[key]), np.asarray(aff, dtype=np.float64)
+
+        return load
+
+    return [Item(str(k), loader(k), source="numpy", extra=extra.get(k)) for k in keys]
+
+
+def volume_items(volumes: Mapping[str, Volume] | Sequence[tuple[str, Volume]]) -> list[Item]:
+    """Items copying stored volumes: ``{subject_id: volume}`` or ``(subject_id, volume)`` pairs."""
+    pairs = list(volumes.items()) if isinstance(volumes, Mapping) else list(volumes)
+    return [
+        Item(str(sid), (lambda v=vol: (v.to_numpy(), v.affine)), source=vol.uri)
+        for sid, vol in pairs
+    ]
