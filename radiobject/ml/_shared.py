@@ -125,7 +125,8 @@ def _make_folder(root: str) -> tuple[str, FileLock]:
     into view: a folder the scan sees always has its lock file, held until its owner dies.
     """
     tmp = tempfile.mkdtemp(prefix=".radiobject-new-", dir=root)
-    owner = FileLock(os.path.join(tmp, _OWNER))
+    # released by a finalizer, in whichever thread runs it: not a thread-local lock
+    owner = FileLock(os.path.join(tmp, _OWNER), thread_local=False)
     owner.acquire(timeout=0)  # nobody else knows this folder yet
     final = os.path.join(root, _PREFIX + secrets.token_hex(8))
     os.rename(tmp, final)  # the held lock follows its file
