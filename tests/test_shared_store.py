@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +139,25 @@ def test_only_folders_of_dead_owners_are_removed(tmp_path):
 
 def test_a_loader_folder_is_removed_by_its_owner_only(tmp_path, monkeypatch):
     monkeypatch.setattr(_shared.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(_shared.os.path, "isdir", lambda p: p != "/dev/shm" and os.path.isdir(p))
+    isdir = os.path.isdir
+    monkeypatch.setattr(_shared.os.path, "isdir", lambda p: p != "/dev/shm" and isdir(p))
     shared = _shared.SharedLoaderState(multiprocessing.get_context("spawn"), num_workers=1)
     folder = Path(shared.shm_dir)
     assert folder.parent == tmp_path
     assert folder.name.startswith(_shared._PREFIX)
     _shared._remove_orphans(str(tmp_path))
     assert folder.exists()  # alive: its owner holds the lock
+    holder = [shared]
     del shared
+    dropper = threading.Thread(target=holder.clear)  # the last reference goes in a thread
+    dropper.start()
+    dropper.join()
     assert not folder.exists()  # removed with its loader state
+    if os.path.isdir("/proc/self/fd"):  # and its lock released: no descriptor left open on it
+        open_files = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                open_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        assert not [f for f in open_files if f.startswith(str(folder))]
