@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tiledb
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
@@ -289,14 +289,17 @@ class VolumeCollectionDataset(Dataset):
 
     def read_image(self, ref: VolumeRef, box: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32."""
-        ctx = get_tiledb_ctx()
         whole = self.prefer_whole_volume(ref.uris[0])
-        chans = [read_region(uri, ctx, box, whole_on_miss=whole) for uri in ref.uris]
+        chans = [
+            # each channel with its collection's context (the one it was opened with)
+            read_region(uri, coll.ctx, box, whole_on_miss=whole)
+            for uri, coll in zip(ref.uris, self.collections, strict=True)
+        ]
         # read_region returns arrays of our own: one channel needs no stacking copy
         image = chans[0][None] if len(chans) == 1 else np.stack(chans)
         return image.astype(np.float32, copy=False)
 
-    def prefer_whole_volume(self, uri: str) -> bool:
+    def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
 
         True when the items of one volume are expected to touch at least half of its
@@ -305,6 +308,7 @@ class VolumeCollectionDataset(Dataset):
         Also true while every volume the dataset reads fits in the cache together (see
         :meth:`stored_bytes`): the first epoch then reads whole volumes and the later ones
         are served from memory, like MONAI's ``CacheDataset`` but filled as it goes.
+        ``ctx`` opens ``uri`` (default: the first collection's context).
         """
         if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
             return True
@@ -312,7 +316,7 @@ class VolumeCollectionDataset(Dataset):
             return True
         cached = self._whole.get(uri)
         if cached is None:
-            info = open_array(uri, get_tiledb_ctx())[1]
+            info = open_array(uri, ctx or self.collections[0].ctx)[1]
             assert self.config.patch_size is not None
             per_patch = np.prod(
                 [
@@ -333,7 +337,7 @@ class VolumeCollectionDataset(Dataset):
 
     def _count_stored_bytes(self) -> int:
         voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
-        return voxels * _itemsize(self.refs[0].uris[0])
+        return voxels * _itemsize(self.refs[0].uris[0], self.collections[0].ctx)
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample dict of item ``index`` before ``transform``."""
@@ -376,9 +380,9 @@ class VolumeCollectionDataset(Dataset):
         )
 
 
-def _itemsize(uri: str) -> int:
+def _itemsize(uri: str, ctx: tiledb.Ctx) -> int:
     """Bytes per voxel of the volume at ``uri`` (from its schema, read once per process)."""
-    return open_array(uri, get_tiledb_ctx())[1].dtype.itemsize
+    return open_array(uri, ctx)[1].dtype.itemsize
 
 
 class _Pickled:

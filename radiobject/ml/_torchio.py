@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radiobject._context import ContextRef, portable_ctx
 from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
 from radiobject.storage._collection import VolumeCollection
@@ -20,9 +21,15 @@ tio = require("torchio")
 __all__ = ["TileDBLabelMap", "TileDBScalarImage", "VolumeCollectionSubjectsDataset"]
 
 
-def read_tiledb_volume(uri: str, _path: Any = None) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine."""
-    vol = Volume(uri)
+def read_tiledb_volume(
+    uri: str, _path: Any = None, *, ctx: ContextRef | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine.
+
+    ``ctx`` is the context of the volume's collection (``None``: the settings in force);
+    a loading process that unpickled it builds its own with the same settings.
+    """
+    vol = Volume(uri, ctx=ctx.get() if ctx is not None else None)
     data = vol.to_numpy()
     data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
     if data.dtype == np.uint16:
@@ -95,12 +102,15 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         self.collections = as_collections(collections)
         refs = align(self.collections)
         values, self.classes = resolve_labels(labels, self.collections[0], refs)
+        # the collections' contexts travel with the subjects to TorchIO's loading processes
+        ctxs = [portable_ctx(coll._ctx) for coll in self.collections]
         subjects = []
         for ref in refs:
             fields: dict[str, Any] = {"obs_subject_id": ref.obs_subject_id, "obs_id": ref.obs_id}
-            for coll, uri in zip(self.collections, ref.uris, strict=True):
+            for coll, uri, ctx in zip(self.collections, ref.uris, ctxs, strict=True):
                 kind = TileDBLabelMap if coll.is_mask else TileDBScalarImage
-                fields[coll.name] = kind(uri, reader=functools.partial(read_tiledb_volume, uri))
+                reader = functools.partial(read_tiledb_volume, uri, ctx=ctx)
+                fields[coll.name] = kind(uri, reader=reader)
             if values:
                 fields["label"] = values[ref.obs_id]
             subjects.append(tio.Subject(**fields))
