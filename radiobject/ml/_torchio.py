@@ -16,7 +16,7 @@ from radiobject.ml._deps import require
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._volume import Volume
 
-tio = require("torchio")
+tio: Any = require("torchio")  # TorchIO ships no type information
 
 __all__ = ["TileDBLabelMap", "TileDBScalarImage", "VolumeCollectionSubjectsDataset"]
 
@@ -43,7 +43,9 @@ class _TileDBImageMixin:
     """Images whose 'path' is a TileDB URI (local or s3://), read by radiobject."""
 
     def _parse_single_path(self, path: Any, *, verify: bool = True) -> Path:
-        return super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        # the mixin's super() is TorchIO's Image, which mypy cannot see (untyped)
+        parsed: Path = super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        return parsed
 
 
 class TileDBScalarImage(_TileDBImageMixin, tio.ScalarImage):
