@@ -4,6 +4,10 @@ Workers start with ``forkserver`` (``spawn`` where it is missing), never plain `
 a TileDB context does not survive ``fork`` (a forked worker can hang for ever in
 ``Array::open``). The fork server is a clean process that never opened TileDB, so workers
 forked from it start fast and safe; each builds its own context on first use.
+
+Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
+goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
+samples the uninterrupted run would have had, whatever ``num_workers``.
 """
 
 from __future__ import annotations

@@ -196,10 +196,13 @@ _REQUIRED = {
 class _Counting(Iterator[Any]):
     """A DataLoader iterator that counts the samples it hands to the training loop."""
 
-    def __init__(self, inner: Iterator[Any], p: EpochPass, batch_size: int) -> None:
+    def __init__(
+        self, inner: Iterator[Any], p: EpochPass, batch_size: int, drop_last: bool
+    ) -> None:
         self._inner = inner
         self._pass = p
         self._batch = batch_size
+        self._drop_last = drop_last
 
     def __iter__(self) -> _Counting:
         return self
@@ -214,7 +217,9 @@ class _Counting(Iterator[Any]):
         return batch
 
     def __len__(self) -> int:
-        return len(self._inner)  # type: ignore[arg-type]
+        """Batches of this pass."""
+        n = len(self._pass.indices)
+        return n // self._batch if self._drop_last else -(-n // self._batch)
 
 
 class RadiObjectLoader(DataLoader[Any]):
@@ -258,7 +263,7 @@ class RadiObjectLoader(DataLoader[Any]):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         p = self.resumable_sampler.start_pass()
-        return _Counting(super().__iter__(), p, self.batch_size or 1)
+        return _Counting(super().__iter__(), p, self.batch_size or 1, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next pass (see :meth:`ResumableSampler.set_epoch`)."""
