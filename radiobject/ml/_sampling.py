@@ -139,7 +139,7 @@ def seeded_randomness(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU one only: cheap, and restored
         try:
             yield
         finally:
