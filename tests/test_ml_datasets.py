@@ -199,9 +199,9 @@ def test_diagnosis_labels_come_from_obs_meta(sample_radi, obs_meta):
 def test_numeric_column_gives_numeric_tensors(sample_radi, obs_meta):
     ds = VolumeCollectionDataset(sample_radi.T1w, labels="age")
     assert ds.classes is None
-    ages = [int(ds[i]["label"]) for i in range(len(ds))]
-    assert ages == obs_meta["age"].tolist()
-    assert isinstance(ds[0]["label"], torch.Tensor)
+    labels = [ds[i]["label"] for i in range(len(ds))]
+    assert [lab.item() for lab in labels] == obs_meta["age"].tolist()
+    assert {(lab.dtype, lab.shape) for lab in labels} == {(torch.int64, torch.Size([]))}
 
 
 def test_labels_by_obs_id_and_by_subject_id(sample_radi):

@@ -22,7 +22,24 @@ __all__ = ["LoaderProbe", "ProbeRecord", "ProbeResult"]
 
 @dataclass(frozen=True)
 class ProbeRecord:
-    """Loader activity during one interval."""
+    """Loader activity during one interval.
+
+    ``LoaderProbe.run`` returns one record per ``interval_s``; their counts add up to the
+    run's totals.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import LoaderProbe, create_training_dataloader
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=4)
+    >>> records = LoaderProbe(loader, interval_s=0.01).run(n_batches=4).records
+    >>> sum(r.batches for r in records), sum(r.samples for r in records)
+    (4, 8)
+    >>> sum(r.cache_hits + r.cache_misses for r in records)  # 8 patches, 1 tile block each
+    8
+    """
 
     t: float  # seconds since the run started, at the end of the interval
     batches: int
@@ -38,7 +55,21 @@ class ProbeRecord:
 
 @dataclass
 class ProbeResult:
-    """All intervals of a run, and totals."""
+    """All intervals of a run, and totals.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import LoaderProbe, create_training_dataloader
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=4)
+    >>> result = LoaderProbe(loader, interval_s=0.01).run(n_batches=3)
+    >>> result.batches, result.samples, result.first_batch_samples, result.error
+    (3, 6, 2, None)
+    >>> result.seconds > 0
+    True
+    """
 
     records: list[ProbeRecord] = field(default_factory=list)
     samples: int = 0

@@ -36,6 +36,17 @@ class CacheStats:
         storage_queries: TileDB queries issued by the read path.
         size_bytes: bytes held by the cache at the end.
         capacity_bytes: the cache budget of this process.
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import TileDBStats, Volume
+    >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.zeros((64, 64, 48)))
+    >>> with TileDBStats() as stats:
+    ...     for _ in range(3):
+    ...         patch = vol[0:8, 0:8, 0:8]  # one tile block each time
+    >>> cache = stats.cache_stats()
+    >>> cache.hits + cache.misses, cache.hits > 0, cache.bytes_from_storage > 0
+    (3, True, True)
     """
 
     hits: int = 0
@@ -77,6 +88,18 @@ class S3Stats:
         requests: storage requests: reads plus object sizes and existence checks
             (``VFS.read_ops_num + file_size_num + is_object_num``). On S3 the checks are
             one HEAD each and the reads at most one GET each (see above).
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import TileDBStats, Volume
+    >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.ones((32, 32, 24)))
+    >>> with TileDBStats() as stats:
+    ...     voxels = vol.to_numpy()
+    >>> io = stats.s3_stats()  # local files are counted too
+    >>> io.read_ops > 0, io.bytes_read > 0, io.requests >= io.read_ops
+    (True, True, True)
+    >>> io.parallelization_rate  # one query at a time
+    0.0
     """
 
     read_ops: int = 0

@@ -61,6 +61,20 @@ class LoaderTuner(w.VBox):
     (each a :class:`TunerRun` with its settings, records, result, error and the seconds
     spent redrawing while it ran), :attr:`best`, :meth:`settings`, :meth:`set`;
     ``live_box`` turns live plots off; traits ``running``, ``status``, ``error``.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> from radiobject.widgets import LoaderTuner
+    >>> tuner = LoaderTuner(radi.T1w, radi.seg, patch_size=(8, 8, 8))  # display(tuner)
+    >>> tuner.settings().patch_size, tuner.settings().num_workers
+    ((8, 8, 8), 0)
+    >>> run = tuner.run_sync(duration_s=0.3, batch_size=2)  # start() runs in the background
+    >>> run.done, run.error, run.settings.batch_size, run.result.batches > 0
+    (True, '', 2, True)
+    >>> tuner.best is run, len(tuner.runs)
+    (True, 1)
     """
 
     running = t.Bool(False)
