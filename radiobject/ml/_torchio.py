@@ -70,6 +70,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     ``multiprocessing.set_start_method("forkserver", force=True)``. The subjects are
     picklable, so forkserver and spawn workers load them.
 
+    This dataset keeps no resume state: ``tio.Queue`` owns the order of subjects and the
+    patch positions (drawn from torch's global generator in its own loader) and keeps a
+    buffer of patches that no state dict captures. For exact mid-epoch resume, use
+    :func:`~radiobject.ml.create_segmentation_dataloader` or
+    :func:`~radiobject.ml.create_training_dataloader` (their loaders have ``state_dict``).
+
     Args:
         collections: collection(s); each becomes an image keyed by its name.
         labels: per-volume labels, as in :class:`VolumeCollectionDataset`.
