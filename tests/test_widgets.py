@@ -73,11 +73,15 @@ def test_moving_a_slider_changes_the_image_and_reads_one_plane(browser, monkeypa
 
     monkeypatch.setattr(Volume, "__getitem__", spy)
     before = browser.images
+    cross_before = browser.viewer.crosshair_at
     browser.viewer.sliders["axial"].value = 5
     after = browser.images
     assert browser.position == (16, 16, 5)
     assert after["axial"] != before["axial"]
-    assert after["coronal"] != before["coronal"]  # the crosshair moved there
+    # the crosshair moved on the coronal plane (drawn by the page over the same PNG)
+    assert after["coronal"] == before["coronal"]
+    assert browser.viewer.crosshair_at["coronal"] != cross_before["coronal"]
+    assert browser.viewer.crosshair_widgets["coronal"].value
     # one image plane and one mask plane, each a single z: no whole-volume reads
     assert len(reads) == 2
     assert all(index[2] == 5 and index[0] == slice(None) for index in reads)

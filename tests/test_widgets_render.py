@@ -83,6 +83,9 @@ def test_colormap_matches_matplotlib():
     assert out[1].tolist() == expected[128].tolist()
     with pytest.raises(ValueError, match="unknown colormap"):
         apply_colormap(np.zeros(2), "no-such-map")
+    # grey is built without importing matplotlib: the same table
+    grey = np.round(matplotlib.colormaps["gray"](np.linspace(0, 1, 256))[:, :3] * 255)
+    assert apply_colormap(np.linspace(0, 1, 256), "gray").tolist() == grey.tolist()
 
 
 def test_overlay_has_the_label_colour_at_mask_voxels():
