@@ -56,7 +56,7 @@ def machine() -> str:
         pass
     load = ""
     if hasattr(os, "getloadavg"):
-        load = ", load avg %.1f/%.1f/%.1f" % os.getloadavg()
+        load = ", load avg {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
     return f"{platform.node()}: {cpu}, {os.cpu_count()} cores{mem}{load}"
 
 
@@ -181,7 +181,9 @@ def main() -> None:
     parser.add_argument("--modality", default="CT")
     parser.add_argument("--steps", type=int, default=100, help="updates per scenario and run")
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs")
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "radiobject-bench"))
+    parser.add_argument(
+        "--workdir", default=os.path.join(tempfile.gettempdir(), "radiobject-bench")
+    )
     parser.add_argument("--json", help="also write every run's numbers here")
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.lower().split("x"))

@@ -39,8 +39,8 @@ def encode_indexed(index: np.ndarray, palette: np.ndarray, compress_level: int =
         compress_level: zlib level (1: fast; the rows are not filtered, as PNG advises
             for palette images).
 
-    >>> png = encode_indexed(np.array([[0, 1]], np.uint8), np.array([[0, 0, 0], [9, 8, 7]], np.uint8))
-    >>> decode_png(png).tolist()
+    >>> palette = np.array([[0, 0, 0], [9, 8, 7]], np.uint8)
+    >>> decode_png(encode_indexed(np.array([[0, 1]], np.uint8), palette)).tolist()
     [[[0, 0, 0], [9, 8, 7]]]
     """
     from PIL import Image
@@ -48,7 +48,9 @@ def encode_indexed(index: np.ndarray, palette: np.ndarray, compress_level: int =
     index = np.ascontiguousarray(index)
     colours = np.ascontiguousarray(palette, dtype=np.uint8)
     if index.dtype != np.uint8 or index.ndim != 2:
-        raise ValueError(f"encode_indexed takes a 2D uint8 index image, got {index.dtype} {index.shape}")
+        raise ValueError(
+            f"encode_indexed takes a 2D uint8 index image, got {index.dtype} {index.shape}"
+        )
     if colours.ndim != 2 or colours.shape[1] != 3 or not 1 <= len(colours) <= 256:
         raise ValueError(f"a palette is 1..256 RGB colours, got shape {colours.shape}")
     image = Image.fromarray(index)

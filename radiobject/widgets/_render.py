@@ -181,7 +181,7 @@ def apply_colormap(normalized: np.ndarray, cmap: str = "gray") -> np.ndarray:
     >>> apply_colormap(np.array([[0.0, 1.0]]), "gray").tolist()
     [[[0, 0, 0], [255, 255, 255]]]
     """
-    return _lut(cmap)[_levels(normalized)]
+    return np.asarray(_lut(cmap)[_levels(normalized)])
 
 
 def _levels(normalized: np.ndarray) -> np.ndarray:
@@ -455,7 +455,7 @@ def render_indexed(
     present = [] if labels is None or alpha == 0.0 or not labels.any() else _labels_in(labels)
     if len(present) >= 255:  # codes would not fit in 16 bits, nor colours in a palette
         return None
-    if not present:
+    if labels is None or not present:
         index, palette = levels, lut
     else:
         # code = level + 256 * (1 + the label's rank): one table row per (label, grey level)
@@ -467,10 +467,13 @@ def render_indexed(
             colour = np.array(label_color(int(label), colors), dtype=np.float32)
             blended = (1 - alpha) * lut.astype(np.float32) + alpha * colour  # as overlay_mask
             table.append(np.round(blended).astype(np.uint8))
-        used = np.bincount(code.ravel(), minlength=256 * len(table)) > 0
-        if int(used.sum()) > 256:
+        used = np.flatnonzero(np.bincount(code.ravel(), minlength=256 * len(table)))
+        # codes that show the same colour share a palette entry
+        palette, entry = np.unique(np.concatenate(table)[used], axis=0, return_inverse=True)
+        if len(palette) > 256:
             return None
-        index = (np.cumsum(used) - 1).astype(np.uint8)[code]
-        palette = np.concatenate(table)[used]
+        lookup = np.zeros(256 * len(table), np.uint8)
+        lookup[used] = entry.ravel()
+        index = lookup[code]
     rows, cols = scale
     return zoom(index, rows, cols), palette

@@ -11,6 +11,7 @@ following planes of the slab come from memory.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 from collections.abc import Sequence
@@ -141,6 +142,11 @@ class SliceCache:
             for plane in PLANES:
                 self._warm_around(_AXIS[plane], plane_index(plane, position), first=True)
 
+    def wait(self) -> None:
+        """Wait for the slab reads in flight (a plane read waits for its own slab only)."""
+        for pending in list(self._slabs.values()):
+            pending.result()
+
     def _warm_around(self, axis: int, index: int, first: bool = False) -> None:
         """Cache the slab of ``index``, and the next one when ``index`` nears its edge.
 
@@ -173,10 +179,9 @@ class SliceCache:
         return slab_bytes * 4 <= get_config().read.cache_mb * 1024 * 1024
 
     def _read_slab(self, bounds: list[tuple[int, int]]) -> None:
-        try:
+        # only a warm-up: a failing read fails again, and is reported, when the plane is read
+        with contextlib.suppress(Exception):
             self.volume.read(bounds)
-        except Exception:  # noqa: S110 - only a warm-up: the plane read itself reports errors
-            pass
 
     def planes_at(self, position: Sequence[int]) -> dict[str, np.ndarray]:
         """The three planes through voxel ``position``."""
