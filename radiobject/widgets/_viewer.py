@@ -187,7 +187,13 @@ class SliceViewer(w.VBox):
         stacks = {
             p: w.GridBox(
                 [self.image_widgets[p], self.crosshair_widgets[p]],
-                layout=w.Layout(grid_template_areas='"plane"', overflow="visible"),
+                # one cell as wide as the image (and shrinking with it): the crosshair's
+                # percentages are of the image
+                layout=w.Layout(
+                    grid_template_areas='"plane"',
+                    grid_template_columns="minmax(0, max-content)",
+                    overflow="visible",
+                ),
             )
             for p in PLANES
         }
