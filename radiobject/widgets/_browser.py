@@ -321,6 +321,8 @@ class CollectionBrowser(w.VBox):
             with contextlib.suppress(Exception):  # a thumbnail never breaks the browser
                 assert self._coll is not None
                 data = self._thumbnail_plane(self._by_subject[sid])
+                step = -(-max(data.shape) // 96)  # a large plane: every step-th voxel
+                data = data[::step, ::step]
                 scale = display_scale(data.shape, target=96)
                 show_png(image, encode_png(render_slice(data, auto_window(data), scale=scale)))
             cards.append(w.VBox([image, button]))

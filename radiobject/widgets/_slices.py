@@ -93,6 +93,8 @@ class SliceCache:
             are served from memory. Slabs too large for the block cache are never warmed.
     """
 
+    ahead = 0.5  # start reading the next slab this far (in tiles) before its edge
+
     def __init__(self, volume: Volume, t: int = 0, warm: bool = True) -> None:
         self.volume = volume
         self.t = t
@@ -112,7 +114,9 @@ class SliceCache:
         axis = _AXIS[plane]
         slab = index // self._tiles[axis]
         pending = self._slabs.get((axis, slab))
-        if pending is not None:
+        if pending is not None and pending.cancel():  # still queued: read it here, now
+            del self._slabs[(axis, slab)]
+        elif pending is not None:
             pending.result()  # its tiles are being cached: wait rather than read them twice
         key: list[Any] = [slice(None)] * self.volume.ndim
         key[axis] = index
@@ -132,14 +136,15 @@ class SliceCache:
         hit = self._planes.get(plane)
         return hit[1] if hit is not None and hit[0] == index else None
 
-    def prefetch(self, position: Sequence[int]) -> None:
-        """Start caching the tile slabs of the three planes through ``position``.
+    def prefetch(self, position: Sequence[int], planes: Sequence[str] = PLANES) -> None:
+        """Start caching the tile slabs of ``planes`` through ``position``.
 
         The viewer calls this once its first image is drawn, so that scrubbing from there
-        reads from memory; nothing happens when ``warm`` is off.
+        reads from memory; nothing happens when ``warm`` is off. A plane wanted before its
+        slab read has started is read at once instead (the slab read is dropped).
         """
         if self.warm:
-            for plane in PLANES:
+            for plane in planes:
                 self._warm_around(_AXIS[plane], plane_index(plane, position), first=True)
 
     def wait(self) -> None:
@@ -159,8 +164,9 @@ class SliceCache:
         if not (step or first):
             return
         wanted = [index // tile]
-        ahead = index + (tile // 2 if step > 0 else -(tile // 2))
-        if step and 0 <= ahead < n and ahead // tile != index // tile:
+        reach = int(tile * self.ahead)
+        ahead = index + (reach if step > 0 else -reach)
+        if reach and step and 0 <= ahead < n and ahead // tile != index // tile:
             wanted.append(ahead // tile)
         for slab in wanted:
             if (axis, slab) not in self._slabs and self._slab_fits(axis):

@@ -283,9 +283,10 @@ class SliceViewer(w.VBox):
             self.auto_window()
         else:
             self.render()
-        for cache in (image, mask):  # scrubbing from here on reads from memory
-            if cache is not None:
-                cache.prefetch(self.position)
+        for plane in PLANES:  # scrubbing from here on reads from memory (axial first)
+            for cache in (image, mask):
+                if cache is not None:
+                    cache.prefetch(self.position, (plane,))
 
     def clear(self) -> None:
         """Show nothing."""
