@@ -518,3 +518,12 @@ def test_planes_are_exact_on_an_arange_volume(tmp_path):
     halves[10:] = 1
     rgb_axial = {"axial": 2, "coronal": 3, "sagittal": 3}
     check(ramp, halves, (12, 50, 1), Window(100.0, 200.0), rgb_axial)
+
+
+def test_thumbnails_of_large_planes_stay_small(tmp_path):
+    from radiobject.widgets._png import png_size
+
+    vol = np.random.default_rng(0).normal(size=(300, 200, 4)).astype(np.float32)
+    browser = CollectionBrowser(VolumeCollection.from_numpy(str(tmp_path / "c"), {"a": vol}))
+    thumb = browser.thumbnails.children[0].children[0]
+    assert png_size(thumb.value) == (75, 50)  # every 4th voxel of 300 x 200, not 300 wide
