@@ -370,8 +370,10 @@ class Volume:
             raise ShapeError(
                 f"region {bounds} of {self.uri!r} needs data of shape {want}, got {data.shape}"
             )
-        with tiledb_errors(self.uri, "write volume region"):
-            with tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr:
-                dtype = np.dtype(arr.schema.attr(0).dtype)
-                box = tuple(slice(lo, hi) for lo, hi in bounds)
-                arr[box] = np.ascontiguousarray(data.astype(dtype, copy=False))
+        with (
+            tiledb_errors(self.uri, "write volume region"),
+            tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
+        ):
+            dtype = np.dtype(arr.schema.attr(0).dtype)
+            box = tuple(slice(lo, hi) for lo, hi in bounds)
+            arr[box] = np.ascontiguousarray(data.astype(dtype, copy=False))
