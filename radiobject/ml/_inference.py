@@ -498,11 +498,11 @@ class PredictionWriter:
     # -- set-up and collective steps ------------------------------------------------------------
     def _agree(self, step: Callable[[], None] | None) -> None:
         """Run ``step`` on rank 0; every rank raises if it failed there."""
-        error = None
+        error: Exception | None = None
         if step is not None:
             try:
                 step()
-            except RadiObjectError as e:
+            except Exception as e:  # every rank must hear of it, or the others wait for ever
                 error = e
         if self.world_size > 1:
             box = [None if error is None else (type(error).__name__, str(error))]
