@@ -1,6 +1,6 @@
 """Peak memory of PredictionWriter vs MONAI sliding_window_inference on 240x240x155, 4 classes.
 
-python infer_mem.py make DIR; python infer_mem.py radiobject|monai DIR PATCH [labels]
+python benchmarks/inference_memory.py make DIR, then: ... radiobject|monai DIR PATCH [labels]
 """
 
 import os
