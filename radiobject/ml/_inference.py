@@ -45,8 +45,10 @@ from radiobject._errors import (
     ShapeError,
 )
 from radiobject._tiledb_errors import tiledb_errors
+from radiobject.config import TileConfig, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
+from radiobject.read._region import forget_array
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import (
@@ -76,7 +78,7 @@ _log = logging.getLogger(__name__)
 # the kind of a collection group while it is being written: no reader takes it for a collection
 INCOMPLETE_KIND = COLLECTION_KIND + "-incomplete"
 _OUTPUTS = ("labels", "probabilities")
-WRITE_PLANES = 16  # z planes per region write of a final slab
+WRITE_PLANES = 16  # z planes normalised at a time; the z tiles of probability volumes
 _MODES = ("constant", "gaussian")
 
 
@@ -320,13 +322,27 @@ def _ring(lo: int, hi: int, depth: int) -> list[tuple[int, int, int]]:
 
 
 class _SlabBlender:
-    """Weighted sums of one volume's patches in a ring buffer one patch deep along z."""
+    """Weighted sums of one volume's patches in a ring buffer one patch deep along z.
+
+    Final planes are normalised straight into a tile-deep output buffer (:class:`_TileBuffer`)
+    that is written whenever it holds whole tiles along z.
+    """
 
     def __init__(
-        self, plan: GridPlan, weights: np.ndarray, channels: int, volume: Volume, labels: bool
+        self,
+        plan: GridPlan,
+        weights: np.ndarray,
+        channels: int,
+        volume: Volume,
+        labels: bool,
+        tile_z: int,
     ) -> None:
         self.plan, self.weights, self.volume, self.labels = plan, weights, volume, labels
         px, py, _ = plan.padded
+        nx, ny, nz = plan.shape
+        tail = () if labels else (channels,)
+        dtype = _label_dtype(channels) if labels else np.dtype(np.float32)
+        self.sink = _TileBuffer(volume, (nx, ny, nz), tile_z, tail, dtype)
         self.depth = plan.patch[2]
         self.sums = np.zeros((channels, px, py, self.depth), dtype=np.float32)
         self.wsum = np.zeros((px, py, self.depth), dtype=np.float32)
@@ -348,23 +364,26 @@ class _SlabBlender:
             self.flush(zs[zi + 1] if zi + 1 < len(zs) else self.plan.padded[2])
 
     def flush(self, upto: int) -> None:
-        """Normalise the final slab ``[done_to, upto)``, write it, free its buffer space."""
+        """Normalise the final slab ``[done_to, upto)``, hand it to the writer, free its space."""
         oz, nz = self.plan.pad[2], self.plan.shape[2]
         lo, hi = max(self.done_to, oz), min(upto, oz + nz)  # the part inside the volume
-        for start in range(lo, hi, WRITE_PLANES):  # a few planes per write bound the copies
-            self._write(start, min(hi, start + WRITE_PLANES))
+        start = lo
+        while start < hi:  # chunks that fit the output buffer and at most WRITE_PLANES deep
+            stop = min(hi, start + self.sink.room, start + WRITE_PLANES)
+            self._normalise(start, stop)
+            start = stop
         for a, b, _ in _ring(self.done_to, upto, self.depth):
             self.sums[..., a:b] = 0
             self.wsum[..., a:b] = 0
         self.done_to = upto
 
-    def _write(self, lo: int, hi: int) -> None:
-        """Write padded z range ``[lo, hi)`` (inside the volume) as one region."""
+    def _normalise(self, lo: int, hi: int) -> None:
+        """Divide the sums of padded z range ``[lo, hi)`` by their weights into the output."""
         (ox, oy, oz), (nx, ny, _) = self.plan.pad, self.plan.shape
         c = self.sums.shape[0]
-        shape = (c, nx, ny, hi - lo) if self.labels else (nx, ny, hi - lo, c)
-        out = np.empty(shape, dtype=np.float32)
         xs, ys = slice(ox, ox + nx), slice(oy, oy + ny)
+        view = self.sink.view(hi - lo)
+        out = np.empty((c, nx, ny, hi - lo), dtype=np.float32) if self.labels else view
         for a, b, off in _ring(lo, hi, self.depth):
             w = self.wsum[xs, ys, a:b]
             if self.labels:
@@ -372,13 +391,10 @@ class _SlabBlender:
             else:
                 for ch in range(c):
                     np.divide(self.sums[ch, xs, ys, a:b], w, out=out[:, :, off : off + b - a, ch])
-        zb = (lo - oz, hi - oz)
         if self.labels:
-            label = out.argmax(axis=0).astype(_label_dtype(c))
-            self.volume.write_region(((0, nx), (0, ny), zb), label)
-            self._index(label, zb[0])
-        else:
-            self.volume.write_region(((0, nx), (0, ny), zb, (0, c)), out)
+            view[...] = out.argmax(axis=0)
+            self._index(view, lo - oz)
+        self.sink.advance(hi - lo)
 
     def _index(self, label: np.ndarray, z0: int) -> None:
         """Count and sample the non-zero voxels of a written slab (for the foreground index)."""
@@ -396,6 +412,51 @@ class _SlabBlender:
                 pts = pts[np.linspace(0, len(pts) - 1, MAX_POINTS).astype(np.int64)]
             points[k] = pts
         return ForegroundIndex(points=points, counts=dict(self.fg_counts))
+
+
+class _TileBuffer:
+    """One tile's depth of output planes, written to the volume whenever it is full.
+
+    Every tile is written once, by one write: no tile is split over fragments, so reads
+    stay fast without consolidation.
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        shape: tuple[int, int, int],
+        tile_z: int,
+        tail: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> None:
+        self.volume, self.nz = volume, shape[2]
+        self.buf = np.empty((shape[0], shape[1], min(tile_z, shape[2]), *tail), dtype=dtype)
+        self.start = 0  # volume z of the buffer's first plane
+        self.n = 0  # planes filled
+
+    @property
+    def room(self) -> int:
+        """Planes that still fit before the buffer must be written."""
+        return self.buf.shape[2] - self.n
+
+    def view(self, planes: int) -> np.ndarray:
+        """The next ``planes`` of the buffer, to be filled."""
+        return self.buf[:, :, self.n : self.n + planes]
+
+    def advance(self, planes: int) -> None:
+        """Mark ``planes`` more as filled; write the buffer when full or at the volume's end."""
+        self.n += planes
+        if self.n == self.buf.shape[2] or self.start + self.n == self.nz:
+            box = [
+                (0, self.buf.shape[0]),
+                (0, self.buf.shape[1]),
+                (self.start, self.start + self.n),
+            ]
+            box += [(0, n) for n in self.buf.shape[3:]]
+            self.volume.write_region(box, self.buf[:, :, : self.n])
+            self.start, self.n = self.start + self.n, 0
+            if self.start == self.nz:  # a handle opened before the writes would not see them
+                forget_array(self.volume.uri)
 
 
 def _label_dtype(channels: int) -> np.dtype:
@@ -601,6 +662,9 @@ class PredictionWriter:
         labels = self.output == "labels"
         shape = plan.shape if labels else (*plan.shape, self._channels)
         dtype = _label_dtype(self._channels) if labels else np.dtype(np.float32)
+        extents = list(get_config().write.tile.extents_for(shape))
+        if not labels:  # thin tiles along z: at most WRITE_PLANES float planes wait for a write
+            extents[2] = min(extents[2], WRITE_PLANES)
         volume = Volume.create(
             join(self.uri, volume_member(self.dataset.positions[v])),
             shape,
@@ -610,9 +674,10 @@ class PredictionWriter:
                 "obs_id": obs_id(ref.obs_subject_id, self.name),
                 "obs_subject_id": ref.obs_subject_id,
             },
+            tile=TileConfig(extents=tuple(extents)),
             ctx=self.ctx,
         )
-        return _SlabBlender(plan, self.weights, self._channels, volume, labels)
+        return _SlabBlender(plan, self.weights, self._channels, volume, labels, extents[2])
 
     def _close_volume(self, v: int) -> None:
         assert self._current is not None
