@@ -18,6 +18,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "FilterError",
+    "IncompleteError",
     "IngestError",
     "LabelError",
     "NotFoundError",
@@ -48,6 +49,13 @@ class NotFoundError(StorageError, FileNotFoundError):
 
 class AlreadyExistsError(StorageError, FileExistsError):
     """A write target already holds data."""
+
+
+class IncompleteError(StorageError):
+    """A stored object whose writing did not finish (the writer was stopped or failed).
+
+    Finish it with ``resume=True`` on the call that wrote it, or remove it.
+    """
 
 
 class S3Error(StorageError):
