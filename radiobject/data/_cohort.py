@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._errors import ConfigurationError
+from radiobject._errors import ConfigurationError, IncompleteError
 from radiobject.data._phantom import MODALITIES, make_subject
 
 __all__ = ["BRATS_SHAPE", "make_sample_radiobject", "sample_obs_meta", "write_sample_niftis"]
@@ -187,6 +188,8 @@ def load_sample_radiobject(
         progress: show progress bars while making it.
 
     The cohort has T1w, FLAIR and CT collections, a ``seg`` mask collection and ``obs_meta``.
+    A cached cohort whose making did not finish (stopped half-way, or made before radiobject
+    marked finished writes) is made again.
     """
     import os
 
@@ -200,7 +203,10 @@ def load_sample_radiobject(
         path = Path(root) / f"sample-{scale}"
     path = Path(path)
     if path.exists():
-        return RadiObject(str(path))
+        try:
+            return RadiObject(str(path))
+        except IncompleteError:
+            shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return make_sample_radiobject(
         str(path), modalities=("T1w", "FLAIR", "CT"), progress=progress, **SCALES[scale]
