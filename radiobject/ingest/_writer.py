@@ -473,6 +473,14 @@ def write_radiobject(
     run = uuid.uuid4().hex
     with _target(uri, RADIOBJECT_KIND, ctx, resume) as done:
         if done:
+            with tiledb.Group(join(uri, COLLECTIONS), ctx=ctx) as g:
+                stored = sorted(m.name for m in g)
+            if stored != sorted(sources):
+                raise AlreadyExistsError(
+                    f"cannot resume: the finished RadiObject at {uri!r} holds other volumes "
+                    f"(collections {stored}) than the ones given ({sorted(sources)}); remove "
+                    "it or choose another URI"
+                )
             for plan in plans:
                 _check_done(plan, ctx)
             return uri
