@@ -44,7 +44,7 @@ def is_local_threads(executor: Executor | None) -> bool:
 def _workers(executor: Executor) -> int:
     client = getattr(executor, "_client", None)  # distributed.cfexecutor.ClientExecutor
     if client is not None and hasattr(client, "nthreads"):
-        return max(1, sum(client.nthreads().values()))
+        return max(1, int(sum(client.nthreads().values())))
     n = getattr(executor, "_max_workers", None)  # thread and process pools
     return int(n) if n else os.cpu_count() or 2
 

@@ -198,7 +198,7 @@ class FileSource:
         import nibabel as nib
 
         try:
-            img = nib.load(str(self.path))
+            img: Any = nib.load(str(self.path))
             data = np.asanyarray(img.dataobj)
         except Exception as e:
             raise _nifti_error(self.path, e) from e
@@ -211,13 +211,13 @@ class FileSource:
         if self._dicom():
             from radiobject.ingest._dicom import read_dicom_geometry
 
-            shape, affine = read_dicom_geometry(self.path)
-            return Geometry(shape, affine)
+            grid, affine = read_dicom_geometry(self.path)
+            return Geometry(grid, affine)
         import nibabel as nib
 
         try:
-            img = nib.load(str(self.path))
-            shape = tuple(int(n) for n in img.shape)
+            img: Any = nib.load(str(self.path))
+            shape: tuple[int, ...] = tuple(int(n) for n in img.shape)
             affine = np.asarray(img.affine, dtype=np.float64)
         except Exception as e:
             raise _nifti_error(self.path, e) from e
