@@ -342,18 +342,16 @@ class RadiObject:
         ['CT', 'FLAIR', 'T1w', 'seg']
         """
         from radiobject.ingest._sources import file_items
-        from radiobject.ingest._writer import copy_collection, write_collection
+        from radiobject.ingest._writer import copy_items, write_collection
 
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
         target = join(self.uri, COLLECTIONS, name)
-        known = set(self.obs_meta_table.ids())
-        if isinstance(source, VolumeCollection):
-            subjects = set(source.obs_subject_ids)
+        if isinstance(source, VolumeCollection):  # a copy keeps its mask flag and user columns
+            items, is_mask = copy_items(source), source.is_mask
         else:
             items = file_items(source, name)
-            subjects = {it.obs_subject_id for it in items}
-        unknown = sorted(subjects - known)
+        unknown = sorted({it.obs_subject_id for it in items} - set(self.obs_meta_table.ids()))
         if unknown:
             raise IngestError(
                 f"subjects {unknown[:5]} of collection {name!r} are not in obs_meta of "
@@ -364,27 +362,16 @@ class RadiObject:
                 f"an earlier add_collection of {name!r} to {self.uri!r} did not finish; pass "
                 f"resume=True to finish it, or remove {target!r}"
             )
-        if isinstance(source, VolumeCollection):
-            copy_collection(
-                source,
-                target,
-                name=name,
-                progress=progress,
-                ctx=self._ctx,
-                executor=executor,
-                resume=resume,
-            )
-        else:
-            write_collection(
-                target,
-                items,
-                name=name,
-                is_mask=is_mask,
-                ctx=self._ctx,
-                progress=progress,
-                executor=executor,
-                resume=resume,
-            )
+        write_collection(
+            target,
+            items,
+            name=name,
+            is_mask=is_mask,
+            ctx=self._ctx,
+            progress=progress,
+            executor=executor,
+            resume=resume,
+        )
         add_members(join(self.uri, COLLECTIONS), [name], self.ctx)
         self._all_names = None
         if self._collections is not None:  # a view of some collections also shows the new one
