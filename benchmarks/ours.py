@@ -10,7 +10,7 @@ import numpy as np
 from cohort import MODALITY, PATCH, Cohort
 from torch.utils.data import DataLoader
 
-from radiobject import RadiObject, Volume, VolumeCollection, configure, get_config
+from radiobject import RadiObject, Volume, VolumeCollection, clear_caches, configure, get_config
 
 Pos = tuple[int, int, int, int, int]
 
@@ -45,14 +45,7 @@ class RadiReader:
 
 def clear_cache() -> None:
     """Empty radiobject's block cache in this process (counters keep counting)."""
-    try:
-        from radiobject.read._region import block_cache
-    except ImportError:  # read path reorganised: a new budget also starts an empty cache
-        mb = get_config().read.cache_mb
-        configure(read={"cache_mb": mb + 1})
-        configure(read={"cache_mb": mb})
-        return
-    block_cache().clear()
+    clear_caches()
 
 
 @contextlib.contextmanager

@@ -220,9 +220,8 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-    from radiobject import CompressionConfig, S3Config, TileConfig, Volume, configure
+    from radiobject import CompressionConfig, S3Config, TileConfig, Volume, clear_caches, configure
     from radiobject.data import BRATS_SHAPE, make_sample_radiobject
-    from radiobject.read._region import block_cache
 
     shape = (128, 128, 96) if args.quick else BRATS_SHAPE
     n_subjects = 2 if args.quick else args.subjects
@@ -281,10 +280,10 @@ def main() -> None:
             rows.append(
                 (
                     f"radiobject Volume, {k} patch/vol",
-                    patches_per_second(volumes, radi_read, k, rounds, block_cache().clear),
+                    patches_per_second(volumes, radi_read, k, rounds, clear_caches),
                 )
             )
-            loader_rate = loader_per_second(t1w, k, rounds, block_cache().clear)
+            loader_rate = loader_per_second(t1w, k, rounds, clear_caches)
             rows.append((f"radiobject DataLoader, {k} patch/vol", loader_rate))
             if zarr_ok:
                 rows.append(

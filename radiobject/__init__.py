@@ -37,6 +37,7 @@ from radiobject.config import (
     reset_config,
 )
 from radiobject.ingest._sources import subject_id_from_path
+from radiobject.read._caches import clear_caches
 from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
@@ -75,6 +76,7 @@ __all__ = [
     "Volume",
     "VolumeCollection",
     "WriteConfig",
+    "clear_caches",
     "configure",
     "get_config",
     "get_tiledb_ctx",

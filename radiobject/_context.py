@@ -76,6 +76,14 @@ def get_tiledb_ctx() -> tiledb.Ctx:
     """The shared TileDB context of this process, built from the settings in force.
 
     It is rebuilt when the read or S3 settings change, and never shared across ``fork``.
+
+    >>> from radiobject import configure, get_tiledb_ctx
+    >>> ctx = get_tiledb_ctx()
+    >>> ctx is get_tiledb_ctx()  # built once, then shared
+    True
+    >>> with configure(read={"concurrency": 1}):  # new settings, new context
+    ...     get_tiledb_ctx() is ctx, get_tiledb_ctx().config()["sm.compute_concurrency_level"]
+    (False, '1')
     """
     config = get_config()
     retain_freed_memory(config.read.retain_freed_mb)

@@ -24,7 +24,18 @@ _PACKAGES = (
 
 
 def show_versions() -> dict[str, str]:
-    """Print and return the versions of Python, TileDB and radiobject's dependencies."""
+    """Print and return the versions of Python, TileDB and radiobject's dependencies.
+
+    Paste the printout into a bug report.
+
+    >>> import radiobject
+    >>> versions = radiobject.show_versions()  # doctest: +ELLIPSIS
+    python     : 3...
+    libtiledb  : 2...
+    radiobject : ...
+    >>> versions["radiobject"] == radiobject.__version__, versions["numpy"] != "not installed"
+    (True, True)
+    """
     import tiledb
 
     found = {

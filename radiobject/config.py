@@ -43,6 +43,14 @@ class SliceOrientation(str, enum.Enum):
 
     ``AXIAL`` tiles are whole (x, y) planes, one z deep: an axial slice is one tile.
     ``ISOTROPIC`` tiles are cubes: best for 3D patches.
+
+    >>> from radiobject import SliceOrientation, TileConfig
+    >>> [o.value for o in SliceOrientation]
+    ['axial', 'sagittal', 'coronal', 'isotropic']
+    >>> TileConfig(orientation=SliceOrientation.AXIAL).extents_for((240, 240, 155))
+    (240, 240, 1)
+    >>> TileConfig(orientation="sagittal").orientation  # names are accepted too
+    <SliceOrientation.SAGITTAL: 'sagittal'>
     """
 
     AXIAL = "axial"
@@ -52,7 +60,14 @@ class SliceOrientation(str, enum.Enum):
 
 
 class Compressor(str, enum.Enum):
-    """Compression applied to voxel tiles (after a byte shuffle)."""
+    """Compression applied to voxel tiles (after a byte shuffle).
+
+    >>> from radiobject import CompressionConfig, Compressor
+    >>> [c.value for c in Compressor]
+    ['zstd', 'lz4', 'gzip', 'none']
+    >>> CompressionConfig(algorithm="lz4").algorithm
+    <Compressor.LZ4: 'lz4'>
+    """
 
     ZSTD = "zstd"
     LZ4 = "lz4"
@@ -97,6 +112,15 @@ class _Checked:
 class ReadConfig(_Checked):
     """How volumes are read.
 
+    >>> from radiobject import ReadConfig, configure, get_config
+    >>> with configure(read=ReadConfig(max_workers=8, cache_mb=0)):  # no block cache
+    ...     get_config().read.max_workers, get_config().read.cache_mb
+    (8, 0)
+    >>> ReadConfig(max_workers=0)
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: ReadConfig.max_workers must be between 1 and 256, got 0
+
     Args:
         max_workers: threads used by :func:`radiobject.parallel.map_on_threads` and ingest.
         concurrency: TileDB's compute and I/O concurrency per query.
@@ -138,6 +162,14 @@ class TileConfig(_Checked):
             240x240x155 float32 volumes: TileDB's cost per tile outweighs the voxels a larger
             tile decompresses in vain, so a whole volume reads in 17-19 ms (32: 23-26 ms,
             64: 18 ms) and a random 64³ patch in 2.8-3.0 ms (32: 2.5-3.2 ms, 64: 3.8-4.4 ms).
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import TileConfig, Volume
+    >>> uri = os.path.join(tempfile.mkdtemp(), "vol")
+    >>> vol = Volume.from_numpy(uri, np.zeros((64, 64, 40)), tile=TileConfig(isotropic_extent=32))
+    >>> vol.tile_shape
+    (32, 32, 32)
     """
 
     orientation: SliceOrientation = SliceOrientation.ISOTROPIC
@@ -194,6 +226,19 @@ class CompressionConfig(_Checked):
     Args:
         algorithm: the codec; a byte shuffle runs before it unless ``NONE``.
         level: codec level (zstd -7..22, gzip 1..9; ignored by lz4).
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import CompressionConfig, Volume
+    >>> uri = os.path.join(tempfile.mkdtemp(), "vol")
+    >>> ramp = np.arange(16 * 16 * 12, dtype=np.int16).reshape(16, 16, 12)
+    >>> vol = Volume.from_numpy(uri, ramp, compression=CompressionConfig("gzip", level=9))
+    >>> np.array_equal(vol.to_numpy(), ramp)  # lossless
+    True
+    >>> CompressionConfig("gzip", level=12)
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: CompressionConfig.level must be between 1 and 9, got 12
     """
 
     algorithm: Compressor = Compressor.ZSTD
@@ -208,7 +253,19 @@ class CompressionConfig(_Checked):
 
 @dataclass(frozen=True)
 class WriteConfig(_Checked):
-    """How new volumes are written (tiles and compression)."""
+    """How new volumes are written (tiles and compression).
+
+    Installed with :func:`configure`, it applies to every volume written meanwhile:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import TileConfig, Volume, WriteConfig, configure
+    >>> axial = WriteConfig(tile=TileConfig(orientation="axial"))
+    >>> with configure(write=axial):
+    ...     vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.zeros((16, 16, 12)))
+    >>> vol.tile_shape  # one axial slice per tile
+    (16, 16, 1)
+    """
 
     tile: TileConfig = field(default_factory=TileConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
@@ -273,7 +330,18 @@ class S3Config(_Checked):
 
 @dataclass(frozen=True)
 class RadiObjectConfig:
-    """The settings in force: read, write and S3."""
+    """The settings in force: read, write and S3.
+
+    :func:`get_config` returns the one in force; :func:`configure` installs a new one.
+
+    >>> from radiobject import RadiObjectConfig, configure
+    >>> defaults = RadiObjectConfig()
+    >>> defaults.write.tile.orientation.value, defaults.write.compression.algorithm.value
+    ('isotropic', 'zstd')
+    >>> with configure(s3={"region": "eu-west-1"}) as config:
+    ...     config.s3.region, config.read == defaults.read
+    ('eu-west-1', True)
+    """
 
     read: ReadConfig = field(default_factory=ReadConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
@@ -286,7 +354,15 @@ _version = 0
 
 
 def get_config() -> RadiObjectConfig:
-    """The settings in force in this process."""
+    """The settings in force in this process.
+
+    >>> from radiobject import ReadConfig, configure, get_config
+    >>> with configure(read={"max_workers": 2}):
+    ...     get_config().read.max_workers
+    2
+    >>> get_config().read.max_workers == ReadConfig().max_workers  # restored
+    True
+    """
     return _current
 
 
@@ -365,5 +441,13 @@ def _merge(current: Any, new: Any, kind: type, name: str) -> Any:
 
 
 def reset_config() -> None:
-    """Restore the default settings."""
+    """Restore the default settings.
+
+    >>> from radiobject import ReadConfig, configure, get_config, reset_config
+    >>> configure(read={"cache_mb": 64}).config.read.cache_mb
+    64
+    >>> reset_config()
+    >>> get_config().read.cache_mb == ReadConfig().cache_mb
+    True
+    """
     _install(RadiObjectConfig())

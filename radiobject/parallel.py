@@ -35,7 +35,8 @@ _inherited: list[tiledb.Ctx] = []
 def ctx_for_threads(ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
     """The context threads should share: ``ctx`` itself, or the process default.
 
-    Threads of one process share a context so they share its caches and thread pools.
+    Threads of one process share a context so they share its thread pools (radiobject's
+    block cache is per process, shared by every context: see ``radiobject.clear_caches``).
 
     >>> from radiobject import get_tiledb_ctx
     >>> ctx_for_threads(get_tiledb_ctx()) is get_tiledb_ctx()

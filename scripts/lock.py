@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shutil
 import subprocess
@@ -42,7 +43,10 @@ class Step:
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd)
+    # the venv's own commands (jupyter, lint-imports, ...) first on PATH, as if activated
+    bindir = str(Path(cmd[0]).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd, env=env)
 
 
 def _venv(work: Path, name: str) -> Path:

@@ -184,9 +184,9 @@ def test_bad_lookups(coll, get, error, match):
 
 
 def test_missing_id_is_also_a_builtin_error(coll):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no volume 'nope'"):
         coll.loc["nope"]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="position 99 is out of range"):
         coll.iloc[99]
 
 

@@ -47,6 +47,7 @@ PUBLIC_API = [
     "Volume",
     "VolumeCollection",
     "WriteConfig",
+    "clear_caches",
     "configure",
     "get_config",
     "get_tiledb_ctx",

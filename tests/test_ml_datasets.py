@@ -199,9 +199,9 @@ def test_diagnosis_labels_come_from_obs_meta(sample_radi, obs_meta):
 def test_numeric_column_gives_numeric_tensors(sample_radi, obs_meta):
     ds = VolumeCollectionDataset(sample_radi.T1w, labels="age")
     assert ds.classes is None
-    ages = [int(ds[i]["label"]) for i in range(len(ds))]
-    assert ages == obs_meta["age"].tolist()
-    assert isinstance(ds[0]["label"], torch.Tensor)
+    labels = [ds[i]["label"] for i in range(len(ds))]
+    assert [lab.item() for lab in labels] == obs_meta["age"].tolist()
+    assert {(lab.dtype, lab.shape) for lab in labels} == {(torch.int64, torch.Size([]))}
 
 
 def test_labels_by_obs_id_and_by_subject_id(sample_radi):
@@ -435,14 +435,14 @@ def test_foreground_sampling_on_standalone_collections(tmp_path):
 
 @pytest.mark.parametrize(("cache_mb", "fits"), [(64, True), (4, False)])
 def test_a_dataset_that_fits_the_cache_reads_whole_volumes_once(tmp_path, cache_mb, fits):
-    from radiobject import TileConfig, configure
+    from radiobject import TileConfig, clear_caches, configure
     from radiobject.read._region import block_cache
 
     arrays = {f"s{i}": arange((64, 64, 64), offset=i) for i in range(4)}  # 1 MiB each
     with configure(write={"tile": TileConfig(extents=(16, 16, 16))}):
         coll = VolumeCollection.from_numpy(tmp_path / "c", arrays, name="T1w")
     configure(read={"cache_mb": cache_mb})
-    block_cache().clear()
+    clear_caches()
     ds = VolumeCollectionDataset(coll, config=patch_cfg((8, 8, 8)))  # 8 of 64 tiles a patch
     assert (ds.stored_bytes() <= 0.85 * cache_mb * 2**20) is fits
     counters = block_cache().counters

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from radiobject import ReadConfig, configure
 from radiobject.ml import LoaderProbe, create_training_dataloader, loader_cache_counters
@@ -37,7 +40,7 @@ def test_without_cache_every_tile_is_a_miss(sample_radi):
     assert sum(r.bytes_from_storage for r in result.records) > 0
 
 
-def test_callback_stop_and_errors(sample_radi):
+def test_callback_and_stop(sample_radi):
     probe = LoaderProbe(loader(sample_radi), interval_s=0.0)
     seen = []
 
@@ -50,11 +53,67 @@ def test_callback_stop_and_errors(sample_radi):
     assert len(seen) >= 3
     assert result.batches <= 4  # stopped right after the third interval
 
-    def boom(batch):
-        raise RuntimeError("training step failed")
 
-    failed = probe.run(n_batches=5, on_batch=boom)
+def boom(batch):
+    raise RuntimeError("training step failed")
+
+
+def test_an_error_in_the_training_step_is_raised_by_default(sample_radi):
+    probe = LoaderProbe(loader(sample_radi), interval_s=0.0)
+    with pytest.raises(RuntimeError, match="training step failed"):
+        probe.run(n_batches=5, on_batch=boom)
+    assert probe.run(n_batches=2).batches == 2  # the probe works again afterwards
+
+
+def test_errors_are_captured_on_request_with_where_they_happened(sample_radi):
+    probe = LoaderProbe(loader(sample_radi), interval_s=0.0)
+    failed = probe.run(n_batches=5, on_batch=boom, capture_errors=True)
     assert isinstance(failed.error, RuntimeError)
+    assert failed.error_where == "on_batch"
+    assert failed.batches == 1  # what was measured until then is kept
+    assert len(failed.records) == 1
+
+    def bad_callback(record):
+        raise ValueError("plot failed")
+
+    failed = probe.run(n_batches=5, callback=bad_callback, capture_errors=True)
+    assert (type(failed.error), failed.error_where) == (ValueError, "callback")
+    assert len(failed.records) == 1  # recorded once, not again at the end
+
+    broken = LoaderProbe(DataLoader(_Items(fail_at=3), batch_size=1), interval_s=0.0)
+    failed = broken.run(capture_errors=True)
+    assert (type(failed.error), failed.error_where) == (KeyError, "loader")
+    assert failed.batches == 3
+    with pytest.raises(KeyError):
+        broken.run()
+
+
+class _Items(Dataset):
+    """Eight numbered samples, each taking ``delay_s`` to make; item ``fail_at`` raises."""
+
+    def __init__(self, delay_s: float = 0.0, fail_at: int | None = None) -> None:
+        self.delay_s, self.fail_at = delay_s, fail_at
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.fail_at:
+            raise KeyError(f"item {i} is broken")
+        time.sleep(self.delay_s)  # makes the loader the slow side, nothing else
+        return torch.tensor([i])
+
+
+def test_starved_share_tells_a_slow_loader_from_a_slow_training_step():
+    def slow_step(batch):
+        time.sleep(0.02)  # makes the consumer the slow side, nothing else
+
+    fast_loader = DataLoader(_Items(), batch_size=1)
+    slow_loader = DataLoader(_Items(delay_s=0.02), batch_size=1)
+    consumer_bound = LoaderProbe(fast_loader, interval_s=0.05).run(n_batches=16, on_batch=slow_step)
+    loader_bound = LoaderProbe(slow_loader, interval_s=0.05).run(n_batches=16)
+    assert 0.0 <= consumer_bound.starved_pct < loader_bound.starved_pct <= 100.0
+    assert consumer_bound.records[-1].starved_pct < loader_bound.records[-1].starved_pct
 
 
 @pytest.mark.timeout(120)

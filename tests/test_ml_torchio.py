@@ -70,7 +70,12 @@ def test_label_sampler_centres_patches_on_the_mask(sample_radi):
     dataset = VolumeCollectionSubjectsDataset(
         [sample_radi.T1w.filter(tumour), sample_radi.seg.filter(tumour)]
     )
-    assert 0 < len(dataset) < 6
+    n_tumour = int((sample_radi.obs_meta["diagnosis"] == "tumour").sum())
+    assert 0 < n_tumour < 6  # the filter keeps some subjects, not all
+    assert len(dataset) == n_tumour
+    assert sorted(dataset[i]["obs_subject_id"] for i in range(n_tumour)) == sorted(
+        sample_radi.filter(tumour).obs_subject_ids
+    )
     queue = tio.Queue(
         dataset,
         max_length=20,

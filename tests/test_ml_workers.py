@@ -110,8 +110,11 @@ def test_parent_settings_and_a_cache_share_reach_the_workers(sample_radi, helper
     assert len(pids[0]) == 2
     assert pids[0] == pids[1]  # persistent: the same two workers served both epochs
     # in this process the budget is whole
-    assert dataset[0]["cache_bytes"] == 64 * 1024 * 1024
-    assert isinstance(dataset[0]["image"], torch.Tensor)
+    sample = dataset[0]
+    assert sample["cache_bytes"] == 64 * 1024 * 1024
+    assert sample["pid"] == os.getpid()
+    stored = sample_radi.T1w.loc[sample["obs_id"]].to_numpy()
+    np.testing.assert_array_equal(sample["image"][0].numpy(), stored + 1)
 
 
 def test_workers_preload_what_unpickling_the_dataset_imports(sample_radi, helpers):

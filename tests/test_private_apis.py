@@ -30,15 +30,27 @@ def test_tiledb_pyquery_reads_column_major(tmp_path):
     np.testing.assert_array_equal(out, data[1:5, 0:3, 2:4])
 
 
-def test_tiledb_stats_raw_dump_str_lists_every_context():
+def test_tiledb_stats_raw_dump_str_lists_every_context(tmp_path):
+    import json
+
     import tiledb
     from tiledb.main import stats_raw_dump_str
 
+    vol = radiobject.Volume.from_numpy(str(tmp_path / "v"), np.zeros((8, 8, 8), np.float32))
     tiledb.stats_enable()
     try:
-        assert isinstance(stats_raw_dump_str(), str)
+        contexts = [tiledb.Ctx(), tiledb.Ctx()]  # two live contexts, each reading
+        for ctx in contexts:
+            with tiledb.open(vol.uri, ctx=ctx) as array:
+                array[:]
+        dump = json.loads(stats_raw_dump_str())
     finally:
         tiledb.stats_disable()
+    # a list with an entry per context (tiledb.stats_dump shows the first context only)
+    assert isinstance(dump, list)
+    assert len(dump) >= len(contexts)
+    reads = [(e.get("counters") or {}).get("Context.VFS.read_ops_num", 0) for e in dump]
+    assert sum(r > 0 for r in reads) >= len(contexts)
 
 
 def test_torchio_image_parses_paths_with_verify():

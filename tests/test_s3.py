@@ -106,16 +106,13 @@ class Server:
         return [ln for ln in text.splitlines() if re.search(r'"(GET|HEAD|PUT|POST|DELETE) ', ln)]
 
     def requests_since(self, start: int) -> list[str]:
-        """Requests logged after the first ``start``, once the log has stopped growing."""
-        seen, stable = -1, 0
-        for _ in range(40):  # the server logs a request after answering it
-            lines = self.request_lines()
-            stable = stable + 1 if len(lines) == seen else 0
-            if stable >= 3:
-                break
-            seen = len(lines)
-            time.sleep(0.05)
-        return lines[start:]
+        """Requests logged after the first ``start``: every request answered so far.
+
+        No waiting for the log to go quiet: the server (werkzeug) logs a request in
+        ``send_response``, before the status line goes out, and unbuffered (PYTHONUNBUFFERED),
+        so a request whose answer the client has received is in the log already.
+        """
+        return self.request_lines()[start:]
 
 
 def _free_port() -> int:
@@ -417,7 +414,8 @@ def test_s3_stats_count_the_requests_the_server_saw(s3, cohort):
         map_on_threads(lambda v: v.to_numpy(), noisy * 2, max_workers=3)
     io = threaded.s3_stats()
     assert io.read_ops > 0
-    assert 0 < io.parallelized_reads <= io.read_ops
+    # queries that overlapped another (one or more TileDB reads each, with the cache off)
+    assert 0 < io.parallelized_reads <= io.queries <= io.read_ops
     assert 0.0 < io.parallelization_rate <= 1.0
 
 

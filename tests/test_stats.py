@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -49,9 +51,10 @@ def test_counters_equal_the_tiles_touched(vol):
 
 
 def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
+    from radiobject import clear_caches
     from radiobject.read._region import block_cache
 
-    block_cache().clear()
+    clear_caches()
     off_grid = np.s_[8:24, 8:24, 8:24]  # 8 tiles of 16^3, none read yet
     expected = arange_volume((48, 48, 48), "float64")[off_grid]
     first, _, out = read(vol, off_grid)
@@ -67,7 +70,7 @@ def test_a_first_read_off_the_tile_grid_is_exact_and_a_second_one_caches(vol):
     third, _, out = read(vol, off_grid)
     np.testing.assert_array_equal(out, expected)
     assert (third.hits, third.misses, third.storage_queries) == (8, 0, 0)
-    block_cache().clear()  # cold again: forgets what was read, too
+    clear_caches()  # cold again: forgets what was read, too
     again, _, _ = read(vol, off_grid)
     assert again.bytes_from_storage == 16**3 * 8
 
@@ -192,3 +195,195 @@ def test_empty_stats():
     assert S3Stats().parallelization_rate == 0.0
     total = CacheStats(hits=1, misses=3) + CacheStats(hits=2, misses=2)
     assert (total.hits, total.misses, total.hit_rate) == (3, 5, 3 / 8)
+
+
+# -- overlap of queries, nesting, and who owns TileDB's statistics ---------------------------
+
+
+def test_a_query_overlaps_when_another_is_in_flight_at_any_moment():
+    from radiobject.read._region import ReadOverlap
+
+    meter = ReadOverlap()
+    with meter:  # alone
+        pass
+    assert meter.snapshot() == (1, 0)
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with meter:
+            first_in.set()
+            second_in.wait(5)  # the second query starts while this one runs
+        first_out.set()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+    with meter:
+        second_in.set()
+        first_out.wait(5)  # the first ends while this one runs
+    thread.join()
+    assert meter.snapshot() == (3, 2)  # both overlapped, the lone one did not
+    with meter:  # alone again: earlier overlaps do not leak into it
+        pass
+    assert meter.snapshot() == (4, 2)
+
+
+def test_parallelized_reads_counts_queries_beside_another_in_flight(vol):
+    from radiobject.read._region import read_overlap
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        with TileDBStats() as alone:
+            vol[REGION]
+        assert (alone.s3_stats().queries, alone.s3_stats().parallelized_reads) == (1, 0)
+
+        entered, release = threading.Event(), threading.Event()
+
+        def other_query() -> None:  # another thread's query, in flight throughout
+            with read_overlap:
+                entered.set()
+                release.wait(5)
+
+        thread = threading.Thread(target=other_query)
+        thread.start()
+        entered.wait(5)
+        with TileDBStats() as beside:
+            vol[REGION]
+            vol[REGION]
+        release.set()
+        thread.join()
+    io = beside.s3_stats()
+    assert (io.queries, io.parallelized_reads) == (2, 2)
+    assert io.parallelization_rate == 1.0
+    assert io.read_ops > 0
+
+
+def test_nested_and_concurrent_blocks_count_the_same_reads(vol):
+    # cache off: each read of REGION is the same TileDB work, so counts add up exactly
+    with configure(read=ReadConfig(cache_mb=0)):
+        vol[REGION]  # opened and warm: later reads are alike
+        with TileDBStats() as outer:
+            vol[REGION]
+            with TileDBStats() as inner:
+                vol[REGION]
+            done = threading.Event()
+            side: list[TileDBStats] = []
+
+            def other_block() -> None:
+                with TileDBStats() as stats:
+                    vol[REGION]
+                side.append(stats)
+                done.set()
+
+            threading.Thread(target=other_block).start()
+            done.wait(30)
+    one = inner.s3_stats()
+    assert one.read_ops > 0
+    assert one.bytes_read > 0
+    assert side[0].s3_stats().read_ops == one.read_ops
+    assert outer.s3_stats().read_ops == 3 * one.read_ops
+    assert outer.s3_stats().bytes_read == 3 * one.bytes_read
+    assert outer.s3_stats().queries == 3
+
+
+def test_statistics_the_user_turned_on_are_left_alone(vol):
+    import tiledb
+
+    from radiobject.read._stats import tiledb_counters
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        tiledb.stats_enable()
+        try:
+            vol[REGION]
+            before = tiledb_counters()
+            with TileDBStats() as stats:
+                vol[REGION]
+            after = tiledb_counters()
+            assert tiledb.main.stats_enabled()  # still on: they are the user's
+        finally:
+            tiledb.stats_reset()  # TileDB-Py's reset turns statistics on: disable after it
+            tiledb.stats_disable()
+    reads = stats.s3_stats().read_ops
+    assert reads > 0
+    # nothing was reset: the user's counters still hold the read before the block
+    assert after[_read_ops_key(after)] == before[_read_ops_key(before)] + reads
+
+
+def _read_ops_key(counters: dict[str, int]) -> str:
+    return next(k for k in counters if k.endswith(".VFS.read_ops_num"))
+
+
+def test_clear_caches_empties_the_block_cache_and_a_workers_shared_store(vol, tmp_path):
+    from radiobject import clear_caches
+    from radiobject.read._shared_store import SharedStore, set_shared_store
+
+    read(vol, REGION)
+    warm, _, _ = read(vol, REGION)
+    assert warm.misses == 0
+    clear_caches()
+    cold, _, _ = read(vol, REGION)
+    assert (cold.hits, cold.misses) == (0, 4)
+
+    store = SharedStore(tmp_path / "shm", budget_bytes=1 << 20)
+    store.directory.mkdir()
+    set_shared_store(store)  # as in a loader worker
+    try:
+        store.fetch("a", lambda: np.arange(4.0))
+        assert store.fetch("a", lambda: np.arange(4.0))[1]  # stored: a hit
+        clear_caches()
+        assert list(store.directory.glob("*.npy")) == []
+        assert not store.fetch("a", lambda: np.arange(4.0))[1]  # cold again
+    finally:
+        set_shared_store(None)
+
+
+def test_tiledb_is_asked_for_its_counters_at_the_edges_only(vol, monkeypatch):
+    import radiobject.read._stats as stats_module
+
+    dumps = []
+    dump = stats_module._raw_counters
+    monkeypatch.setattr(stats_module, "_raw_counters", lambda: dumps.append(1) or dump())
+    with configure(read=ReadConfig(cache_mb=0)):
+        with TileDBStats() as stats:
+            for k in range(0, 48, 4):  # twelve storage queries
+                vol[k : k + 2, 0:2, 0:2]
+        assert stats.s3_stats().queries == 12
+        assert len(dumps) == 1  # leaving (entering resets), never per query
+        with TileDBStats() as outer:
+            vol[REGION]
+            with TileDBStats():
+                vol[REGION]
+        assert outer.s3_stats().queries == 2
+        assert len(dumps) == 1 + 3  # the inner block's two edges, the outer's exit
+
+
+def test_tiledbs_record_of_queries_is_reset_when_a_block_opens(vol):
+    from radiobject.read._stats import _raw_counters
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        vol[REGION]  # opened: later reads are alike
+        with TileDBStats() as first:
+            vol[REGION]
+        vol[REGION]  # outside any block
+        assert _raw_counters() != {}
+        with TileDBStats() as second:
+            # reset as it opened: its exit does not walk the earlier queries again
+            assert _raw_counters() == {}
+            vol[REGION]
+    assert first.s3_stats().read_ops == second.s3_stats().read_ops > 0
+
+
+def test_stats_without_storage_counters_leave_tiledb_alone(vol, monkeypatch):
+    import radiobject.read._stats as stats_module
+    from radiobject import ConfigurationError
+
+    dumps = []
+    dump = stats_module._raw_counters
+    monkeypatch.setattr(stats_module, "_raw_counters", lambda: dumps.append(1) or dump())
+    with TileDBStats(storage=False) as stats:
+        vol[REGION]
+        vol[REGION]
+    assert (stats.cache_stats().hits, stats.cache_stats().misses) == (4, 4)
+    assert dumps == []
+    with pytest.raises(ConfigurationError, match=r"TileDBStats\(storage=False\)"):
+        stats.s3_stats()

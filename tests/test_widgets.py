@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
+
+from traitlets import TraitError
 
 import radiobject
 from radiobject import RadiObject, Volume, VolumeCollection
@@ -18,6 +21,7 @@ from radiobject.ml import (
     SegmentationDataset,
     create_segmentation_dataloader,
 )
+from radiobject.read._region import block_cache
 from radiobject.widgets import CollectionBrowser, LoaderTuner, PatchPreview
 from radiobject.widgets._png import decode_png
 from radiobject.widgets._render import label_color
@@ -134,8 +138,12 @@ def test_switching_collection_subject_and_colormap(browser):
     browser.subject_filter.value = "005"
     assert browser.subject_picker.options == ("sub-002", "sub-005")  # shown one stays
     assert len(browser.thumbnails.children) == 1
-    with pytest.raises(Exception, match="no subject"):
+    # a trait validator rejects the value with traitlets' TraitError, so a hold_sync() of
+    # several traits rolls back; the browser keeps showing the subject it had
+    with pytest.raises(TraitError, match=r"no subject 'sub-999' in collection 'T1w'"):
         browser.subject = "sub-999"
+    assert browser.subject == "sub-002"
+    assert browser.obs_id == "sub-002_T1w"
 
 
 def test_browser_on_views_and_on_a_lone_collection(sample_radi):
@@ -279,13 +287,18 @@ def test_a_loader_raising_mid_draw_is_shown_and_resample_works_again(sample_radi
 # -- LoaderTuner ---------------------------------------------------------------------------
 def test_tuner_run_appears_in_the_summary(sample_radi):
     tuner = LoaderTuner(sample_radi.T1w, sample_radi.seg, patch_size=(8, 8, 8), redraw_s=0.2)
+    empty_plot = tuner.plot.value
+    block_cache().clear()  # so the run reads from storage, and counts it
     run = tuner.run_sync(duration_s=1.0, num_workers=0, cache_mb=64)
     assert run is not None
     assert run.done
     assert run.error == ""
-    assert run.samples_per_s > 0
-    assert run.result.batches > 0
-    assert run.records
+    result = run.result
+    assert result.batches > 0
+    assert result.samples == 4 * result.batches  # batch_size 4, 24 patches an epoch
+    assert sum(r.batches for r in run.records) == result.batches
+    assert sum(r.samples for r in run.records) == result.samples
+    assert run.samples_per_s == result.samples_per_s > 0
     assert tuner.runs == [run]
     assert tuner.best is run
     assert not tuner.running
@@ -293,9 +306,13 @@ def test_tuner_run_appears_in_the_summary(sample_radi):
     assert "samples/s" in tuner.best_box.value
     assert "★" in tuner.summary.value
     assert "8x8x8" in tuner.summary.value
-    assert tuner.redraws >= 1
+    # one redraw sets up the run's axes, one shows the finished run, the rest were live
+    assert tuner.redraws == 2 + tuner.live_redraws
+    assert tuner.plot.value != empty_plot  # the run's traces are drawn
+    assert "starved %" in tuner.summary.value
+    assert "e+" not in tuner.summary.value
     assert decode_png(tuner.plot.value).ndim == 3
-    assert run.storage_reads is not None
+    assert run.storage_reads > 0  # cold cache: TileDB read ops counted (num_workers=0)
     assert radiobject.get_config().read.cache_mb == radiobject.ReadConfig().cache_mb  # restored
     assert not tuner.start_button.disabled
     assert tuner.stop_button.disabled
@@ -307,14 +324,20 @@ def test_tuner_stop_and_button_start(sample_radi):
     tuner.start_button.click()
     assert tuner.running
     assert tuner.start_button.disabled
-    time.sleep(0.5)
+    run = tuner.runs[-1]
+    deadline = time.perf_counter() + 20
+    while not run.records and time.perf_counter() < deadline:  # stop it mid-run
+        time.sleep(0.01)
+    assert run.records
     began = time.perf_counter()
     tuner.stop_button.click()
-    run = tuner.wait(timeout=20)
+    assert tuner.wait(timeout=20) is run
     assert time.perf_counter() - began < 10
     assert run.done
+    assert run.error == ""
     assert not tuner.running
-    assert run.result.seconds < 30
+    assert run.result.batches > 0
+    assert run.result.seconds < 30  # of the 60 asked for
 
 
 def test_tuner_shows_a_failing_loader_and_starts_again(sample_radi):
@@ -337,6 +360,9 @@ def test_tuner_shows_a_failing_loader_and_starts_again(sample_radi):
     tuner = LoaderTuner(make_loader, duration_s=1.0)
     run = tuner.run_sync(batch_size=2)
     assert "volume vanished" in run.error
+    # where it happened: in the loader, at the line of the dataset that raised
+    assert "in the loader, at test_widgets.py:" in run.error
+    assert "in __getitem__" in run.error
     assert "volume vanished" in tuner.error
     assert "failed" in tuner.error_box.value
     assert not tuner.running
@@ -362,3 +388,22 @@ def test_tuner_bad_settings_are_shown(sample_radi):
     assert "larger than volume" in tuner.error
     with pytest.raises(KeyError, match="no setting"):
         tuner.set(prefetch=3)
+
+
+def test_tuner_table_numbers_read_as_numbers():
+    from radiobject.widgets._plots import summary_html
+
+    rows = [
+        {"run": 1, "samples/s": 3333.33, "hit rate": 0.853, "latency ms": 1.234, "batches": 12},
+        {
+            "run": 2,
+            "samples/s": 12.345,
+            "hit rate": float("nan"),
+            "latency ms": 250.0,
+            "batches": 3,
+        },
+    ]
+    table = summary_html(rows, best=0)
+    cells = re.findall(r"<td>(.*?)</td>", table)
+    assert cells == ["★", "1", "3,333", "85.3%", "1.23", "12", "", "2", "12.3", "-", "250", "3"]
+    assert "e+" not in table

@@ -54,11 +54,12 @@ def test_auto_window_uses_percentiles_and_survives_flat_and_nan_data():
     w = auto_window(data, 1, 99)
     assert w.bounds == pytest.approx((10.0, 990.0))
     flat = auto_window(np.full((4, 4), 7.0))
-    assert flat.level == 7.0
-    assert flat.width > 0
+    assert flat == Window(level=7.0, width=1.0)
+    np.testing.assert_array_equal(apply_window(np.full(3, 7.0), flat), 0.5)  # mid-grey
     with_nan = auto_window(np.array([np.nan, 0.0, 10.0]), 0, 100)
     assert with_nan.bounds == pytest.approx((0.0, 10.0))
-    assert auto_window(np.array([])).width > 0
+    assert auto_window(np.array([])) == Window(level=0.5, width=1.0)
+    assert auto_window(np.array([np.nan, np.inf])) == Window(level=0.5, width=1.0)
 
 
 def test_window_presets():

@@ -90,8 +90,10 @@ def make_sample_radiobject(
     >>> import tempfile, os
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "s"), n_subjects=2,
     ...                               shape=(16, 16, 12), progress=False)
-    >>> radi.collection_names, radi.n_subjects
-    (['FLAIR', 'T1w', 'seg'], 2)
+    >>> radi.collection_names, radi.obs_subject_ids
+    (['FLAIR', 'T1w', 'seg'], ['sub-000', 'sub-001'])
+    >>> radi.obs_meta.columns.tolist()
+    ['obs_subject_id', 'diagnosis', 'age', 'sex', 'site', 'grade']
     """
     from radiobject.ingest._sources import Item
     from radiobject.storage._radiobject import RadiObject

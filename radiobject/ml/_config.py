@@ -18,7 +18,21 @@ E = TypeVar("E", bound=enum.Enum)
 
 
 class LoadingMode(str, enum.Enum):
-    """What a dataset item is."""
+    """What a dataset item is.
+
+    >>> from radiobject.ml import DatasetConfig, LoadingMode, VolumeCollectionDataset
+    >>> [m.value for m in LoadingMode]
+    ['full_volume', 'patch', 'slice_2d']
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> slices = VolumeCollectionDataset(
+    ...     radi.T1w, config=DatasetConfig(loading_mode=LoadingMode.SLICE_2D)
+    ... )
+    >>> len(slices), tuple(slices[0]["image"].shape)  # 2 volumes x 12 axial slices
+    (24, (1, 16, 16))
+    """
 
     FULL_VOLUME = "full_volume"
     PATCH = "patch"

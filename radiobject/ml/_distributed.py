@@ -56,6 +56,22 @@ def create_distributed_dataloader(
         seed: sampling seed, identical on every rank.
         drop_last: drop the tail so every rank gets the same number of items.
         **loader_kwargs: further DataLoader options.
+
+    Each rank reads its own half of the subjects; ``set_epoch`` deals new shards:
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=4,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_distributed_dataloader
+    >>> loaders = [create_distributed_dataloader(radi.T1w, rank=rank, world_size=2,
+    ...                                          batch_size=2) for rank in (0, 1)]
+    >>> for epoch in range(2):
+    ...     for loader in loaders:
+    ...         loader.sampler.set_epoch(epoch)
+    ...     print(epoch, [[b["obs_id"] for b in loader] for loader in loaders])
+    0 [[['sub-000_T1w', 'sub-003_T1w']], [['sub-001_T1w', 'sub-002_T1w']]]
+    1 [[['sub-001_T1w', 'sub-002_T1w']], [['sub-003_T1w', 'sub-000_T1w']]]
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigurationError(

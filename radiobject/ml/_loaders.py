@@ -50,6 +50,25 @@ class EpochSampler(Sampler[tuple[int, int]]):
         shuffle: shuffle the order each epoch (a function of ``seed`` and the epoch).
         seed: shuffling seed.
         shuffle_window: volumes per shuffling window (``None``: shuffle everything).
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> import torch
+    >>> from torch.utils.data import DataLoader
+    >>> from radiobject.ml import DatasetConfig, EpochSampler, VolumeCollectionDataset
+    >>> config = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=3)
+    >>> ds = VolumeCollectionDataset(radi.T1w, config=config)
+    >>> sampler = EpochSampler(ds, seed=0)
+    >>> first, second = list(sampler), list(sampler)  # two passes: epochs 0 and 1
+    >>> first[:2], sorted(i for _, i in first), {epoch for epoch, _ in second}
+    ([(0, 0), (0, 4)], [0, 1, 2, 3, 4, 5], {1})
+    >>> torch.equal(ds[first[1]]["image"], ds[first[1]]["image"])  # same key, same patch
+    True
+    >>> batch = next(iter(DataLoader(ds, sampler=sampler, batch_size=2)))
+    >>> tuple(batch["image"].shape)
+    (2, 1, 8, 8, 8)
     """
 
     def __init__(
@@ -128,6 +147,26 @@ class worker_init:
     ``num_workers`` workers gets ``1/num_workers`` of it. The parent's ``AWS_*`` environment
     (S3 credentials, profile, region) goes along too: workers fork from a server process
     that may have started before those variables were set. It is never shown in ``repr``.
+
+    radiobject's loaders install it when ``num_workers > 0``; a ``worker_init_fn`` of your
+    own runs after it, in each worker:
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject import get_config
+    >>> from radiobject.ml import create_training_dataloader, worker_init
+    >>> def seed_numpy(worker_id):
+    ...     import numpy as np
+    ...     np.random.seed(worker_id)
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2,
+    ...                                     worker_init_fn=seed_numpy)
+    >>> init = loader.worker_init_fn
+    >>> isinstance(init, worker_init), init.num_workers, init.user_fn is seed_numpy
+    (True, 2, True)
+    >>> init.config == get_config()  # the settings the workers will use
+    True
     """
 
     config: RadiObjectConfig
@@ -149,6 +188,23 @@ def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
     """Cache counters of everything ``loader`` read so far: its workers', or this process's.
 
     Counters are monotonic; subtract two snapshots to get the activity in between.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_training_dataloader, loader_cache_counters
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=2)
+    >>> before = loader_cache_counters(loader)
+    >>> for epoch in range(2):
+    ...     for batch in loader:
+    ...         pass
+    >>> after = loader_cache_counters(loader)
+    >>> (after.hits + after.misses) - (before.hits + before.misses)  # 8 patches, 1 tile each
+    8
+    >>> after.misses - before.misses > 0, after.hits - before.hits > 0
+    (True, True)
     """
     init = getattr(loader, "worker_init_fn", None)
     if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
@@ -157,7 +213,21 @@ def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
 
 
 def default_start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``)."""
+    """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``).
+
+    Loaders with workers use it unless given a ``multiprocessing_context``:
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_training_dataloader, default_start_method
+    >>> default_start_method()  # on Linux and macOS
+    'forkserver'
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2)
+    >>> loader.multiprocessing_context.get_start_method()
+    'forkserver'
+    """
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
@@ -347,6 +417,20 @@ def create_validation_dataloader(
 
     Arguments are those of :func:`create_training_dataloader`; nothing is shuffled or dropped.
     A given ``config`` is used with ``fixed_epoch=True``, so its patches never move either.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> import torch
+    >>> from radiobject.ml import create_validation_dataloader
+    >>> loader = create_validation_dataloader(radi.T1w, labels="diagnosis", batch_size=2,
+    ...                                       patch_size=(8, 8, 8))
+    >>> first, again = next(iter(loader)), next(iter(loader))  # two epochs
+    >>> first["obs_id"], first["label"].tolist()
+    (['sub-000_T1w', 'sub-001_T1w'], [1, 0])
+    >>> torch.equal(first["image"], again["image"])  # the same patches every epoch
+    True
     """
     cfg = _config(config, patch_size, patches_per_volume, seed, fixed_epoch=True)
     if not cfg.fixed_epoch:
@@ -378,6 +462,16 @@ def create_inference_dataloader(
 
     Every batch keeps ``"obs_id"`` and ``"obs_subject_id"`` so predictions can be written
     back (e.g. with ``VolumeCollection.from_numpy`` and the volume's affine).
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_inference_dataloader
+    >>> for batch in create_inference_dataloader(radi.T1w):
+    ...     print(batch["obs_id"], batch["obs_subject_id"], tuple(batch["image"].shape))
+    ['sub-000_T1w'] ['sub-000'] (1, 1, 16, 16, 12)
+    ['sub-001_T1w'] ['sub-001'] (1, 1, 16, 16, 12)
     """
     cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
     dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
@@ -436,6 +530,19 @@ def create_segmentation_dataloader(
         shuffle_window: as in :func:`create_training_dataloader`.
         drop_last: as in :func:`create_training_dataloader`.
         **loader_kwargs: further DataLoader options.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_segmentation_dataloader
+    >>> loader = create_segmentation_dataloader(radi.T1w, radi.seg, batch_size=4,
+    ...                                         patch_size=(8, 8, 8), patches_per_volume=2)
+    >>> batch = next(iter(loader))
+    >>> tuple(batch["image"].shape), tuple(batch["mask"].shape), batch["mask"].dtype
+    ((4, 1, 8, 8, 8), (4, 1, 8, 8, 8), torch.int64)
+    >>> sorted(batch)
+    ['image', 'mask', 'obs_id', 'obs_subject_id', 'patch_start']
     """
     cfg = _config(config, patch_size, patches_per_volume, seed)
     dataset = SegmentationDataset(

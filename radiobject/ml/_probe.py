@@ -22,7 +22,24 @@ __all__ = ["LoaderProbe", "ProbeRecord", "ProbeResult"]
 
 @dataclass(frozen=True)
 class ProbeRecord:
-    """Loader activity during one interval."""
+    """Loader activity during one interval.
+
+    ``LoaderProbe.run`` returns one record per ``interval_s``; their counts add up to the
+    run's totals.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import LoaderProbe, create_training_dataloader
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=4)
+    >>> records = LoaderProbe(loader, interval_s=0.01).run(n_batches=4).records
+    >>> sum(r.batches for r in records), sum(r.samples for r in records)
+    (4, 8)
+    >>> sum(r.cache_hits + r.cache_misses for r in records)  # 8 patches, 1 tile block each
+    8
+    """
 
     t: float  # seconds since the run started, at the end of the interval
     batches: int
@@ -34,11 +51,26 @@ class ProbeRecord:
     hit_rate: float
     bytes_from_storage: int
     storage_mb_per_s: float
+    starved_pct: float = 0.0  # share of the interval the consumer waited for the next batch
 
 
 @dataclass
 class ProbeResult:
-    """All intervals of a run, and totals."""
+    """All intervals of a run, and totals.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import LoaderProbe, create_training_dataloader
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=4)
+    >>> result = LoaderProbe(loader, interval_s=0.01).run(n_batches=3)
+    >>> result.batches, result.samples, result.first_batch_samples, result.error
+    (3, 6, 2, None)
+    >>> result.seconds > 0
+    True
+    """
 
     records: list[ProbeRecord] = field(default_factory=list)
     samples: int = 0
@@ -46,7 +78,19 @@ class ProbeResult:
     seconds: float = 0.0
     first_batch_s: float = 0.0
     first_batch_samples: int = 0
+    wait_s: float = 0.0  # time the consumer waited for batches after the first one
     error: BaseException | None = None
+    error_where: str = ""  # "loader", "on_batch" or "callback": where ``error`` was raised
+
+    @property
+    def starved_pct(self) -> float:
+        """Share (%) of the time after the first batch spent waiting for the next batch.
+
+        Measured on the consuming thread: near 100 the loader is the bottleneck (the
+        training step waits for data), near 0 the consumer is (batches are ready early).
+        """
+        steady = self.seconds - self.first_batch_s
+        return min(100.0, 100 * self.wait_s / steady) if steady > 0 else 0.0
 
     @property
     def samples_per_s(self) -> float:
@@ -97,7 +141,7 @@ class LoaderProbe:
         interval_s: length of one record.
     """
 
-    def __init__(self, loader: DataLoader, interval_s: float = 0.5) -> None:
+    def __init__(self, loader: DataLoader[Any], interval_s: float = 0.5) -> None:
         self.loader = loader
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -126,8 +170,12 @@ class LoaderProbe:
         duration_s: float | None = None,
         callback: Callable[[ProbeRecord], None] | None = None,
         on_batch: Callable[[Any], None] | None = None,
+        capture_errors: bool = False,
     ) -> ProbeResult:
         """Pull batches and record one :class:`ProbeRecord` per interval.
+
+        The probe's own cost is a few clock reads per batch and one snapshot of the cache
+        counters per interval (cheap, also with workers): nothing is dumped per batch.
 
         Args:
             n_batches: stop after this many batches.
@@ -135,11 +183,16 @@ class LoaderProbe:
                 not counted, so short runs still measure steady throughput).
             callback: called with each new record (e.g. to update a plot).
             on_batch: called with each batch (e.g. a training step).
+            capture_errors: keep an exception of the loader, ``on_batch`` or ``callback`` in
+                :attr:`ProbeResult.error` (and where it came from in ``error_where``) and
+                return what was measured until then, instead of raising it (the default:
+                an error in your training step stays yours).
         """
         result = ProbeResult()
         start = time.perf_counter()
         window = _Window(start, loader_cache_counters(self.loader))
         wait_start = time.perf_counter()
+        where = "loader"
         try:
             for batch in self.batches(n_batches):
                 now = time.perf_counter()
@@ -147,24 +200,32 @@ class LoaderProbe:
                 if result.batches == 0:
                     result.first_batch_s = now - start
                     result.first_batch_samples = n
+                else:
+                    result.wait_s += now - wait_start
                 window.wait += now - wait_start
                 result.batches += 1
                 result.samples += n
                 window.batches += 1
                 window.samples += n
                 if on_batch is not None:
+                    where = "on_batch"
                     on_batch(batch)
                 if now - window.t0 >= self.interval_s:
+                    where = "callback"
                     window = self._close(window, now, start, result, callback)
+                where = "loader"
                 if duration_s is not None and now - start - result.first_batch_s >= duration_s:
                     break
                 wait_start = time.perf_counter()
-        except Exception as e:  # recorded for the caller (a widget shows it)
-            result.error = e
+        except Exception as e:
+            if not capture_errors:
+                raise
+            result.error, result.error_where = e, where  # for the caller (a widget shows it)
         finally:
             self._stop.clear()  # a stop() asked before this run started ended it at once
         now = time.perf_counter()
-        if window.batches:
+        # a failed callback's interval is recorded already (the record precedes the call)
+        if window.batches and result.error_where != "callback":
             self._close(window, now, start, result, callback)
         result.seconds = now - start
         return result
@@ -194,6 +255,7 @@ class LoaderProbe:
             hit_rate=hits / (hits + misses) if hits + misses else 0.0,
             bytes_from_storage=read,
             storage_mb_per_s=read / span / 1e6 if span > 0 else 0.0,
+            starved_pct=min(100.0, 100 * window.wait / span) if span > 0 else 0.0,
         )
         result.records.append(record)
         if callback is not None:

@@ -39,6 +39,23 @@ class SegmentationDataset(VolumeCollectionDataset):
         foreground_probability: share of patches centred on foreground (0..1).
         class_ratios: per-label weights for multi-label masks.
         labels: optional per-volume labels, as in :class:`VolumeCollectionDataset`.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import DatasetConfig, SegmentationDataset
+    >>> config = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=4)
+    >>> ds = SegmentationDataset(radi.T1w, radi.seg, config, foreground_sampling=True,
+    ...                          foreground_probability=1.0)
+    >>> sample = ds[0]
+    >>> tuple(sample["image"].shape), tuple(sample["mask"].shape), sample["mask"].dtype
+    ((1, 8, 8, 8), (1, 8, 8, 8), torch.int64)
+    >>> radi.obs_meta["diagnosis"].tolist()
+    ['tumour', 'healthy']
+    >>> # every patch of the tumour subject is centred on its mask; the healthy one has none
+    >>> [ds[i]["obs_subject_id"] for i in range(len(ds)) if ds[i]["mask"].any()]
+    ['sub-000', 'sub-000', 'sub-000', 'sub-000']
     """
 
     def __init__(

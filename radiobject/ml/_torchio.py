@@ -65,6 +65,25 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         collections: collection(s); each becomes an image keyed by its name.
         labels: per-volume labels, as in :class:`VolumeCollectionDataset`.
         transform: a TorchIO transform applied to each loaded subject.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> import torch
+    >>> import torchio as tio
+    >>> from radiobject.ml import VolumeCollectionSubjectsDataset
+    >>> ds = VolumeCollectionSubjectsDataset([radi.T1w, radi.seg], labels="diagnosis")
+    >>> subject = ds[0]
+    >>> subject["obs_subject_id"], subject["label"], subject["T1w"].shape
+    ('sub-000', 1, (1, 16, 16, 12))
+    >>> isinstance(subject["T1w"], tio.ScalarImage), isinstance(subject["seg"], tio.LabelMap)
+    (True, True)
+    >>> queue = tio.Queue(ds, max_length=4, samples_per_volume=2,
+    ...                   sampler=tio.UniformSampler(8), num_workers=0)
+    >>> batch = next(iter(torch.utils.data.DataLoader(queue, batch_size=4)))
+    >>> tuple(batch["T1w"][tio.DATA].shape), tuple(batch["seg"][tio.DATA].shape)
+    ((4, 1, 8, 8, 8), (4, 1, 8, 8, 8))
     """
 
     def __init__(

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,38 +214,44 @@ def block_cache() -> BlockCache:
 
 
 class ReadOverlap:
-    """Storage reads TileDB made while two or more queries of this process were in flight.
+    """Counts the storage queries of this process, and those that overlapped another one.
 
-    Every storage query enters and leaves this meter. While statistics are collected,
-    ``counter`` returns TileDB's running count of read operations, and the reads made while
-    queries overlapped (threads reading volumes at once) add up in ``parallel_ops``.
+    Every storage query enters and leaves this meter (a lock and a few integers: cheap
+    enough to stay on). A query *overlapped* when another query of this process was in
+    flight at any moment between its start and its end (threads reading volumes at once);
+    it is counted in ``overlapped`` when it ends. ``queries`` counts queries started.
+    Both are monotonic: subtract two snapshots.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.inflight = 0
-        self.parallel_ops = 0
-        self.counter: Callable[[], int] | None = None
-        self._mark: int | None = None
+        self.queries = 0
+        self.overlapped = 0
+        self._last_overlap = -1  # number of the latest query that started beside another
 
-    def _advance(self) -> None:
-        try:
-            now = self.counter() if self.counter is not None else None
-        except Exception:  # statistics must never break a read
-            now = None
-        if now is not None and self._mark is not None and self.inflight >= 2:
-            self.parallel_ops += max(0, now - self._mark)
-        self._mark = now
+    def snapshot(self) -> tuple[int, int]:
+        """``(queries, overlapped)`` now."""
+        with self._lock:
+            return self.queries, self.overlapped
 
     def __enter__(self) -> None:
         with self._lock:
-            self._advance()
+            number = self.queries
+            self.queries += 1
+            if self.inflight:  # it overlaps every query in flight, and they overlap it
+                self._last_overlap = number
             self.inflight += 1
+        self._local.number = number
 
     def __exit__(self, *exc: object) -> None:
+        number = self._local.number
         with self._lock:
-            self._advance()
             self.inflight -= 1
+            # a query that started beside another, or during which another started
+            if self._last_overlap >= number:
+                self.overlapped += 1
 
 
 read_overlap = ReadOverlap()

@@ -92,6 +92,13 @@ class SharedStore:
             os.close(fd)
             lock.unlink(missing_ok=True)
 
+    def clear(self) -> None:
+        """Remove every stored volume (for all processes sharing the folder)."""
+        with self._lock:
+            self._maps.clear()
+        for p in self.directory.glob("*.npy"):
+            p.unlink(missing_ok=True)  # mappings held elsewhere stay valid
+
     def _make_room(self, nbytes: int) -> None:
         files = []
         for p in self.directory.glob("*.npy"):

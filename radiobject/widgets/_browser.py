@@ -83,6 +83,19 @@ class CollectionBrowser(w.VBox):
     is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``, ``cmap``,
     ``opacity``, ``crosshair``); :meth:`set_position`, :meth:`render`, :attr:`images`,
     :attr:`readout`, :attr:`obs_id`.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> from radiobject.widgets import CollectionBrowser
+    >>> browser = CollectionBrowser(radi)  # display(browser) in a notebook
+    >>> browser.collection, browser.mask, browser.obs_id
+    ('FLAIR', 'seg', 'sub-000_FLAIR')
+    >>> browser.subject = "sub-001"
+    >>> browser.collection = "T1w"
+    >>> browser.obs_id, sorted(browser.images)  # images: PNG bytes of the three planes
+    ('sub-001_T1w', ['axial', 'coronal', 'sagittal'])
     """
 
     collection = t.Unicode("")

@@ -53,6 +53,21 @@ class PatchPreview(w.VBox):
 
     Python API: :meth:`resample`, :meth:`draw_many`, :attr:`patches` (this draw),
     :attr:`history` (all draws), :attr:`stats`, :meth:`location_png`, trait ``error``.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> from radiobject.ml import create_segmentation_dataloader
+    >>> from radiobject.widgets import PatchPreview
+    >>> loader = create_segmentation_dataloader(radi.T1w, radi.seg, batch_size=2,
+    ...                                         patch_size=(8, 8, 8), patches_per_volume=2)
+    >>> preview = PatchPreview(loader, n=4)  # display(preview) in a notebook
+    >>> len(preview.patches), preview.stats["draw"]["patches"]
+    (4, 4)
+    >>> patches = preview.resample()  # a new draw, also shown
+    >>> len(patches), preview.draws, len(preview.history), preview.stats["all"]["patches"]
+    (4, 2, 8, 8)
     """
 
     draws = t.Int(0)

@@ -7,6 +7,7 @@ GUI backend, safe to call from a background thread.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -202,10 +203,14 @@ def summary_html(rows: Sequence[dict[str, object]], best: int | None = None) -> 
     if not rows:
         return "<i>no runs yet</i>"
     frame = pd.DataFrame(list(rows))
+    for column in frame.columns:
+        if frame[column].dtype.kind == "f":  # numbers as text: no exponents, no ragged digits
+            percent = column == "hit rate"
+            frame[column] = [format_number(100 * v if percent else v) for v in frame[column]]
+            if percent:
+                frame[column] = [v if v == "-" else f"{v}%" for v in frame[column]]
     frame.insert(0, "", ["★" if i == best else "" for i in range(len(frame))])
-    table = frame.to_html(
-        index=False, escape=True, border=0, float_format=lambda v: f"{v:.3g}", na_rep="-"
-    )
+    table = frame.to_html(index=False, escape=True, border=0, na_rep="-")
     return f"<div style='font-size:11px;overflow-x:auto'>{table}</div>"
 
 
@@ -218,4 +223,24 @@ def best_html(label: str | None, samples_per_s: float | None, settings: str = ""
     if label is None or samples_per_s is None:
         return "<b>best so far</b>: -"
     extra = f" ({html.escape(settings)})" if settings else ""
-    return f"<b>best so far</b>: {html.escape(label)} — {samples_per_s:.3g} samples/s{extra}"
+    rate = format_number(samples_per_s)
+    return f"<b>best so far</b>: {html.escape(label)} — {rate} samples/s{extra}"
+
+
+def format_number(value: float) -> str:
+    """A measurement as people read it: thousands separated, decimals fixed by size.
+
+    >>> format_number(3333.33), format_number(12.345), format_number(0.5), format_number(2e6)
+    ('3,333', '12.3', '0.50', '2,000,000')
+    >>> format_number(float("nan"))
+    '-'
+    """
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:,.1f}"
+    return f"{value:,.2f}"

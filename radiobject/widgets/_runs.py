@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +25,13 @@ __all__ = [
     "MakeLoader",
     "TunerRun",
     "TunerSettings",
+    "describe_error",
     "factory",
     "on_s3",
     "parse_patch_size",
 ]
 
-MakeLoader = Callable[..., DataLoader]
+MakeLoader = Callable[..., DataLoader[Any]]
 
 
 INT_CONTROLS = {  # name: (description, min, max)
@@ -51,7 +53,7 @@ def factory(
 ) -> MakeLoader:
     """``make_loader(**settings)`` over radiobject's segmentation or training factory."""
 
-    def make(**settings: Any) -> DataLoader:
+    def make(**settings: Any) -> DataLoader[Any]:
         if mask is not None:
             return create_segmentation_dataloader(collections, mask, **settings, **loader_kwargs)
         return create_training_dataloader(collections, **settings, **loader_kwargs)
@@ -63,6 +65,24 @@ def on_s3(collections: Any) -> bool:
     """True when any of ``collections`` is stored on ``s3://``."""
     items = [collections] if isinstance(collections, VolumeCollection) else list(collections)
     return any(str(getattr(c, "uri", "")).startswith("s3://") for c in items)
+
+
+def describe_error(error: BaseException, where: str = "") -> str:
+    """``"Type: message (where, at file.py:line in function)"``: an error and where it arose.
+
+    >>> try:
+    ...     {}["volume"]
+    ... except KeyError as e:
+    ...     describe_error(e, "in the loader").split(" (")[0]
+    "KeyError: 'volume'"
+    """
+    place = [where] if where else []
+    frames = traceback.extract_tb(error.__traceback__)
+    if frames:
+        last = frames[-1]
+        place.append(f"at {os.path.basename(last.filename)}:{last.lineno} in {last.name}")
+    suffix = f" ({', '.join(place)})" if place else ""
+    return f"{type(error).__name__}: {error}{suffix}"
 
 
 def parse_patch_size(text: str) -> tuple[int, int, int] | None:
@@ -191,6 +211,7 @@ class TunerRun:
             "concurrency": s.concurrency,
             "samples/s": self.samples_per_s,
             "latency ms": self._mean("batch_latency_ms"),
+            "starved %": res.starved_pct if res is not None else self._mean("starved_pct"),
             "hit rate": res.hit_rate if res is not None else self._mean("hit_rate"),
             "MB/s": self._mean("storage_mb_per_s"),
             "first batch s": res.first_batch_s if res is not None else float("nan"),

@@ -13,13 +13,14 @@ import traitlets as t
 from radiobject import TileDBStats, VolumeCollection, configure, get_config
 from radiobject.ml import LoaderProbe
 
-from ._plots import Trace, TracePlot, best_html, summary_html
+from ._plots import Trace, TracePlot, best_html, format_number, summary_html
 from ._png import show_png
 from ._runs import (
     INT_CONTROLS,
     MakeLoader,
     TunerRun,
     TunerSettings,
+    describe_error,
     factory,
     on_s3,
     parse_patch_size,
@@ -37,7 +38,10 @@ class LoaderTuner(w.VBox):
     :class:`~radiobject.ml.LoaderProbe` in a background thread; the notebook stays
     responsive. Plots of samples/s, batch latency, cache hit rate and storage MB/s are
     redrawn at most every ``redraw_s`` seconds and never more often than keeps drawing
-    under ``redraw_budget`` of the time, so watching barely slows the loader.
+    under ``redraw_budget`` of the time, so watching barely slows the loader. The summary
+    table adds "starved %": the share of the run the consumer waited for the next batch (near
+    100: the loader is the bottleneck). An error of the loader ends its run and is shown in
+    place, with where it arose; Start works again (``LoaderProbe`` alone raises it).
 
     Args:
         source: ``make_loader(batch_size=, num_workers=, patch_size=, patches_per_volume=)``
@@ -61,6 +65,20 @@ class LoaderTuner(w.VBox):
     (each a :class:`TunerRun` with its settings, records, result, error and the seconds
     spent redrawing while it ran), :attr:`best`, :meth:`settings`, :meth:`set`;
     ``live_box`` turns live plots off; traits ``running``, ``status``, ``error``.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), progress=False)
+    >>> from radiobject.widgets import LoaderTuner
+    >>> tuner = LoaderTuner(radi.T1w, radi.seg, patch_size=(8, 8, 8))  # display(tuner)
+    >>> tuner.settings().patch_size, tuner.settings().num_workers
+    ((8, 8, 8), 0)
+    >>> run = tuner.run_sync(duration_s=0.3, batch_size=2)  # start() runs in the background
+    >>> run.done, run.error, run.settings.batch_size, run.result.batches > 0
+    (True, '', 2, True)
+    >>> tuner.best is run, len(tuner.runs)
+    (True, 1)
     """
 
     running = t.Bool(False)
@@ -312,15 +330,18 @@ class LoaderTuner(w.VBox):
                         probe.stop()
 
                 self._redraw(run)  # the axes for this run, drawn before the clock starts
-                with TileDBStats() as stats:
-                    result = probe.run(callback=record, on_batch=check)
+                # TileDB's counters only where this process reads (they cost at the edges)
+                with TileDBStats(storage=s.num_workers == 0) as stats:
+                    # the loader's errors are the run's result: kept, shown in place
+                    result = probe.run(callback=record, on_batch=check, capture_errors=True)
                 run.result = result
                 if s.num_workers == 0:
                     run.storage_reads = stats.s3_stats().read_ops
             if result.error is not None:
-                run.error = f"{type(result.error).__name__}: {result.error}"
+                where = "in the loader" if result.error_where == "loader" else "in the tuner"
+                run.error = describe_error(result.error, where)
         except Exception as e:  # shown in the widget; Start works again
-            run.error = f"{type(e).__name__}: {e}"
+            run.error = describe_error(e, "starting the loader" if loader is None else "")
         finally:
             del loader  # ends its worker processes
             self._probe = None
@@ -371,8 +392,8 @@ class LoaderTuner(w.VBox):
         if live is not None and live.records:
             rec = live.records[-1]
             self.status = (
-                f"{live.label}: {rec.t:.1f} s, {live.samples_per_s:.3g} samples/s, "
-                f"hit rate {100 * rec.hit_rate:.0f}%"
+                f"{live.label}: {rec.t:.1f} s, {format_number(live.samples_per_s)} samples/s, "
+                f"hit rate {100 * rec.hit_rate:.0f}%, data-starved {rec.starved_pct:.0f}%"
             )
         return time.perf_counter() - start
 
@@ -389,6 +410,6 @@ class LoaderTuner(w.VBox):
         self.status = (
             f"{run.label}: failed"
             if run.error
-            else f"{run.label}: {run.samples_per_s:.3g} samples/s"
+            else f"{run.label}: {format_number(run.samples_per_s)} samples/s"
         )
         self.running = False
