@@ -284,7 +284,7 @@ def test_incomplete_output_is_not_committed(tmp_path, helpers):
     writer.add(batch, model(batch["image"]).detach())
     # the half-written collection is in storage but no reader takes it for a collection
     assert "pred" not in RadiObject(radi.uri)
-    with pytest.raises(radiobject.NotFoundError, match="incomplete"):
+    with pytest.raises(radiobject.IncompleteError, match="did not finish"):
         VolumeCollection(writer.uri).meta  # noqa: B018 - opening it is the test
     with pytest.raises(IngestError, match=f"4 of {len(grid_positions(SHAPE, 16))} patches"):
         writer.commit()

@@ -15,9 +15,10 @@ volumes smaller than the patch zero-padded symmetrically. The weights are MONAI'
 ``compute_importance_map`` (``"constant"`` or ``"gaussian"``), so the blended output equals
 ``sliding_window_inference`` on the same model up to float rounding.
 
-A new collection is visible only once complete: its group is tagged as a collection
-(``radiobject_type``) after its volumes and tables are written, and a collection of a
-RadiObject is registered in the RadiObject's ``collections`` group only after that. A
+A new collection is visible only once complete: its group is marked complete (the marker
+ingest writes last too; opening it before raises :class:`radiobject.IncompleteError`) after
+its volumes and tables are written, and a collection of a RadiObject is registered in the
+RadiObject's ``collections`` group only after that. A
 failure (or an interrupt) removes what was written.
 """
 
@@ -57,7 +58,14 @@ from radiobject.storage._foreground import (
     compute_foreground,
     write_foreground,
 )
-from radiobject.storage._group import add_members, create_group, join, remove
+from radiobject.storage._group import (
+    add_members,
+    create_group,
+    exists,
+    join,
+    mark_complete,
+    remove,
+)
 from radiobject.storage._layout import (
     COLLECTION_KIND,
     COLLECTIONS,
@@ -76,7 +84,6 @@ __all__ = ["GridPatchDataset", "PredictionWriter", "grid_positions", "importance
 _log = logging.getLogger(__name__)
 
 # the kind of a collection group while it is being written: no reader takes it for a collection
-INCOMPLETE_KIND = COLLECTION_KIND + "-incomplete"
 _OUTPUTS = ("labels", "probabilities")
 WRITE_PLANES = 16  # z planes normalised at a time; the z tiles of probability volumes
 _MODES = ("constant", "gaussian")
@@ -586,16 +593,12 @@ class PredictionWriter:
                     f"subjects {unknown[:5]} of the input are not in obs_meta of "
                     f"{self.radi.uri!r}; predict into a RadiObject holding the input"
                 )
-        with tiledb_errors(self.uri, "write predictions"):
-            taken = tiledb.object_type(self.uri, ctx=self.ctx) is not None or tiledb.VFS(
-                ctx=self.ctx
-            ).is_dir(self.uri)
-        if taken:
+        if exists(self.uri, self.ctx):
             raise AlreadyExistsError(
                 f"{self.uri!r} already exists (perhaps left by an interrupted write); "
                 "remove it or choose another name"
             )
-        create_group(self.uri, INCOMPLETE_KIND, self.ctx, {"name": self.name})
+        create_group(self.uri, COLLECTION_KIND, self.ctx, {"name": self.name})
         create_group(join(self.uri, VOLUMES), VOLUMES_KIND, self.ctx)
 
     def _check_dist(self) -> None:
@@ -754,7 +757,7 @@ class PredictionWriter:
             tiledb.Group(self.uri, mode="w", ctx=self.ctx) as g,
         ):
             g.meta["is_mask"] = int(labels)
-            g.meta["radiobject_type"] = COLLECTION_KIND  # complete: readers take it from here
+        mark_complete(self.uri, self.ctx)  # readers take it from here
         if self.radi is not None:  # the last step: the RadiObject lists it from here
             add_members(join(self.radi.uri, COLLECTIONS), [self.name], self.ctx)
 
