@@ -286,7 +286,7 @@ class GridPatchDataset(VolumeCollectionDataset):
         """Which volume (position in :attr:`refs`) item ``index`` comes from."""
         return int(np.searchsorted(self._first, index, side="right") - 1)
 
-    def prefer_whole_volume(self, uri: str) -> bool:
+    def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Never: each patch reads its own tiles (the block cache serves shared ones)."""
         return False
 
@@ -444,7 +444,7 @@ class _TileBuffer:
     @property
     def room(self) -> int:
         """Planes that still fit before the buffer must be written."""
-        return self.buf.shape[2] - self.n
+        return int(self.buf.shape[2]) - self.n
 
     def view(self, planes: int) -> np.ndarray:
         """The next ``planes`` of the buffer, to be filled."""
