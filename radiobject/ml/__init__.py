@@ -31,7 +31,9 @@ from radiobject.ml._loaders import (
     loader_cache_counters,
     worker_init,
 )
+from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
+from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._segmentation import SegmentationDataset
 
 __all__ = [
@@ -41,6 +43,9 @@ __all__ = [
     "LoadingMode",
     "ProbeRecord",
     "ProbeResult",
+    "ReadAheadSchedule",
+    "RegionRead",
+    "SamplePlan",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
@@ -84,6 +85,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.seed = seed
         self.shuffle_window = shuffle_window
         self.epoch = 0
+        self.on_stop: Callable[[], None] | None = None  # called when a pass ends or is dropped
         self._groups: list[list[int]] | None = None
         if shuffle_window:
             groups: dict[int, list[int]] = {}
@@ -106,8 +108,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         self.epoch += 1
-        for index in self.order(epoch):
-            yield epoch, index
+        try:
+            for index in self.order(epoch):
+                yield epoch, index
+        finally:  # the pass ended, or its iterator was dropped mid-epoch
+            if self.on_stop is not None:
+                self.on_stop()
 
     def __len__(self) -> int:
         return self.n
@@ -291,6 +297,10 @@ def build_loader(
             kwargs["prefetch_factor"] = prefetch_factor
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
+    if isinstance(sampler, EpochSampler):  # the order its read-ahead foresees
+        dataset.read_ahead_schedule = ReadAheadSchedule(sampler.order, batch_size, num_workers)
+        if num_workers == 0:  # workers' reads ahead end with the workers
+            sampler.on_stop = dataset.stop_read_ahead
     import torch
 
     return DataLoader(
