@@ -45,12 +45,17 @@ class DelayProxy:
 
         ctx = multiprocessing.get_context("spawn")
         self._count = ctx.Value("q", 0)
+        self._delay = ctx.Value("d", delay)
         receive, send = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
-            target=_serve, args=(upstream_port, delay, self._count, send), daemon=True
+            target=_serve, args=(upstream_port, self._delay, self._count, send), daemon=True
         )
         self._proc.start()
         self.port = int(receive.recv())
+
+    def set_delay(self, delay: float) -> None:
+        """Delay requests from now on by ``delay`` seconds."""
+        self._delay.value = delay
 
     @property
     def requests(self) -> int:
@@ -62,7 +67,7 @@ class DelayProxy:
         self._proc.join(timeout=10)
 
 
-def _serve(upstream_port: int, delay: float, count, send) -> None:
+def _serve(upstream_port: int, delay, count, send) -> None:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -77,7 +82,7 @@ def _serve(upstream_port: int, delay: float, count, send) -> None:
                     fresh[0] = False
                     with lock:
                         count.value += 1
-                    time.sleep(delay)
+                    time.sleep(delay.value)
                 dst.sendall(data)
         except OSError:
             pass
@@ -109,7 +114,7 @@ def _serve(upstream_port: int, delay: float, count, send) -> None:
 
 
 def first_epoch(
-    uri: str, read_ahead: int, workers: int, threads: int, proxy: DelayProxy
+    uri: str, read_ahead: int, workers: int, threads: int, proxy: DelayProxy | None
 ) -> tuple[float, float, int]:
     """Samples per second of one cold first epoch; seconds; requests through the proxy."""
     from radiobject import RadiObject, ReadConfig, clear_caches, configure, get_config
@@ -131,14 +136,42 @@ def first_epoch(
         drop_last=False,
         seed=1,
     )
-    before = proxy.requests
+    before = proxy.requests if proxy else 0
     n = 0
     start = time.perf_counter()
     for batch in loader:
         n += batch["image"].shape[0]
     seconds = time.perf_counter() - start
     del loader
-    return n / seconds, seconds, proxy.requests - before
+    return n / seconds, seconds, (proxy.requests - before) if proxy else 0
+
+
+def local(args: argparse.Namespace) -> None:
+    """The same first epoch from a local folder (no S3, no proxy)."""
+    from radiobject.data import make_sample_radiobject
+
+    uri = str(Path(tempfile.mkdtemp(prefix="radiobject-local-ahead-")) / "radi")
+    make_sample_radiobject(
+        uri,
+        n_subjects=args.subjects,
+        shape=tuple(args.shape),
+        modalities=("T1w",),
+        progress=False,
+    )
+    print(
+        f"machine {platform.node()!r}: {os.cpu_count()} CPUs ({_cpu_model()}); local TileDB, "
+        f"{args.subjects} subjects of {tuple(args.shape)} float32; first epoch, 1 patch/volume"
+    )
+    print(f"  {'workers':>7} {'read_ahead':>10} {'samples/s':>10} {'epoch s':>8} {'vs off':>7}")
+    for workers in [int(w) for w in args.workers.split(",")]:
+        if workers:
+            first_epoch(uri, 0, workers, 4, None)
+        base = None
+        for depth in [int(d) for d in args.depths.split(",")]:
+            rate, seconds, _ = first_epoch(uri, depth, workers, 4, None)
+            base = rate if depth == 0 else base
+            gain = f"{rate / base:.2f}x" if base else "-"
+            print(f"  {workers:>7} {depth:>10} {rate:>10.1f} {seconds:>8.2f} {gain:>7}", flush=True)
 
 
 def _cpu_model() -> str:
@@ -157,15 +190,20 @@ def main() -> None:
     parser.add_argument("--depths", default="0,8,16,32")
     parser.add_argument("--threads", default="4,16")
     parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--concurrency", type=int, default=None, help="ReadConfig.concurrency")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--local", action="store_true", help="a local folder, no S3")
     args = parser.parse_args()
     if args.quick:
         args.subjects = 8
+    if args.local:
+        local(args)
+        return
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-    from radiobject import S3Config, configure
+    from radiobject import S3Config, configure, get_config
     from radiobject.data import make_sample_radiobject
 
     work = Path(tempfile.mkdtemp(prefix="radiobject-s3-ahead-"))
@@ -192,29 +230,37 @@ def main() -> None:
             progress=False,
         )
         configure(s3=s3(f"http://127.0.0.1:{proxy.port}"))
+        if args.concurrency:
+            configure(read={"concurrency": args.concurrency})
         machine = f"machine {platform.node()!r}: {os.cpu_count()} CPUs ({_cpu_model()})"
+        machine += f"; ReadConfig.concurrency={get_config().read.concurrency}"
         print(
-            f"{machine}\nmoto behind a proxy adding {args.delay_ms:.0f} ms per request; "
+            f"{machine}\nmoto behind a proxy adding 0 or {args.delay_ms:.0f} ms per request "
+            "(0: what moto and this machine allow at most); "
             f"{args.subjects} subjects of {tuple(args.shape)} float32, 64^3 tiles; "
             "first epoch of create_training_dataloader (batch 4, one 64^3 patch per volume), "
             "caches emptied"
         )
         print(
-            f"  {'workers':>7} {'threads':>7} {'read_ahead':>10} {'samples/s':>10} "
+            f"  {'delay':>5} {'workers':>7} {'threads':>7} {'read_ahead':>10} {'samples/s':>10} "
             f"{'epoch s':>8} {'requests':>9} {'vs off':>7}"
         )
         for workers in [int(w) for w in args.workers.split(",")]:
+            if workers:  # start the fork server and warm its imports: not part of an epoch
+                first_epoch(uri, 0, workers, 4, proxy)
             for threads in [int(t) for t in args.threads.split(",")]:
-                base = None
-                for depth in [int(d) for d in args.depths.split(",")]:
-                    rate, seconds, requests = first_epoch(uri, depth, workers, threads, proxy)
-                    base = rate if depth == 0 else base
-                    gain = f"{rate / base:.2f}x" if base else "-"
-                    print(
-                        f"  {workers:>7} {threads:>7} {depth:>10} {rate:>10.1f} "
-                        f"{seconds:>8.2f} {requests:>9} {gain:>7}",
-                        flush=True,
-                    )
+                for delay in (0.0, args.delay_ms):
+                    proxy.set_delay(delay / 1000)
+                    base = None
+                    for depth in [int(d) for d in args.depths.split(",")]:
+                        rate, seconds, requests = first_epoch(uri, depth, workers, threads, proxy)
+                        base = rate if depth == 0 else base
+                        gain = f"{rate / base:.2f}x" if base else "-"
+                        print(
+                            f"  {delay:>5.0f} {workers:>7} {threads:>7} {depth:>10} "
+                            f"{rate:>10.1f} {seconds:>8.2f} {requests:>9} {gain:>7}",
+                            flush=True,
+                        )
     finally:
         proxy.close()
         stop_server(proc)
