@@ -152,6 +152,11 @@ class _Pool:
             self.tasks = deque(t for t in self.tasks if t.owner is not owner)
             return mine
 
+    def owns_current_thread(self) -> bool:
+        """Whether the calling thread is one of this pool's."""
+        with self.lock:
+            return threading.current_thread() in self.threads
+
     def join_idle(self) -> None:
         """Wait for the threads to end if there is no work left for them."""
         with self.lock:
@@ -295,6 +300,8 @@ class _AheadState:
             self.planned.clear()
             self.nbytes = 0
             self.epoch = None
+            if self.pool.owns_current_thread():
+                return  # a collector run in a pool thread: its own task cannot be waited for
             while self.running > 0:
                 self.idle.wait()
         self.pool.join_idle()
