@@ -29,6 +29,8 @@ from radiobject.ml._loaders import (
     create_validation_dataloader,
     default_start_method,
     loader_cache_counters,
+    loader_pids,
+    loader_stage_counters,
     worker_init,
 )
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
@@ -51,6 +53,8 @@ __all__ = [
     "create_validation_dataloader",
     "default_start_method",
     "loader_cache_counters",
+    "loader_pids",
+    "loader_stage_counters",
     "worker_init",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._sampling import item_rng, random_patch_start
 from radiobject.ml._shared import read_pool, sync_worker
+from radiobject.ml._stages import sample_nbytes, stage_counters
 from radiobject.read._region import open_array, read_region, whole_volume_budget
 from radiobject.storage._collection import VolumeCollection
 
@@ -238,13 +240,25 @@ class VolumeCollectionDataset(Dataset):
 
     def _load(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        return self.make_sample(index, item_rng(self.config.seed, epoch, index))
+        start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
+        sample = self.make_sample(index, item_rng(self.config.seed, epoch, index))
+        stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
+        return sample
+
+    def _transform(self, sample: dict[str, Any]) -> Any:
+        if self.transform is None:
+            return sample
+        start = time.perf_counter_ns()
+        out = self.transform(sample)
+        stage_counters().add_transform(time.perf_counter_ns() - start)
+        return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
         sample = self._load(self._key(key))
+        out = self._transform(sample)
         sync_worker()  # and the parent sees this read in the counters
-        return self.transform(sample) if self.transform is not None else sample
+        return out
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Load a whole batch: reads run concurrently on threads, transforms in order.
@@ -260,10 +274,9 @@ class VolumeCollectionDataset(Dataset):
             if len(parsed) > 1
             else [self._load(k) for k in parsed]
         )
+        out = [self._transform(s) for s in samples]
         sync_worker()
-        if self.transform is None:
-            return list(samples)
-        return [self.transform(s) for s in samples]
+        return out
 
     # -- hooks ---------------------------------------------------------------------------
     def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:

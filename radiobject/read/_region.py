@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,7 @@ class CacheCounters:
     bytes_from_cache: int = 0
     bytes_from_storage: int = 0
     storage_queries: int = 0
+    storage_ns: int = 0  # time in storage queries (read and decode), summed over threads
 
     def copy(self) -> CacheCounters:
         """A snapshot of the counters."""
@@ -244,9 +246,13 @@ class ReadOverlap:
                 self._last_overlap = number
             self.inflight += 1
         self._local.number = number
+        self._local.start = time.perf_counter_ns()
 
     def __exit__(self, *exc: object) -> None:
         number = self._local.number
+        cache = block_cache()  # the query's time, for the loader's "where the time goes"
+        with cache._lock:
+            cache.counters.storage_ns += time.perf_counter_ns() - self._local.start
         with self._lock:
             self.inflight -= 1
             # a query that started beside another, or during which another started
