@@ -167,6 +167,8 @@ def coordinate_search(
         nonlocal longest
         if s in trials:
             return trials[s]
+        if any(s == done for done, _ in skipped):
+            return None
         if ram_budget_mb is not None and predict_mb is not None:
             predicted = predict_mb(s)
             if predicted is not None and predicted > ram_budget_mb:
