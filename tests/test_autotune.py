@@ -47,19 +47,22 @@ def test_stages_without_workers_add_up_and_exact_reads_amplify_once(sample_radi)
         result = LoaderProbe(loader, interval_s=0.0).run(n_batches=4)
         done = loader_stage_counters(loader) - before
         cache = loader_cache_counters(loader)
-    assert done.samples == 8 and done.batches == 4
+    assert done.samples == 8
+    assert done.batches == 4
     image_bytes = 8 * 16**3 * 4
     assert done.sample_bytes == image_bytes + 8 * 3 * 8  # images + patch_start (3 int64)
-    assert done.read_ns > 0 and done.transform_ns > 0 and done.collate_ns > 0
+    assert done.read_ns > 0
+    assert done.transform_ns > 0
+    assert done.collate_ns > 0
     storage = cache.bytes_from_storage - before_cache.bytes_from_storage
     assert storage == image_bytes  # exactly the voxels of the patches
     assert result.read_amplification == pytest.approx(storage / done.sample_bytes)
     ms = result.stage_ms()
     assert set(ms) == {"storage_ms", "cache_ms", "transform_ms", "collate_ms", "wait_ms"}
-    assert ms["storage_ms"] > 0 and ms["transform_ms"] > 0 and ms["collate_ms"] > 0
-    assert ms["storage_ms"] == pytest.approx(
-        (cache.storage_ns - before_cache.storage_ns) / 8 / 1e6
-    )
+    assert ms["storage_ms"] > 0
+    assert ms["transform_ms"] > 0
+    assert ms["collate_ms"] > 0
+    assert ms["storage_ms"] == pytest.approx((cache.storage_ns - before_cache.storage_ns) / 8 / 1e6)
     # the records' stages are those of their intervals
     assert sum(r.samples for r in result.records) == 8
     assert all(r.storage_ms > 0 for r in result.records)
@@ -73,9 +76,11 @@ def test_workers_publish_stages_and_pids(sample_radi):
     done = loader_stage_counters(loader)  # workers' counters (this process read nothing)
     assert done.samples == batches == len(sample_radi.T1w)
     assert done.batches == batches  # collate published right after each batch
-    assert done.transform_ns > 0 and done.collate_ns > 0
+    assert done.transform_ns > 0
+    assert done.collate_ns > 0
     pids = loader_pids(loader)
-    assert pids[0] == os.getpid() and len(set(pids)) == 3
+    assert pids[0] == os.getpid()
+    assert len(set(pids)) == 3
 
 
 # -- the search, with a fake measurement -------------------------------------------------------
@@ -109,11 +114,13 @@ def test_search_finds_the_optimum_and_returns_what_it_ran():
     start = TunerSettings(num_workers=0, max_workers=1, cache_mb=2048)
     result = coordinate_search(
         start, fake_measure(log), time_budget_s=1000, clock=ticking(),
-        space={"num_workers": (0, 1, 2, 4), "max_workers": (1, 2, 4, 8), "cache_mb": (0, 512, 2048)},
+        space={"num_workers": (0, 1, 2, 4), "max_workers": (1, 2, 4, 8),
+               "cache_mb": (0, 512, 2048)},
     )  # fmt: skip
     assert result.stopped == "converged"
     assert (result.best.num_workers, result.best.max_workers, result.best.cache_mb) == (2, 4, 0)
-    assert result.best in log and log[0] == start  # ran it, and the start first
+    assert result.best in log
+    assert log[0] == start
     assert len(log) == len(set(log))  # no setting measured twice
     assert [t.settings for t in result.trials] == log
     assert result.best_samples_per_s == max(t.samples_per_s for t in result.trials)
@@ -175,14 +182,13 @@ def test_default_space_and_code():
         "create_segmentation_dataloader(radi.T1w, radi.seg",
     )
     ast.parse(code)
-    assert "S3Config(max_parallel_ops=32)" in code and "num_workers=3" in code
+    assert "S3Config(max_parallel_ops=32)" in code
+    assert "num_workers=3" in code
 
 
 def test_memory_model_from_runs():
     runs = [
-        SimpleNamespace(
-            main_pss_mb=400.0, worker_pss_mb=[], settings=TunerSettings(num_workers=0)
-        ),
+        SimpleNamespace(main_pss_mb=400.0, worker_pss_mb=[], settings=TunerSettings(num_workers=0)),
         SimpleNamespace(
             main_pss_mb=420.0,
             worker_pss_mb=[300.0, 340.0],
@@ -202,10 +208,12 @@ def test_tuner_autotune_smoke(sample_radi):
     tuner.live_box.value = False
     space = {"max_workers": (1, 2), "cache_mb": (0, 64)}
     result = tuner.autotune(time_budget_s=6, trial_s=0.3, space=space)
-    assert result is not None and not tuner.running
+    assert result is not None
+    assert not tuner.running
     ran = [r.settings for r in tuner.runs]
     assert [t.settings for t in result.trials] == ran  # each trial is a run of the tuner
-    assert result.best in ran and ran[0] == result.start
+    assert result.best in ran
+    assert ran[0] == result.start
     assert all(r.done and not r.error for r in tuner.runs)
     assert result.best_samples_per_s == max(r.samples_per_s for r in tuner.runs)
     assert tuner.settings().max_workers == result.best.max_workers  # the controls show it
@@ -215,10 +223,12 @@ def test_tuner_autotune_smoke(sample_radi):
     assert "create_training_dataloader(\n    radi.T1w, batch_size=2, num_workers=0" in code
     assert "radiobject-autotune-code" in tuner.code_box.value
     run = tuner.runs[-1]
-    assert run.main_pss_mb > 10 and run.worker_pss_mb == []
+    assert run.main_pss_mb > 10
+    assert run.worker_pss_mb == []
     assert "where the time goes" in tuner.stages_box.value
     row = run.row()
-    assert row["PSS MB"] == run.pss_mb and "storage read + decode ms" in row
+    assert row["PSS MB"] == run.pss_mb
+    assert "storage read + decode ms" in row
 
 
 def test_tuner_measures_worker_memory_and_warns(sample_radi):
@@ -226,12 +236,16 @@ def test_tuner_measures_worker_memory_and_warns(sample_radi):
     tuner.live_box.value = False
     tuner.memory_s = 0.05
     run = tuner.run_sync(duration_s=0.5)
-    assert run is not None and not run.error
-    assert len(run.worker_pss_mb) == 1 and run.worker_pss_mb[0] > 1
+    assert run is not None
+    assert not run.error
+    assert len(run.worker_pss_mb) == 1
+    assert run.worker_pss_mb[0] > 1
     model = tuner.memory_model()
-    assert model is not None and model.main_mb == run.main_pss_mb
+    assert model is not None
+    assert model.main_mb == run.main_pss_mb
     huge = tuner.settings().replace(num_workers=64)
     warning = tuner.memory_warning(huge, ram_budget_mb=model.main_mb + 1)
-    assert "64 workers" in warning and "RAM budget" in warning
+    assert "64 workers" in warning
+    assert "RAM budget" in warning
     assert tuner.memory_warning(tuner.settings().replace(num_workers=0), 1 << 30) == ""
     np.testing.assert_allclose(run.pss_mb, run.main_pss_mb + run.worker_pss_mb[0])
