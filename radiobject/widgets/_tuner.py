@@ -66,9 +66,14 @@ class LoaderTuner(w.VBox):
         loader_kwargs: more arguments for the loader factory (e.g. ``labels=``).
 
     Python API: :meth:`start`, :meth:`stop`, :meth:`wait`, :meth:`run_sync`, :attr:`runs`
-    (each a :class:`TunerRun` with its settings, records, result, error and the seconds
-    spent redrawing while it ran), :attr:`best`, :meth:`settings`, :meth:`set`;
-    ``live_box`` turns live plots off; traits ``running``, ``status``, ``error``.
+    (each a :class:`TunerRun` with its settings, records, result, error, the seconds
+    spent redrawing while it ran, and the peak memory (PSS) of the main process and each
+    worker), :attr:`best`, :meth:`settings`, :meth:`set`; :meth:`autotune` (the
+    **Auto-tune** button: ``budget_s``, ``ram_budget_mb``, ``autotune_space``) with
+    :attr:`autotune_result` and :attr:`autotune_code`; :meth:`memory_warning` (also shown
+    before a run likely to exceed the memory available); ``live_box`` turns live plots
+    off; traits ``running``, ``status``, ``error``, ``warning``. Each finished run shows
+    where its time went (``stages_box``: ms per sample by stage, read amplification, PSS).
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -119,6 +124,7 @@ class LoaderTuner(w.VBox):
             self._loader_call = _factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
         self.memory_s = 0.5  # seconds between readings of the loader's memory (PSS)
         self.autotune_result: AutotuneResult | None = None
+        self.autotune_space: Mapping[str, Sequence[int]] | None = None  # for the button
         self._tuning = False
         self.interval_s, self.redraw_s, self.redraw_budget = interval_s, redraw_s, redraw_budget
         self.runs: list[TunerRun] = []
@@ -534,7 +540,9 @@ class LoaderTuner(w.VBox):
 
     def _autotune_clicked(self) -> None:
         ram = int(self.ram_budget_mb.value)
-        self.autotune(float(self.budget_s.value), ram or None, background=True)
+        self.autotune(
+            float(self.budget_s.value), ram or None, space=self.autotune_space, background=True
+        )
 
     def _show_autotune(self, result: AutotuneResult) -> None:
         best = result.best
