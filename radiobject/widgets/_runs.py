@@ -113,7 +113,7 @@ class TunerSettings:
     """Everything one tuning run sets: read settings and loader settings.
 
     >>> TunerSettings(patch_size=(32, 32, 32)).label()
-    'w0 b4 p32 x4 cache512'
+    'w0 b4 p32 x4 cache512 t4'
     """
 
     max_workers: int = 4
@@ -147,7 +147,7 @@ class TunerSettings:
         }
 
     def label(self) -> str:
-        """A short label: workers, batch, patch, patches per volume, cache."""
+        """A short label: workers, batch, patch, patches per volume, cache MB, reader threads."""
         if self.patch_size is None:
             patch = "full"
         elif len(set(self.patch_size)) == 1:
@@ -157,7 +157,7 @@ class TunerSettings:
         ops = f" ops{self.max_parallel_ops}" if self.max_parallel_ops else ""
         return (
             f"w{self.num_workers} b{self.batch_size} {patch} x{self.patches_per_volume} "
-            f"cache{self.cache_mb}{ops}"
+            f"cache{self.cache_mb} t{self.max_workers}{ops}"
         )
 
     def replace(self, **changes: Any) -> TunerSettings:

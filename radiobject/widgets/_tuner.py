@@ -559,7 +559,8 @@ class LoaderTuner(w.VBox):
             f"({result.stopped}); best {html.escape(best.label())}: "
             f"{format_number(result.best_samples_per_s)} samples/s{gain}"
             f"{html.escape(skipped)}"
-            f"<pre class='radiobject-autotune-code'>{html.escape(self.autotune_code)}</pre>"
+            f"<pre class='radiobject-autotune-code' style='line-height:1.35;margin:4px 0'>"
+            f"{html.escape(self.autotune_code)}</pre>"
         )
         self.status = f"auto-tune done: {format_number(result.best_samples_per_s)} samples/s"
 
