@@ -11,25 +11,19 @@ DataLoader workers        ``ctx_for_process()``         isolated context
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import tiledb
 
-from radiobject._context import get_tiledb_ctx
+from radiobject._context import ctx_settings, ctx_with_settings, get_tiledb_ctx
 from radiobject.config import get_config
 
 __all__ = ["ctx_for_process", "ctx_for_threads", "map_on_threads"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-_lock = threading.Lock()
-_process_ctx: dict[tuple[int, str], tiledb.Ctx] = {}
-_inherited: list[tiledb.Ctx] = []
 
 
 def ctx_for_threads(ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
@@ -58,17 +52,8 @@ def ctx_for_process(base_ctx: tiledb.Ctx | None = None) -> tiledb.Ctx:
     """
     if base_ctx is None:
         return get_tiledb_ctx()
-    cfg = base_ctx.config()
-    items = sorted((k, cfg[k]) for k in cfg)
-    key = (os.getpid(), repr(items))
-    with _lock:
-        ctx = _process_ctx.get(key)
-        if ctx is None:
-            for k in [k for k in _process_ctx if k[0] != key[0]]:
-                _inherited.append(_process_ctx.pop(k))  # a parent's: keep alive, never free
-            ctx = tiledb.Ctx(tiledb.Config(dict(items)))
-            _process_ctx[key] = ctx
-    return ctx
+    # contexts live in the process state (radiobject._process): a forked child builds its own
+    return ctx_with_settings(ctx_settings(base_ctx))
 
 
 def map_on_threads(

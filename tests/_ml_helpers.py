@@ -13,7 +13,7 @@ from typing import Any
 
 import radiobject
 from radiobject.ml import VolumeCollectionDataset
-from radiobject.read._region import block_cache
+from radiobject.read._region import _HANDLES, block_cache
 
 
 class ConfigProbeDataset(VolumeCollectionDataset):
@@ -25,6 +25,20 @@ class ConfigProbeDataset(VolumeCollectionDataset):
         sample["max_workers"] = radiobject.get_config().read.max_workers
         sample["cache_mb"] = radiobject.get_config().read.cache_mb
         sample["cache_bytes"] = block_cache().maxsize
+        return sample
+
+
+class ContextProbeDataset(VolumeCollectionDataset):
+    """Adds the settings of the contexts whose handles read this sample's volumes here."""
+
+    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+        sample = super().read_sample(index, box)
+        ref = self.refs[self.volume_of(index)]
+        handles = [h for (uri, _), (h, _) in _HANDLES.get().cache.items() if uri in ref.uris]
+        levels = {h.ctx.config()["sm.compute_concurrency_level"] for h in handles}
+        sample["pid"] = os.getpid()
+        sample["read_concurrency"] = ",".join(sorted(levels))
+        sample["channels_read"] = len({(h.uri, id(h.ctx)) for h in handles})
         return sample
 
 

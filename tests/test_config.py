@@ -32,6 +32,7 @@ from radiobject import (
     get_tiledb_ctx,
     reset_config,
 )
+from radiobject._context import build_tiledb_config
 from radiobject.parallel import ctx_for_process, ctx_for_threads, map_on_threads
 from tests.conftest import arange_volume
 
@@ -316,7 +317,6 @@ def test_ctx_is_cached_while_settings_stay():
         ({"read": {"concurrency": 3}}, "sm.compute_concurrency_level", "3"),
         ({"read": {"concurrency": 3}}, "sm.io_concurrency_level", "3"),
         ({"read": {"memory_budget_mb": 64}}, "sm.memory_budget", str(64 * 1024 * 1024)),
-        ({"read": {"retain_freed_mb": 0}}, "sm.mem.malloc_trim", "true"),
         ({"s3": {"region": "eu-west-1"}}, "vfs.s3.region", "eu-west-1"),
         ({"s3": {"max_parallel_ops": 3}}, "vfs.s3.max_parallel_ops", "3"),
         ({"s3": {"scheme": "http"}}, "vfs.s3.scheme", "http"),
@@ -331,6 +331,13 @@ def test_ctx_is_rebuilt_when_read_or_s3_settings_change(change, key, value):
         assert ctx.config()[key] == value
         assert get_tiledb_ctx() is ctx
     assert get_tiledb_ctx() is before  # the previous settings get the previous context
+
+
+@pytest.mark.parametrize("retain", [0, 64])
+def test_tiledb_never_trims_the_heap_after_a_query(retain):
+    # TileDB's own per-context setting, whatever radiobject does (or not) with the allocator
+    with configure(read={"retain_freed_mb": retain}):
+        assert build_tiledb_config()["sm.mem.malloc_trim"] == "false"
 
 
 # --- radiobject.parallel -----------------------------------------------------------------------

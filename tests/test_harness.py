@@ -174,6 +174,15 @@ def test_import_leaves_ml_and_ui_libraries_out():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize(
+    "args", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"]
+)
+def test_ruff(args):
+    exe = shutil.which("ruff") or pytest.skip("ruff is not installed")
+    result = run([exe, *args])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_import_linter_contracts():
     exe = shutil.which("lint-imports") or pytest.skip("import-linter is not installed")
     result = run([exe, "--no-cache"])

@@ -199,19 +199,33 @@ def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
     assert any(name.endswith(".npy") for name in os.listdir(shm))
 
 
-def test_shared_folders_of_dead_processes_are_removed(tmp_path, monkeypatch):
-    import multiprocessing
+@pytest.mark.timeout(120)
+def test_the_context_a_user_passes_reads_in_the_main_process_and_in_workers(sample_radi, helpers):
+    """RadiObject(uri, ctx=custom): every read of its datasets uses custom's settings."""
+    import tiledb
 
-    from radiobject.ml import _shared
+    from radiobject import RadiObject, get_tiledb_ctx
 
-    dead = multiprocessing.get_context("spawn").Process(target=int)
-    dead.start()
-    dead.join()
-    orphan = tmp_path / f"radiobject-loader-{dead.pid}-abc"
-    orphan.mkdir()
-    (orphan / "x.npy").write_bytes(b"0")
-    alive = tmp_path / f"radiobject-loader-{os.getpid()}-def"
-    alive.mkdir()
-    _shared._remove_orphans(str(tmp_path))
-    assert not orphan.exists()
-    assert alive.exists()
+    custom = tiledb.Ctx({"sm.compute_concurrency_level": "3", "sm.io_concurrency_level": "3"})
+    assert get_tiledb_ctx().config()["sm.compute_concurrency_level"] != "3"
+    radi = RadiObject(sample_radi.uri, ctx=custom)
+    dataset = helpers.ContextProbeDataset([radi.T1w, radi.FLAIR])
+    sample = dataset[1]  # main process: custom itself opens the volumes
+    assert all(c.ctx is custom for c in dataset.collections)
+    assert "3" in sample["read_concurrency"].split(",")
+    loader = DataLoader(
+        dataset,
+        batch_size=2,
+        sampler=EpochSampler(dataset, shuffle=False),
+        num_workers=1,
+        multiprocessing_context=default_start_method(),
+        worker_init_fn=worker_init(get_config(), num_workers=1),
+    )
+    for batch in loader:
+        assert os.getpid() not in batch["pid"].tolist()
+        # in the worker, only a context with custom's settings opened the volumes
+        assert batch["read_concurrency"] == ["3", "3"]
+        assert batch["channels_read"].tolist() == [2, 2]
+        for image, subject in zip(batch["image"], batch["obs_subject_id"], strict=True):
+            flair = radi.FLAIR.filter(f"obs_subject_id == '{subject}'").iloc[0]
+            np.testing.assert_array_equal(image[1].numpy(), flair.to_numpy())

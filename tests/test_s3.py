@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import socket
 import subprocess
@@ -28,12 +29,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import tiledb
 
 from radiobject import (
     AlreadyExistsError,
     CompressionConfig,
     NotFoundError,
     RadiObject,
+    RadiObjectConfig,
     ReadConfig,
     S3Config,
     S3Error,
@@ -378,6 +381,44 @@ def test_segmentation_loader_with_foreground_sampling_over_s3(s3, cohort, num_wo
         for i, obs_id in enumerate(batch["obs_id"]):
             if obs_id.rsplit("_", 1)[0] in tumour:  # a patch centred on the tumour holds some
                 assert batch["mask"][i].sum() > 0
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_the_context_a_user_passes_reaches_every_read(s3_server, cohort, num_workers):
+    """Only the user's context knows the server: loaders and their workers read with it."""
+    from radiobject.ml import create_segmentation_dataloader
+
+    configure(s3=FAST)  # the settings in force know no such server (and fail fast)
+    ctx = tiledb.Ctx(build_tiledb_config(RadiObjectConfig(s3=s3_server.settings())))
+    radi = RadiObject(cohort.uri, ctx=ctx)
+    kwargs = {"batch_size": 2, "patch_size": (8, 8, 8), "seed": 4}
+    got = create_segmentation_dataloader(radi.T1w, radi.seg, num_workers=num_workers, **kwargs)
+    expected = create_segmentation_dataloader(cohort.local.T1w, cohort.local.seg, **kwargs)
+    _assert_same_batches(_batches(got), _batches(expected))
+    # collections travel with it (its settings, never its secrets in a repr)
+    again = pickle.loads(pickle.dumps(radi.T1w))
+    assert again.ctx.config()["vfs.s3.endpoint_override"] == s3_server.endpoint
+    np.testing.assert_array_equal(again.iloc[0].to_numpy(), cohort.local.T1w.iloc[0].to_numpy())
+
+
+def test_torchio_subjects_read_with_the_users_context(s3_server, cohort):
+    pytest.importorskip("torchio")
+    from radiobject.ml import VolumeCollectionSubjectsDataset
+
+    configure(s3=FAST)
+    settings = s3_server.settings(
+        aws_access_key_id=s3_server.key_id, aws_secret_access_key=s3_server.secret
+    )
+    ctx = tiledb.Ctx(build_tiledb_config(RadiObjectConfig(s3=settings)))
+    dataset = VolumeCollectionSubjectsDataset(RadiObject(cohort.uri, ctx=ctx).T1w)
+    local = cohort.local.T1w
+    for subjects in (dataset, pickle.loads(pickle.dumps(dataset))):
+        subject = subjects[0]
+        np.testing.assert_array_equal(
+            subject["T1w"].data[0].numpy(), local.loc[subject["obs_id"]].to_numpy()
+        )
+    reader = dataset._subjects[0]["T1w"].reader
+    assert s3_server.secret not in repr(reader)
 
 
 # -- statistics ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
-from radiobject.ml._distributed import create_distributed_dataloader
+from radiobject.ml._distributed import DistributedEpochSampler, create_distributed_dataloader
 from radiobject.ml._loaders import (
     EpochSampler,
     create_inference_dataloader,
@@ -35,14 +35,18 @@ from radiobject.ml._loaders import (
 )
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._segmentation import SegmentationDataset
+from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 
 __all__ = [
     "DatasetConfig",
+    "DistributedEpochSampler",
     "EpochSampler",
     "LoaderProbe",
     "LoadingMode",
     "ProbeRecord",
     "ProbeResult",
+    "RadiObjectLoader",
+    "ResumableSampler",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",

@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import tiledb
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._sampling import item_rng, random_patch_start
+from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
 from radiobject.ml._stages import sample_nbytes, stage_counters
 from radiobject.read._region import open_array, read_region, whole_volume_budget
@@ -245,27 +245,19 @@ class VolumeCollectionDataset(Dataset):
         stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
         return sample
 
-    def _transform(self, sample: dict[str, Any]) -> Any:
-        if self.transform is None:
-            return sample
-        start = time.perf_counter_ns()
-        out = self.transform(sample)
-        stage_counters().add_transform(time.perf_counter_ns() - start)
-        return out
-
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
-        sample = self._load(self._key(key))
-        out = self._transform(sample)
+        parsed = self._key(key)
+        sample = self._load(parsed)
         sync_worker()  # and the parent sees this read in the counters
-        return out
+        return self.apply_transform(sample, parsed)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Load a whole batch: reads run concurrently on threads, transforms in order.
 
         TileDB releases the GIL while it reads and decompresses, so the items of a batch
         are read in parallel (``ReadConfig.max_workers`` threads). Transforms run one after
-        another in the calling thread, so random transforms stay reproducible.
+        another in the calling thread, each seeded from its item's key.
         """
         sync_worker()
         parsed = [self._key(k) for k in keys]
@@ -274,8 +266,22 @@ class VolumeCollectionDataset(Dataset):
             if len(parsed) > 1
             else [self._load(k) for k in parsed]
         )
-        out = [self._transform(s) for s in samples]
         sync_worker()
+        return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
+
+    def apply_transform(self, sample: dict[str, Any], key: tuple[int, int]) -> Any:
+        """``transform`` on the sample of ``key = (epoch, index)``, its randomness from the key.
+
+        Augmentations are a function of ``(seed, epoch, index)`` like patch positions
+        (see :func:`~radiobject.ml._sampling.seeded_call`), so the same key gives the same
+        sample in any process, with any number of workers, and after a resume.
+        """
+        if self.transform is None:
+            return sample
+        seed = transform_seed(self.config.seed, *key)
+        start = time.perf_counter_ns()  # published with the batch (after its collate)
+        out = seeded_call(self.transform, sample, seed)
+        stage_counters().add_transform(time.perf_counter_ns() - start)
         return out
 
     # -- hooks ---------------------------------------------------------------------------
@@ -302,14 +308,17 @@ class VolumeCollectionDataset(Dataset):
 
     def read_image(self, ref: VolumeRef, box: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32."""
-        ctx = get_tiledb_ctx()
         whole = self.prefer_whole_volume(ref.uris[0])
-        chans = [read_region(uri, ctx, box, whole_on_miss=whole) for uri in ref.uris]
+        chans = [
+            # each channel with its collection's context (the one it was opened with)
+            read_region(uri, coll.ctx, box, whole_on_miss=whole)
+            for uri, coll in zip(ref.uris, self.collections, strict=True)
+        ]
         # read_region returns arrays of our own: one channel needs no stacking copy
         image = chans[0][None] if len(chans) == 1 else np.stack(chans)
         return image.astype(np.float32, copy=False)
 
-    def prefer_whole_volume(self, uri: str) -> bool:
+    def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
 
         True when the items of one volume are expected to touch at least half of its
@@ -318,6 +327,7 @@ class VolumeCollectionDataset(Dataset):
         Also true while every volume the dataset reads fits in the cache together (see
         :meth:`stored_bytes`): the first epoch then reads whole volumes and the later ones
         are served from memory, like MONAI's ``CacheDataset`` but filled as it goes.
+        ``ctx`` opens ``uri`` (default: the first collection's context).
         """
         if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
             return True
@@ -325,7 +335,7 @@ class VolumeCollectionDataset(Dataset):
             return True
         cached = self._whole.get(uri)
         if cached is None:
-            info = open_array(uri, get_tiledb_ctx())[1]
+            info = open_array(uri, ctx or self.collections[0].ctx)[1]
             assert self.config.patch_size is not None
             per_patch = np.prod(
                 [
@@ -346,7 +356,7 @@ class VolumeCollectionDataset(Dataset):
 
     def _count_stored_bytes(self) -> int:
         voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
-        return voxels * _itemsize(self.refs[0].uris[0])
+        return voxels * _itemsize(self.refs[0].uris[0], self.collections[0].ctx)
 
     def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         """The sample dict of item ``index`` before ``transform``."""
@@ -389,9 +399,9 @@ class VolumeCollectionDataset(Dataset):
         )
 
 
-def _itemsize(uri: str) -> int:
+def _itemsize(uri: str, ctx: tiledb.Ctx) -> int:
     """Bytes per voxel of the volume at ``uri`` (from its schema, read once per process)."""
-    return open_array(uri, get_tiledb_ctx())[1].dtype.itemsize
+    return open_array(uri, ctx)[1].dtype.itemsize
 
 
 class _Pickled:

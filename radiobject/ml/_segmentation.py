@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from radiobject._context import get_tiledb_ctx
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
@@ -127,14 +126,16 @@ class SegmentationDataset(VolumeCollectionDataset):
         return start
 
     def _count_stored_bytes(self) -> int:
-        masks = sum(int(np.prod(r.shape[:3])) for r in self.refs) * _itemsize(self.mask_uris[0])
+        voxels = sum(int(np.prod(r.shape[:3])) for r in self.refs)
+        masks = voxels * _itemsize(self.mask_uris[0], self.mask.ctx)
         return super()._count_stored_bytes() + masks
 
     def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
         """Image sample plus the mask of the same region (``"mask"``)."""
         sample = super().read_sample(index, box)
         uri = self.mask_uris[self.volume_of(index)]
-        whole = self.prefer_whole_volume(uri)
-        mask = read_region(uri, get_tiledb_ctx(), box[:3], whole_on_miss=whole)
+        ctx = self.mask.ctx  # the mask collection's context, in every process
+        whole = self.prefer_whole_volume(uri, ctx)
+        mask = read_region(uri, ctx, box[:3], whole_on_miss=whole)
         sample["mask"] = torch.from_numpy(self.squeeze_slice(mask[None].astype(np.int64)))
         return sample

@@ -17,12 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from radiobject._process import ProcessState, Resource, state
 from radiobject.config import ReadConfig, add_listener, configure, get_config
 from radiobject.ml._stages import STAGE_FIELDS, StageCounters, stage_counters
 from radiobject.read._region import CacheCounters, block_cache
@@ -47,9 +53,14 @@ class SharedLoaderState:
         self.publish(get_config().read)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         _remove_orphans(shm)
-        self.shm_dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=shm)
-        weakref.finalize(self, shutil.rmtree, self.shm_dir, True)
-        _live.add(self)
+        self.shm_dir, owner = _make_folder(shm)
+        # removed with this object (or at exit) by this process only, never by a forked child
+        weakref.finalize(self, _remove_folder, self.shm_dir, owner, state())
+        # settings changed in this process reach the workers while this object lives
+        self._unlisten = add_listener(self._on_configure)
+
+    def _on_configure(self) -> None:
+        self.publish(get_config().read)
 
     def publish(self, read: ReadConfig) -> None:
         """Make ``read`` the settings of the workers (applied before their next read)."""
@@ -82,10 +93,28 @@ class SharedLoaderState:
         return [int(p) for p in self.pids[:] if p]
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "_unlisten"}
 
 
-_pool: dict[str, Any] = {"pid": None, "pool": None, "size": 0}
+class _ReadPool:
+    """This process's reader threads, rebuilt when their number changes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.size = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+    def get(self, size: int) -> ThreadPoolExecutor:
+        with self.lock:
+            if self.pool is None or self.size != size:
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)
+                self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="radiobject")
+                self.size = size
+            return self.pool
+
+
+_READ_POOL: Resource[_ReadPool] = Resource("reader threads", _ReadPool)
 
 
 def read_pool() -> ThreadPoolExecutor:
@@ -95,54 +124,79 @@ def read_pool() -> ThreadPoolExecutor:
     them (the workers of one loader split the threads as they split the cache).
     """
     size = max(1, get_config().read.max_workers // max(1, block_cache().worker_share))
-    if _pool["pid"] != os.getpid() or _pool["size"] != size:
-        if _pool["pid"] == os.getpid() and _pool["pool"] is not None:
-            _pool["pool"].shutdown(wait=False)
-        _pool.update(
-            pid=os.getpid(),
-            size=size,
-            pool=ThreadPoolExecutor(max_workers=size, thread_name_prefix="radiobject"),
-        )
-    return _pool["pool"]
+    return _READ_POOL.get().get(size)
 
 
 _PREFIX = "radiobject-loader-"
+_OWNER = "owner.lock"
+
+
+def _make_folder(root: str) -> tuple[str, FileLock]:
+    """A new shared folder in ``root`` and the lock that marks it alive while held.
+
+    The folder is made under a name the orphan scan ignores, locked, and only then renamed
+    into view: a folder the scan sees always has its lock file, held until its owner dies.
+    """
+    tmp = tempfile.mkdtemp(prefix=".radiobject-new-", dir=root)
+    # released by a finalizer, in whichever thread runs it: not a thread-local lock
+    owner = FileLock(os.path.join(tmp, _OWNER), thread_local=False)
+    owner.acquire(timeout=0)  # nobody else knows this folder yet
+    final = os.path.join(root, _PREFIX + secrets.token_hex(8))
+    os.rename(tmp, final)  # the held lock follows its file
+    return final, owner
+
+
+def _remove_folder(path: str, owner: FileLock, creator: ProcessState) -> None:
+    if state() is not creator:  # a forked child exiting: the folder is its parent's
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    owner.release()
 
 
 def _remove_orphans(root: str) -> None:
-    """Remove shared folders left by loaders whose process died without cleaning up."""
+    """Remove shared folders whose owner died without cleaning up.
+
+    A folder is alive while its owner holds the lock on its ``owner.lock`` (an ``flock``
+    that the kernel releases when the owner dies). A folder whose lock can be taken is
+    dead; this works across PID namespaces (containers sharing ``/dev/shm``), where
+    process ids of other namespaces mean nothing.
+    """
     for name in os.listdir(root):
         if not name.startswith(_PREFIX):
             continue
-        pid = name[len(_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit():
+        folder = Path(root, name)
+        lock_file = folder / _OWNER
+        if not lock_file.exists():  # not a folder of this scheme: leave it
+            continue
+        lock = FileLock(str(lock_file))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):  # alive, or gone meanwhile
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        except PermissionError:  # alive, someone else's
-            continue
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            lock.release()
 
 
-_live: weakref.WeakSet[SharedLoaderState] = weakref.WeakSet()
-_worker: dict[str, Any] = {"state": None, "id": 0, "version": -1}
+class _Worker:
+    """What a loader worker process knows of its loader (nothing outside workers)."""
+
+    def __init__(self) -> None:
+        self.state: SharedLoaderState | None = None
+        self.id = 0
+        self.version = -1
 
 
-def _on_configure() -> None:
-    read = get_config().read
-    for state in list(_live):
-        state.publish(read)
-
-
-add_listener(_on_configure)
+_WORKER: Resource[_Worker] = Resource("loader worker", _Worker)
 
 
 def install_worker(state: SharedLoaderState | None, worker_id: int) -> None:
     """Called in a worker at start: remember the shared block of this worker."""
-    _worker["state"] = state
-    _worker["id"] = worker_id
-    _worker["version"] = -1
+    worker = _WORKER.get()
+    worker.state = state
+    worker.id = worker_id
+    worker.version = -1
     if state is not None:
         state.pids[worker_id] = os.getpid()
         sync_worker()
@@ -152,22 +206,23 @@ def install_worker(state: SharedLoaderState | None, worker_id: int) -> None:
 
 def current_state() -> SharedLoaderState | None:
     """The shared block of this worker process (``None`` outside loader workers)."""
-    return _worker["state"]
+    return _WORKER.get().state
 
 
 def sync_worker() -> None:
     """In a worker: apply newly published settings and publish this worker's counters."""
-    state: SharedLoaderState | None = _worker["state"]
-    if state is None:
+    worker = _WORKER.get()
+    shared = worker.state
+    if shared is None:
         return
-    version = state.version.value
-    if version != _worker["version"]:
-        _worker["version"] = version
-        configure(read=state.read_config())
+    version = shared.version.value
+    if version != worker.version:
+        worker.version = version
+        configure(read=shared.read_config())
     counters = block_cache().counters
-    base = _worker["id"] * len(_FIELDS)
+    base = worker.id * len(_FIELDS)
     for i, name in enumerate(_FIELDS):
-        state.counters[base + i] = getattr(counters, name)
-    stages, base = stage_counters(), _worker["id"] * len(STAGE_FIELDS)
+        shared.counters[base + i] = getattr(counters, name)
+    stages, base = stage_counters(), worker.id * len(STAGE_FIELDS)
     for i, name in enumerate(STAGE_FIELDS):
-        state.stages[base + i] = getattr(stages, name)
+        shared.stages[base + i] = getattr(stages, name)

@@ -10,7 +10,6 @@ snapshots into milliseconds per sample by stage.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch.utils.data import default_collate
+
+from radiobject._process import Resource
 
 __all__ = ["StageCounters", "TimedCollate", "sample_nbytes", "stage_counters"]
 
@@ -53,35 +54,32 @@ class StageCounters:
 
     def add_read(self, ns: int, nbytes: int) -> None:
         """Count one sample read in ``ns`` nanoseconds, ``nbytes`` large (thread-safe)."""
-        with _lock:
+        with _LOCK.get():
             self.samples += 1
             self.sample_bytes += nbytes
             self.read_ns += ns
 
     def add_transform(self, ns: int) -> None:
         """Count one sample's transform (thread-safe)."""
-        with _lock:
+        with _LOCK.get():
             self.transform_ns += ns
 
     def add_collate(self, ns: int) -> None:
         """Count one batch's collate (thread-safe)."""
-        with _lock:
+        with _LOCK.get():
             self.batches += 1
             self.collate_ns += ns
 
 
 _FIELDS = dataclasses.fields(StageCounters)
 STAGE_FIELDS = tuple(f.name for f in _FIELDS)
-_lock = threading.Lock()
-_state: dict[str, Any] = {"pid": None, "counters": None}
+_STAGES: Resource[StageCounters] = Resource("loader stage counters", StageCounters)
+_LOCK: Resource[threading.Lock] = Resource("loader stage counters' lock", threading.Lock)
 
 
 def stage_counters() -> StageCounters:
-    """The stage counters of this process."""
-    if _state["pid"] != os.getpid():
-        _state.update(pid=os.getpid(), counters=StageCounters())
-    counters: StageCounters = _state["counters"]
-    return counters
+    """The stage counters of this process (a forked child starts from zero)."""
+    return _STAGES.get()
 
 
 def sample_nbytes(sample: Any) -> int:

@@ -10,19 +10,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from radiobject._context import ContextRef, portable_ctx
 from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._volume import Volume
 
-tio = require("torchio")
+tio: Any = require("torchio")  # TorchIO ships no type information
 
 __all__ = ["TileDBLabelMap", "TileDBScalarImage", "VolumeCollectionSubjectsDataset"]
 
 
-def read_tiledb_volume(uri: str, _path: Any = None) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine."""
-    vol = Volume(uri)
+def read_tiledb_volume(
+    uri: str, _path: Any = None, *, ctx: ContextRef | None = None
+) -> tuple[torch.Tensor, np.ndarray]:
+    """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine.
+
+    ``ctx`` is the context of the volume's collection (``None``: the settings in force);
+    a loading process that unpickled it builds its own with the same settings.
+    """
+    vol = Volume(uri, ctx=ctx.get() if ctx is not None else None)
     data = vol.to_numpy()
     data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
     if data.dtype == np.uint16:
@@ -36,7 +43,9 @@ class _TileDBImageMixin:
     """Images whose 'path' is a TileDB URI (local or s3://), read by radiobject."""
 
     def _parse_single_path(self, path: Any, *, verify: bool = True) -> Path:
-        return super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        # the mixin's super() is TorchIO's Image, which mypy cannot see (untyped)
+        parsed: Path = super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        return parsed
 
 
 class TileDBScalarImage(_TileDBImageMixin, tio.ScalarImage):
@@ -60,6 +69,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     ``fork``. Before a queue with ``num_workers > 0``, call
     ``multiprocessing.set_start_method("forkserver", force=True)``. The subjects are
     picklable, so forkserver and spawn workers load them.
+
+    This dataset keeps no resume state: ``tio.Queue`` owns the order of subjects and the
+    patch positions (drawn from torch's global generator in its own loader) and keeps a
+    buffer of patches that no state dict captures. For exact mid-epoch resume, use
+    :func:`~radiobject.ml.create_segmentation_dataloader` or
+    :func:`~radiobject.ml.create_training_dataloader` (their loaders have ``state_dict``).
 
     Args:
         collections: collection(s); each becomes an image keyed by its name.
@@ -95,12 +110,15 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         self.collections = as_collections(collections)
         refs = align(self.collections)
         values, self.classes = resolve_labels(labels, self.collections[0], refs)
+        # the collections' contexts travel with the subjects to TorchIO's loading processes
+        ctxs = [portable_ctx(coll._ctx) for coll in self.collections]
         subjects = []
         for ref in refs:
             fields: dict[str, Any] = {"obs_subject_id": ref.obs_subject_id, "obs_id": ref.obs_id}
-            for coll, uri in zip(self.collections, ref.uris, strict=True):
+            for coll, uri, ctx in zip(self.collections, ref.uris, ctxs, strict=True):
                 kind = TileDBLabelMap if coll.is_mask else TileDBScalarImage
-                fields[coll.name] = kind(uri, reader=functools.partial(read_tiledb_volume, uri))
+                reader = functools.partial(read_tiledb_volume, uri, ctx=ctx)
+                fields[coll.name] = kind(uri, reader=reader)
             if values:
                 fields["label"] = values[ref.obs_id]
             subjects.append(tio.Subject(**fields))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import tiledb
 from cachetools import LRUCache
 
+from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import config_version, get_config
 from radiobject.read._shared_store import get_shared_store
@@ -49,7 +49,7 @@ class ArrayInfo:
     order: str = "C"  # cell order: "F" for column-major arrays (read in that layout)
 
 
-class _HandleCache(LRUCache):
+class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
     def popitem(self) -> tuple[Any, Any]:
         key, (handle, _info) = super().popitem()
         with contextlib.suppress(tiledb.TileDBError):
@@ -57,30 +57,25 @@ class _HandleCache(LRUCache):
         return key, (handle, _info)
 
 
-_MAX_HANDLES = 512
-_handles_lock = threading.RLock()
-_handles: _HandleCache = _HandleCache(maxsize=_MAX_HANDLES)
-_handles_pid = os.getpid()
-_inherited: list[Any] = []
+class _Handles:
+    """The open array handles of one process, keyed by (uri, id(ctx))."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.cache = _HandleCache(maxsize=512)
 
 
-def _own_handles() -> _HandleCache:
-    """The handle cache of this process (a forked child drops its parent's, unclosed)."""
-    global _handles, _handles_pid
-    if _handles_pid != os.getpid():
-        # inherited through fork: keep the parent's handles alive but never use or free them
-        # (freeing TileDB objects made by another process can block for ever)
-        _inherited.append(_handles)
-        _handles = _HandleCache(maxsize=_MAX_HANDLES)
-        _handles_pid = os.getpid()
-    return _handles
+# per process (radiobject._process): a forked child opens its own handles and never closes
+# its parent's (freeing TileDB objects made by another process can block for ever)
+_HANDLES: Resource[_Handles] = Resource("array handles", _Handles)
 
 
 def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
     """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process."""
-    key = (uri, id(ctx))
-    with _handles_lock:
-        cache = _own_handles()
+    key = (uri, id(ctx))  # the handle holds ctx: its id is not reused while cached
+    handles = _HANDLES.get()
+    with handles.lock:
+        cache = handles.cache
         hit = cache.get(key)
         if hit is not None:
             return hit
@@ -100,8 +95,9 @@ def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
 
 def forget_array(uri: str) -> None:
     """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed)."""
-    with _handles_lock:
-        cache = _own_handles()
+    handles = _HANDLES.get()
+    with handles.lock:
+        cache = handles.cache
         for key in [k for k in cache if k[0] == uri]:
             handle, _ = cache.pop(key)
             handle.close()
@@ -136,9 +132,9 @@ class BlockCache:
         self.counters = CacheCounters()
         self._maxsize = -1
         self._version = -1
-        self._lru: LRUCache = LRUCache(maxsize=1)
+        self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
         # tiles read once without being cached (see ``read_region``): a second touch caches
-        self._seen: LRUCache = LRUCache(maxsize=_SEEN_MAX)
+        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
         self.worker_share = 1
 
     def _sync(self) -> None:
@@ -202,17 +198,12 @@ class BlockCache:
             self._seen.clear()
 
 
-_cache_pid = os.getpid()
-_cache = BlockCache()
+_BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
 
 
 def block_cache() -> BlockCache:
-    """The block cache of this process."""
-    global _cache, _cache_pid
-    if _cache_pid != os.getpid():
-        _cache = BlockCache()
-        _cache_pid = os.getpid()
-    return _cache
+    """The block cache of this process (a forked child starts with an empty one)."""
+    return _BLOCK_CACHE.get()
 
 
 class ReadOverlap:
@@ -299,18 +290,30 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
         return handle.read_subarray(sub)[info.attr]
 
 
-_fetch_locks: dict[str, threading.Lock] = {}
-_fetch_locks_guard = threading.Lock()
+class _FetchLocks:
+    """One lock per volume, so one thread fetches a whole volume while the others wait.
+
+    The most recently used 4096 are kept: a lock dropped while held only lets a later
+    thread fetch the same volume again.
+    """
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.locks: LRUCache[str, threading.Lock] = LRUCache(maxsize=4096)
+
+    def __call__(self, uri: str) -> threading.Lock:
+        with self.guard:
+            lock = self.locks.get(uri)
+            if lock is None:
+                lock = self.locks[uri] = threading.Lock()
+            return lock
+
+
+_FETCH_LOCKS: Resource[_FetchLocks] = Resource("fetch locks", _FetchLocks)
 
 
 def _fetch_lock(uri: str) -> threading.Lock:
-    with _fetch_locks_guard:
-        lock = _fetch_locks.get(uri)
-        if lock is None:
-            if len(_fetch_locks) > 4096:
-                _fetch_locks.clear()
-            lock = _fetch_locks[uri] = threading.Lock()
-        return lock
+    return _FETCH_LOCKS.get()(uri)
 
 
 def _tile_range(bounds: Bounds, tiles: tuple[int, ...]) -> tuple[list[int], list[int]]:

@@ -5,6 +5,9 @@ decompress the same volumes. With a shared store, the first worker that needs a 
 reads it once and publishes it as a ``.npy`` file in a folder on ``/dev/shm``; the others
 map that file (no copy, no decompression). The folder belongs to the loader, holds at most
 its byte budget (oldest volumes are dropped first) and is removed with the loader.
+
+Workers agree on who reads a volume through a file lock per volume (``filelock``: an
+``flock`` on Unix, released by the kernel if its holder dies, across PID namespaces too).
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from cachetools import LRUCache
+from filelock import FileLock, Timeout
+
+from radiobject._process import Resource
 
 __all__ = ["SharedStore", "get_shared_store", "set_shared_store"]
 
 _WAIT_S = 30.0  # how long a worker waits for another one's fetch before reading itself
+_POLL_S = 0.005  # how often a waiting worker retries the lock (a volume read takes 10-100 ms)
+_MAPS = 32  # mapped volumes kept open per process
 
 
 class SharedStore:
@@ -35,10 +42,10 @@ class SharedStore:
     (False, True, [0.0, 1.0, 2.0, 3.0])
     """
 
-    def __init__(self, directory: str | os.PathLike, budget_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], budget_bytes: int) -> None:
         self.directory = Path(directory)
         self.budget_bytes = int(budget_bytes)
-        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._maps: LRUCache[str, np.ndarray] = LRUCache(maxsize=_MAPS)
         self._lock = threading.Lock()
 
     def _path(self, uri: str) -> Path:
@@ -48,49 +55,43 @@ class SharedStore:
         key = str(path)
         with self._lock:
             arr = self._maps.get(key)
-            if arr is not None:
-                self._maps.move_to_end(key)
-                return arr
+        if arr is not None:
+            return arr
         try:
-            arr = np.load(path, mmap_mode="r")
+            loaded: np.ndarray = np.load(path, mmap_mode="r")
         except (FileNotFoundError, ValueError, OSError):
             return None
         with self._lock:
-            self._maps[key] = arr
-            while len(self._maps) > 32:
-                self._maps.popitem(last=False)
-        return arr
+            self._maps[key] = loaded
+        return loaded
 
     def fetch(self, uri: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """The whole volume of ``uri`` and whether another process (or call) had stored it."""
+        """The whole volume of ``uri`` and whether another process (or call) had stored it.
+
+        One process at a time loads a volume; the others wait for its file (at most
+        ``_WAIT_S``, then read it themselves). A loader that dies releases its lock.
+        """
         path = self._path(uri)
         arr = self._mapped(path)
         if arr is not None:
             return arr, True
-        lock = path.with_suffix(".lock")
+        lock = FileLock(str(path.with_suffix(".lock")))
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            deadline = time.monotonic() + _WAIT_S
-            while time.monotonic() < deadline:
-                if path.exists():
-                    arr = self._mapped(path)
-                    if arr is not None:
-                        return arr, True
-                if not lock.exists():
-                    break
-                time.sleep(0.002)
-            return load(), False  # the other worker died or took too long: read it here
+            lock.acquire(timeout=_WAIT_S, poll_interval=_POLL_S)
+        except Timeout:
+            return load(), False  # the other worker took too long: read it here
         try:
+            arr = self._mapped(path)  # stored while this one waited
+            if arr is not None:
+                return arr, True
             data = load()
             self._make_room(data.nbytes)
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
             np.save(tmp, data)
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # readers see the whole file or none
             return data, False
         finally:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
+            lock.release()
 
     def clear(self) -> None:
         """Remove every stored volume (for all processes sharing the folder)."""
@@ -115,15 +116,21 @@ class SharedStore:
             total -= size
 
 
-_store: SharedStore | None = None
+class _Current:
+    """The shared store this process reads through (set in a loader's workers)."""
+
+    def __init__(self) -> None:
+        self.store: SharedStore | None = None
+
+
+_CURRENT: Resource[_Current] = Resource("shared store", _Current)
 
 
 def set_shared_store(store: SharedStore | None) -> None:
     """Use ``store`` for whole-volume reads in this process (``None``: no sharing)."""
-    global _store
-    _store = store
+    _CURRENT.get().store = store
 
 
 def get_shared_store() -> SharedStore | None:
     """The shared store of this process, if its loader set one up."""
-    return _store
+    return _CURRENT.get().store

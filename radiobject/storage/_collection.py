@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._context import get_tiledb_ctx
+from radiobject._context import local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
@@ -101,13 +101,16 @@ class VolumeCollection:
     @property
     def ctx(self) -> tiledb.Ctx:
         """The TileDB context in use."""
-        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+        return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_ctx"] = None  # workers build their own context
+        state["_ctx"] = portable_ctx(self._ctx)  # its settings: each process builds its own
         state["_fg"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     @property
     def meta(self) -> dict[str, Any]:

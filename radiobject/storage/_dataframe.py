@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._context import get_tiledb_ctx
+from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import (
     AlreadyExistsError,
     FilterError,
@@ -85,10 +85,13 @@ class Dataframe:
     @property
     def ctx(self) -> tiledb.Ctx:
         """The TileDB context in use."""
-        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+        return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "_ctx": None, "_schema": self._schema}
+        return {"uri": self.uri, "_ctx": portable_ctx(self._ctx), "_schema": self._schema}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     def __repr__(self) -> str:
         return f"Dataframe({self.uri!r})"

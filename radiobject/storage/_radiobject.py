@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._context import get_tiledb_ctx
+from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import (
     AlignmentError,
     IngestError,
@@ -90,10 +90,13 @@ class RadiObject:
     @property
     def ctx(self) -> tiledb.Ctx:
         """The TileDB context in use."""
-        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+        return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_ctx": None}
+        return {**self.__dict__, "_ctx": portable_ctx(self._ctx)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     # -- subjects --------------------------------------------------------------------------
     @property

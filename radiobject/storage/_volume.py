@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tiledb
 
-from radiobject._context import get_tiledb_ctx
+from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import (
     AlreadyExistsError,
     OutOfBoundsError,
@@ -107,10 +107,13 @@ class Volume:
     @property
     def ctx(self) -> tiledb.Ctx:
         """The TileDB context reads use (the process default unless one was given)."""
-        return self._ctx if self._ctx is not None else get_tiledb_ctx()
+        return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "_ctx": None}
+        return {"uri": self.uri, "_ctx": portable_ctx(self._ctx)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     def __repr__(self) -> str:
         return f"Volume({self.uri!r})"
