@@ -44,8 +44,12 @@ import numpy as np
 
 from radiobject import ReadConfig, TileDBStats, Volume, configure
 from radiobject.data import make_sample_radiobject
-from radiobject.ml import LoaderProbe, create_training_dataloader, loader_cache_counters
-from radiobject.ml._probe import STAGES
+from radiobject.ml import (
+    LoaderProbe,
+    ProbeResult,
+    create_training_dataloader,
+    loader_cache_counters,
+)
 from radiobject.ml._stages import sample_nbytes, stage_counters
 from radiobject.read._region import read_overlap
 from radiobject.widgets import LoaderTuner
@@ -221,7 +225,7 @@ def part1(args: argparse.Namespace, root: Path) -> None:
     ms = last.stage_ms()
     print(
         "where the time goes (LoaderProbe, last round), ms per sample: "
-        + ", ".join(f"{label} {ms[name]:.3f}" for name, label in STAGES)
+        + ", ".join(f"{label} {ms[name]:.3f}" for name, label in ProbeResult.STAGES)
         + f"; read amplification {last.read_amplification:.2f}"
     )
     batch = next(iter(loader))

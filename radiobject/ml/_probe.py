@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from torch.utils.data import DataLoader
@@ -98,6 +98,8 @@ class ProbeResult:
     wait_s: float = 0.0  # time the consumer waited for batches after the first one
     error: BaseException | None = None
     error_where: str = ""  # "loader", "on_batch" or "callback": where ``error`` was raised
+    # the stages of :meth:`stage_ms`: (key, what it is)
+    STAGES: ClassVar[tuple[tuple[str, str], ...]] = STAGES
     stages: StageCounters = field(default_factory=StageCounters)  # the run's, all workers'
     storage_ns: int = 0  # time in storage queries during the run
     bytes_from_storage: int = 0

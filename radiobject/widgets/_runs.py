@@ -19,7 +19,6 @@ from radiobject.ml import (
     create_segmentation_dataloader,
     create_training_dataloader,
 )
-from radiobject.ml._probe import STAGES
 
 __all__ = [
     "INT_CONTROLS",
@@ -208,8 +207,8 @@ class TunerRun:
         """Where the time went, ms per sample by stage (columns of the summary table)."""
         if self.result is not None:
             ms = self.result.stage_ms()
-            return {f"{label} ms": ms[name] for name, label in STAGES}
-        return {f"{label} ms": self._mean(name) for name, label in STAGES}
+            return {f"{label} ms": ms[name] for name, label in ProbeResult.STAGES}
+        return {f"{label} ms": self._mean(name) for name, label in ProbeResult.STAGES}
 
     def row(self) -> dict[str, Any]:
         """This run as a row of the summary table."""

@@ -13,8 +13,7 @@ import ipywidgets as w
 import traitlets as t
 
 from radiobject import TileDBStats, VolumeCollection, configure, get_config
-from radiobject.ml import LoaderProbe, loader_pids
-from radiobject.ml._probe import STAGES
+from radiobject.ml import LoaderProbe, ProbeResult, loader_pids
 
 from ._autotune import AutotuneResult, MemoryModel, Trial, coordinate_search, settings_code
 from ._plots import Trace, TracePlot, best_html, format_number, summary_html
@@ -644,12 +643,12 @@ def stages_html(run: TunerRun) -> str:
     colours = ("#2563eb", "#60a5fa", "#f59e0b", "#10b981", "#9ca3af")
     bar = "".join(
         f"<div title='{label}' style='width:{100 * ms[name] / total:.1f}%;background:{c}'></div>"
-        for (name, label), c in zip(STAGES, colours, strict=True)
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
     )
     legend = " · ".join(
         f"<span style='color:{c}'>■</span> {label} {format_number(ms[name])} ms "
         f"({100 * ms[name] / total:.0f}%)"
-        for (name, label), c in zip(STAGES, colours, strict=True)
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
     )
     amp = run.result.read_amplification
     memory = "" if math.isnan(run.pss_mb) else f"; memory (PSS) {format_number(run.pss_mb)} MB"
