@@ -26,6 +26,7 @@ PUBLIC_API = [
     "ConfigurationError",
     "Dataframe",
     "FilterError",
+    "IncompleteError",
     "IngestError",
     "LabelError",
     "NotFoundError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._errors import ConfigurationError
+from radiobject._errors import ConfigurationError, IncompleteError
 from radiobject.data._phantom import MODALITIES, SubjectPhantom, make_subject
 
 if TYPE_CHECKING:
@@ -201,6 +202,8 @@ def load_sample_radiobject(
         progress: show progress bars while making it.
 
     The cohort has T1w, FLAIR and CT collections, a ``seg`` mask collection and ``obs_meta``.
+    A cached cohort whose making did not finish (stopped half-way, or made before radiobject
+    marked finished writes) is made again.
     """
     import os
 
@@ -214,7 +217,10 @@ def load_sample_radiobject(
         path = Path(root) / f"sample-{scale}"
     path = Path(path)
     if path.exists():
-        return RadiObject(str(path))
+        try:
+            return RadiObject(str(path))
+        except IncompleteError:
+            shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return make_sample_radiobject(
         str(path), modalities=("T1w", "FLAIR", "CT"), progress=progress, **SCALES[scale]

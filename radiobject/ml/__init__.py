@@ -21,6 +21,12 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._distributed import DistributedEpochSampler, create_distributed_dataloader
+from radiobject.ml._inference import (
+    GridPatchDataset,
+    PredictionWriter,
+    grid_positions,
+    importance_map,
+)
 from radiobject.ml._loaders import (
     EpochSampler,
     create_inference_dataloader,
@@ -41,8 +47,10 @@ __all__ = [
     "DatasetConfig",
     "DistributedEpochSampler",
     "EpochSampler",
+    "GridPatchDataset",
     "LoaderProbe",
     "LoadingMode",
+    "PredictionWriter",
     "ProbeRecord",
     "ProbeResult",
     "RadiObjectLoader",
@@ -56,6 +64,8 @@ __all__ = [
     "create_training_dataloader",
     "create_validation_dataloader",
     "default_start_method",
+    "grid_positions",
+    "importance_map",
     "loader_cache_counters",
     "loader_pids",
     "loader_stage_counters",

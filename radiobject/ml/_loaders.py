@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._inference import GridPatchDataset
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
@@ -483,12 +484,22 @@ def create_inference_dataloader(
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
+    patch_size: Sequence[int] | int | None = None,
+    overlap: float | Sequence[float] = 0.25,
+    distributed: bool = False,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
-    """Whole volumes in collection order, one per batch by default.
+    """Whole volumes in collection order (one per batch by default), or sliding-window patches.
 
     Every batch keeps ``"obs_id"`` and ``"obs_subject_id"`` so predictions can be written
     back (e.g. with ``VolumeCollection.from_numpy`` and the volume's affine).
+
+    With ``patch_size``, items are the patches of MONAI's sliding-window grid (step
+    ``int(patch * (1 - overlap))``, the last patch flush with the volume's end), each read
+    from its own box only, with ``"patch_start"``, ``"volume_index"`` and ``"patch_index"``
+    (see :class:`radiobject.ml.GridPatchDataset`); :class:`radiobject.ml.PredictionWriter`
+    blends the outputs and writes them back region by region. ``distributed=True`` gives
+    this rank (of an initialised ``torch.distributed`` group) every ``world_size``-th volume.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -499,9 +510,26 @@ def create_inference_dataloader(
     ...     print(batch["obs_id"], batch["obs_subject_id"], tuple(batch["image"].shape))
     ['sub-000_T1w'] ['sub-000'] (1, 1, 16, 16, 12)
     ['sub-001_T1w'] ['sub-001'] (1, 1, 16, 16, 12)
+    >>> loader = create_inference_dataloader(radi.T1w, patch_size=8, overlap=0.5, batch_size=4)
+    >>> batch = next(iter(loader))
+    >>> tuple(batch["image"].shape), len(loader.dataset), batch["patch_start"][1].tolist()
+    ((4, 1, 8, 8, 8), 36, [0, 4, 0])
     """
-    cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
-    dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+    if patch_size is None:
+        if distributed:
+            from radiobject._errors import ConfigurationError
+
+            raise ConfigurationError(
+                "distributed=True shards sliding-window patches; pass patch_size, or use "
+                "create_distributed_dataloader for whole volumes"
+            )
+        cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
+        dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+    else:
+        rank, world = _rank_and_world() if distributed else (0, 1)
+        dataset = GridPatchDataset(
+            collections, patch_size, overlap, transform, rank=rank, world_size=world
+        )
     sampler = EpochSampler(dataset, shuffle=False)
     return build_loader(
         dataset,
@@ -512,6 +540,18 @@ def create_inference_dataloader(
         drop_last=False,
         **loader_kwargs,
     )
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        from radiobject._errors import ConfigurationError
+
+        raise ConfigurationError(
+            "distributed=True needs torch.distributed initialised (init_process_group) first"
+        )
+    return dist.get_rank(), dist.get_world_size()
 
 
 def create_segmentation_dataloader(
