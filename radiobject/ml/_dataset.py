@@ -143,7 +143,7 @@ def _to_tensor(value: Any) -> Any:
     return value
 
 
-class VolumeCollectionDataset(Dataset):
+class VolumeCollectionDataset(Dataset[Any]):
     """Samples ``{"image": Tensor(C, X, Y, Z), "label": ..., "obs_id": ...}`` from collections.
 
     Each collection is a channel (e.g. ``[radi.T1w, radi.FLAIR]``); volumes are matched by
