@@ -244,7 +244,7 @@ def test_patch_size_parsing_and_settings():
             _runs.parse_patch_size(bad)
     s = _runs.TunerSettings(cache_mb=64, patch_size=(8, 8, 4), num_workers=2)
     assert s.read_config().cache_mb == 64
-    assert s.label() == "w2 b4 p8x8x4 x4 cache64"
+    assert s.label() == "w2 b4 p8x8x4 x4 cache64 t4"
     assert s.loader_kwargs()["patch_size"] == (8, 8, 4)
     with pytest.raises(ConfigurationError, match="concurrency"):
         s.replace(concurrency=0).read_config()

@@ -35,6 +35,8 @@ from radiobject.ml._loaders import (
     create_validation_dataloader,
     default_start_method,
     loader_cache_counters,
+    loader_pids,
+    loader_stage_counters,
     worker_init,
 )
 from radiobject.ml._plan import RegionRead, SamplePlan
@@ -70,6 +72,8 @@ __all__ = [
     "grid_positions",
     "importance_map",
     "loader_cache_counters",
+    "loader_pids",
+    "loader_stage_counters",
     "worker_init",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
+from radiobject.ml._stages import sample_nbytes, stage_counters
 from radiobject.read._region import open_array, whole_volume_budget
 from radiobject.storage._collection import VolumeCollection
 
@@ -242,7 +244,10 @@ class VolumeCollectionDataset(Dataset[Any]):
 
     def _load(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        return self.make_sample(index, item_rng(self.config.seed, epoch, index))
+        start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
+        sample = self.make_sample(index, item_rng(self.config.seed, epoch, index))
+        stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
+        return sample
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
@@ -279,7 +284,10 @@ class VolumeCollectionDataset(Dataset[Any]):
         if self.transform is None:
             return sample
         seed = transform_seed(self.config.seed, *key)
-        return seeded_call(self.transform, sample, seed)
+        start = time.perf_counter_ns()  # published with the batch (after its collate)
+        out = seeded_call(self.transform, sample, seed)
+        stage_counters().add_transform(time.perf_counter_ns() - start)
+        return out
 
     # -- plans and read-ahead -------------------------------------------------------------
     read_ahead_schedule: ReadAheadSchedule | None = None

@@ -29,6 +29,7 @@ from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
+from radiobject.ml._stages import StageCounters, TimedCollate, stage_counters
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.read._region import CacheCounters, block_cache
 from radiobject.storage._collection import VolumeCollection
@@ -41,6 +42,8 @@ __all__ = [
     "create_validation_dataloader",
     "default_start_method",
     "loader_cache_counters",
+    "loader_pids",
+    "loader_stage_counters",
     "worker_init",
 ]
 
@@ -191,6 +194,54 @@ def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
     return block_cache().counters.copy()
 
 
+def loader_stage_counters(loader: DataLoader[Any]) -> StageCounters:
+    """Stage counters (read, transform, collate time) of ``loader``'s workers, or this process's.
+
+    Monotonic, like :func:`loader_cache_counters`; ``LoaderProbe`` turns them into
+    milliseconds per sample by stage.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_training_dataloader
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
+    ...                                     patches_per_volume=2)
+    >>> before = loader_stage_counters(loader)
+    >>> for batch in loader:
+    ...     pass
+    >>> done = loader_stage_counters(loader) - before
+    >>> done.samples, done.batches, done.sample_bytes  # 4 patches of 8^3 float32 (+ start)
+    (4, 2, 8288)
+    """
+    init = getattr(loader, "worker_init_fn", None)
+    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
+        return init.shared.stage_counters()
+    return stage_counters().copy()
+
+
+def loader_pids(loader: DataLoader[Any]) -> list[int]:
+    """Process ids of ``loader``: this process, then its workers that have started.
+
+    >>> import os, tempfile
+    >>> from radiobject.data import make_sample_radiobject
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> from radiobject.ml import create_training_dataloader, loader_pids
+    >>> loader = create_training_dataloader(radi.T1w, batch_size=1, num_workers=2)
+    >>> for batch in loader:  # two batches: each worker made one, so both started
+    ...     pass
+    >>> pids = loader_pids(loader)
+    >>> pids[0] == os.getpid(), len(pids)
+    (True, 3)
+    """
+    init = getattr(loader, "worker_init_fn", None)
+    pids = [os.getpid()]
+    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
+        pids += init.shared.worker_pids()
+    return pids
+
+
 def default_start_method() -> str:
     """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``).
 
@@ -268,8 +319,7 @@ def build_loader(
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    if collate_fn is not None:
-        kwargs["collate_fn"] = collate_fn
+    kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
     if isinstance(sampler, EpochSampler):  # the order its read-ahead foresees
         dataset.read_ahead_schedule = ReadAheadSchedule(sampler.order, batch_size, num_workers)
         if num_workers == 0:  # workers' reads ahead end with the workers

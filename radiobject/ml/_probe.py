@@ -9,15 +9,25 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from radiobject.ml._loaders import loader_cache_counters
+from radiobject.ml._loaders import loader_cache_counters, loader_stage_counters
+from radiobject.ml._stages import StageCounters
 from radiobject.read._region import CacheCounters
 
-__all__ = ["LoaderProbe", "ProbeRecord", "ProbeResult"]
+__all__ = ["STAGES", "LoaderProbe", "ProbeRecord", "ProbeResult"]
+
+# where the time goes: (field of ProbeRecord, what it is); ms per sample, summed over threads
+STAGES: tuple[tuple[str, str], ...] = (
+    ("storage_ms", "storage read + decode"),
+    ("cache_ms", "cache hits + assembly"),
+    ("transform_ms", "transform"),
+    ("collate_ms", "collate"),
+    ("wait_ms", "waiting for workers"),
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,13 @@ class ProbeRecord:
     bytes_from_storage: int
     storage_mb_per_s: float
     starved_pct: float = 0.0  # share of the interval the consumer waited for the next batch
+    # where the time goes, ms per sample (see ``STAGES``): work summed over threads and workers
+    storage_ms: float = 0.0  # TileDB queries: read and decode
+    cache_ms: float = 0.0  # the rest of the read: block cache hits, assembling the sample
+    transform_ms: float = 0.0
+    collate_ms: float = 0.0
+    wait_ms: float = 0.0  # the consumer's wait (with workers) or the loader's own overhead
+    read_amplification: float = 0.0  # bytes from storage per byte of the samples made
 
 
 @dataclass
@@ -81,6 +98,39 @@ class ProbeResult:
     wait_s: float = 0.0  # time the consumer waited for batches after the first one
     error: BaseException | None = None
     error_where: str = ""  # "loader", "on_batch" or "callback": where ``error`` was raised
+    # the stages of :meth:`stage_ms`: (key, what it is)
+    STAGES: ClassVar[tuple[tuple[str, str], ...]] = STAGES
+    stages: StageCounters = field(default_factory=StageCounters)  # the run's, all workers'
+    storage_ns: int = 0  # time in storage queries during the run
+    bytes_from_storage: int = 0
+    workers: int = 0  # the loader's num_workers
+
+    def stage_ms(self) -> dict[str, float]:
+        """Where the time went: milliseconds per sample by stage (names as in ``STAGES``).
+
+        Storage, cache, transform and collate are work summed over reader threads and
+        workers (with several, they overlap in time). "waiting for workers" is the
+        consumer's wait per sample with workers, and with ``num_workers=0`` (where the
+        consumer does the work itself) the part of its wait outside those stages.
+        """
+        made = max(1, self.stages.samples)
+        storage = self.storage_ns / made / 1e6
+        read = self.stages.read_ns / made / 1e6
+        out = {
+            "storage_ms": storage,
+            "cache_ms": max(0.0, read - storage),
+            "transform_ms": self.stages.transform_ns / made / 1e6,
+            "collate_ms": self.stages.collate_ns / made / 1e6,
+        }
+        wait = 1000 * self.wait_s / max(1, self.samples - self.first_batch_samples)
+        out["wait_ms"] = wait if self.workers else max(0.0, wait - sum(out.values()))
+        return out
+
+    @property
+    def read_amplification(self) -> float:
+        """Bytes read from storage per byte of the samples made (0 when nothing was made)."""
+        made = self.stages.sample_bytes
+        return self.bytes_from_storage / made if made else 0.0
 
     @property
     def starved_pct(self) -> float:
@@ -188,9 +238,11 @@ class LoaderProbe:
                 return what was measured until then, instead of raising it (the default:
                 an error in your training step stays yours).
         """
-        result = ProbeResult()
+        result = ProbeResult(workers=int(self.loader.num_workers))
         start = time.perf_counter()
-        window = _Window(start, loader_cache_counters(self.loader))
+        window = _Window(
+            start, loader_cache_counters(self.loader), loader_stage_counters(self.loader)
+        )
         wait_start = time.perf_counter()
         where = "loader"
         try:
@@ -240,10 +292,20 @@ class LoaderProbe:
     ) -> _Window:
         """Record the interval that ends ``now``, and start the next one."""
         after, before = loader_cache_counters(self.loader), window.counters
+        stages = loader_stage_counters(self.loader)
+        done = stages - window.stages
         span = now - window.t0
         hits = after.hits - before.hits
         misses = after.misses - before.misses
         read = after.bytes_from_storage - before.bytes_from_storage
+        storage_ns = after.storage_ns - before.storage_ns
+        result.stages = result.stages + done
+        result.storage_ns += storage_ns
+        result.bytes_from_storage += read
+        made = max(1, done.samples)
+        storage_ms = storage_ns / made / 1e6
+        work_ms = (done.read_ns + done.transform_ns + done.collate_ns) / made / 1e6
+        wait_ms = 1000 * window.wait / window.samples if window.samples else 0.0
         record = ProbeRecord(
             t=now - start,
             batches=window.batches,
@@ -256,11 +318,17 @@ class LoaderProbe:
             bytes_from_storage=read,
             storage_mb_per_s=read / span / 1e6 if span > 0 else 0.0,
             starved_pct=min(100.0, 100 * window.wait / span) if span > 0 else 0.0,
+            storage_ms=storage_ms,
+            cache_ms=max(0.0, done.read_ns / made / 1e6 - storage_ms),
+            transform_ms=done.transform_ns / made / 1e6,
+            collate_ms=done.collate_ns / made / 1e6,
+            wait_ms=wait_ms if result.workers else max(0.0, wait_ms - work_ms),
+            read_amplification=read / done.sample_bytes if done.sample_bytes else 0.0,
         )
         result.records.append(record)
         if callback is not None:
             callback(record)
-        return _Window(now, after)
+        return _Window(now, after, stages)
 
 
 @dataclass
@@ -269,6 +337,7 @@ class _Window:
 
     t0: float
     counters: CacheCounters
+    stages: StageCounters
     batches: int = 0
     samples: int = 0
     wait: float = 0.0

@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from radiobject._process import ProcessState, Resource, state
 from radiobject.config import ReadConfig, add_listener, configure, get_config
+from radiobject.ml._stages import STAGE_FIELDS, StageCounters, stage_counters
 from radiobject.read._region import CacheCounters, block_cache
 from radiobject.read._shared_store import SharedStore, set_shared_store
 
@@ -45,6 +46,8 @@ class SharedLoaderState:
     def __init__(self, mp_context: Any, num_workers: int) -> None:
         self.num_workers = num_workers
         self.counters = mp_context.Array("q", num_workers * len(_FIELDS), lock=False)
+        self.stages = mp_context.Array("q", num_workers * len(STAGE_FIELDS), lock=False)
+        self.pids = mp_context.Array("q", num_workers, lock=False)  # 0: not started
         self.version = mp_context.Value("q", 0, lock=False)
         self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
         self.publish(get_config().read)
@@ -78,6 +81,16 @@ class SharedLoaderState:
             for i, name in enumerate(_FIELDS):
                 setattr(total, name, getattr(total, name) + self.counters[w * n + i])
         return total
+
+    def stage_counters(self) -> StageCounters:
+        """The sum of every worker's stage counters (read, transform, collate time)."""
+        n = len(STAGE_FIELDS)
+        values = [sum(self.stages[w * n + i] for w in range(self.num_workers)) for i in range(n)]
+        return StageCounters(*values)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the workers that started (for their memory use)."""
+        return [int(p) for p in self.pids[:] if p]
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_unlisten"}
@@ -185,6 +198,7 @@ def install_worker(state: SharedLoaderState | None, worker_id: int) -> None:
     worker.id = worker_id
     worker.version = -1
     if state is not None:
+        state.pids[worker_id] = os.getpid()
         sync_worker()
         budget = get_config().read.cache_mb * 1024 * 1024
         set_shared_store(SharedStore(state.shm_dir, budget) if budget > 0 else None)
@@ -209,3 +223,6 @@ def sync_worker() -> None:
     base = worker.id * len(_FIELDS)
     for i, name in enumerate(_FIELDS):
         shared.counters[base + i] = getattr(counters, name)
+    stages, base = stage_counters(), worker.id * len(STAGE_FIELDS)
+    for i, name in enumerate(STAGE_FIELDS):
+        shared.stages[base + i] = getattr(stages, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,7 @@ class CacheCounters:
     bytes_from_cache: int = 0
     bytes_from_storage: int = 0
     storage_queries: int = 0
+    storage_ns: int = 0  # time in storage queries (read and decode), summed over threads
 
     def copy(self) -> CacheCounters:
         """A snapshot of the counters."""
@@ -248,9 +250,13 @@ class ReadOverlap:
                 self._last_overlap = number
             self.inflight += 1
         self._local.number = number
+        self._local.start = time.perf_counter_ns()
 
     def __exit__(self, *exc: object) -> None:
         number = self._local.number
+        cache = block_cache()  # the query's time, for the loader's "where the time goes"
+        with cache._lock:
+            cache.counters.storage_ns += time.perf_counter_ns() - self._local.start
         with self._lock:
             self.inflight -= 1
             # a query that started beside another, or during which another started

@@ -32,6 +32,7 @@ class CacheStats:
         bytes_from_cache: bytes of the blocks served from memory.
         bytes_from_storage: bytes read from storage (decompressed).
         storage_queries: TileDB queries issued by the read path.
+        storage_ns: time spent in those queries (read and decode), summed over threads.
         size_bytes: bytes held by the cache at the end.
         capacity_bytes: the cache budget of this process.
 
@@ -53,6 +54,7 @@ class CacheStats:
     bytes_from_cache: int = 0
     bytes_from_storage: int = 0
     storage_queries: int = 0
+    storage_ns: int = 0
     size_bytes: int = 0
     capacity_bytes: int = 0
 

@@ -112,7 +112,7 @@ class TunerSettings:
     """Everything one tuning run sets: read settings and loader settings.
 
     >>> TunerSettings(patch_size=(32, 32, 32)).label()
-    'w0 b4 p32 x4 cache512'
+    'w0 b4 p32 x4 cache512 t4'
     """
 
     max_workers: int = 4
@@ -146,7 +146,7 @@ class TunerSettings:
         }
 
     def label(self) -> str:
-        """A short label: workers, batch, patch, patches per volume, cache."""
+        """A short label: workers, batch, patch, patches per volume, cache MB, reader threads."""
         if self.patch_size is None:
             patch = "full"
         elif len(set(self.patch_size)) == 1:
@@ -156,7 +156,7 @@ class TunerSettings:
         ops = f" ops{self.max_parallel_ops}" if self.max_parallel_ops else ""
         return (
             f"w{self.num_workers} b{self.batch_size} {patch} x{self.patches_per_volume} "
-            f"cache{self.cache_mb}{ops}"
+            f"cache{self.cache_mb} t{self.max_workers}{ops}"
         )
 
     def replace(self, **changes: Any) -> TunerSettings:
@@ -176,6 +176,13 @@ class TunerRun:
     done: bool = False
     storage_reads: int | None = None  # TileDB read ops in this process (num_workers=0 only)
     draw_seconds: float = 0.0  # time spent redrawing live plots while the loader ran
+    main_pss_mb: float = float("nan")  # peak resident memory (PSS) of the main process
+    worker_pss_mb: list[float] = field(default_factory=list)  # peak PSS of each worker
+
+    @property
+    def pss_mb(self) -> float:
+        """Peak PSS of the loader's processes together (main + workers), MB."""
+        return self.main_pss_mb + sum(self.worker_pss_mb)
 
     @property
     def label(self) -> str:
@@ -196,6 +203,13 @@ class TunerRun:
         values = [getattr(r, name) for r in self.records]
         return float(np.mean(values)) if values else float("nan")
 
+    def stage_row(self) -> dict[str, float]:
+        """Where the time went, ms per sample by stage (columns of the summary table)."""
+        if self.result is not None:
+            ms = self.result.stage_ms()
+            return {f"{label} ms": ms[name] for name, label in ProbeResult.STAGES}
+        return {f"{label} ms": self._mean(name) for name, label in ProbeResult.STAGES}
+
     def row(self) -> dict[str, Any]:
         """This run as a row of the summary table."""
         s = self.settings
@@ -215,6 +229,9 @@ class TunerRun:
             "hit rate": res.hit_rate if res is not None else self._mean("hit_rate"),
             "MB/s": self._mean("storage_mb_per_s"),
             "first batch s": res.first_batch_s if res is not None else float("nan"),
+            **self.stage_row(),
+            "read amp": res.read_amplification if res is not None else float("nan"),
+            "PSS MB": self.pss_mb,
             "batches": res.batches if res is not None else sum(r.batches for r in self.records),
             "error": self.error,
         }

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import html
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as w
 import traitlets as t
 
 from radiobject import TileDBStats, VolumeCollection, configure, get_config
-from radiobject.ml import LoaderProbe
+from radiobject.ml import LoaderProbe, ProbeResult, loader_pids
 
+from ._autotune import AutotuneResult, MemoryModel, Trial, coordinate_search, settings_code
 from ._plots import Trace, TracePlot, best_html, format_number, summary_html
 from ._png import show_png
 from ._runs import (
@@ -62,9 +65,14 @@ class LoaderTuner(w.VBox):
         loader_kwargs: more arguments for the loader factory (e.g. ``labels=``).
 
     Python API: :meth:`start`, :meth:`stop`, :meth:`wait`, :meth:`run_sync`, :attr:`runs`
-    (each a :class:`TunerRun` with its settings, records, result, error and the seconds
-    spent redrawing while it ran), :attr:`best`, :meth:`settings`, :meth:`set`;
-    ``live_box`` turns live plots off; traits ``running``, ``status``, ``error``.
+    (each a :class:`TunerRun` with its settings, records, result, error, the seconds
+    spent redrawing while it ran, and the peak memory (PSS) of the main process and each
+    worker), :attr:`best`, :meth:`settings`, :meth:`set`; :meth:`autotune` (the
+    **Auto-tune** button: ``budget_s``, ``ram_budget_mb``, ``autotune_space``) with
+    :attr:`autotune_result` and :attr:`autotune_code`; :meth:`memory_warning` (also shown
+    before a run likely to exceed the memory available); ``live_box`` turns live plots
+    off; traits ``running``, ``status``, ``error``, ``warning``. Each finished run shows
+    where its time went (``stages_box``: ms per sample by stage, read amplification, PSS).
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -84,6 +92,7 @@ class LoaderTuner(w.VBox):
     running = t.Bool(False)
     status = t.Unicode("")
     error = t.Unicode("")
+    warning = t.Unicode("")
 
     def __init__(
         self,
@@ -107,9 +116,15 @@ class LoaderTuner(w.VBox):
         if not self._builtin:
             self._make: MakeLoader = source  # type: ignore[assignment]
             remote = bool(s3)
+            self._loader_call = f"{getattr(source, '__name__', 'make_loader')}("
         else:
             self._make = factory(source, mask, dict(loader_kwargs or {}))  # type: ignore[arg-type]
             remote = on_s3(source) if s3 is None else s3
+            self._loader_call = _factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
+        self.memory_s = 0.5  # seconds between readings of the loader's memory (PSS)
+        self.autotune_result: AutotuneResult | None = None
+        self.autotune_space: Mapping[str, Sequence[int]] | None = None  # for the button
+        self._tuning = False
         self.interval_s, self.redraw_s, self.redraw_budget = interval_s, redraw_s, redraw_budget
         self.runs: list[TunerRun] = []
         self.redraws = 0  # every plot update
@@ -177,6 +192,16 @@ class LoaderTuner(w.VBox):
         show_png(self.plot, self._plot.render([]))
         self.summary = w.HTML(summary_html([]))
         self.best_box = w.HTML(best_html(None, None))
+        self.warning_box = w.HTML()
+        self.stages_box = w.HTML()
+        self.autotune_button = w.Button(description="Auto-tune", icon="magic")
+        self.budget_s = w.BoundedFloatText(
+            value=60, min=1, max=24 * 3600, description="budget s", layout=w.Layout(width="200px")
+        )
+        self.ram_budget_mb = w.BoundedIntText(
+            value=0, min=0, max=1 << 24, description="RAM MB", layout=w.Layout(width="200px")
+        )
+        self.code_box = w.HTML()
         read = w.VBox(
             [
                 w.HTML("<b>read</b>"),
@@ -199,19 +224,27 @@ class LoaderTuner(w.VBox):
             ]
         )
         buttons = w.VBox([self.start_button, self.stop_button, self.live_box, self.status_box])
+        tune = w.VBox(
+            [w.HTML("<b>auto-tune</b>"), self.budget_s, self.ram_budget_mb, self.autotune_button]
+        )
         self.children = [
-            w.HBox([read, loader, buttons]),
+            w.HBox([read, loader, buttons, tune]),
             self.error_box,
+            self.warning_box,
             self.plot,
             self.best_box,
+            self.stages_box,
             self.summary,
+            self.code_box,
         ]
         self.start_button.on_click(lambda _: self.start())
+        self.autotune_button.on_click(lambda _: self._autotune_clicked())
         self.stop_button.on_click(lambda _: self.stop())
 
     @t.observe("running")
     def _running_changed(self, change: dict[str, Any]) -> None:
         self.start_button.disabled = change["new"]
+        self.autotune_button.disabled = change["new"]
         self.stop_button.disabled = not change["new"]
 
     @t.observe("status")
@@ -221,6 +254,11 @@ class LoaderTuner(w.VBox):
     @t.observe("error")
     def _error_changed(self, change: dict[str, Any]) -> None:
         self.error_box.value = error_html([change["new"]] if change["new"] else [])
+
+    @t.observe("warning")
+    def _warning_changed(self, change: dict[str, Any]) -> None:
+        text = html.escape(change["new"])
+        self.warning_box.value = f"<span style='color:#b45309'>⚠ {text}</span>" if text else ""
 
     # -- settings -------------------------------------------------------------------------
     def settings(self) -> TunerSettings:
@@ -265,6 +303,7 @@ class LoaderTuner(w.VBox):
             self.error = f"{type(e).__name__}: {e}"
             return None
         self.error = ""
+        self.warning = self.memory_warning(settings)
         run = TunerRun(number=len(self.runs) + 1, settings=settings)
         self.runs.append(run)
         self._stop_requested = False
@@ -299,12 +338,14 @@ class LoaderTuner(w.VBox):
         good = [r for r in self.runs if r.done and not r.error and r.result is not None]
         return max(good, key=lambda r: r.samples_per_s) if good else None
 
-    def _work(self, run: TunerRun) -> None:
+    def _work(self, run: TunerRun, last: bool = True) -> None:
         s = run.settings
         done = threading.Event()
         live = threading.Thread(target=self._draw_loop, args=(run, done), daemon=True)
         if self.live_box.value:
             live.start()
+        memory = threading.Thread(target=self._memory_loop, args=(run, done), daemon=True)
+        self._loader: Any = None
         loader = None
         try:
             s3 = {"max_parallel_ops": s.max_parallel_ops} if s.max_parallel_ops else None
@@ -312,7 +353,8 @@ class LoaderTuner(w.VBox):
                 kwargs = s.loader_kwargs()
                 if self._builtin:  # a user's make_loader gets the four core settings only
                     kwargs["persistent_workers"] = s.persistent_workers
-                loader = self._make(**kwargs)
+                loader = self._loader = self._make(**kwargs)
+                memory.start()
                 probe = self._probe = LoaderProbe(loader, interval_s=self.interval_s)
 
                 def record(rec: Any) -> None:
@@ -343,13 +385,183 @@ class LoaderTuner(w.VBox):
         except Exception as e:  # shown in the widget; Start works again
             run.error = describe_error(e, "starting the loader" if loader is None else "")
         finally:
+            done.set()
+            if memory.is_alive():
+                memory.join()
             del loader  # ends its worker processes
+            self._loader = None
             self._probe = None
             run.done = True
-            done.set()
             if live.is_alive():
                 live.join()
-            self._finish(run)
+            self._finish(run, last)
+
+    def _memory_loop(self, run: TunerRun, done: threading.Event) -> None:
+        """Read the PSS of the loader's processes every ``memory_s`` seconds; keep the peaks.
+
+        One read of ``/proc/<pid>/smaps_rollup`` per process and reading (psutil), on this
+        thread: the loader's threads and workers are not touched.
+        """
+        peaks: dict[int, float] = {}
+        while True:
+            loader = self._loader
+            if loader is not None:
+                for pid in loader_pids(loader):
+                    mb = _pss_mb(pid)
+                    if not math.isnan(mb):
+                        peaks[pid] = max(peaks.get(pid, 0.0), mb)
+                pids = list(peaks)
+                run.main_pss_mb = peaks.get(pids[0], math.nan) if pids else math.nan
+                run.worker_pss_mb = [peaks[p] for p in pids[1:]]
+            if done.wait(timeout=self.memory_s):
+                return
+
+    # -- memory ---------------------------------------------------------------------------
+    def memory_model(self) -> MemoryModel | None:
+        """The memory model estimated from the runs so far (``None`` before any)."""
+        return MemoryModel.from_runs([r for r in self.runs if r.done and not r.error])
+
+    def memory_warning(self, settings: TunerSettings, ram_budget_mb: float | None = None) -> str:
+        """A warning when ``settings`` are likely to exceed the RAM budget or free memory."""
+        model = self.memory_model()
+        if model is None:
+            return ""
+        predicted = model.predict_mb(settings)
+        limits = []
+        if ram_budget_mb:
+            limits.append((ram_budget_mb, "the RAM budget"))
+        available = _available_mb()
+        if not math.isnan(available):
+            limits.append((available, "the memory available now"))
+        for limit, what in limits:
+            if predicted > limit:
+                return (
+                    f"{settings.num_workers} workers with a {settings.cache_mb} MB cache may "
+                    f"need ~{predicted:,.0f} MB (main {model.main_mb:,.0f} + "
+                    f"{settings.num_workers} x {model.per_worker_mb:,.0f} per worker + cache), "
+                    f"more than {what} ({limit:,.0f} MB): fewer workers or a smaller cache_mb"
+                )
+        return ""
+
+    # -- auto-tune ------------------------------------------------------------------------
+    def autotune(
+        self,
+        time_budget_s: float = 60.0,
+        ram_budget_mb: float | None = None,
+        *,
+        trial_s: float | None = None,
+        space: Mapping[str, Sequence[int]] | None = None,
+        min_gain: float = 0.05,
+        background: bool = False,
+    ) -> AutotuneResult | None:
+        """Search ``num_workers``, reader threads and cache size for the most samples/s.
+
+        Coordinate descent (see :func:`coordinate_search`) from the controls' settings:
+        each trial is a run of ``trial_s`` seconds (default: a tenth of the budget, 0.5 to
+        10 s) shown live like any run; it ends when a pass changes nothing or the
+        ``time_budget_s`` is spent. Settings whose predicted memory (main + workers x
+        PSS per worker + cache, from the runs so far) exceeds ``ram_budget_mb`` are not
+        run, nor chosen if they measured more. The best settings go to the controls, and
+        :attr:`autotune_code` holds the code to use them. ReadConfig has no read-ahead
+        setting yet, so read-ahead is not searched.
+
+        Returns the :class:`AutotuneResult` (``None`` with ``background=True``: it is
+        in :attr:`autotune_result` once :meth:`wait` returns).
+        """
+        if self.running:
+            return None
+        trial_s = trial_s if trial_s is not None else min(10.0, max(0.5, time_budget_s / 10))
+        start = self.settings().replace(duration_s=trial_s)
+        start.read_config()  # validates
+        self._stop_requested = False
+        self.running = self._tuning = True
+        self.autotune_result = None
+        self.code_box.value = ""
+        self.status = f"auto-tune: up to {time_budget_s:g} s"
+
+        def measure(settings: TunerSettings) -> Trial:
+            if self._stop_requested:
+                return Trial(settings, 0.0, error="stopped")
+            run = TunerRun(number=len(self.runs) + 1, settings=settings)
+            self.runs.append(run)
+            self._work(run, last=False)
+            return Trial(
+                settings,
+                run.samples_per_s if not run.error else 0.0,
+                pss_mb=run.pss_mb,
+                seconds=run.result.seconds if run.result is not None else 0.0,
+                error=run.error,
+            )
+
+        def predict(settings: TunerSettings) -> float | None:
+            model = self.memory_model()
+            return model.predict_mb(settings) if model is not None else None
+
+        def clock() -> float:
+            return math.inf if self._stop_requested else time.monotonic()
+
+        def search() -> None:
+            began = time.monotonic()
+            try:
+                result = coordinate_search(
+                    start,
+                    measure,
+                    time_budget_s=time_budget_s,
+                    ram_budget_mb=ram_budget_mb or None,
+                    space=space,
+                    predict_mb=predict,
+                    min_gain=min_gain,
+                    clock=clock,
+                )
+                result.seconds = time.monotonic() - began
+                if self._stop_requested:
+                    result.stopped = "stopped"
+                self.autotune_result = result
+                self._show_autotune(result)
+            except Exception as e:  # shown in place; Start works again
+                self.error = f"auto-tune failed: {type(e).__name__}: {e}"
+            finally:
+                self._tuning = False
+                self.running = False
+
+        if background:
+            self._thread = threading.Thread(target=search, daemon=True, name="radiobject-tune")
+            self._thread.start()
+            return None
+        search()
+        return self.autotune_result
+
+    @property
+    def autotune_code(self) -> str:
+        """The code that applies the best settings of the last auto-tune ("" before one)."""
+        result = self.autotune_result
+        return settings_code(result.best, self._loader_call) if result is not None else ""
+
+    def _autotune_clicked(self) -> None:
+        ram = int(self.ram_budget_mb.value)
+        self.autotune(
+            float(self.budget_s.value), ram or None, space=self.autotune_space, background=True
+        )
+
+    def _show_autotune(self, result: AutotuneResult) -> None:
+        best = result.best
+        self.set(num_workers=best.num_workers, max_workers=best.max_workers, cache_mb=best.cache_mb)
+        start = result.start_samples_per_s
+        gain = f" ({result.best_samples_per_s / start:.2f}x the start)" if start > 0 else ""
+        skipped = (
+            f"; not run (memory): {', '.join(s.label() for s, _ in result.skipped)}"
+            if result.skipped
+            else ""
+        )
+        self.code_box.value = (
+            f"<b>auto-tune</b>: {len(result.trials)} trials in {result.seconds:.0f} s "
+            f"({result.stopped}); best {html.escape(best.label())}: "
+            f"{format_number(result.best_samples_per_s)} samples/s{gain}"
+            f"{html.escape(skipped)}"
+            f"<pre class='radiobject-autotune-code' style='line-height:1.35;margin:4px 0'>"
+            f"{html.escape(self.autotune_code)}</pre>"
+        )
+        self.status = f"auto-tune done: {format_number(result.best_samples_per_s)} samples/s"
 
     def _draw_loop(self, run: TunerRun, done: threading.Event) -> None:
         """Redraw while the run goes on, throttled.
@@ -397,8 +609,9 @@ class LoaderTuner(w.VBox):
             )
         return time.perf_counter() - start
 
-    def _finish(self, run: TunerRun) -> None:
+    def _finish(self, run: TunerRun, last: bool = True) -> None:
         self._redraw(None)
+        self.stages_box.value = stages_html(run)
         best = self.best
         rows = [r.row() for r in self.runs if r.done]
         best_pos = next((i for i, r in enumerate(self.runs) if r is best), None)
@@ -412,4 +625,74 @@ class LoaderTuner(w.VBox):
             if run.error
             else f"{run.label}: {format_number(run.samples_per_s)} samples/s"
         )
-        self.running = False
+        if last:
+            self.running = False
+
+
+def stages_html(run: TunerRun) -> str:
+    """Where the time went in ``run``: ms per sample by stage, with shares, as a bar.
+
+    >>> from radiobject.widgets._runs import TunerSettings
+    >>> stages_html(TunerRun(1, TunerSettings()))
+    ''
+    """
+    if run.result is None or not run.result.samples:
+        return ""
+    ms = run.result.stage_ms()
+    total = sum(ms.values()) or 1.0
+    colours = ("#2563eb", "#60a5fa", "#f59e0b", "#10b981", "#9ca3af")
+    bar = "".join(
+        f"<div title='{label}' style='width:{100 * ms[name] / total:.1f}%;background:{c}'></div>"
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
+    )
+    legend = " · ".join(
+        f"<span style='color:{c}'>■</span> {label} {format_number(ms[name])} ms "
+        f"({100 * ms[name] / total:.0f}%)"
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
+    )
+    amp = run.result.read_amplification
+    memory = "" if math.isnan(run.pss_mb) else f"; memory (PSS) {format_number(run.pss_mb)} MB"
+    return (
+        f"<div class='radiobject-stages'><b>where the time goes</b> ({html.escape(run.label)}, "
+        f"ms per sample; read amplification {format_number(amp)}{memory})"
+        f"<div style='display:flex;height:10px;width:100%;max-width:600px'>{bar}</div>"
+        f"<small>{legend}</small></div>"
+    )
+
+
+def _pss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` as PSS (shared pages split among their users), MB."""
+    try:
+        import psutil
+
+        info = psutil.Process(pid).memory_full_info()
+        return float(getattr(info, "pss", getattr(info, "uss", info.rss))) / 2**20
+    except Exception:  # gone, or not allowed: no reading
+        return math.nan
+
+
+def _available_mb() -> float:
+    try:
+        import psutil
+
+        return float(psutil.virtual_memory().available) / 2**20
+    except Exception:
+        return math.nan
+
+
+def _factory_call(
+    source: VolumeCollection | Sequence[VolumeCollection],
+    mask: VolumeCollection | None,
+    loader_kwargs: Mapping[str, Any],
+) -> str:
+    """The loader factory call the tuner's runs make, as code (collections as ``radi.<name>``)."""
+
+    def name(c: VolumeCollection) -> str:
+        return f"radi.{c.name}" if str(c.name).isidentifier() else f"radi[{c.name!r}]"
+
+    items = [source] if isinstance(source, VolumeCollection) else list(source)
+    image = name(items[0]) if len(items) == 1 else "[" + ", ".join(map(name, items)) + "]"
+    extra = "".join(f", {k}={v!r}" for k, v in loader_kwargs.items())
+    if mask is not None:
+        return f"create_segmentation_dataloader({image}, {name(mask)}{extra}"
+    return f"create_training_dataloader({image}{extra}"

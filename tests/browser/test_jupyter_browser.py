@@ -176,8 +176,24 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
                 timeout=30_000,
             )
             tuner.screenshot(path=str(shots / "browser_loader_tuner.png"))
+
+            # -- Auto-tune: trials appear as runs, then the code to paste ----------------------
+            rows = page.locator(".radiobject-loader-tuner tbody tr").count()
+            tuner.get_by_role("button", name="Auto-tune").click()
+            page.wait_for_function(
+                f"() => document.querySelectorAll('.radiobject-loader-tuner tbody tr').length"
+                f" >= {rows + 2}",
+                timeout=60_000,
+            )  # the start point and at least one step: runs of their own, listed as they end
+            code = tuner.locator("pre.radiobject-autotune-code")
+            code.wait_for(state="visible", timeout=60_000)
+            text = code.inner_text()
+            assert "configure(read=ReadConfig(" in text, text
+            assert "create_segmentation_dataloader(" in text, text
+            assert "where the time goes" in tuner.inner_text()
+            tuner.screenshot(path=str(shots / "browser_loader_tuner_autotune.png"))
             page.screenshot(path=str(shots / "browser_page.png"), full_page=True)
             assert not errors, errors
         finally:
             chromium.close()
-    assert time.monotonic() - started < 150
+    assert time.monotonic() - started < 180

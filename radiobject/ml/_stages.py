@@ -1,0 +1,117 @@
+"""Where a loader's time goes: per-process counters of read, transform and collate time.
+
+Each sample adds two ``perf_counter_ns`` deltas (its read, its transform) and its size to
+counters of the process; each batch adds its collate time. Nothing is recorded per query
+or per sample beyond those sums. Loader workers publish their counters through the
+loader's shared state (like their cache counters); :func:`stage_breakdown` turns two
+snapshots into milliseconds per sample by stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import default_collate
+
+from radiobject._process import Resource
+
+__all__ = ["StageCounters", "TimedCollate", "sample_nbytes", "stage_counters"]
+
+
+@dataclass
+class StageCounters:
+    """Time (ns, summed over threads) and bytes of the samples this process made (monotonic).
+
+    ``read_ns`` is the whole read of a sample (storage queries, cache hits, assembly);
+    the storage part of it is ``CacheCounters.storage_ns``.
+    """
+
+    samples: int = 0
+    sample_bytes: int = 0
+    read_ns: int = 0
+    transform_ns: int = 0
+    batches: int = 0
+    collate_ns: int = 0
+
+    def copy(self) -> StageCounters:
+        """A snapshot."""
+        return StageCounters(**self.__dict__)
+
+    def __sub__(self, other: StageCounters) -> StageCounters:
+        return StageCounters(
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in _FIELDS}
+        )
+
+    def __add__(self, other: StageCounters) -> StageCounters:
+        return StageCounters(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS}
+        )
+
+    def add_read(self, ns: int, nbytes: int) -> None:
+        """Count one sample read in ``ns`` nanoseconds, ``nbytes`` large (thread-safe)."""
+        with _LOCK.get():
+            self.samples += 1
+            self.sample_bytes += nbytes
+            self.read_ns += ns
+
+    def add_transform(self, ns: int) -> None:
+        """Count one sample's transform (thread-safe)."""
+        with _LOCK.get():
+            self.transform_ns += ns
+
+    def add_collate(self, ns: int) -> None:
+        """Count one batch's collate (thread-safe)."""
+        with _LOCK.get():
+            self.batches += 1
+            self.collate_ns += ns
+
+
+_FIELDS = dataclasses.fields(StageCounters)
+STAGE_FIELDS = tuple(f.name for f in _FIELDS)
+_STAGES: Resource[StageCounters] = Resource("loader stage counters", StageCounters)
+_LOCK: Resource[threading.Lock] = Resource("loader stage counters' lock", threading.Lock)
+
+
+def stage_counters() -> StageCounters:
+    """The stage counters of this process (a forked child starts from zero)."""
+    return _STAGES.get()
+
+
+def sample_nbytes(sample: Any) -> int:
+    """Bytes of the arrays in a sample dict (its image, mask, ...): what it delivers."""
+    if isinstance(sample, dict):
+        return sum(int(getattr(v, "nbytes", 0) or 0) for v in sample.values())
+    return int(getattr(sample, "nbytes", 0) or 0)
+
+
+@dataclass(frozen=True)
+class TimedCollate:
+    """A loader's ``collate_fn`` that adds its time to this process's counters.
+
+    Runs where the DataLoader collates (in the worker that made the batch), and publishes
+    the worker's counters right after, so the parent sees this batch's collate.
+
+    >>> import torch
+    >>> collate = TimedCollate(None)
+    >>> before = stage_counters().copy()
+    >>> tuple(collate([{"x": torch.zeros(2)}, {"x": torch.ones(2)}])["x"].shape)
+    (2, 2)
+    >>> (stage_counters() - before).batches
+    1
+    """
+
+    fn: Callable[[list[Any]], Any] | None = None
+
+    def __call__(self, batch: list[Any]) -> Any:
+        start = time.perf_counter_ns()
+        out = (self.fn or default_collate)(batch)
+        stage_counters().add_collate(time.perf_counter_ns() - start)
+        from radiobject.ml._shared import sync_worker
+
+        sync_worker()
+        return out
