@@ -14,7 +14,7 @@ from radiobject import RadiObject, VolumeCollection
 from ._png import encode_png, show_png
 from ._render import auto_window, display_scale, render_slice
 from ._slices import SliceCache, error_html, row_html
-from ._viewer import BLANK, SliceViewer
+from ._viewer import BLANK, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
 
@@ -63,7 +63,7 @@ def volumes_by_subject(coll: VolumeCollection) -> dict[str, str]:
     return out
 
 
-class CollectionBrowser(w.VBox):
+class CollectionBrowser(Quiet, w.VBox):
     """Browse a RadiObject: collection and subject pickers, three planes, window, mask overlay.
 
     Only the planes shown are read (``Volume.axial``/``coronal``/``sagittal``), each once per
@@ -116,7 +116,6 @@ class CollectionBrowser(w.VBox):
         super().__init__(**kwargs)
         self._source = _Source(obj, mask if isinstance(mask, VolumeCollection) else None)
         self.n_thumbnails = n_thumbnails
-        self._quiet = False
         self._problems: dict[str, str] = {}
         self._coll: VolumeCollection | None = None
         self._by_subject: dict[str, str] = {}
@@ -170,14 +169,6 @@ class CollectionBrowser(w.VBox):
                 setattr(self, name, change["new"])
 
         return handler
-
-    @contextlib.contextmanager
-    def _quietly(self) -> Iterator[None]:
-        quiet, self._quiet = self._quiet, True
-        try:
-            yield
-        finally:
-            self._quiet = quiet
 
     # -- problems, shown in place ---------------------------------------------------------
     def _report(self, key: str, message: str | None) -> None:

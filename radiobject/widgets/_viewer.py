@@ -116,7 +116,21 @@ def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
     )
 
 
-class SliceViewer(w.VBox):
+class Quiet:
+    """Mixin: ``with self._quietly():`` sets traits without their observers acting on it."""
+
+    _quiet = False
+
+    @contextlib.contextmanager
+    def _quietly(self) -> Iterator[None]:
+        quiet, self._quiet = self._quiet, True
+        try:
+            yield
+        finally:
+            self._quiet = quiet
+
+
+class SliceViewer(Quiet, w.VBox):
     """Axial, coronal and sagittal planes through ``position``, with a mask overlay.
 
     Give it a volume with :meth:`show`; each plane is read (partially) only when its slice
@@ -144,7 +158,6 @@ class SliceViewer(w.VBox):
         super().__init__(**kwargs)
         self.label_colors = dict(label_colors or {})
         self._report = report or (lambda key, message: None)
-        self._quiet = False
         self.image: SliceCache | None = None
         self.mask: SliceCache | None = None
         self.mask_name = ""
@@ -226,14 +239,6 @@ class SliceViewer(w.VBox):
                 self.position = tuple(pos)
 
         return handler
-
-    @contextlib.contextmanager
-    def _quietly(self) -> Iterator[None]:
-        quiet, self._quiet = self._quiet, True
-        try:
-            yield
-        finally:
-            self._quiet = quiet
 
     # -- traits ---------------------------------------------------------------------------
     @t.validate("position")
