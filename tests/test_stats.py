@@ -387,3 +387,36 @@ def test_stats_without_storage_counters_leave_tiledb_alone(vol, monkeypatch):
     assert dumps == []
     with pytest.raises(ConfigurationError, match=r"TileDBStats\(storage=False\)"):
         stats.s3_stats()
+
+
+def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(tmp_path):
+    # 8 volumes x 4 MiB (float64, 16^3 tiles) against a 1 MiB cache: a random unaligned
+    # 20^3 patch per volume per epoch; later epochs touch tiles read before
+    volumes = [
+        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((80, 80, 80), "float64") + n, tile=TILE)
+        for n in range(8)
+    ]
+    rng = np.random.default_rng(0)
+    per_epoch = []
+    with configure(read=ReadConfig(cache_mb=1)):
+        for _epoch in range(4):
+            with TileDBStats(storage=False) as stats:
+                for n, vol in enumerate(volumes):
+                    x, y, z = (int(v) for v in rng.integers(1, 59, size=3))
+                    out = vol[x : x + 20, y : y + 20, z : z + 20]
+                    expected = arange_volume((80, 80, 80), "float64")[
+                        x : x + 20, y : y + 20, z : z + 20
+                    ]
+                    np.testing.assert_array_equal(out, expected + n)
+            per_epoch.append(stats.cache_stats().bytes_from_storage)
+    assert per_epoch[0] == 8 * 20**3 * 8  # exact regions, nothing more
+    assert all(b <= per_epoch[0] for b in per_epoch[1:]), per_epoch
+
+
+def test_a_working_set_that_fits_is_still_cached_on_the_second_touch(tmp_path):
+    vol = Volume.from_numpy(tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE)
+    with configure(read=ReadConfig(cache_mb=8)):
+        read(vol, np.s_[1:20, 1:20, 1:20])  # first touch: exact, not cached
+        read(vol, np.s_[1:20, 1:20, 1:20])  # second touch: its 8 tiles are admitted
+        stats, _, _ = read(vol, np.s_[1:20, 1:20, 1:20])
+    assert (stats.hits, stats.misses, stats.bytes_from_storage) == (8, 0, 0)
