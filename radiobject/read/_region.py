@@ -21,6 +21,7 @@ from cachetools import LRUCache
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import config_version, get_config
+from radiobject.read._local_tier import LocalTier, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 
 __all__ = [
@@ -101,6 +102,7 @@ def forget_array(uri: str) -> None:
             handle, _ = cache.pop(key)
             handle.close()
     block_cache().drop(uri)
+    tier_state().forget(uri)
 
 
 @dataclass
@@ -113,6 +115,11 @@ class CacheCounters:
     bytes_from_cache: int = 0
     bytes_from_storage: int = 0
     storage_queries: int = 0
+    tier_hits: int = 0
+    tier_misses: int = 0
+    bytes_from_tier: int = 0
+    tier_fills: int = 0
+    bytes_to_tier: int = 0
 
     def copy(self) -> CacheCounters:
         """A snapshot of the counters."""
@@ -120,6 +127,7 @@ class CacheCounters:
 
 
 _SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
+_SEEN_WINDOW = 2  # the tiles remembered span at most this many cache budgets of bytes
 
 
 class BlockCache:
@@ -131,8 +139,10 @@ class BlockCache:
         self._maxsize = -1
         self._version = -1
         self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
-        # tiles read once without being cached (see ``read_region``): a second touch caches
-        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
+        # tiles read recently, with their bytes (see ``read_region``): a second touch caches
+        # while the bytes of every tile touched in the window fit the cache
+        self._seen: LRUCache[tuple[str, tuple[int, ...]], int] = LRUCache(maxsize=_SEEN_MAX)
+        self._seen_bytes = 0
         self.worker_share = 1
 
     def _sync(self) -> None:
@@ -144,6 +154,8 @@ class BlockCache:
         if size != self._maxsize:  # a new budget starts an empty cache
             self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
             self._maxsize = size
+            self._seen.clear()
+            self._seen_bytes = 0
 
     @property
     def maxsize(self) -> int:
@@ -174,26 +186,53 @@ class BlockCache:
             evicted = before + added - len(self._lru)
             self.counters.evictions += max(0, evicted)
 
-    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]]) -> bool:
-        """Whether any of ``keys`` was read before; all of them count as read from now on."""
+    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]], tile_bytes: int = 0) -> bool:
+        """Whether any of ``keys`` was read before; all of them count as read from now on.
+
+        ``tile_bytes`` is the size of one of these tiles: the bytes of the distinct tiles
+        read recently (:meth:`working_set_fits`) are their sum.
+        """
         with self._lock:
             before = any(k in self._seen for k in keys)
+            window = _SEEN_WINDOW * max(self._maxsize, 0)
             for k in keys:
-                self._seen[k] = True
+                if k in self._seen:
+                    self._seen[k]  # refresh its recency
+                    continue
+                while self._seen and (
+                    len(self._seen) >= _SEEN_MAX or self._seen_bytes + tile_bytes > window
+                ):
+                    self._seen_bytes -= self._seen.popitem()[1]
+                self._seen[k] = tile_bytes
+                self._seen_bytes += tile_bytes
             return before
+
+    def working_set_fits(self) -> bool:
+        """Whether the distinct tiles read recently fit the cache together.
+
+        While they do, a tile read twice is worth keeping: it stays until its next use.
+        Once they do not (a cohort larger than the cache, read in a shuffled order), a block
+        admitted now is evicted before it is read again, and the tile-aligned fetch that
+        admits it reads more than the region asked for: every epoch would then read more
+        from storage than the first. ``read_region`` stops admitting new blocks then.
+        """
+        with self._lock:
+            self._sync()
+            return self._seen_bytes <= self._maxsize
 
     def drop(self, uri: str) -> None:
         with self._lock:
             for key in [k for k in self._lru if k[0] == uri]:
                 del self._lru[key]
             for key in [k for k in self._seen if k[0] == uri]:
-                del self._seen[key]
+                self._seen_bytes -= self._seen.pop(key)
 
     def clear(self) -> None:
         """Empty the cache and forget what was read (counters keep counting)."""
         with self._lock:
             self._lru.clear()
             self._seen.clear()
+            self._seen_bytes = 0
 
 
 _BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
@@ -267,7 +306,7 @@ def _read_col_major(
         return None
     query.set_subarray(sub)
     query.submit()
-    buffer = query.results()[info.attr][0]
+    buffer: np.ndarray = query.results()[info.attr][0]
     return buffer.view(info.dtype).reshape(shape, order="F")
 
 
@@ -281,7 +320,8 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
             out = _read_col_major(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
             if out is not None:
                 return out
-        return handle.read_subarray(sub)[info.attr]
+        result: np.ndarray = handle.read_subarray(sub)[info.attr]
+        return result
 
 
 class _FetchLocks:
@@ -324,15 +364,24 @@ def read_region(
     Served from the block cache where it can be; the tiles it lacks are read from storage
     in one query and cached. A region none of whose tiles was read before, and that does not
     fall on tile edges, is read exactly and not cached (one-off reads skip the larger
-    tile-aligned fetch); touching those tiles again caches them.
+    tile-aligned fetch); touching those tiles again caches them, while the distinct tiles
+    read recently fit the cache (:meth:`BlockCache.working_set_fits`). Once they do not, a
+    region with a missing tile is read exactly and nothing is admitted: a later epoch never
+    reads more from storage than the first, however large the cohort.
 
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
-    many patches per volume); whole volumes asked for are kept the same way. Regions too
-    large for the cache are read straight from storage.
+    many patches per volume), while what this process reads fits its cache (always for a
+    loader's shared store, which keeps its own budget); whole volumes asked for are kept
+    the same way. Regions too large for the cache are read straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
+    tier = local_tier()
+    if tier is not None and cache.get((uri, _WHOLE)) is None:
+        out = _read_tier(tier, cache, handle, info, ctx, bounds)
+        if out is not None:
+            return out
     tiles = info.tiles
     first, last = _tile_range(bounds, tiles)
     n_tiles = int(np.prod([b - a + 1 for a, b in zip(first, last, strict=True)]))
@@ -340,19 +389,31 @@ def read_region(
     counters = cache.counters
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
-    if (whole_on_miss or whole_region) and volume_bytes * 4 <= cache.maxsize:
+    if whole_region and volume_bytes * 4 <= cache.maxsize:
         return _read_via_whole(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         return _read_uncached(cache, handle, info, bounds, n_tiles)
 
     keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
+    first_touch = not cache.seen_before([(uri, k) for k in keys], tile_bytes)
+    fits = cache.working_set_fits()
+    # a loader's shared store keeps whole volumes within its own budget; this process's
+    # cache only while what it reads fits (or for a volume it still holds whole)
+    if (
+        whole_on_miss
+        and volume_bytes * 4 <= cache.maxsize
+        and (fits or get_shared_store() is not None or cache.get((uri, _WHOLE)) is not None)
+    ):
+        return _read_via_whole(cache, handle, info, bounds, n_tiles)
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
-    if (
-        len(missing) == len(keys)
-        and not _tile_aligned(bounds, tiles, info.shape)
-        and not cache.seen_before([(uri, k) for k in keys])
-    ):
+    aligned = _tile_aligned(bounds, tiles, info.shape)
+    if missing and not fits and not aligned:
+        # the tiles read recently do not fit the cache: a block admitted now is likely evicted
+        # before its next use, so read exactly the region rather than the larger tile-aligned
+        # box (a tile-aligned region costs the same either way, and is admitted)
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
+    if len(missing) == len(keys) and not aligned and first_touch:
         # first touch of these tiles: read just the region (a tile-aligned fetch decompresses
         # and copies more); the tiles are cached when a later read touches them again
         return _read_uncached(cache, handle, info, bounds, n_tiles)
@@ -368,10 +429,13 @@ def read_region(
         counters.hits += n_tiles - len(missing)
         counters.misses += len(missing)
         missed = set(missing)
-        counters.bytes_from_cache += sum(blocks[k].nbytes for k in keys if k not in missed)
+        counters.bytes_from_cache += sum(
+            b.nbytes for k in keys if k not in missed and (b := blocks[k]) is not None
+        )
 
     out = np.empty(tuple(hi - lo for lo, hi in bounds), dtype=info.dtype)
     for k, block in blocks.items():
+        assert block is not None  # every missing block was fetched
         src, dst = [], []
         for d, (lo, hi) in enumerate(bounds):
             t0 = k[d] * tiles[d]
@@ -430,6 +494,7 @@ def _read_via_whole(
             with cache._lock:
                 cache.counters.storage_queries += 1
                 cache.counters.bytes_from_storage += data.nbytes
+            _offer_tier(cache, handle, info, data)
             return data
 
         volume, hit = store.fetch(info.uri, load)
@@ -443,6 +508,7 @@ def _read_via_whole(
                 with cache._lock:
                     cache.counters.storage_queries += 1
                     cache.counters.bytes_from_storage += volume.nbytes
+                _offer_tier(cache, handle, info, volume)
     out = volume[tuple(slice(lo, hi) for lo, hi in bounds)].copy()
     with cache._lock:
         if hit:
@@ -451,6 +517,18 @@ def _read_via_whole(
         else:
             cache.counters.misses += n_tiles
     return out
+
+
+def _offer_tier(
+    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, volume: np.ndarray
+) -> None:
+    """A whole volume just read from storage: write it to the local tier in the background."""
+    tier = local_tier()
+    if tier is None:
+        return
+    state = tier_state()
+    key = state.key(info.uri, handle.ctx)
+    state.submit(key, lambda: None if tier.open(key) else _write_tier(tier, cache, key, volume))
 
 
 def _fetch_into_cache(
@@ -480,3 +558,85 @@ def _fetch_into_cache(
     with cache._lock:
         cache.counters.storage_queries += 1
         cache.counters.bytes_from_storage += data.nbytes
+
+
+def _read_tier(
+    tier: LocalTier,
+    cache: BlockCache,
+    handle: tiledb.Array,
+    info: ArrayInfo,
+    ctx: tiledb.Ctx,
+    bounds: Bounds,
+) -> np.ndarray | None:
+    """``bounds`` from the local tier, or None after queueing a background fill of the volume."""
+    state = tier_state()
+    key = state.key(info.uri, ctx)
+    out = tier.read(key, bounds)
+    with cache._lock:
+        if out is not None:
+            cache.counters.tier_hits += 1
+            cache.counters.bytes_from_tier += out.nbytes
+        else:
+            cache.counters.tier_misses += 1
+    if out is None:
+
+        def fill() -> None:
+            if tier.open(key) is not None:  # another process filled it meanwhile
+                return
+            volume = _query(handle, info, tuple((0, n) for n in info.shape))
+            with cache._lock:
+                cache.counters.storage_queries += 1
+                cache.counters.bytes_from_storage += volume.nbytes
+            _write_tier(tier, cache, key, volume)
+
+        state.submit(key, fill)
+    return out
+
+
+def _write_tier(tier: LocalTier, cache: BlockCache, key: str, volume: np.ndarray) -> None:
+    """Publish ``volume`` to the tier; a folder that cannot be written turns the tier off."""
+    try:
+        written = tier.write(key, volume)
+    except OSError as exc:
+        tier_state().disable(tier, exc)
+        return
+    if written:
+        with cache._lock:
+            cache.counters.tier_fills += 1
+            cache.counters.bytes_to_tier += tier.entry_bytes(key)
+
+
+def fill_local_tier(uri: str, ctx: tiledb.Ctx) -> bool:
+    """Put the whole volume ``uri`` in the local tier now, unless it is there already.
+
+    Returns whether it was written (False: already there, or larger than the budget).
+
+    Raises:
+        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0).
+        OSError: the tier's folder cannot be written.
+    """
+    from radiobject._errors import ConfigurationError
+
+    tier = local_tier()
+    if tier is None:
+        broken = tier_state().tier
+        why = f"it broke in this process ({broken.broken})" if broken is not None else "it is off"
+        raise ConfigurationError(
+            f"cannot fill the local read tier with {uri}: {why}; turn it on with "
+            "configure(read=ReadConfig(local_tier_mb=...)) and a writable local_tier_dir"
+        )
+    handle, info = open_array(uri, ctx)
+    key = tier_state().key(uri, ctx)
+    if tier.open(key) is not None:
+        return False
+    cache = block_cache()
+    volume = _query(handle, info, tuple((0, n) for n in info.shape))
+    with cache._lock:
+        cache.counters.storage_queries += 1
+        cache.counters.bytes_from_storage += volume.nbytes
+    written = tier.write(key, volume)
+    if written:
+        with cache._lock:
+            cache.counters.tier_fills += 1
+            cache.counters.bytes_to_tier += tier.entry_bytes(key)
+    return written

@@ -31,7 +31,13 @@ class CacheStats:
         evictions: blocks dropped to stay within the budget.
         bytes_from_cache: bytes of the blocks served from memory.
         bytes_from_storage: bytes read from storage (decompressed).
-        storage_queries: TileDB queries issued by the read path.
+        storage_queries: TileDB queries issued by the read path (with those that fill the
+            local read tier).
+        tier_hits: regions served from the local read tier (``ReadConfig.local_tier_mb``).
+        tier_misses: regions the tier lacked (each queues a background fill of its volume).
+        bytes_from_tier: bytes of the regions served from the tier (decompressed).
+        tier_fills: volumes written to the tier by this process.
+        bytes_to_tier: bytes those volumes take on disk (compressed).
         size_bytes: bytes held by the cache at the end.
         capacity_bytes: the cache budget of this process.
 
@@ -53,6 +59,11 @@ class CacheStats:
     bytes_from_cache: int = 0
     bytes_from_storage: int = 0
     storage_queries: int = 0
+    tier_hits: int = 0
+    tier_misses: int = 0
+    bytes_from_tier: int = 0
+    tier_fills: int = 0
+    bytes_to_tier: int = 0
     size_bytes: int = 0
     capacity_bytes: int = 0
 
