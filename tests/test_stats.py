@@ -389,27 +389,29 @@ def test_stats_without_storage_counters_leave_tiledb_alone(vol, monkeypatch):
         stats.s3_stats()
 
 
-def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(tmp_path):
-    # 8 volumes x 4 MiB (float64, 16^3 tiles) against a 1 MiB cache: a random unaligned
-    # 20^3 patch per volume per epoch; later epochs touch tiles read before
+@pytest.mark.parametrize(("size", "patch", "cache_mb"), [(80, 20, 1), (48, 12, 2)])
+def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(
+    tmp_path, size, patch, cache_mb
+):
+    # 8 float64 volumes (16^3 tiles) larger than the cache together, a random unaligned patch
+    # per volume per epoch; later epochs touch tiles read before. With 48^3 volumes and a
+    # 2 MiB cache, the tiles an epoch touches (~8 x 4 x 32 KiB) fit, but their volumes do not
     volumes = [
-        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((80, 80, 80), "float64") + n, tile=TILE)
+        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((size,) * 3, "float64") + n, tile=TILE)
         for n in range(8)
     ]
     rng = np.random.default_rng(0)
     per_epoch = []
-    with configure(read=ReadConfig(cache_mb=1)):
+    with configure(read=ReadConfig(cache_mb=cache_mb)):
         for _epoch in range(4):
             with TileDBStats(storage=False) as stats:
                 for n, vol in enumerate(volumes):
-                    x, y, z = (int(v) for v in rng.integers(1, 59, size=3))
-                    out = vol[x : x + 20, y : y + 20, z : z + 20]
-                    expected = arange_volume((80, 80, 80), "float64")[
-                        x : x + 20, y : y + 20, z : z + 20
-                    ]
-                    np.testing.assert_array_equal(out, expected + n)
+                    x, y, z = (int(v) for v in rng.integers(1, size - patch, size=3))
+                    box = np.s_[x : x + patch, y : y + patch, z : z + patch]
+                    expected = arange_volume((size,) * 3, "float64") + n
+                    np.testing.assert_array_equal(vol[box], expected[box])
             per_epoch.append(stats.cache_stats().bytes_from_storage)
-    assert per_epoch[0] == 8 * 20**3 * 8  # exact regions, nothing more
+    assert per_epoch[0] == 8 * patch**3 * 8  # exact regions, nothing more
     assert all(b <= per_epoch[0] for b in per_epoch[1:]), per_epoch
 
 

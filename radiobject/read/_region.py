@@ -127,7 +127,8 @@ class CacheCounters:
 
 
 _SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
-_SEEN_WINDOW = 2  # the tiles remembered span at most this many cache budgets of bytes
+_RECENT_WINDOW = 2  # volumes remembered as read recently: at most this many budgets of bytes
+_RECENT_MAX = 4096
 
 
 class BlockCache:
@@ -139,10 +140,11 @@ class BlockCache:
         self._maxsize = -1
         self._version = -1
         self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
-        # tiles read recently, with their bytes (see ``read_region``): a second touch caches
-        # while the bytes of every tile touched in the window fit the cache
-        self._seen: LRUCache[tuple[str, tuple[int, ...]], int] = LRUCache(maxsize=_SEEN_MAX)
-        self._seen_bytes = 0
+        # tiles read once without being cached (see ``read_region``): a second touch caches
+        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
+        # volumes read recently, with their bytes: the working set (``working_set_fits``)
+        self._recent: LRUCache[str, int] = LRUCache(maxsize=_RECENT_MAX)
+        self._recent_bytes = 0
         self.worker_share = 1
 
     def _sync(self) -> None:
@@ -154,8 +156,8 @@ class BlockCache:
         if size != self._maxsize:  # a new budget starts an empty cache
             self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
             self._maxsize = size
-            self._seen.clear()
-            self._seen_bytes = 0
+            self._recent.clear()
+            self._recent_bytes = 0
 
     @property
     def maxsize(self) -> int:
@@ -186,53 +188,59 @@ class BlockCache:
             evicted = before + added - len(self._lru)
             self.counters.evictions += max(0, evicted)
 
-    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]], tile_bytes: int = 0) -> bool:
-        """Whether any of ``keys`` was read before; all of them count as read from now on.
-
-        ``tile_bytes`` is the size of one of these tiles: the bytes of the distinct tiles
-        read recently (:meth:`working_set_fits`) are their sum.
-        """
+    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]]) -> bool:
+        """Whether any of ``keys`` was read before; all of them count as read from now on."""
         with self._lock:
             before = any(k in self._seen for k in keys)
-            window = _SEEN_WINDOW * max(self._maxsize, 0)
             for k in keys:
-                if k in self._seen:
-                    self._seen[k]  # refresh its recency
-                    continue
-                while self._seen and (
-                    len(self._seen) >= _SEEN_MAX or self._seen_bytes + tile_bytes > window
-                ):
-                    self._seen_bytes -= self._seen.popitem()[1]
-                self._seen[k] = tile_bytes
-                self._seen_bytes += tile_bytes
+                self._seen[k] = True
             return before
 
-    def working_set_fits(self) -> bool:
-        """Whether the distinct tiles read recently fit the cache together.
+    def touch_volume(self, uri: str, volume_bytes: int) -> None:
+        """Note that ``uri`` (``volume_bytes`` once decompressed) was read just now."""
+        with self._lock:
+            if uri in self._recent:
+                self._recent[uri]  # refresh its recency
+                return
+            window = _RECENT_WINDOW * max(self._maxsize, 0)
+            while self._recent and (
+                len(self._recent) >= _RECENT_MAX or self._recent_bytes + volume_bytes > window
+            ):
+                self._recent_bytes -= self._recent.popitem()[1]
+            self._recent[uri] = volume_bytes
+            self._recent_bytes += volume_bytes
 
-        While they do, a tile read twice is worth keeping: it stays until its next use.
-        Once they do not (a cohort larger than the cache, read in a shuffled order), a block
-        admitted now is evicted before it is read again, and the tile-aligned fetch that
-        admits it reads more than the region asked for: every epoch would then read more
-        from storage than the first. ``read_region`` stops admitting new blocks then.
+    def working_set_fits(self) -> bool:
+        """Whether the volumes read recently fit the cache together, whole.
+
+        Random patches of a volume touch all of its tiles over a few epochs, so the working
+        set is the volumes being read, not the tiles read so far. While it fits, a tile read
+        twice is worth keeping: it stays until its next use. Once it does not (a cohort
+        larger than the cache, read in a shuffled order), a block admitted now is evicted
+        before it is read again, and the tile-aligned fetch that admits it reads more than
+        the region asked for: every epoch would read more from storage than the first.
+        ``read_region`` then stops admitting blocks fetched for unaligned regions.
         """
         with self._lock:
             self._sync()
-            return self._seen_bytes <= self._maxsize
+            return self._recent_bytes <= self._maxsize
 
     def drop(self, uri: str) -> None:
         with self._lock:
             for key in [k for k in self._lru if k[0] == uri]:
                 del self._lru[key]
             for key in [k for k in self._seen if k[0] == uri]:
-                self._seen_bytes -= self._seen.pop(key)
+                del self._seen[key]
+            if uri in self._recent:
+                self._recent_bytes -= self._recent.pop(uri)
 
     def clear(self) -> None:
         """Empty the cache and forget what was read (counters keep counting)."""
         with self._lock:
             self._lru.clear()
             self._seen.clear()
-            self._seen_bytes = 0
+            self._recent.clear()
+            self._recent_bytes = 0
 
 
 _BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
@@ -364,10 +372,10 @@ def read_region(
     Served from the block cache where it can be; the tiles it lacks are read from storage
     in one query and cached. A region none of whose tiles was read before, and that does not
     fall on tile edges, is read exactly and not cached (one-off reads skip the larger
-    tile-aligned fetch); touching those tiles again caches them, while the distinct tiles
-    read recently fit the cache (:meth:`BlockCache.working_set_fits`). Once they do not, a
-    region with a missing tile is read exactly and nothing is admitted: a later epoch never
-    reads more from storage than the first, however large the cohort.
+    tile-aligned fetch); touching those tiles again caches them, while the volumes read
+    recently fit the cache (:meth:`BlockCache.working_set_fits`). Once they do not, an
+    unaligned region with a missing tile is read exactly and nothing is admitted: a later
+    epoch never reads more from storage than the first, however large the cohort.
 
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
@@ -395,7 +403,8 @@ def read_region(
         return _read_uncached(cache, handle, info, bounds, n_tiles)
 
     keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
-    first_touch = not cache.seen_before([(uri, k) for k in keys], tile_bytes)
+    first_touch = not cache.seen_before([(uri, k) for k in keys])
+    cache.touch_volume(uri, volume_bytes)
     fits = cache.working_set_fits()
     # a loader's shared store keeps whole volumes within its own budget; this process's
     # cache only while what it reads fits (or for a volume it still holds whole)
@@ -627,7 +636,7 @@ def fill_local_tier(uri: str, ctx: tiledb.Ctx) -> bool:
         )
     handle, info = open_array(uri, ctx)
     key = tier_state().key(uri, ctx)
-    if tier.open(key) is not None:
+    if tier.entry_bytes(key) and tier.open(key) is not None:  # on disk, not just held open
         return False
     cache = block_cache()
     volume = _query(handle, info, tuple((0, n) for n in info.shape))
