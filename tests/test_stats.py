@@ -422,3 +422,55 @@ def test_a_working_set_that_fits_is_still_cached_on_the_second_touch(tmp_path):
         read(vol, np.s_[1:20, 1:20, 1:20])  # second touch: its 8 tiles are admitted
         stats, _, _ = read(vol, np.s_[1:20, 1:20, 1:20])
     assert (stats.hits, stats.misses, stats.bytes_from_storage) == (8, 0, 0)
+
+
+@pytest.fixture
+def trim_every_3(monkeypatch):
+    from radiobject.read import _region, _stats
+
+    calls = []
+
+    def trim() -> None:
+        calls.append(1)
+        _stats.trim_query_record()
+
+    monkeypatch.setattr(_region, "on_many_queries", (3, trim))
+    monkeypatch.setattr(_region, "_next_trim", -1)
+    return calls
+
+
+def one_voxel_reads(vol: Volume, n: int) -> None:
+    for i in range(n):
+        vol[i : i + 1, 0:1, 0:1]
+
+
+def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every_3, monkeypatch):
+    import tiledb
+
+    from radiobject.read import _region
+    from radiobject.read._stats import _stats_enabled
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        one_voxel_reads(vol, 10)  # warm: handles and fragment metadata loaded
+        with TileDBStats() as trimmed:
+            one_voxel_reads(vol, 10)
+        assert len(trim_every_3) == 6  # every 3 queries after the first
+        one_voxel_reads(vol, 7)  # outside any block: statistics reset and stay off
+        assert len(trim_every_3) >= 8
+        assert not _stats_enabled()
+        monkeypatch.setattr(_region, "on_many_queries", None)
+        with TileDBStats() as plain:
+            one_voxel_reads(vol, 10)
+        assert trimmed.s3_stats().read_ops == plain.s3_stats().read_ops > 0
+        assert trimmed.s3_stats().bytes_read == plain.s3_stats().bytes_read
+        assert trimmed.s3_stats().queries == plain.s3_stats().queries == 10
+        tiledb.stats_enable()  # the user's statistics: never reset by a trim
+        try:
+            tiledb.stats_reset()
+            one_voxel_reads(vol, 7)
+            from radiobject.read._stats import _raw_counters
+
+            assert sum(v for k, v in _raw_counters().items() if k.endswith("read_ops_num")) > 0
+        finally:
+            tiledb.stats_reset()
+            tiledb.stats_disable()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -318,7 +319,34 @@ def _read_col_major(
     return buffer.view(info.dtype).reshape(shape, order="F")
 
 
+# (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
+on_many_queries: tuple[int, Callable[[], None]] | None = None
+_next_trim = -1  # read_overlap.queries at which to call it next (-1: not counted yet)
+
+
+def _after_query() -> None:
+    global _next_trim
+    hook = on_many_queries
+    if hook is None or 0 <= _next_trim > read_overlap.queries:
+        return
+    every, trim = hook
+    with read_overlap._lock:
+        queries = read_overlap.queries
+        due = 0 <= _next_trim <= queries
+        if _next_trim < 0 or due:  # another thread may have moved it on meanwhile
+            _next_trim = queries + every
+    if due:
+        trim()
+
+
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
+    try:
+        return _query_once(handle, info, bounds)
+    finally:
+        _after_query()
+
+
+def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
     # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
     with read_overlap, tiledb_errors(info.uri, "read volume"):
