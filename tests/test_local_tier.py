@@ -227,3 +227,26 @@ def test_the_warm_command_fills_the_tier(tmp_path):
     assert len(entries(folder)) == 3
     tier = LocalTier(folder, 8 << 20)
     assert all(tier.open(p.name[: -len(".b2nd")]) is not None for p in entries(folder))
+
+
+def test_a_fill_while_reading_never_evicts_volumes_in_use(tmp_path):
+    rng = np.random.default_rng(1)  # ~0.4 MiB an entry: a 1 MiB budget holds two
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", rng.random((48, 48, 24)), tile=TILE) for i in range(4)
+    ]
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder, mb=1)):
+        for _epoch in range(2):
+            for v in vols:
+                np.testing.assert_array_equal(v[PATCH], v.to_numpy()[PATCH])
+                tier_state().flush()
+        kept = entries(folder)
+        assert len(kept) == 2  # the first two; the others found no idle entry to replace
+        with TileDBStats(storage=False) as stats:
+            for v in vols:
+                v[PATCH]
+            tier_state().flush()
+        c = stats.cache_stats()
+        assert (c.tier_hits, c.tier_misses, c.tier_fills) == (2, 2, 0)
+        assert c.storage_queries == 2  # the two regions; no fill tried again
+    assert entries(folder) == kept

@@ -30,8 +30,12 @@ Never wrong:
 - a folder that cannot be written (read-only, full disk) turns the tier off in that process
   with one warning: reads go on from TileDB.
 
-The folder's size is bounded by ``ReadConfig.local_tier_mb``: after each write the least
+The folder's size is bounded by ``ReadConfig.local_tier_mb``: before each write the least
 recently used entries (by modification time, touched when a process opens one) are removed.
+A fill while reading evicts only entries unused for an hour (``FILL_IDLE_S``): with a cohort
+larger than the budget the tier keeps the volumes it has instead of churning (each fill reads
+a whole volume), and a volume that found no room is not tried again by that process.
+``warm_local_tier`` evicts any least recently used entry.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ _SUFFIX = ".b2nd"
 _SIDECAR = ".json"
 _TMP = ".tmp"
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a dead writer
+FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this long
 
 
 def default_tier_dir() -> Path:
@@ -159,8 +164,12 @@ class LocalTier:
             out: np.ndarray = array[tuple(slice(lo, hi) for lo, hi in bounds)]
         return out
 
-    def write(self, key: str, volume: np.ndarray) -> bool:
+    def write(self, key: str, volume: np.ndarray, *, idle_s: float = 0.0) -> bool:
         """Publish ``volume`` as entry ``key``; False if it does not fit the budget.
+
+        Room is made by removing the least recently used entries, only those unused for
+        ``idle_s`` seconds: a fill while training (``idle_s`` > 0) never evicts volumes the
+        run is using, so a cohort larger than the budget does not churn the folder.
 
         Raises:
             OSError: the folder cannot be written (the caller turns the tier off).
@@ -194,7 +203,8 @@ class LocalTier:
                 "dtype": str(volume.dtype),
             }
             tmp_side.write_text(json.dumps(meta))
-            self._make_room(size, keep=key)
+            if not self._make_room(size, keep=key, idle_s=idle_s):
+                return False
             os.replace(tmp_data, data)
             os.replace(tmp_side, sidecar)
         except RuntimeError as exc:  # blosc2 reports a failed write as RuntimeError
@@ -231,19 +241,25 @@ class LocalTier:
             if time.time() - path.stat().st_mtime > _STALE_TMP_S:
                 path.unlink()
 
-    def _make_room(self, incoming: int, keep: str) -> None:
+    def _make_room(self, incoming: int, keep: str, idle_s: float = 0.0) -> bool:
+        """Remove least recently used entries (unused for ``idle_s``) until ``incoming`` fits."""
         entries = self.entries()
         total = sum(size for _, size, name in entries if name != keep) + incoming
-        for _, size, name in entries:
+        if total <= self.budget_bytes:
+            return True
+        now = time.time()
+        victims = [e for e in entries if e[2] != keep and now - e[0] >= idle_s]
+        if total - sum(size for _, size, _ in victims) > self.budget_bytes:
+            return False  # not enough idle entries: evict nothing
+        for _, size, name in victims:
             if total <= self.budget_bytes:
                 break
-            if name == keep:
-                continue
             data, sidecar = self._paths(name)
             for path in (sidecar, data):
                 with contextlib.suppress(OSError):
                     path.unlink()
             total -= size
+        return True
 
 
 def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
@@ -263,6 +279,7 @@ class _TierState:
         self.tier: LocalTier | None = None
         self.keys: LRUCache[str, str] = LRUCache(maxsize=4096)  # uri -> entry name
         self.pending: set[str] = set()
+        self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
@@ -300,7 +317,7 @@ class _TierState:
     def submit(self, key: str, job: Any) -> Future[None] | None:
         """Run ``job`` in the background writer unless ``key`` is already queued."""
         with self.lock:
-            if key in self.pending:
+            if key in self.pending or key in self.rejected:
                 return None
             self.pending.add(key)
             if self.pool is None:

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import config_version, get_config
-from radiobject.read._local_tier import LocalTier, local_tier, tier_state
+from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 
 __all__ = [
@@ -632,12 +632,16 @@ def _read_tier(
 
 def _write_tier(tier: LocalTier, cache: BlockCache, key: str, volume: np.ndarray) -> None:
     """Publish ``volume`` to the tier; a folder that cannot be written turns the tier off."""
+    state = tier_state()
     try:
-        written = tier.write(key, volume)
+        written = tier.write(key, volume, idle_s=FILL_IDLE_S)
     except OSError as exc:
-        tier_state().disable(tier, exc)
+        state.disable(tier, exc)
         return
-    if written:
+    if not written:
+        with state.lock:
+            state.rejected[key] = True
+    else:
         with cache._lock:
             cache.counters.tier_fills += 1
             cache.counters.bytes_to_tier += tier.entry_bytes(key)
