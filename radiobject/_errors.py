@@ -18,6 +18,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "FilterError",
+    "IncompleteError",
     "IngestError",
     "LabelError",
     "NotFoundError",
@@ -106,6 +107,27 @@ class AlreadyExistsError(StorageError, FileExistsError):
     Traceback (most recent call last):
     ...
     radiobject._errors.AlreadyExistsError: '.../vol' already exists; remove it or write to a new URI
+    """
+
+
+class IncompleteError(StorageError):
+    """A stored object whose writing did not finish (the writer was stopped or failed).
+
+    Finish it with ``resume=True`` on the call that wrote it, or remove it. Writers mark an
+    object complete last; here the mark is taken off by hand, as a killed writer leaves it:
+
+    >>> import os, tempfile
+    >>> import numpy as np, tiledb
+    >>> from radiobject import VolumeCollection
+    >>> uri = os.path.join(tempfile.mkdtemp(), "CT")
+    >>> len(VolumeCollection.from_numpy(uri, [np.zeros((4, 4, 2))]))
+    1
+    >>> with tiledb.Group(uri, mode="w") as g:
+    ...     del g.meta["complete"]
+    >>> VolumeCollection(uri)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.IncompleteError: '.../CT' holds a VolumeCollection whose writing ...
     """
 
 

@@ -41,3 +41,26 @@ def sample_radi(tmp_path_factory: pytest.TempPathFactory) -> radiobject.RadiObje
 @pytest.fixture
 def new_uri(tmp_path: Path) -> str:
     return str(tmp_path / "target")
+
+
+@pytest.fixture(scope="module")
+def dask_executor():
+    """An executor on a local Dask cluster: 2 worker processes of 1 thread, on 127.0.0.1.
+
+    The workers start without the AWS credentials of this process's environment: whatever
+    they need must travel with the tasks, as on a real cluster.
+    """
+    distributed = pytest.importorskip("distributed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # workers never probe for credentials
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            mp.delenv(name, raising=False)
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            host="127.0.0.1",
+        )
+    with cluster, distributed.Client(cluster) as client:
+        yield client.get_executor()

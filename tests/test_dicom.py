@@ -326,3 +326,14 @@ def test_is_dicom_dir_uses_preamble_without_extension(tmp_path: Path) -> None:
     assert is_dicom_dir(folder)
     assert find_dicom_series(tmp_path) == [folder]
     assert read_dicom_series(folder).array.shape == (12, 10, 2)
+
+
+def test_geometry_without_pixels_agrees_with_the_series(tmp_path: Path) -> None:
+    from radiobject.ingest._dicom import read_dicom_geometry
+
+    volume = np.arange(12 * 10 * 6, dtype=np.int16).reshape(12, 10, 6)
+    write_series(tmp_path / "s", volume, origin=(-60.0, -50.0, 20.0), pixel_spacing=(0.8, 0.7))
+    shape, affine = read_dicom_geometry(tmp_path / "s")
+    series = read_dicom_series(tmp_path / "s")
+    assert shape == series.array.shape == (12, 10, 6)
+    np.testing.assert_array_equal(affine, series.affine)

@@ -26,6 +26,7 @@ PUBLIC_API = [
     "ConfigurationError",
     "Dataframe",
     "FilterError",
+    "IncompleteError",
     "IngestError",
     "LabelError",
     "NotFoundError",
@@ -172,6 +173,15 @@ def test_import_leaves_ml_and_ui_libraries_out():
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "args", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"]
+)
+def test_ruff(args):
+    exe = shutil.which("ruff") or pytest.skip("ruff is not installed")
+    result = run([exe, *args])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_import_linter_contracts():

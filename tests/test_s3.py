@@ -34,6 +34,7 @@ import tiledb
 from radiobject import (
     AlreadyExistsError,
     CompressionConfig,
+    IngestError,
     NotFoundError,
     RadiObject,
     RadiObjectConfig,
@@ -622,3 +623,31 @@ def test_request_that_never_answers_times_out(s3_server):
     assert uri in msg
     assert "request_timeout_ms=1000" in msg
     assert "connect_max_tries=1" in msg
+
+
+# -- ingest on a Dask cluster --------------------------------------------------------------
+
+
+def test_ingest_on_a_dask_cluster_into_s3(s3, dask_executor, tmp_path):
+    images, obs_meta = write_sample_niftis(tmp_path / "nifti", n_subjects=3, shape=SHAPE, seed=7)
+    # the workers have no credentials of their own: these travel with every task
+    configure(s3=s3.settings(aws_access_key_id=s3.key_id, aws_secret_access_key=s3.secret))
+    uri = s3.uri("dask", "radi")
+    radi = RadiObject.from_images(
+        uri, images, obs_meta=obs_meta, progress=False, executor=dask_executor
+    )
+    local = RadiObject.from_images(tmp_path / "local", images, obs_meta=obs_meta, progress=False)
+    assert repr(RadiObject(uri)) == repr(local).replace(local.uri, uri)
+    pd.testing.assert_frame_equal(radi.obs_meta, local.obs_meta)
+    for name in local.collection_names:
+        pd.testing.assert_frame_equal(radi[name].obs, local[name].obs)
+        _same_volumes(radi[name], local[name])
+    assert radi.seg.foreground().keys() == local.seg.foreground().keys()
+
+    # a file that breaks on a worker: a clear error naming it, and nothing left on S3
+    victim = Path(images["T1w"]).parent / "sub-001_T1w.nii.gz"
+    victim.write_bytes(victim.read_bytes()[:-200])  # the header reads, the voxels do not
+    broken = s3.uri("dask", "broken")
+    with pytest.raises(IngestError, match=r"cannot read NIfTI file .*sub-001_T1w\.nii\.gz"):
+        RadiObject.from_images(broken, images, progress=False, executor=dask_executor)
+    assert s3.keys(broken) == []

@@ -73,11 +73,15 @@ def test_moving_a_slider_changes_the_image_and_reads_one_plane(browser, monkeypa
 
     monkeypatch.setattr(Volume, "__getitem__", spy)
     before = browser.images
+    cross_before = browser.viewer.crosshair_at
     browser.viewer.sliders["axial"].value = 5
     after = browser.images
     assert browser.position == (16, 16, 5)
     assert after["axial"] != before["axial"]
-    assert after["coronal"] != before["coronal"]  # the crosshair moved there
+    # the crosshair moved on the coronal plane (drawn by the page over the same PNG)
+    assert after["coronal"] == before["coronal"]
+    assert browser.viewer.crosshair_at["coronal"] != cross_before["coronal"]
+    assert browser.viewer.crosshair_widgets["coronal"].value
     # one image plane and one mask plane, each a single z: no whole-volume reads
     assert len(reads) == 2
     assert all(index[2] == 5 and index[0] == slice(None) for index in reads)
@@ -407,3 +411,119 @@ def test_tuner_table_numbers_read_as_numbers():
     cells = re.findall(r"<td>(.*?)</td>", table)
     assert cells == ["★", "1", "3,333", "85.3%", "1.23", "12", "", "2", "12.3", "-", "250", "3"]
     assert "e+" not in table
+
+
+# -- scrub latency: what an update costs and sends -----------------------------------------
+def test_latency_readout_counts_each_update_and_the_bytes_sent(browser):
+    stats = browser.viewer.latency
+    updates = stats.updates
+    before = browser.images
+    browser.set_position(3, 4, 5)  # all three coordinates: three new planes
+    after = browser.images
+    assert stats.updates == updates + 1
+    changed = [p for p in after if after[p] != before[p]]
+    assert len(changed) == 3
+    assert stats.encodes_last == 3
+    assert stats.bytes_last == sum(len(after[p]) for p in changed)
+    assert stats.last_ms > 0
+    assert stats.p95_ms >= stats.p50_ms > 0
+    assert f"{stats.bytes_last / 1000:.1f} kB" in browser.viewer.latency_box.value
+    browser.render()  # nothing new: nothing sent, no update counted
+    assert stats.updates == updates + 1
+    browser.set_position(3, 4, 6)
+    assert stats.updates == updates + 2
+    assert (stats.encodes_last, stats.bytes_last) == (1, len(browser.images["axial"]))
+
+
+def test_moving_one_coordinate_re_encodes_only_the_plane_that_changed(browser, monkeypatch):
+    from radiobject.widgets import _viewer
+
+    encoded: list[bytes] = []
+
+    def spying(original):
+        def spy(*args, **kwargs):
+            png = original(*args, **kwargs)
+            encoded.append(png)
+            return png
+
+        return spy
+
+    for name in ("encode_indexed", "encode_png"):
+        monkeypatch.setattr(_viewer, name, spying(getattr(_viewer, name)))
+    x, y, z = browser.position
+    moves = [
+        ((x, y, z + 1), "axial"),
+        ((x + 1, y, z + 1), "sagittal"),
+        ((x + 1, y + 1, z + 1), "coronal"),
+    ]
+    for pos, plane in moves:
+        encoded.clear()
+        before, cross = browser.images, browser.viewer.crosshair_at
+        browser.set_position(*pos)
+        browser.render()
+        after = browser.images
+        assert encoded == [after[plane]]  # one PNG made, for the plane cut at a new index
+        assert [p for p in after if after[p] != before[p]] == [plane]
+        moved = [p for p in after if browser.viewer.crosshair_at[p] != cross[p]]
+        assert sorted(moved) == sorted(set(after) - {plane})  # the page moves the others'
+    encoded.clear()
+    browser.viewer.crosshair = False
+    assert encoded == []
+    assert browser.viewer.crosshair_at == {}
+    assert all(not browser.viewer.crosshair_widgets[p].value for p in browser.images)
+    browser.viewer.cmap = "bone"  # every plane's pixels change
+    assert len(encoded) == 3
+
+
+def test_planes_are_exact_on_an_arange_volume(tmp_path):
+    from radiobject.widgets._render import Window, crosshair_pixel, display_scale, render_slice
+    from radiobject.widgets._slices import SliceCache, plane_spacing, plane_uv
+    from radiobject.widgets._viewer import SliceViewer
+
+    def check(data, labels, position, window, png_colour_type):
+        vol = Volume.from_numpy(str(tmp_path / f"img{data.size}"), data)
+        seg = Volume.from_numpy(str(tmp_path / f"seg{data.size}"), labels)
+        viewer = SliceViewer()
+        viewer.level, viewer.width = window.level, window.width
+        viewer.show(SliceCache(vol), SliceCache(seg), "seg")
+        viewer.position = position
+        x, y, z = position
+        planes = {
+            "axial": (data[:, :, z], labels[:, :, z]),
+            "coronal": (data[:, y, :], labels[:, y, :]),
+            "sagittal": (data[x], labels[x]),
+        }
+        for plane, (img, lab) in planes.items():
+            scale = display_scale(img.shape, plane_spacing(plane, vol.spacing))
+            expected = render_slice(img, window, "gray", mask=lab, opacity=0.4, scale=scale)
+            png = viewer.images[plane]
+            assert (decode_png(png) == expected).all(), plane
+            assert png[25] == png_colour_type[plane]  # 3: indexed, 2: RGB
+            assert viewer.crosshair_at[plane] == crosshair_pixel(
+                plane_uv(plane, position), img.shape, scale
+            )
+
+    data = np.arange(6 * 7 * 5, dtype=np.float32).reshape(6, 7, 5)
+    labels = (np.arange(data.size).reshape(data.shape) % 4).astype(np.uint8)
+    check(
+        data,
+        labels,
+        (2, 3, 1),
+        Window(100.0, 180.0),
+        dict.fromkeys(("axial", "coronal", "sagittal"), 3),
+    )
+    # a ramp along y under a mask split along x needs more than 256 colours: sent as RGB
+    ramp = np.tile(np.arange(200, dtype=np.float32)[None, :, None], (20, 1, 2))
+    halves = np.zeros(ramp.shape, np.uint8)
+    halves[10:] = 1
+    rgb_axial = {"axial": 2, "coronal": 3, "sagittal": 3}
+    check(ramp, halves, (12, 50, 1), Window(100.0, 200.0), rgb_axial)
+
+
+def test_thumbnails_of_large_planes_stay_small(tmp_path):
+    from radiobject.widgets._png import png_size
+
+    vol = np.random.default_rng(0).normal(size=(300, 200, 4)).astype(np.float32)
+    browser = CollectionBrowser(VolumeCollection.from_numpy(str(tmp_path / "c"), {"a": vol}))
+    thumb = browser.thumbnails.children[0].children[0]
+    assert png_size(thumb.value) == (75, 50)  # every 4th voxel of 300 x 200, not 300 wide

@@ -83,6 +83,9 @@ def test_colormap_matches_matplotlib():
     assert out[1].tolist() == expected[128].tolist()
     with pytest.raises(ValueError, match="unknown colormap"):
         apply_colormap(np.zeros(2), "no-such-map")
+    # grey is built without importing matplotlib: the same table
+    grey = np.round(matplotlib.colormaps["gray"](np.linspace(0, 1, 256))[:, :3] * 255)
+    assert apply_colormap(np.linspace(0, 1, 256), "gray").tolist() == grey.tolist()
 
 
 def test_overlay_has_the_label_colour_at_mask_voxels():
@@ -260,3 +263,68 @@ def test_plot_and_summary_render():
     assert "12.3" in html
     assert html.count("★") == 1
     assert "best so far" in _plots.best_html(None, None)
+
+
+# -- indexed rendering, slab warming -------------------------------------------------------
+def test_indexed_rendering_equals_rgb_rendering():
+    from radiobject.widgets._png import encode_indexed
+    from radiobject.widgets._render import render_indexed
+
+    rng = np.random.default_rng(3)
+    outcomes = set()
+    for trial in range(60):
+        shape = tuple(int(n) for n in rng.integers(2, 40, 2))
+        plane = rng.normal(0, 100, shape)
+        mask = rng.integers(0, 4, shape) * (rng.random(shape) < 0.3)
+        if trial % 3 == 0:
+            mask = mask.astype(np.float32)
+        if trial % 7 == 0:
+            mask = None
+        window = Window(rng.normal(0, 50), abs(rng.normal(100, 50)) + 1)
+        opacity = float(rng.choice([0.0, 0.4, 1.0, 0.77]))
+        cmap = str(rng.choice(["gray", "viridis", "hot"]))
+        scale = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        style = {"mask": mask, "opacity": opacity, "scale": scale}
+        expected = render_slice(plane, window, cmap, **style)
+        indexed = render_indexed(plane, window, cmap, **style)
+        outcomes.add(indexed is None)
+        if indexed is None:  # more than 256 colours: the caller renders RGB
+            assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 256
+            continue
+        index, palette = indexed
+        assert index.dtype == np.uint8
+        assert len(palette) <= 256
+        assert (palette[index] == expected).all(), trial
+        assert (decode_png(encode_indexed(index, palette)) == expected).all()
+    assert outcomes == {True, False}  # both paths were taken
+    with pytest.raises(ValueError, match="palette"):
+        encode_indexed(np.zeros((2, 2), np.uint8), np.zeros((300, 3), np.uint8))
+
+
+def test_slice_cache_warms_the_slab_and_the_next_one(tmp_path):
+    from radiobject import TileConfig
+    from radiobject.read._region import block_cache
+
+    data = np.arange(8 * 8 * 12, dtype=np.float32).reshape(8, 8, 12)
+    vol = Volume.from_numpy(str(tmp_path / "v"), data, tile=TileConfig(extents=(4, 4, 4)))
+    cache = _slices.SliceCache(vol)
+    counters = block_cache().counters
+
+    def misses_reading(z: int) -> int:
+        before = counters.misses
+        assert cache.plane("axial", z).tolist() == data[:, :, z].tolist()
+        return counters.misses - before
+
+    cache.plane("axial", 5)
+    cache.prefetch((0, 0, 5))  # what the viewer does after its first image
+    cache.wait()
+    assert misses_reading(6) == 0  # the slab z 4..7 is in memory; scrubbing up near
+    assert misses_reading(7) == 0  # its edge ...
+    cache.wait()
+    assert misses_reading(8) == 0  # ... had the next slab read ahead
+    assert misses_reading(0) > 0  # a jump elsewhere reads from storage
+    off = _slices.SliceCache(vol, warm=False)
+    off.plane("axial", 1)
+    off.prefetch((0, 0, 1))
+    off.wait()
+    assert off.reads == 1

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
 import tiledb
 
-from radiobject._errors import ConfigurationError
-from radiobject.data._phantom import MODALITIES, make_subject
+from radiobject._errors import ConfigurationError, IncompleteError
+from radiobject.data._phantom import MODALITIES, SubjectPhantom, make_subject
+
+if TYPE_CHECKING:
+    from radiobject.storage._radiobject import RadiObject
 
 __all__ = ["BRATS_SHAPE", "make_sample_radiobject", "sample_obs_meta", "write_sample_niftis"]
 
@@ -20,7 +25,10 @@ _SPACING = (1.0, 1.0, 1.0)
 _SITES = ("site-A", "site-B", "site-C")
 
 
-def _check(n_subjects: int, shape: Sequence[int], modalities: Sequence[str]) -> None:
+def _check(
+    n_subjects: int, shape: Sequence[int], modalities: Sequence[str]
+) -> tuple[int, int, int]:
+    """The checked arguments' shape as three ints."""
     if n_subjects < 1:
         raise ConfigurationError(f"n_subjects must be >= 1, got {n_subjects}")
     if len(shape) != 3 or min(shape) < 8:
@@ -28,6 +36,8 @@ def _check(n_subjects: int, shape: Sequence[int], modalities: Sequence[str]) -> 
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
         raise ConfigurationError(f"unknown modalities {unknown}; choose from {list(MODALITIES)}")
+    x, y, z = (int(s) for s in shape)
+    return x, y, z
 
 
 def sample_obs_meta(n_subjects: int, seed: int = 0) -> pd.DataFrame:
@@ -70,7 +80,7 @@ def make_sample_radiobject(
     seed: int = 0,
     progress: bool = True,
     ctx: tiledb.Ctx | None = None,
-) -> RadiObject:  # noqa: F821 - imported below to keep the import graph simple
+) -> RadiObject:
     """Write the synthetic sample cohort as a RadiObject at ``uri``.
 
     Every subject has one volume per modality (all sharing one anatomy) and a tumour
@@ -97,11 +107,10 @@ def make_sample_radiobject(
     from radiobject.ingest._sources import Item
     from radiobject.storage._radiobject import RadiObject
 
-    shape = tuple(int(s) for s in shape)
-    _check(n_subjects, shape, modalities)
+    shape = _check(n_subjects, shape, modalities)
     obs_meta = sample_obs_meta(n_subjects, seed)
     affine = _affine(shape)
-    cache: dict[int, object] = {}
+    cache: dict[int, SubjectPhantom] = {}
     uses: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -116,7 +125,7 @@ def make_sample_radiobject(
             uses[i] = uses.get(i, 0) + 1
             if uses[i] == len(modalities) + 1:
                 del cache[i]
-        return phantom.mask if key is None else phantom.images[key]  # type: ignore[attr-defined]
+        return phantom.mask if key is None else phantom.images[key]
 
     def item(i: int, key: str | None) -> Item:
         def load() -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +155,7 @@ def write_sample_niftis(
     """
     import nibabel as nib
 
-    shape = tuple(int(s) for s in shape)
-    _check(n_subjects, shape, modalities)
+    shape = _check(n_subjects, shape, modalities)
     directory = Path(directory)
     obs_meta = sample_obs_meta(n_subjects, seed)
     affine = _affine(shape)
@@ -168,7 +176,12 @@ def write_sample_niftis(
     return images, obs_meta
 
 
-SCALES = {
+class _Scale(TypedDict):
+    n_subjects: int
+    shape: tuple[int, int, int]
+
+
+SCALES: dict[str, _Scale] = {
     "small": {"n_subjects": 8, "shape": (64, 64, 48)},
     "medium": {"n_subjects": 12, "shape": (128, 128, 96)},
     "full": {"n_subjects": 12, "shape": BRATS_SHAPE},
@@ -177,7 +190,7 @@ SCALES = {
 
 def load_sample_radiobject(
     scale: str | None = None, path: str | Path | None = None, *, progress: bool = True
-) -> RadiObject:  # noqa: F821
+) -> RadiObject:
     """The tutorials' sample cohort: opened if already made, else made once and kept.
 
     Args:
@@ -189,6 +202,8 @@ def load_sample_radiobject(
         progress: show progress bars while making it.
 
     The cohort has T1w, FLAIR and CT collections, a ``seg`` mask collection and ``obs_meta``.
+    A cached cohort whose making did not finish (stopped half-way, or made before radiobject
+    marked finished writes) is made again.
     """
     import os
 
@@ -202,7 +217,10 @@ def load_sample_radiobject(
         path = Path(root) / f"sample-{scale}"
     path = Path(path)
     if path.exists():
-        return RadiObject(str(path))
+        try:
+            return RadiObject(str(path))
+        except IncompleteError:
+            shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return make_sample_radiobject(
         str(path), modalities=("T1w", "FLAIR", "CT"), progress=progress, **SCALES[scale]

@@ -19,7 +19,13 @@ import numpy as np
 
 from radiobject._errors import IngestError, OptionalDependencyError
 
-__all__ = ["DicomSeries", "find_dicom_series", "is_dicom_dir", "read_dicom_series"]
+__all__ = [
+    "DicomSeries",
+    "find_dicom_series",
+    "is_dicom_dir",
+    "read_dicom_geometry",
+    "read_dicom_series",
+]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -127,15 +133,22 @@ def find_dicom_series(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def _read_slices(folder: Path, pydicom: Any) -> list[Any]:
-    """Read every DICOM image in ``folder`` and check the tags the geometry needs."""
+def _read_slices(folder: Path, pydicom: Any, pixels: bool = True) -> list[Any]:
+    """Read every DICOM image in ``folder`` and check the tags the geometry needs.
+
+    Each slice is ``(path, dataset, pixels or None, (rows, columns))``; with ``pixels=False``
+    the files are read up to their pixel data only.
+    """
+    needed = _NEEDED_TAGS if pixels else (*_NEEDED_TAGS[:-1], "Rows", "Columns")
     slices = []
     for path in _dicom_files(folder):
         try:
-            ds = pydicom.dcmread(path, force=path.suffix.lower() == ".dcm")
+            ds = pydicom.dcmread(
+                path, force=path.suffix.lower() == ".dcm", stop_before_pixels=not pixels
+            )
             if ds.get("SOPClassUID") == _DICOMDIR_SOP_CLASS or path.name == "DICOMDIR":
                 continue
-            missing = [t for t in _NEEDED_TAGS if t not in ds]
+            missing = [t for t in needed if t not in ds]
             if missing:
                 raise IngestError(
                     f"DICOM file {str(path)!r} lacks {', '.join(missing)}: it is truncated or "
@@ -146,7 +159,8 @@ def _read_slices(folder: Path, pydicom: Any) -> list[Any]:
                     f"DICOM file {str(path)!r} is multi-frame; only single-frame slices are "
                     "supported. Convert it (e.g. with dcm2niix) and ingest the NIfTI"
                 )
-            pixels = ds.pixel_array
+            px = ds.pixel_array if pixels else None
+            plane = px.shape if px is not None else (int(ds.Rows), int(ds.Columns))
         except IngestError:
             raise
         except Exception as e:
@@ -154,12 +168,12 @@ def _read_slices(folder: Path, pydicom: Any) -> list[Any]:
                 f"cannot read DICOM file {str(path)!r} ({type(e).__name__}: {e}); it may be "
                 "truncated or corrupt. Re-export it or remove it from the folder"
             ) from e
-        if pixels.ndim != 2:
+        if len(plane) != 2:
             raise IngestError(
-                f"DICOM file {str(path)!r} has pixel data of shape {pixels.shape}, not a single "
+                f"DICOM file {str(path)!r} has pixel data of shape {plane}, not a single "
                 "grey-level 2D slice; colour and multi-frame images are not supported"
             )
-        slices.append((path, ds, pixels))
+        slices.append((path, ds, px, plane))
     if not slices:
         raise IngestError(
             f"no DICOM image files found in {str(folder)!r}. Point at a folder that directly "
@@ -170,8 +184,9 @@ def _read_slices(folder: Path, pydicom: Any) -> list[Any]:
 
 def _check_same(folder: Path, slices: list[Any], what: str, key: Any, tol: float = 0.0) -> None:
     ref = np.asarray(key(slices[0]), dtype=float)
-    for path, ds, px in slices[1:]:
-        val = np.asarray(key((path, ds, px)), dtype=float)
+    for entry in slices[1:]:
+        path = entry[0]
+        val = np.asarray(key(entry), dtype=float)
         if val.shape != ref.shape or not np.allclose(val, ref, rtol=0.0, atol=tol):
             raise IngestError(
                 f"slices in {str(folder)!r} differ in {what}: {slices[0][0].name} has "
@@ -180,38 +195,18 @@ def _check_same(folder: Path, slices: list[Any], what: str, key: Any, tol: float
             )
 
 
-def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
-    """Read the single-frame DICOM slices in ``folder`` as one 3D volume.
+def _geometry(where: Path, slices: list[Any]) -> tuple[list[Any], np.ndarray, float, list[str]]:
+    """Check one series' slices agree; sort them along the normal; return the RAS+ affine.
 
-    Slices are sorted by position along the slice normal (not by InstanceNumber or file
-    name); the slice spacing comes from the positions, not SliceThickness. RescaleSlope and
-    RescaleIntercept are applied; the result is float32 when they change the values and keeps
-    the stored integer dtype otherwise.
-
-    Args:
-        folder: A folder directly holding the slices of exactly one series.
-
-    Returns:
-        The voxel array, RAS+ affine, spacing and identifying tags.
-
-    Raises:
-        IngestError: The folder is missing or empty, a file is unreadable, it holds several
-            series, or the slices disagree in shape, orientation, spacing or step.
-        OptionalDependencyError: pydicom is not installed.
+    Returns ``(sorted slices, affine, slice spacing, series uids)``.
     """
-    pydicom = _pydicom()
-    where = Path(folder)
-    if not where.is_dir():
-        raise IngestError(f"cannot read DICOM series {str(where)!r}: it is not a folder")
-    slices = _read_slices(where, pydicom)
-
-    uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds, _ in slices})
+    uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds, _, _ in slices})
     if len(uids) > 1:
         raise IngestError(
             f"folder {str(where)!r} holds {len(uids)} series (SeriesInstanceUIDs {uids}); "
             "put each series in its own folder"
         )
-    _check_same(where, slices, "slice shape (Rows, Columns)", lambda s: s[2].shape)
+    _check_same(where, slices, "slice shape (Rows, Columns)", lambda s: s[3])
     _check_same(
         where, slices, "ImageOrientationPatient", lambda s: s[1].ImageOrientationPatient, 1e-4
     )
@@ -221,7 +216,9 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
-    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds, _ in slices])
+    positions = np.array(
+        [np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds, _, _ in slices]
+    )
     order = np.argsort(positions @ normal, kind="stable")
     slices = [slices[i] for i in order]
     positions = positions[order]
@@ -252,13 +249,68 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
     lps[:3, 1] = col_cos * row_spacing
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
-    affine = _LPS_TO_RAS @ lps
+    return slices, _LPS_TO_RAS @ lps, dz, uids
 
+
+def _series_folder(folder: str | os.PathLike[str]) -> Path:
+    where = Path(folder)
+    if not where.is_dir():
+        raise IngestError(f"cannot read DICOM series {str(where)!r}: it is not a folder")
+    return where
+
+
+def read_dicom_geometry(folder: str | os.PathLike[str]) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The shape and RAS+ affine :func:`read_dicom_series` would return, without pixel data.
+
+    Every slice is read up to its pixel data only (``stop_before_pixels``), and checked as
+    :func:`read_dicom_series` checks it.
+
+    Args:
+        folder: A folder directly holding the slices of exactly one series.
+
+    Returns:
+        ``((X, Y, Z), affine)``.
+
+    Raises:
+        IngestError: as :func:`read_dicom_series`.
+        OptionalDependencyError: pydicom is not installed.
+    """
+    pydicom = _pydicom()
+    where = _series_folder(folder)
+    slices, affine, _, _ = _geometry(where, _read_slices(where, pydicom, pixels=False))
+    rows, columns = slices[0][3]
+    return (int(columns), int(rows), len(slices)), affine
+
+
+def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
+    """Read the single-frame DICOM slices in ``folder`` as one 3D volume.
+
+    Slices are sorted by position along the slice normal (not by InstanceNumber or file
+    name); the slice spacing comes from the positions, not SliceThickness. RescaleSlope and
+    RescaleIntercept are applied; the result is float32 when they change the values and keeps
+    the stored integer dtype otherwise.
+
+    Args:
+        folder: A folder directly holding the slices of exactly one series.
+
+    Returns:
+        The voxel array, RAS+ affine, spacing and identifying tags.
+
+    Raises:
+        IngestError: The folder is missing or empty, a file is unreadable, it holds several
+            series, or the slices disagree in shape, orientation, spacing or step.
+        OptionalDependencyError: pydicom is not installed.
+    """
+    pydicom = _pydicom()
+    where = _series_folder(folder)
+    slices, affine, dz, uids = _geometry(where, _read_slices(where, pydicom))
+    first = slices[0][1]
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
     scales = [
         (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
-        for _, ds, _ in slices
+        for _, ds, _, _ in slices
     ]
-    array = np.stack([px.T for _, _, px in slices], axis=-1)
+    array = np.stack([px.T for _, _, px, _ in slices], axis=-1)
     if any(s != (1.0, 0.0) for s in scales):  # per slice: PET often rescales each one
         slope, intercept = np.array(scales, dtype=np.float32).T
         array = array.astype(np.float32) * slope + intercept

@@ -2,6 +2,11 @@
 
 Subject ids from file names follow one rule (see :func:`subject_id_from_path`). Nothing here
 writes; :mod:`radiobject.ingest._writer` turns :class:`Item` lists into collections.
+
+Loaders of files and of stored volumes are plain picklable objects (:class:`FileSource`,
+:class:`StoredVolume`), so the task "read this and write that" can run in another process
+or on another machine of a cluster; each also reads its geometry alone (``header``), so
+alignment is checked before any voxel is written.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MASK_NAMES",
+    "FileSource",
+    "Geometry",
     "Item",
+    "StoredVolume",
     "file_items",
     "file_loader",
     "looks_like_mask",
@@ -60,14 +68,28 @@ _SUFFIXES = frozenset(
 _NIFTI = (".nii.gz", ".nii")
 
 
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    """The grid of a volume: its shape and its 4x4 voxel-to-world affine."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
 @dataclass(frozen=True)
 class Item:
-    """One volume to write: who it belongs to and how to load it."""
+    """One volume to write: who it belongs to, how to load it and how to read its geometry.
+
+    ``header`` is a :class:`Geometry` when it is known without reading anything, a function
+    reading it (from a file's header) otherwise, or ``None`` when it is known only once the
+    voxels are loaded.
+    """
 
     obs_subject_id: str
     load: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (voxels, affine)
     source: str = ""
     extra: Mapping[str, Any] | None = None
+    header: Geometry | Callable[[], Geometry] | None = None
 
 
 def subject_id_from_path(path: str | Path, collection: str | None = None) -> str:
@@ -138,35 +160,98 @@ def resolve_sources(sources: Any, collection: str, fmt: str = "auto") -> list[tu
     return pairs
 
 
-def file_loader(path: Path, fmt: str = "auto") -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    """A function that reads ``path`` (a NIfTI file or a DICOM series folder) when called.
+def _nifti_error(path: Path, e: Exception) -> IngestError:
+    return IngestError(
+        f"cannot read NIfTI file {str(path)!r}: {e}. Check the file is a complete "
+        ".nii or .nii.gz image"
+    )
 
-    It returns ``(voxels, affine)``; a 5-D NIfTI with one time point loses that axis.
+
+@dataclass(frozen=True)
+class FileSource:
+    """A NIfTI file or a DICOM series folder: ``source()`` reads ``(voxels, affine)``.
+
+    A 5-D NIfTI with one time point loses that axis. :meth:`header` reads the geometry only
+    (the NIfTI header; the DICOM tags up to the pixel data). Instances are picklable.
+
+    >>> import nibabel as nib, numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.zeros((4, 3, 2), np.int16), np.eye(4)), path)
+    >>> FileSource(Path(path)).header().shape, FileSource(Path(path))()[0].shape
+    ((4, 3, 2), (4, 3, 2))
     """
 
-    def load() -> tuple[np.ndarray, np.ndarray]:
-        if not path.exists():
-            raise IngestError(f"{str(path)!r} does not exist")
-        if path.is_dir() or fmt == "dicom":
+    path: Path
+    fmt: str = "auto"
+
+    def _dicom(self) -> bool:
+        if not self.path.exists():
+            raise IngestError(f"{str(self.path)!r} does not exist")
+        return self.path.is_dir() or self.fmt == "dicom"
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dicom():
             from radiobject.ingest._dicom import read_dicom_series
 
-            series = read_dicom_series(path)
+            series = read_dicom_series(self.path)
             return series.array, series.affine
         import nibabel as nib
 
         try:
-            img = nib.load(str(path))
+            img: Any = nib.load(str(self.path))
             data = np.asanyarray(img.dataobj)
         except Exception as e:
-            raise IngestError(
-                f"cannot read NIfTI file {str(path)!r}: {e}. Check the file is a complete "
-                ".nii or .nii.gz image"
-            ) from e
+            raise _nifti_error(self.path, e) from e
         if data.ndim == 5 and data.shape[3] == 1:
             data = data[:, :, :, 0, :]
         return data, np.asarray(img.affine, dtype=np.float64)
 
-    return load
+    def header(self) -> Geometry:
+        """The shape and affine :meth:`__call__` would return, without reading voxels."""
+        if self._dicom():
+            from radiobject.ingest._dicom import read_dicom_geometry
+
+            grid, affine = read_dicom_geometry(self.path)
+            return Geometry(grid, affine)
+        import nibabel as nib
+
+        try:
+            img: Any = nib.load(str(self.path))
+            shape: tuple[int, ...] = tuple(int(n) for n in img.shape)
+            affine = np.asarray(img.affine, dtype=np.float64)
+        except Exception as e:
+            raise _nifti_error(self.path, e) from e
+        if len(shape) == 5 and shape[3] == 1:
+            shape = (*shape[:3], shape[4])
+        return Geometry(shape, affine)
+
+
+def file_loader(path: Path, fmt: str = "auto") -> FileSource:
+    """A function that reads ``path`` (a NIfTI file or a DICOM series folder) when called.
+
+    It returns ``(voxels, affine)``; a 5-D NIfTI with one time point loses that axis.
+    """
+    return FileSource(Path(path), fmt)
+
+
+@dataclass(frozen=True)
+class StoredVolume:
+    """A stored volume to copy: ``source()`` reads ``(voxels, affine)`` (picklable).
+
+    ``settings`` are the TileDB settings to read it with (see
+    :func:`radiobject.ingest._remote.tiledb_settings`), so another process reads it as this
+    one would.
+    """
+
+    uri: str
+    settings: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        from radiobject.ingest._remote import ctx_from_settings
+        from radiobject.storage._volume import Volume
+
+        vol = Volume(self.uri, ctx=ctx_from_settings(self.settings))
+        return vol.to_numpy(), vol.affine
 
 
 def looks_like_mask(name: str, array: np.ndarray) -> bool:
@@ -190,10 +275,11 @@ def looks_like_mask(name: str, array: np.ndarray) -> bool:
 
 def file_items(sources: Any, collection: str, fmt: str = "auto") -> list[Item]:
     """Items for NIfTI files or DICOM series folders (see :func:`resolve_sources`)."""
-    return [
-        Item(sid, file_loader(p, fmt), source=str(p))
-        for p, sid in resolve_sources(sources, collection, fmt)
-    ]
+    items = []
+    for p, sid in resolve_sources(sources, collection, fmt):
+        src = FileSource(p, fmt)
+        items.append(Item(sid, src, source=str(p), header=src.header))
+    return items
 
 
 def numpy_items(
@@ -229,20 +315,31 @@ def numpy_items(
             )
         extra = obs.set_index("obs_subject_id").to_dict(orient="index")
 
-    def loader(key: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-        def load() -> tuple[np.ndarray, np.ndarray]:
-            aff = affines[key] if affines is not None else np.diag([*(spacing or (1, 1, 1)), 1.0])
-            return np.asarray(arrays[key]), np.asarray(aff, dtype=np.float64)
+    def item(key: str) -> Item:
+        aff = affines[key] if affines is not None else np.diag([*(spacing or (1, 1, 1)), 1.0])
+        affine = np.asarray(aff, dtype=np.float64)
+        return Item(
+            str(key),
+            lambda: (np.asarray(arrays[key]), affine),
+            source="numpy",
+            extra=extra.get(key),
+            header=Geometry(tuple(int(n) for n in np.shape(arrays[key])), affine),
+        )
 
-        return load
-
-    return [Item(str(k), loader(k), source="numpy", extra=extra.get(k)) for k in keys]
+    return [item(k) for k in keys]
 
 
 def volume_items(volumes: Mapping[str, Volume] | Sequence[tuple[str, Volume]]) -> list[Item]:
     """Items copying stored volumes: ``{subject_id: volume}`` or ``(subject_id, volume)`` pairs."""
+    from radiobject.ingest._remote import tiledb_settings
+
     pairs = list(volumes.items()) if isinstance(volumes, Mapping) else list(volumes)
     return [
-        Item(str(sid), (lambda v=vol: (v.to_numpy(), v.affine)), source=vol.uri)
+        Item(
+            str(sid),
+            StoredVolume(vol.uri, tiledb_settings(vol.ctx)),
+            source=vol.uri,
+            header=Geometry(vol.shape, vol.affine),
+        )
         for sid, vol in pairs
     ]

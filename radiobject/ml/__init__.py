@@ -20,7 +20,13 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
-from radiobject.ml._distributed import create_distributed_dataloader
+from radiobject.ml._distributed import DistributedEpochSampler, create_distributed_dataloader
+from radiobject.ml._inference import (
+    GridPatchDataset,
+    PredictionWriter,
+    grid_positions,
+    importance_map,
+)
 from radiobject.ml._loaders import (
     EpochSampler,
     create_inference_dataloader,
@@ -33,14 +39,20 @@ from radiobject.ml._loaders import (
 )
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._segmentation import SegmentationDataset
+from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 
 __all__ = [
     "DatasetConfig",
+    "DistributedEpochSampler",
     "EpochSampler",
+    "GridPatchDataset",
     "LoaderProbe",
     "LoadingMode",
+    "PredictionWriter",
     "ProbeRecord",
     "ProbeResult",
+    "RadiObjectLoader",
+    "ResumableSampler",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",
@@ -50,6 +62,8 @@ __all__ = [
     "create_training_dataloader",
     "create_validation_dataloader",
     "default_start_method",
+    "grid_positions",
+    "importance_map",
     "loader_cache_counters",
     "worker_init",
 ]

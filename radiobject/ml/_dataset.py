@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
 from radiobject.config import SliceOrientation
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._sampling import item_rng, random_patch_start
+from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
 from radiobject.read._region import open_array, read_region, whole_volume_budget
 from radiobject.storage._collection import VolumeCollection
@@ -242,16 +242,17 @@ class VolumeCollectionDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
-        sample = self._load(self._key(key))
+        parsed = self._key(key)
+        sample = self._load(parsed)
         sync_worker()  # and the parent sees this read in the counters
-        return self.transform(sample) if self.transform is not None else sample
+        return self.apply_transform(sample, parsed)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
         """Load a whole batch: reads run concurrently on threads, transforms in order.
 
         TileDB releases the GIL while it reads and decompresses, so the items of a batch
         are read in parallel (``ReadConfig.max_workers`` threads). Transforms run one after
-        another in the calling thread, so random transforms stay reproducible.
+        another in the calling thread, each seeded from its item's key.
         """
         sync_worker()
         parsed = [self._key(k) for k in keys]
@@ -261,9 +262,19 @@ class VolumeCollectionDataset(Dataset):
             else [self._load(k) for k in parsed]
         )
         sync_worker()
+        return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
+
+    def apply_transform(self, sample: dict[str, Any], key: tuple[int, int]) -> Any:
+        """``transform`` on the sample of ``key = (epoch, index)``, its randomness from the key.
+
+        Augmentations are a function of ``(seed, epoch, index)`` like patch positions
+        (see :func:`~radiobject.ml._sampling.seeded_call`), so the same key gives the same
+        sample in any process, with any number of workers, and after a resume.
+        """
         if self.transform is None:
-            return list(samples)
-        return [self.transform(s) for s in samples]
+            return sample
+        seed = transform_seed(self.config.seed, *key)
+        return seeded_call(self.transform, sample, seed)
 
     # -- hooks ---------------------------------------------------------------------------
     def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:

@@ -1,19 +1,82 @@
-"""Distributed data-parallel loading: one disjoint shard of the dataset per rank."""
+"""Distributed data-parallel loading: one disjoint shard of the dataset per rank.
+
+Shards are those of ``DistributedSampler`` (same order, padding and striding), drawn by a
+resumable sampler: a run saved at any step can go on with another number of ranks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
+import torch
 
 from radiobject._errors import ConfigurationError
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
-from radiobject.ml._loaders import EpochTagged, _config, build_loader
+from radiobject.ml._loaders import _config, build_loader
+from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.storage._collection import VolumeCollection
 
-__all__ = ["create_distributed_dataloader"]
+__all__ = ["DistributedEpochSampler", "create_distributed_dataloader"]
+
+
+class DistributedEpochSampler(ResumableSampler):
+    """``DistributedSampler``'s shards as ``(epoch, index)`` keys, resumable mid-epoch.
+
+    The epoch's order is ``DistributedSampler``'s (``torch.randperm`` seeded with
+    ``seed + epoch``, the same on every rank), padded or cut to equal shares and strided
+    over the ranks. After :meth:`~ResumableSampler.resume_at` a pass shards only the rest
+    of the epoch, over this sampler's ``world_size``, which may differ from the saving
+    run's. Unlike ``DistributedSampler``, each pass moves on to the next epoch by itself;
+    ``set_epoch`` still sets it.
+
+    Args:
+        dataset: the dataset (anything with ``len``).
+        rank: this process's rank.
+        world_size: number of ranks.
+        shuffle: shuffle each epoch.
+        seed: order seed, identical on every rank.
+        drop_last: cut the epoch to equal shares instead of padding it.
+
+    >>> one = DistributedEpochSampler(range(5), rank=0, world_size=1)
+    >>> one.order(0)
+    [4, 0, 1, 3, 2]
+    >>> shards = [DistributedEpochSampler(range(5), rank=r, world_size=2) for r in (0, 1)]
+    >>> [[i for _, i in s] for s in shards]  # 5 items padded to 6, as DistributedSampler
+    [[4, 1, 2], [0, 3, 4]]
+    >>> for s in shards:  # a one-rank run had consumed 4 and 0: two ranks share the rest
+    ...     s.resume_at(epoch=0, samples=2)
+    >>> [[i for _, i in s] for s in shards]
+    [[1, 2], [3, 1]]
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        rank: int,
+        world_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            len(dataset), seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+        )
+        self.shuffle = bool(shuffle)
+
+    @property
+    def order_name(self) -> str:
+        """``"randperm"`` (shuffled as ``DistributedSampler``) or ``"sequential"``."""
+        return "randperm" if self.shuffle else "sequential"
+
+    def order(self, epoch: int) -> list[int]:
+        """The global order of ``epoch``: ``DistributedSampler``'s permutation."""
+        if not self.shuffle:
+            return list(range(self.n))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        return [int(i) for i in torch.randperm(self.n, generator=generator)]
 
 
 def create_distributed_dataloader(
@@ -33,11 +96,13 @@ def create_distributed_dataloader(
     seed: int = 0,
     drop_last: bool = False,
     **loader_kwargs: Any,
-) -> DataLoader[Any]:
-    """A DataLoader for rank ``rank`` of ``world_size``, sharded by ``DistributedSampler``.
+) -> RadiObjectLoader:
+    """A DataLoader for rank ``rank`` of ``world_size``, sharded as by ``DistributedSampler``.
 
-    Call ``loader.sampler.set_epoch(epoch)`` at the start of every epoch (as with any
-    ``DistributedSampler``) so shards are reshuffled and patches redrawn.
+    Each pass is the next epoch; calling ``loader.sampler.set_epoch(epoch)`` at the start of
+    every epoch (as with any ``DistributedSampler``) keeps the ranks in step explicitly.
+    ``loader.state_dict()`` of any rank resumes the run on any number of ranks (see
+    :class:`DistributedEpochSampler`).
 
     Args:
         collections: collection(s) to load (channels).
@@ -80,13 +145,13 @@ def create_distributed_dataloader(
         )
     cfg = _config(None, patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
-    inner: DistributedSampler[Any] = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    sampler = DistributedEpochSampler(
+        dataset, rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     return build_loader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochTagged(inner),
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,

@@ -4,6 +4,10 @@ Workers start with ``forkserver`` (``spawn`` where it is missing), never plain `
 a TileDB context does not survive ``fork`` (a forked worker can hang for ever in
 ``Array::open``). The fork server is a clean process that never opened TileDB, so workers
 forked from it start fast and safe; each builds its own context on first use.
+
+Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
+goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
+samples the uninterrupted run would have had, whatever ``num_workers``.
 """
 
 from __future__ import annotations
@@ -11,18 +15,20 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._inference import GridPatchDataset
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
+from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.read._region import CacheCounters, block_cache
 from radiobject.storage._collection import VolumeCollection
 
@@ -38,12 +44,14 @@ __all__ = [
 ]
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(ResumableSampler):
     """Yields ``(epoch, index)`` so every worker draws the same sample for the same key.
 
     Each pass over the sampler is a new epoch (0, 1, 2 ...) unless :meth:`set_epoch` is
     called. ``shuffle_window`` shuffles within runs of that many volumes, so patches of one
-    volume are read close together and share its cached tiles.
+    volume are read close together and share its cached tiles. A pass can start part-way
+    through an epoch (:meth:`~ResumableSampler.resume_at`, used by
+    :meth:`RadiObjectLoader.load_state_dict`).
 
     Args:
         dataset: the dataset to index.
@@ -79,11 +87,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         seed: int = 0,
         shuffle_window: int | None = None,
     ) -> None:
-        self.n = len(dataset)
+        super().__init__(len(dataset), seed=seed)
         self.shuffle = shuffle
-        self.seed = seed
         self.shuffle_window = shuffle_window
-        self.epoch = 0
         self._groups: list[list[int]] | None = None
         if shuffle_window:
             groups: dict[int, list[int]] = {}
@@ -91,9 +97,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
                 groups.setdefault(dataset.volume_of(i), []).append(i)
             self._groups = list(groups.values())
 
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next pass (then count on from it)."""
-        self.epoch = int(epoch)
+    @property
+    def order_name(self) -> str:
+        """``"sequential"``, ``"shuffled"`` or ``"window-shuffled:<volumes>"``."""
+        if not self.shuffle:
+            return "sequential"
+        return f"window-shuffled:{self.shuffle_window}" if self._groups else "shuffled"
 
     def order(self, epoch: int) -> list[int]:
         """Item order of one epoch."""
@@ -102,37 +111,6 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self._groups is not None:
             return window_shuffled(self._groups, self.shuffle_window or 1, self.seed, epoch)
         return [int(i) for i in shuffled(self.n, self.seed, epoch)]
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        self.epoch += 1
-        for index in self.order(epoch):
-            yield epoch, index
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class EpochTagged(Sampler[tuple[int, int]]):
-    """Wraps an index sampler (e.g. ``DistributedSampler``) to yield ``(epoch, index)``."""
-
-    def __init__(self, sampler: Any) -> None:
-        self.sampler = sampler
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch here and on the wrapped sampler."""
-        self.epoch = int(epoch)
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        for index in self.sampler:
-            yield epoch, int(index)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
 
 def _aws_environment() -> dict[str, str]:
@@ -265,7 +243,7 @@ def build_loader(
     dataset: VolumeCollectionDataset,
     *,
     batch_size: int,
-    sampler: Sampler[tuple[int, int]],
+    sampler: ResumableSampler,
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool | None = None,
@@ -274,8 +252,8 @@ def build_loader(
     multiprocessing_context: str | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-) -> DataLoader[Any]:
-    """A DataLoader over ``dataset`` with radiobject's safe worker set-up."""
+) -> RadiObjectLoader:
+    """A resumable DataLoader over ``dataset`` with radiobject's safe worker set-up."""
     if batch_size < 1:
         from radiobject._errors import ConfigurationError
 
@@ -293,7 +271,7 @@ def build_loader(
         kwargs["collate_fn"] = collate_fn
     import torch
 
-    return DataLoader(
+    return RadiObjectLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -346,7 +324,7 @@ def create_training_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     **loader_kwargs: Any,
-) -> DataLoader[Any]:
+) -> RadiObjectLoader:
     """A shuffling DataLoader of dict samples for training (MONAI dict transforms welcome).
 
     Args:
@@ -412,7 +390,7 @@ def create_validation_dataloader(
     seed: int = 0,
     config: DatasetConfig | None = None,
     **loader_kwargs: Any,
-) -> DataLoader[Any]:
+) -> RadiObjectLoader:
     """A deterministic DataLoader for validation: fixed order, same patches every epoch.
 
     Arguments are those of :func:`create_training_dataloader`; nothing is shuffled or dropped.
@@ -456,12 +434,22 @@ def create_inference_dataloader(
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
+    patch_size: Sequence[int] | int | None = None,
+    overlap: float | Sequence[float] = 0.25,
+    distributed: bool = False,
     **loader_kwargs: Any,
-) -> DataLoader[Any]:
-    """Whole volumes in collection order, one per batch by default.
+) -> RadiObjectLoader:
+    """Whole volumes in collection order (one per batch by default), or sliding-window patches.
 
     Every batch keeps ``"obs_id"`` and ``"obs_subject_id"`` so predictions can be written
     back (e.g. with ``VolumeCollection.from_numpy`` and the volume's affine).
+
+    With ``patch_size``, items are the patches of MONAI's sliding-window grid (step
+    ``int(patch * (1 - overlap))``, the last patch flush with the volume's end), each read
+    from its own box only, with ``"patch_start"``, ``"volume_index"`` and ``"patch_index"``
+    (see :class:`radiobject.ml.GridPatchDataset`); :class:`radiobject.ml.PredictionWriter`
+    blends the outputs and writes them back region by region. ``distributed=True`` gives
+    this rank (of an initialised ``torch.distributed`` group) every ``world_size``-th volume.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -472,9 +460,26 @@ def create_inference_dataloader(
     ...     print(batch["obs_id"], batch["obs_subject_id"], tuple(batch["image"].shape))
     ['sub-000_T1w'] ['sub-000'] (1, 1, 16, 16, 12)
     ['sub-001_T1w'] ['sub-001'] (1, 1, 16, 16, 12)
+    >>> loader = create_inference_dataloader(radi.T1w, patch_size=8, overlap=0.5, batch_size=4)
+    >>> batch = next(iter(loader))
+    >>> tuple(batch["image"].shape), len(loader.dataset), batch["patch_start"][1].tolist()
+    ((4, 1, 8, 8, 8), 36, [0, 4, 0])
     """
-    cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
-    dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+    if patch_size is None:
+        if distributed:
+            from radiobject._errors import ConfigurationError
+
+            raise ConfigurationError(
+                "distributed=True shards sliding-window patches; pass patch_size, or use "
+                "create_distributed_dataloader for whole volumes"
+            )
+        cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
+        dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+    else:
+        rank, world = _rank_and_world() if distributed else (0, 1)
+        dataset = GridPatchDataset(
+            collections, patch_size, overlap, transform, rank=rank, world_size=world
+        )
     sampler = EpochSampler(dataset, shuffle=False)
     return build_loader(
         dataset,
@@ -485,6 +490,18 @@ def create_inference_dataloader(
         drop_last=False,
         **loader_kwargs,
     )
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        from radiobject._errors import ConfigurationError
+
+        raise ConfigurationError(
+            "distributed=True needs torch.distributed initialised (init_process_group) first"
+        )
+    return dist.get_rank(), dist.get_world_size()
 
 
 def create_segmentation_dataloader(
@@ -507,7 +524,7 @@ def create_segmentation_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     **loader_kwargs: Any,
-) -> DataLoader[Any]:
+) -> RadiObjectLoader:
     """Image and mask patches for segmentation, biased toward the foreground.
 
     Args:

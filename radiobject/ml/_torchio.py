@@ -16,7 +16,7 @@ from radiobject.ml._deps import require
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._volume import Volume
 
-tio = require("torchio")
+tio: Any = require("torchio")  # TorchIO ships no type information
 
 __all__ = ["TileDBLabelMap", "TileDBScalarImage", "VolumeCollectionSubjectsDataset"]
 
@@ -43,7 +43,9 @@ class _TileDBImageMixin:
     """Images whose 'path' is a TileDB URI (local or s3://), read by radiobject."""
 
     def _parse_single_path(self, path: Any, *, verify: bool = True) -> Path:
-        return super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        # the mixin's super() is TorchIO's Image, which mypy cannot see (untyped)
+        parsed: Path = super()._parse_single_path(path, verify=False)  # type: ignore[misc]
+        return parsed
 
 
 class TileDBScalarImage(_TileDBImageMixin, tio.ScalarImage):
@@ -67,6 +69,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     ``fork``. Before a queue with ``num_workers > 0``, call
     ``multiprocessing.set_start_method("forkserver", force=True)``. The subjects are
     picklable, so forkserver and spawn workers load them.
+
+    This dataset keeps no resume state: ``tio.Queue`` owns the order of subjects and the
+    patch positions (drawn from torch's global generator in its own loader) and keeps a
+    buffer of patches that no state dict captures. For exact mid-epoch resume, use
+    :func:`~radiobject.ml.create_segmentation_dataloader` or
+    :func:`~radiobject.ml.create_training_dataloader` (their loaders have ``state_dict``).
 
     Args:
         collections: collection(s); each becomes an image keyed by its name.

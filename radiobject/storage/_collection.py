@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from radiobject._context import local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
-from radiobject.storage._group import group_meta, join
+from radiobject.storage._group import group_meta, join, require_complete
 from radiobject.storage._layout import COLLECTION_KIND, FG_INDEX, OBS
 from radiobject.storage._volume import Volume
 
@@ -96,6 +97,8 @@ class VolumeCollection:
         self._obs: pd.DataFrame | None = None
         self._obs_parts: dict[tuple[str, ...], pd.DataFrame] = {}
         self._fg: dict[str, ForegroundIndex] | None = None
+        if _selection is None and _obs_meta is None:  # opened on its own: check it is whole
+            require_complete(self.uri, COLLECTION_KIND, self.meta)
 
     # -- basics --------------------------------------------------------------------------
     @property
@@ -483,6 +486,8 @@ class VolumeCollection:
         is_mask: bool | None = None,
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
+        executor: Executor | None = None,
+        resume: bool = False,
     ) -> VolumeCollection:
         """Ingest NIfTI files as a new collection at ``uri``.
 
@@ -495,6 +500,8 @@ class VolumeCollection:
             is_mask: force the mask flag (default: guessed from the name and voxel values).
             progress: show a progress bar.
             ctx: TileDB context.
+            executor: where volumes are read and written (as in ``RadiObject.from_images``).
+            resume: finish an interrupted write at ``uri`` (volumes written whole are kept).
 
         >>> import nibabel as nib, numpy as np, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -505,7 +512,9 @@ class VolumeCollection:
         >>> t1.obs_subject_ids, t1.shape
         (['sub-01'], (4, 4, 3))
         """
-        return cls._from_files(uri, sources, "nifti", name, is_mask, progress, ctx)
+        return cls._from_files(
+            uri, sources, "nifti", name, is_mask, progress, ctx, executor, resume
+        )
 
     @classmethod
     def from_dicoms(
@@ -517,6 +526,8 @@ class VolumeCollection:
         is_mask: bool | None = None,
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
+        executor: Executor | None = None,
+        resume: bool = False,
     ) -> VolumeCollection:
         """Ingest DICOM series folders (one series per folder) as a new collection at ``uri``.
 
@@ -531,6 +542,8 @@ class VolumeCollection:
             is_mask: force the mask flag (default: guessed from the name and voxel values).
             progress: show a progress bar.
             ctx: TileDB context.
+            executor: where volumes are read and written (as in ``RadiObject.from_images``).
+            resume: finish an interrupted write at ``uri`` (volumes written whole are kept).
 
         >>> import tempfile, os
         >>> VolumeCollection.from_dicoms(os.path.join(tempfile.mkdtemp(), "CT"), "no/such/dir")
@@ -538,7 +551,9 @@ class VolumeCollection:
         ...
         radiobject._errors.IngestError: 'no/such/dir' for collection 'CT' does not exist
         """
-        return cls._from_files(uri, sources, "dicom", name, is_mask, progress, ctx)
+        return cls._from_files(
+            uri, sources, "dicom", name, is_mask, progress, ctx, executor, resume
+        )
 
     @classmethod
     def _from_files(
@@ -550,6 +565,8 @@ class VolumeCollection:
         is_mask: bool | None,
         progress: bool,
         ctx: tiledb.Ctx | None,
+        executor: Executor | None,
+        resume: bool,
     ) -> VolumeCollection:
         from radiobject.ingest._sources import file_items
         from radiobject.ingest._writer import write_collection
@@ -558,7 +575,14 @@ class VolumeCollection:
         name = name or _default_name(uri)
         items = file_items(sources, name, fmt)
         target = write_collection(
-            uri, items, name=name, is_mask=is_mask, ctx=ctx, progress=progress
+            uri,
+            items,
+            name=name,
+            is_mask=is_mask,
+            ctx=ctx,
+            progress=progress,
+            executor=executor,
+            resume=resume,
         )
         return cls(target, ctx=ctx)
 

@@ -1,4 +1,10 @@
-"""TileDB groups: typed creation, metadata, and all-or-nothing writes."""
+"""TileDB groups: typed creation, metadata, all-or-nothing writes and the completeness marker.
+
+A RadiObject or a collection is complete once the metadata key ``complete`` of its group is
+set; writers set it last, after every member has landed. A writer stopped before that (a
+crash, ``SIGKILL``, a machine lost) leaves an object that opens with :class:`IncompleteError`
+instead of looking finished.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,28 @@ from typing import Any
 
 import tiledb
 
-from radiobject._errors import AlreadyExistsError, NotFoundError, RadiObjectError
+from radiobject._errors import (
+    AlreadyExistsError,
+    IncompleteError,
+    NotFoundError,
+    RadiObjectError,
+)
 from radiobject._tiledb_errors import tiledb_errors
 
-__all__ = ["add_members", "create_group", "group_meta", "join", "new_target", "remove"]
+__all__ = [
+    "COMPLETE",
+    "add_members",
+    "create_group",
+    "exists",
+    "group_meta",
+    "join",
+    "mark_complete",
+    "new_target",
+    "remove",
+    "require_complete",
+]
+
+COMPLETE = "complete"  # group metadata key, written last by a successful writer
 
 _log = logging.getLogger(__name__)
 
@@ -37,10 +61,43 @@ def create_group(uri: str, kind: str, ctx: tiledb.Ctx, meta: dict[str, Any] | No
 
 
 def add_members(uri: str, names: list[str], ctx: tiledb.Ctx) -> None:
-    """Register child objects ``uri/name`` as relative members of the group at ``uri``."""
+    """Register child objects ``uri/name`` as relative members of the group at ``uri``.
+
+    Names already registered are left as they are (a resumed write registers the rest).
+    """
+    with tiledb_errors(uri, "update group"):
+        with tiledb.Group(uri, ctx=ctx) as g:
+            known = {m.name for m in g}
+        todo = [n for n in names if n not in known]
+        if todo:
+            with tiledb.Group(uri, mode="w", ctx=ctx) as g:
+                for name in todo:
+                    g.add(name, name=name, relative=True)
+
+
+def mark_complete(uri: str, ctx: tiledb.Ctx) -> None:
+    """Mark the group at ``uri`` complete: call it after the last write of its object."""
     with tiledb_errors(uri, "update group"), tiledb.Group(uri, mode="w", ctx=ctx) as g:
-        for name in names:
-            g.add(name, name=name, relative=True)
+        g.meta[COMPLETE] = 1
+
+
+def require_complete(uri: str, kind: str, meta: dict[str, Any]) -> None:
+    """Raise :class:`IncompleteError` unless ``meta`` (of the group at ``uri``) says complete."""
+    if not meta.get(COMPLETE):
+        raise IncompleteError(
+            f"{uri!r} holds a {kind} whose writing did not finish: the process writing it "
+            "was stopped or failed before the end. Re-run the call that wrote it with "
+            "resume=True to finish it (RadiObject.from_images, RadiObject.add_collection, "
+            "VolumeCollection.from_niftis or from_dicoms), or remove it and write it again. "
+            "(Objects written before radiobject marked finished writes lack the marker too: "
+            "write them again.)"
+        )
+
+
+def exists(uri: str, ctx: tiledb.Ctx) -> bool:
+    """True when something (a TileDB object or any folder) is stored at ``uri``."""
+    with tiledb_errors(uri, "check the write target"):
+        return tiledb.object_type(uri, ctx=ctx) is not None or tiledb.VFS(ctx=ctx).is_dir(uri)
 
 
 def group_meta(uri: str, kind: str, ctx: tiledb.Ctx) -> dict[str, Any]:
@@ -77,9 +134,7 @@ def remove(uri: str, ctx: tiledb.Ctx) -> None:
 @contextmanager
 def new_target(uri: str, ctx: tiledb.Ctx) -> Iterator[None]:
     """Guard a write of a new object at ``uri``: it must not exist, and a failure removes it."""
-    with tiledb_errors(uri, "check the write target"):
-        taken = tiledb.object_type(uri, ctx=ctx) is not None or tiledb.VFS(ctx=ctx).is_dir(uri)
-    if taken:
+    if exists(uri, ctx):
         raise AlreadyExistsError(f"{uri!r} already exists; remove it or choose a new URI")
     try:
         yield

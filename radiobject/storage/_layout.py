@@ -9,7 +9,11 @@ A RadiObject at ``uri`` holds::
           obs                table, one row per volume (index obs_id; CORE_COLUMNS + user's)
           fg_index           (masks only) foreground index per volume
           volumes/           group, radiobject_type = "volumes"
-            00000, 00001 ... one dense array per volume
+            00000, 00001 ... one dense array per volume (metadata obs_id, written after
+                             the voxels: an array without it was cut short)
+
+The RadiObject group and each collection group carry ``complete = 1`` once written whole
+(set last, see :mod:`radiobject.storage._group`).
 
 This module imports nothing from radiobject: the classes that read a layout
 (:mod:`radiobject.storage._collection`, :mod:`radiobject.storage._radiobject`) and the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import tiledb
 
 from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import (
-    AlignmentError,
+    IncompleteError,
     IngestError,
     NotFoundError,
     OutOfBoundsError,
@@ -21,8 +22,8 @@ from radiobject._errors import (
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._group import add_members, create_group, group_meta, join, new_target
-from radiobject.storage._layout import COLLECTIONS, COLLECTIONS_KIND, OBS_META, RADIOBJECT_KIND
+from radiobject.storage._group import add_members, exists, group_meta, join, require_complete
+from radiobject.storage._layout import COLLECTIONS, OBS_META, RADIOBJECT_KIND
 
 __all__ = ["RadiObject"]
 
@@ -84,6 +85,7 @@ class RadiObject:
         self._subjects = None if _subjects is None else list(_subjects)
         self._collections = None if _collections is None else list(_collections)
         self._meta = group_meta(self.uri, RADIOBJECT_KIND, self.ctx)
+        require_complete(self.uri, RADIOBJECT_KIND, self._meta)
         self._obs_meta_df: pd.DataFrame | None = None
         self._all_names: list[str] | None = None
 
@@ -311,14 +313,17 @@ class RadiObject:
         )
 
     # -- writing ---------------------------------------------------------------------------
-    def write(self, uri: str | Path, *, progress: bool = False) -> RadiObject:
-        """Materialise this RadiObject (or view) at ``uri``."""
+    def write(
+        self, uri: str | Path, *, progress: bool = False, executor: Executor | None = None
+    ) -> RadiObject:
+        """Materialise this RadiObject (or view) at ``uri`` (``executor``: as ``from_images``)."""
         return RadiObject.from_collections(
             uri,
             {n: self.collection(n) for n in self.collection_names},
             obs_meta=self.obs_meta,
             progress=progress,
             ctx=self._ctx,
+            executor=executor,
         )
 
     def add_collection(
@@ -332,10 +337,14 @@ class RadiObject:
         *,
         progress: bool = True,
         is_mask: bool | None = None,
+        executor: Executor | None = None,
+        resume: bool = False,
     ) -> VolumeCollection:
         """Add a collection from a :class:`VolumeCollection` or image sources (as ``from_images``).
 
-        Every subject of the new collection must already be in ``obs_meta``.
+        Every subject of the new collection must already be in ``obs_meta``. The collection
+        shows up only once it is complete: an interrupted call leaves it unlisted, and the
+        same call with ``resume=True`` finishes it.
 
         Args:
             name: the new collection's name (not one of :attr:`collection_names`).
@@ -345,6 +354,8 @@ class RadiObject:
             progress: show a progress bar.
             is_mask: force the mask flag of image sources (default: guessed from the name and
                 voxel values; a copied collection keeps its flag).
+            executor: where volumes are read and written (as in :meth:`from_images`).
+            resume: finish an interrupted ``add_collection`` of the same ``name``.
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject.data import make_sample_radiobject
@@ -359,29 +370,36 @@ class RadiObject:
         ['CT', 'FLAIR', 'T1w', 'seg']
         """
         from radiobject.ingest._sources import file_items
-        from radiobject.ingest._writer import copy_collection, write_collection
+        from radiobject.ingest._writer import copy_items, write_collection
 
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
         target = join(self.uri, COLLECTIONS, name)
-        known = set(self.obs_meta_table.ids())
-        if isinstance(source, VolumeCollection):
-            subjects = set(source.obs_subject_ids)
+        if isinstance(source, VolumeCollection):  # a copy keeps its mask flag and user columns
+            items, is_mask = copy_items(source), source.is_mask
         else:
             items = file_items(source, name)
-            subjects = {it.obs_subject_id for it in items}
-        unknown = sorted(subjects - known)
+        unknown = sorted({it.obs_subject_id for it in items} - set(self.obs_meta_table.ids()))
         if unknown:
             raise IngestError(
                 f"subjects {unknown[:5]} of collection {name!r} are not in obs_meta of "
                 f"{self.uri!r}; add them to obs_meta first"
             )
-        if isinstance(source, VolumeCollection):
-            copy_collection(source, target, name=name, progress=progress, ctx=self._ctx)
-        else:
-            write_collection(
-                target, items, name=name, is_mask=is_mask, ctx=self._ctx, progress=progress
+        if not resume and exists(target, self.ctx):
+            raise IncompleteError(
+                f"an earlier add_collection of {name!r} to {self.uri!r} did not finish; pass "
+                f"resume=True to finish it, or remove {target!r}"
             )
+        write_collection(
+            target,
+            items,
+            name=name,
+            is_mask=is_mask,
+            ctx=self._ctx,
+            progress=progress,
+            executor=executor,
+            resume=resume,
+        )
         add_members(join(self.uri, COLLECTIONS), [name], self.ctx)
         self._all_names = None
         if self._collections is not None:  # a view of some collections also shows the new one
@@ -398,6 +416,7 @@ class RadiObject:
         validate_alignment: bool = True,
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
+        executor: Executor | None = None,
     ) -> RadiObject:
         """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed).
 
@@ -408,6 +427,7 @@ class RadiObject:
             validate_alignment: check that each subject's volumes share shape and affine.
             progress: show progress bars.
             ctx: TileDB context.
+            executor: where volumes are copied (as in :meth:`from_images`).
 
         >>> import numpy as np, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -416,20 +436,19 @@ class RadiObject:
         >>> list(radi), radi.obs_subject_ids
         (['CT'], ['sub-000', 'sub-001'])
         """
-        from radiobject.ingest._writer import copy_collection
+        from radiobject.ingest._writer import copy_items, write_radiobject
 
-        return _build(
+        target = write_radiobject(
             str(uri),
-            collections,
-            obs_meta,
-            validate_alignment,
-            progress,
-            ctx,
-            lambda target, name, src: copy_collection(
-                src, target, name=name, progress=progress, ctx=ctx
-            ),
-            lambda src: src.obs_subject_ids,
+            {name: copy_items(src) for name, src in collections.items()},
+            obs_meta=obs_meta,
+            masks={name: src.is_mask for name, src in collections.items()},
+            validate_alignment=validate_alignment,
+            ctx=ctx,
+            progress=progress,
+            executor=executor,
         )
+        return cls._opened(target, ctx)
 
     @classmethod
     def from_images(
@@ -442,8 +461,17 @@ class RadiObject:
         masks: Sequence[str] | None = None,
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
+        executor: Executor | None = None,
+        resume: bool = False,
     ) -> RadiObject:
         """Ingest images into a new RadiObject at ``uri``.
+
+        Each volume is read and written by one task on ``executor``; only small metadata
+        comes back, and the tables and groups are written here. Every subject's volumes are
+        checked to share one grid from the file headers before any voxel is written. The
+        object is marked complete last: one whose ingest was killed opens with
+        :class:`radiobject.IncompleteError`, and the same call with ``resume=True`` finishes
+        it, keeping the volumes already written whole.
 
         Args:
             uri: target (must not exist); a local path or ``s3://bucket/prefix``.
@@ -456,6 +484,14 @@ class RadiObject:
             masks: names of mask collections (default: guessed from names and voxel values).
             progress: show progress bars.
             ctx: TileDB context.
+            executor: a ``concurrent.futures.Executor`` to read and write the volumes on:
+                threads (the default, ``ReadConfig.max_workers`` of them), a
+                ``ProcessPoolExecutor`` with a ``forkserver`` or ``spawn`` context, or a Dask
+                cluster's ``client.get_executor()`` (``pip install radiobject[dask]``). The
+                TileDB settings (S3 endpoint, credentials ...) and the ``WriteConfig`` in force
+                here travel with each task.
+            resume: finish an interrupted ingest at ``uri`` (a finished one is returned as it
+                is); a failure then keeps what was written, for the next ``resume=True``.
 
         >>> import tempfile, os
         >>> from radiobject.data import write_sample_niftis
@@ -469,27 +505,21 @@ class RadiObject:
         (['FLAIR', 'T1w', 'seg'], 2, True)
         """
         from radiobject.ingest._sources import file_items
-        from radiobject.ingest._writer import write_collection
+        from radiobject.ingest._writer import write_radiobject
 
         resolved = {name: file_items(src, name) for name, src in images.items()}
-        mask_set = set(masks) if masks is not None else None
-        return _build(
+        target = write_radiobject(
             str(uri),
             resolved,
-            obs_meta,
-            validate_alignment,
-            progress,
-            ctx,
-            lambda target, name, items: write_collection(
-                target,
-                items,
-                name=name,
-                is_mask=None if mask_set is None else name in mask_set,
-                ctx=ctx,
-                progress=progress,
-            ),
-            lambda items: [it.obs_subject_id for it in items],
+            obs_meta=obs_meta,
+            masks=None if masks is None else {name: name in masks for name in resolved},
+            validate_alignment=validate_alignment,
+            ctx=ctx,
+            progress=progress,
+            executor=executor,
+            resume=resume,
         )
+        return cls._opened(target, ctx)
 
     @classmethod
     def _from_items(
@@ -503,98 +533,26 @@ class RadiObject:
         ctx: tiledb.Ctx | None = None,
     ) -> RadiObject:
         """A new RadiObject from lazily loaded items (see ``radiobject.ingest._sources.Item``)."""
-        from radiobject.ingest._writer import write_collection
+        from radiobject.ingest._writer import write_radiobject
 
-        return _build(
+        target = write_radiobject(
             uri,
             sources,
-            obs_meta,
-            True,
-            progress,
-            ctx,
-            lambda target, name, items: write_collection(
-                target, items, name=name, is_mask=name in masks, ctx=ctx, progress=progress
-            ),
-            lambda items: [it.obs_subject_id for it in items],
+            obs_meta=obs_meta,
+            masks={name: name in masks for name in sources},
+            ctx=ctx,
+            progress=progress,
         )
+        return cls._opened(target, ctx)
+
+    @classmethod
+    def _opened(cls, uri: str, ctx: tiledb.Ctx | None) -> RadiObject:
+        # without a context of its own, the new object follows configure() (e.g. S3 set later)
+        radi = cls(uri, ctx=ctx if ctx is not None else get_tiledb_ctx())
+        radi._ctx = ctx
+        return radi
 
 
 def _count(n: int, noun: str) -> str:
     """``"1 subject"``, ``"3 subjects"``."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _build(
-    uri: str,
-    sources: Mapping[str, Any],
-    obs_meta: pd.DataFrame | None,
-    validate_alignment: bool,
-    progress: bool,
-    ctx: tiledb.Ctx | None,
-    write: Any,
-    subjects_of: Any,
-) -> RadiObject:
-    given, ctx = ctx, ctx or get_tiledb_ctx()
-    if not sources:
-        raise IngestError("a RadiObject needs at least one collection")
-    subjects: list[str] = []
-    for src in sources.values():
-        subjects.extend(s for s in subjects_of(src) if s not in subjects)
-    obs_meta = _check_obs_meta(obs_meta, subjects)
-    with new_target(uri, ctx):
-        create_group(uri, RADIOBJECT_KIND, ctx)
-        create_group(join(uri, COLLECTIONS), COLLECTIONS_KIND, ctx)
-        Dataframe.from_pandas(join(uri, OBS_META), obs_meta, index="obs_subject_id", ctx=ctx)
-        for name, src in sources.items():
-            write(join(uri, COLLECTIONS, name), name, src)
-        add_members(join(uri, COLLECTIONS), list(sources), ctx)
-        add_members(uri, [OBS_META, COLLECTIONS], ctx)
-        radi = RadiObject(uri, ctx=ctx)
-        if validate_alignment:
-            _check_alignment(radi)
-    # without a context of its own, the new object follows configure() (e.g. S3 set later)
-    radi._ctx = given
-    return radi
-
-
-def _check_obs_meta(obs_meta: pd.DataFrame | None, subjects: list[str]) -> pd.DataFrame:
-    if obs_meta is None:
-        return pd.DataFrame({"obs_subject_id": sorted(subjects)})
-    obs_meta = obs_meta.copy()
-    if "obs_subject_id" not in obs_meta.columns:
-        if obs_meta.index.name == "obs_subject_id":
-            obs_meta = obs_meta.reset_index()
-        else:
-            raise IngestError(
-                f"obs_meta needs an 'obs_subject_id' column; it has {list(obs_meta.columns)}"
-            )
-    obs_meta["obs_subject_id"] = obs_meta["obs_subject_id"].astype(str)
-    missing = sorted(set(subjects) - set(obs_meta["obs_subject_id"]))
-    if missing:
-        raise IngestError(
-            f"subjects {missing[:5]}{' ...' if len(missing) > 5 else ''} have images but no row "
-            "in obs_meta; add rows for them or pass obs_meta=None"
-        )
-    dupes = obs_meta["obs_subject_id"][obs_meta["obs_subject_id"].duplicated()]
-    if len(dupes):
-        raise IngestError(f"duplicate subject ids {sorted(set(dupes))[:5]} in obs_meta")
-    return obs_meta
-
-
-def _check_alignment(radi: RadiObject) -> None:
-    seen: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
-    for name in radi.collection_names:
-        coll = radi.collection(name)
-        for obs_id, sid in zip(coll.obs_ids, coll.obs_subject_ids, strict=True):
-            shape = coll.volume_shape(obs_id)[:3]
-            affine = coll.volume_affine(obs_id)
-            if sid not in seen:
-                seen[sid] = (name, shape, affine)
-                continue
-            first, ref_shape, ref_affine = seen[sid]
-            if shape != ref_shape or not np.allclose(affine, ref_affine, atol=1e-3):
-                what = f"shape {shape} vs {ref_shape}" if shape != ref_shape else "affine"
-                raise AlignmentError(
-                    f"subject {sid!r}: {name!r} and {first!r} are not on the same grid ({what}); "
-                    "resample them first or pass validate_alignment=False"
-                )

@@ -270,16 +270,59 @@ class Volume:
             compression: codec (default from ``configure(write=...)``).
             ctx: TileDB context.
         """
-        uri = str(uri)
-        given, ctx = ctx, ctx or get_tiledb_ctx()
         array = np.asarray(array)
         if array.ndim not in (3, 4) or 0 in array.shape:
             raise ShapeError(
                 f"a volume must be a non-empty 3D or 4D array, got shape {array.shape} for {uri!r}"
             )
-        if array.dtype.kind not in "biuf":
-            raise ShapeError(f"volume voxels must be numeric, got dtype {array.dtype} for {uri!r}")
-        array = array.astype(storage_dtype(array.dtype), copy=False)
+        vol = cls.create(
+            uri,
+            array.shape,
+            array.dtype,
+            affine=affine,
+            spacing=spacing,
+            metadata=metadata,
+            tile=tile,
+            compression=compression,
+            ctx=ctx,
+        )
+        vol.write_region(tuple((0, n) for n in array.shape), array)
+        return vol
+
+    @classmethod
+    def create(
+        cls,
+        uri: str | Path,
+        shape: Sequence[int],
+        dtype: np.dtype | type,
+        *,
+        affine: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
+        metadata: dict[str, Any] | None = None,
+        tile: TileConfig | None = None,
+        compression: CompressionConfig | None = None,
+        ctx: tiledb.Ctx | None = None,
+    ) -> Volume:
+        """Create an empty volume at ``uri`` to fill region by region (:meth:`write_region`).
+
+        Arguments are those of :meth:`from_numpy`, with the ``shape`` and ``dtype`` of the
+        voxels to come.
+
+        >>> import numpy as np, tempfile, os
+        >>> vol = Volume.create(os.path.join(tempfile.mkdtemp(), "v"), (2, 3, 4), np.uint8)
+        >>> vol.write_region(((0, 2), (0, 3), (2, 4)), np.ones((2, 3, 2), np.uint8))
+        >>> int(vol.to_numpy().sum()), vol.shape
+        (12, (2, 3, 4))
+        """
+        uri = str(uri)
+        given, ctx = ctx, ctx or get_tiledb_ctx()
+        shape = tuple(int(n) for n in shape)
+        if len(shape) not in (3, 4) or min(shape) < 1:
+            raise ShapeError(f"a volume must be a non-empty 3D or 4D grid, got {shape} for {uri!r}")
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "biuf":
+            raise ShapeError(f"volume voxels must be numeric, got dtype {dtype} for {uri!r}")
+        dtype = storage_dtype(dtype)
         if affine is None:
             sp = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
             affine = np.diag([*sp, 1.0])
@@ -293,14 +336,15 @@ class Volume:
         with tiledb_errors(uri, "write volume"):
             if tiledb.object_type(uri, ctx=ctx) is not None:
                 raise AlreadyExistsError(f"{uri!r} already exists; remove it or write to a new URI")
-            extents = tile.extents_for(array.shape)
+            extents = tile.extents_for(shape)
             dims = [
                 tiledb.Dim(name=_DIMS[i], domain=(0, n - 1), tile=extents[i], dtype=np.int32)
-                for i, n in enumerate(array.shape)
+                for i, n in enumerate(shape)
             ]
             schema = tiledb.ArraySchema(
                 domain=tiledb.Domain(*dims, ctx=ctx),
-                attrs=[tiledb.Attr(ATTR, dtype=array.dtype, filters=_filters(compression))],
+                # voxels never written read as 0 (TileDB's default fill is the dtype's maximum)
+                attrs=[tiledb.Attr(ATTR, dtype=dtype, filters=_filters(compression), fill=0)],
                 sparse=False,
                 cell_order=cell_order_for(extents),
                 tile_order="row-major",
@@ -308,10 +352,31 @@ class Volume:
             )
             tiledb.Array.create(uri, schema, ctx=ctx)
             with tiledb.open(uri, mode="w", ctx=ctx) as arr:
-                arr[...] = np.ascontiguousarray(array)
                 arr.meta["affine"] = json.dumps(affine.tolist())
                 arr.meta["spacing"] = json.dumps(list(spacing))
                 arr.meta["orientation"] = affine_orientation(affine)
                 for key, value in (metadata or {}).items():
                     arr.meta[key] = value if isinstance(value, (int, float, str)) else str(value)
         return cls(uri, ctx=given)  # no context given: follow configure()
+
+    def write_region(self, bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
+        """Write ``data`` into the half-open box ``bounds`` (one ``(start, stop)`` per axis).
+
+        Each call is one TileDB write (one fragment); regions written later win where they
+        overlap. Readers that opened the volume before see the new voxels after
+        ``radiobject.read._region.forget_array(uri)``.
+        """
+        bounds = tuple((int(lo), int(hi)) for lo, hi in bounds)
+        want = tuple(hi - lo for lo, hi in bounds)
+        data = np.asarray(data)
+        if data.shape != want:
+            raise ShapeError(
+                f"region {bounds} of {self.uri!r} needs data of shape {want}, got {data.shape}"
+            )
+        with (
+            tiledb_errors(self.uri, "write volume region"),
+            tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
+        ):
+            dtype = np.dtype(arr.schema.attr(0).dtype)
+            box = tuple(slice(lo, hi) for lo, hi in bounds)
+            arr[box] = np.ascontiguousarray(data.astype(dtype, copy=False))

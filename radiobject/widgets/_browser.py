@@ -234,13 +234,13 @@ class CollectionBrowser(w.VBox):
                 raise ValueError(f"collection {change['new']!r} has no volumes to show")
             if self._coll.is_mask and self.viewer.preset != "custom":
                 self.viewer.preset = "min-max"
-        self._fill_subjects()
-        if not self._by_subject:
-            return
-        if self.subject in self._by_subject:
-            self._load()
-        else:
-            self.subject = next(iter(self._by_subject))
+        matching = self._fill_subjects(thumbnails=False)
+        if self._by_subject:
+            if self.subject in self._by_subject:
+                self._load()
+            else:
+                self.subject = next(iter(self._by_subject))
+        self._build_thumbnails(matching)  # after the image: it shows first
 
     @t.observe("subject")
     def _subject_changed(self, change: dict[str, Any]) -> None:
@@ -260,7 +260,7 @@ class CollectionBrowser(w.VBox):
             self.viewer.render()
 
     # -- loading --------------------------------------------------------------------------
-    def _fill_subjects(self) -> None:
+    def _fill_subjects(self, thumbnails: bool = True) -> list[str]:
         needle = (self.subject_filter.value or "").lower()
         subjects = [s for s in self._by_subject if needle in s.lower()]
         matching = list(subjects)
@@ -269,7 +269,9 @@ class CollectionBrowser(w.VBox):
         with self._quietly():
             self.subject_picker.options = subjects
             self.subject_picker.value = self.subject if self.subject in subjects else None
-        self._build_thumbnails(matching)
+        if thumbnails:
+            self._build_thumbnails(matching)
+        return matching
 
     def _clear(self) -> None:
         self.viewer.clear()
@@ -318,12 +320,24 @@ class CollectionBrowser(w.VBox):
             show_png(image, BLANK)
             with contextlib.suppress(Exception):  # a thumbnail never breaks the browser
                 assert self._coll is not None
-                vol = SliceCache(self._coll.volume(self._by_subject[sid]))
-                data = vol.plane("axial", vol.shape[2] // 2)
+                data = self._thumbnail_plane(self._by_subject[sid])
+                step = -(-max(data.shape) // 96)  # a large plane: every step-th voxel
+                data = data[::step, ::step]
                 scale = display_scale(data.shape, target=96)
                 show_png(image, encode_png(render_slice(data, auto_window(data), scale=scale)))
             cards.append(w.VBox([image, button]))
         self.thumbnails.children = cards
+
+    def _thumbnail_plane(self, obs_id: str) -> Any:
+        """The middle axial plane of ``obs_id``: the viewer's when it shows it, else read."""
+        shown = self.viewer.image
+        if shown is not None and obs_id == self.obs_id:
+            data = shown.cached("axial", shown.shape[2] // 2)
+            if data is not None:
+                return data
+        assert self._coll is not None
+        vol = SliceCache(self._coll.volume(obs_id), warm=False)
+        return vol.plane("axial", vol.shape[2] // 2)
 
     # -- Python API -----------------------------------------------------------------------
     @property

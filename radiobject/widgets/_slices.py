@@ -2,18 +2,26 @@
 
 No widgets here: :class:`SliceCache` wraps a :class:`radiobject.Volume` and reads a plane
 only when its index changes; the HTML helpers format tables and readouts with escaping.
+
+Scrubbing reads a new plane at every step. A plane's first read decompresses every tile it
+crosses, so :class:`SliceCache` then has the tile slab around it read into radiobject's block
+cache in a background thread (and the next slab when scrubbing nears its edge): the
+following planes of the slab come from memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiobject import Volume
+from radiobject import Volume, get_config
 
 __all__ = [
     "PLANES",
@@ -61,35 +69,125 @@ def plane_spacing(plane: str, spacing: Sequence[float]) -> tuple[float, float]:
     return float(spacing[u]), float(spacing[v])
 
 
+_warmer: ThreadPoolExecutor | None = None
+_warmer_lock = threading.Lock()
+
+
+def _warm_pool() -> ThreadPoolExecutor:
+    """One background thread for all viewers: slab reads queue rather than compete."""
+    global _warmer
+    with _warmer_lock:
+        if _warmer is None:
+            _warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-slabs")
+        return _warmer
+
+
 class SliceCache:
     """The planes shown of one volume: each read (partially) only when its index changes.
 
     Args:
         volume: the volume to show.
         t: the time point of a 4D volume.
+        warm: read the tile slab around each new plane (and the next one when scrubbing
+            nears its edge) into the block cache in the background, so that the next planes
+            are served from memory. Slabs too large for the block cache are never warmed.
     """
 
-    def __init__(self, volume: Volume, t: int = 0) -> None:
+    ahead = 0.5  # start reading the next slab this far (in tiles) before its edge
+
+    def __init__(self, volume: Volume, t: int = 0, warm: bool = True) -> None:
         self.volume = volume
         self.t = t
         self.shape: tuple[int, int, int] = tuple(volume.shape[:3])  # type: ignore[assignment]
         self.reads = 0
+        self.warm = warm
         self._planes: dict[str, tuple[int, np.ndarray]] = {}
+        self._tiles = tuple(int(n) for n in volume.tile_shape[:3])
+        self._slabs: dict[tuple[int, int], Future[None]] = {}  # (axis, slab) -> its read
+        self._last: dict[int, int] = {}  # axis -> last index read, for the scrub direction
 
     def plane(self, plane: str, index: int) -> np.ndarray:
         """The ``(u, v)`` plane at ``index`` (one partial read the first time)."""
         hit = self._planes.get(plane)
         if hit is not None and hit[0] == index:
             return hit[1]
+        axis = _AXIS[plane]
+        slab = index // self._tiles[axis]
+        pending = self._slabs.get((axis, slab))
+        if pending is not None and pending.cancel():  # still queued: read it here, now
+            del self._slabs[(axis, slab)]
+        elif pending is not None:
+            pending.result()  # its tiles are being cached: wait rather than read them twice
+        key: list[Any] = [slice(None)] * self.volume.ndim
+        key[axis] = index
         if self.volume.ndim == 4:
-            key: list[Any] = [slice(None)] * 3 + [self.t]
-            key[_AXIS[plane]] = index
+            key[3] = self.t
             data = self.volume[tuple(key)]
         else:
             data = getattr(self.volume, plane)(index)
         self._planes[plane] = (index, data)
         self.reads += 1
+        if self.warm:
+            self._warm_around(axis, index)
         return data
+
+    def cached(self, plane: str, index: int) -> np.ndarray | None:
+        """The plane at ``index`` if it is held already (no read), else ``None``."""
+        hit = self._planes.get(plane)
+        return hit[1] if hit is not None and hit[0] == index else None
+
+    def prefetch(self, position: Sequence[int], planes: Sequence[str] = PLANES) -> None:
+        """Start caching the tile slabs of ``planes`` through ``position``.
+
+        The viewer calls this once its first image is drawn, so that scrubbing from there
+        reads from memory; nothing happens when ``warm`` is off. A plane wanted before its
+        slab read has started is read at once instead (the slab read is dropped).
+        """
+        if self.warm:
+            for plane in planes:
+                self._warm_around(_AXIS[plane], plane_index(plane, position), first=True)
+
+    def wait(self) -> None:
+        """Wait for the slab reads in flight (a plane read waits for its own slab only)."""
+        for pending in list(self._slabs.values()):
+            pending.result()
+
+    def _warm_around(self, axis: int, index: int, first: bool = False) -> None:
+        """Cache the slab of ``index``, and the next one when ``index`` nears its edge.
+
+        A first read (``step`` 0) warms nothing unless ``first``: the first image is drawn
+        before any slab is read, and :meth:`prefetch` starts them after it.
+        """
+        tile, n = self._tiles[axis], self.shape[axis]
+        step = index - self._last.get(axis, index)
+        self._last[axis] = index
+        if not (step or first):
+            return
+        wanted = [index // tile]
+        reach = int(tile * self.ahead)
+        ahead = index + (reach if step > 0 else -reach)
+        if reach and step and 0 <= ahead < n and ahead // tile != index // tile:
+            wanted.append(ahead // tile)
+        for slab in wanted:
+            if (axis, slab) not in self._slabs and self._slab_fits(axis):
+                bounds = [(0, s) for s in self.volume.shape]
+                bounds[axis] = (slab * tile, min((slab + 1) * tile, n))
+                if self.volume.ndim == 4:
+                    bounds[3] = (self.t, self.t + 1)
+                self._slabs[(axis, slab)] = _warm_pool().submit(self._read_slab, bounds)
+
+    def _slab_fits(self, axis: int) -> bool:
+        # radiobject's read path caches a tile-aligned read only if 4 such reads fit in its
+        # block cache; a larger slab would be read and thrown away
+        tiles = [-(-n // t) for n, t in zip(self.shape, self._tiles, strict=True)]
+        tiles[axis] = 1
+        slab_bytes = int(np.prod(tiles)) * int(np.prod(self._tiles)) * self.volume.dtype.itemsize
+        return slab_bytes * 4 <= get_config().read.cache_mb * 1024 * 1024
+
+    def _read_slab(self, bounds: list[tuple[int, int]]) -> None:
+        # only a warm-up: a failing read fails again, and is reported, when the plane is read
+        with contextlib.suppress(Exception):
+            self.volume.read(bounds)
 
     def planes_at(self, position: Sequence[int]) -> dict[str, np.ndarray]:
         """The three planes through voxel ``position``."""

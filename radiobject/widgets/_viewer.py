@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -10,11 +12,19 @@ import ipywidgets as w
 import numpy as np
 import traitlets as t
 
-from ._png import encode_png, show_png
-from ._render import WINDOW_PRESETS, Window, display_scale, render_slice, window_for
+from ._png import encode_indexed, encode_png, show_png
+from ._render import (
+    WINDOW_PRESETS,
+    Window,
+    crosshair_pixel,
+    display_scale,
+    render_indexed,
+    render_slice,
+    window_for,
+)
 from ._slices import PLANES, SliceCache, plane_index, plane_spacing, plane_uv, readout_html
 
-__all__ = ["BLANK", "CUSTOM", "SliceViewer"]
+__all__ = ["BLANK", "CUSTOM", "SliceViewer", "UpdateStats", "crosshair_html"]
 
 CUSTOM = "custom"
 DEFAULT_PRESET = "MR auto (1-99%)"
@@ -23,6 +33,87 @@ BLANK = encode_png(np.zeros((8, 8, 3), np.uint8))
 _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 Report = Callable[[str, "str | None"], None]
+CROSSHAIR_COLOR = "#00ffff"
+
+
+class UpdateStats:
+    """How long the viewer's updates took and how many PNG bytes each sent.
+
+    An update is one :meth:`SliceViewer.render` that changed what is shown (a render with
+    nothing new sends nothing and is not counted). Times run from the start of the render
+    to the last widget value set, reads of new planes included.
+
+    Args:
+        keep: recent updates the percentiles are taken over.
+
+    >>> stats = UpdateStats()
+    >>> stats.record(12.0, 3000, 1); stats.record(30.0, 9000, 3)
+    >>> stats.last_ms, round(stats.p95_ms, 1), stats.bytes_last, stats.updates
+    (30.0, 29.1, 9000, 2)
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self._ms: deque[float] = deque(maxlen=keep)
+        self.updates = 0
+        self.encodes = 0
+        self.bytes_total = 0
+        self.last_ms = 0.0
+        self.bytes_last = 0
+        self.encodes_last = 0
+
+    def record(self, ms: float, nbytes: int, encodes: int) -> None:
+        """Count one update of ``ms`` milliseconds that sent ``nbytes`` in ``encodes`` PNGs."""
+        self._ms.append(float(ms))
+        self.updates += 1
+        self.encodes += int(encodes)
+        self.bytes_total += int(nbytes)
+        self.last_ms, self.bytes_last, self.encodes_last = float(ms), int(nbytes), int(encodes)
+
+    def percentile(self, q: float) -> float:
+        """Percentile ``q`` (0..100) of the recent update times in ms (0 before any update)."""
+        return float(np.percentile(self._ms, q)) if self._ms else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        """Median time of the recent updates, ms."""
+        return self.percentile(50)
+
+    @property
+    def p95_ms(self) -> float:
+        """95th percentile time of the recent updates, ms."""
+        return self.percentile(95)
+
+    def html(self) -> str:
+        """The small readout shown under the planes."""
+        if not self.updates:
+            return ""
+        return (
+            "<span style='font-size:11px;color:#666'>"
+            f"update {self.last_ms:.0f} ms · p95 {self.p95_ms:.0f} ms over "
+            f"{len(self._ms)} · sent {self.bytes_last / 1000:.1f} kB "
+            f"({self.encodes_last} PNG)</span>"
+        )
+
+
+def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
+    """A crosshair drawn by the page over an image of ``rows x cols`` pixels.
+
+    The lines go through the middle of pixel ``(row, col)`` and scale with the image, so a
+    moving crosshair sends these few bytes instead of a new PNG.
+
+    >>> "top:25%" in crosshair_html(1, 0, 4, 4)
+    True
+    """
+    top, left = 100.0 * row / max(rows, 1), 100.0 * col / max(cols, 1)
+    height, width = 100.0 / max(rows, 1), 100.0 / max(cols, 1)
+    line = f"position:absolute;background:{CROSSHAIR_COLOR};"
+    return (
+        "<div class='radiobject-crosshair' style='position:absolute;inset:0;"
+        "pointer-events:none;overflow:hidden'>"
+        f"<div style='{line}left:0;right:0;top:{top:.4g}%;height:max(1px,{height:.4g}%)'></div>"
+        f"<div style='{line}top:0;bottom:0;left:{left:.4g}%;width:max(1px,{width:.4g}%)'></div>"
+        "</div>"
+    )
 
 
 class SliceViewer(w.VBox):
@@ -60,6 +151,9 @@ class SliceViewer(w.VBox):
         self._affine = np.eye(4)
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
         self._shape: tuple[int, ...] | None = None
+        self._drawn: dict[str, tuple[Any, ...]] = {}  # what each plane's PNG shows
+        self._crosshair_at: dict[str, tuple[int, int]] = {}
+        self.latency = UpdateStats()
         self._build()
 
     def _build(self) -> None:
@@ -78,18 +172,38 @@ class SliceViewer(w.VBox):
         self.image_widgets = {p: w.Image(format="png") for p in PLANES}
         for image in self.image_widgets.values():
             show_png(image, BLANK)
+            image.layout.grid_area = "plane"
+        # the crosshair is drawn by the page on top of each image (same grid cell)
+        self.crosshair_widgets = {p: w.HTML(layout=w.Layout(grid_area="plane")) for p in PLANES}
         self.titles = {p: w.HTML() for p in PLANES}
         self.sliders = {p: w.IntSlider(min=0, max=0, description=p[:3]) for p in PLANES}
         self.readout_box = w.HTML()
+        self.latency_box = w.HTML()
+        self.latency_box.add_class("radiobject-latency")
         for plane in PLANES:  # stable hooks for styling and browser tests
             self.image_widgets[plane].add_class(f"radiobject-image-{plane}")
+            self.crosshair_widgets[plane].add_class(f"radiobject-crosshair-{plane}")
             self.sliders[plane].add_class(f"radiobject-slider-{plane}")
-        panels = [w.VBox([self.titles[p], self.image_widgets[p], self.sliders[p]]) for p in PLANES]
+        stacks = {
+            p: w.GridBox(
+                [self.image_widgets[p], self.crosshair_widgets[p]],
+                # one cell as wide as the image (and shrinking with it): the crosshair's
+                # percentages are of the image
+                layout=w.Layout(
+                    grid_template_areas='"plane"',
+                    grid_template_columns="minmax(0, max-content)",
+                    overflow="visible",
+                ),
+            )
+            for p in PLANES
+        }
+        panels = [w.VBox([self.titles[p], stacks[p], self.sliders[p]]) for p in PLANES]
         self.children = [
             w.HBox([self.preset_picker, self.level_box, self.width_box, self.auto_button]),
             w.HBox([self.cmap_picker, self.opacity_slider, self.crosshair_box]),
             w.HBox(panels),
             self.readout_box,
+            self.latency_box,
         ]
         for name, control in (
             ("preset", self.preset_picker),
@@ -169,12 +283,19 @@ class SliceViewer(w.VBox):
             self.auto_window()
         else:
             self.render()
+        for plane in PLANES:  # scrubbing from here on reads from memory (axial first)
+            for cache in (image, mask):
+                if cache is not None:
+                    cache.prefetch(self.position, (plane,))
 
     def clear(self) -> None:
         """Show nothing."""
         self.image = self.mask = None
+        self._drawn.clear()
+        self._crosshair_at.clear()
         for plane in PLANES:
             show_png(self.image_widgets[plane], BLANK)
+            self.crosshair_widgets[plane].value = ""
             self.titles[plane].value = ""
         self.readout_box.value = ""
 
@@ -203,33 +324,84 @@ class SliceViewer(w.VBox):
         """The coordinate and intensity readout (HTML)."""
         return str(self.readout_box.value)
 
+    @property
+    def crosshair_at(self) -> dict[str, tuple[int, int]]:
+        """Image pixel ``(row, col)`` the crosshair crosses on each plane (empty when off)."""
+        return dict(self._crosshair_at)
+
     def render(self) -> dict[str, bytes]:
-        """Redraw the three planes (reading only planes not read yet) and the readout."""
+        """Redraw what changed: a plane's PNG only when its pixels change, the crosshair.
+
+        Planes are read only at new slice indices; moving along one axis re-encodes one
+        plane (the crosshair on the other two is drawn by the page). Each update's time and
+        bytes go to :attr:`latency`.
+        """
         if self.image is None or self._quiet:
             return self.images
+        start = time.perf_counter()
+        sent = encodes = 0
+        changed = False
         try:
             pos = self.position
             window = Window(self.level, self.width)
-            masks = self.mask.planes_at(pos) if self.mask is not None else {}
-            for plane, data in self.image.planes_at(pos).items():
-                rgb = render_slice(
-                    data,
-                    window,
-                    self.cmap,
-                    mask=masks.get(plane),
-                    opacity=self.opacity,
-                    colors=self.label_colors,
-                    crosshair=plane_uv(plane, pos) if self.crosshair else None,
-                    scale=display_scale(data.shape, plane_spacing(plane, self._spacing)),
-                )
-                show_png(self.image_widgets[plane], encode_png(rgb))
+            masks: dict[str, np.ndarray] = {}
+            colors = tuple(sorted(self.label_colors.items()))
+            for plane in PLANES:
+                index = plane_index(plane, pos)
+                data = self.image.plane(plane, index)
+                if self.mask is not None:
+                    masks[plane] = self.mask.plane(plane, index)
+                scale = display_scale(data.shape, plane_spacing(plane, self._spacing))
+                key = (self.image, self.mask, index, window, self.cmap, self.opacity, colors, scale)
+                if self._drawn.get(plane) != key:
+                    png = self._encode(data, window, masks.get(plane), scale)
+                    if png != self.image_widgets[plane].value:  # the same bytes are not sent
+                        sent += len(png)
+                    show_png(self.image_widgets[plane], png)
+                    self._drawn[plane] = key
+                    encodes += 1
+                changed |= self._draw_crosshair(plane, pos, data.shape, scale)
                 last = self.sliders[plane].max
-                self.titles[plane].value = f"<b>{plane}</b> {plane_index(plane, pos)}/{last}"
+                self.titles[plane].value = f"<b>{plane}</b> {index}/{last}"
             self._update_readout(masks)
             self._report("render", None)
         except Exception as e:  # shown in place; the viewer stays usable
             self._report("render", f"{type(e).__name__}: {e}")
+        if encodes or changed:
+            self.latency.record((time.perf_counter() - start) * 1000, sent, encodes)
+            self.latency_box.value = self.latency.html()
         return self.images
+
+    def _encode(
+        self,
+        data: np.ndarray,
+        window: Window,
+        mask: np.ndarray | None,
+        scale: tuple[int, int],
+    ) -> bytes:
+        style = {"mask": mask, "opacity": self.opacity, "colors": self.label_colors, "scale": scale}
+        indexed = render_indexed(data, window, self.cmap, **style)  # type: ignore[arg-type]
+        if indexed is not None:
+            return encode_indexed(*indexed)
+        return encode_png(render_slice(data, window, self.cmap, **style))  # type: ignore[arg-type]
+
+    def _draw_crosshair(
+        self, plane: str, pos: tuple[int, int, int], shape: tuple[int, ...], scale: tuple[int, int]
+    ) -> bool:
+        """Move the page-drawn crosshair of ``plane``; whether it changed."""
+        html, at = "", None
+        if self.crosshair:
+            at = crosshair_pixel(plane_uv(plane, pos), (shape[0], shape[1]), scale)
+            html = crosshair_html(*at, shape[1] * scale[0], shape[0] * scale[1])
+        if at is None:
+            self._crosshair_at.pop(plane, None)
+        else:
+            self._crosshair_at[plane] = at
+        widget = self.crosshair_widgets[plane]
+        if widget.value == html:
+            return False
+        widget.value = html
+        return True
 
     def _update_readout(self, masks: Mapping[str, np.ndarray]) -> None:
         assert self.image is not None

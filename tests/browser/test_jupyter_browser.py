@@ -121,6 +121,15 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
                 box = browser.locator(f"img.radiobject-image-{plane}").bounding_box()
                 assert box is not None, plane
                 assert box["width"] == 240, plane  # 48 voxels x 5, shown at the PNG's size
+                # the crosshair is drawn by the page over exactly the image
+                cross = browser.locator(f".radiobject-crosshair-{plane} .radiobject-crosshair")
+                over = cross.bounding_box()
+                assert over is not None, plane
+                assert all(abs(over[k] - box[k]) <= 1 for k in box), (plane, over, box)
+            coronal_line = browser.locator(
+                ".radiobject-crosshair-coronal .radiobject-crosshair div"
+            )
+            line_before = coronal_line.first.bounding_box()
             assert "sub-000" in browser.inner_text()
             browser.screenshot(path=str(shots / "browser_collection_browser.png"))
 
@@ -140,6 +149,10 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
                 ".includes('(24, 24, 19)')",
                 timeout=20_000,
             )  # the readout followed: z went from 16 to 19
+            line_after = coronal_line.first.bounding_box()
+            assert line_before is not None
+            assert line_after is not None
+            assert line_after["y"] == pytest.approx(line_before["y"] - 3 * 5, abs=1)  # z up 3
 
             # -- PatchPreview: a card per patch and the location view --------------------------
             preview = page.locator(".radiobject-patch-preview")

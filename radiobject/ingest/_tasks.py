@@ -1,0 +1,161 @@
+"""The work sent to executors: "read this source and write this volume", returning metadata.
+
+Every task is a plain picklable object run by a module-level function, so it runs on a
+thread, in a process pool or on a Dask worker alike. A worker builds its TileDB context
+from the settings the task carries (:mod:`radiobject.ingest._remote`) and writes tiles and
+compression from the :class:`radiobject.WriteConfig` the task carries: nothing depends on
+the settings in force in the worker's process. Only small metadata comes back (shape,
+affine, dtype, the mask guess and, for masks, the foreground index).
+
+A task is idempotent: a volume already written whole at its URI (its array exists and holds
+the ``obs_id`` metadata, committed after its voxels) is kept and described, anything else
+there is removed and written again. So a resumed ingest skips finished volumes, and a task a
+cluster runs twice (a lost worker) does no harm.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import tiledb
+
+from radiobject._errors import IngestError, RadiObjectError
+from radiobject.config import WriteConfig
+from radiobject.ingest._remote import ctx_from_settings
+from radiobject.ingest._sources import MASK_NAMES, Geometry, looks_like_mask
+from radiobject.storage._foreground import ForegroundIndex, compute_foreground
+from radiobject.storage._group import remove
+from radiobject.storage._volume import Volume, storage_dtype
+
+__all__ = ["VolumeTask", "Written", "index_foreground", "read_header", "write_volume"]
+
+
+@dataclass(frozen=True)
+class VolumeTask:
+    """Read one source and write it as the volume array at ``uri``.
+
+    ``run`` names the ingest run, so a cluster that remembers results by the task's
+    arguments never hands back another run's result (or error).
+    """
+
+    uri: str
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    source: str
+    obs_id: str
+    obs_subject_id: str
+    collection: str
+    is_mask: bool | None
+    shape: tuple[int, ...] | None  # from the header, when it was read
+    write: WriteConfig
+    run: str
+    settings: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Written:
+    """What a task reports about the volume it wrote (or found whole)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    dtype: str
+    looks_like_mask: bool
+    foreground: ForegroundIndex | None
+    reused: bool
+
+
+def _stored(task: VolumeTask, ctx: tiledb.Ctx) -> tuple[tuple[int, ...], str, np.ndarray] | None:
+    """Shape, dtype and affine of a volume already written whole at ``task.uri``, else None.
+
+    Whatever else is there (an array cut short, one of another subject) is removed.
+    """
+    whole = None
+    try:
+        kind = tiledb.object_type(task.uri, ctx=ctx)
+        if kind == "array":
+            with tiledb.open(task.uri, ctx=ctx) as arr:
+                if "obs_id" in arr.meta and arr.meta["obs_id"] == task.obs_id:
+                    shape = tuple(int(d.domain[1]) - int(d.domain[0]) + 1 for d in arr.domain)
+                    affine = np.array(json.loads(arr.meta["affine"]), dtype=np.float64)
+                    whole = (shape, str(arr.attr(0).dtype), affine)
+    except tiledb.TileDBError:
+        whole = None
+    if whole is None:
+        remove(task.uri, ctx)
+    return whole
+
+
+def write_volume(task: VolumeTask, ctx: tiledb.Ctx | None = None) -> Written:
+    """Run ``task``: write its volume (or keep it when already whole) and describe it.
+
+    Errors name the source: an :class:`IngestError` as raised, any other radiobject error
+    with the source added, anything else as an :class:`IngestError`.
+    """
+    ctx = ctx if ctx is not None else ctx_from_settings(task.settings)
+    try:
+        return _write(task, ctx)
+    except IngestError:
+        raise
+    except RadiObjectError as e:
+        raise type(e)(f"{e} (while ingesting {task.source!r} as {task.obs_id!r})") from e
+    except Exception as e:
+        raise IngestError(
+            f"cannot ingest {task.source!r} as {task.obs_id!r} at {task.uri!r}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _write(task: VolumeTask, ctx: tiledb.Ctx) -> Written:
+    stored = _stored(task, ctx)
+    array: np.ndarray | None
+    if stored is not None:
+        shape, dtype, affine = stored
+        array = None
+    else:
+        array, affine = task.load()
+        array = np.asarray(array)
+        if task.shape is not None and tuple(array.shape) != tuple(task.shape):
+            raise IngestError(
+                f"{task.source!r} holds voxels of shape {array.shape} but its header says "
+                f"{tuple(task.shape)}; the file is inconsistent: re-export it"
+            )
+        Volume.from_numpy(
+            task.uri,
+            array,
+            affine=affine,
+            tile=task.write.tile,
+            compression=task.write.compression,
+            ctx=ctx,
+            metadata={"obs_id": task.obs_id, "obs_subject_id": task.obs_subject_id},
+        )
+        shape, dtype = tuple(int(n) for n in array.shape), str(storage_dtype(array.dtype))
+
+    def voxels() -> np.ndarray:
+        return array if array is not None else Volume(task.uri, ctx=ctx).to_numpy()
+
+    guess = False
+    if task.is_mask is None:
+        guess = task.collection.lower() in MASK_NAMES or (
+            np.dtype(dtype).kind in "biu" and looks_like_mask(task.collection, voxels())
+        )
+    mask = task.is_mask if task.is_mask is not None else guess
+    return Written(
+        shape=shape,
+        affine=np.asarray(affine, dtype=np.float64),
+        dtype=dtype,
+        looks_like_mask=guess,
+        foreground=compute_foreground(voxels()) if mask else None,
+        reused=stored is not None,
+    )
+
+
+def read_header(header: Callable[[], Geometry], run: str) -> Geometry:
+    """Call a source's header reader (``run`` as in :class:`VolumeTask`)."""
+    return header()
+
+
+def index_foreground(uri: str, settings: Mapping[str, str], run: str) -> ForegroundIndex:
+    """The foreground index of the stored mask volume at ``uri``."""
+    return compute_foreground(Volume(uri, ctx=ctx_from_settings(settings)).to_numpy())
