@@ -85,6 +85,12 @@ def cell_order_for(extents: Sequence[int]) -> str:
     return "col-major" if thin_axial else "row-major"
 
 
+def _put_meta(arr: tiledb.Array, metadata: dict[str, Any] | None) -> None:
+    """Store ``metadata`` on an array open for writing (non-scalars as their ``str``)."""
+    for key, value in (metadata or {}).items():
+        arr.meta[key] = value if isinstance(value, (int, float, str)) else str(value)
+
+
 class Volume:
     """One 3D ``(x, y, z)`` or 4D ``(x, y, z, t)`` volume in TileDB.
 
@@ -281,12 +287,13 @@ class Volume:
             array.dtype,
             affine=affine,
             spacing=spacing,
-            metadata=metadata,
             tile=tile,
             compression=compression,
             ctx=ctx,
         )
-        vol.write_region(tuple((0, n) for n in array.shape), array)
+        # the caller's metadata lands after the voxels: a volume holding it is whole (ingest
+        # takes its obs_id as the mark of a finished volume)
+        vol.write_region(tuple((0, n) for n in array.shape), array, metadata=metadata)
         return vol
 
     @classmethod
@@ -355,16 +362,22 @@ class Volume:
                 arr.meta["affine"] = json.dumps(affine.tolist())
                 arr.meta["spacing"] = json.dumps(list(spacing))
                 arr.meta["orientation"] = affine_orientation(affine)
-                for key, value in (metadata or {}).items():
-                    arr.meta[key] = value if isinstance(value, (int, float, str)) else str(value)
+                _put_meta(arr, metadata)
         return cls(uri, ctx=given)  # no context given: follow configure()
 
-    def write_region(self, bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
+    def write_region(
+        self,
+        bounds: Sequence[tuple[int, int]],
+        data: np.ndarray,
+        *,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         """Write ``data`` into the half-open box ``bounds`` (one ``(start, stop)`` per axis).
 
         Each call is one TileDB write (one fragment); regions written later win where they
-        overlap. Readers that opened the volume before see the new voxels after
-        ``radiobject.read._region.forget_array(uri)``.
+        overlap. ``metadata`` is stored with the write and committed after the voxels, so a
+        reader that sees it also sees them. Readers that opened the volume before see the new
+        voxels after ``radiobject.read._region.forget_array(uri)``.
         """
         bounds = tuple((int(lo), int(hi)) for lo, hi in bounds)
         want = tuple(hi - lo for lo, hi in bounds)
@@ -380,3 +393,4 @@ class Volume:
             dtype = np.dtype(arr.schema.attr(0).dtype)
             box = tuple(slice(lo, hi) for lo, hi in bounds)
             arr[box] = np.ascontiguousarray(data.astype(dtype, copy=False))
+            _put_meta(arr, metadata)
