@@ -154,6 +154,11 @@ class ReadConfig(_Checked):
         local_tier_dir: the tier's folder (default ``$XDG_CACHE_HOME/radiobject/tier``, or
             ``~/.cache/radiobject/tier``). Local disk: an unwritable or full folder turns the
             tier off with one warning, and reads go on from storage.
+        read_ahead: samples whose regions a loader reads ahead, in each reading process
+            (the main process, or each worker), on up to ``max_workers`` threads of that
+            process's share; ``0`` turns it off. Batches stay the same bytes either way.
+        read_ahead_mb: bound of the voxels read ahead and not yet taken, in MiB, for the
+            whole loader (workers share it out like ``cache_mb``).
     """
 
     max_workers: int = 4
@@ -163,8 +168,12 @@ class ReadConfig(_Checked):
     retain_freed_mb: int = 0
     local_tier_mb: int = 0
     local_tier_dir: str | None = None
+    read_ahead: int = 0
+    read_ahead_mb: int = 256
 
     def __post_init__(self) -> None:
+        _check_int("ReadConfig", "read_ahead", self.read_ahead, 0, 65536)
+        _check_int("ReadConfig", "read_ahead_mb", self.read_ahead_mb, 1)
         _check_int("ReadConfig", "max_workers", self.max_workers, 1, 256)
         _check_int("ReadConfig", "concurrency", self.concurrency, 1, 256)
         _check_int("ReadConfig", "memory_budget_mb", self.memory_budget_mb, 16)

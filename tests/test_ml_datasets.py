@@ -400,8 +400,7 @@ def test_setup_reads_only_the_foreground_index(sample_radi, monkeypatch):
     for module in (
         radiobject.read._region,
         radiobject.storage._volume,
-        radiobject.ml._dataset,
-        radiobject.ml._segmentation,
+        radiobject.ml._plan,  # every dataset read goes through a plan's RegionRead
     ):
         monkeypatch.setattr(module, "read_region", spy_read)
 

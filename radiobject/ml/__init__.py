@@ -37,7 +37,9 @@ from radiobject.ml._loaders import (
     loader_cache_counters,
     worker_init,
 )
+from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
+from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 
@@ -53,6 +55,9 @@ __all__ = [
     "ProbeResult",
     "RadiObjectLoader",
     "ResumableSampler",
+    "ReadAheadSchedule",
+    "RegionRead",
+    "SamplePlan",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",

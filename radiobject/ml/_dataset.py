@@ -14,11 +14,13 @@ import torch
 from torch.utils.data import Dataset
 
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
-from radiobject.config import SliceOrientation
+from radiobject.config import SliceOrientation, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
-from radiobject.read._region import open_array, read_region, whole_volume_budget
+from radiobject.read._region import open_array, whole_volume_budget
 from radiobject.storage._collection import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
@@ -141,7 +143,7 @@ def _to_tensor(value: Any) -> Any:
     return value
 
 
-class VolumeCollectionDataset(Dataset):
+class VolumeCollectionDataset(Dataset[Any]):
     """Samples ``{"image": Tensor(C, X, Y, Z), "label": ..., "obs_id": ...}`` from collections.
 
     Each collection is a channel (e.g. ``[radi.T1w, radi.FLAIR]``); volumes are matched by
@@ -157,6 +159,8 @@ class VolumeCollectionDataset(Dataset):
 
     Subclassing: override :meth:`read_image` to change how channels are read,
     :meth:`patch_start` to change where patches go, or :meth:`read_sample` to add keys.
+    :meth:`plan` says what a key reads without reading it (the loader's read-ahead,
+    ``ReadConfig.read_ahead``, reads those regions before their batch is asked for).
 
     >>> from radiobject.data import make_sample_radiobject
     >>> import tempfile, os
@@ -256,6 +260,7 @@ class VolumeCollectionDataset(Dataset):
         """
         sync_worker()
         parsed = [self._key(k) for k in keys]
+        self._read_ahead(keys)
         samples = (
             read_pool().map(self._load, parsed)
             if len(parsed) > 1
@@ -275,6 +280,67 @@ class VolumeCollectionDataset(Dataset):
             return sample
         seed = transform_seed(self.config.seed, *key)
         return seeded_call(self.transform, sample, seed)
+
+    # -- plans and read-ahead -------------------------------------------------------------
+    read_ahead_schedule: ReadAheadSchedule | None = None
+    """The order a loader reads this dataset in (set by radiobject's loaders)."""
+
+    def plan(self, key: int | tuple[int, int]) -> SamplePlan:
+        """What the sample of ``key`` reads, computed without reading anything.
+
+        The same key always gives the same plan, and ``self[key]`` reads exactly
+        ``plan(key).reads``, in that order.
+        """
+        epoch, index = self._key(key)
+        box = self.region(index, item_rng(self.config.seed, epoch, index))
+        return SamplePlan((epoch, index), index, box, self.plan_reads(index, box))
+
+    def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
+        """The regions item ``index`` reads inside ``box``. Override with :meth:`read_sample`."""
+        return self.image_reads(self.refs[self.volume_of(index)], box)
+
+    def image_reads(
+        self, ref: VolumeRef, box: tuple[tuple[int, int], ...]
+    ) -> tuple[RegionRead, ...]:
+        """One read per channel of ``ref`` inside ``box`` (each with its collection's context)."""
+        whole = self.prefer_whole_volume(ref.uris[0])
+        return tuple(
+            RegionRead("image", uri, coll.ctx, box, whole)
+            for uri, coll in zip(ref.uris, self.collections, strict=True)
+        )
+
+    def fetch(self, reads: Sequence[RegionRead]) -> list[np.ndarray]:
+        """Execute ``reads``: taken from the read-ahead where it read them, else read now."""
+        ahead = ahead_state(self)
+        if ahead is None:
+            return [r.read() for r in reads]
+        return [ahead.take(r) for r in reads]
+
+    def read_plan(self, plan: SamplePlan) -> Any:
+        """The sample of ``plan`` (its reads executed), transformed like ``self[key]``."""
+        return self.apply_transform(self.read_sample(plan.index, plan.box), plan.key)
+
+    def _read_ahead(self, keys: Sequence[int | tuple[int, int]]) -> None:
+        depth = get_config().read.read_ahead
+        if depth <= 0 or self.read_ahead_schedule is None or not keys:
+            return
+        if not all(isinstance(k, tuple) for k in keys):
+            return  # plain indices: the order is not the loader's
+        first = keys[0]
+        assert isinstance(first, tuple)
+        ahead = ahead_state(self, create=True)
+        assert ahead is not None
+        ahead.advance(self, [(int(first[0]), int(first[1]))], depth)
+
+    def stop_read_ahead(self) -> None:
+        """Cancel this process's pending reads ahead and wait for those under way."""
+        ahead = ahead_state(self)
+        if ahead is not None:
+            ahead.cancel()
+
+    def read_ahead_itemsize(self) -> int:
+        """Bytes per voxel, to bound the read-ahead's memory (the first channel's)."""
+        return _itemsize(self.refs[0].uris[0], self.collections[0].ctx)
 
     # -- hooks ---------------------------------------------------------------------------
     def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
@@ -300,12 +366,7 @@ class VolumeCollectionDataset(Dataset):
 
     def read_image(self, ref: VolumeRef, box: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32."""
-        whole = self.prefer_whole_volume(ref.uris[0])
-        chans = [
-            # each channel with its collection's context (the one it was opened with)
-            read_region(uri, coll.ctx, box, whole_on_miss=whole)
-            for uri, coll in zip(ref.uris, self.collections, strict=True)
-        ]
+        chans = self.fetch(self.image_reads(ref, box))
         # read_region returns arrays of our own: one channel needs no stacking copy
         image = chans[0][None] if len(chans) == 1 else np.stack(chans)
         return image.astype(np.float32, copy=False)

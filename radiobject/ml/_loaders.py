@@ -25,6 +25,7 @@ from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._inference import GridPatchDataset
+from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
@@ -269,6 +270,10 @@ def build_loader(
             kwargs["prefetch_factor"] = prefetch_factor
     if collate_fn is not None:
         kwargs["collate_fn"] = collate_fn
+    if isinstance(sampler, EpochSampler):  # the order its read-ahead foresees
+        dataset.read_ahead_schedule = ReadAheadSchedule(sampler.order, batch_size, num_workers)
+        if num_workers == 0:  # workers' reads ahead end with the workers
+            sampler.on_stop = dataset.stop_read_ahead
     import torch
 
     return RadiObjectLoader(

@@ -11,8 +11,8 @@ import torch
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
+from radiobject.ml._plan import RegionRead
 from radiobject.ml._sampling import foreground_patch_start
-from radiobject.read._region import read_region
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._foreground import ForegroundIndex
 
@@ -130,12 +130,19 @@ class SegmentationDataset(VolumeCollectionDataset):
         masks = voxels * _itemsize(self.mask_uris[0], self.mask.ctx)
         return super()._count_stored_bytes() + masks
 
+    def mask_read(self, index: int, box: tuple[tuple[int, int], ...]) -> RegionRead:
+        """The read of item ``index``'s mask inside ``box`` (first three axes)."""
+        uri = self.mask_uris[self.volume_of(index)]
+        ctx = self.mask.ctx  # the mask collection's context, in every process
+        return RegionRead("mask", uri, ctx, box[:3], self.prefer_whole_volume(uri, ctx))
+
+    def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
+        """The image channels' reads, then the mask's."""
+        return (*super().plan_reads(index, box), self.mask_read(index, box))
+
     def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
         """Image sample plus the mask of the same region (``"mask"``)."""
         sample = super().read_sample(index, box)
-        uri = self.mask_uris[self.volume_of(index)]
-        ctx = self.mask.ctx  # the mask collection's context, in every process
-        whole = self.prefer_whole_volume(uri, ctx)
-        mask = read_region(uri, ctx, box[:3], whole_on_miss=whole)
+        (mask,) = self.fetch([self.mask_read(index, box)])
         sample["mask"] = torch.from_numpy(self.squeeze_slice(mask[None].astype(np.int64)))
         return sample

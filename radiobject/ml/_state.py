@@ -11,7 +11,7 @@ the epoch is re-sharded).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +115,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.active: EpochPass | None = None
         self._resume: tuple[int, int] | None = None
         self._started: EpochPass | None = None
+        self.on_stop: Callable[[], None] | None = None  # called when a pass ends or is dropped
 
     @property
     def order_name(self) -> str:
@@ -174,7 +175,12 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         p = self._started if self._started is not None else self.start_pass()
         self._started = None
-        return iter([(p.epoch, i) for i in p.indices])
+        try:
+            for i in p.indices:
+                yield p.epoch, i
+        finally:  # the pass ended, or its iterator was dropped mid-epoch
+            if self.on_stop is not None:
+                self.on_stop()
 
     def __len__(self) -> int:
         """Items of the next pass on this rank (fewer than usual when it resumes)."""

@@ -64,6 +64,9 @@ class _Handles:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.cache = _HandleCache(maxsize=512)
+        # one lock per key being opened: other volumes open meanwhile (an S3 open is
+        # several requests; threads reading ahead open many volumes at once)
+        self.opening: dict[tuple[str, int], threading.Lock] = {}
 
 
 # per process (radiobject._process): a forked child opens its own handles and never closes
@@ -76,22 +79,32 @@ def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
     key = (uri, id(ctx))  # the handle holds ctx: its id is not reused while cached
     handles = _HANDLES.get()
     with handles.lock:
-        cache = handles.cache
-        hit = cache.get(key)
+        hit = handles.cache.get(key)
         if hit is not None:
             return hit
-        with tiledb_errors(uri, "open volume"):
-            handle = tiledb.open(uri, mode="r", ctx=ctx)
-            schema = handle.schema
-            dom = schema.domain
-            shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
-            tiles = tuple(int(dom.dim(i).tile) for i in range(dom.ndim))
-            attr = schema.attr(0)
-            meta = {k: handle.meta[k] for k in handle.meta}
-            order = "F" if schema.cell_order == "col-major" else "C"
-        info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta, order)
-        cache[key] = (handle, info)
-        return handle, info
+        opening = handles.opening.setdefault(key, threading.Lock())
+    with opening:  # one thread opens ``uri``; threads wanting it wait, others open theirs
+        with handles.lock:
+            hit = handles.cache.get(key)
+            if hit is not None:
+                return hit
+        try:
+            with tiledb_errors(uri, "open volume"):
+                handle = tiledb.open(uri, mode="r", ctx=ctx)
+                schema = handle.schema
+                dom = schema.domain
+                shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
+                tiles = tuple(int(dom.dim(i).tile) for i in range(dom.ndim))
+                attr = schema.attr(0)
+                meta = {k: handle.meta[k] for k in handle.meta}
+                order = "F" if schema.cell_order == "col-major" else "C"
+            info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta, order)
+            with handles.lock:
+                handles.cache[key] = (handle, info)
+            return handle, info
+        finally:
+            with handles.lock:
+                handles.opening.pop(key, None)
 
 
 def forget_array(uri: str) -> None:

@@ -1,0 +1,254 @@
+"""Sample plans and the loader's epoch-aware read-ahead: same batches, faults, no leaks."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import radiobject
+from radiobject import NotFoundError, RadiObjectError, ReadConfig, StorageError, configure
+from radiobject.ml import (
+    DatasetConfig,
+    SegmentationDataset,
+    VolumeCollectionDataset,
+    _plan,
+    create_segmentation_dataloader,
+    create_training_dataloader,
+)
+from radiobject.ml._read_ahead import ahead_state
+from radiobject.read._region import block_cache, forget_array
+
+PATCH = (8, 8, 8)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Every region read made through a plan's reads: (uri, bounds, whole_on_miss)."""
+    calls: list[tuple[Any, ...]] = []
+    real = _plan.read_region
+
+    def spy(uri: str, ctx: Any, bounds: Any, *, whole_on_miss: bool = False) -> np.ndarray:
+        calls.append((uri, tuple(bounds), whole_on_miss))
+        return real(uri, ctx, bounds, whole_on_miss=whole_on_miss)
+
+    monkeypatch.setattr(_plan, "read_region", spy)
+    return calls
+
+
+@pytest.mark.parametrize("cache_mb", [512, 0])
+def test_plan_is_what_getitem_reads(sample_radi, recorded, cache_mb):
+    radiobject.configure(read=ReadConfig(cache_mb=cache_mb))
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=3, seed=5)
+    datasets = [
+        VolumeCollectionDataset([sample_radi.T1w, sample_radi.FLAIR], config),
+        SegmentationDataset(
+            sample_radi.T1w,
+            sample_radi.seg,
+            config,
+            foreground_sampling=True,
+            foreground_probability=0.7,
+        ),
+    ]
+    for ds in datasets:
+        for key in [(0, 0), (1, 0), (2, 7), (4, len(ds) - 1)]:
+            plan = ds.plan(key)
+            assert ds.plan(key).box == plan.box  # a pure function of the key
+            recorded.clear()
+            sample = ds[key]
+            assert recorded == [(r.uri, r.bounds, r.whole_on_miss) for r in plan.reads]
+            assert tuple(sample["patch_start"].tolist()) == plan.start
+            assert tuple(sample["image"].shape[1:]) == tuple(hi - lo for lo, hi in plan.box)
+        assert [r.name for r in ds.plan((0, 0)).reads][-1] == (
+            "mask" if isinstance(ds, SegmentationDataset) else "image"
+        )
+    # different epochs move the patches
+    ds = datasets[0]
+    assert len({ds.plan((e, 0)).box for e in range(6)}) > 1
+
+
+def test_read_plan_executes_a_plan(sample_radi):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=2)
+    ds = SegmentationDataset(sample_radi.T1w, sample_radi.seg, config)
+    plan = ds.plan((3, 5))
+    direct, planned = ds[(3, 5)], ds.read_plan(plan)
+    assert torch.equal(direct["image"], planned["image"])
+    assert torch.equal(direct["mask"], planned["mask"])
+
+
+def _batches(loader: Any, epochs: int) -> list[dict[str, bytes]]:
+    out = []
+    for _ in range(epochs):
+        for batch in loader:
+            out.append(
+                {
+                    k: v.numpy().tobytes() if isinstance(v, torch.Tensor) else repr(v).encode()
+                    for k, v in batch.items()
+                }
+            )
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("cache_mb", [512, 0])
+def test_read_ahead_changes_no_batch(sample_radi, num_workers, cache_mb):
+    def loader() -> Any:
+        return create_segmentation_dataloader(
+            [sample_radi.T1w, sample_radi.FLAIR],
+            sample_radi.seg,
+            batch_size=2,
+            patch_size=PATCH,
+            patches_per_volume=3,
+            foreground_probability=0.5,
+            num_workers=num_workers,
+            seed=3,
+        )
+
+    with configure(read=ReadConfig(cache_mb=cache_mb, read_ahead=0)):
+        block_cache().clear()
+        off = _batches(loader(), epochs=2)
+    with configure(read=ReadConfig(cache_mb=cache_mb, read_ahead=5, read_ahead_mb=1)):
+        block_cache().clear()
+        on_loader = loader()
+        on = _batches(on_loader, epochs=2)
+        if num_workers == 0:  # the reads were taken from the read-ahead, not read again
+            state = ahead_state(on_loader.dataset)
+            assert state is not None
+            assert state.served > 0
+    assert len(off) == len(on) == 2 * (6 * 3 // 2)
+    assert off == on
+
+
+def test_read_ahead_stays_within_its_budget(sample_radi, monkeypatch):
+    """Never more than read_ahead_mb of voxels read ahead and not taken."""
+    from radiobject.ml import _read_ahead
+
+    peaks: list[int] = []
+    real = _read_ahead._AheadState.advance
+
+    def watch(self: Any, *args: Any) -> None:
+        real(self, *args)
+        peaks.append(self.nbytes)
+
+    monkeypatch.setattr(_read_ahead._AheadState, "advance", watch)
+    # a 8x8x8 float32 patch is 2 KiB and each sample reads 2 (image + mask): a budget of
+    # 1 MiB holds them all, so lower it to a few samples through the itemsize seen
+    monkeypatch.setattr(VolumeCollectionDataset, "read_ahead_itemsize", lambda self: 100)
+    with configure(read=ReadConfig(read_ahead=64, read_ahead_mb=1)):
+        loader = create_segmentation_dataloader(
+            sample_radi.T1w,
+            sample_radi.seg,
+            batch_size=2,
+            patch_size=PATCH,
+            patches_per_volume=4,
+        )
+        for _ in loader:
+            pass
+    per_sample = 2 * int(np.prod(PATCH)) * 100
+    assert peaks
+    assert max(peaks) <= 1024 * 1024
+    assert max(peaks) >= per_sample  # it did read ahead
+    assert max(peaks) < 64 * per_sample  # and was held back by the budget
+
+
+def test_failed_read_ahead_raises_at_its_sample(sample_radi, monkeypatch):
+    """A read that fails raises at the sample needing it, naming the URI and region."""
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=2)
+    real = _plan.RegionRead.read
+    with configure(read=ReadConfig(read_ahead=6)):
+        loader = create_training_dataloader(
+            sample_radi.T1w, batch_size=1, config=config, shuffle_window=None
+        )
+        ds = loader.dataset
+        target = ds.refs[3].uris[0]
+
+        def flaky(self: _plan.RegionRead) -> np.ndarray:
+            if self.uri == target:
+                raise RuntimeError("disk on fire")
+            return real(self)
+
+        monkeypatch.setattr(_plan.RegionRead, "read", flaky)
+        seen: list[str] = []
+
+        def drain() -> None:
+            seen.extend(batch["obs_id"][0] for batch in loader)
+
+        with pytest.raises(StorageError) as err:
+            drain()
+    assert ds.refs[3].obs_id not in seen  # every sample before it came through
+    message = str(err.value)
+    assert "disk on fire" in message
+    assert target in message
+    assert "region [(" in message
+    assert isinstance(err.value.__cause__, RuntimeError)
+    del err  # its traceback holds the loader's iterator; dropped, its reads ahead end
+    gc.collect()
+    state = ahead_state(ds)
+    assert state is not None
+    assert len(state) == 0
+    assert state.nbytes == 0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_deleted_volume_raises_not_found_and_never_hangs(tmp_path, num_workers):
+    from radiobject.data import make_sample_radiobject
+
+    radi = make_sample_radiobject(
+        str(tmp_path / "r"),
+        n_subjects=4,
+        shape=(16, 16, 12),
+        modalities=("T1w",),
+        progress=False,
+    )
+    with configure(read=ReadConfig(read_ahead=4)):
+        loader = create_training_dataloader(
+            radi.T1w,
+            batch_size=1,
+            patch_size=PATCH,
+            patches_per_volume=2,
+            num_workers=num_workers,
+        )
+    victim = loader.dataset.refs[-1].uris[0]
+    shutil.rmtree(victim)
+    forget_array(victim)
+
+    def two_epochs() -> None:
+        for _ in range(2):
+            for _ in loader:
+                pass
+
+    with pytest.raises(NotFoundError) as err:
+        two_epochs()
+    assert victim.split("/")[-1] in str(err.value)
+    assert isinstance(err.value, RadiObjectError)
+
+
+def test_stopping_mid_epoch_cancels_and_leaks_nothing(sample_radi):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=4)
+    with configure(read=ReadConfig(read_ahead=16, cache_mb=0)):
+        loader = create_training_dataloader(
+            [sample_radi.T1w, sample_radi.FLAIR], batch_size=2, config=config
+        )
+        for _ in loader:  # warm up: the reader threads of whole batches exist from here on
+            break
+        gc.collect()
+        baseline = threading.active_count()
+        ds = loader.dataset
+        for _ in range(3):
+            it = iter(loader)
+            next(it)
+            next(it)
+            state = ahead_state(ds)
+            assert state is not None
+            assert state.nbytes > 0  # reads were under way or held
+            del it
+            gc.collect()
+            assert threading.active_count() == baseline
+            assert len(state) == 0
+            assert state.nbytes == 0
+            assert state.running == 0
