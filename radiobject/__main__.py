@@ -1,7 +1,8 @@
 """Command line of radiobject.
 
 ``python -m radiobject tutorials`` makes the sample data and opens JupyterLab on the
-tutorials; ``python -m radiobject demo`` makes a sample cohort and prints what it holds.
+tutorials; ``python -m radiobject demo`` makes a sample cohort and prints what it holds;
+``python -m radiobject warm URI`` fills the local read tier with a RadiObject or collection.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def _demo(args: argparse.Namespace) -> int:
         f"{bool((patch == again).all())})"
     )
     print(f"tile cache: {cache.hits} hits, {cache.misses} misses, hit rate {cache.hit_rate:.0%}")
+    return 0
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from radiobject import RadiObject, ReadConfig, VolumeCollection, configure, get_config
+    from radiobject._errors import NotFoundError
+    from radiobject.read._local_tier import default_tier_dir
+
+    read = get_config().read
+    mb = args.mb if args.mb is not None else (read.local_tier_mb or 64 * 1024)
+    folder = args.dir or read.local_tier_dir or str(default_tier_dir())
+    fields = {**read.__dict__, "local_tier_mb": mb, "local_tier_dir": folder}
+    with configure(read=ReadConfig(**fields)):
+        start = time.perf_counter()
+        try:
+            target: RadiObject | VolumeCollection = RadiObject(args.uri)
+        except NotFoundError:  # not a RadiObject: a collection (or a clear error about it)
+            target = VolumeCollection(args.uri)
+        written = target.warm_local_tier(progress=True)
+    took = time.perf_counter() - start
+    print(f"wrote {written} volumes to the local read tier in {folder} in {took:.1f} s")
     return 0
 
 
@@ -102,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     tut.add_argument("--dry-run", action="store_true", help="prepare data, print the command")
     tut.epilog = "Any other option goes to jupyter lab, e.g. --no-browser --port 8899."
     sub.add_parser("versions", help="print the versions of radiobject and its dependencies")
+    warm = sub.add_parser(
+        "warm", help="fill the local read tier with every volume of a RadiObject or collection"
+    )
+    warm.add_argument("uri", help="the RadiObject or VolumeCollection")
+    warm.add_argument("--mb", type=int, default=None, help="tier budget in MiB (default: 64 GiB)")
+    warm.add_argument("--dir", default=None, help="tier folder (default: the user cache dir)")
     args, unknown = parser.parse_known_args(argv)
     if args.command != "tutorials" and unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -109,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.jupyter_args = [a for a in unknown if a != "--"]
     if args.command == "tutorials":
         return _tutorials(args)
+    if args.command == "warm":
+        return _warm(args)
     if args.command == "versions":
         from radiobject import show_versions
 

@@ -184,6 +184,14 @@ def test_ruff(args):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_mypy():
+    """The type checker (strict, configured in pyproject.toml) finds nothing in radiobject/."""
+    exe = shutil.which("mypy") or pytest.skip("mypy is not installed")
+    result = run([exe])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
+
+
 def test_import_linter_contracts():
     exe = shutil.which("lint-imports") or pytest.skip("import-linter is not installed")
     result = run([exe, "--no-cache"])

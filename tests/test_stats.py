@@ -387,3 +387,90 @@ def test_stats_without_storage_counters_leave_tiledb_alone(vol, monkeypatch):
     assert dumps == []
     with pytest.raises(ConfigurationError, match=r"TileDBStats\(storage=False\)"):
         stats.s3_stats()
+
+
+@pytest.mark.parametrize(("size", "patch", "cache_mb"), [(80, 20, 1), (48, 12, 2)])
+def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(
+    tmp_path, size, patch, cache_mb
+):
+    # 8 float64 volumes (16^3 tiles) larger than the cache together, a random unaligned patch
+    # per volume per epoch; later epochs touch tiles read before. With 48^3 volumes and a
+    # 2 MiB cache, the tiles an epoch touches (~8 x 4 x 32 KiB) fit, but their volumes do not
+    volumes = [
+        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((size,) * 3, "float64") + n, tile=TILE)
+        for n in range(8)
+    ]
+    rng = np.random.default_rng(0)
+    per_epoch = []
+    with configure(read=ReadConfig(cache_mb=cache_mb)):
+        for _epoch in range(4):
+            with TileDBStats(storage=False) as stats:
+                for n, vol in enumerate(volumes):
+                    x, y, z = (int(v) for v in rng.integers(1, size - patch, size=3))
+                    box = np.s_[x : x + patch, y : y + patch, z : z + patch]
+                    expected = arange_volume((size,) * 3, "float64") + n
+                    np.testing.assert_array_equal(vol[box], expected[box])
+            per_epoch.append(stats.cache_stats().bytes_from_storage)
+    assert per_epoch[0] == 8 * patch**3 * 8  # exact regions, nothing more
+    assert all(b <= per_epoch[0] for b in per_epoch[1:]), per_epoch
+
+
+def test_a_working_set_that_fits_is_still_cached_on_the_second_touch(tmp_path):
+    vol = Volume.from_numpy(tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE)
+    with configure(read=ReadConfig(cache_mb=8)):
+        read(vol, np.s_[1:20, 1:20, 1:20])  # first touch: exact, not cached
+        read(vol, np.s_[1:20, 1:20, 1:20])  # second touch: its 8 tiles are admitted
+        stats, _, _ = read(vol, np.s_[1:20, 1:20, 1:20])
+    assert (stats.hits, stats.misses, stats.bytes_from_storage) == (8, 0, 0)
+
+
+@pytest.fixture
+def trim_every_3(monkeypatch):
+    from radiobject.read import _region, _stats
+
+    calls = []
+
+    def trim() -> None:
+        calls.append(1)
+        _stats.trim_query_record()
+
+    monkeypatch.setattr(_region, "on_many_queries", (3, trim))
+    monkeypatch.setattr(_region, "_next_trim", -1)
+    return calls
+
+
+def one_voxel_reads(vol: Volume, n: int) -> None:
+    for i in range(n):
+        vol[i : i + 1, 0:1, 0:1]
+
+
+def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every_3, monkeypatch):
+    import tiledb
+
+    from radiobject.read import _region
+    from radiobject.read._stats import _stats_enabled
+
+    with configure(read=ReadConfig(cache_mb=0)):
+        one_voxel_reads(vol, 10)  # warm: handles and fragment metadata loaded
+        with TileDBStats() as trimmed:
+            one_voxel_reads(vol, 10)
+        assert len(trim_every_3) == 6  # every 3 queries after the first
+        one_voxel_reads(vol, 7)  # outside any block: statistics reset and stay off
+        assert len(trim_every_3) >= 8
+        assert not _stats_enabled()
+        monkeypatch.setattr(_region, "on_many_queries", None)
+        with TileDBStats() as plain:
+            one_voxel_reads(vol, 10)
+        assert trimmed.s3_stats().read_ops == plain.s3_stats().read_ops > 0
+        assert trimmed.s3_stats().bytes_read == plain.s3_stats().bytes_read
+        assert trimmed.s3_stats().queries == plain.s3_stats().queries == 10
+        tiledb.stats_enable()  # the user's statistics: never reset by a trim
+        try:
+            tiledb.stats_reset()
+            one_voxel_reads(vol, 7)
+            from radiobject.read._stats import _raw_counters
+
+            assert sum(v for k, v in _raw_counters().items() if k.endswith("read_ops_num")) > 0
+        finally:
+            tiledb.stats_reset()
+            tiledb.stats_disable()

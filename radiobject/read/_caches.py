@@ -21,7 +21,9 @@ def clear_caches() -> None:
     of a running loader with ``persistent_workers=True``. For cold reads with workers,
     call it in the workers (e.g. from ``worker_init_fn``) or build a new loader, whose
     workers and shared store start empty. Not cleared: open array handles (schemas and
-    fragment metadata, read once per process) and the operating system's page cache.
+    fragment metadata, read once per process), the local read tier on disk
+    (``ReadConfig.local_tier_mb``: turn it off, or point it at an empty folder, for cold
+    reads) and the operating system's page cache.
 
     >>> import numpy as np, tempfile, os
     >>> from radiobject import TileDBStats, Volume, clear_caches

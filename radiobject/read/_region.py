@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from cachetools import LRUCache
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import config_version, get_config
+from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 
 __all__ = [
@@ -115,6 +117,7 @@ def forget_array(uri: str) -> None:
             handle, _ = cache.pop(key)
             handle.close()
     block_cache().drop(uri)
+    tier_state().forget(uri)
 
 
 @dataclass
@@ -128,6 +131,11 @@ class CacheCounters:
     bytes_from_storage: int = 0
     storage_queries: int = 0
     storage_ns: int = 0  # time in storage queries (read and decode), summed over threads
+    tier_hits: int = 0
+    tier_misses: int = 0
+    bytes_from_tier: int = 0
+    tier_fills: int = 0
+    bytes_to_tier: int = 0
 
     def copy(self) -> CacheCounters:
         """A snapshot of the counters."""
@@ -135,6 +143,8 @@ class CacheCounters:
 
 
 _SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
+_RECENT_WINDOW = 2  # volumes remembered as read recently: at most this many budgets of bytes
+_RECENT_MAX = 4096
 
 
 class BlockCache:
@@ -148,6 +158,9 @@ class BlockCache:
         self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
         # tiles read once without being cached (see ``read_region``): a second touch caches
         self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
+        # volumes read recently, with their bytes: the working set (``working_set_fits``)
+        self._recent: LRUCache[str, int] = LRUCache(maxsize=_RECENT_MAX)
+        self._recent_bytes = 0
         self.worker_share = 1
 
     def _sync(self) -> None:
@@ -159,6 +172,8 @@ class BlockCache:
         if size != self._maxsize:  # a new budget starts an empty cache
             self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
             self._maxsize = size
+            self._recent.clear()
+            self._recent_bytes = 0
 
     @property
     def maxsize(self) -> int:
@@ -197,18 +212,51 @@ class BlockCache:
                 self._seen[k] = True
             return before
 
+    def touch_volume(self, uri: str, volume_bytes: int) -> None:
+        """Note that ``uri`` (``volume_bytes`` once decompressed) was read just now."""
+        with self._lock:
+            if uri in self._recent:
+                self._recent[uri]  # refresh its recency
+                return
+            window = _RECENT_WINDOW * max(self._maxsize, 0)
+            while self._recent and (
+                len(self._recent) >= _RECENT_MAX or self._recent_bytes + volume_bytes > window
+            ):
+                self._recent_bytes -= self._recent.popitem()[1]
+            self._recent[uri] = volume_bytes
+            self._recent_bytes += volume_bytes
+
+    def working_set_fits(self) -> bool:
+        """Whether the volumes read recently fit the cache together, whole.
+
+        Random patches of a volume touch all of its tiles over a few epochs, so the working
+        set is the volumes being read, not the tiles read so far. While it fits, a tile read
+        twice is worth keeping: it stays until its next use. Once it does not (a cohort
+        larger than the cache, read in a shuffled order), a block admitted now is evicted
+        before it is read again, and the tile-aligned fetch that admits it reads more than
+        the region asked for: every epoch would read more from storage than the first.
+        ``read_region`` then stops admitting blocks fetched for unaligned regions.
+        """
+        with self._lock:
+            self._sync()
+            return self._recent_bytes <= self._maxsize
+
     def drop(self, uri: str) -> None:
         with self._lock:
             for key in [k for k in self._lru if k[0] == uri]:
                 del self._lru[key]
             for key in [k for k in self._seen if k[0] == uri]:
                 del self._seen[key]
+            if uri in self._recent:
+                self._recent_bytes -= self._recent.pop(uri)
 
     def clear(self) -> None:
         """Empty the cache and forget what was read (counters keep counting)."""
         with self._lock:
             self._lru.clear()
             self._seen.clear()
+            self._recent.clear()
+            self._recent_bytes = 0
 
 
 _BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
@@ -286,11 +334,38 @@ def _read_col_major(
         return None
     query.set_subarray(sub)
     query.submit()
-    buffer = query.results()[info.attr][0]
+    buffer: np.ndarray = query.results()[info.attr][0]
     return buffer.view(info.dtype).reshape(shape, order="F")
 
 
+# (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
+on_many_queries: tuple[int, Callable[[], None]] | None = None
+_next_trim = -1  # read_overlap.queries at which to call it next (-1: not counted yet)
+
+
+def _after_query() -> None:
+    global _next_trim
+    hook = on_many_queries
+    if hook is None or 0 <= _next_trim > read_overlap.queries:
+        return
+    every, trim = hook
+    with read_overlap._lock:
+        queries = read_overlap.queries
+        due = 0 <= _next_trim <= queries
+        if _next_trim < 0 or due:  # another thread may have moved it on meanwhile
+            _next_trim = queries + every
+    if due:
+        trim()
+
+
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
+    try:
+        return _query_once(handle, info, bounds)
+    finally:
+        _after_query()
+
+
+def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
     # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
     with read_overlap, tiledb_errors(info.uri, "read volume"):
@@ -300,7 +375,8 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
             out = _read_col_major(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
             if out is not None:
                 return out
-        return handle.read_subarray(sub)[info.attr]
+        result: np.ndarray = handle.read_subarray(sub)[info.attr]
+        return result
 
 
 class _FetchLocks:
@@ -343,15 +419,24 @@ def read_region(
     Served from the block cache where it can be; the tiles it lacks are read from storage
     in one query and cached. A region none of whose tiles was read before, and that does not
     fall on tile edges, is read exactly and not cached (one-off reads skip the larger
-    tile-aligned fetch); touching those tiles again caches them.
+    tile-aligned fetch); touching those tiles again caches them, while the volumes read
+    recently fit the cache (:meth:`BlockCache.working_set_fits`). Once they do not, an
+    unaligned region with a missing tile is read exactly and nothing is admitted: a later
+    epoch never reads more from storage than the first, however large the cohort.
 
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
-    many patches per volume); whole volumes asked for are kept the same way. Regions too
-    large for the cache are read straight from storage.
+    many patches per volume), while what this process reads fits its cache (always for a
+    loader's shared store, which keeps its own budget); whole volumes asked for are kept
+    the same way. Regions too large for the cache are read straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
+    tier = local_tier()
+    if tier is not None and cache.get((uri, _WHOLE)) is None:
+        out = _read_tier(tier, cache, handle, info, ctx, bounds)
+        if out is not None:
+            return out
     tiles = info.tiles
     first, last = _tile_range(bounds, tiles)
     n_tiles = int(np.prod([b - a + 1 for a, b in zip(first, last, strict=True)]))
@@ -359,19 +444,32 @@ def read_region(
     counters = cache.counters
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
-    if (whole_on_miss or whole_region) and volume_bytes * 4 <= cache.maxsize:
+    if whole_region and volume_bytes * 4 <= cache.maxsize:
         return _read_via_whole(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         return _read_uncached(cache, handle, info, bounds, n_tiles)
 
     keys = list(itertools.product(*[range(a, b + 1) for a, b in zip(first, last, strict=True)]))
+    first_touch = not cache.seen_before([(uri, k) for k in keys])
+    cache.touch_volume(uri, volume_bytes)
+    fits = cache.working_set_fits()
+    # a loader's shared store keeps whole volumes within its own budget; this process's
+    # cache only while what it reads fits (or for a volume it still holds whole)
+    if (
+        whole_on_miss
+        and volume_bytes * 4 <= cache.maxsize
+        and (fits or get_shared_store() is not None or cache.get((uri, _WHOLE)) is not None)
+    ):
+        return _read_via_whole(cache, handle, info, bounds, n_tiles)
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
-    if (
-        len(missing) == len(keys)
-        and not _tile_aligned(bounds, tiles, info.shape)
-        and not cache.seen_before([(uri, k) for k in keys])
-    ):
+    aligned = _tile_aligned(bounds, tiles, info.shape)
+    if missing and not fits and not aligned:
+        # the tiles read recently do not fit the cache: a block admitted now is likely evicted
+        # before its next use, so read exactly the region rather than the larger tile-aligned
+        # box (a tile-aligned region costs the same either way, and is admitted)
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
+    if len(missing) == len(keys) and not aligned and first_touch:
         # first touch of these tiles: read just the region (a tile-aligned fetch decompresses
         # and copies more); the tiles are cached when a later read touches them again
         return _read_uncached(cache, handle, info, bounds, n_tiles)
@@ -387,10 +485,13 @@ def read_region(
         counters.hits += n_tiles - len(missing)
         counters.misses += len(missing)
         missed = set(missing)
-        counters.bytes_from_cache += sum(blocks[k].nbytes for k in keys if k not in missed)
+        counters.bytes_from_cache += sum(
+            b.nbytes for k in keys if k not in missed and (b := blocks[k]) is not None
+        )
 
     out = np.empty(tuple(hi - lo for lo, hi in bounds), dtype=info.dtype)
     for k, block in blocks.items():
+        assert block is not None  # every missing block was fetched
         src, dst = [], []
         for d, (lo, hi) in enumerate(bounds):
             t0 = k[d] * tiles[d]
@@ -449,6 +550,7 @@ def _read_via_whole(
             with cache._lock:
                 cache.counters.storage_queries += 1
                 cache.counters.bytes_from_storage += data.nbytes
+            _offer_tier(cache, handle, info, data)
             return data
 
         volume, hit = store.fetch(info.uri, load)
@@ -462,6 +564,7 @@ def _read_via_whole(
                 with cache._lock:
                     cache.counters.storage_queries += 1
                     cache.counters.bytes_from_storage += volume.nbytes
+                _offer_tier(cache, handle, info, volume)
     out = volume[tuple(slice(lo, hi) for lo, hi in bounds)].copy()
     with cache._lock:
         if hit:
@@ -470,6 +573,18 @@ def _read_via_whole(
         else:
             cache.counters.misses += n_tiles
     return out
+
+
+def _offer_tier(
+    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, volume: np.ndarray
+) -> None:
+    """A whole volume just read from storage: write it to the local tier in the background."""
+    tier = local_tier()
+    if tier is None:
+        return
+    state = tier_state()
+    key = state.key(info.uri, handle.ctx)
+    state.submit(key, lambda: None if tier.open(key) else _write_tier(tier, cache, key, volume))
 
 
 def _fetch_into_cache(
@@ -499,3 +614,89 @@ def _fetch_into_cache(
     with cache._lock:
         cache.counters.storage_queries += 1
         cache.counters.bytes_from_storage += data.nbytes
+
+
+def _read_tier(
+    tier: LocalTier,
+    cache: BlockCache,
+    handle: tiledb.Array,
+    info: ArrayInfo,
+    ctx: tiledb.Ctx,
+    bounds: Bounds,
+) -> np.ndarray | None:
+    """``bounds`` from the local tier, or None after queueing a background fill of the volume."""
+    state = tier_state()
+    key = state.key(info.uri, ctx)
+    out = tier.read(key, bounds)
+    with cache._lock:
+        if out is not None:
+            cache.counters.tier_hits += 1
+            cache.counters.bytes_from_tier += out.nbytes
+        else:
+            cache.counters.tier_misses += 1
+    if out is None:
+
+        def fill() -> None:
+            if tier.open(key) is not None:  # another process filled it meanwhile
+                return
+            volume = _query(handle, info, tuple((0, n) for n in info.shape))
+            with cache._lock:
+                cache.counters.storage_queries += 1
+                cache.counters.bytes_from_storage += volume.nbytes
+            _write_tier(tier, cache, key, volume)
+
+        state.submit(key, fill)
+    return out
+
+
+def _write_tier(tier: LocalTier, cache: BlockCache, key: str, volume: np.ndarray) -> None:
+    """Publish ``volume`` to the tier; a folder that cannot be written turns the tier off."""
+    state = tier_state()
+    try:
+        written = tier.write(key, volume, idle_s=FILL_IDLE_S)
+    except OSError as exc:
+        state.disable(tier, exc)
+        return
+    if not written:
+        with state.lock:
+            state.rejected[key] = True
+    else:
+        with cache._lock:
+            cache.counters.tier_fills += 1
+            cache.counters.bytes_to_tier += tier.entry_bytes(key)
+
+
+def fill_local_tier(uri: str, ctx: tiledb.Ctx) -> bool:
+    """Put the whole volume ``uri`` in the local tier now, unless it is there already.
+
+    Returns whether it was written (False: already there, or larger than the budget).
+
+    Raises:
+        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0).
+        OSError: the tier's folder cannot be written.
+    """
+    from radiobject._errors import ConfigurationError
+
+    tier = local_tier()
+    if tier is None:
+        broken = tier_state().tier
+        why = f"it broke in this process ({broken.broken})" if broken is not None else "it is off"
+        raise ConfigurationError(
+            f"cannot fill the local read tier with {uri}: {why}; turn it on with "
+            "configure(read=ReadConfig(local_tier_mb=...)) and a writable local_tier_dir"
+        )
+    handle, info = open_array(uri, ctx)
+    key = tier_state().key(uri, ctx)
+    if tier.entry_bytes(key) and tier.open(key) is not None:  # on disk, not just held open
+        return False
+    cache = block_cache()
+    volume = _query(handle, info, tuple((0, n) for n in info.shape))
+    with cache._lock:
+        cache.counters.storage_queries += 1
+        cache.counters.bytes_from_storage += volume.nbytes
+    written = tier.write(key, volume)
+    if written:
+        with cache._lock:
+            cache.counters.tier_fills += 1
+            cache.counters.bytes_to_tier += tier.entry_bytes(key)
+    return written

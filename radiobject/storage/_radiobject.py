@@ -255,6 +255,26 @@ class RadiObject:
             )
         return self._view(collections=list(names))
 
+    def warm_local_tier(self, *, progress: bool = False) -> int:
+        """Put every volume of every collection in the local read tier now.
+
+        See :meth:`VolumeCollection.warm_local_tier`; returns how many were written.
+
+        >>> import tempfile, os
+        >>> from radiobject import ReadConfig, configure
+        >>> from radiobject.data import make_sample_radiobject
+        >>> d = tempfile.mkdtemp()
+        >>> radi = make_sample_radiobject(os.path.join(d, "r"), n_subjects=2, shape=(8, 8, 8),
+        ...                               progress=False)
+        >>> with configure(read=ReadConfig(local_tier_mb=16, local_tier_dir=os.path.join(d, "t"))):
+        ...     radi.warm_local_tier() == 2 * len(radi.collection_names)
+        True
+        """
+        return sum(
+            self.collection(name).warm_local_tier(progress=progress)
+            for name in self.collection_names
+        )
+
     # -- summaries -------------------------------------------------------------------------
     def describe(self) -> pd.DataFrame:
         """One row per collection: volumes, shape, dtype, spacing, mask flag (no voxel reads)."""

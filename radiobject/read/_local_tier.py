@@ -1,0 +1,380 @@
+"""A local read tier: whole volumes kept on local disk as blosc2 arrays, read through mmap.
+
+Between radiobject's RAM block cache and TileDB. A volume read from TileDB is written here
+(in a background thread, so the reading step does not wait); later reads of any region of
+it, by this process or any other on the machine, decode just the blosc2 blocks the region
+touches from a memory-mapped file (the page cache is shared: no copies through IPC), and a
+new run starts warm.
+
+Format (measured on this machine, random cold 64³ patches of 240x240x155 float32, one
+thread): blosc2 NDArray in nnU-Net v2's layout (chunks about patch-sized, 32³ blocks, LZ4HC
+and byte shuffle, mmap) read ~1,780 patches/s against ~270 for radiobject's TileDB arrays
+(48³ zstd tiles, ~0.6 ms per TileDB query before any voxel is decoded) and ~3,400 for an
+uncompressed ``.npy`` memmap, which takes ~13x more disk than TileDB on these volumes.
+One sample volume (34 MB decompressed, 2.7 MB as TileDB arrays), random 64³ reads on a busy
+machine: TileDB 3.7 ms, ``.npy`` 0.22 ms, blosc2 LZ4HC level 8 0.52 ms (3.0 MB, written in
+420 ms), level 5 0.59 ms (3.1 MB, 190 ms), plain LZ4 0.73 ms (4.0 MB: over the 1.3x disk
+target), ZSTD level 1 1.28 ms (2.4 MB). Level 5: the reads of level 8 for half the time to
+fill, at 1.16x TileDB's bytes.
+
+Never wrong:
+
+- an entry's name hashes the array's URI and its fragment URIs (TileDB names each fragment
+  with a timestamp and a UUID), read once when the process opens the array: a rewritten
+  array gets a new name, and the stale entry ages out of the budget;
+- an entry is published atomically (a temporary file in the same folder, then
+  ``os.replace``), data first, then a small sidecar with its size and CRC-32: two processes
+  filling one entry write the same bytes, and a reader that sees a sidecar and data that do
+  not match (a half-replaced pair, a truncated or corrupt file) treats the entry as missing
+  and fills it again. The check runs when a process opens an entry, not per read;
+- a folder that cannot be written (read-only, full disk) turns the tier off in that process
+  with one warning: reads go on from TileDB.
+
+The folder's size is bounded by ``ReadConfig.local_tier_mb``: before each write the least
+recently used entries (by modification time, touched when a process opens one) are removed.
+A fill while reading evicts only entries unused for an hour (``FILL_IDLE_S``): with a cohort
+larger than the budget the tier keeps the volumes it has instead of churning (each fill reads
+a whole volume), and a volume that found no room is not tried again by that process.
+``warm_local_tier`` evicts any least recently used entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+import warnings
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tiledb
+from cachetools import LRUCache
+
+from radiobject._process import Resource
+from radiobject.config import config_version, get_config
+
+__all__ = [
+    "LocalTier",
+    "default_tier_dir",
+    "local_tier",
+]
+
+Bounds = tuple[tuple[int, int], ...]
+
+_SUFFIX = ".b2nd"
+_SIDECAR = ".json"
+_TMP = ".tmp"
+_STALE_TMP_S = 3600.0  # temporary files older than this were left by a dead writer
+FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this long
+
+
+def default_tier_dir() -> Path:
+    """``$XDG_CACHE_HOME/radiobject/tier``, or ``~/.cache/radiobject/tier``.
+
+    >>> default_tier_dir().parts[-2:]
+    ('radiobject', 'tier')
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "radiobject" / "tier"
+
+
+def _blosc2() -> Any:
+    import blosc2
+
+    return blosc2
+
+
+def _layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """blosc2 chunks and blocks for a volume of ``shape`` (nnU-Net v2's rule, for 64³ patches)."""
+    chunks = tuple(min(64, n) for n in shape[:3]) + tuple(shape[3:])
+    blocks = tuple(min(32, n) for n in shape[:3]) + tuple(1 for _ in shape[3:])
+    return chunks, blocks
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+class LocalTier:
+    """Entries of one folder, bounded to ``budget_bytes`` on disk (see the module's notes).
+
+    >>> import tempfile
+    >>> tier = LocalTier(Path(tempfile.mkdtemp()), budget_bytes=1 << 20)
+    >>> tier.write("k", np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    True
+    >>> tier.read("k", ((0, 1), (1, 3), (0, 2))).tolist()
+    [[[4.0, 5.0], [8.0, 9.0]]]
+    """
+
+    def __init__(self, folder: Path, budget_bytes: int) -> None:
+        self.folder = folder
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        # entry name -> (memory-mapped NDArray, its lock)
+        self._open: LRUCache[str, tuple[Any, threading.Lock]] = LRUCache(maxsize=1024)
+        self.broken: str | None = None  # why writing failed in this process
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        return self.folder / f"{key}{_SUFFIX}", self.folder / f"{key}{_SIDECAR}"
+
+    def open(self, key: str) -> Any | None:
+        """The entry ``key`` as a memory-mapped blosc2 array, or None if absent or invalid."""
+        with self._lock:
+            opened = self._open.get(key)
+        if opened is not None:
+            return opened[0]
+        data, sidecar = self._paths(key)
+        try:
+            meta = json.loads(sidecar.read_text())
+            if data.stat().st_size != meta["size"] or _crc32(data) != meta["crc32"]:
+                return None  # truncated, corrupt, or being replaced: fill it again
+            array = _blosc2().open(str(data), mode="r", mmap_mode="r")
+            if tuple(array.shape) != tuple(meta["shape"]) or str(array.dtype) != meta["dtype"]:
+                return None
+            with contextlib.suppress(OSError):
+                os.utime(data)  # recently used: evicted last
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+        with self._lock:
+            self._open[key] = (array, threading.Lock())
+        return array
+
+    def read(self, key: str, bounds: Bounds) -> np.ndarray | None:
+        """Voxels of entry ``key`` in ``bounds``, or None if the entry is not there."""
+        if self.open(key) is None:
+            return None
+        with self._lock:
+            opened = self._open.get(key)
+        if opened is None:  # dropped meanwhile (rewritten by this process)
+            return None
+        array, lock = opened
+        # one decode at a time per entry (a blosc2 array's decompression context is its
+        # own); threads reading different volumes decode in parallel
+        with lock:
+            out: np.ndarray = array[tuple(slice(lo, hi) for lo, hi in bounds)]
+        return out
+
+    def write(self, key: str, volume: np.ndarray, *, idle_s: float = 0.0) -> bool:
+        """Publish ``volume`` as entry ``key``; False if it does not fit the budget.
+
+        Room is made by removing the least recently used entries, only those unused for
+        ``idle_s`` seconds: a fill while training (``idle_s`` > 0) never evicts volumes the
+        run is using, so a cohort larger than the budget does not churn the folder.
+
+        Raises:
+            OSError: the folder cannot be written (the caller turns the tier off).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data, sidecar = self._paths(key)
+        stem = f".{key}.{os.getpid()}.{threading.get_ident()}{_TMP}"
+        tmp_data = self.folder / f"{stem}{_SUFFIX}"
+        tmp_side = self.folder / f"{stem}{_SIDECAR}"
+        blosc2 = _blosc2()
+        chunks, blocks = _layout(volume.shape)
+        cparams = blosc2.CParams(
+            codec=blosc2.Codec.LZ4HC, clevel=5, filters=[blosc2.Filter.SHUFFLE], nthreads=1
+        )
+        try:
+            blosc2.asarray(
+                np.ascontiguousarray(volume),
+                urlpath=str(tmp_data),
+                mode="w",
+                chunks=chunks,
+                blocks=blocks,
+                cparams=cparams,
+            )
+            size = tmp_data.stat().st_size
+            if size > self.budget_bytes:
+                return False
+            meta = {
+                "size": size,
+                "crc32": _crc32(tmp_data),
+                "shape": list(volume.shape),
+                "dtype": str(volume.dtype),
+            }
+            tmp_side.write_text(json.dumps(meta))
+            if not self._make_room(size, keep=key, idle_s=idle_s):
+                return False
+            os.replace(tmp_data, data)
+            os.replace(tmp_side, sidecar)
+        except RuntimeError as exc:  # blosc2 reports a failed write as RuntimeError
+            raise OSError(f"blosc2 could not write {tmp_data}: {exc}") from exc
+        finally:
+            for tmp in (tmp_data, tmp_side):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        with self._lock:
+            self._open.pop(key, None)
+        return True
+
+    def entry_bytes(self, key: str) -> int:
+        """Bytes entry ``key`` takes on disk (0 if absent)."""
+        try:
+            return self._paths(key)[0].stat().st_size
+        except OSError:
+            return 0
+
+    def entries(self) -> list[tuple[float, int, str]]:
+        """``(mtime, bytes, name)`` of every entry, least recently used first."""
+        found = []
+        for path in self.folder.glob(f"*{_SUFFIX}"):
+            if path.name.startswith("."):
+                self._sweep_tmp(path)
+                continue
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                found.append((st.st_mtime, st.st_size, path.name[: -len(_SUFFIX)]))
+        return sorted(found)
+
+    def _sweep_tmp(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime > _STALE_TMP_S:
+                path.unlink()
+
+    def _make_room(self, incoming: int, keep: str, idle_s: float = 0.0) -> bool:
+        """Remove least recently used entries (unused for ``idle_s``) until ``incoming`` fits."""
+        entries = self.entries()
+        total = sum(size for _, size, name in entries if name != keep) + incoming
+        if total <= self.budget_bytes:
+            return True
+        now = time.time()
+        victims = [e for e in entries if e[2] != keep and now - e[0] >= idle_s]
+        if total - sum(size for _, size, _ in victims) > self.budget_bytes:
+            return False  # not enough idle entries: evict nothing
+        for _, size, name in victims:
+            if total <= self.budget_bytes:
+                break
+            data, sidecar = self._paths(name)
+            for path in (sidecar, data):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            total -= size
+        return True
+
+
+def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
+    """The entry name of ``uri`` as stored now: a hash of its URI and fragment URIs."""
+    fragments = tiledb.array_fragments(uri, ctx=ctx)
+    names = sorted(str(f.uri).rsplit("/", 1)[-1] for f in fragments)
+    digest = hashlib.sha256("\n".join([uri.rstrip("/"), *names]).encode()).hexdigest()
+    return digest[:40]
+
+
+class _TierState:
+    """This process's tier: the folder, entry names by URI, and the background writer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.version = -1
+        self.tier: LocalTier | None = None
+        self.keys: LRUCache[str, str] = LRUCache(maxsize=4096)  # uri -> entry name
+        self.pending: set[str] = set()
+        self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
+        self.pool: ThreadPoolExecutor | None = None
+        self.warned = False
+        self.warning: str | None = None  # a warning waiting for a reading thread
+
+    def current(self) -> LocalTier | None:
+        version = config_version()
+        if version != self.version:
+            with self.lock:
+                read = get_config().read
+                self.version = version
+                if read.local_tier_mb <= 0:
+                    self.tier = None
+                else:
+                    folder = Path(read.local_tier_dir or default_tier_dir())
+                    budget = read.local_tier_mb * 1024 * 1024
+                    old = self.tier
+                    if old is None or old.folder != folder or old.budget_bytes != budget:
+                        self.tier = LocalTier(folder, budget)
+        tier = self.tier
+        return tier if tier is not None and tier.broken is None else None
+
+    def key(self, uri: str, ctx: tiledb.Ctx) -> str:
+        with self.lock:
+            key = self.keys.get(uri)
+        if key is None:
+            key = fragment_key(uri, ctx)
+            with self.lock:
+                self.keys[uri] = key
+        return key
+
+    def forget(self, uri: str) -> None:
+        with self.lock:
+            self.keys.pop(uri, None)
+
+    def submit(self, key: str, job: Any) -> Future[None] | None:
+        """Run ``job`` in the background writer unless ``key`` is already queued."""
+        with self.lock:
+            if key in self.pending or key in self.rejected:
+                return None
+            self.pending.add(key)
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-tier")
+            pool = self.pool
+
+        def run() -> None:
+            try:
+                job()
+            finally:
+                with self.lock:
+                    self.pending.discard(key)
+
+        return pool.submit(run)
+
+    def flush(self) -> None:
+        """Wait until every background write queued so far has finished."""
+        with self.lock:
+            pool = self.pool
+        if pool is not None:
+            pool.submit(lambda: None).result()  # one writer thread: runs after the others
+
+    def disable(self, tier: LocalTier, exc: BaseException) -> None:
+        """Turn the tier off in this process; the next read warns (once per process).
+
+        Called from the background writer: the warning waits for a reading thread, where
+        the caller's warning filters apply.
+        """
+        with self.lock:
+            tier.broken = str(exc)
+            if not self.warned:
+                self.warned = True
+                self.warning = (
+                    f"radiobject's local read tier in {tier.folder} cannot be written ({exc}); "
+                    "reads go on from storage. Free disk space, point ReadConfig.local_tier_dir "
+                    "at a writable folder, or set ReadConfig(local_tier_mb=0) to turn it off"
+                )
+
+    def warn_pending(self) -> None:
+        """Issue the warning of a tier that broke in the background, if not issued yet."""
+        with self.lock:
+            message, self.warning = self.warning, None
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+_TIER: Resource[_TierState] = Resource("local read tier", _TierState)
+
+
+def tier_state() -> _TierState:
+    """The local tier state of this process (a forked child starts its own)."""
+    return _TIER.get()
+
+
+def local_tier() -> LocalTier | None:
+    """This process's local tier, or None when it is off (or broke in this process)."""
+    state = _TIER.get()
+    if state.warning is not None:
+        state.warn_pending()
+    return state.current()

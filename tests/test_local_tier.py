@@ -1,0 +1,252 @@
+"""The local read tier: correct voxels, shared across processes, never stale, never fatal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiledb
+
+from radiobject import ReadConfig, TileConfig, TileDBStats, Volume, configure
+from radiobject._errors import ConfigurationError
+from radiobject.read._local_tier import LocalTier, tier_state
+from radiobject.read._region import fill_local_tier, forget_array
+from tests.conftest import arange_volume
+
+pytest.importorskip("blosc2")
+
+SHAPE = (40, 36, 28)
+TILE = TileConfig(extents=(16, 16, 16))
+PATCH = np.s_[3:27, 5:30, 2:19]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tier_config(folder: Path, mb: int = 64) -> ReadConfig:
+    return ReadConfig(cache_mb=0, local_tier_mb=mb, local_tier_dir=str(folder))
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.b2nd") if not p.name.startswith("."))
+
+
+@pytest.fixture
+def vol(tmp_path: Path) -> Volume:
+    return Volume.from_numpy(tmp_path / "v", arange_volume(SHAPE), tile=TILE)
+
+
+def read(vol: Volume, index=PATCH):
+    with TileDBStats(storage=False) as stats:
+        out = vol[index]
+    return stats.cache_stats(), out
+
+
+def test_a_read_fills_the_tier_in_the_background_and_the_next_is_served_from_it(vol, tmp_path):
+    expected = arange_volume(SHAPE)
+    with configure(read=tier_config(tmp_path / "tier")):
+        first, out = read(vol)
+        np.testing.assert_array_equal(out, expected[PATCH])
+        assert (first.tier_hits, first.tier_misses) == (0, 1)
+        tier_state().flush()
+        assert len(entries(tmp_path / "tier")) == 1
+        for index in (PATCH, np.s_[0:40, 0:36, 0:28], np.s_[39:40, 0:1, 27:28]):
+            stats, out = read(vol, index)
+            np.testing.assert_array_equal(out, expected[index])
+            assert (stats.tier_hits, stats.tier_misses, stats.storage_queries) == (1, 0, 0)
+            assert stats.bytes_from_tier == out.nbytes
+
+
+def test_the_tier_is_off_by_default(vol):
+    stats, _ = read(vol)
+    assert (stats.tier_hits, stats.tier_misses) == (0, 0)
+
+
+def _child(vol: Volume, folder: Path) -> dict[str, int]:
+    """Read PATCH in a fresh interpreter; its cache counters."""
+    code = textwrap.dedent(
+        f"""
+        import json, numpy as np
+        from radiobject import ReadConfig, TileDBStats, Volume, configure
+        from radiobject.read._local_tier import tier_state
+        cfg = ReadConfig(cache_mb=0, local_tier_mb=64, local_tier_dir={str(folder)!r})
+        with configure(read=cfg):
+            with TileDBStats(storage=False) as stats:
+                out = Volume({vol.uri!r})[{PATCH!r}]
+                tier_state().flush()  # the background fill, if any, counts in the block
+        expected = np.arange({int(np.prod(SHAPE))}, dtype="float32").reshape({SHAPE!r})
+        assert (out == expected[{PATCH!r}]).all()
+        print(json.dumps(stats.cache_stats().__dict__))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    counters: dict[str, int] = json.loads(done.stdout.strip().splitlines()[-1])
+    return counters
+
+
+def test_another_process_and_a_later_run_read_what_one_process_filled(vol, tmp_path):
+    folder = tmp_path / "tier"
+    first = _child(vol, folder)
+    assert (first["tier_hits"], first["tier_misses"], first["tier_fills"]) == (0, 1, 1)
+    second = _child(vol, folder)
+    assert (second["tier_hits"], second["tier_misses"], second["storage_queries"]) == (1, 0, 0)
+
+
+def test_a_rewritten_array_is_never_served_stale(vol, tmp_path):
+    with configure(read=tier_config(tmp_path / "tier")):
+        read(vol)
+        tier_state().flush()
+        assert read(vol)[0].tier_hits == 1
+        with tiledb.open(vol.uri, "w") as array:
+            array[0:40, 0:36, 0:28] = -arange_volume(SHAPE)
+        forget_array(vol.uri)  # what a new process (or a reopened handle) does
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, -arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_hits, stats.tier_misses) == (0, 1)
+        tier_state().flush()
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, -arange_volume(SHAPE)[PATCH])
+        assert stats.tier_hits == 1
+
+
+def test_two_processes_filling_one_entry_leave_a_correct_entry(vol, tmp_path):
+    folder = tmp_path / "tier"
+    code = textwrap.dedent(
+        f"""
+        from radiobject import ReadConfig, Volume, configure
+        from radiobject.read._region import fill_local_tier
+        with configure(read=ReadConfig(local_tier_mb=64, local_tier_dir={str(folder)!r})):
+            vol = Volume({vol.uri!r})
+            for _ in range(5):  # fill, then refill over the other process's entry
+                fill_local_tier(vol.uri, vol.ctx)
+                for p in __import__("pathlib").Path({str(folder)!r}).glob("*.json"):
+                    p.unlink(missing_ok=True)
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with configure(read=tier_config(folder)):
+        fill_local_tier(vol.uri, vol.ctx)  # the sidecars were removed: written once more
+        stats, out = read(vol)
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    assert stats.tier_hits == 1
+    assert len(entries(folder)) == 1
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_corrupt_entry_is_detected_and_filled_again(vol, tmp_path, damage):
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder)):
+        assert fill_local_tier(vol.uri, vol.ctx)
+    (data,) = entries(folder)
+    raw = bytearray(data.read_bytes())
+    if damage == "truncate":
+        data.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    with configure(read=tier_config(folder)):  # a new LocalTier: nothing opened yet
+        forget_array(vol.uri)
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_hits, stats.tier_misses) == (0, 1)
+        tier_state().flush()
+    with configure(read=tier_config(folder, mb=65)):  # another LocalTier: reopens the entry
+        stats, out = read(vol)
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    assert stats.tier_hits == 1
+
+
+def test_a_tiny_budget_keeps_the_folder_bounded_least_recently_used_first(tmp_path):
+    rng = np.random.default_rng(0)  # random voxels do not compress: ~0.4 MiB an entry
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", rng.random((48, 48, 24)), tile=TILE) for i in range(4)
+    ]
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder, mb=1)):
+        for v in vols:
+            assert fill_local_tier(v.uri, v.ctx)
+            assert sum(p.stat().st_size for p in entries(folder)) <= 1024 * 1024
+        for v in vols:
+            np.testing.assert_array_equal(v[PATCH], v.to_numpy()[PATCH])
+    assert 1 <= len(entries(folder)) < 4
+    big = Volume.from_numpy(tmp_path / "big", rng.random((64, 64, 64)), tile=TILE)  # 2 MiB
+    with configure(read=tier_config(tmp_path / "t2", mb=1)):
+        assert not fill_local_tier(big.uri, big.ctx)  # larger than the budget: not written
+        np.testing.assert_array_equal(big[PATCH], big.to_numpy()[PATCH])
+    assert not entries(tmp_path / "t2")
+
+
+def test_an_unwritable_folder_warns_once_and_reads_go_on_from_storage(vol, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    tier_state().warned = False
+    with configure(read=tier_config(blocker / "tier")):
+        _, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        tier_state().flush()  # the background fill failed: the next read warns
+        with pytest.warns(RuntimeWarning, match="cannot be written"):
+            _, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stats, out = read(vol)  # the tier is off in this process now: no second warning
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_hits, stats.tier_misses) == (0, 0)
+        with pytest.raises(ConfigurationError, match="broke in this process"):
+            fill_local_tier(vol.uri, vol.ctx)
+
+
+def test_warming_needs_the_tier_on(vol):
+    with pytest.raises(ConfigurationError, match="local_tier_mb"):
+        fill_local_tier(vol.uri, vol.ctx)
+
+
+def test_the_warm_command_fills_the_tier(tmp_path):
+    from radiobject import VolumeCollection
+
+    coll = VolumeCollection.from_numpy(
+        str(tmp_path / "CT"), [arange_volume((8, 8, 6)) + i for i in range(3)]
+    )
+    folder = tmp_path / "tier"
+    done = subprocess.run(
+        [sys.executable, "-m", "radiobject", "warm", coll.uri, "--dir", str(folder), "--mb", "8"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert "wrote 3 volumes" in done.stdout
+    assert len(entries(folder)) == 3
+    tier = LocalTier(folder, 8 << 20)
+    assert all(tier.open(p.name[: -len(".b2nd")]) is not None for p in entries(folder))
+
+
+def test_a_fill_while_reading_never_evicts_volumes_in_use(tmp_path):
+    rng = np.random.default_rng(1)  # ~0.4 MiB an entry: a 1 MiB budget holds two
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", rng.random((48, 48, 24)), tile=TILE) for i in range(4)
+    ]
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder, mb=1)):
+        for _epoch in range(2):
+            for v in vols:
+                np.testing.assert_array_equal(v[PATCH], v.to_numpy()[PATCH])
+                tier_state().flush()
+        kept = entries(folder)
+        assert len(kept) == 2  # the first two; the others found no idle entry to replace
+        with TileDBStats(storage=False) as stats:
+            for v in vols:
+                v[PATCH]
+            tier_state().flush()
+        c = stats.cache_stats()
+        assert (c.tier_hits, c.tier_misses, c.tier_fills) == (2, 2, 0)
+        assert c.storage_queries == 2  # the two regions; no fill tried again
+    assert entries(folder) == kept
