@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+import math
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ from radiobject.ml import (
     create_training_dataloader,
 )
 
+from ._plots import format_number
+
 __all__ = [
     "INT_CONTROLS",
     "MakeLoader",
@@ -27,8 +31,10 @@ __all__ = [
     "TunerSettings",
     "describe_error",
     "factory",
+    "factory_call",
     "on_s3",
     "parse_patch_size",
+    "stages_html",
 ]
 
 MakeLoader = Callable[..., DataLoader[Any]]
@@ -235,3 +241,51 @@ class TunerRun:
             "batches": res.batches if res is not None else sum(r.batches for r in self.records),
             "error": self.error,
         }
+
+
+def factory_call(
+    source: VolumeCollection | Sequence[VolumeCollection],
+    mask: VolumeCollection | None,
+    loader_kwargs: Mapping[str, Any],
+) -> str:
+    """The loader factory call the tuner's runs make, as code (collections as ``radi.<name>``)."""
+
+    def name(c: VolumeCollection) -> str:
+        return f"radi.{c.name}" if str(c.name).isidentifier() else f"radi[{c.name!r}]"
+
+    items = [source] if isinstance(source, VolumeCollection) else list(source)
+    image = name(items[0]) if len(items) == 1 else "[" + ", ".join(map(name, items)) + "]"
+    extra = "".join(f", {k}={v!r}" for k, v in loader_kwargs.items())
+    if mask is not None:
+        return f"create_segmentation_dataloader({image}, {name(mask)}{extra}"
+    return f"create_training_dataloader({image}{extra}"
+
+
+def stages_html(run: TunerRun) -> str:
+    """Where the time went in ``run``: ms per sample by stage, with shares, as a bar.
+
+    >>> stages_html(TunerRun(1, TunerSettings()))
+    ''
+    """
+    if run.result is None or not run.result.samples:
+        return ""
+    ms = run.result.stage_ms()
+    total = sum(ms.values()) or 1.0
+    colours = ("#2563eb", "#60a5fa", "#f59e0b", "#10b981", "#9ca3af")
+    bar = "".join(
+        f"<div title='{label}' style='width:{100 * ms[name] / total:.1f}%;background:{c}'></div>"
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
+    )
+    legend = " · ".join(
+        f"<span style='color:{c}'>■</span> {label} {format_number(ms[name])} ms "
+        f"({100 * ms[name] / total:.0f}%)"
+        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
+    )
+    amp = run.result.read_amplification
+    memory = "" if math.isnan(run.pss_mb) else f"; memory (PSS) {format_number(run.pss_mb)} MB"
+    return (
+        f"<div class='radiobject-stages'><b>where the time goes</b> ({html.escape(run.label)}, "
+        f"ms per sample; read amplification {format_number(amp)}{memory})"
+        f"<div style='display:flex;height:10px;width:100%;max-width:600px'>{bar}</div>"
+        f"<small>{legend}</small></div>"
+    )

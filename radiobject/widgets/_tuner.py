@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -13,9 +12,11 @@ import ipywidgets as w
 import traitlets as t
 
 from radiobject import TileDBStats, VolumeCollection, configure, get_config
-from radiobject.ml import LoaderProbe, ProbeResult, loader_pids
+from radiobject.ml import LoaderProbe
 
-from ._autotune import AutotuneResult, MemoryModel, Trial, coordinate_search, settings_code
+from ._autotune import AutotuneResult, MemoryModel, settings_code
+from ._memory import memory_warning as warning_text
+from ._memory import track_pss
 from ._plots import Trace, TracePlot, best_html, format_number, summary_html
 from ._png import show_png
 from ._runs import (
@@ -25,10 +26,13 @@ from ._runs import (
     TunerSettings,
     describe_error,
     factory,
+    factory_call,
     on_s3,
     parse_patch_size,
+    stages_html,
 )
 from ._slices import error_html
+from ._tuning import autotune_html, run_autotune
 
 __all__ = ["LoaderTuner"]
 
@@ -120,7 +124,7 @@ class LoaderTuner(w.VBox):
         else:
             self._make = factory(source, mask, dict(loader_kwargs or {}))  # type: ignore[arg-type]
             remote = on_s3(source) if s3 is None else s3
-            self._loader_call = _factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
+            self._loader_call = factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
         self.memory_s = 0.5  # seconds between readings of the loader's memory (PSS)
         self.autotune_result: AutotuneResult | None = None
         self.autotune_space: Mapping[str, Sequence[int]] | None = None  # for the button
@@ -397,24 +401,8 @@ class LoaderTuner(w.VBox):
             self._finish(run, last)
 
     def _memory_loop(self, run: TunerRun, done: threading.Event) -> None:
-        """Read the PSS of the loader's processes every ``memory_s`` seconds; keep the peaks.
-
-        One read of ``/proc/<pid>/smaps_rollup`` per process and reading (psutil), on this
-        thread: the loader's threads and workers are not touched.
-        """
-        peaks: dict[int, float] = {}
-        while True:
-            loader = self._loader
-            if loader is not None:
-                for pid in loader_pids(loader):
-                    mb = _pss_mb(pid)
-                    if not math.isnan(mb):
-                        peaks[pid] = max(peaks.get(pid, 0.0), mb)
-                pids = list(peaks)
-                run.main_pss_mb = peaks.get(pids[0], math.nan) if pids else math.nan
-                run.worker_pss_mb = [peaks[p] for p in pids[1:]]
-            if done.wait(timeout=self.memory_s):
-                return
+        """Read the PSS of the loader's processes every ``memory_s`` seconds; keep the peaks."""
+        track_pss(run, lambda: self._loader, lambda: self.memory_s, done)
 
     # -- memory ---------------------------------------------------------------------------
     def memory_model(self) -> MemoryModel | None:
@@ -423,25 +411,7 @@ class LoaderTuner(w.VBox):
 
     def memory_warning(self, settings: TunerSettings, ram_budget_mb: float | None = None) -> str:
         """A warning when ``settings`` are likely to exceed the RAM budget or free memory."""
-        model = self.memory_model()
-        if model is None:
-            return ""
-        predicted = model.predict_mb(settings)
-        limits = []
-        if ram_budget_mb:
-            limits.append((ram_budget_mb, "the RAM budget"))
-        available = _available_mb()
-        if not math.isnan(available):
-            limits.append((available, "the memory available now"))
-        for limit, what in limits:
-            if predicted > limit:
-                return (
-                    f"{settings.num_workers} workers with a {settings.cache_mb} MB cache may "
-                    f"need ~{predicted:,.0f} MB (main {model.main_mb:,.0f} + "
-                    f"{settings.num_workers} x {model.per_worker_mb:,.0f} per worker + cache), "
-                    f"more than {what} ({limit:,.0f} MB): fewer workers or a smaller cache_mb"
-                )
-        return ""
+        return warning_text(self.memory_model(), settings, ram_budget_mb)
 
     # -- auto-tune ------------------------------------------------------------------------
     def autotune(
@@ -468,68 +438,15 @@ class LoaderTuner(w.VBox):
         Returns the :class:`AutotuneResult` (``None`` with ``background=True``: it is
         in :attr:`autotune_result` once :meth:`wait` returns).
         """
-        if self.running:
-            return None
-        trial_s = trial_s if trial_s is not None else min(10.0, max(0.5, time_budget_s / 10))
-        start = self.settings().replace(duration_s=trial_s)
-        start.read_config()  # validates
-        self._stop_requested = False
-        self.running = self._tuning = True
-        self.autotune_result = None
-        self.code_box.value = ""
-        self.status = f"auto-tune: up to {time_budget_s:g} s"
-
-        def measure(settings: TunerSettings) -> Trial:
-            if self._stop_requested:
-                return Trial(settings, 0.0, error="stopped")
-            run = TunerRun(number=len(self.runs) + 1, settings=settings)
-            self.runs.append(run)
-            self._work(run, last=False)
-            return Trial(
-                settings,
-                run.samples_per_s if not run.error else 0.0,
-                pss_mb=run.pss_mb,
-                seconds=run.result.seconds if run.result is not None else 0.0,
-                error=run.error,
-            )
-
-        def predict(settings: TunerSettings) -> float | None:
-            model = self.memory_model()
-            return model.predict_mb(settings) if model is not None else None
-
-        def clock() -> float:
-            return math.inf if self._stop_requested else time.monotonic()
-
-        def search() -> None:
-            began = time.monotonic()
-            try:
-                result = coordinate_search(
-                    start,
-                    measure,
-                    time_budget_s=time_budget_s,
-                    ram_budget_mb=ram_budget_mb or None,
-                    space=space,
-                    predict_mb=predict,
-                    min_gain=min_gain,
-                    clock=clock,
-                )
-                result.seconds = time.monotonic() - began
-                if self._stop_requested:
-                    result.stopped = "stopped"
-                self.autotune_result = result
-                self._show_autotune(result)
-            except Exception as e:  # shown in place; Start works again
-                self.error = f"auto-tune failed: {type(e).__name__}: {e}"
-            finally:
-                self._tuning = False
-                self.running = False
-
-        if background:
-            self._thread = threading.Thread(target=search, daemon=True, name="radiobject-tune")
-            self._thread.start()
-            return None
-        search()
-        return self.autotune_result
+        return run_autotune(
+            self,
+            time_budget_s,
+            ram_budget_mb,
+            trial_s=trial_s,
+            space=space,
+            min_gain=min_gain,
+            background=background,
+        )
 
     @property
     def autotune_code(self) -> str:
@@ -546,21 +463,7 @@ class LoaderTuner(w.VBox):
     def _show_autotune(self, result: AutotuneResult) -> None:
         best = result.best
         self.set(num_workers=best.num_workers, max_workers=best.max_workers, cache_mb=best.cache_mb)
-        start = result.start_samples_per_s
-        gain = f" ({result.best_samples_per_s / start:.2f}x the start)" if start > 0 else ""
-        skipped = (
-            f"; not run (memory): {', '.join(s.label() for s, _ in result.skipped)}"
-            if result.skipped
-            else ""
-        )
-        self.code_box.value = (
-            f"<b>auto-tune</b>: {len(result.trials)} trials in {result.seconds:.0f} s "
-            f"({result.stopped}); best {html.escape(best.label())}: "
-            f"{format_number(result.best_samples_per_s)} samples/s{gain}"
-            f"{html.escape(skipped)}"
-            f"<pre class='radiobject-autotune-code' style='line-height:1.35;margin:4px 0'>"
-            f"{html.escape(self.autotune_code)}</pre>"
-        )
+        self.code_box.value = autotune_html(result, self.autotune_code)
         self.status = f"auto-tune done: {format_number(result.best_samples_per_s)} samples/s"
 
     def _draw_loop(self, run: TunerRun, done: threading.Event) -> None:
@@ -627,72 +530,3 @@ class LoaderTuner(w.VBox):
         )
         if last:
             self.running = False
-
-
-def stages_html(run: TunerRun) -> str:
-    """Where the time went in ``run``: ms per sample by stage, with shares, as a bar.
-
-    >>> from radiobject.widgets._runs import TunerSettings
-    >>> stages_html(TunerRun(1, TunerSettings()))
-    ''
-    """
-    if run.result is None or not run.result.samples:
-        return ""
-    ms = run.result.stage_ms()
-    total = sum(ms.values()) or 1.0
-    colours = ("#2563eb", "#60a5fa", "#f59e0b", "#10b981", "#9ca3af")
-    bar = "".join(
-        f"<div title='{label}' style='width:{100 * ms[name] / total:.1f}%;background:{c}'></div>"
-        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
-    )
-    legend = " · ".join(
-        f"<span style='color:{c}'>■</span> {label} {format_number(ms[name])} ms "
-        f"({100 * ms[name] / total:.0f}%)"
-        for (name, label), c in zip(ProbeResult.STAGES, colours, strict=True)
-    )
-    amp = run.result.read_amplification
-    memory = "" if math.isnan(run.pss_mb) else f"; memory (PSS) {format_number(run.pss_mb)} MB"
-    return (
-        f"<div class='radiobject-stages'><b>where the time goes</b> ({html.escape(run.label)}, "
-        f"ms per sample; read amplification {format_number(amp)}{memory})"
-        f"<div style='display:flex;height:10px;width:100%;max-width:600px'>{bar}</div>"
-        f"<small>{legend}</small></div>"
-    )
-
-
-def _pss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` as PSS (shared pages split among their users), MB."""
-    try:
-        import psutil
-
-        info = psutil.Process(pid).memory_full_info()
-        return float(getattr(info, "pss", getattr(info, "uss", info.rss))) / 2**20
-    except Exception:  # gone, or not allowed: no reading
-        return math.nan
-
-
-def _available_mb() -> float:
-    try:
-        import psutil
-
-        return float(psutil.virtual_memory().available) / 2**20
-    except Exception:
-        return math.nan
-
-
-def _factory_call(
-    source: VolumeCollection | Sequence[VolumeCollection],
-    mask: VolumeCollection | None,
-    loader_kwargs: Mapping[str, Any],
-) -> str:
-    """The loader factory call the tuner's runs make, as code (collections as ``radi.<name>``)."""
-
-    def name(c: VolumeCollection) -> str:
-        return f"radi.{c.name}" if str(c.name).isidentifier() else f"radi[{c.name!r}]"
-
-    items = [source] if isinstance(source, VolumeCollection) else list(source)
-    image = name(items[0]) if len(items) == 1 else "[" + ", ".join(map(name, items)) + "]"
-    extra = "".join(f", {k}={v!r}" for k, v in loader_kwargs.items())
-    if mask is not None:
-        return f"create_segmentation_dataloader({image}, {name(mask)}{extra}"
-    return f"create_training_dataloader({image}{extra}"
