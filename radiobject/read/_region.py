@@ -1,20 +1,18 @@
-"""The read path: open array handles kept per process, and a cache of decompressed tiles.
+"""Region reads: voxels of a volume in a box, from the block cache, the local tier or storage.
 
-TileDB 2.30 has no tile cache of its own. This module keeps one: a bounded LRU of
-decompressed, tile-aligned blocks per process, with counters that are true (hits, misses,
-evictions, bytes served from memory and from storage). A region read asks TileDB only
-for the tiles the cache lacks, in one query, and assembles the answer from blocks.
+A region read asks TileDB only for the tiles the block cache (:mod:`radiobject.read._cache`)
+lacks, in one query, and assembles the answer from blocks; whole volumes, regions too
+large for the cache, and one-off unaligned regions take their own strategies. The storage
+queries themselves, their overlap meter and the local tier's fills live here too. Handles
+come from :mod:`radiobject.read._handles`; the names of both modules are re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tiledb
@@ -22,249 +20,24 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
-from radiobject.config import config_version, get_config
+from radiobject.read._cache import BlockCache, CacheCounters, block_cache
+from radiobject.read._handles import _HANDLES as _HANDLES
+from radiobject.read._handles import ArrayInfo, forget_array, open_array
 from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 
 __all__ = [
     "ArrayInfo",
+    "BlockCache",
     "CacheCounters",
     "block_cache",
+    "forget_array",
     "open_array",
     "read_region",
     "whole_volume_budget",
 ]
 
 Bounds = tuple[tuple[int, int], ...]
-
-
-@dataclass(frozen=True)
-class ArrayInfo:
-    """What a volume array is, read once per process from its schema and metadata."""
-
-    uri: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    tiles: tuple[int, ...]
-    attr: str
-    meta: dict[str, Any]
-    order: str = "C"  # cell order: "F" for column-major arrays (read in that layout)
-
-
-class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
-    def popitem(self) -> tuple[Any, Any]:
-        key, (handle, _info) = super().popitem()
-        with contextlib.suppress(tiledb.TileDBError):
-            handle.close()
-        return key, (handle, _info)
-
-
-class _Handles:
-    """The open array handles of one process, keyed by (uri, id(ctx))."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.cache = _HandleCache(maxsize=512)
-        # one lock per key being opened: other volumes open meanwhile (an S3 open is
-        # several requests; threads reading ahead open many volumes at once)
-        self.opening: dict[tuple[str, int], threading.Lock] = {}
-
-
-# per process (radiobject._process): a forked child opens its own handles and never closes
-# its parent's (freeing TileDB objects made by another process can block for ever)
-_HANDLES: Resource[_Handles] = Resource("array handles", _Handles)
-
-
-def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
-    """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process."""
-    key = (uri, id(ctx))  # the handle holds ctx: its id is not reused while cached
-    handles = _HANDLES.get()
-    with handles.lock:
-        hit = handles.cache.get(key)
-        if hit is not None:
-            return hit
-        opening = handles.opening.setdefault(key, threading.Lock())
-    with opening:  # one thread opens ``uri``; threads wanting it wait, others open theirs
-        with handles.lock:
-            hit = handles.cache.get(key)
-            if hit is not None:
-                return hit
-        try:
-            with tiledb_errors(uri, "open volume"):
-                handle = tiledb.open(uri, mode="r", ctx=ctx)
-                schema = handle.schema
-                dom = schema.domain
-                shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
-                tiles = tuple(int(dom.dim(i).tile) for i in range(dom.ndim))
-                attr = schema.attr(0)
-                meta = {k: handle.meta[k] for k in handle.meta}
-                order = "F" if schema.cell_order == "col-major" else "C"
-            info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta, order)
-            with handles.lock:
-                handles.cache[key] = (handle, info)
-            return handle, info
-        finally:
-            with handles.lock:
-                handles.opening.pop(key, None)
-
-
-def forget_array(uri: str) -> None:
-    """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed)."""
-    handles = _HANDLES.get()
-    with handles.lock:
-        cache = handles.cache
-        for key in [k for k in cache if k[0] == uri]:
-            handle, _ = cache.pop(key)
-            handle.close()
-    block_cache().drop(uri)
-    tier_state().forget(uri)
-
-
-@dataclass
-class CacheCounters:
-    """Counters of the block cache since the process started (monotonic)."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    bytes_from_cache: int = 0
-    bytes_from_storage: int = 0
-    storage_queries: int = 0
-    storage_ns: int = 0  # time in storage queries (read and decode), summed over threads
-    tier_hits: int = 0
-    tier_misses: int = 0
-    bytes_from_tier: int = 0
-    tier_fills: int = 0
-    bytes_to_tier: int = 0
-
-    def copy(self) -> CacheCounters:
-        """A snapshot of the counters."""
-        return CacheCounters(**self.__dict__)
-
-
-_SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
-_RECENT_WINDOW = 2  # volumes remembered as read recently: at most this many budgets of bytes
-_RECENT_MAX = 4096
-
-
-class BlockCache:
-    """A bounded LRU of decompressed tile blocks, keyed by (uri, tile index)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self.counters = CacheCounters()
-        self._maxsize = -1
-        self._version = -1
-        self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
-        # tiles read once without being cached (see ``read_region``): a second touch caches
-        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
-        # volumes read recently, with their bytes: the working set (``working_set_fits``)
-        self._recent: LRUCache[str, int] = LRUCache(maxsize=_RECENT_MAX)
-        self._recent_bytes = 0
-        self.worker_share = 1
-
-    def _sync(self) -> None:
-        version = config_version()
-        if version == self._version:
-            return
-        self._version = version
-        size = get_config().read.cache_mb * 1024 * 1024 // max(1, self.worker_share)
-        if size != self._maxsize:  # a new budget starts an empty cache
-            self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
-            self._maxsize = size
-            self._recent.clear()
-            self._recent_bytes = 0
-
-    @property
-    def maxsize(self) -> int:
-        """Bytes the cache may hold in this process."""
-        with self._lock:
-            self._sync()
-            return self._maxsize
-
-    @property
-    def currsize(self) -> int:
-        """Bytes the cache holds now."""
-        return int(self._lru.currsize) if self._maxsize > 0 else 0
-
-    def __len__(self) -> int:
-        return len(self._lru) if self._maxsize > 0 else 0
-
-    def get(self, key: tuple[str, tuple[int, ...]]) -> np.ndarray | None:
-        with self._lock:
-            return self._lru.get(key)
-
-    def put(self, key: tuple[str, tuple[int, ...]], block: np.ndarray) -> None:
-        with self._lock:
-            if block.nbytes > self._maxsize:
-                return
-            added = 0 if key in self._lru else 1  # a block fetched again replaces itself
-            before = len(self._lru)
-            self._lru[key] = block
-            evicted = before + added - len(self._lru)
-            self.counters.evictions += max(0, evicted)
-
-    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]]) -> bool:
-        """Whether any of ``keys`` was read before; all of them count as read from now on."""
-        with self._lock:
-            before = any(k in self._seen for k in keys)
-            for k in keys:
-                self._seen[k] = True
-            return before
-
-    def touch_volume(self, uri: str, volume_bytes: int) -> None:
-        """Note that ``uri`` (``volume_bytes`` once decompressed) was read just now."""
-        with self._lock:
-            if uri in self._recent:
-                self._recent[uri]  # refresh its recency
-                return
-            window = _RECENT_WINDOW * max(self._maxsize, 0)
-            while self._recent and (
-                len(self._recent) >= _RECENT_MAX or self._recent_bytes + volume_bytes > window
-            ):
-                self._recent_bytes -= self._recent.popitem()[1]
-            self._recent[uri] = volume_bytes
-            self._recent_bytes += volume_bytes
-
-    def working_set_fits(self) -> bool:
-        """Whether the volumes read recently fit the cache together, whole.
-
-        Random patches of a volume touch all of its tiles over a few epochs, so the working
-        set is the volumes being read, not the tiles read so far. While it fits, a tile read
-        twice is worth keeping: it stays until its next use. Once it does not (a cohort
-        larger than the cache, read in a shuffled order), a block admitted now is evicted
-        before it is read again, and the tile-aligned fetch that admits it reads more than
-        the region asked for: every epoch would read more from storage than the first.
-        ``read_region`` then stops admitting blocks fetched for unaligned regions.
-        """
-        with self._lock:
-            self._sync()
-            return self._recent_bytes <= self._maxsize
-
-    def drop(self, uri: str) -> None:
-        with self._lock:
-            for key in [k for k in self._lru if k[0] == uri]:
-                del self._lru[key]
-            for key in [k for k in self._seen if k[0] == uri]:
-                del self._seen[key]
-            if uri in self._recent:
-                self._recent_bytes -= self._recent.pop(uri)
-
-    def clear(self) -> None:
-        """Empty the cache and forget what was read (counters keep counting)."""
-        with self._lock:
-            self._lru.clear()
-            self._seen.clear()
-            self._recent.clear()
-            self._recent_bytes = 0
-
-
-_BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
-
-
-def block_cache() -> BlockCache:
-    """The block cache of this process (a forked child starts with an empty one)."""
-    return _BLOCK_CACHE.get()
 
 
 class ReadOverlap:

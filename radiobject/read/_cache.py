@@ -1,0 +1,168 @@
+"""The block cache: a bounded LRU of decompressed tiles per process, with true counters.
+
+TileDB 2.30 has no tile cache of its own. :class:`BlockCache` keeps decompressed,
+tile-aligned blocks keyed by (uri, tile index) within ``ReadConfig.cache_mb`` (shared out
+among a loader's workers), counts hits, misses, evictions and bytes served from memory,
+storage and the local tier in :class:`CacheCounters`, and tracks the working set (tiles
+read once, volumes read recently) that decides what a region read admits.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from cachetools import LRUCache
+
+from radiobject._process import Resource
+from radiobject.config import config_version, get_config
+
+__all__ = ["BlockCache", "CacheCounters", "block_cache"]
+
+
+@dataclass
+class CacheCounters:
+    """Counters of the block cache since the process started (monotonic)."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes_from_cache: int = 0
+    bytes_from_storage: int = 0
+    storage_queries: int = 0
+    storage_ns: int = 0  # time in storage queries (read and decode), summed over threads
+    tier_hits: int = 0
+    tier_misses: int = 0
+    bytes_from_tier: int = 0
+    tier_fills: int = 0
+    bytes_to_tier: int = 0
+
+    def copy(self) -> CacheCounters:
+        """A snapshot of the counters."""
+        return CacheCounters(**self.__dict__)
+
+
+_SEEN_MAX = 1 << 16  # tile keys remembered as read once (a few MB at most)
+_RECENT_WINDOW = 2  # volumes remembered as read recently: at most this many budgets of bytes
+_RECENT_MAX = 4096
+
+
+class BlockCache:
+    """A bounded LRU of decompressed tile blocks, keyed by (uri, tile index)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.counters = CacheCounters()
+        self._maxsize = -1
+        self._version = -1
+        self._lru: LRUCache[tuple[str, tuple[int, ...]], np.ndarray] = LRUCache(maxsize=1)
+        # tiles read once without being cached (see ``read_region``): a second touch caches
+        self._seen: LRUCache[tuple[str, tuple[int, ...]], bool] = LRUCache(maxsize=_SEEN_MAX)
+        # volumes read recently, with their bytes: the working set (``working_set_fits``)
+        self._recent: LRUCache[str, int] = LRUCache(maxsize=_RECENT_MAX)
+        self._recent_bytes = 0
+        self.worker_share = 1
+
+    def _sync(self) -> None:
+        version = config_version()
+        if version == self._version:
+            return
+        self._version = version
+        size = get_config().read.cache_mb * 1024 * 1024 // max(1, self.worker_share)
+        if size != self._maxsize:  # a new budget starts an empty cache
+            self._lru = LRUCache(maxsize=max(size, 1), getsizeof=lambda a: a.nbytes)
+            self._maxsize = size
+            self._recent.clear()
+            self._recent_bytes = 0
+
+    @property
+    def maxsize(self) -> int:
+        """Bytes the cache may hold in this process."""
+        with self._lock:
+            self._sync()
+            return self._maxsize
+
+    @property
+    def currsize(self) -> int:
+        """Bytes the cache holds now."""
+        return int(self._lru.currsize) if self._maxsize > 0 else 0
+
+    def __len__(self) -> int:
+        return len(self._lru) if self._maxsize > 0 else 0
+
+    def get(self, key: tuple[str, tuple[int, ...]]) -> np.ndarray | None:
+        with self._lock:
+            return self._lru.get(key)
+
+    def put(self, key: tuple[str, tuple[int, ...]], block: np.ndarray) -> None:
+        with self._lock:
+            if block.nbytes > self._maxsize:
+                return
+            added = 0 if key in self._lru else 1  # a block fetched again replaces itself
+            before = len(self._lru)
+            self._lru[key] = block
+            evicted = before + added - len(self._lru)
+            self.counters.evictions += max(0, evicted)
+
+    def seen_before(self, keys: list[tuple[str, tuple[int, ...]]]) -> bool:
+        """Whether any of ``keys`` was read before; all of them count as read from now on."""
+        with self._lock:
+            before = any(k in self._seen for k in keys)
+            for k in keys:
+                self._seen[k] = True
+            return before
+
+    def touch_volume(self, uri: str, volume_bytes: int) -> None:
+        """Note that ``uri`` (``volume_bytes`` once decompressed) was read just now."""
+        with self._lock:
+            if uri in self._recent:
+                self._recent[uri]  # refresh its recency
+                return
+            window = _RECENT_WINDOW * max(self._maxsize, 0)
+            while self._recent and (
+                len(self._recent) >= _RECENT_MAX or self._recent_bytes + volume_bytes > window
+            ):
+                self._recent_bytes -= self._recent.popitem()[1]
+            self._recent[uri] = volume_bytes
+            self._recent_bytes += volume_bytes
+
+    def working_set_fits(self) -> bool:
+        """Whether the volumes read recently fit the cache together, whole.
+
+        Random patches of a volume touch all of its tiles over a few epochs, so the working
+        set is the volumes being read, not the tiles read so far. While it fits, a tile read
+        twice is worth keeping: it stays until its next use. Once it does not (a cohort
+        larger than the cache, read in a shuffled order), a block admitted now is evicted
+        before it is read again, and the tile-aligned fetch that admits it reads more than
+        the region asked for: every epoch would read more from storage than the first.
+        ``read_region`` then stops admitting blocks fetched for unaligned regions.
+        """
+        with self._lock:
+            self._sync()
+            return self._recent_bytes <= self._maxsize
+
+    def drop(self, uri: str) -> None:
+        with self._lock:
+            for key in [k for k in self._lru if k[0] == uri]:
+                del self._lru[key]
+            for key in [k for k in self._seen if k[0] == uri]:
+                del self._seen[key]
+            if uri in self._recent:
+                self._recent_bytes -= self._recent.pop(uri)
+
+    def clear(self) -> None:
+        """Empty the cache and forget what was read (counters keep counting)."""
+        with self._lock:
+            self._lru.clear()
+            self._seen.clear()
+            self._recent.clear()
+            self._recent_bytes = 0
+
+
+_BLOCK_CACHE: Resource[BlockCache] = Resource("block cache", BlockCache)
+
+
+def block_cache() -> BlockCache:
+    """The block cache of this process (a forked child starts with an empty one)."""
+    return _BLOCK_CACHE.get()

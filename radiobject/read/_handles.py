@@ -1,0 +1,108 @@
+"""Open array handles, kept per process: one TileDB handle and its schema facts per volume.
+
+Opening a volume (on S3, several requests) reads its schema and metadata once; this module
+keeps the open handle with an :class:`ArrayInfo` in a bounded LRU per process, keyed by
+(uri, context), opening each volume in one thread while threads wanting it wait. A forked
+child opens its own. ``forget_array`` drops a volume's handles and cached blocks after it
+is rewritten or removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tiledb
+from cachetools import LRUCache
+
+from radiobject._process import Resource
+from radiobject._tiledb_errors import tiledb_errors
+from radiobject.read._cache import block_cache
+from radiobject.read._local_tier import tier_state
+
+__all__ = ["ArrayInfo", "forget_array", "open_array"]
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What a volume array is, read once per process from its schema and metadata."""
+
+    uri: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    tiles: tuple[int, ...]
+    attr: str
+    meta: dict[str, Any]
+    order: str = "C"  # cell order: "F" for column-major arrays (read in that layout)
+
+
+class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
+    def popitem(self) -> tuple[Any, Any]:
+        key, (handle, _info) = super().popitem()
+        with contextlib.suppress(tiledb.TileDBError):
+            handle.close()
+        return key, (handle, _info)
+
+
+class _Handles:
+    """The open array handles of one process, keyed by (uri, id(ctx))."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.cache = _HandleCache(maxsize=512)
+        # one lock per key being opened: other volumes open meanwhile (an S3 open is
+        # several requests; threads reading ahead open many volumes at once)
+        self.opening: dict[tuple[str, int], threading.Lock] = {}
+
+
+# per process (radiobject._process): a forked child opens its own handles and never closes
+# its parent's (freeing TileDB objects made by another process can block for ever)
+_HANDLES: Resource[_Handles] = Resource("array handles", _Handles)
+
+
+def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
+    """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process."""
+    key = (uri, id(ctx))  # the handle holds ctx: its id is not reused while cached
+    handles = _HANDLES.get()
+    with handles.lock:
+        hit = handles.cache.get(key)
+        if hit is not None:
+            return hit
+        opening = handles.opening.setdefault(key, threading.Lock())
+    with opening:  # one thread opens ``uri``; threads wanting it wait, others open theirs
+        with handles.lock:
+            hit = handles.cache.get(key)
+            if hit is not None:
+                return hit
+        try:
+            with tiledb_errors(uri, "open volume"):
+                handle = tiledb.open(uri, mode="r", ctx=ctx)
+                schema = handle.schema
+                dom = schema.domain
+                shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
+                tiles = tuple(int(dom.dim(i).tile) for i in range(dom.ndim))
+                attr = schema.attr(0)
+                meta = {k: handle.meta[k] for k in handle.meta}
+                order = "F" if schema.cell_order == "col-major" else "C"
+            info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta, order)
+            with handles.lock:
+                handles.cache[key] = (handle, info)
+            return handle, info
+        finally:
+            with handles.lock:
+                handles.opening.pop(key, None)
+
+
+def forget_array(uri: str) -> None:
+    """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed)."""
+    handles = _HANDLES.get()
+    with handles.lock:
+        cache = handles.cache
+        for key in [k for k in cache if k[0] == uri]:
+            handle, _ = cache.pop(key)
+            handle.close()
+    block_cache().drop(uri)
+    tier_state().forget(uri)
