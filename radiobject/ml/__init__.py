@@ -21,12 +21,8 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._distributed import DistributedEpochSampler, create_distributed_dataloader
-from radiobject.ml._inference import (
-    GridPatchDataset,
-    PredictionWriter,
-    grid_positions,
-    importance_map,
-)
+from radiobject.ml._grid import GridPatchDataset, grid_positions, importance_map
+from radiobject.ml._inference import PredictionWriter
 from radiobject.ml._loaders import (
     EpochSampler,
     create_inference_dataloader,

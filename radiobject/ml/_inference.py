@@ -1,19 +1,14 @@
-"""Sliding-window inference read and written by region: grid patches in, blended slabs out.
+"""Sliding-window inference written by region: grid patches in, blended slabs out.
 
 MONAI's ``sliding_window_inference``, TorchIO's ``GridAggregator`` and nnU-Net hold the
 whole input and the whole output (volume x classes) in memory. Here each grid patch reads
-only its own box (:class:`GridPatchDataset`), and :class:`PredictionWriter` blends the
-overlapping outputs in a buffer one patch deep along z: patches come in z-major grid
-order, so once every patch starting at one z position has arrived, the slab before the
-next z position is final; it is normalised and written to TileDB as one region write, and
-its buffer space is reused. Peak memory is about ``patch_z x X x Y x classes`` float32 plus
-the patches in flight, whatever the depth of the volume.
-
-The grid is MONAI's (``_get_scan_interval`` and ``dense_patch_slices``): a step of
-``int(patch * (1 - overlap))``, the last patch flush with the end of the volume, and
-volumes smaller than the patch zero-padded symmetrically. The weights are MONAI's
-``compute_importance_map`` (``"constant"`` or ``"gaussian"``), so the blended output equals
-``sliding_window_inference`` on the same model up to float rounding.
+only its own box (:class:`radiobject.ml.GridPatchDataset`, planned in
+:mod:`radiobject.ml._grid`), and :class:`PredictionWriter` blends the overlapping outputs in
+a buffer one patch deep along z: patches come in z-major grid order, so once every patch
+starting at one z position has arrived, the slab before the next z position is final; it is
+normalised and written to TileDB as one region write, and its buffer space is reused. Peak
+memory is about ``patch_z x X x Y x classes`` float32 plus the patches in flight, whatever
+the depth of the volume.
 
 A new collection is visible only once complete: its group is marked complete (the marker
 ingest writes last too; opening it before raises :class:`radiobject.IncompleteError`) after
@@ -26,9 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +40,7 @@ from radiobject._errors import (
 )
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import TileConfig, get_config
-from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset
+from radiobject.ml._grid import GridPatchDataset, GridPlan, importance_map
 from radiobject.read._region import forget_array
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
@@ -79,241 +71,13 @@ from radiobject.storage._layout import (
 from radiobject.storage._radiobject import RadiObject
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
-__all__ = ["GridPatchDataset", "PredictionWriter", "grid_positions", "importance_map"]
+__all__ = ["PredictionWriter"]
 
 _log = logging.getLogger(__name__)
 
 # the kind of a collection group while it is being written: no reader takes it for a collection
 _OUTPUTS = ("labels", "probabilities")
 WRITE_PLANES = 16  # z planes normalised at a time; the z tiles of probability volumes
-_MODES = ("constant", "gaussian")
-
-
-# -- the grid ------------------------------------------------------------------------------
-def _overlaps(overlap: float | Sequence[float]) -> tuple[float, float, float]:
-    values = (overlap,) * 3 if isinstance(overlap, (int, float)) else tuple(overlap)
-    if len(values) != 3 or not all(
-        isinstance(o, (int, float)) and not isinstance(o, bool) and 0 <= o < 1 for o in values
-    ):
-        raise ConfigurationError(
-            f"overlap must be a number in [0, 1) or three of them (x, y, z), got {overlap!r}"
-        )
-    return tuple(float(o) for o in values)  # type: ignore[return-value]
-
-
-def _axis_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Patch starts along one axis (``size >= patch``), as MONAI's ``dense_patch_slices``."""
-    interval = patch if patch == size else max(int(patch * (1 - overlap)), 1)
-    count = math.ceil(size / interval)
-    last = next((d for d in range(count) if d * interval + patch >= size), None)
-    n = last + 1 if last is not None else 1
-    return [i * interval - max(i * interval + patch - size, 0) for i in range(n)]
-
-
-@dataclass(frozen=True)
-class GridPlan:
-    """The patches of one volume: padded grid, padding before each axis, starts per axis."""
-
-    shape: tuple[int, int, int]
-    patch: tuple[int, int, int]
-    padded: tuple[int, int, int]
-    pad: tuple[int, int, int]
-    starts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-
-    @classmethod
-    def build(
-        cls, shape: Sequence[int], patch: Sequence[int], overlap: Sequence[float]
-    ) -> GridPlan:
-        shape3 = tuple(int(n) for n in shape[:3])
-        patch3 = tuple(int(p) for p in patch)
-        padded = tuple(max(n, p) for n, p in zip(shape3, patch3, strict=True))
-        pad = tuple((q - n) // 2 for q, n in zip(padded, shape3, strict=True))
-        starts = tuple(
-            tuple(_axis_starts(q, p, o)) for q, p, o in zip(padded, patch3, overlap, strict=True)
-        )
-        return cls(shape3, patch3, padded, pad, starts)  # type: ignore[arg-type]
-
-    @property
-    def per_z(self) -> int:
-        """Patches sharing one z start."""
-        return len(self.starts[0]) * len(self.starts[1])
-
-    @property
-    def n_patches(self) -> int:
-        """Patches of the volume."""
-        return self.per_z * len(self.starts[2])
-
-    def position(self, k: int) -> tuple[int, int, int]:
-        """Padded-grid start of patch ``k`` (z-major order: z, then x, then y)."""
-        zi, rest = divmod(k, self.per_z)
-        xi, yi = divmod(rest, len(self.starts[1]))
-        return self.starts[0][xi], self.starts[1][yi], self.starts[2][zi]
-
-
-def grid_positions(
-    shape: Sequence[int], patch_size: Sequence[int] | int, overlap: float | Sequence[float] = 0.25
-) -> list[tuple[int, int, int]]:
-    """Corners of the sliding-window patches of a volume, in the order they are read.
-
-    The grid is MONAI's ``sliding_window_inference`` grid: a step of
-    ``int(patch * (1 - overlap))`` per axis, the last patch flush with the volume's end. The
-    order is z-major (all patches at the first z start, then the next). An axis shorter than
-    the patch is zero-padded on both sides, so its corner is negative.
-
-    >>> grid_positions((40, 36, 30), 16, overlap=0.5)[:3]
-    [(0, 0, 0), (0, 8, 0), (0, 16, 0)]
-    >>> len(grid_positions((40, 36, 30), 16, overlap=0.5)), grid_positions((8, 16, 16), 16)
-    (48, [(-4, 0, 0)])
-    """
-    patch = _patch(patch_size)
-    plan = GridPlan.build(shape, patch, _overlaps(overlap))
-    out = []
-    for k in range(plan.n_patches):
-        pos = plan.position(k)
-        out.append(tuple(s - p for s, p in zip(pos, plan.pad, strict=True)))
-    return out  # type: ignore[return-value]
-
-
-def _patch(patch_size: Sequence[int] | int) -> tuple[int, int, int]:
-    return DatasetConfig(loading_mode=LoadingMode.PATCH, patch_size=patch_size).patch_size  # type: ignore[arg-type, return-value]
-
-
-def importance_map(
-    patch_size: Sequence[int] | int,
-    mode: str = "constant",
-    sigma_scale: float | Sequence[float] = 0.125,
-) -> np.ndarray:
-    """Blending weights of one patch, as MONAI's ``compute_importance_map`` (float32).
-
-    ``"constant"`` weighs every voxel 1; ``"gaussian"`` weighs by a Gaussian of sigma
-    ``sigma_scale * patch`` centred on the patch (clamped below at its smallest value, at
-    least 1e-3).
-
-    >>> w = importance_map(5, "gaussian")
-    >>> w.shape, float(w[2, 2, 2]), bool(w[0, 0, 0] < 0.01)
-    ((5, 5, 5), 1.0, True)
-    """
-    patch = _patch(patch_size)
-    if mode not in _MODES:
-        raise ConfigurationError(f"mode must be one of {_MODES}, got {mode!r}")
-    if mode == "constant":
-        return np.ones(patch, dtype=np.float32)
-    scales = (sigma_scale,) * 3 if isinstance(sigma_scale, (int, float)) else tuple(sigma_scale)
-    if len(scales) != 3 or any(s <= 0 for s in scales):
-        raise ConfigurationError(
-            f"sigma_scale must be a positive number or three of them, got {sigma_scale!r}"
-        )
-    # the same float32 operations as MONAI, so the weights are bit-identical
-    weights = torch.ones(())
-    for i, (p, s) in enumerate(zip(patch, scales, strict=True)):
-        x = torch.arange(start=-(p - 1) / 2.0, end=(p - 1) / 2.0 + 1, dtype=torch.float)
-        x = torch.exp(x**2 / (-2 * (p * s) ** 2))
-        weights = weights.unsqueeze(-1) * x[(None,) * i] if i > 0 else x
-    floor = max(torch.min(weights).item(), 1e-3)
-    return torch.clamp_(weights.to(torch.float), min=floor).numpy()
-
-
-# -- reading -------------------------------------------------------------------------------
-class GridPatchDataset(VolumeCollectionDataset):
-    """Every sliding-window patch of every volume, each read from its own box only.
-
-    Items are ``{"image": Tensor(C, *patch), "obs_id", "obs_subject_id", "patch_start",
-    "volume_index", "patch_index"}``, volume after volume, patches in z-major grid order
-    (see :func:`grid_positions`). ``patch_start`` is the patch corner in the volume (negative
-    on a padded axis). With ``world_size > 1`` this rank keeps volumes ``rank``,
-    ``rank + world_size``, ...; :attr:`positions` gives their places in the collection.
-
-    Args:
-        collections: a collection or a list of them (channels), 3D volumes.
-        patch_size: patch shape ``(x, y, z)`` (or one int for a cube).
-        overlap: share of a patch overlapping its neighbour, per axis or one for all.
-        transform: a callable on the sample dict; it must keep the patch's spatial shape.
-        rank: this process's rank (volumes are sharded by rank).
-        world_size: number of ranks.
-
-    >>> from radiobject.data import make_sample_radiobject
-    >>> import tempfile, os
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), progress=False)
-    >>> ds = GridPatchDataset(radi.T1w, patch_size=8, overlap=0.5)
-    >>> len(ds), tuple(ds[0]["image"].shape), ds[1]["patch_start"].tolist()
-    (36, (1, 8, 8, 8), [0, 4, 0])
-    """
-
-    def __init__(
-        self,
-        collections: VolumeCollection | Sequence[VolumeCollection],
-        patch_size: Sequence[int] | int,
-        overlap: float | Sequence[float] = 0.25,
-        transform: Callable[[dict[str, Any]], Any] | None = None,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigurationError(
-                f"rank must be in [0, world_size) and world_size >= 1; got rank={rank}, "
-                f"world_size={world_size}"
-            )
-        config = DatasetConfig(
-            loading_mode=LoadingMode.PATCH, patch_size=_patch(patch_size), fixed_epoch=True
-        )
-        self.overlap = _overlaps(overlap)
-        super().__init__(collections, config, transform=transform)
-        for ref in self.refs:
-            if len(ref.shape) != 3:
-                raise ShapeError(
-                    f"sliding-window inference reads 3D volumes; {ref.obs_id!r} has shape "
-                    f"{ref.shape}"
-                )
-        self.rank, self.world_size = rank, world_size
-        self.n_volumes = len(self.refs)
-        self.positions = list(range(rank, len(self.refs), world_size))
-        self.refs = [self.refs[i] for i in self.positions]
-        assert self.config.patch_size is not None
-        self.plans = [
-            GridPlan.build(r.shape, self.config.patch_size, self.overlap) for r in self.refs
-        ]
-        self._first = np.cumsum([0] + [p.n_patches for p in self.plans])
-
-    def _check_patch_fits(self) -> None:
-        """Volumes smaller than the patch are padded, as MONAI pads them."""
-
-    def __len__(self) -> int:
-        return int(self._first[-1])
-
-    def volume_of(self, index: int) -> int:
-        """Which volume (position in :attr:`refs`) item ``index`` comes from."""
-        return int(np.searchsorted(self._first, index, side="right") - 1)
-
-    def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
-        """Never: each patch reads its own tiles (the block cache serves shared ones)."""
-        return False
-
-    def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample dict of patch ``index`` before ``transform``."""
-        v = self.volume_of(index)
-        k = index - int(self._first[v])
-        plan, ref = self.plans[v], self.refs[v]
-        corner = [s - p for s, p in zip(plan.position(k), plan.pad, strict=True)]
-        box = tuple(
-            (max(0, c), min(n, c + p))
-            for c, p, n in zip(corner, plan.patch, plan.shape, strict=True)
-        )
-        image = self.read_image(ref, box)
-        if image.shape[1:] != plan.patch:  # a padded axis: zeros around, as MONAI pads
-            full = np.zeros((image.shape[0], *plan.patch), dtype=np.float32)
-            at = tuple(slice(lo - c, hi - c) for (lo, hi), c in zip(box, corner, strict=True))
-            full[(slice(None), *at)] = image
-            image = full
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "obs_id": ref.obs_id,
-            "obs_subject_id": ref.obs_subject_id,
-            "patch_start": torch.tensor(corner, dtype=torch.int64),
-            "volume_index": torch.tensor(v, dtype=torch.int64),
-            "patch_index": torch.tensor(k, dtype=torch.int64),
-        }
 
 
 # -- blending and writing ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
-from radiobject.ml._inference import GridPatchDataset
+from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
