@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -149,6 +150,15 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
                 ".includes('(24, 24, 19)')",
                 timeout=20_000,
             )  # the readout followed: z went from 16 to 19
+            # the scrub latency readout: last and p95 update time, bytes sent, PNGs encoded
+            page.wait_for_function(
+                "() => (document.querySelector('.radiobject-browser .radiobject-latency')"
+                "?.innerText || '').includes('PNG')",
+                timeout=20_000,
+            )
+            latency = browser.locator(".radiobject-latency").inner_text()
+            shown = r"update \d+ ms · p95 \d+ ms over \d+ · sent [\d.]+ kB \(\d PNG\)"
+            assert re.search(shown, latency), latency
             line_after = coronal_line.first.bounding_box()
             assert line_before is not None
             assert line_after is not None
