@@ -103,6 +103,7 @@ class _Checked:
     """Reject unknown keyword arguments with a ConfigurationError naming them."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # mypy is silenced on the next line: the mixin's subclasses are the dataclasses
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(kwargs) - known)
         if unknown:

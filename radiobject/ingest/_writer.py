@@ -379,7 +379,8 @@ def _finish_collection(
         for r, index in zip(missing, run_tasks(calls, executor=executor), strict=True):
             fg[r["obs_id"]] = index
         remove(join(plan.uri, FG_INDEX), ctx)
-        write_foreground(join(plan.uri, FG_INDEX), fg, ctx)  # type: ignore[arg-type]
+        indexed = {k: v for k, v in fg.items() if v is not None}  # every one is indexed by now
+        write_foreground(join(plan.uri, FG_INDEX), indexed, ctx)
         members.append(FG_INDEX)
     _replace_table(join(plan.uri, OBS), pd.DataFrame(rows), "obs_id", ctx)
     with tiledb_errors(plan.uri, "update group"), tiledb.Group(plan.uri, mode="w", ctx=ctx) as g:

@@ -41,6 +41,7 @@ def _overlaps(overlap: float | Sequence[float]) -> tuple[float, float, float]:
         raise ConfigurationError(
             f"overlap must be a number in [0, 1) or three of them (x, y, z), got {overlap!r}"
         )
+    # mypy is silenced on the next line: three values, checked above
     return tuple(float(o) for o in values)  # type: ignore[return-value]
 
 
@@ -74,6 +75,7 @@ class GridPlan:
         starts = tuple(
             tuple(_axis_starts(q, p, o)) for q, p, o in zip(padded, patch3, overlap, strict=True)
         )
+        # mypy is silenced on the next line: tuples of three, built from 3-tuples
         return cls(shape3, patch3, padded, pad, starts)  # type: ignore[arg-type]
 
     @property
@@ -114,10 +116,11 @@ def grid_positions(
     for k in range(plan.n_patches):
         pos = plan.position(k)
         out.append(tuple(s - p for s, p in zip(pos, plan.pad, strict=True)))
-    return out  # type: ignore[return-value]
+    return out  # type: ignore[return-value]  # 3D positions (grid of a 3D plan)
 
 
 def _patch(patch_size: Sequence[int] | int) -> tuple[int, int, int]:
+    # mypy is silenced on the next line: DatasetConfig checks and normalises it to three ints
     return DatasetConfig(loading_mode=LoadingMode.PATCH, patch_size=patch_size).patch_size  # type: ignore[arg-type, return-value]
 
 

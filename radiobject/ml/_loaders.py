@@ -21,6 +21,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from radiobject._errors import ConfigurationError
 from radiobject.config import RadiObjectConfig, configure, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
@@ -307,8 +308,6 @@ def build_loader(
 ) -> RadiObjectLoader:
     """A resumable DataLoader over ``dataset`` with radiobject's safe worker set-up."""
     if batch_size < 1:
-        from radiobject._errors import ConfigurationError
-
         raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
@@ -360,7 +359,11 @@ def _config(
 def _window(dataset: VolumeCollectionDataset, shuffle_window: int | str | None) -> int | None:
     if shuffle_window == "auto":
         return 4 if dataset.items_per_volume > 1 else None
-    return shuffle_window  # type: ignore[return-value]
+    if isinstance(shuffle_window, str):
+        raise ConfigurationError(
+            f"shuffle_window must be an integer, None or 'auto', got {shuffle_window!r}"
+        )
+    return shuffle_window
 
 
 def create_training_dataloader(

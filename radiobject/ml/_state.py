@@ -267,6 +267,7 @@ class RadiObjectLoader(DataLoader[Any]):
             )
         return sampler
 
+    # mypy is silenced on the next line: DataLoader says _BaseDataLoaderIter; this wraps one
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         p = self.resumable_sampler.start_pass()
         return _Counting(super().__iter__(), p, self.batch_size or 1, self.drop_last)

@@ -269,6 +269,7 @@ class PatchPreview(w.VBox):
                     for o, s in zip(masks.obs_ids, masks.obs_subject_ids, strict=True)
                     if s == subject
                 ]
+                # mypy is silenced on the next line: None caches 'no mask for this volume'
                 self._slices[key] = SliceCache(masks.volume(match[0])) if match else None  # type: ignore[assignment]
         return self._slices[key]
 

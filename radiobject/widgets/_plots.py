@@ -120,8 +120,9 @@ class TracePlot:
     def _rebuild(self, traces: Sequence[Trace], limits: tuple[float, ...]) -> None:
         for lines in self._lines:
             for line in lines:
-                line.remove()  # type: ignore[attr-defined]
+                line.remove()  # type: ignore[attr-defined]  # matplotlib's artists are untyped here
         if self._legend is not None:
+            # mypy is silenced on the next line: matplotlib's artists are untyped here
             self._legend.remove()  # type: ignore[attr-defined]
             self._legend = None
         self._lines = []
@@ -177,6 +178,7 @@ class TracePlot:
             self.canvas.restore_region(self._background)
         for ax, (name, _, scale), lines in zip(self.axes, METRICS, self._lines, strict=True):
             for tr, line in zip(traces, lines, strict=True):
+                # mypy is silenced on the next line: matplotlib's artists are untyped here
                 line.set_data(tr.t, tr.values[name] * scale)  # type: ignore[attr-defined]
                 ax.draw_artist(line)
         rgba = np.asarray(self.canvas.buffer_rgba())

@@ -111,7 +111,8 @@ def label_color(label: int, colors: Mapping[int, RGB] | None = None) -> RGB:
     ((230, 25, 75), True)
     """
     if colors and int(label) in colors:
-        return tuple(int(c) for c in colors[int(label)])  # type: ignore[return-value]
+        r, g, b = (int(c) for c in colors[int(label)])
+        return r, g, b
     n = len(DEFAULT_LABEL_COLORS)
     return DEFAULT_LABEL_COLORS[(int(label) - 1) % n + 1]
 

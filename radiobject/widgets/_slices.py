@@ -98,7 +98,8 @@ class SliceCache:
     def __init__(self, volume: Volume, t: int = 0, warm: bool = True) -> None:
         self.volume = volume
         self.t = t
-        self.shape: tuple[int, int, int] = tuple(volume.shape[:3])  # type: ignore[assignment]
+        x, y, z = (int(n) for n in volume.shape[:3])
+        self.shape: tuple[int, int, int] = (x, y, z)
         self.reads = 0
         self.warm = warm
         self._planes: dict[str, tuple[int, np.ndarray]] = {}

@@ -118,12 +118,15 @@ class LoaderTuner(w.VBox):
         super().__init__(**kwargs)
         self._builtin = not (callable(source) and not isinstance(source, VolumeCollection))
         if not self._builtin:
+            # mypy is silenced on the next line: a callable source is the user's loader factory
             self._make: MakeLoader = source  # type: ignore[assignment]
             remote = bool(s3)
             self._loader_call = f"{getattr(source, '__name__', 'make_loader')}("
         else:
+            # mypy is silenced on the next line: source is a VolumeCollection here (not callable)
             self._make = factory(source, mask, dict(loader_kwargs or {}))  # type: ignore[arg-type]
             remote = on_s3(source) if s3 is None else s3
+            # mypy is silenced on the next line: source is a VolumeCollection here (not callable)
             self._loader_call = factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
         self.memory_s = 0.5  # seconds between readings of the loader's memory (PSS)
         self.autotune_result: AutotuneResult | None = None
@@ -146,6 +149,7 @@ class LoaderTuner(w.VBox):
             max_parallel_ops=cfg.s3.max_parallel_ops if remote else None,
             num_workers=num_workers,
             batch_size=batch_size,
+            # mypy is silenced on the next line: DatasetConfig checks it is three ints
             patch_size=tuple(patch_size) if patch_size is not None else None,  # type: ignore[arg-type]
             patches_per_volume=patches_per_volume,
             duration_s=duration_s,
@@ -270,6 +274,7 @@ class LoaderTuner(w.VBox):
         c = self.controls
         ints = {k: int(c[k].value) for k in INT_CONTROLS}
         if not self.on_s3:
+            # mypy is silenced on the next line: None: the S3 setting does not apply off S3
             ints["max_parallel_ops"] = None  # type: ignore[assignment]
         return TunerSettings(
             **ints,

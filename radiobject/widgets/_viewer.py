@@ -385,9 +385,11 @@ class SliceViewer(Quiet, w.VBox):
         scale: tuple[int, int],
     ) -> bytes:
         style = {"mask": mask, "opacity": self.opacity, "colors": self.label_colors, "scale": scale}
+        # mypy is silenced on the next line: style's values have the parameters' types
         indexed = render_indexed(data, window, self.cmap, **style)  # type: ignore[arg-type]
         if indexed is not None:
             return encode_indexed(*indexed)
+        # mypy is silenced on the next line: style's values have the parameters' types
         return encode_png(render_slice(data, window, self.cmap, **style))  # type: ignore[arg-type]
 
     def _draw_crosshair(
