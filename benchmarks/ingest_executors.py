@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -22,21 +20,10 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import machine
+
 from radiobject import RadiObject
 from radiobject.data import write_sample_niftis
-
-
-def machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()}"
 
 
 def ingest(images: dict[str, str], target: Path, executor: Executor | None) -> float:
@@ -102,7 +89,7 @@ def main() -> None:
             threads.shutdown()
 
         shape = "x".join(str(s) for s in args.shape)
-        print(f"machine: {machine()}")
+        print(f"machine: {machine.describe()}")
         print(
             f"{args.volumes} NIfTI volumes of {shape} (float32 phantom, {size:.1f} MiB .nii.gz), "
             f"local disk, median of {args.repeats} (min-max)"

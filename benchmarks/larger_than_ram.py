@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from multiprocessing import get_context
 from pathlib import Path
 
+import machine
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -227,10 +227,7 @@ def main() -> int:
     pss1 = pss_of(1, uris, items, cfg)
     pss2 = pss_of(2, uris, items, cfg)
 
-    print(
-        f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}"
-    )
+    print(f"\nmachine: {machine.describe()}")
     print(
         f"cohort {cohort_mb:.0f} MB decompressed, TileDB arrays {tiledb_bytes / 2**20:.0f} MB, "
         f"RAM cache {cache_mb} MB"

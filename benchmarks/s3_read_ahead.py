@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import socket
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import machine
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,7 +160,7 @@ def local(args: argparse.Namespace) -> None:
         progress=False,
     )
     print(
-        f"machine {platform.node()!r}: {os.cpu_count()} CPUs ({_cpu_model()}); local TileDB, "
+        f"machine {machine.describe()}; local TileDB, "
         f"{args.subjects} subjects of {tuple(args.shape)} float32; first epoch, 1 patch/volume"
     )
     print(f"  {'workers':>7} {'read_ahead':>10} {'samples/s':>10} {'epoch s':>8} {'vs off':>7}")
@@ -172,14 +173,6 @@ def local(args: argparse.Namespace) -> None:
             base = rate if depth == 0 else base
             gain = f"{rate / base:.2f}x" if base else "-"
             print(f"  {workers:>7} {depth:>10} {rate:>10.1f} {seconds:>8.2f} {gain:>7}", flush=True)
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:
@@ -232,10 +225,10 @@ def main() -> None:
         configure(s3=s3(f"http://127.0.0.1:{proxy.port}"))
         if args.concurrency:
             configure(read={"concurrency": args.concurrency})
-        machine = f"machine {platform.node()!r}: {os.cpu_count()} CPUs ({_cpu_model()})"
-        machine += f"; ReadConfig.concurrency={get_config().read.concurrency}"
+        described = f"machine {machine.describe()}"
+        described += f"; ReadConfig.concurrency={get_config().read.concurrency}"
         print(
-            f"{machine}\nmoto behind a proxy adding 0 or {args.delay_ms:.0f} ms per request "
+            f"{described}\nmoto behind a proxy adding 0 or {args.delay_ms:.0f} ms per request "
             "(0: what moto and this machine allow at most); "
             f"{args.subjects} subjects of {tuple(args.shape)} float32, 64^3 tiles; "
             "first epoch of create_training_dataloader (batch 4, one 64^3 patch per volume), "

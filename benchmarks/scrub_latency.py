@@ -28,36 +28,16 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import machine
 import numpy as np
 
 SCENARIOS = ("z scrub", "x scrub", "random jumps")
-
-
-def machine() -> str:
-    """The machine the numbers come from: host, CPU model, cores, memory, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    mem = ""
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-        mem = f", {pages * size / 2**30:.0f} GiB"
-    except (ValueError, OSError, AttributeError):
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = ", load avg {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg())
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores{mem}{load}"
 
 
 def cohort(workdir: Path, shape: tuple[int, int, int], modality: str) -> Path:
@@ -190,13 +170,13 @@ def main() -> None:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = cohort(workdir, shape, args.modality)  # type: ignore[arg-type]
-    before = machine()
+    before = machine.describe()
     runs = [fresh_process_run(str(path), args.modality, args.steps) for _ in range(args.repeats)]
     title = (
         f"CollectionBrowser scrub latency: {args.modality} {args.shape}, "
         f"{args.repeats} fresh-process runs x {args.steps} updates per scenario\n"
         f"machine: {before}\n"
-        f"after:   {machine()}\n"
+        f"after:   {machine.describe()}\n"
         f"radiobject from {runs[0]['module']}"
     )
     print(table(runs, title))

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import machine
 import numpy as np
 
 from radiobject import ReadConfig, TileDBStats, Volume, configure
@@ -53,18 +54,6 @@ from radiobject.ml import (
 from radiobject.ml._stages import sample_nbytes, stage_counters
 from radiobject.read._region import read_overlap
 from radiobject.widgets import LoaderTuner
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs"
 
 
 def rss_mb() -> float:
@@ -312,7 +301,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.queries = 2, 2.0, 20_000
-    print(f"machine: {machine()}; Python {platform.python_version()}")
+    print(f"machine: {machine.describe()}; Python {platform.python_version()}")
     root = Path(tempfile.mkdtemp(prefix="radiobject-telemetry-"))
     if args.part in (None, 1):
         part1(args, root)
