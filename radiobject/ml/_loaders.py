@@ -525,8 +525,6 @@ def create_inference_dataloader(
     """
     if patch_size is None:
         if distributed:
-            from radiobject._errors import ConfigurationError
-
             raise ConfigurationError(
                 "distributed=True shards sliding-window patches; pass patch_size, or use "
                 "create_distributed_dataloader for whole volumes"
@@ -554,8 +552,6 @@ def _rank_and_world() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        from radiobject._errors import ConfigurationError
-
         raise ConfigurationError(
             "distributed=True needs torch.distributed initialised (init_process_group) first"
         )
