@@ -252,3 +252,24 @@ def test_stopping_mid_epoch_cancels_and_leaks_nothing(sample_radi):
             assert len(state) == 0
             assert state.nbytes == 0
             assert state.running == 0
+
+
+def test_read_ahead_foresees_the_rest_of_a_resumed_epoch(sample_radi):
+    def loader(batch_size: int) -> Any:
+        return create_training_dataloader(
+            sample_radi.T1w, batch_size=batch_size, patch_size=PATCH, patches_per_volume=3, seed=3
+        )
+
+    first = loader(3)
+    next(iter(first))
+    state = first.state_dict()
+    assert state["samples_yielded"] == 3  # not a multiple of the resumed loader's batch size
+    resumed = loader(2)
+    resumed.load_state_dict(state)
+    resumed.resumable_sampler.start_pass()
+    keys = list(resumed.sampler)  # the keys the resumed pass asks for, in order
+    assert len(keys) == 6 * 3 - 3
+    schedule = resumed.dataset.read_ahead_schedule
+    assert schedule is not None
+    # after the pass's first batch, the next batches of the pass (not of the whole epoch)
+    assert schedule.upcoming(keys[0], depth=4) == keys[2:6]

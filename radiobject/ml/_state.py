@@ -166,6 +166,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.active = self._started = EpochPass(epoch, start, remaining, indices, w)
         return self.active
 
+    def pass_order(self, epoch: int) -> list[int]:
+        """Item indices of ``epoch`` in the order this rank gets them: the pass fixed for it
+        (the rest of a resumed epoch, this rank's share), else the epoch's whole order.
+        """
+        p = self.active
+        return list(p.indices) if p is not None and p.epoch == epoch else self.order(epoch)
+
     def position(self) -> tuple[int, int]:
         """``(epoch, samples consumed by the whole run)`` of the pass in progress or next."""
         if self.active is not None and not self.active.done:
