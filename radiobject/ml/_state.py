@@ -167,8 +167,10 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         return self.active
 
     def pass_order(self, epoch: int) -> list[int]:
-        """Item indices of ``epoch`` in the order this rank gets them: the pass fixed for it
-        (the rest of a resumed epoch, this rank's share), else the epoch's whole order.
+        """Item indices of ``epoch`` in the order this rank gets them.
+
+        That is the pass fixed for it (the rest of a resumed epoch, this rank's share), else
+        the epoch's whole order.
         """
         p = self.active
         return list(p.indices) if p is not None and p.epoch == epoch else self.order(epoch)
