@@ -327,7 +327,10 @@ class S3Config(_Checked):
     """Object storage settings, mapped onto TileDB's ``vfs.s3.*`` options.
 
     Credentials left as ``None`` come from the usual AWS environment variables or profile.
-    They never appear in ``repr``.
+    They never appear in ``repr``. ``profile`` names a profile of the shared AWS files
+    (``~/.aws/credentials``, ``~/.aws/config``) whose static keys radiobject reads and hands to
+    TileDB (keys given here win); the environment is never written. For SSO or role profiles,
+    export ``AWS_PROFILE`` before starting Python instead.
 
     >>> S3Config(aws_secret_access_key="hunter2")  # doctest: +ELLIPSIS
     S3Config(region='us-east-1', ..., aws_secret_access_key='***', ...)
