@@ -45,6 +45,7 @@ INT_CONTROLS = {  # name: (description, min, max)
     "concurrency": ("concurrency", 1, 256),
     "memory_budget_mb": ("memory MB", 16, 1 << 20),
     "cache_mb": ("cache MB", 0, 1 << 20),
+    "read_ahead": ("read-ahead", 0, 65536),
     "max_parallel_ops": ("S3 ops", 1, 1024),
     "num_workers": ("workers", 0, 4 * (os.cpu_count() or 1)),
     "batch_size": ("batch_size", 1, 4096),
@@ -125,6 +126,7 @@ class TunerSettings:
     concurrency: int = 2
     memory_budget_mb: int = 1024
     cache_mb: int = 512
+    read_ahead: int = 0
     max_parallel_ops: int | None = None  # S3 only
     num_workers: int = 0
     batch_size: int = 4
@@ -140,6 +142,7 @@ class TunerSettings:
             concurrency=self.concurrency,
             memory_budget_mb=self.memory_budget_mb,
             cache_mb=self.cache_mb,
+            read_ahead=self.read_ahead,
         )
 
     def loader_kwargs(self) -> dict[str, Any]:
@@ -152,7 +155,7 @@ class TunerSettings:
         }
 
     def label(self) -> str:
-        """A short label: workers, batch, patch, patches per volume, cache MB, reader threads."""
+        """A short label: workers, batch, patch, per volume, cache MB, threads, read-ahead."""
         if self.patch_size is None:
             patch = "full"
         elif len(set(self.patch_size)) == 1:
@@ -160,9 +163,10 @@ class TunerSettings:
         else:
             patch = "p" + "x".join(map(str, self.patch_size))
         ops = f" ops{self.max_parallel_ops}" if self.max_parallel_ops else ""
+        ahead = f" ra{self.read_ahead}" if self.read_ahead else ""
         return (
             f"w{self.num_workers} b{self.batch_size} {patch} x{self.patches_per_volume} "
-            f"cache{self.cache_mb} t{self.max_workers}{ops}"
+            f"cache{self.cache_mb} t{self.max_workers}{ahead}{ops}"
         )
 
     def replace(self, **changes: Any) -> TunerSettings:
