@@ -347,3 +347,34 @@ def test_integer_plan_is_pure_and_says_what_it_stores():
     assert stored.dtype == np.uint16
     assert (scaling.scale, scaling.offset) == (0.5, 1.0)
     np.testing.assert_array_equal(scaling.decode(stored), np.array([[[1.0, 2048.5]]], np.float32))
+
+
+def test_a_copied_scaled_volume_keeps_its_integers_and_values(tmp_path):
+    path = _nifti(tmp_path / "b.nii.gz", _brain(), 0.37, -12.5)
+    voxels, _ = FileSource(path)()
+    source = Volume.from_numpy(tmp_path / "v", voxels)
+    copy = VolumeCollection.from_volumes(tmp_path / "c", {"sub-01": source}, name="T1w")
+    vol = copy.volume(copy.obs_ids[0])
+    assert (vol.stored_dtype, vol.scaling) == (source.stored_dtype, source.scaling)
+    assert _same_bits(vol.to_numpy(), np.asanyarray(nib.load(str(path)).dataobj))
+
+
+def test_sample_cohort_tensors_equal_those_of_float_storage(tmp_path):
+    from radiobject.data import make_sample_radiobject
+
+    def cohort(name: str, integers: bool) -> RadiObject:
+        with configure(write=WriteConfig(integers=integers)):
+            return make_sample_radiobject(
+                tmp_path / name, n_subjects=2, shape=(24, 24, 16), seed=3, progress=False
+            )
+
+    ints, floats = cohort("ints", True), cohort("floats", False)
+    vol = ints.T1w.volume(ints.T1w.obs_ids[0])
+    assert (vol.stored_dtype, vol.dtype) == (np.dtype(np.uint16), np.dtype(np.float32))
+    config = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=4)
+    a = SegmentationDataset([ints.T1w, ints.FLAIR], ints.seg, config)
+    b = SegmentationDataset([floats.T1w, floats.FLAIR], floats.seg, config)
+    for i in range(len(a)):
+        x, y = a[i], b[i]
+        assert torch.equal(x["image"], y["image"])
+        assert torch.equal(x["mask"], y["mask"])

@@ -275,12 +275,18 @@ class StoredVolume:
     uri: str
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self) -> tuple[np.ndarray | ScaledVoxels, np.ndarray]:
         from radiobject.ingest._remote import ctx_from_settings
+        from radiobject.read._region import read_region
         from radiobject.storage._volume import Volume
 
         vol = Volume(self.uri, ctx=ctx_from_settings(self.settings))
-        return vol.to_numpy(), vol.affine
+        scaling = vol.scaling
+        if scaling.identity:
+            return vol.to_numpy(), vol.affine
+        # scaled integers are copied as they are stored, with their scale and offset
+        raw = read_region(vol.uri, vol.ctx, tuple((0, n) for n in vol.shape))
+        return ScaledVoxels(raw, scaling.scale, scaling.offset, scaling.logical), vol.affine
 
 
 def looks_like_mask(name: str, array: np.ndarray) -> bool:
