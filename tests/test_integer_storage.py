@@ -378,3 +378,10 @@ def test_sample_cohort_tensors_equal_those_of_float_storage(tmp_path):
         x, y = a[i], b[i]
         assert torch.equal(x["image"], y["image"])
         assert torch.equal(x["mask"], y["mask"])
+
+
+def test_write_config_integers_must_be_a_bool():
+    from radiobject import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"WriteConfig\.integers must be a bool"):
+        WriteConfig(integers="yes")
