@@ -102,9 +102,10 @@ class Scaling:
     ) -> np.ndarray:
         """The values of ``stored`` voxels as ``dtype`` (default: the logical dtype).
 
-        In one pass over the voxels: the cast, the scale and the offset. With ``out`` (an
-        array of ``stored``'s shape) the values are written there. Without it, an identity
-        scaling to the stored dtype returns ``stored`` itself.
+        No copy beside the result: the cast and the scale are one pass into it, the offset is
+        added in place (to another dtype than the logical one, through a small scratch slab
+        by slab). With ``out`` (an array of ``stored``'s shape) the values are written there.
+        Without it, an identity scaling to the stored dtype returns ``stored`` itself.
         """
         want = self.logical if dtype is None else np.dtype(dtype)
         if self.identity:
