@@ -293,7 +293,11 @@ class CompressionConfig(_Checked):
 
 @dataclass(frozen=True)
 class WriteConfig(_Checked):
-    """How new volumes are written (tiles and compression).
+    """How new volumes are written (tiles, compression, integers).
+
+    With ``integers`` (the default) whole-number voxels are stored as integers, as narrow as
+    their values allow, with a NIfTI's or DICOM's scale and offset; reads return the same
+    values. ``integers=False`` stores arrays in their own dtype, and scaled files as floats.
 
     Installed with :func:`configure`, it applies to every volume written meanwhile:
 
@@ -309,8 +313,11 @@ class WriteConfig(_Checked):
 
     tile: TileConfig = field(default_factory=TileConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    integers: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.integers, bool):
+            raise ConfigurationError(f"WriteConfig.integers must be a bool, got {self.integers!r}")
         if not isinstance(self.tile, TileConfig):
             raise ConfigurationError(f"WriteConfig.tile must be a TileConfig, got {self.tile!r}")
         if not isinstance(self.compression, CompressionConfig):
