@@ -385,3 +385,48 @@ def test_write_config_integers_must_be_a_bool():
 
     with pytest.raises(ConfigurationError, match=r"WriteConfig\.integers must be a bool"):
         WriteConfig(integers="yes")
+
+
+# -- the real MNI152 template (nilearn ships it) ----------------------------------------------
+
+
+def _mni152(kind: str) -> Path:
+    """nilearn's bundled ICBM152 2009a template (``t1`` or ``gm``), found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("nilearn (a dev dependency) is not installed: it carries the MNI152 template")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    return folder / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def test_the_mni152_template_keeps_every_voxel_as_stored_and_as_a_scanner_would_scale_it(
+    tmp_path,
+):
+    t1, gm = _mni152("t1"), _mni152("gm")
+    raw = np.asanyarray(nib.load(str(t1)).dataobj)
+    assert raw.shape == (197, 233, 189)
+    # the same anatomy as a scanner writes it: int16 with scl_slope/scl_inter
+    scanner = _nifti(tmp_path / "scanner.nii.gz", raw.astype(np.int16) * 9 - 300, 0.37, -12.5)
+    radi = RadiObject.from_images(
+        tmp_path / "radi",
+        {"T1w": str(t1), "GM": str(gm), "scanner": str(scanner)},
+        progress=False,
+    )
+    for name, path, stored in (
+        ("T1w", t1, "uint8"),
+        ("GM", gm, "uint8"),
+        ("scanner", scanner, "int16"),
+    ):
+        expected = np.asanyarray(nib.load(str(path)).dataobj)
+        vol = radi.collection(name).volume(radi.collection(name).obs_ids[0])
+        assert vol.stored_dtype == np.dtype(stored)
+        assert _same_bits(vol.to_numpy(), expected)
+        box = (slice(60, 124), slice(70, 134), slice(50, 114))
+        assert _same_bits(vol[box], expected[box])
+    # what the loaders give: float32 of the same values
+    config = DatasetConfig(loading_mode="full_volume")
+    tensor = VolumeCollectionDataset([radi.collection("scanner")], config)[0]["image"]
+    expected = np.asanyarray(nib.load(str(scanner)).dataobj).astype(np.float32)
+    assert torch.equal(tensor[0], torch.from_numpy(expected))
