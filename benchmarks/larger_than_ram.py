@@ -175,8 +175,10 @@ def main() -> int:
     zs = [zarr.open_array(str(root / "zarr" / f"{i}.zarr"), mode="r") for i in range(n)]
     tss = [ltr_peers.open_tensorstore(root / "tensorstore" / f"{i}.zarr") for i in range(n)]
     tier_dir = root / "tier"
+    os.environ["RADIOBJECT_TIER_DIR"] = str(tier_dir)  # the automatic tier's folder, not ~/.cache
+    auto = ReadConfig(cache_mb=cache_mb)  # the default: the training loader turns the tier on
     vols = [Volume(u) for u in uris]
-    off = ReadConfig(cache_mb=cache_mb)
+    off = ReadConfig(cache_mb=cache_mb, local_tier_mb=0)  # off (None: a loader turns it on)
     on = ReadConfig(
         cache_mb=cache_mb, local_tier_mb=4 * int(cohort_mb), local_tier_dir=str(tier_dir)
     )
@@ -213,7 +215,10 @@ def main() -> int:
             res[label + " MB from storage"] = storage
         # loaders: batches of 4, one process; epoch 1 cold (tier empty / MONAI cache empty)
         loader_epochs = max(3, args.epochs - 1)
-        for label, cfg in (("loader: radiobject + tier", on), ("loader: radiobject, no tier", off)):
+        for label, cfg in (
+            ("loader: radiobject + tier (default)", auto),
+            ("loader: radiobject, no tier", off),
+        ):
             shutil.rmtree(tier_dir, ignore_errors=True)
             with configure(read=cfg):
                 clear_caches()
@@ -284,7 +289,7 @@ def main() -> int:
         for name in names:
             first = res[name][0]  # type: ignore[index]
             print(f"  {name:36s} first {first:8.1f}   steady {steady(name):8.1f}")
-        for ours_name in ("radiobject + tier", "loader: radiobject + tier"):
+        for ours_name in ("radiobject + tier", "loader: radiobject + tier (default)"):
             ours = steady(ours_name)
             print(f"  {ours_name} steady {ours:.1f} patches/s against:")
             for name in ("npy memmap", "blosc2 nnU-Net v2", "zarr-python v3"):
