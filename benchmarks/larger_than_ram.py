@@ -214,7 +214,7 @@ def main() -> int:
             res[label] = rates
             res[label + " MB from storage"] = storage
         # loaders: batches of 4, one process; epoch 1 cold (tier empty / MONAI cache empty)
-        loader_epochs = max(3, args.epochs - 1)
+        loader_epochs = max(3, args.epochs)
         for label, cfg in (
             ("loader: radiobject + tier (default)", auto),
             ("loader: radiobject, no tier", off),
@@ -279,12 +279,10 @@ def main() -> int:
     for key, res in rows.items():
 
         def steady(name: str, res: dict[str, object] = res) -> float:
-            # patch loops: epoch 2 opens (and checksums) the tier's entries in this process,
-            # steady is 3..; loaders: 2..
-            skip = 1 if name.startswith("loader:") else 2
-            return float(np.median(res[name][skip:]))  # type: ignore[index]
+            # epoch 2 opens (and checksums) the tier's entries in this process: steady is 3..
+            return float(np.median(res[name][2:]))  # type: ignore[index]
 
-        print(f"\n{key}: patches/s, first epoch (radiobject: tier empty) and steady")
+        print(f"\n{key}: patches/s, first epoch (radiobject: tier empty), steady (epochs 3..)")
         names = [k for k in res if not k.endswith("MB from storage")]
         for name in names:
             first = res[name][0]  # type: ignore[index]
