@@ -151,9 +151,10 @@ class ReadConfig(_Checked):
             cohorts larger than RAM: a random 64³ patch then costs a blosc2 decode instead of
             a TileDB query. ``None`` (the default) is automatic: a training loader
             (``create_training_dataloader``, ``create_segmentation_dataloader``) whose
-            cohort's decompressed bytes exceed ``cache_mb`` turns it on, in its process and
-            workers, for the rest of the process, with a quarter of the folder's free disk,
-            at most 64 GiB (off when under 256 MiB free); other reads leave it off. ``0``
+            cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on, in its process
+            and workers, for the rest of the process, with a quarter of the folder's free
+            disk, at most 64 GiB (off when under 256 MiB free); other reads, and
+            ``cache_mb=0`` (caching off), leave it off. ``0``
             turns it off; ``n > 0`` turns it on for every read with ``n`` MiB. The least
             recently used volumes are removed to stay within the budget.
         local_tier_dir: the tier's folder (default ``$RADIOBJECT_TIER_DIR``, else

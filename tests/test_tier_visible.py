@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radiobject import ReadConfig, TileDBStats, configure
+from radiobject import ReadConfig, TileDBStats, configure, get_config
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import LoaderProbe, create_training_dataloader
 from radiobject.ml._loaders import worker_init
@@ -114,14 +114,23 @@ def test_the_tuner_shows_where_the_bytes_came_from(radi, tmp_path):
     assert Trace.from_records("r", result.records).values["tier_pct"].max() == 100.0
 
 
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory: pytest.TempPathFactory):
+    """Two volumes of 768 kB: 1.5 MB, more than a 1 MB RAM cache."""
+    root = tmp_path_factory.mktemp("tierlarger")
+    return make_sample_radiobject(
+        str(root / "r"), n_subjects=2, shape=(64, 64, 48), modalities=("T1w",), progress=False
+    )
+
+
 def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_cache(
-    radi, tmp_path, monkeypatch
+    larger, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
-    assert cohort_bytes(radi.T1w) == N * VOLUME_BYTES
+    assert cohort_bytes(larger.T1w) == 2 * 64 * 64 * 48 * 4
     assert local_tier() is None  # the default: off until a training loader decides
-    with configure(read=ReadConfig(cache_mb=0)):  # the cohort exceeds a 0 MB cache
-        loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=PATCH)
+    with configure(read=ReadConfig(cache_mb=1)):  # the cohort exceeds a 1 MB cache
+        loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
         tier = local_tier()
         assert tier is not None
         assert tier.folder == tmp_path / "auto"
@@ -129,25 +138,23 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
         for _ in loader:
             pass
         tier_state().flush()
-        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == N  # filled while reading
+        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2  # filled while reading
         # workers get the same budget
-        assert worker_init(radiobject_config(), 2).tier_auto_mb == tier_state().auto_mb
+        assert worker_init(get_config(), 2).tier_auto_mb == tier_state().auto_mb
 
 
-def test_the_tier_stays_off_when_the_cohort_fits_or_it_is_turned_off(radi, tmp_path, monkeypatch):
+def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_off(
+    larger, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
-    with configure(read=ReadConfig(cache_mb=64)):  # 24 kB fit
-        assert auto_local_tier(radi.T1w) == 0
-        create_training_dataloader(radi.T1w, batch_size=2, patch_size=PATCH)
-        assert local_tier() is None
-    with configure(read=ReadConfig(cache_mb=0, local_tier_mb=0)):  # turned off
-        create_training_dataloader(radi.T1w, batch_size=2, patch_size=PATCH)
-        assert local_tier() is None
-        assert tier_state().auto_mb == 0
+    for read in (
+        ReadConfig(cache_mb=64),  # 1.5 MB fit
+        ReadConfig(cache_mb=0),  # caching off
+        ReadConfig(cache_mb=1, local_tier_mb=0),  # turned off
+    ):
+        with configure(read=read):
+            assert auto_local_tier(larger.T1w) == 0
+            create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
+            assert local_tier() is None
+            assert tier_state().auto_mb == 0
     assert not os.path.exists(tmp_path / "auto")
-
-
-def radiobject_config():
-    from radiobject import get_config
-
-    return get_config()

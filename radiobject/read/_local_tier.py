@@ -115,15 +115,18 @@ def auto_budget_mb(cohort_bytes: int, cache_bytes: int, folder: Path) -> int:
 
     On when the cohort does not fit the RAM cache (``cache_bytes``) and blosc2 imports:
     :data:`AUTO_DISK_SHARE` of the free disk where ``folder`` is (or would be), at most
-    :data:`AUTO_CAP_MB`; off when that is under :data:`AUTO_MIN_MB`.
+    :data:`AUTO_CAP_MB`; off when that is under :data:`AUTO_MIN_MB`, and with the RAM cache
+    off (``cache_bytes`` 0: caching was turned off, e.g. to measure exact reads).
 
     >>> import tempfile
     >>> auto_budget_mb(10 << 20, 512 << 20, Path(tempfile.mkdtemp()))  # fits the RAM cache
     0
+    >>> auto_budget_mb(10 << 20, 0, Path(tempfile.mkdtemp()))  # caching turned off
+    0
     >>> 0 < auto_budget_mb(1 << 40, 512 << 20, Path(tempfile.mkdtemp())) <= AUTO_CAP_MB
     True
     """
-    if cohort_bytes <= cache_bytes or not blosc2_available():
+    if cache_bytes <= 0 or cohort_bytes <= cache_bytes or not blosc2_available():
         return 0
     probe = folder
     while not probe.exists() and probe.parent != probe:
