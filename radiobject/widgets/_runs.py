@@ -21,7 +21,6 @@ from radiobject.ml import (
     create_segmentation_dataloader,
     create_training_dataloader,
 )
-from radiobject.ml._probe import SOURCES, source_pcts
 
 from ._plots import format_number
 
@@ -226,9 +225,9 @@ class TunerRun:
         """
         if self.result is not None:
             return self.result.sources()
-        totals = [sum(getattr(r, key) for r in self.records) for key, _ in SOURCES]
-        pcts = source_pcts(*totals)
-        return {name: pct for (_, name), pct in zip(SOURCES, pcts, strict=True)}
+        keys = ("bytes_from_cache", "bytes_from_tier", "bytes_from_storage")
+        totals = {k: sum(getattr(r, k) for r in self.records) for k in keys}
+        return ProbeResult(**totals).sources()
 
     def row(self) -> dict[str, Any]:
         """This run as a row of the summary table."""
@@ -327,7 +326,11 @@ def sources_html(run: TunerRun) -> str:
         f"<span style='color:{c}'>■</span> {name} {pct:.0f}%"
         for (name, pct), c in zip(shares.items(), colours, strict=True)
     )
-    mb = {name: getattr(res, key) / 1e6 for key, name in SOURCES}
+    mb = {
+        "RAM": res.bytes_from_cache / 1e6,
+        "local tier": res.bytes_from_tier / 1e6,
+        "storage": res.bytes_from_storage / 1e6,
+    }
     detail = ", ".join(f"{name} {format_number(v)} MB" for name, v in mb.items())
     tier = f"; local tier {res.tier_hits} hits, {res.tier_misses} misses"
     return (
