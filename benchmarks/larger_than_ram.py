@@ -2,16 +2,19 @@
 read tier, against the formats users would pick instead, on the same volumes and patches.
 
     python benchmarks/larger_than_ram.py                 # 24 subjects, 240x240x155
-    python benchmarks/larger_than_ram.py --subjects 6 --shape 96x96x80   # a smoke run
+    python benchmarks/larger_than_ram.py --subjects 4 --shape 96x96x80   # a smoke run
 
 The cohort (whole-number float32 T1w volumes of ``radiobject.data``'s sample maker) and its
-copies (``.npy``, blosc2 in nnU-Net v2's layout, zarr-python v3) are written once into
-``--workdir`` and reused. Every format reads the same random 64³ patches (seeded per epoch,
-``--patches`` per volume, shuffled), one thread, one process, page cache warm for all: the
-comparison is about decoding and per-query overhead. radiobject's RAM cache is a quarter of
-the cohort. Prints patches/s per epoch, bytes radiobject read from storage, the tier's fill
-time and disk cost, the loader memory (PSS) with 2 reader processes, and the targets of
-issue 15. Nothing is asserted.
+copies (``.npy``, blosc2 in nnU-Net v2's layout, zarr-python v3; tensorstore zarr3 sharded and
+NIfTI in ``ltr_peers.py``) are written once into ``--workdir`` and reused. Every format reads
+the same random 64³ patches (seeded per epoch, ``--patches`` per volume, shuffled), one
+thread, one process, page cache warm for all: the comparison is about decoding and per-query
+overhead. Then the loaders (``ltr_peers.py``): radiobject's training DataLoader with its
+defaults (the local tier turned on automatically) and with the tier off, MONAI
+``PersistentDataset`` + ``RandSpatialCropd`` and TorchIO's ``Queue``. radiobject's RAM cache is
+a quarter of the cohort. Prints patches/s per epoch (first epoch and steady), bytes radiobject
+read from storage, the tier's fill time and disk cost, the PSS of a loader with 2 workers
+against none, and the targets of issue 15. Nothing is asserted.
 """
 
 from __future__ import annotations
