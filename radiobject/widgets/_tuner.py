@@ -29,6 +29,7 @@ from ._runs import (
     factory_call,
     on_s3,
     parse_patch_size,
+    sources_html,
     stages_html,
 )
 from ._slices import error_html
@@ -520,13 +521,15 @@ class LoaderTuner(w.VBox):
             rec = live.records[-1]
             self.status = (
                 f"{live.label}: {rec.t:.1f} s, {format_number(live.samples_per_s)} samples/s, "
-                f"hit rate {100 * rec.hit_rate:.0f}%, data-starved {rec.starved_pct:.0f}%"
+                f"hit rate {100 * rec.hit_rate:.0f}%, data-starved {rec.starved_pct:.0f}%; "
+                f"bytes from RAM {rec.ram_pct:.0f}%, local tier {rec.tier_pct:.0f}%, "
+                f"storage {rec.storage_pct:.0f}%"
             )
         return time.perf_counter() - start
 
     def _finish(self, run: TunerRun, last: bool = True) -> None:
         self._redraw(None)
-        self.stages_box.value = stages_html(run)
+        self.stages_box.value = stages_html(run) + sources_html(run)
         best = self.best
         rows = [r.row() for r in self.runs if r.done]
         best_pos = next((i for i, r in enumerate(self.runs) if r is best), None)
