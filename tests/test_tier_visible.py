@@ -19,8 +19,21 @@ pytest.importorskip("blosc2")
 
 SHAPE = (16, 16, 12)
 PATCH = (8, 8, 8)
-PATCH_BYTES = 8 * 8 * 8 * 4  # float32
-VOLUME_BYTES = 16 * 16 * 12 * 4
+
+
+def _itemsize(radi) -> int:
+    """Bytes per voxel as stored (whole-number phantoms are stored as integers)."""
+    return radi.T1w.volume(radi.T1w.obs_ids[0]).stored_dtype.itemsize
+
+
+def patch_bytes(radi) -> int:
+    return 8 * 8 * 8 * _itemsize(radi)
+
+
+def volume_bytes(radi) -> int:
+    return 16 * 16 * 12 * _itemsize(radi)
+
+
 N, PER = 2, 4  # volumes, patches per volume: 8 samples an epoch
 
 
@@ -53,12 +66,12 @@ def test_a_warm_tier_serves_the_whole_epoch_and_the_probe_says_so(radi, tmp_path
         result = epoch(radi)
     assert result.samples == N * PER
     assert (result.tier_hits, result.tier_misses) == (N * PER, 0)
-    assert result.bytes_from_tier == N * PER * PATCH_BYTES
+    assert result.bytes_from_tier == N * PER * patch_bytes(radi)
     assert (result.bytes_from_cache, result.bytes_from_storage) == (0, 0)
     assert result.sources() == {"RAM": 0.0, "local tier": 100.0, "storage": 0.0}
     records = result.records
     assert sum(r.tier_hits for r in records) == N * PER
-    assert sum(r.bytes_from_tier for r in records) == N * PER * PATCH_BYTES
+    assert sum(r.bytes_from_tier for r in records) == N * PER * patch_bytes(radi)
     assert all(r.tier_pct == 100.0 and r.storage_pct == 0.0 for r in records if r.samples)
 
 
@@ -68,11 +81,13 @@ def test_an_empty_tier_misses_reads_storage_and_fills_every_volume(radi, tmp_pat
         tier_state().flush()  # the background fills end here
     assert result.tier_hits + result.tier_misses == N * PER
     assert result.tier_misses >= N  # each volume missed at least once
-    assert result.bytes_from_tier == result.tier_hits * PATCH_BYTES
+    assert result.bytes_from_tier == result.tier_hits * patch_bytes(radi)
     cache = stats.cache_stats()
     assert cache.tier_fills == N
     # each miss read its patch from storage, and each fill its whole volume
-    assert cache.bytes_from_storage == cache.tier_misses * PATCH_BYTES + N * VOLUME_BYTES
+    assert cache.bytes_from_storage == cache.tier_misses * patch_bytes(radi) + N * volume_bytes(
+        radi
+    )
     # the next epoch comes from the tier alone
     with configure(read=tier_on(tmp_path / "tier")):
         second = epoch(radi)
@@ -84,7 +99,7 @@ def test_without_the_tier_a_cached_epoch_comes_from_ram(radi):
         epoch(radi)
         second = epoch(radi)  # the same patches (seed 0, epoch 0): now cached
     assert (second.tier_hits, second.tier_misses, second.bytes_from_tier) == (0, 0, 0)
-    assert second.bytes_from_cache == N * PER * PATCH_BYTES
+    assert second.bytes_from_cache == N * PER * patch_bytes(radi)
     shares = second.sources()
     assert shares["RAM"] == 100.0
     assert shares["local tier"] == 0.0
@@ -95,7 +110,7 @@ def test_workers_report_their_tier_hits(radi, tmp_path):
         radi.T1w.warm_local_tier()
         result = epoch(radi, num_workers=2)
     assert (result.tier_hits, result.tier_misses) == (N * PER, 0)
-    assert result.bytes_from_tier == N * PER * PATCH_BYTES
+    assert result.bytes_from_tier == N * PER * patch_bytes(radi)
 
 
 def test_the_tuner_shows_where_the_bytes_came_from(radi, tmp_path):
@@ -116,10 +131,10 @@ def test_the_tuner_shows_where_the_bytes_came_from(radi, tmp_path):
 
 @pytest.fixture(scope="module")
 def larger(tmp_path_factory: pytest.TempPathFactory):
-    """Two volumes of 768 kB: 1.5 MB, more than a 1 MB RAM cache."""
+    """Two volumes of 768 kB as stored (uint16): 1.5 MB, more than a 1 MB RAM cache."""
     root = tmp_path_factory.mktemp("tierlarger")
     return make_sample_radiobject(
-        str(root / "r"), n_subjects=2, shape=(64, 64, 48), modalities=("T1w",), progress=False
+        str(root / "r"), n_subjects=2, shape=(64, 64, 96), modalities=("T1w",), progress=False
     )
 
 
@@ -127,7 +142,7 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
     larger, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
-    assert cohort_bytes(larger.T1w) == 2 * 64 * 64 * 48 * 4
+    assert cohort_bytes(larger.T1w) == 2 * 64 * 64 * 96 * _itemsize(larger) == 1536 << 10
     assert local_tier() is None  # the default: off until a training loader decides
     with configure(read=ReadConfig(cache_mb=1)):  # the cohort exceeds a 1 MB cache
         loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
