@@ -168,11 +168,11 @@ class ReadConfig(_Checked):
             one patch per volume is latency bound (opening a volume is ~11 requests in ~7
             round trips, a 64³ patch 2 more), so the depth is what keeps volumes in flight.
             Measured on 2 shared cores (``benchmarks/s3_read_ahead.py``, moto behind a proxy
-            adding 20 ms per request, 32 volumes of 128x128x96, batch 4): depth 32 on 32
-            threads 1.3-2.3x the samples/s of no read-ahead, reaching 70-85% of what the
-            same machine does with no latency at all: there the reading process (~22 ms
-            CPU per sample) and moto (~30 ms CPU per sample) share the 2 cores, and that,
-            not the latency, is the ceiling.
+            adding 20 ms per request, 32 volumes of 128x128x96, batch 4): depth 32-64 on
+            32 threads gave 1.3-2.3x the samples/s of no read-ahead over the runs made,
+            58-85% of what the same machine does with no latency at all: there the reading
+            process (~22 ms CPU per sample) and moto (~30 ms) share the 2 cores, and that,
+            not the latency, is the ceiling (see ``benchmarks/README.md``).
         remote_threads: read-ahead threads for volumes on object storage, for the whole
             loader (workers share them out). They mostly wait on the network, so more of
             them than ``max_workers`` (which bounds CPU-bound local reads) keep more
