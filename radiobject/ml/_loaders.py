@@ -321,8 +321,10 @@ def build_loader(
     kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
     if isinstance(sampler, ResumableSampler):  # the order its read-ahead foresees
         # the pass's own order (after a resume, the rest of the epoch; this rank's share)
+        # workers that end with the epoch would read the next one's batches in vain
+        across = num_workers == 0 or bool(kwargs.get("persistent_workers"))
         dataset.read_ahead_schedule = ReadAheadSchedule(
-            sampler.pass_order, batch_size, num_workers, drop_last=drop_last
+            sampler.pass_order, batch_size, num_workers, drop_last=drop_last, across_epochs=across
         )
         if num_workers == 0:  # workers' reads ahead end with the workers
             sampler.on_stop = dataset.stop_read_ahead
