@@ -165,8 +165,8 @@ class ReadConfig(_Checked):
             whole loader (workers share it out like ``cache_mb``).
         remote_read_ahead: the read-ahead depth for volumes on object storage while
             ``read_ahead`` is ``0``; ``0`` turns it off there too. A first epoch from S3 at
-            one patch per volume is latency bound (opening a volume is ~11 requests in ~7
-            round trips, a 64³ patch 2 more), so the depth is what keeps volumes in flight.
+            one patch per volume is latency bound (a volume's first 64³ patch is 11 requests in
+            ~8 round trips, most of them opening it), so the depth keeps volumes in flight.
             Measured on 2 shared cores (``benchmarks/s3_read_ahead.py``, moto behind a proxy
             adding 20 ms per request, 32 volumes of 128x128x96, batch 4): depth 32-64 on
             32 threads gave 1.3-2.3x the samples/s of no read-ahead over the runs made,
