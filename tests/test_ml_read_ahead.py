@@ -440,3 +440,28 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
             gc.collect()
             assert threading.active_count() == threads
             assert len(multiprocessing.active_children()) == children
+
+
+def test_read_ahead_follows_a_resume_after_an_epoch_it_looked_into(sample_radi):
+    """Orders seen before a resume are not reused for the resumed pass."""
+
+    def loader(batch_size: int) -> Any:
+        return create_training_dataloader(
+            sample_radi.T1w, batch_size=batch_size, patch_size=PATCH, patches_per_volume=2, seed=6
+        )
+
+    with configure(read=ReadConfig(read_ahead=4)):
+        ran = loader(2)
+        for _ in ran:  # epoch 0 to its end: it looked into epoch 1's full order
+            pass
+        checkpoint = loader(3)
+        it = iter(checkpoint)
+        next(it)
+        state = checkpoint.state_dict()  # epoch 0, 3 samples in: not on a batch edge of 2
+        del it
+        ran.load_state_dict(state)
+        ran.resumable_sampler.start_pass()
+        keys = list(ran.sampler)
+        schedule = ran.dataset.read_ahead_schedule
+        assert schedule is not None
+        assert schedule.upcoming(keys[0], depth=4) == keys[2:6]

@@ -369,6 +369,8 @@ class VolumeCollectionDataset(Dataset[Any]):
         batches (and its last batch's, which the sampler gave out before it was read),
         within ``ReadConfig.read_ahead_mb``, until the next epoch takes them.
         """
+        if self.read_ahead_schedule is not None:
+            self.read_ahead_schedule.forget()  # the next pass may be a resume's
         ahead = ahead_state(self)
         if ahead is not None and not finished:
             ahead.cancel()

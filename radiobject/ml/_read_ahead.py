@@ -120,6 +120,10 @@ class ReadAheadSchedule:
             take(epoch + 1, self._epoch(epoch + 1)[0], (at // size) % step)
         return out
 
+    def forget(self) -> None:
+        """Drop the orders kept: the sampler's next pass may differ (a resume, ``set_epoch``)."""
+        self._orders = {}
+
     def upcoming(self, key: tuple[int, int], depth: int) -> list[tuple[int, int]]:
         """Up to ``depth`` keys this process reads after the batch starting at ``key``."""
         return [k for k, _ in self.upcoming_at(key, depth)]
