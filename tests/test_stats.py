@@ -474,3 +474,32 @@ def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every
         finally:
             tiledb.stats_reset()
             tiledb.stats_disable()
+
+
+@pytest.mark.parametrize("cache_mb", [512, 0])
+def test_a_whole_volume_is_read_straight_then_kept_from_its_second_read(vol, cache_mb):
+    from radiobject import clear_caches
+    from radiobject.read._region import block_cache
+
+    clear_caches()
+    expected = arange_volume((48, 48, 48), "float64")
+    nbytes = expected.nbytes
+    with configure(read=ReadConfig(cache_mb=cache_mb)):
+        first, _, out = read(vol, ...)
+        np.testing.assert_array_equal(out, expected)
+        # one query straight into the answer: nothing kept, every tile a miss
+        assert (first.hits, first.misses, first.storage_queries) == (0, 27, 1)
+        assert first.bytes_from_storage == nbytes
+        assert len(block_cache()) == 0
+        out[:] = -1  # the answer is the caller's own array
+        second, _, out = read(vol, ...)
+        np.testing.assert_array_equal(out, expected)
+        assert (second.hits, second.misses, second.storage_queries) == (0, 27, 1)
+        kept = 1 if cache_mb else 0  # asked for again: kept whole, when there is a cache
+        assert len(block_cache()) == kept
+        out[:] = -1
+        third, _, out = read(vol, ...)
+        np.testing.assert_array_equal(out, expected)
+        assert third.storage_queries == 1 - kept
+        assert (third.hits, third.misses) == ((27, 0) if kept else (0, 27))
+        assert third.bytes_from_cache == nbytes * kept

@@ -88,27 +88,33 @@ class ReadOverlap:
 read_overlap = ReadOverlap()
 
 
-def _read_col_major(
+def _read_into(
     handle: tiledb.Array, info: ArrayInfo, sub: tiledb.Subarray, shape: tuple[int, ...]
 ) -> np.ndarray | None:
-    """``bounds`` in column-major layout (a Fortran-ordered array), or None if unsupported.
+    """The box ``sub`` of ``shape`` read by one query into a fresh array, or None if unsupported.
 
-    ``Array.read_subarray`` always asks for row-major results, and TileDB-Py's
-    ``query(order="F")`` returns dense results with the wrong strides, so this drives
-    TileDB-Py's query object (the one ``read_subarray`` uses, which releases the GIL) itself.
-    Without it (another TileDB-Py), the caller reads row-major: slower, same voxels.
+    TileDB writes the voxels straight into the returned array, allocated here in the
+    volume's cell order (C, or Fortran for column-major arrays, whose tiles then copy in
+    long runs): no buffer size estimate, no result buffers of TileDB-Py's, no second copy.
+    This drives TileDB-Py's core query object (``tiledb.libtiledb.Query``, whose submit
+    releases the GIL, so threads read in parallel); ``Array.read_subarray`` (row-major
+    only) is the fallback when that object is missing or the query is left incomplete.
     """
     try:
         import tiledb.libtiledb as lt
-        from tiledb.main import PyQuery
 
-        query = PyQuery(handle.ctx, handle, (info.attr,), (), lt.LayoutType.COL_MAJOR, False)
+        query = lt.Query(handle.ctx, handle.array, lt.QueryType.READ)
+        col_major = info.order == "F"
+        query.layout = lt.LayoutType.COL_MAJOR if col_major else lt.LayoutType.ROW_MAJOR
     except (ImportError, AttributeError, TypeError):
         return None
+    out = np.empty(shape, dtype=info.dtype, order="F" if col_major else "C")
     query.set_subarray(sub)
-    query.submit()
-    buffer: np.ndarray = query.results()[info.attr][0]
-    return buffer.view(info.dtype).reshape(shape, order="F")
+    query.set_data_buffer(info.attr, out, out.size)
+    query._submit()
+    if query.query_status() != lt.QueryStatus.COMPLETE:
+        return None
+    return out
 
 
 # (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
@@ -139,15 +145,13 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
 
 
 def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
-    # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
-    # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
+    # both ways release the GIL while TileDB works, so threads read in parallel
     with read_overlap, tiledb_errors(info.uri, "read volume"):
         sub = tiledb.Subarray(handle, ctx=handle.ctx)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
-        if info.order == "F":  # column-major cells: a column-major result copies in long runs
-            out = _read_col_major(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
-            if out is not None:
-                return out
+        out = _read_into(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
+        if out is not None:
+            return out
         result: np.ndarray = handle.read_subarray(sub)[info.attr]
         return result
 
@@ -200,8 +204,10 @@ def read_region(
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
     many patches per volume), while what this process reads fits its cache (always for a
-    loader's shared store, which keeps its own budget); whole volumes asked for are kept
-    the same way. Regions too large for the cache are read straight from storage.
+    loader's shared store, which keeps its own budget). A whole volume asked for is read by
+    one query straight into the answer the first time, and kept as one block from its
+    second read on (keeping it costs a copy of the volume). Regions too large for the cache
+    are read straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
@@ -218,7 +224,16 @@ def read_region(
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
     if whole_region and volume_bytes * 4 <= cache.maxsize:
-        return _read_via_whole(cache, handle, info, bounds, n_tiles)
+        # a whole volume asked for the first time is read by one query straight into the
+        # answer; kept whole (one more copy) once it is asked for again, or by a loader
+        if (
+            whole_on_miss
+            or get_shared_store() is not None
+            or cache.get((uri, _WHOLE)) is not None
+            or cache.seen_before([(uri, _WHOLE)])
+        ):
+            return _read_via_whole(cache, handle, info, bounds, n_tiles)
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         return _read_uncached(cache, handle, info, bounds, n_tiles)
 
