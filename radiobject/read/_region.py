@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tiledb
@@ -20,6 +21,7 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
+from radiobject.config import get_config
 from radiobject.read._cache import BlockCache, CacheCounters, block_cache
 from radiobject.read._handles import _HANDLES as _HANDLES
 from radiobject.read._handles import ArrayInfo, forget_array, open_array
@@ -88,33 +90,81 @@ class ReadOverlap:
 read_overlap = ReadOverlap()
 
 
-def _read_into(
-    handle: tiledb.Array, info: ArrayInfo, sub: tiledb.Subarray, shape: tuple[int, ...]
-) -> np.ndarray | None:
-    """The box ``sub`` of ``shape`` read by one query into a fresh array, or None if unsupported.
+SPLIT_BYTES = 4 << 20  # a read at least this large is split in slabs, read on threads at once
 
-    TileDB writes the voxels straight into the returned array, allocated here in the
-    volume's cell order (C, or Fortran for column-major arrays, whose tiles then copy in
-    long runs): no buffer size estimate, no result buffers of TileDB-Py's, no second copy.
-    This drives TileDB-Py's core query object (``tiledb.libtiledb.Query``, whose submit
-    releases the GIL, so threads read in parallel); ``Array.read_subarray`` (row-major
-    only) is the fallback when that object is missing or the query is left incomplete.
+
+def _read_into(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray | None:
+    """``bounds`` read by TileDB straight into a fresh array, or None if unsupported.
+
+    The array is allocated here in the volume's cell order (C, or Fortran for column-major
+    arrays, whose tiles then copy in long runs): no buffer size estimate, no result buffers
+    of TileDB-Py's, no second copy. This drives TileDB-Py's core query object
+    (``tiledb.libtiledb.Query``, whose submit releases the GIL). A read of
+    :data:`SPLIT_BYTES` or more is cut along its slowest axis, on tile edges, into
+    ``ReadConfig.concurrency`` slabs, each a contiguous part of the array that one query
+    fills, on threads at once: TileDB decodes and copies one query's tiles mostly on one
+    thread. ``Array.read_subarray`` (row-major only) is the caller's fallback when the
+    object is missing or a query is left incomplete.
     """
     try:
         import tiledb.libtiledb as lt
+    except ImportError:
+        return None
+    if not all(hasattr(lt, name) for name in ("Query", "QueryStatus", "LayoutType")):
+        return None
+    shape = tuple(hi - lo for lo, hi in bounds)
+    out = np.empty(shape, dtype=info.dtype, order="F" if info.order == "F" else "C")
+    parts = get_config().read.concurrency if out.nbytes >= SPLIT_BYTES else 1
+    slabs = _slabs(bounds, info, out, parts)
+    others = [_SLAB_POOL.get().submit(_fill, handle, info, b, view) for b, view in slabs[1:]]
+    complete = _fill(handle, info, *slabs[0])
+    complete = all([complete, *(f.result() for f in others)])  # every slab, even after one
+    return out if complete else None
 
-        query = lt.Query(handle.ctx, handle.array, lt.QueryType.READ)
-        col_major = info.order == "F"
-        query.layout = lt.LayoutType.COL_MAJOR if col_major else lt.LayoutType.ROW_MAJOR
-    except (ImportError, AttributeError, TypeError):
-        return None
-    out = np.empty(shape, dtype=info.dtype, order="F" if col_major else "C")
+
+def _fill(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, view: np.ndarray) -> bool:
+    """One core query writing ``bounds`` into the contiguous ``view``; whether it completed."""
+    import tiledb.libtiledb as lt
+
+    query = lt.Query(handle.ctx, handle.array, lt.QueryType.READ)
+    query.layout = lt.LayoutType.COL_MAJOR if info.order == "F" else lt.LayoutType.ROW_MAJOR
+    sub = tiledb.Subarray(handle, ctx=handle.ctx)
+    sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
     query.set_subarray(sub)
-    query.set_data_buffer(info.attr, out, out.size)
+    query.set_data_buffer(info.attr, view, view.size)
     query._submit()
-    if query.query_status() != lt.QueryStatus.COMPLETE:
-        return None
-    return out
+    return bool(query.query_status() == lt.QueryStatus.COMPLETE)
+
+
+def _slabs(
+    bounds: Bounds, info: ArrayInfo, out: np.ndarray, parts: int
+) -> list[tuple[Bounds, np.ndarray]]:
+    """``bounds`` cut into up to ``parts`` slabs, each with its (contiguous) view of ``out``.
+
+    The cuts fall on tile edges along the slowest axis of ``out``: the first for C order,
+    the last for Fortran order.
+    """
+    axis = len(bounds) - 1 if info.order == "F" else 0
+    lo, hi = bounds[axis]
+    tile = info.tiles[axis]
+    edges = list(range((lo // tile + 1) * tile, hi, tile))  # inner tile edges
+    parts = min(parts, len(edges) + 1)
+    if parts < 2:
+        return [(bounds, out)]
+    cuts = [lo] + [edges[round(i * (len(edges) + 1) / parts) - 1] for i in range(1, parts)] + [hi]
+    slabs = []
+    for a, b in itertools.pairwise(cuts):
+        part = tuple((a, b) if d == axis else r for d, r in enumerate(bounds))
+        index = tuple(slice(a - lo, b - lo) if d == axis else slice(None) for d in range(out.ndim))
+        slabs.append((part, out[index]))
+    return slabs
+
+
+def _slab_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="radiobject-slab")
+
+
+_SLAB_POOL: Resource[ThreadPoolExecutor] = Resource("slab reader threads", _slab_pool)
 
 
 # (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
@@ -147,11 +197,11 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
 def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     # both ways release the GIL while TileDB works, so threads read in parallel
     with read_overlap, tiledb_errors(info.uri, "read volume"):
-        sub = tiledb.Subarray(handle, ctx=handle.ctx)
-        sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
-        out = _read_into(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
+        out = _read_into(handle, info, bounds)
         if out is not None:
             return out
+        sub = tiledb.Subarray(handle, ctx=handle.ctx)
+        sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
         result: np.ndarray = handle.read_subarray(sub)[info.attr]
         return result
 
