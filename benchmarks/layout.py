@@ -6,7 +6,8 @@ process and one run, what each layout costs:
 * **patches/s**: random 64³ patches (seeded corners, the same for every candidate), one
   thread, ``ReadConfig(cache_mb=0)``: every patch is a TileDB query decoding the tiles it
   touches (the first epoch of a loader, or a cohort larger than the cache);
-* **whole ms**: ``Volume.to_numpy()`` with the block cache emptied before each read (median),
+* **whole ms**: ``Volume.to_numpy()`` with the block cache emptied before each read (median;
+  the volume is read from storage and kept in the cache, which costs one copy of it),
   and against it **zarr-python v3** reading the same volume (``arr[...]``), the two reads
   interleaved so that drift on a shared machine hits both alike: ``/zarr`` is the ratio of
   the medians (target <= 0.8); ``cpu/zarr`` the ratio of the process CPU time of the reads

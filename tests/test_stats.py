@@ -476,30 +476,30 @@ def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every
             tiledb.stats_disable()
 
 
-@pytest.mark.parametrize("cache_mb", [512, 0])
-def test_a_whole_volume_is_read_straight_then_kept_from_its_second_read(vol, cache_mb):
+def test_a_whole_volume_is_kept_while_the_volumes_read_fit_the_cache(tmp_path):
     from radiobject import clear_caches
-    from radiobject.read._region import block_cache
+    from radiobject.read._region import _WHOLE, block_cache
 
     clear_caches()
-    expected = arange_volume((48, 48, 48), "float64")
-    nbytes = expected.nbytes
-    with configure(read=ReadConfig(cache_mb=cache_mb)):
-        first, _, out = read(vol, ...)
-        np.testing.assert_array_equal(out, expected)
-        # one query straight into the answer: nothing kept, every tile a miss
-        assert (first.hits, first.misses, first.storage_queries) == (0, 27, 1)
-        assert first.bytes_from_storage == nbytes
-        assert len(block_cache()) == 0
-        out[:] = -1  # the answer is the caller's own array
-        second, _, out = read(vol, ...)
-        np.testing.assert_array_equal(out, expected)
-        assert (second.hits, second.misses, second.storage_queries) == (0, 27, 1)
-        kept = 1 if cache_mb else 0  # asked for again: kept whole, when there is a cache
-        assert len(block_cache()) == kept
-        out[:] = -1
-        third, _, out = read(vol, ...)
-        np.testing.assert_array_equal(out, expected)
-        assert third.storage_queries == 1 - kept
-        assert (third.hits, third.misses) == ((27, 0) if kept else (0, 27))
-        assert third.bytes_from_cache == nbytes * kept
+    # 40 volumes of 32 KiB against a 1 MiB cache: the first 32 fit it, the rest do not
+    data = [arange_volume((16, 16, 16), "float64") + i for i in range(40)]
+    vols = [Volume.from_numpy(tmp_path / f"v{i}", d, tile=TILE) for i, d in enumerate(data)]
+    with configure(read=ReadConfig(cache_mb=1)):
+        kept = []
+        for vol, expected in zip(vols, data, strict=True):
+            first, _, out = read(vol, ...)
+            np.testing.assert_array_equal(out, expected)
+            assert (first.hits, first.misses, first.storage_queries) == (0, 1, 1)
+            assert first.bytes_from_storage == expected.nbytes
+            kept.append(block_cache().get((vol.uri, _WHOLE)) is not None)
+            out[:] = -1  # the answer is the caller's own array, never the cache's
+        assert kept == [True] * 32 + [False] * 8  # past the budget: read straight, not kept
+        again, _, out = read(vols[0], ...)
+        np.testing.assert_array_equal(out, data[0])
+        assert (again.hits, again.misses, again.storage_queries) == (1, 0, 0)
+        assert again.bytes_from_cache == data[0].nbytes
+    with configure(read=ReadConfig(cache_mb=0)):
+        for _ in range(2):  # no cache: every read is one query straight into the answer
+            off, _, out = read(vols[0], ...)
+            np.testing.assert_array_equal(out, data[0])
+            assert (off.hits, off.misses, off.storage_queries) == (0, 1, 1)

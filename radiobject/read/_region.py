@@ -254,10 +254,10 @@ def read_region(
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
     many patches per volume), while what this process reads fits its cache (always for a
-    loader's shared store, which keeps its own budget). A whole volume asked for is read by
-    one query straight into the answer the first time, and kept as one block from its
-    second read on (keeping it costs a copy of the volume). Regions too large for the cache
-    are read straight from storage.
+    loader's shared store, which keeps its own budget). A whole volume asked for is kept the
+    same way while the volumes read recently fit the cache, and read straight into the
+    answer (no copy kept) once they do not. Regions too large for the cache are read
+    straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
@@ -274,13 +274,15 @@ def read_region(
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
     if whole_region and volume_bytes * 4 <= cache.maxsize:
-        # a whole volume asked for the first time is read by one query straight into the
-        # answer; kept whole (one more copy) once it is asked for again, or by a loader
+        # kept whole (one more copy) while the volumes read recently fit the cache; once
+        # they do not (a scan of a cohort larger than the cache), read straight into the
+        # answer: a volume admitted now would be evicted before it is read again
+        cache.touch_volume(uri, volume_bytes)
         if (
             whole_on_miss
             or get_shared_store() is not None
             or cache.get((uri, _WHOLE)) is not None
-            or cache.seen_before([(uri, _WHOLE)])
+            or cache.working_set_fits()
         ):
             return _read_via_whole(cache, handle, info, bounds, n_tiles)
         return _read_uncached(cache, handle, info, bounds, n_tiles)
