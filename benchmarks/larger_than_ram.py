@@ -2,16 +2,19 @@
 read tier, against the formats users would pick instead, on the same volumes and patches.
 
     python benchmarks/larger_than_ram.py                 # 24 subjects, 240x240x155
-    python benchmarks/larger_than_ram.py --subjects 6 --shape 96x96x80   # a smoke run
+    python benchmarks/larger_than_ram.py --subjects 4 --shape 96x96x80   # a smoke run
 
 The cohort (whole-number float32 T1w volumes of ``radiobject.data``'s sample maker) and its
-copies (``.npy``, blosc2 in nnU-Net v2's layout, zarr-python v3) are written once into
-``--workdir`` and reused. Every format reads the same random 64³ patches (seeded per epoch,
-``--patches`` per volume, shuffled), one thread, one process, page cache warm for all: the
-comparison is about decoding and per-query overhead. radiobject's RAM cache is a quarter of
-the cohort. Prints patches/s per epoch, bytes radiobject read from storage, the tier's fill
-time and disk cost, the loader memory (PSS) with 2 reader processes, and the targets of
-issue 15. Nothing is asserted.
+copies (``.npy``, blosc2 in nnU-Net v2's layout, zarr-python v3; tensorstore zarr3 sharded and
+NIfTI in ``ltr_peers.py``) are written once into ``--workdir`` and reused. Every format reads
+the same random 64³ patches (seeded per epoch, ``--patches`` per volume, shuffled), one
+thread, one process, page cache warm for all: the comparison is about decoding and per-query
+overhead. Then the loaders (``ltr_peers.py``): radiobject's training DataLoader with its
+defaults (the local tier turned on automatically) and with the tier off, MONAI
+``PersistentDataset`` + ``RandSpatialCropd`` and TorchIO's ``Queue``. radiobject's RAM cache is
+a quarter of the cohort. Prints patches/s per epoch (first epoch and steady), bytes radiobject
+read from storage, the tier's fill time and disk cost, the PSS of a loader with 2 workers
+against none, and the targets of issue 15. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import machine
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ltr_peers
 from cohort import dir_bytes, write_zarr
 
 PATCH = 64
@@ -156,10 +160,14 @@ def main() -> int:
     import blosc2
     import zarr
 
-    from radiobject import ReadConfig, TileDBStats, Volume, clear_caches, configure
+    from radiobject import RadiObject, ReadConfig, TileDBStats, Volume, clear_caches, configure
     from radiobject.read._local_tier import tier_state
 
     n = len(uris)
+    t = time.perf_counter()
+    ltr_peers.make_peer_copies(root, [lambda u=u: Volume(u).to_numpy() for u in uris])
+    print(f"  peer copies ready in {time.perf_counter() - t:.0f} s", flush=True)
+    coll = RadiObject(str(root / "radiobject")).T1w
     cohort_mb = n * int(np.prod(shape)) * 4 / 2**20
     cache_mb = max(1, int(cohort_mb // 4))
     tiledb_bytes = sum(dir_bytes(u) for u in uris)
@@ -168,9 +176,12 @@ def main() -> int:
         blosc2.open(str(root / "blosc2" / f"{i}.b2nd"), mode="r", mmap_mode="r") for i in range(n)
     ]
     zs = [zarr.open_array(str(root / "zarr" / f"{i}.zarr"), mode="r") for i in range(n)]
+    tss = [ltr_peers.open_tensorstore(root / "tensorstore" / f"{i}.zarr") for i in range(n)]
     tier_dir = root / "tier"
+    os.environ["RADIOBJECT_TIER_DIR"] = str(tier_dir)  # the automatic tier's folder, not ~/.cache
+    auto = ReadConfig(cache_mb=cache_mb)  # the default: the training loader turns the tier on
     vols = [Volume(u) for u in uris]
-    off = ReadConfig(cache_mb=cache_mb)
+    off = ReadConfig(cache_mb=cache_mb, local_tier_mb=0)  # off (None: a loader turns it on)
     on = ReadConfig(
         cache_mb=cache_mb, local_tier_mb=4 * int(cohort_mb), local_tier_dir=str(tier_dir)
     )
@@ -182,12 +193,14 @@ def main() -> int:
         ref = np.asarray(npys[v0][box(c0)])
         assert np.array_equal(np.asarray(b2s[v0][box(c0)]), ref)
         assert np.array_equal(np.asarray(zs[v0][box(c0)]), ref)
+        assert np.array_equal(tss[v0][box(c0)].read().result(), ref)
         assert np.array_equal(vols[v0][box(c0)], ref)
         res: dict[str, object] = {}
         for name, fn in (
             ("npy memmap", lambda v, c: np.array(npys[v][box(c)])),
             ("blosc2 nnU-Net v2", lambda v, c: b2s[v][box(c)]),
             ("zarr-python v3", lambda v, c: zs[v][box(c)]),
+            ("tensorstore zarr3 sharded", lambda v, c: tss[v][box(c)].read().result()),
         ):
             res[name] = [timed(fn, items) for items in epochs]
         for label, cfg in (("radiobject (no tier)", off), ("radiobject + tier", on)):
@@ -203,6 +216,25 @@ def main() -> int:
                     storage.append(st.cache_stats().bytes_from_storage / 2**20)
             res[label] = rates
             res[label + " MB from storage"] = storage
+        # loaders: batches of 4, one process; epoch 1 cold (tier empty / MONAI cache empty)
+        loader_epochs = max(3, args.epochs)
+        for label, cfg in (
+            ("loader: radiobject + tier (default)", auto),
+            ("loader: radiobject, no tier", off),
+        ):
+            shutil.rmtree(tier_dir, ignore_errors=True)
+            with configure(read=cfg):
+                clear_caches()
+                # the fills queued by epoch 1 end before epoch 2 (untimed)
+                res[label] = ltr_peers.radiobject_epochs(
+                    coll, per, loader_epochs, after_first=tier_state().flush
+                )
+        res["loader: MONAI Persistent+RandCrop"] = ltr_peers.monai_epochs(
+            root, n, per, loader_epochs
+        )
+        res["loader: TorchIO Queue, 2 workers"] = ltr_peers.torchio_epochs(
+            root, n, per, loader_epochs
+        )
         rows[f"{per} patch/vol"] = res
         print(f"\n{per} patch(es) per volume, {len(epochs[0])} per epoch:", flush=True)
         for name, value in res.items():
@@ -210,14 +242,13 @@ def main() -> int:
 
     # the tier's fill: time and disk, filled ahead of time from an empty folder
     shutil.rmtree(tier_dir, ignore_errors=True)
-    from radiobject import RadiObject
-
     with configure(read=on):
         t = time.perf_counter()
         RadiObject(str(root / "radiobject")).T1w.warm_local_tier()
         fill_s = time.perf_counter() - t
     tier_bytes = dir_bytes(tier_dir)
-    # memory: 2 reader processes against 1, tier warm
+    # memory, tier warm: a training loader with 2 workers against none (same budgets), and
+    # 2 separate reader processes against 1
     items = plan(n, shape, 20, 7)
     cfg = {
         "cache_mb": cache_mb,
@@ -226,6 +257,9 @@ def main() -> int:
     }
     pss1 = pss_of(1, uris, items, cfg)
     pss2 = pss_of(2, uris, items, cfg)
+    radi_uri = str(root / "radiobject")
+    loader_pss0 = ltr_peers.loader_pss(radi_uri, 0, cfg)
+    loader_pss2 = ltr_peers.loader_pss(radi_uri, 2, cfg)
 
     print(f"\nmachine: {machine.describe()}")
     print(
@@ -237,8 +271,13 @@ def main() -> int:
         f"on disk = {tier_bytes / tiledb_bytes:.2f}x the TileDB arrays (target <= 1.3x)"
     )
     print(
-        f"PSS 1 reader {pss1:.0f} MB, 2 readers {pss2:.0f} MB = {pss2 / pss1:.2f}x "
-        "(target <= 1.3x; separate processes, tier warm)"
+        f"PSS, training loader, tier warm, same budgets: 0 workers {loader_pss0:.0f} MB, "
+        f"2 workers {loader_pss2:.0f} MB (main + workers) = {loader_pss2 / loader_pss0:.2f}x "
+        "(target <= 1.3x)"
+    )
+    print(
+        f"PSS, separate reader processes (each its own budgets): 1 {pss1:.0f} MB, "
+        f"2 {pss2:.0f} MB = {pss2 / pss1:.2f}x"
     )
     for key, res in rows.items():
 
@@ -246,24 +285,23 @@ def main() -> int:
             # epoch 2 opens (and checksums) the tier's entries in this process: steady is 3..
             return float(np.median(res[name][2:]))  # type: ignore[index]
 
-        ours = steady("radiobject + tier")
-        print(f"\n{key}, steady epochs (median of epochs 3..), patches/s:")
-        for name in ("npy memmap", "blosc2 nnU-Net v2", "zarr-python v3", "radiobject (no tier)"):
+        print(f"\n{key}: patches/s, first epoch (radiobject: tier empty), steady (epochs 3..)")
+        names = [k for k in res if not k.endswith("MB from storage")]
+        for name in names:
+            first = res[name][0]  # type: ignore[index]
+            print(f"  {name:36s} first {first:8.1f}   steady {steady(name):8.1f}")
+        for ours_name in ("radiobject + tier", "loader: radiobject + tier (default)"):
+            ours = steady(ours_name)
+            print(f"  {ours_name} steady {ours:.1f} patches/s against:")
+            for name in ("npy memmap", "blosc2 nnU-Net v2", "zarr-python v3"):
+                print(f"    {name:26s} {ours / steady(name):5.2f}x")
             print(
-                f"  radiobject + tier {ours:8.1f} / {name:22s} {steady(name):8.1f} = "
-                f"{ours / steady(name):5.2f}x"
+                "    targets: >= 0.8x blosc2: {}, >= 5x zarr: {}, >= 0.4x npy: {}".format(
+                    ours >= 0.8 * steady("blosc2 nnU-Net v2"),
+                    ours >= 5 * steady("zarr-python v3"),
+                    ours >= 0.4 * steady("npy memmap"),
+                )
             )
-        print(
-            f"  first epoch, tier empty: {res['radiobject + tier'][0]:.1f} patches/s "  # type: ignore[index]
-            f"(no tier: {res['radiobject (no tier)'][0]:.1f})"
-        )  # type: ignore[index]
-        print(
-            "  targets: >= 0.8x blosc2: {}, >= 5x zarr: {}, >= 0.4x npy: {}".format(
-                ours >= 0.8 * steady("blosc2 nnU-Net v2"),
-                ours >= 5 * steady("zarr-python v3"),
-                ours >= 0.4 * steady("npy memmap"),
-            )
-        )
         mb = res["radiobject (no tier) MB from storage"]
         print(f"  no tier, MB from storage per epoch: {', '.join(f'{x:.0f}' for x in mb)}")  # type: ignore[union-attr]
     return 0

@@ -120,7 +120,7 @@ def write_candidate(uri: str, array: np.ndarray, c: Candidate) -> None:
     saved = volume_module._filters
     volume_module._filters = lambda _compression: _filters(c)
     try:
-        Volume.from_numpy(uri, array, tile=tile)
+        Volume.from_numpy(uri, array, tile=tile, integers=False)  # stored in array's dtype
     finally:
         volume_module._filters = saved
 

@@ -9,7 +9,6 @@ own (once per distinct settings).
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import weakref
@@ -20,6 +19,7 @@ import tiledb
 from cachetools import LRUCache
 
 from radiobject._allocator import retain_freed_memory
+from radiobject._aws_profile import profile_credentials
 from radiobject._process import Resource, state
 from radiobject.config import RadiObjectConfig, get_config
 
@@ -52,6 +52,9 @@ def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config
         # default made a 12-row obs read cost ~10 ms; bigger tables grow the buffers as needed
         "py.init_buffer_bytes": 256 * 1024,
         "vfs.s3.region": s3.region,
+        # the AWS SDK would install a process-wide SIGPIPE handler; Python already ignores
+        # SIGPIPE (a broken connection is an EPIPE error), and a library installs no handlers
+        "vfs.s3.install_sigpipe_handler": "false",
         "vfs.s3.scheme": s3.scheme,
         "vfs.s3.use_virtual_addressing": str(s3.use_virtual_addressing).lower(),
         "vfs.s3.max_parallel_ops": s3.max_parallel_ops,
@@ -70,8 +73,8 @@ def build_tiledb_config(config: RadiObjectConfig | None = None) -> tiledb.Config
     if s3.aws_session_token:
         values["vfs.s3.aws_session_token"] = s3.aws_session_token
     if s3.profile:
-        values["vfs.s3.aws_load_freq"] = ""  # let the SDK's chain look at the profile
-        os.environ.setdefault("AWS_PROFILE", s3.profile)
+        for key, value in profile_credentials(s3.profile).items():
+            values.setdefault(f"vfs.s3.{key}", value)  # keys given in S3Config win
     return tiledb.Config({k: str(v) for k, v in values.items()})
 
 

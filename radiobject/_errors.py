@@ -17,6 +17,7 @@ __all__ = [
     "AlignmentError",
     "AlreadyExistsError",
     "ConfigurationError",
+    "DtypeError",
     "FilterError",
     "IncompleteError",
     "IngestError",
@@ -160,6 +161,24 @@ class ShapeError(RadiObjectError, ValueError):
     ...
     radiobject._errors.ShapeError: a volume must be a non-empty 3D or 4D array,
     got shape (64, 64) for '.../v'
+    """
+
+
+class DtypeError(RadiObjectError, ValueError):
+    """Voxel values that a volume's data type cannot hold exactly (nothing is clipped).
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from radiobject import Volume
+    >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.zeros((2, 2, 2)))
+    >>> vol.write_region(((0, 1), (0, 1), (0, 1)), np.full((1, 1, 1), 0.5))
+    ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.DtypeError: volume '.../v' stores its voxels as uint8 (values float64,
+    scale 1, offset 0); the float64 data for region ((0, 1), (0, 1), (0, 1)) hold values it
+    cannot store exactly. Write a new volume with Volume.from_numpy (integers=False keeps
+    floats)
     """
 
 

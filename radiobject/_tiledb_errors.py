@@ -8,6 +8,7 @@ The error classes themselves live in :mod:`radiobject._errors`, which imports no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -15,7 +16,14 @@ from contextlib import contextmanager
 
 import tiledb
 
-from radiobject._errors import NotFoundError, RadiObjectError, S3Error, StorageError
+from radiobject._aws_profile import profile_credentials
+from radiobject._errors import (
+    ConfigurationError,
+    NotFoundError,
+    RadiObjectError,
+    S3Error,
+    StorageError,
+)
 from radiobject.config import get_config
 
 __all__ = ["redact", "tiledb_errors", "translate_tiledb_error"]
@@ -42,6 +50,10 @@ def _known_secrets() -> list[str]:
     s3 = get_config().s3
     values = [s3.aws_secret_access_key, s3.aws_session_token]
     values += [os.environ.get("AWS_SECRET_ACCESS_KEY"), os.environ.get("AWS_SESSION_TOKEN")]
+    if s3.profile:
+        with contextlib.suppress(ConfigurationError):  # no such profile: nothing to mask
+            keys = profile_credentials(s3.profile)
+            values += [keys.get("aws_secret_access_key"), keys.get("aws_session_token")]
     return [v for v in values if v and len(v) >= 4]
 
 

@@ -147,18 +147,24 @@ class ReadConfig(_Checked):
             CPU time 0.58x); random 64³ patches gain little (2.2 against 2.8 ms in a quiet
             run, CPU time 0.85-0.96x). See ``radiobject._allocator``.
         local_tier_mb: disk budget, in MiB, of the local read tier (``radiobject.read.
-            _local_tier``, needs ``pip install radiobject[tier]``): whole volumes kept on
-            local disk as memory-mapped blosc2 arrays (LZ4HC, 32³ blocks), filled in the
-            background as volumes are read from TileDB (or ahead of time with
-            ``VolumeCollection.warm_local_tier`` / ``python -m radiobject warm URI``), shared
-            by every process on the machine and across runs, keyed by each array's fragments
-            so a rewritten array is never served stale. For cohorts larger than RAM: a random
-            64³ patch then costs a blosc2 decode instead of a TileDB query. ``0`` (the
-            default) turns it off; when on, the least recently used volumes are removed to
-            stay within the budget.
-        local_tier_dir: the tier's folder (default ``$XDG_CACHE_HOME/radiobject/tier``, or
-            ``~/.cache/radiobject/tier``). Local disk: an unwritable or full folder turns the
-            tier off with one warning, and reads go on from storage.
+            _local_tier``): whole volumes kept on local disk as memory-mapped blosc2 arrays
+            (LZ4HC, 32³ blocks), filled in the background as volumes are read from TileDB
+            (or ahead of time with ``VolumeCollection.warm_local_tier`` / ``python -m
+            radiobject warm URI``), shared by every process on the machine and across runs,
+            keyed by each array's fragments so a rewritten array is never served stale. For
+            cohorts larger than RAM: a random 64³ patch then costs a blosc2 decode instead of
+            a TileDB query. ``None`` (the default) is automatic: a training loader
+            (``create_training_dataloader``, ``create_segmentation_dataloader``) whose
+            cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on, in its process
+            and workers, for the rest of the process, with a quarter of the folder's free
+            disk, at most 64 GiB (off when under 256 MiB free); other reads, and
+            ``cache_mb=0`` (caching off), leave it off. ``0``
+            turns it off; ``n > 0`` turns it on for every read with ``n`` MiB. The least
+            recently used volumes are removed to stay within the budget.
+        local_tier_dir: the tier's folder (default ``$RADIOBJECT_TIER_DIR``, else
+            ``$XDG_CACHE_HOME/radiobject/tier`` or ``~/.cache/radiobject/tier``). Local
+            disk: an unwritable or full folder turns the tier off with one warning, and
+            reads go on from storage.
         read_ahead: samples whose regions a loader reads ahead, in each reading process
             (the main process, or each worker), on up to ``max_workers`` threads of that
             process's share; ``0`` turns it off. Batches stay the same bytes either way.
@@ -171,7 +177,7 @@ class ReadConfig(_Checked):
     memory_budget_mb: int = 1024
     cache_mb: int = 512
     retain_freed_mb: int = 0
-    local_tier_mb: int = 0
+    local_tier_mb: int | None = None
     local_tier_dir: str | None = None
     read_ahead: int = 0
     read_ahead_mb: int = 256
@@ -184,7 +190,8 @@ class ReadConfig(_Checked):
         _check_int("ReadConfig", "memory_budget_mb", self.memory_budget_mb, 16)
         _check_int("ReadConfig", "cache_mb", self.cache_mb, 0)
         _check_int("ReadConfig", "retain_freed_mb", self.retain_freed_mb, 0, 2047)
-        _check_int("ReadConfig", "local_tier_mb", self.local_tier_mb, 0)
+        if self.local_tier_mb is not None:
+            _check_int("ReadConfig", "local_tier_mb", self.local_tier_mb, 0)
         if self.local_tier_dir is not None:
             if not isinstance(self.local_tier_dir, (str, os.PathLike)):
                 raise ConfigurationError(
@@ -318,7 +325,11 @@ class CompressionConfig(_Checked):
 
 @dataclass(frozen=True)
 class WriteConfig(_Checked):
-    """How new volumes are written (tiles and compression).
+    """How new volumes are written (tiles, compression, integers).
+
+    With ``integers`` (the default) whole-number voxels are stored as integers, as narrow as
+    their values allow, with a NIfTI's or DICOM's scale and offset; reads return the same
+    values. ``integers=False`` stores arrays in their own dtype, and scaled files as floats.
 
     Installed with :func:`configure`, it applies to every volume written meanwhile:
 
@@ -334,8 +345,11 @@ class WriteConfig(_Checked):
 
     tile: TileConfig = field(default_factory=TileConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    integers: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.integers, bool):
+            raise ConfigurationError(f"WriteConfig.integers must be a bool, got {self.integers!r}")
         if not isinstance(self.tile, TileConfig):
             raise ConfigurationError(f"WriteConfig.tile must be a TileConfig, got {self.tile!r}")
         if not isinstance(self.compression, CompressionConfig):
@@ -352,7 +366,10 @@ class S3Config(_Checked):
     """Object storage settings, mapped onto TileDB's ``vfs.s3.*`` options.
 
     Credentials left as ``None`` come from the usual AWS environment variables or profile.
-    They never appear in ``repr``.
+    They never appear in ``repr``. ``profile`` names a profile of the shared AWS files
+    (``~/.aws/credentials``, ``~/.aws/config``) whose static keys radiobject reads and hands to
+    TileDB (keys given here win); the environment is never written. For SSO or role profiles,
+    export ``AWS_PROFILE`` before starting Python instead.
 
     >>> S3Config(aws_secret_access_key="hunter2")  # doctest: +ELLIPSIS
     S3Config(region='us-east-1', ..., aws_secret_access_key='***', ...)

@@ -64,3 +64,31 @@ def dask_executor():
         )
     with cluster, distributed.Client(cluster) as client:
         yield client.get_executor()
+
+
+# -- the local S3 server (tests/_s3_server.py), started once, for the tests marked s3 -------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """moto on 127.0.0.1 with a bucket, an IAM key in AWS_* and authentication enforced."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto")
+    from tests._s3_server import run_s3_server
+
+    yield from run_s3_server(tmp_path_factory.mktemp("moto"))
+
+
+@pytest.fixture
+def s3(s3_server):
+    """The S3 server, configured as the process default for this test."""
+    radiobject.configure(s3=s3_server.settings())
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def cohort(s3_server, tmp_path_factory: pytest.TempPathFactory):
+    """The same 3-subject sample cohort written straight to S3 and to a local folder."""
+    from tests._s3_server import write_cohort
+
+    return write_cohort(s3_server, tmp_path_factory.mktemp("cohort-local"))

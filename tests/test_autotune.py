@@ -55,7 +55,8 @@ def test_stages_without_workers_add_up_and_exact_reads_amplify_once(sample_radi)
     assert done.transform_ns > 0
     assert done.collate_ns > 0
     storage = cache.bytes_from_storage - before_cache.bytes_from_storage
-    assert storage == image_bytes  # exactly the voxels of the patches
+    stored = sample_radi.T1w.volume(sample_radi.T1w.obs_ids[0]).stored_dtype
+    assert storage == 8 * 16**3 * stored.itemsize  # exactly the voxels of the patches, as stored
     assert result.read_amplification == pytest.approx(storage / done.sample_bytes)
     ms = result.stage_ms()
     assert set(ms) == {"storage_ms", "cache_ms", "transform_ms", "collate_ms", "wait_ms"}

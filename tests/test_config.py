@@ -459,3 +459,56 @@ def test_public_module_paths():
         "ctx_for_threads",
         "map_on_threads",
     }
+
+
+# --- S3 profiles: read from the AWS files, the environment left alone ----------------------------
+
+
+def _aws_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    credentials, config = tmp_path / "credentials", tmp_path / "config"
+    credentials.write_text(
+        "[lab]\naws_access_key_id = AKIALAB\naws_secret_access_key = lab-secret\n"
+        "[sso-only]\nregion = eu-west-1\n"
+    )
+    config.write_text(
+        "[profile shared]\naws_access_key_id = AKIASHARED\naws_secret_access_key = s2\n"
+        "aws_session_token = tok\n[profile sso-only]\nsso_start_url = https://example.invalid\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return credentials, config
+
+
+def test_s3_profile_keys_come_from_the_aws_files_and_no_environment_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _aws_files(tmp_path, monkeypatch)
+    before = dict(os.environ)
+    tdb = build_tiledb_config(RadiObjectConfig(s3=S3Config(profile="lab")))
+    assert tdb["vfs.s3.aws_access_key_id"] == "AKIALAB"
+    assert tdb["vfs.s3.aws_secret_access_key"] == "lab-secret"
+    shared = build_tiledb_config(RadiObjectConfig(s3=S3Config(profile="shared")))
+    assert (shared["vfs.s3.aws_access_key_id"], shared["vfs.s3.aws_session_token"]) == (
+        "AKIASHARED",
+        "tok",
+    )
+    # keys given in S3Config win over the profile's
+    mine = S3Config(profile="lab", aws_access_key_id="MINE", aws_secret_access_key="x")
+    assert build_tiledb_config(RadiObjectConfig(s3=mine))["vfs.s3.aws_access_key_id"] == "MINE"
+    assert dict(os.environ) == before
+    # a library installs no signal handlers: Python already ignores SIGPIPE
+    assert tdb["vfs.s3.install_sigpipe_handler"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [("missing", "no such profile"), ("sso-only", "export AWS_PROFILE=sso-only")],
+)
+def test_s3_profile_without_static_keys_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profile: str, message: str
+) -> None:
+    _aws_files(tmp_path, monkeypatch)
+    with pytest.raises(ConfigurationError, match=message):
+        build_tiledb_config(RadiObjectConfig(s3=S3Config(profile=profile)))
+    assert "AWS_PROFILE" not in os.environ

@@ -25,6 +25,7 @@ PUBLIC_API = [
     "Compressor",
     "ConfigurationError",
     "Dataframe",
+    "DtypeError",
     "FilterError",
     "IncompleteError",
     "IngestError",

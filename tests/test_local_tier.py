@@ -37,7 +37,7 @@ def entries(folder: Path) -> list[Path]:
 
 @pytest.fixture
 def vol(tmp_path: Path) -> Volume:
-    return Volume.from_numpy(tmp_path / "v", arange_volume(SHAPE), tile=TILE)
+    return Volume.from_numpy(tmp_path / "v", arange_volume(SHAPE), tile=TILE, integers=False)
 
 
 def read(vol: Volume, index=PATCH):

@@ -189,7 +189,8 @@ def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
     for a, b in zip(got, expected, strict=True):
         assert torch.equal(a, b)  # same voxels, whichever process read the volume
     counters = loader_cache_counters(loader)
-    volume_bytes = int(np.prod(sample_radi.T1w.shape)) * 4
+    stored = sample_radi.T1w.volume(sample_radi.T1w.obs_ids[0]).stored_dtype
+    volume_bytes = int(np.prod(sample_radi.T1w.shape)) * stored.itemsize  # as stored
     n_volumes = len(sample_radi.T1w)
     # without sharing, both workers would read every volume (2 x n_volumes)
     assert counters.bytes_from_storage <= 1.5 * n_volumes * volume_bytes

@@ -1,29 +1,13 @@
 """S3: every operation on ``s3://`` URIs, against a real S3 server started on 127.0.0.1.
 
-The server is moto in server mode, in a subprocess: TileDB holds the GIL during some calls,
-so a server thread inside the test process would deadlock with it. Authentication is
-enforced (moto's ``reset-auth``), so requests must be signed by the IAM key created for the
-session, and wrong credentials are really refused. Its request log lets a test compare
-``TileDBStats`` with the requests the server saw.
+The server (moto, with authentication enforced) and its fixtures are in ``_s3_server.py``
+and ``conftest.py``; the faults are in ``test_s3_faults.py``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import pickle
 import re
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -34,13 +18,9 @@ import tiledb
 from radiobject import (
     AlreadyExistsError,
     CompressionConfig,
-    IngestError,
-    NotFoundError,
     RadiObject,
     RadiObjectConfig,
     ReadConfig,
-    S3Config,
-    S3Error,
     ShapeError,
     TileConfig,
     TileDBStats,
@@ -58,168 +38,12 @@ pytest.importorskip("moto")
 
 pytestmark = pytest.mark.s3
 
-SHAPE = (32, 32, 24)
-BUCKET = "radiobject-test"
-# short timeouts for the fault tests: a fault must fail fast, never hang
-FAST = {"connect_timeout_ms": 300, "request_timeout_ms": 1000, "connect_max_tries": 1}
-# TileDB splits one read into parts of at least vfs.min_parallel_size (10 MiB by default)
-MIN_PARALLEL_SIZE = 10 * 1024 * 1024
-
-
-@dataclass
-class Server:
-    """The local S3 server of the test session."""
-
-    endpoint: str
-    log: Path
-    key_id: str
-    secret: str
-    process: subprocess.Popen
-
-    def uri(self, *parts: str) -> str:
-        """A fresh ``s3://`` prefix in the test bucket."""
-        return "/".join([f"s3://{BUCKET}", uuid.uuid4().hex[:8], *parts])
-
-    def settings(self, **changes: object) -> S3Config:
-        base = {
-            "endpoint": self.endpoint,
-            "scheme": "http",
-            "use_virtual_addressing": False,
-            "region": "us-east-1",
-        }
-        return S3Config(**{**base, **changes})
-
-    def client(self):
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.key_id,
-            aws_secret_access_key=self.secret,
-        )
-
-    def keys(self, uri: str) -> list[str]:
-        prefix = uri[len(f"s3://{BUCKET}/") :]
-        found = self.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-        return [o["Key"] for o in found.get("Contents", [])]
-
-    def request_lines(self) -> list[str]:
-        """The requests the server logged so far (one line each)."""
-        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))  # colours
-        return [ln for ln in text.splitlines() if re.search(r'"(GET|HEAD|PUT|POST|DELETE) ', ln)]
-
-    def requests_since(self, start: int) -> list[str]:
-        """Requests logged after the first ``start``: every request answered so far.
-
-        No waiting for the log to go quiet: the server (werkzeug) logs a request in
-        ``send_response``, before the status line goes out, and unbuffered (PYTHONUNBUFFERED),
-        so a request whose answer the client has received is in the log already.
-        """
-        return self.request_lines()[start:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(url: str, data: bytes | None = None) -> bytes:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "text/plain"})
-    with opener.open(request, timeout=5) as response:
-        return response.read()
-
-
-def _wait_ready(endpoint: str, process: subprocess.Popen) -> None:
-    for _ in range(150):
-        if process.poll() is not None:
-            raise RuntimeError(f"the moto server exited with code {process.returncode}")
-        try:
-            _http(f"{endpoint}/moto-api/data.json")
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the moto server at {endpoint} did not start within 15 s")
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """moto on 127.0.0.1 with a bucket, an IAM key in AWS_* and authentication enforced."""
-    log = tmp_path_factory.mktemp("moto") / "requests.log"
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        _wait_ready(endpoint, process)
-        # before authentication is on, any key may set up the account
-        admin = {"aws_access_key_id": "admin", "aws_secret_access_key": "admin-setup"}
-        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", **admin)
-        iam.create_user(UserName="radiobject")
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }
-        iam.put_user_policy(
-            UserName="radiobject", PolicyName="s3", PolicyDocument=json.dumps(policy)
-        )
-        key = iam.create_access_key(UserName="radiobject")["AccessKey"]
-        server = Server(endpoint, log, key["AccessKeyId"], key["SecretAccessKey"], process)
-        server.client().create_bucket(Bucket=BUCKET)
-        _http(f"{endpoint}/moto-api/reset-auth", b"0")  # from now on every request is checked
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", server.key_id)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", server.secret)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-            mp.delenv("AWS_SESSION_TOKEN", raising=False)
-            mp.delenv("AWS_PROFILE", raising=False)
-            yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.fixture
-def s3(s3_server: Server) -> Server:
-    """The S3 server, configured as the process default for this test."""
-    configure(s3=s3_server.settings())
-    return s3_server
-
-
-@dataclass
-class Cohort:
-    uri: str
-    local: RadiObject
-
-
-@pytest.fixture(scope="session")
-def cohort(s3_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Cohort:
-    """The same 3-subject sample cohort written straight to S3 and to a local folder."""
-    uri = s3_server.uri("cohort", "radi")
-    with configure(s3=s3_server.settings()):
-        make_sample_radiobject(uri, n_subjects=3, shape=SHAPE, seed=7, progress=False)
-    local_uri = tmp_path_factory.mktemp("cohort-local") / "radi"
-    local = make_sample_radiobject(local_uri, n_subjects=3, shape=SHAPE, seed=7, progress=False)
-    return Cohort(uri, local)
-
-
-def _same_volumes(a: VolumeCollection, b: VolumeCollection) -> None:
-    assert a.obs_ids == b.obs_ids
-    for obs_id in a.obs_ids:
-        np.testing.assert_array_equal(a.volume(obs_id).to_numpy(), b.volume(obs_id).to_numpy())
-        np.testing.assert_allclose(a.volume(obs_id).affine, b.volume(obs_id).affine)
-
+from tests._s3_server import (  # noqa: E402 (after the import checks)
+    FAST,
+    MIN_PARALLEL_SIZE,
+    SHAPE,
+    same_volumes,
+)
 
 # -- settings ------------------------------------------------------------------------------
 
@@ -301,16 +125,16 @@ def test_write_views_to_and_from_s3(s3, cohort, tmp_path):
     assert RadiObject(on_s3.uri).obs_subject_ids == view.obs_subject_ids
     pd.testing.assert_frame_equal(RadiObject(on_s3.uri).obs_meta, view.obs_meta)
     for name in view.collection_names:
-        _same_volumes(RadiObject(on_s3.uri)[name], view[name])
+        same_volumes(RadiObject(on_s3.uri)[name], view[name])
 
     local = RadiObject(cohort.uri).head(2).write(tmp_path / "from_s3")
     assert local.uri == str(tmp_path / "from_s3")
     for name in local.collection_names:
-        _same_volumes(local[name], cohort.local.head(2)[name])
+        same_volumes(local[name], cohort.local.head(2)[name])
 
     # a collection view from local disk to S3
     t1 = cohort.local.T1w.tail(1).write(s3.uri("T1w"))
-    _same_volumes(VolumeCollection(t1.uri), cohort.local.T1w.tail(1))
+    same_volumes(VolumeCollection(t1.uri), cohort.local.T1w.tail(1))
 
 
 def test_existing_target_and_failed_write_leave_s3_clean(s3, cohort):
@@ -474,180 +298,3 @@ def test_max_parallel_ops_splits_a_large_read(s3):
         read_ops[ops] = stats.s3_stats().read_ops
     # the one data read of 21 MiB goes out as 2 ranged GETs of >= 10 MiB with 8 connections
     assert read_ops[8] - read_ops[1] == data.nbytes // MIN_PARALLEL_SIZE - 1
-
-
-# -- faults --------------------------------------------------------------------------------
-
-
-# the messages TileDB 2.30 gives for each fault (shortened), as seen against moto
-TILEDB_FAULTS = [
-    ("curlCode: 7, Could not connect to server", S3Error, "cannot connect"),
-    ("curlCode: 28, Timeout was reached", S3Error, "did not answer"),
-    (
-        "[HTTP Response Code: 404] [Exception: NoSuchBucket] : bucket does not exist",
-        NotFoundError,
-        "bucket 'b' does not exist",
-    ),
-    (
-        "[HTTP Response Code: 403] [Exception: SignatureDoesNotMatch] : no",
-        S3Error,
-        "refused the credentials",
-    ),
-    (
-        "[HTTP Response Code: 403] [Exception: InvalidAccessKeyId] : no",
-        S3Error,
-        "InvalidAccessKeyId",
-    ),
-]
-
-
-@pytest.mark.parametrize(("detail", "kind", "match"), TILEDB_FAULTS)
-def test_s3_failures_name_the_uri_and_the_setting(detail, kind, match, monkeypatch):
-    from radiobject._tiledb_errors import translate_tiledb_error
-
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "verbatim-secret-42")
-    message = (
-        "S3: Error while listing with prefix 's3://b/k/__schema/' [Error Type: 99] "
-        "[Remote IP: 127.0.0.1] [Headers: 'server' = 'x'] " + detail + " verbatim-secret-42"
-    )
-    err = translate_tiledb_error(Exception(message), "s3://b/k", "open volume")
-    assert type(err) is kind
-    assert re.search(match, str(err))
-    assert "'s3://b/k'" in str(err)
-    assert "S3Config(" in str(err) or "AWS_ACCESS_KEY_ID" in str(err)
-    assert "verbatim-secret-42" not in str(err)
-    assert "Headers" not in str(err)
-
-
-def _fails_fast(error: type[Exception], match: str, fn, limit: float = 15.0) -> str:
-    start = time.monotonic()
-    with pytest.raises(error, match=match) as info:
-        fn()
-    assert time.monotonic() - start < limit
-    return str(info.value)
-
-
-def test_endpoint_down(s3_server):
-    port = _free_port()  # nothing listens there
-    configure(s3=s3_server.settings(endpoint=f"http://127.0.0.1:{port}", **FAST))
-    uri = f"s3://{BUCKET}/down/radi"
-    msg = _fails_fast(S3Error, "cannot connect", lambda: RadiObject(uri))
-    assert uri in msg
-    assert f"127.0.0.1:{port}" in msg
-    assert "S3Config(endpoint=" in msg
-    msg = _fails_fast(S3Error, "cannot connect", lambda: Volume(uri).to_numpy())
-    assert uri in msg
-
-
-def test_bucket_missing(s3):
-    configure(s3=s3.settings(**FAST))
-    uri = "s3://no-such-bucket/radi"
-    missing = "bucket 'no-such-bucket' does not exist"
-    msg = _fails_fast(NotFoundError, missing, lambda: RadiObject(uri))
-    assert uri in msg
-    assert "S3Config(endpoint=" in msg
-
-    def write() -> None:
-        make_sample_radiobject(uri, n_subjects=1, shape=SHAPE, progress=False)
-
-    _fails_fast(NotFoundError, missing, write)
-
-
-def test_wrong_credentials_are_refused_without_showing_them(s3, cohort, caplog):
-    caplog.set_level(logging.DEBUG)
-    wrong = "WRONG-secret-0123456789abcdef"
-    settings = s3.settings(aws_access_key_id=s3.key_id, aws_secret_access_key=wrong, **FAST)
-    configure(s3=settings)
-    msg = _fails_fast(S3Error, "refused the credentials", lambda: RadiObject(cohort.uri))
-    assert cohort.uri in msg
-    assert "AWS_SECRET_ACCESS_KEY" in msg
-    assert "SignatureDoesNotMatch" in msg
-
-    unknown = s3.settings(aws_access_key_id="AKIAUNKNOWN000000000", aws_secret_access_key=wrong)
-    configure(s3=unknown)
-    msg2 = _fails_fast(S3Error, "InvalidAccessKeyId", lambda: Volume(cohort.uri).shape)
-
-    for text in (msg, msg2, repr(settings), repr(unknown), caplog.text):
-        assert wrong not in text
-        assert s3.secret not in text
-    assert "aws_secret_access_key='***'" in repr(settings)
-
-
-def test_credentials_from_the_environment_never_shown(s3, cohort, monkeypatch):
-    radi = RadiObject(cohort.uri)
-    for text in (repr(radi), radi._repr_html_(), repr(s3.settings()), repr(radi.T1w)):
-        assert s3.secret not in text
-        assert s3.key_id not in text
-    bad = "env-WRONG-secret-9876543210"
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bad)
-    configure(s3=s3.settings(**FAST))  # new settings, new context: it reads the environment
-    msg = _fails_fast(S3Error, "refused the credentials", lambda: RadiObject(cohort.uri))
-    assert bad not in msg
-    assert s3.secret not in msg
-
-
-class _SilentServer:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-
-    def __enter__(self) -> int:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.1)
-        self.accepted: list[socket.socket] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-        return self.listener.getsockname()[1]
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.accepted.append(self.listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
-        for conn in self.accepted:
-            conn.close()
-
-
-def test_request_that_never_answers_times_out(s3_server):
-    with _SilentServer() as port:
-        configure(s3=s3_server.settings(endpoint=f"http://127.0.0.1:{port}", **FAST))
-        uri = f"s3://{BUCKET}/slow/radi"
-        msg = _fails_fast(S3Error, "did not answer", lambda: RadiObject(uri), limit=20)
-    assert uri in msg
-    assert "request_timeout_ms=1000" in msg
-    assert "connect_max_tries=1" in msg
-
-
-# -- ingest on a Dask cluster --------------------------------------------------------------
-
-
-def test_ingest_on_a_dask_cluster_into_s3(s3, dask_executor, tmp_path):
-    images, obs_meta = write_sample_niftis(tmp_path / "nifti", n_subjects=3, shape=SHAPE, seed=7)
-    # the workers have no credentials of their own: these travel with every task
-    configure(s3=s3.settings(aws_access_key_id=s3.key_id, aws_secret_access_key=s3.secret))
-    uri = s3.uri("dask", "radi")
-    radi = RadiObject.from_images(
-        uri, images, obs_meta=obs_meta, progress=False, executor=dask_executor
-    )
-    local = RadiObject.from_images(tmp_path / "local", images, obs_meta=obs_meta, progress=False)
-    assert repr(RadiObject(uri)) == repr(local).replace(local.uri, uri)
-    pd.testing.assert_frame_equal(radi.obs_meta, local.obs_meta)
-    for name in local.collection_names:
-        pd.testing.assert_frame_equal(radi[name].obs, local[name].obs)
-        _same_volumes(radi[name], local[name])
-    assert radi.seg.foreground().keys() == local.seg.foreground().keys()
-
-    # a file that breaks on a worker: a clear error naming it, and nothing left on S3
-    victim = Path(images["T1w"]).parent / "sub-001_T1w.nii.gz"
-    victim.write_bytes(victim.read_bytes()[:-200])  # the header reads, the voxels do not
-    broken = s3.uri("dask", "broken")
-    with pytest.raises(IngestError, match=r"cannot read NIfTI file .*sub-001_T1w\.nii\.gz"):
-        RadiObject.from_images(broken, images, progress=False, executor=dask_executor)
-    assert s3.keys(broken) == []

@@ -348,7 +348,9 @@ def test_measuring_cache_performance(radi, capsys):
     assert blocks == 4 * 8  # 96^3 volumes in 48^3 tiles
     assert cold.hit_rate == 0.0
     assert (cold.hits, cold.misses) == (0, blocks)
-    assert cold.bytes_from_storage == 4 * int(np.prod(SHAPE)) * 4  # 4 float32 volumes
+    stored = Volume(volume_uris[0]).stored_dtype  # whole-number intensities: integers
+    assert stored == np.uint16
+    assert cold.bytes_from_storage == 4 * int(np.prod(SHAPE)) * stored.itemsize  # 4 volumes
     assert cold_io.read_ops >= 4  # at least one read per volume
     assert cold_io.bytes_read > 0
     assert cold_io.parallelization_rate == 0.0  # one volume after the other, one thread

@@ -15,8 +15,10 @@ TILE = TileConfig(extents=(16, 16, 16))
 
 @pytest.fixture
 def vol(tmp_path) -> Volume:
-    """A 48^3 float64 volume in 27 tiles of 16^3 (32 KiB each)."""
-    return Volume.from_numpy(tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE)
+    """A 48^3 float64 volume (kept float64: integers=False) in 27 tiles of 16^3 (32 KiB each)."""
+    return Volume.from_numpy(
+        tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE, integers=False
+    )
 
 
 def read(vol: Volume, index) -> tuple[CacheStats, S3Stats, np.ndarray]:
@@ -138,7 +140,12 @@ def sweep(volumes: list[Volume]) -> CacheStats:
 def test_bigger_cache_gives_a_higher_hit_rate(tmp_path):
     # working set: 2 x 27 tiles x 32 KiB = 1.7 MiB, larger than a 1 MiB cache
     volumes = [
-        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((48, 48, 48), "float64") + n, tile=TILE)
+        Volume.from_numpy(
+            tmp_path / f"v{n}",
+            arange_volume((48, 48, 48), "float64") + n,
+            tile=TILE,
+            integers=False,
+        )
         for n in range(2)
     ]
     rates = {}
@@ -397,7 +404,9 @@ def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(
     # per volume per epoch; later epochs touch tiles read before. With 48^3 volumes and a
     # 2 MiB cache, the tiles an epoch touches (~8 x 4 x 32 KiB) fit, but their volumes do not
     volumes = [
-        Volume.from_numpy(tmp_path / f"v{n}", arange_volume((size,) * 3, "float64") + n, tile=TILE)
+        Volume.from_numpy(
+            tmp_path / f"v{n}", arange_volume((size,) * 3, "float64") + n, tile=TILE, integers=False
+        )
         for n in range(8)
     ]
     rng = np.random.default_rng(0)
@@ -416,7 +425,9 @@ def test_an_epoch_never_reads_more_than_the_first_when_the_cohort_does_not_fit(
 
 
 def test_a_working_set_that_fits_is_still_cached_on_the_second_touch(tmp_path):
-    vol = Volume.from_numpy(tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE)
+    vol = Volume.from_numpy(
+        tmp_path / "v", arange_volume((48, 48, 48), "float64"), tile=TILE, integers=False
+    )
     with configure(read=ReadConfig(cache_mb=8)):
         read(vol, np.s_[1:20, 1:20, 1:20])  # first touch: exact, not cached
         read(vol, np.s_[1:20, 1:20, 1:20])  # second touch: its 8 tiles are admitted

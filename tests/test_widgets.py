@@ -20,9 +20,11 @@ from radiobject.ml import (
     LoadingMode,
     SegmentationDataset,
     create_segmentation_dataloader,
+    create_training_dataloader,
 )
 from radiobject.read._region import block_cache
 from radiobject.widgets import CollectionBrowser, LoaderTuner, PatchPreview
+from radiobject.widgets._autotune import settings_code
 from radiobject.widgets._png import decode_png
 from radiobject.widgets._render import label_color
 from radiobject.widgets._viewer import BLANK
@@ -527,3 +529,21 @@ def test_thumbnails_of_large_planes_stay_small(tmp_path):
     browser = CollectionBrowser(VolumeCollection.from_numpy(str(tmp_path / "c"), {"a": vol}))
     thumb = browser.thumbnails.children[0].children[0]
     assert png_size(thumb.value) == (75, 50)  # every 4th voxel of 300 x 200, not 300 wide
+
+
+def test_tuner_read_ahead_reaches_the_loader(sample_radi):
+    seen: list[int] = []
+
+    def make_loader(**settings):
+        seen.append(radiobject.get_config().read.read_ahead)  # as the loader is built
+        return create_training_dataloader(sample_radi.T1w, **settings)
+
+    tuner = LoaderTuner(make_loader, patch_size=(8, 8, 8))
+    assert tuner.settings().read_ahead == radiobject.ReadConfig().read_ahead
+    run = tuner.run_sync(duration_s=0.5, read_ahead=6)
+    assert run is not None
+    assert run.error == ""
+    assert seen
+    assert set(seen) == {6}
+    assert "ra6" in run.label
+    assert "read_ahead=6" in settings_code(run.settings, "create_training_dataloader(radi.T1w")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from radiobject._errors import IngestError, OptionalDependencyError
+from radiobject.read._scaling import ScaledVoxels
 
 __all__ = [
     "DicomSeries",
@@ -25,6 +26,7 @@ __all__ = [
     "is_dicom_dir",
     "read_dicom_geometry",
     "read_dicom_series",
+    "read_dicom_voxels",
 ]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -301,6 +303,48 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
             series, or the slices disagree in shape, orientation, spacing or step.
         OptionalDependencyError: pydicom is not installed.
     """
+    raw, scales, affine, series = _read_series(folder)
+    return DicomSeries(array=_rescaled(raw, scales), affine=affine, **series)
+
+
+def read_dicom_voxels(
+    folder: str | os.PathLike[str],
+) -> tuple[np.ndarray | ScaledVoxels, np.ndarray]:
+    """The voxels of :func:`read_dicom_series` as the slices store them, and the affine.
+
+    When every slice shares one RescaleSlope and RescaleIntercept (not 1 and 0), the stored
+    integers come back as :class:`ScaledVoxels` whose values equal ``read_dicom_series``'s
+    float32 array voxel for voxel; slices rescaled each their own way (PET) come back as that
+    float32 array, and slices not rescaled as their integers.
+
+    Raises:
+        IngestError: as :func:`read_dicom_series`.
+        OptionalDependencyError: pydicom is not installed.
+    """
+    raw, scales, affine, _ = _read_series(folder)
+    common = set(scales)
+    if common == {(1.0, 0.0)}:
+        return raw, affine
+    if len(common) == 1 and raw.dtype.kind in "iu":
+        ((slope, intercept),) = common
+        return ScaledVoxels(raw, slope, intercept, np.dtype(np.float32)), affine
+    return _rescaled(raw, scales), affine
+
+
+def _rescaled(raw: np.ndarray, scales: list[tuple[float, float]]) -> np.ndarray:
+    """``raw`` with each slice's rescale applied (float32) when any changes the values."""
+    if all(s == (1.0, 0.0) for s in scales):
+        return raw
+    # per slice: PET often rescales each one
+    slope, intercept = np.array(scales, dtype=np.float32).T
+    rescaled: np.ndarray = raw.astype(np.float32) * slope + intercept
+    return rescaled
+
+
+def _read_series(
+    folder: str | os.PathLike[str],
+) -> tuple[np.ndarray, list[tuple[float, float]], np.ndarray, dict[str, Any]]:
+    """The stacked pixel data, each slice's (slope, intercept), the affine and the tags."""
     pydicom = _pydicom()
     where = _series_folder(folder)
     slices, affine, dz, uids = _geometry(where, _read_slices(where, pydicom))
@@ -310,15 +354,11 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> DicomSeries:
         (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
         for _, ds, _, _ in slices
     ]
-    array = np.stack([px.T for _, _, px, _ in slices], axis=-1)
-    if any(s != (1.0, 0.0) for s in scales):  # per slice: PET often rescales each one
-        slope, intercept = np.array(scales, dtype=np.float32).T
-        array = array.astype(np.float32) * slope + intercept
-    return DicomSeries(
-        array=array,
-        affine=affine,
-        spacing=(col_spacing, row_spacing, dz),
-        series_uid=uids[0],
-        patient_id=str(first.get("PatientID", "")),
-        modality=str(first.get("Modality", "")),
-    )
+    raw = np.stack([px.T for _, _, px, _ in slices], axis=-1)
+    series = {
+        "spacing": (col_spacing, row_spacing, dz),
+        "series_uid": uids[0],
+        "patient_id": str(first.get("PatientID", "")),
+        "modality": str(first.get("Modality", "")),
+    }
+    return raw, scales, affine, series

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from radiobject._errors import IngestError
+from radiobject.read._scaling import ScaledVoxels
 from radiobject.storage._layout import CORE_COLUMNS
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class Item:
     """
 
     obs_subject_id: str
-    load: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> (voxels, affine)
+    load: Callable[[], tuple[np.ndarray | ScaledVoxels, np.ndarray]]  # -> (voxels, affine)
     source: str = ""
     extra: Mapping[str, Any] | None = None
     header: Geometry | Callable[[], Geometry] | None = None
@@ -173,6 +174,8 @@ class FileSource:
 
     A 5-D NIfTI with one time point loses that axis. :meth:`header` reads the geometry only
     (the NIfTI header; the DICOM tags up to the pixel data). Instances are picklable.
+    Integers with a scale (NIfTI ``scl_slope``/``scl_inter``, one DICOM rescale for all
+    slices) come as :class:`ScaledVoxels`, whose ``values()`` are the reader's float voxels.
 
     >>> import nibabel as nib, numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.nii.gz")
@@ -189,21 +192,23 @@ class FileSource:
             raise IngestError(f"{str(self.path)!r} does not exist")
         return self.path.is_dir() or self.fmt == "dicom"
 
-    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self) -> tuple[np.ndarray | ScaledVoxels, np.ndarray]:
         if self._dicom():
-            from radiobject.ingest._dicom import read_dicom_series
+            from radiobject.ingest._dicom import read_dicom_voxels
 
-            series = read_dicom_series(self.path)
-            return series.array, series.affine
+            return read_dicom_voxels(self.path)
         import nibabel as nib
 
         try:
             img: Any = nib.load(str(self.path))
-            data = np.asanyarray(img.dataobj)
+            data = _nifti_voxels(img.dataobj)
         except Exception as e:
             raise _nifti_error(self.path, e) from e
         if data.ndim == 5 and data.shape[3] == 1:
-            data = data[:, :, :, 0, :]
+            if isinstance(data, ScaledVoxels):
+                data = ScaledVoxels(data.raw[:, :, :, 0, :], data.slope, data.inter, data.dtype)
+            else:
+                data = data[:, :, :, 0, :]
         return data, np.asarray(img.affine, dtype=np.float64)
 
     def header(self) -> Geometry:
@@ -226,6 +231,30 @@ class FileSource:
         return Geometry(shape, affine)
 
 
+def _nifti_voxels(proxy: Any) -> np.ndarray | ScaledVoxels:
+    """A NIfTI's voxels: its integers and ``scl_slope``/``scl_inter`` when they scale them.
+
+    The logical dtype is the one nibabel's float path gives (``np.asanyarray(img.dataobj)``);
+    it is found by scaling one voxel of the stored dtype the way nibabel's proxy does.
+    """
+    from nibabel.volumeutils import apply_read_scaling
+
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    stored = np.dtype(getattr(proxy, "dtype", np.float64))
+    scaled = (slope, inter) != (1.0, 0.0) and hasattr(proxy, "get_unscaled")
+    if not scaled or stored.kind not in "iu":
+        values: np.ndarray = np.asanyarray(proxy)
+        return values
+    raw: np.ndarray = np.asanyarray(proxy.get_unscaled())
+    # as nibabel's ArrayProxy._get_scaled: the scale factors in the slope's dtype
+    scl_slope, scl_inter = np.asanyarray(slope), np.asanyarray(inter)
+    if np.can_cast(scl_inter, scl_slope.dtype):
+        scl_inter = scl_inter.astype(scl_slope.dtype)
+    # mypy is silenced on the next line: nibabel's stub says scalars, its proxy passes 0-d arrays
+    dtype = apply_read_scaling(np.zeros(1, raw.dtype), scl_slope, scl_inter).dtype  # type: ignore[arg-type]
+    return ScaledVoxels(raw, float(slope), float(inter), dtype)
+
+
 def file_loader(path: Path, fmt: str = "auto") -> FileSource:
     """A function that reads ``path`` (a NIfTI file or a DICOM series folder) when called.
 
@@ -246,12 +275,18 @@ class StoredVolume:
     uri: str
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self) -> tuple[np.ndarray | ScaledVoxels, np.ndarray]:
         from radiobject.ingest._remote import ctx_from_settings
+        from radiobject.read._region import read_region
         from radiobject.storage._volume import Volume
 
         vol = Volume(self.uri, ctx=ctx_from_settings(self.settings))
-        return vol.to_numpy(), vol.affine
+        scaling = vol.scaling
+        if scaling.identity:
+            return vol.to_numpy(), vol.affine
+        # scaled integers are copied as they are stored, with their scale and offset
+        raw = read_region(vol.uri, vol.ctx, tuple((0, n) for n in vol.shape))
+        return ScaledVoxels(raw, scaling.scale, scaling.offset, scaling.logical), vol.affine
 
 
 def looks_like_mask(name: str, array: np.ndarray) -> bool:

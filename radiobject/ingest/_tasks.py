@@ -26,6 +26,7 @@ from radiobject._errors import IngestError, RadiObjectError
 from radiobject.config import WriteConfig
 from radiobject.ingest._remote import ctx_from_settings
 from radiobject.ingest._sources import MASK_NAMES, Geometry, looks_like_mask
+from radiobject.read._scaling import ScaledVoxels, Scaling
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground
 from radiobject.storage._group import remove
 from radiobject.storage._volume import Volume, storage_dtype
@@ -42,7 +43,7 @@ class VolumeTask:
     """
 
     uri: str
-    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    load: Callable[[], tuple[np.ndarray | ScaledVoxels, np.ndarray]]
     source: str
     obs_id: str
     obs_subject_id: str
@@ -79,7 +80,9 @@ def _stored(task: VolumeTask, ctx: tiledb.Ctx) -> tuple[tuple[int, ...], str, np
                 if "obs_id" in arr.meta and arr.meta["obs_id"] == task.obs_id:
                     shape = tuple(int(d.domain[1]) - int(d.domain[0]) + 1 for d in arr.domain)
                     affine = np.array(json.loads(arr.meta["affine"]), dtype=np.float64)
-                    whole = (shape, str(arr.attr(0).dtype), affine)
+                    meta = {k: arr.meta[k] for k in arr.meta}
+                    scaling = Scaling.from_meta(meta, np.dtype(arr.attr(0).dtype))
+                    whole = (shape, str(scaling.logical), affine)
     except tiledb.TileDBError:
         whole = None
     if whole is None:
@@ -109,31 +112,34 @@ def write_volume(task: VolumeTask, ctx: tiledb.Ctx | None = None) -> Written:
 
 def _write(task: VolumeTask, ctx: tiledb.Ctx) -> Written:
     stored = _stored(task, ctx)
-    array: np.ndarray | None
+    source: np.ndarray | ScaledVoxels | None = None
     if stored is not None:
         shape, dtype, affine = stored
-        array = None
     else:
-        array, affine = task.load()
-        array = np.asarray(array)
-        if task.shape is not None and tuple(array.shape) != tuple(task.shape):
+        loaded, affine = task.load()
+        source = loaded if isinstance(loaded, ScaledVoxels) else np.asarray(loaded)
+        if task.shape is not None and tuple(source.shape) != tuple(task.shape):
             raise IngestError(
-                f"{task.source!r} holds voxels of shape {array.shape} but its header says "
+                f"{task.source!r} holds voxels of shape {source.shape} but its header says "
                 f"{tuple(task.shape)}; the file is inconsistent: re-export it"
             )
         Volume.from_numpy(
             task.uri,
-            array,
+            source,
             affine=affine,
             tile=task.write.tile,
             compression=task.write.compression,
+            integers=task.write.integers,
             ctx=ctx,
             metadata={"obs_id": task.obs_id, "obs_subject_id": task.obs_subject_id},
         )
-        shape, dtype = tuple(int(n) for n in array.shape), str(storage_dtype(array.dtype))
+        # reads return the source's dtype (its reader's, for scaled integers)
+        shape, dtype = tuple(int(n) for n in source.shape), str(storage_dtype(source.dtype))
 
-    def voxels() -> np.ndarray:
-        return array if array is not None else Volume(task.uri, ctx=ctx).to_numpy()
+    def voxels() -> np.ndarray:  # the values, as reads return them
+        if isinstance(source, ScaledVoxels):
+            return source.values()
+        return source if source is not None else Volume(task.uri, ctx=ctx).to_numpy()
 
     guess = False
     if task.is_mask is None:

@@ -374,10 +374,16 @@ class VolumeCollectionDataset(Dataset[Any]):
 
     def read_image(self, ref: VolumeRef, box: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32."""
-        chans = self.fetch(self.image_reads(ref, box))
-        # read_region returns arrays of our own: one channel needs no stacking copy
-        image = chans[0][None] if len(chans) == 1 else np.stack(chans)
-        return image.astype(np.float32, copy=False)
+        reads = self.image_reads(ref, box)
+        chans = self.fetch(reads)
+        # stored integers become float32 values in one pass (cast, scale and offset); a
+        # float32 channel is the array read_region returned, ours: no copy
+        if len(chans) == 1:
+            return reads[0].scaling.decode(chans[0], np.float32)[None]
+        image = np.empty((len(chans), *chans[0].shape), np.float32)
+        for c, (read, chan) in enumerate(zip(reads, chans, strict=True)):
+            read.scaling.decode(chan, np.float32, out=image[c])
+        return image
 
     def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.

@@ -32,6 +32,8 @@ from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
 from radiobject.ml._stages import StageCounters, TimedCollate, stage_counters
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
+from radiobject.ml._tier_auto import auto_local_tier
+from radiobject.read._local_tier import tier_state
 from radiobject.read._region import CacheCounters, block_cache
 from radiobject.storage._collection import VolumeCollection
 
@@ -157,10 +159,13 @@ class worker_init:
     user_fn: Callable[[int], None] | None = None
     shared: SharedLoaderState | None = None
     aws_env: dict[str, str] = field(default_factory=_aws_environment, repr=False)
+    # the automatic local tier's budget in this process (``ReadConfig.local_tier_mb=None``)
+    tier_auto_mb: int = field(default_factory=lambda: tier_state().auto_mb)
 
     def __call__(self, worker_id: int) -> None:
         os.environ.update(self.aws_env)
         block_cache().worker_share = max(1, self.num_workers)
+        tier_state().set_auto(self.tier_auto_mb)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
         install_worker(self.shared, worker_id)
         if self.user_fn is not None:
@@ -418,6 +423,7 @@ def create_training_dataloader(
     """
     cfg = _config(config, patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
+    auto_local_tier(collections)  # on when the cohort exceeds the RAM cache (local_tier_mb=None)
     sampler = EpochSampler(
         dataset, shuffle=True, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
@@ -626,6 +632,8 @@ def create_segmentation_dataloader(
         foreground_probability=foreground_probability,
         class_ratios=class_ratios,
     )
+    images = [image] if isinstance(image, VolumeCollection) else list(image)
+    auto_local_tier([*images, mask])  # on when the cohort exceeds the RAM cache
     sampler = EpochSampler(
         dataset, shuffle=shuffle, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from radiobject.read._region import read_region
+from radiobject.read._region import open_array, read_region
+from radiobject.read._scaling import Scaling
 
 __all__ = ["RegionRead", "SamplePlan"]
 
@@ -58,8 +59,17 @@ class RegionRead:
         return int(np.prod([hi - lo for lo, hi in self.bounds]))
 
     def read(self) -> np.ndarray:
-        """Read the region now (served from the block cache where it can be)."""
+        """Read the region now (served from the block cache where it can be).
+
+        The voxels come as stored (integers, as narrow as they allow): :attr:`scaling`
+        turns them into values.
+        """
         return read_region(self.uri, self.ctx, self.bounds, whole_on_miss=self.whole_on_miss)
+
+    @property
+    def scaling(self) -> Scaling:
+        """How the stored voxels :meth:`read` returns become values (cast, scale, offset)."""
+        return open_array(self.uri, self.ctx)[1].values
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from radiobject.ml._loaders import loader_cache_counters, loader_stage_counters
 from radiobject.ml._stages import StageCounters
 from radiobject.read._region import CacheCounters
 
-__all__ = ["STAGES", "LoaderProbe", "ProbeRecord", "ProbeResult"]
+__all__ = ["SOURCES", "STAGES", "LoaderProbe", "ProbeRecord", "ProbeResult", "source_pcts"]
 
 # where the time goes: (field of ProbeRecord, what it is); ms per sample, summed over threads
 STAGES: tuple[tuple[str, str], ...] = (
@@ -69,6 +69,38 @@ class ProbeRecord:
     collate_ms: float = 0.0
     wait_ms: float = 0.0  # the consumer's wait (with workers) or the loader's own overhead
     read_amplification: float = 0.0  # bytes from storage per byte of the samples made
+    # where the bytes came from (see ``SOURCES``): RAM block cache, local read tier, storage
+    bytes_from_cache: int = 0  # served from the RAM block cache (decompressed)
+    bytes_from_tier: int = 0  # served from the local read tier (decompressed)
+    tier_hits: int = 0  # regions served from the local tier
+    tier_misses: int = 0  # regions the tier lacked (each queues a fill of its volume)
+    ram_pct: float = 0.0  # shares (%) of the interval's bytes: RAM, local tier, storage
+    tier_pct: float = 0.0
+    storage_pct: float = 0.0
+
+
+# where the bytes come from: (field of ProbeRecord with the bytes, name)
+SOURCES: tuple[tuple[str, str], ...] = (
+    ("bytes_from_cache", "RAM"),
+    ("bytes_from_tier", "local tier"),
+    ("bytes_from_storage", "storage"),
+)
+
+
+def source_pcts(cache: int, tier: int, storage: int) -> tuple[float, float, float]:
+    """Shares (%) of bytes from RAM, the local tier and storage (zeros when nothing was read).
+
+    Storage counts every byte read from it, the whole volumes read to fill the tier too.
+
+    >>> source_pcts(1, 2, 1)
+    (25.0, 50.0, 25.0)
+    >>> source_pcts(0, 0, 0)
+    (0.0, 0.0, 0.0)
+    """
+    total = cache + tier + storage
+    if not total:
+        return 0.0, 0.0, 0.0
+    return 100 * cache / total, 100 * tier / total, 100 * storage / total
 
 
 @dataclass
@@ -103,6 +135,10 @@ class ProbeResult:
     stages: StageCounters = field(default_factory=StageCounters)  # the run's, all workers'
     storage_ns: int = 0  # time in storage queries during the run
     bytes_from_storage: int = 0
+    bytes_from_cache: int = 0  # served from the RAM block cache during the run
+    bytes_from_tier: int = 0  # served from the local read tier during the run
+    tier_hits: int = 0
+    tier_misses: int = 0
     workers: int = 0  # the loader's num_workers
 
     def stage_ms(self) -> dict[str, float]:
@@ -125,6 +161,16 @@ class ProbeResult:
         wait = 1000 * self.wait_s / max(1, self.samples - self.first_batch_samples)
         out["wait_ms"] = wait if self.workers else max(0.0, wait - sum(out.values()))
         return out
+
+    def sources(self) -> dict[str, float]:
+        """Where the run's bytes came from: shares (%) by source (names as in ``SOURCES``).
+
+        RAM is radiobject's block cache, "local tier" the blosc2 tier on local disk
+        (``ReadConfig.local_tier_mb``), storage TileDB (with the whole volumes read to
+        fill the tier). All zeros when nothing was read.
+        """
+        pcts = source_pcts(self.bytes_from_cache, self.bytes_from_tier, self.bytes_from_storage)
+        return {name: pct for (_, name), pct in zip(SOURCES, pcts, strict=True)}
 
     @property
     def read_amplification(self) -> float:
@@ -298,10 +344,19 @@ class LoaderProbe:
         hits = after.hits - before.hits
         misses = after.misses - before.misses
         read = after.bytes_from_storage - before.bytes_from_storage
+        from_cache = after.bytes_from_cache - before.bytes_from_cache
+        from_tier = after.bytes_from_tier - before.bytes_from_tier
+        tier_hits = after.tier_hits - before.tier_hits
+        tier_misses = after.tier_misses - before.tier_misses
         storage_ns = after.storage_ns - before.storage_ns
         result.stages = result.stages + done
         result.storage_ns += storage_ns
         result.bytes_from_storage += read
+        result.bytes_from_cache += from_cache
+        result.bytes_from_tier += from_tier
+        result.tier_hits += tier_hits
+        result.tier_misses += tier_misses
+        ram_pct, tier_pct, storage_pct = source_pcts(from_cache, from_tier, read)
         made = max(1, done.samples)
         storage_ms = storage_ns / made / 1e6
         work_ms = (done.read_ns + done.transform_ns + done.collate_ns) / made / 1e6
@@ -324,6 +379,13 @@ class LoaderProbe:
             collate_ms=done.collate_ns / made / 1e6,
             wait_ms=wait_ms if result.workers else max(0.0, wait_ms - work_ms),
             read_amplification=read / done.sample_bytes if done.sample_bytes else 0.0,
+            bytes_from_cache=from_cache,
+            bytes_from_tier=from_tier,
+            tier_hits=tier_hits,
+            tier_misses=tier_misses,
+            ram_pct=ram_pct,
+            tier_pct=tier_pct,
+            storage_pct=storage_pct,
         )
         result.records.append(record)
         if callback is not None:

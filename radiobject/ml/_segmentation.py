@@ -143,6 +143,8 @@ class SegmentationDataset(VolumeCollectionDataset):
     def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
         """Image sample plus the mask of the same region (``"mask"``)."""
         sample = super().read_sample(index, box)
-        (mask,) = self.fetch([self.mask_read(index, box)])
-        sample["mask"] = torch.from_numpy(self.squeeze_slice(mask[None].astype(np.int64)))
+        read = self.mask_read(index, box)
+        (mask,) = self.fetch([read])
+        labels = read.scaling.decode(mask, np.int64)  # labels as int64, from any stored dtype
+        sample["mask"] = torch.from_numpy(self.squeeze_slice(labels[None]))
         return sample

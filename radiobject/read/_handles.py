@@ -22,13 +22,18 @@ from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.read._cache import block_cache
 from radiobject.read._local_tier import tier_state
+from radiobject.read._scaling import Scaling
 
 __all__ = ["ArrayInfo", "forget_array", "open_array"]
 
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """What a volume array is, read once per process from its schema and metadata."""
+    """What a volume array is, read once per process from its schema and metadata.
+
+    ``dtype`` is the stored dtype (what region reads, the block cache and the local tier
+    hold); ``scaling`` turns stored voxels into values (see :mod:`radiobject.read._scaling`).
+    """
 
     uri: str
     shape: tuple[int, ...]
@@ -37,6 +42,12 @@ class ArrayInfo:
     attr: str
     meta: dict[str, Any]
     order: str = "C"  # cell order: "F" for column-major arrays (read in that layout)
+    scaling: Scaling | None = None  # None: the stored values in the stored dtype
+
+    @property
+    def values(self) -> Scaling:
+        """How stored voxels become values: their logical dtype, scale and offset."""
+        return self.scaling if self.scaling is not None else Scaling(self.dtype, self.dtype)
 
 
 class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
@@ -87,7 +98,9 @@ def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
                 attr = schema.attr(0)
                 meta = {k: handle.meta[k] for k in handle.meta}
                 order = "F" if schema.cell_order == "col-major" else "C"
-            info = ArrayInfo(uri, shape, np.dtype(attr.dtype), tiles, attr.name, meta, order)
+            stored = np.dtype(attr.dtype)
+            scaling = Scaling.from_meta(meta, stored)
+            info = ArrayInfo(uri, shape, stored, tiles, attr.name, meta, order, scaling)
             with handles.lock:
                 handles.cache[key] = (handle, info)
             return handle, info

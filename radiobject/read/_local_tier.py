@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -61,6 +62,8 @@ from radiobject.config import config_version, get_config
 
 __all__ = [
     "LocalTier",
+    "auto_budget_mb",
+    "blosc2_available",
     "default_tier_dir",
     "local_tier",
 ]
@@ -74,14 +77,66 @@ _STALE_TMP_S = 3600.0  # temporary files older than this were left by a dead wri
 FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this long
 
 
-def default_tier_dir() -> Path:
-    """``$XDG_CACHE_HOME/radiobject/tier``, or ``~/.cache/radiobject/tier``.
+TIER_DIR_ENV = "RADIOBJECT_TIER_DIR"  # overrides the default folder (tests point it at a tmp dir)
+AUTO_DISK_SHARE = 0.25  # the automatic budget: this share of the folder's free disk ...
+AUTO_CAP_MB = 64 * 1024  # ... at most this many MiB
+AUTO_MIN_MB = 256  # less free room than this: the automatic tier stays off
 
-    >>> default_tier_dir().parts[-2:]
-    ('radiobject', 'tier')
+
+def default_tier_dir() -> Path:
+    """``$RADIOBJECT_TIER_DIR``, else ``$XDG_CACHE_HOME/radiobject/tier`` or ``~/.cache/...``.
+
+    >>> import os
+    >>> os.environ.get("RADIOBJECT_TIER_DIR") is not None or default_tier_dir().parts[-2:] == (
+    ...     "radiobject", "tier")
+    True
     """
+    if folder := os.environ.get(TIER_DIR_ENV):
+        return Path(folder)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "radiobject" / "tier"
+
+
+def blosc2_available() -> bool:
+    """Whether blosc2 can be imported (the tier needs it).
+
+    >>> blosc2_available()
+    True
+    """
+    try:
+        _blosc2()
+    except ImportError:
+        return False
+    return True
+
+
+def auto_budget_mb(cohort_bytes: int, cache_bytes: int, folder: Path) -> int:
+    """The automatic tier budget (MiB) for a cohort of ``cohort_bytes``, or 0 (stay off).
+
+    On when the cohort does not fit the RAM cache (``cache_bytes``) and blosc2 imports:
+    :data:`AUTO_DISK_SHARE` of the free disk where ``folder`` is (or would be), at most
+    :data:`AUTO_CAP_MB`; off when that is under :data:`AUTO_MIN_MB`, and with the RAM cache
+    off (``cache_bytes`` 0: caching was turned off, e.g. to measure exact reads).
+
+    >>> import tempfile
+    >>> auto_budget_mb(10 << 20, 512 << 20, Path(tempfile.mkdtemp()))  # fits the RAM cache
+    0
+    >>> auto_budget_mb(10 << 20, 0, Path(tempfile.mkdtemp()))  # caching turned off
+    0
+    >>> 0 < auto_budget_mb(1 << 40, 512 << 20, Path(tempfile.mkdtemp())) <= AUTO_CAP_MB
+    True
+    """
+    if cache_bytes <= 0 or cohort_bytes <= cache_bytes or not blosc2_available():
+        return 0
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return 0
+    budget = min(AUTO_CAP_MB, int(free * AUTO_DISK_SHARE) // (1 << 20))
+    return budget if budget >= AUTO_MIN_MB else 0
 
 
 def _blosc2() -> Any:
@@ -283,6 +338,15 @@ class _TierState:
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
+        # budget (MiB) a training loader chose for ``local_tier_mb=None`` (0: stays off)
+        self.auto_mb = 0
+
+    def set_auto(self, mb: int) -> None:
+        """Turn the automatic tier on with ``mb`` MiB (0: off), for ``local_tier_mb=None``."""
+        with self.lock:
+            if mb != self.auto_mb:
+                self.auto_mb = mb
+                self.version = -1  # resolve again on the next read
 
     def current(self) -> LocalTier | None:
         version = config_version()
@@ -290,11 +354,12 @@ class _TierState:
             with self.lock:
                 read = get_config().read
                 self.version = version
-                if read.local_tier_mb <= 0:
+                mb = self.auto_mb if read.local_tier_mb is None else read.local_tier_mb
+                if mb <= 0:
                     self.tier = None
                 else:
                     folder = Path(read.local_tier_dir or default_tier_dir())
-                    budget = read.local_tier_mb * 1024 * 1024
+                    budget = mb * 1024 * 1024
                     old = self.tier
                     if old is None or old.folder != folder or old.budget_bytes != budget:
                         self.tier = LocalTier(folder, budget)

@@ -512,7 +512,8 @@ def fill_local_tier(uri: str, ctx: tiledb.Ctx) -> bool:
     Returns whether it was written (False: already there, or larger than the budget).
 
     Raises:
-        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0).
+        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0, or None
+            and no training loader turned it on).
         OSError: the tier's folder cannot be written.
     """
     from radiobject._errors import ConfigurationError

@@ -347,13 +347,14 @@ class VolumeCollection:
 
         Returns how many were written (those already there, unchanged, are skipped).
 
-        The tier (``ReadConfig.local_tier_mb``, needs ``pip install radiobject[tier]``)
-        keeps whole volumes on local disk for fast random patch reads by every process on
-        the machine; training fills it as it reads, this fills it ahead of time. Also
+        The tier (``ReadConfig.local_tier_mb``) keeps whole volumes on local disk for fast
+        random patch reads by every process on the machine; training fills it as it reads,
+        this fills it ahead of time. Also
         ``python -m radiobject warm URI``.
 
         Raises:
-            ConfigurationError: the tier is off (``local_tier_mb=0``, the default).
+            ConfigurationError: the tier is off (``local_tier_mb=0``, or the automatic
+                default before a training loader turned it on).
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject import ReadConfig, configure

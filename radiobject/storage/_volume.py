@@ -13,14 +13,23 @@ import tiledb
 from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import (
     AlreadyExistsError,
+    DtypeError,
     OutOfBoundsError,
     ShapeError,
 )
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
 from radiobject.read._region import ArrayInfo, open_array, read_region
+from radiobject.read._scaling import ScaledVoxels, Scaling, integer_plan, native
 
-__all__ = ["Volume", "affine_orientation", "spacing_from_affine", "storage_dtype"]
+__all__ = [
+    "ScaledVoxels",
+    "Volume",
+    "affine_orientation",
+    "integer_plan",
+    "spacing_from_affine",
+    "storage_dtype",
+]
 
 _DIMS = ("x", "y", "z", "t")
 ATTR = "v"
@@ -50,13 +59,13 @@ def affine_orientation(affine: np.ndarray) -> str:
 def storage_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a volume of ``dtype`` is stored as: bool as uint8, native byte order.
 
+    ``WriteConfig.integers`` may store it narrower (:func:`integer_plan`); this is the dtype
+    reads return.
+
     >>> storage_dtype(np.dtype(">i2")), storage_dtype(np.dtype(bool))
     (dtype('int16'), dtype('uint8'))
     """
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return np.dtype(np.uint8)
-    return dtype.newbyteorder("=") if not dtype.isnative else dtype
+    return native(dtype)
 
 
 def _filters(compression: CompressionConfig) -> tiledb.FilterList:
@@ -143,8 +152,24 @@ class Volume:
 
     @property
     def dtype(self) -> np.dtype:
-        """Voxel data type."""
+        """Voxel data type: the dtype reads return (the array's given to ``from_numpy``)."""
+        return self.info.values.logical
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """Data type on disk and in the caches (integers as narrow as their values allow).
+
+        >>> import numpy as np, tempfile, os
+        >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.ones((2, 2, 2)))
+        >>> vol.dtype, vol.stored_dtype
+        (dtype('float64'), dtype('uint8'))
+        """
         return self.info.dtype
+
+    @property
+    def scaling(self) -> Scaling:
+        """How stored voxels become values: logical dtype, scale and offset."""
+        return self.info.values
 
     @property
     def tile_shape(self) -> tuple[int, ...]:
@@ -218,16 +243,28 @@ class Volume:
 
     def __getitem__(self, index: Any) -> np.ndarray:
         bounds, drop = self._bounds(index)
-        out = read_region(self.uri, self.ctx, bounds)
+        out = self.read(bounds)
         return out.squeeze(axis=drop) if drop else out
 
-    def read(self, bounds: Sequence[tuple[int, int]]) -> np.ndarray:
-        """Voxels in half-open ``bounds``, one ``(start, stop)`` per axis (no checks)."""
-        return read_region(self.uri, self.ctx, tuple(bounds))
+    def read(
+        self, bounds: Sequence[tuple[int, int]], dtype: np.dtype | type | None = None
+    ) -> np.ndarray:
+        """Voxels in half-open ``bounds``, one ``(start, stop)`` per axis (no checks).
 
-    def to_numpy(self) -> np.ndarray:
-        """The whole volume."""
-        return self[...]
+        As ``dtype`` (default :attr:`dtype`): the stored integers scaled and cast in one pass.
+        """
+        stored = read_region(self.uri, self.ctx, tuple(bounds))
+        return self.info.values.decode(stored, dtype)
+
+    def to_numpy(self, dtype: np.dtype | type | None = None) -> np.ndarray:
+        """The whole volume, as ``dtype`` (default :attr:`dtype`).
+
+        >>> import numpy as np, tempfile, os
+        >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"), np.ones((2, 2, 2)))
+        >>> vol.to_numpy().dtype, vol.to_numpy(np.float32).dtype
+        (dtype('float64'), dtype('float32'))
+        """
+        return self.read(tuple((0, n) for n in self.shape), dtype)
 
     def axial(self, z: int) -> np.ndarray:
         """The axial plane at ``z``: shape ``(x, y)`` (``(x, y, t)`` for 4D)."""
@@ -256,45 +293,52 @@ class Volume:
     def from_numpy(
         cls,
         uri: str | Path,
-        array: np.ndarray,
+        array: np.ndarray | ScaledVoxels,
         *,
         affine: np.ndarray | None = None,
         spacing: Sequence[float] | None = None,
         metadata: dict[str, Any] | None = None,
         tile: TileConfig | None = None,
         compression: CompressionConfig | None = None,
+        integers: bool | None = None,
         ctx: tiledb.Ctx | None = None,
     ) -> Volume:
         """Write ``array`` as a new volume at ``uri``.
 
+        Reads return the values of ``array`` in its dtype; on disk, whole numbers are stored
+        as integers as narrow as they allow (see :func:`integer_plan`).
+
         Args:
             uri: where to write; it must not exist.
-            array: 3D or 4D voxels.
+            array: 3D or 4D voxels, or :class:`ScaledVoxels` (a file's integers and scale).
             affine: 4x4 voxel-to-world matrix (default: ``diag(spacing)``).
             spacing: voxel size in mm (default: from ``affine``, else 1 mm).
             metadata: extra key/value pairs stored with the array.
             tile: tile shape (default from ``configure(write=...)``).
             compression: codec (default from ``configure(write=...)``).
+            integers: store whole numbers as integers (default ``WriteConfig.integers``).
             ctx: TileDB context.
+
+        >>> import numpy as np, tempfile, os
+        >>> ct = np.array([-1024.0, 0.0, 3071.0]).reshape(1, 1, 3)
+        >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "ct"), ct)
+        >>> vol.stored_dtype, vol[0, 0, :]
+        (dtype('int16'), array([-1024.,     0.,  3071.]))
         """
-        array = np.asarray(array)
-        if array.ndim not in (3, 4) or 0 in array.shape:
+        voxels = array if isinstance(array, ScaledVoxels) else np.asarray(array)
+        if voxels.ndim not in (3, 4) or 0 in voxels.shape:
             raise ShapeError(
-                f"a volume must be a non-empty 3D or 4D array, got shape {array.shape} for {uri!r}"
+                f"a volume must be a non-empty 3D or 4D array, got shape {voxels.shape} for {uri!r}"
             )
-        vol = cls.create(
-            uri,
-            array.shape,
-            array.dtype,
-            affine=affine,
-            spacing=spacing,
-            tile=tile,
-            compression=compression,
-            ctx=ctx,
-        )
+        if np.dtype(voxels.dtype).kind not in "biuf":
+            raise ShapeError(f"volume voxels must be numeric, got dtype {voxels.dtype} for {uri!r}")
+        if integers is None:
+            integers = get_config().write.integers
+        stored, scaling = integer_plan(voxels, integers)
+        vol = cls._create(uri, stored.shape, scaling, affine, spacing, None, tile, compression, ctx)
         # the caller's metadata lands after the voxels: a volume holding it is whole (ingest
         # takes its obs_id as the mark of a finished volume)
-        vol.write_region(tuple((0, n) for n in array.shape), array, metadata=metadata)
+        vol._write(tuple((0, n) for n in stored.shape), stored, metadata)
         return vol
 
     @classmethod
@@ -322,15 +366,31 @@ class Volume:
         >>> int(vol.to_numpy().sum()), vol.shape
         (12, (2, 3, 4))
         """
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "biuf":
+            raise ShapeError(f"volume voxels must be numeric, got dtype {dtype} for {uri!r}")
+        scaling = Scaling(storage_dtype(dtype), storage_dtype(dtype))
+        return cls._create(uri, shape, scaling, affine, spacing, metadata, tile, compression, ctx)
+
+    @classmethod
+    def _create(
+        cls,
+        uri: str | Path,
+        shape: Sequence[int],
+        scaling: Scaling,
+        affine: np.ndarray | None,
+        spacing: Sequence[float] | None,
+        metadata: dict[str, Any] | None,
+        tile: TileConfig | None,
+        compression: CompressionConfig | None,
+        ctx: tiledb.Ctx | None,
+    ) -> Volume:
         uri = str(uri)
         given, ctx = ctx, ctx or get_tiledb_ctx()
         shape = tuple(int(n) for n in shape)
         if len(shape) not in (3, 4) or min(shape) < 1:
             raise ShapeError(f"a volume must be a non-empty 3D or 4D grid, got {shape} for {uri!r}")
-        dtype = np.dtype(dtype)
-        if dtype.kind not in "biuf":
-            raise ShapeError(f"volume voxels must be numeric, got dtype {dtype} for {uri!r}")
-        dtype = storage_dtype(dtype)
+        dtype = scaling.stored
         if affine is None:
             sp = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
             affine = np.diag([*sp, 1.0])
@@ -363,6 +423,7 @@ class Volume:
                 arr.meta["affine"] = json.dumps(affine.tolist())
                 arr.meta["spacing"] = json.dumps(list(spacing))
                 arr.meta["orientation"] = affine_orientation(affine)
+                _put_meta(arr, scaling.meta())
                 _put_meta(arr, metadata)
         return cls(uri, ctx=given)  # no context given: follow configure()
 
@@ -379,6 +440,11 @@ class Volume:
         overlap. ``metadata`` is stored with the write and committed after the voxels, so a
         reader that sees it also sees them. Readers that opened the volume before see the new
         voxels after ``radiobject.read._region.forget_array(uri)``.
+
+        Raises:
+            ShapeError: ``data`` does not have the shape of ``bounds``.
+            DtypeError: the volume stores integers and ``data`` holds values they cannot
+                hold exactly (fractions, NaN, out of range): nothing is clipped or rounded.
         """
         bounds = tuple((int(lo), int(hi)) for lo, hi in bounds)
         want = tuple(hi - lo for lo, hi in bounds)
@@ -387,11 +453,35 @@ class Volume:
             raise ShapeError(
                 f"region {bounds} of {self.uri!r} needs data of shape {want}, got {data.shape}"
             )
+        scaling = self._scaling_on_disk()
+        stored = scaling.encode(data)
+        if stored is None:
+            raise DtypeError(
+                f"volume {self.uri!r} stores its voxels as {scaling.stored} (values "
+                f"{scaling.logical}, scale {scaling.scale:g}, offset {scaling.offset:g}); the "
+                f"{data.dtype} data for region {bounds} hold values it cannot store exactly. "
+                "Write a new volume with Volume.from_numpy (integers=False keeps floats)"
+            )
+        self._write(bounds, stored, metadata)
+
+    def _scaling_on_disk(self) -> Scaling:
+        """The volume's scaling, read now (a handle this process keeps may predate it)."""
+        with tiledb_errors(self.uri, "open volume"), tiledb.open(self.uri, ctx=self.ctx) as arr:
+            stored = np.dtype(arr.schema.attr(0).dtype)
+            return Scaling.from_meta({k: arr.meta[k] for k in arr.meta}, stored)
+
+    def _write(
+        self,
+        bounds: tuple[tuple[int, int], ...],
+        stored: np.ndarray,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        """Write voxels already in the stored dtype (one TileDB write)."""
         with (
             tiledb_errors(self.uri, "write volume region"),
             tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
         ):
             dtype = np.dtype(arr.schema.attr(0).dtype)
             box = tuple(slice(lo, hi) for lo, hi in bounds)
-            arr[box] = np.ascontiguousarray(data.astype(dtype, copy=False))
+            arr[box] = np.ascontiguousarray(stored.astype(dtype, copy=False))
             _put_meta(arr, metadata)

@@ -37,16 +37,18 @@ class Trial:
 
 
 def default_space(cpus: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Values tried per setting: workers up to twice the CPUs, reader threads, cache MB.
+    """Values tried per setting: workers up to twice the CPUs, threads, cache MB, read-ahead.
 
-    >>> default_space(cpus=2)
-    {'num_workers': (0, 1, 2, 4), 'max_workers': (1, 2, 4, 8), 'cache_mb': (0, 128, 512, 2048)}
+    >>> default_space(cpus=2)  # doctest: +NORMALIZE_WHITESPACE
+    {'num_workers': (0, 1, 2, 4), 'max_workers': (1, 2, 4, 8), 'cache_mb': (0, 128, 512, 2048),
+     'read_ahead': (0, 8, 32)}
     """
     cpus = cpus or os.cpu_count() or 1
     return {
         "num_workers": tuple(n for n in (0, 1, 2, 4, 6, 8, 12, 16) if n <= 2 * cpus),
         "max_workers": (1, 2, 4, 8),
         "cache_mb": (0, 128, 512, 2048),
+        "read_ahead": (0, 8, 32),
     }
 
 
@@ -256,10 +258,11 @@ def settings_code(settings: TunerSettings, loader_call: str) -> str:
     if settings.max_parallel_ops:
         imports = "from radiobject import ReadConfig, S3Config, configure"
         s3 = f", s3=S3Config(max_parallel_ops={settings.max_parallel_ops})"
+    ahead = f", read_ahead={read.read_ahead}" if read.read_ahead else ""
     configure = (
         f"configure(read=ReadConfig(max_workers={read.max_workers}, "
         f"concurrency={read.concurrency}, memory_budget_mb={read.memory_budget_mb}, "
-        f"cache_mb={read.cache_mb}){s3})"
+        f"cache_mb={read.cache_mb}{ahead}){s3})"
     )
     head, _, fixed = loader_call.partition("(")
     if head.startswith("create_"):

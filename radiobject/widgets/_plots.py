@@ -24,7 +24,9 @@ METRICS: tuple[tuple[str, str, float], ...] = (
     ("batch_latency_ms", "batch latency (ms)", 1.0),
     ("hit_rate", "cache hit rate (%)", 100.0),
     ("storage_mb_per_s", "storage MB / s", 1.0),
+    ("tier_pct", "from local tier (% of bytes)", 1.0),
 )
+_PERCENT = ("hit_rate", "tier_pct")  # panels on a 0-100 axis
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,12 @@ def _limits(traces: Sequence[Trace], min_seconds: float = 1.0) -> tuple[float, .
             steady = values[1:] if len(values) > 2 else values  # the first has start-up in it
             if np.isfinite(steady).any():
                 top = max(top, float(np.nanmax(steady)))
-        tops.append(105.0 if name == "hit_rate" else nice_ceil(top * 1.1))
+        tops.append(105.0 if name in _PERCENT else nice_ceil(top * 1.1))
     return (nice_ceil(right), *tops)
 
 
 class TracePlot:
-    """Four panels against time (samples/s, latency, hit rate, MB/s), redrawn cheaply.
+    """Panels against time (samples/s, latency, hit rate, MB/s, local tier), redrawn cheaply.
 
     The figure is kept; axis limits snap to "nice" values, so most updates only redraw the
     lines over a saved background (blitting) instead of the whole figure with its text.
@@ -109,7 +111,8 @@ class TracePlot:
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.yaxis.set_major_locator(MaxNLocator(4))
             ax.set_xlabel("seconds", fontsize=7, labelpad=1)
-        self.axes[[n for n, _, _ in METRICS].index("hit_rate")].set_yticks([0, 25, 50, 75, 100])
+        for name in _PERCENT:
+            self.axes[[n for n, _, _ in METRICS].index(name)].set_yticks([0, 25, 50, 75, 100])
         self.fig.subplots_adjust(left=0.04, right=0.83, bottom=0.2, top=0.86, wspace=0.4)
         self._key: tuple[object, ...] | None = None
         self._background: object = None
@@ -188,7 +191,7 @@ class TracePlot:
 def plot_traces(
     traces: Sequence[Trace], width_in: float = 11.0, height_in: float = 2.5, dpi: int = 80
 ) -> bytes:
-    """PNG of four panels against time: samples/s, latency, hit rate and MB/s (one-off).
+    """PNG of the panels against time: samples/s, latency, hit rate, MB/s, tier (one-off).
 
     >>> plot_traces([])[1:4]
     b'PNG'

@@ -34,6 +34,7 @@ __all__ = [
     "factory_call",
     "on_s3",
     "parse_patch_size",
+    "sources_html",
     "stages_html",
 ]
 
@@ -45,6 +46,7 @@ INT_CONTROLS = {  # name: (description, min, max)
     "concurrency": ("concurrency", 1, 256),
     "memory_budget_mb": ("memory MB", 16, 1 << 20),
     "cache_mb": ("cache MB", 0, 1 << 20),
+    "read_ahead": ("read-ahead", 0, 65536),
     "max_parallel_ops": ("S3 ops", 1, 1024),
     "num_workers": ("workers", 0, 4 * (os.cpu_count() or 1)),
     "batch_size": ("batch_size", 1, 4096),
@@ -125,6 +127,7 @@ class TunerSettings:
     concurrency: int = 2
     memory_budget_mb: int = 1024
     cache_mb: int = 512
+    read_ahead: int = 0
     max_parallel_ops: int | None = None  # S3 only
     num_workers: int = 0
     batch_size: int = 4
@@ -140,6 +143,7 @@ class TunerSettings:
             concurrency=self.concurrency,
             memory_budget_mb=self.memory_budget_mb,
             cache_mb=self.cache_mb,
+            read_ahead=self.read_ahead,
         )
 
     def loader_kwargs(self) -> dict[str, Any]:
@@ -152,7 +156,7 @@ class TunerSettings:
         }
 
     def label(self) -> str:
-        """A short label: workers, batch, patch, patches per volume, cache MB, reader threads."""
+        """A short label: workers, batch, patch, per volume, cache MB, threads, read-ahead."""
         if self.patch_size is None:
             patch = "full"
         elif len(set(self.patch_size)) == 1:
@@ -160,9 +164,10 @@ class TunerSettings:
         else:
             patch = "p" + "x".join(map(str, self.patch_size))
         ops = f" ops{self.max_parallel_ops}" if self.max_parallel_ops else ""
+        ahead = f" ra{self.read_ahead}" if self.read_ahead else ""
         return (
             f"w{self.num_workers} b{self.batch_size} {patch} x{self.patches_per_volume} "
-            f"cache{self.cache_mb} t{self.max_workers}{ops}"
+            f"cache{self.cache_mb} t{self.max_workers}{ahead}{ops}"
         )
 
     def replace(self, **changes: Any) -> TunerSettings:
@@ -216,6 +221,18 @@ class TunerRun:
             return {f"{label} ms": ms[name] for name, label in ProbeResult.STAGES}
         return {f"{label} ms": self._mean(name) for name, label in ProbeResult.STAGES}
 
+    def sources(self) -> dict[str, float]:
+        """Shares (%) of the bytes read from RAM, the local tier and storage, so far.
+
+        >>> TunerRun(1, TunerSettings()).sources()
+        {'RAM': 0.0, 'local tier': 0.0, 'storage': 0.0}
+        """
+        if self.result is not None:
+            return self.result.sources()
+        keys = ("bytes_from_cache", "bytes_from_tier", "bytes_from_storage")
+        totals = {k: sum(getattr(r, k) for r in self.records) for k in keys}
+        return ProbeResult(**totals).sources()
+
     def row(self) -> dict[str, Any]:
         """This run as a row of the summary table."""
         s = self.settings
@@ -234,6 +251,7 @@ class TunerRun:
             "starved %": res.starved_pct if res is not None else self._mean("starved_pct"),
             "hit rate": res.hit_rate if res is not None else self._mean("hit_rate"),
             "MB/s": self._mean("storage_mb_per_s"),
+            **{f"{name} %": pct for name, pct in self.sources().items()},
             "first batch s": res.first_batch_s if res is not None else float("nan"),
             **self.stage_row(),
             "read amp": res.read_amplification if res is not None else float("nan"),
@@ -286,6 +304,42 @@ def stages_html(run: TunerRun) -> str:
     return (
         f"<div class='radiobject-stages'><b>where the time goes</b> ({html.escape(run.label)}, "
         f"ms per sample; read amplification {format_number(amp)}{memory})"
+        f"<div style='display:flex;height:10px;width:100%;max-width:600px'>{bar}</div>"
+        f"<small>{legend}</small></div>"
+    )
+
+
+def sources_html(run: TunerRun) -> str:
+    """Where ``run``'s bytes came from: RAM block cache, local read tier, storage, as a bar.
+
+    >>> sources_html(TunerRun(1, TunerSettings()))
+    ''
+    """
+    if run.result is None:
+        return ""
+    shares = run.sources()
+    if not any(shares.values()):
+        return ""
+    colours = ("#10b981", "#8b5cf6", "#ef4444")
+    bar = "".join(
+        f"<div title='{name}' style='width:{pct:.1f}%;background:{c}'></div>"
+        for (name, pct), c in zip(shares.items(), colours, strict=True)
+    )
+    res = run.result
+    legend = " · ".join(
+        f"<span style='color:{c}'>■</span> {name} {pct:.0f}%"
+        for (name, pct), c in zip(shares.items(), colours, strict=True)
+    )
+    mb = {
+        "RAM": res.bytes_from_cache / 1e6,
+        "local tier": res.bytes_from_tier / 1e6,
+        "storage": res.bytes_from_storage / 1e6,
+    }
+    detail = ", ".join(f"{name} {format_number(v)} MB" for name, v in mb.items())
+    tier = f"; local tier {res.tier_hits} hits, {res.tier_misses} misses"
+    return (
+        f"<div class='radiobject-sources'><b>where the bytes came from</b> "
+        f"({html.escape(run.label)}: {detail}{tier})"
         f"<div style='display:flex;height:10px;width:100%;max-width:600px'>{bar}</div>"
         f"<small>{legend}</small></div>"
     )

@@ -182,7 +182,8 @@ class SliceCache:
         # block cache; a larger slab would be read and thrown away
         tiles = [-(-n // t) for n, t in zip(self.shape, self._tiles, strict=True)]
         tiles[axis] = 1
-        slab_bytes = int(np.prod(tiles)) * int(np.prod(self._tiles)) * self.volume.dtype.itemsize
+        voxels = int(np.prod(tiles)) * int(np.prod(self._tiles))
+        slab_bytes = voxels * self.volume.stored_dtype.itemsize  # the cache holds stored voxels
         return slab_bytes * 4 <= get_config().read.cache_mb * 1024 * 1024
 
     def _read_slab(self, bounds: list[tuple[int, int]]) -> None:

@@ -29,6 +29,7 @@ from ._runs import (
     factory_call,
     on_s3,
     parse_patch_size,
+    sources_html,
     stages_html,
 )
 from ._slices import error_html
@@ -146,6 +147,7 @@ class LoaderTuner(w.VBox):
             concurrency=cfg.read.concurrency,
             memory_budget_mb=cfg.read.memory_budget_mb,
             cache_mb=cfg.read.cache_mb,
+            read_ahead=cfg.read.read_ahead,
             max_parallel_ops=cfg.s3.max_parallel_ops if remote else None,
             num_workers=num_workers,
             batch_size=batch_size,
@@ -217,6 +219,7 @@ class LoaderTuner(w.VBox):
                 c["concurrency"],
                 c["memory_budget_mb"],
                 c["cache_mb"],
+                c["read_ahead"],
                 c["max_parallel_ops"],
             ]
         )
@@ -429,7 +432,7 @@ class LoaderTuner(w.VBox):
         min_gain: float = 0.05,
         background: bool = False,
     ) -> AutotuneResult | None:
-        """Search ``num_workers``, reader threads and cache size for the most samples/s.
+        """Search workers, reader threads, cache size and read-ahead for the most samples/s.
 
         Coordinate descent (see :func:`coordinate_search`) from the controls' settings:
         each trial is a run of ``trial_s`` seconds (default: a tenth of the budget, 0.5 to
@@ -437,8 +440,8 @@ class LoaderTuner(w.VBox):
         ``time_budget_s`` is spent. Settings whose predicted memory (main + workers x
         PSS per worker + cache, from the runs so far) exceeds ``ram_budget_mb`` are not
         run, nor chosen if they measured more. The best settings go to the controls, and
-        :attr:`autotune_code` holds the code to use them. ReadConfig has no read-ahead
-        setting yet, so read-ahead is not searched.
+        :attr:`autotune_code` holds the code to use them. The values tried per setting are
+        :func:`~radiobject.widgets._autotune.default_space` unless ``space`` is given.
 
         Returns the :class:`AutotuneResult` (``None`` with ``background=True``: it is
         in :attr:`autotune_result` once :meth:`wait` returns).
@@ -467,7 +470,12 @@ class LoaderTuner(w.VBox):
 
     def _show_autotune(self, result: AutotuneResult) -> None:
         best = result.best
-        self.set(num_workers=best.num_workers, max_workers=best.max_workers, cache_mb=best.cache_mb)
+        self.set(
+            num_workers=best.num_workers,
+            max_workers=best.max_workers,
+            cache_mb=best.cache_mb,
+            read_ahead=best.read_ahead,
+        )
         self.code_box.value = autotune_html(result, self.autotune_code)
         self.status = f"auto-tune done: {format_number(result.best_samples_per_s)} samples/s"
 
@@ -513,13 +521,15 @@ class LoaderTuner(w.VBox):
             rec = live.records[-1]
             self.status = (
                 f"{live.label}: {rec.t:.1f} s, {format_number(live.samples_per_s)} samples/s, "
-                f"hit rate {100 * rec.hit_rate:.0f}%, data-starved {rec.starved_pct:.0f}%"
+                f"hit rate {100 * rec.hit_rate:.0f}%, data-starved {rec.starved_pct:.0f}%; "
+                f"bytes from RAM {rec.ram_pct:.0f}%, local tier {rec.tier_pct:.0f}%, "
+                f"storage {rec.storage_pct:.0f}%"
             )
         return time.perf_counter() - start
 
     def _finish(self, run: TunerRun, last: bool = True) -> None:
         self._redraw(None)
-        self.stages_box.value = stages_html(run)
+        self.stages_box.value = stages_html(run) + sources_html(run)
         best = self.best
         rows = [r.row() for r in self.runs if r.done]
         best_pos = next((i for i, r in enumerate(self.runs) if r is best), None)

@@ -1,0 +1,175 @@
+"""The local read tier, visible and on by default: the probe, the tuner and the automatic tier
+report and decide from real counters."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from radiobject import ReadConfig, TileDBStats, configure, get_config
+from radiobject.data import make_sample_radiobject
+from radiobject.ml import LoaderProbe, create_training_dataloader
+from radiobject.ml._loaders import worker_init
+from radiobject.ml._tier_auto import auto_local_tier, cohort_bytes
+from radiobject.read._local_tier import local_tier, tier_state
+
+pytest.importorskip("blosc2")
+
+SHAPE = (16, 16, 12)
+PATCH = (8, 8, 8)
+
+
+def _itemsize(radi) -> int:
+    """Bytes per voxel as stored (whole-number phantoms are stored as integers)."""
+    return radi.T1w.volume(radi.T1w.obs_ids[0]).stored_dtype.itemsize
+
+
+def patch_bytes(radi) -> int:
+    return 8 * 8 * 8 * _itemsize(radi)
+
+
+def volume_bytes(radi) -> int:
+    return 16 * 16 * 12 * _itemsize(radi)
+
+
+N, PER = 2, 4  # volumes, patches per volume: 8 samples an epoch
+
+
+@pytest.fixture(scope="module")
+def radi(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("tiercohort")
+    return make_sample_radiobject(
+        str(root / "r"), n_subjects=N, shape=SHAPE, modalities=("T1w",), progress=False
+    )
+
+
+def tier_on(folder: Path, cache_mb: int = 0) -> ReadConfig:
+    return ReadConfig(cache_mb=cache_mb, local_tier_mb=64, local_tier_dir=str(folder))
+
+
+def epoch(radi, num_workers: int = 0):
+    loader = create_training_dataloader(
+        radi.T1w,
+        batch_size=2,
+        patch_size=PATCH,
+        patches_per_volume=PER,
+        num_workers=num_workers,
+    )
+    return LoaderProbe(loader, interval_s=0.0).run(n_batches=N * PER // 2)
+
+
+def test_a_warm_tier_serves_the_whole_epoch_and_the_probe_says_so(radi, tmp_path):
+    with configure(read=tier_on(tmp_path / "tier")):
+        assert radi.T1w.warm_local_tier() == N
+        result = epoch(radi)
+    assert result.samples == N * PER
+    assert (result.tier_hits, result.tier_misses) == (N * PER, 0)
+    assert result.bytes_from_tier == N * PER * patch_bytes(radi)
+    assert (result.bytes_from_cache, result.bytes_from_storage) == (0, 0)
+    assert result.sources() == {"RAM": 0.0, "local tier": 100.0, "storage": 0.0}
+    records = result.records
+    assert sum(r.tier_hits for r in records) == N * PER
+    assert sum(r.bytes_from_tier for r in records) == N * PER * patch_bytes(radi)
+    assert all(r.tier_pct == 100.0 and r.storage_pct == 0.0 for r in records if r.samples)
+
+
+def test_an_empty_tier_misses_reads_storage_and_fills_every_volume(radi, tmp_path):
+    with configure(read=tier_on(tmp_path / "tier")), TileDBStats(storage=False) as stats:
+        result = epoch(radi)
+        tier_state().flush()  # the background fills end here
+    assert result.tier_hits + result.tier_misses == N * PER
+    assert result.tier_misses >= N  # each volume missed at least once
+    assert result.bytes_from_tier == result.tier_hits * patch_bytes(radi)
+    cache = stats.cache_stats()
+    assert cache.tier_fills == N
+    # each miss read its patch from storage, and each fill its whole volume
+    assert cache.bytes_from_storage == cache.tier_misses * patch_bytes(radi) + N * volume_bytes(
+        radi
+    )
+    # the next epoch comes from the tier alone
+    with configure(read=tier_on(tmp_path / "tier")):
+        second = epoch(radi)
+    assert (second.tier_hits, second.tier_misses, second.bytes_from_storage) == (N * PER, 0, 0)
+
+
+def test_without_the_tier_a_cached_epoch_comes_from_ram(radi):
+    with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
+        epoch(radi)
+        second = epoch(radi)  # the same patches (seed 0, epoch 0): now cached
+    assert (second.tier_hits, second.tier_misses, second.bytes_from_tier) == (0, 0, 0)
+    assert second.bytes_from_cache == N * PER * patch_bytes(radi)
+    shares = second.sources()
+    assert shares["RAM"] == 100.0
+    assert shares["local tier"] == 0.0
+
+
+def test_workers_report_their_tier_hits(radi, tmp_path):
+    with configure(read=tier_on(tmp_path / "tier")):
+        radi.T1w.warm_local_tier()
+        result = epoch(radi, num_workers=2)
+    assert (result.tier_hits, result.tier_misses) == (N * PER, 0)
+    assert result.bytes_from_tier == N * PER * patch_bytes(radi)
+
+
+def test_the_tuner_shows_where_the_bytes_came_from(radi, tmp_path):
+    from radiobject.widgets._plots import Trace
+    from radiobject.widgets._runs import TunerRun, TunerSettings, sources_html
+
+    with configure(read=tier_on(tmp_path / "tier")):
+        radi.T1w.warm_local_tier()
+        result = epoch(radi)
+    run = TunerRun(1, TunerSettings(), records=list(result.records), result=result)
+    row = run.row()
+    assert (row["RAM %"], row["local tier %"], row["storage %"]) == (0.0, 100.0, 0.0)
+    text = sources_html(run)
+    assert "local tier 100%" in text
+    assert f"{N * PER} hits, 0 misses" in text
+    assert Trace.from_records("r", result.records).values["tier_pct"].max() == 100.0
+
+
+@pytest.fixture(scope="module")
+def larger(tmp_path_factory: pytest.TempPathFactory):
+    """Two volumes of 768 kB as stored (uint16): 1.5 MB, more than a 1 MB RAM cache."""
+    root = tmp_path_factory.mktemp("tierlarger")
+    return make_sample_radiobject(
+        str(root / "r"), n_subjects=2, shape=(64, 64, 96), modalities=("T1w",), progress=False
+    )
+
+
+def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_cache(
+    larger, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
+    assert cohort_bytes(larger.T1w) == 2 * 64 * 64 * 96 * _itemsize(larger) == 1536 << 10
+    assert local_tier() is None  # the default: off until a training loader decides
+    with configure(read=ReadConfig(cache_mb=1)):  # the cohort exceeds a 1 MB cache
+        loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
+        tier = local_tier()
+        assert tier is not None
+        assert tier.folder == tmp_path / "auto"
+        assert tier.budget_bytes == tier_state().auto_mb << 20
+        for _ in loader:
+            pass
+        tier_state().flush()
+        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2  # filled while reading
+        # workers get the same budget
+        assert worker_init(get_config(), 2).tier_auto_mb == tier_state().auto_mb
+
+
+def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_off(
+    larger, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
+    for read in (
+        ReadConfig(cache_mb=64),  # 1.5 MB fit
+        ReadConfig(cache_mb=0),  # caching off
+        ReadConfig(cache_mb=1, local_tier_mb=0),  # turned off
+    ):
+        with configure(read=read):
+            assert auto_local_tier(larger.T1w) == 0
+            create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
+            assert local_tier() is None
+            assert tier_state().auto_mb == 0
+    assert not os.path.exists(tmp_path / "auto")
