@@ -167,9 +167,26 @@ class ReadConfig(_Checked):
             reads go on from storage.
         read_ahead: samples whose regions a loader reads ahead, in each reading process
             (the main process, or each worker), on up to ``max_workers`` threads of that
-            process's share; ``0`` turns it off. Batches stay the same bytes either way.
+            process's share (``remote_threads`` for object storage). ``0`` (the default):
+            off for local volumes, ``remote_read_ahead`` for volumes on object storage
+            (``s3://`` ...). Batches stay the same bytes either way, and the read-ahead runs
+            on into the next epoch's first batches when the sampler knows its order.
         read_ahead_mb: bound of the voxels read ahead and not yet taken, in MiB, for the
             whole loader (workers share it out like ``cache_mb``).
+        remote_read_ahead: the read-ahead depth for volumes on object storage while
+            ``read_ahead`` is ``0``; ``0`` turns it off there too. A first epoch from S3 at
+            one patch per volume is latency bound (a volume's first 64³ patch is 11 requests in
+            ~8 round trips, most of them opening it), so the depth keeps volumes in flight.
+            Measured on 2 shared cores (``benchmarks/s3_read_ahead.py``, moto behind a proxy
+            adding 20 ms per request, 32 volumes of 128x128x96, batch 4): depth 32-64 on
+            32 threads gave 1.3-2.3x the samples/s of no read-ahead over the runs made,
+            58-85% of what the same machine does with no latency at all: there the reading
+            process (~22 ms CPU per sample) and moto (~30 ms) share the 2 cores, and that,
+            not the latency, is the ceiling (see ``benchmarks/README.md``).
+        remote_threads: read-ahead threads for volumes on object storage, for the whole
+            loader (workers share them out). They mostly wait on the network, so more of
+            them than ``max_workers`` (which bounds CPU-bound local reads) keep more
+            requests in flight.
     """
 
     max_workers: int = 4
@@ -181,10 +198,14 @@ class ReadConfig(_Checked):
     local_tier_dir: str | None = None
     read_ahead: int = 0
     read_ahead_mb: int = 256
+    remote_read_ahead: int = 32
+    remote_threads: int = 32
 
     def __post_init__(self) -> None:
         _check_int("ReadConfig", "read_ahead", self.read_ahead, 0, 65536)
         _check_int("ReadConfig", "read_ahead_mb", self.read_ahead_mb, 1)
+        _check_int("ReadConfig", "remote_read_ahead", self.remote_read_ahead, 0, 65536)
+        _check_int("ReadConfig", "remote_threads", self.remote_threads, 1, 256)
         _check_int("ReadConfig", "max_workers", self.max_workers, 1, 256)
         _check_int("ReadConfig", "concurrency", self.concurrency, 1, 256)
         _check_int("ReadConfig", "memory_budget_mb", self.memory_budget_mb, 16)

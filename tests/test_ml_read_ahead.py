@@ -273,3 +273,195 @@ def test_read_ahead_foresees_the_rest_of_a_resumed_epoch(sample_radi):
     assert schedule is not None
     # after the pass's first batch, the next batches of the pass (not of the whole epoch)
     assert schedule.upcoming(keys[0], depth=4) == keys[2:6]
+
+
+def test_read_ahead_runs_on_into_the_next_epoch(sample_radi):
+    """The last batches of epoch 0 read the first of epoch 1; the batches stay the same."""
+
+    def loader() -> Any:
+        return create_training_dataloader(
+            sample_radi.T1w, batch_size=2, patch_size=PATCH, patches_per_volume=3, seed=4
+        )
+
+    with configure(read=ReadConfig(read_ahead=0)):
+        off = _batches(loader(), epochs=2)
+    with configure(read=ReadConfig(read_ahead=4)):
+        on_loader = loader()
+        on = _batches(on_loader, epochs=1)
+        state = ahead_state(on_loader.dataset)
+        assert state is not None
+        ahead = [e.position for q in state.entries.values() for e in q]
+        # epoch 0 is over: what is held is epoch 1's first batches, in its order
+        assert {epoch for epoch, _ in ahead} == {1}
+        assert sorted(p for _, p in ahead) == list(range(4))
+        served = state.served
+        on += _batches(on_loader, epochs=1)
+        assert state.served >= served + 4  # epoch 1's first batches came from the read-ahead
+    assert off == on
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_read_ahead_of_distributed_ranks_changes_no_batch(sample_radi, num_workers):
+    """Two simulated ranks: each reads ahead its own shard, in its order, across epochs."""
+    from radiobject.ml import create_distributed_dataloader
+
+    def loaders() -> list[Any]:
+        return [
+            create_distributed_dataloader(
+                sample_radi.T1w,
+                rank=rank,
+                world_size=2,
+                batch_size=2,
+                patch_size=PATCH,
+                patches_per_volume=2,
+                num_workers=num_workers,
+                seed=2,
+            )
+            for rank in (0, 1)
+        ]
+
+    with configure(read=ReadConfig(read_ahead=0)):
+        off = [_batches(loader, epochs=2) for loader in loaders()]
+    with configure(read=ReadConfig(read_ahead=6)):
+        on_loaders = loaders()
+        on = [_batches(loader, epochs=2) for loader in on_loaders]
+    assert off == on
+    assert off[0] != off[1]  # the ranks read different shards
+    for loader in on_loaders:
+        sampler, schedule = loader.sampler, loader.dataset.read_ahead_schedule
+        assert schedule is not None
+        sampler.set_epoch(5)
+        first, second = list(sampler), list(sampler)  # this rank's keys of epochs 5 and 6
+        step = max(1, num_workers)  # worker 0 reads batches 0, step, 2 * step ... of each
+        expected = [k for b in range(step, 3, step) for k in first[2 * b : 2 * b + 2]]
+        expected += [k for b in range(0, 3, step) for k in second[2 * b : 2 * b + 2]]
+        assert schedule.upcoming(first[0], depth=len(expected)) == expected
+
+
+def test_worker_batches_travel_through_shared_memory(sample_radi):
+    """Batches made in workers arrive as shared-memory tensors: nothing large is pickled."""
+    loader = create_training_dataloader(
+        [sample_radi.T1w, sample_radi.FLAIR],
+        labels="diagnosis",
+        batch_size=2,
+        patch_size=PATCH,
+        num_workers=2,
+    )
+    batches = list(loader)
+    assert batches
+    for batch in batches:
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        assert {"image", "label", "patch_start"} <= set(batch)
+        assert all(t.is_shared() for t in tensors)
+    in_process = create_training_dataloader(sample_radi.T1w, batch_size=2, patch_size=PATCH)
+    assert not next(iter(in_process))["image"].is_shared()  # the check can tell
+
+
+def test_volumes_on_object_storage_are_read_ahead_by_default(sample_radi, monkeypatch):
+    """read_ahead=0 leaves local volumes alone; remote ones get remote_read_ahead."""
+
+    def loader() -> Any:
+        return create_training_dataloader(sample_radi.T1w, batch_size=2, patch_size=PATCH)
+
+    local = loader()
+    assert not local.dataset.remote
+    assert local.dataset.read_ahead_depth() == (0, ReadConfig().max_workers)
+    off = _batches(local, epochs=2)
+    assert ahead_state(local.dataset) is None
+    monkeypatch.setattr(VolumeCollectionDataset, "remote", property(lambda self: True))
+    remote = loader()
+    with configure(read=ReadConfig(remote_read_ahead=5, remote_threads=9)):
+        assert remote.dataset.read_ahead_depth() == (5, 9)
+        on = _batches(remote, epochs=2)
+    state = ahead_state(remote.dataset)
+    assert state is not None
+    assert state.served > 0
+    assert off == on
+    with configure(read=ReadConfig(read_ahead=3, remote_read_ahead=0)):
+        assert remote.dataset.read_ahead_depth() == (3, ReadConfig().remote_threads)
+    with configure(read=ReadConfig(remote_read_ahead=0)):
+        assert remote.dataset.read_ahead_depth()[0] == 0
+
+
+def test_stopping_mid_epoch_frees_what_was_read_ahead(sample_radi):
+    """Memory traced by Python (numpy's arrays included) is back to its baseline."""
+    import tracemalloc
+    from concurrent.futures import wait
+
+    config = DatasetConfig(loading_mode="patch", patch_size=(24, 24, 24), patches_per_volume=6)
+    with configure(read=ReadConfig(read_ahead=24, cache_mb=0)):
+        loader = create_training_dataloader(
+            [sample_radi.T1w, sample_radi.FLAIR], batch_size=2, config=config
+        )
+        tracemalloc.start()
+        try:
+            for cycle in range(3):  # cycle 0 warms up (handles, threads, TileDB-Py buffers)
+                if cycle == 1:
+                    gc.collect()
+                    baseline = tracemalloc.get_traced_memory()[0]
+                it = iter(loader)
+                next(it)
+                state = ahead_state(loader.dataset)
+                assert state is not None
+                with state.lock:
+                    futures = [e.future for q in state.entries.values() for e in q]
+                wait(futures)
+                del futures  # only the read-ahead holds them now
+                if cycle:
+                    held = tracemalloc.get_traced_memory()[0] - baseline
+                    assert held > 20 * 2 * 24**3 * 4  # the samples read ahead, in memory
+                del it
+                gc.collect()
+            after = tracemalloc.get_traced_memory()[0] - baseline
+        finally:
+            tracemalloc.stop()
+    assert after < held / 10
+
+
+def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
+    """Workers reading ahead end with the epoch's iterator; no thread is left behind."""
+    import multiprocessing
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=4)
+    with configure(read=ReadConfig(read_ahead=16)):
+        loader = create_training_dataloader(
+            sample_radi.T1w, batch_size=2, config=config, num_workers=2, persistent_workers=False
+        )
+        for _ in loader:  # warm up: the fork server runs from here on
+            break
+        gc.collect()
+        threads, children = threading.active_count(), len(multiprocessing.active_children())
+        for _ in range(2):
+            it = iter(loader)
+            next(it)
+            next(it)
+            assert len(multiprocessing.active_children()) == children + 2
+            del it
+            gc.collect()
+            assert threading.active_count() == threads
+            assert len(multiprocessing.active_children()) == children
+
+
+def test_read_ahead_follows_a_resume_after_an_epoch_it_looked_into(sample_radi):
+    """Orders seen before a resume are not reused for the resumed pass."""
+
+    def loader(batch_size: int) -> Any:
+        return create_training_dataloader(
+            sample_radi.T1w, batch_size=batch_size, patch_size=PATCH, patches_per_volume=2, seed=6
+        )
+
+    with configure(read=ReadConfig(read_ahead=4)):
+        ran = loader(2)
+        for _ in ran:  # epoch 0 to its end: it looked into epoch 1's full order
+            pass
+        checkpoint = loader(3)
+        it = iter(checkpoint)
+        next(it)
+        state = checkpoint.state_dict()  # epoch 0, 3 samples in: not on a batch edge of 2
+        del it
+        ran.load_state_dict(state)
+        ran.resumable_sampler.start_pass()
+        keys = list(ran.sampler)
+        schedule = ran.dataset.read_ahead_schedule
+        assert schedule is not None
+        assert schedule.upcoming(keys[0], depth=4) == keys[2:6]

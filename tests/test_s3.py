@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -180,6 +181,40 @@ def test_training_loader_over_s3(s3, cohort, num_workers):
         [cohort.local.T1w, cohort.local.FLAIR], patches_per_volume=2, **kwargs
     )
     _assert_same_batches(_batches(loader), _batches(expected))
+
+
+def test_s3_volumes_are_read_ahead_and_stopping_mid_epoch_leaks_nothing(s3, cohort):
+    """S3 volumes get ReadConfig.remote_read_ahead by default; stopping cancels it cleanly."""
+    import gc
+
+    from radiobject.ml import create_training_dataloader
+    from radiobject.ml._read_ahead import ahead_state
+
+    radi = RadiObject(cohort.uri)
+    loader = create_training_dataloader(
+        radi.T1w, batch_size=1, patch_size=(16, 16, 16), patches_per_volume=4, seed=2
+    )
+    assert loader.dataset.remote
+    for _ in loader:  # a whole epoch: what was read ahead was used
+        pass
+    state = ahead_state(loader.dataset)
+    assert state is not None
+    assert state.served > 0
+    with state.lock:  # the next epoch's first batches may still be on their way
+        while state.running:
+            state.idle.wait()
+    state.pool.join_idle()
+    gc.collect()
+    baseline = threading.active_count()
+    for _ in range(2):
+        it = iter(loader)
+        next(it)
+        del it
+        gc.collect()
+        assert len(state) == 0
+        assert state.nbytes == 0
+        assert state.running == 0
+        assert threading.active_count() == baseline
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -494,7 +494,10 @@ def test_a_whole_volume_is_kept_while_the_volumes_read_fit_the_cache(tmp_path):
     clear_caches()
     # 40 volumes of 32 KiB against a 1 MiB cache: the first 32 fit it, the rest do not
     data = [arange_volume((16, 16, 16), "float64") + i for i in range(40)]
-    vols = [Volume.from_numpy(tmp_path / f"v{i}", d, tile=TILE) for i, d in enumerate(data)]
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", d, tile=TILE, integers=False)  # stored float64
+        for i, d in enumerate(data)
+    ]
     with configure(read=ReadConfig(cache_mb=1)):
         kept = []
         for vol, expected in zip(vols, data, strict=True):

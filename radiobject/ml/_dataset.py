@@ -328,9 +328,30 @@ class VolumeCollectionDataset(Dataset[Any]):
         """The sample of ``plan`` (its reads executed), transformed like ``self[key]``."""
         return self.apply_transform(self.read_sample(plan.index, plan.box), plan.key)
 
+    @property
+    def remote(self) -> bool:
+        """Whether the volumes are on object storage (``s3://`` ...), not a local folder."""
+        uri = self.refs[0].uris[0] if self.refs else ""
+        return "://" in uri and not uri.startswith("file://")
+
+    def read_ahead_depth(self) -> tuple[int, int]:
+        """``(samples, threads)`` of the read-ahead under the settings in force.
+
+        ``ReadConfig.read_ahead`` when set, else ``remote_read_ahead`` for volumes on object
+        storage (0, off, for local ones); threads are ``max_workers``, or ``remote_threads``
+        if more, for object storage.
+        """
+        read = get_config().read
+        if not self.remote:
+            return read.read_ahead, read.max_workers
+        depth = read.read_ahead or read.remote_read_ahead
+        return depth, max(read.max_workers, read.remote_threads)
+
     def _read_ahead(self, keys: Sequence[int | tuple[int, int]]) -> None:
-        depth = get_config().read.read_ahead
-        if depth <= 0 or self.read_ahead_schedule is None or not keys:
+        if self.read_ahead_schedule is None or not keys:
+            return
+        depth, threads = self.read_ahead_depth()
+        if depth <= 0:
             return
         if not all(isinstance(k, tuple) for k in keys):
             return  # plain indices: the order is not the loader's
@@ -338,12 +359,20 @@ class VolumeCollectionDataset(Dataset[Any]):
         assert isinstance(first, tuple)
         ahead = ahead_state(self, create=True)
         assert ahead is not None
-        ahead.advance(self, [(int(first[0]), int(first[1]))], depth)
+        ahead.advance(self, [(int(first[0]), int(first[1]))], depth, threads)
 
-    def stop_read_ahead(self) -> None:
-        """Cancel this process's pending reads ahead and wait for those under way."""
+    def stop_read_ahead(self, finished: bool = False) -> None:
+        """End this process's read-ahead of the epoch in progress.
+
+        Mid-epoch (``finished=False``) it cancels the pending reads and waits for those
+        under way. An epoch run to its end keeps them: they are the next epoch's first
+        batches (and its last batch's, which the sampler gave out before it was read),
+        within ``ReadConfig.read_ahead_mb``, until the next epoch takes them.
+        """
+        if self.read_ahead_schedule is not None:
+            self.read_ahead_schedule.forget()  # the next pass may be a resume's
         ahead = ahead_state(self)
-        if ahead is not None:
+        if ahead is not None and not finished:
             ahead.cancel()
 
     def read_ahead_itemsize(self) -> int:

@@ -324,9 +324,13 @@ def build_loader(
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
-    if isinstance(sampler, EpochSampler):  # the order its read-ahead foresees
-        # the pass's own order: after a resume, the rest of the epoch
-        dataset.read_ahead_schedule = ReadAheadSchedule(sampler.pass_order, batch_size, num_workers)
+    if isinstance(sampler, ResumableSampler):  # the order its read-ahead foresees
+        # the pass's own order (after a resume, the rest of the epoch; this rank's share)
+        # workers that end with the epoch would read the next one's batches in vain
+        across = num_workers == 0 or bool(kwargs.get("persistent_workers"))
+        dataset.read_ahead_schedule = ReadAheadSchedule(
+            sampler.pass_order, batch_size, num_workers, drop_last=drop_last, across_epochs=across
+        )
         if num_workers == 0:  # workers' reads ahead end with the workers
             sampler.on_stop = dataset.stop_read_ahead
     import torch

@@ -4,17 +4,20 @@ A loader's sampler knows the order of an epoch (:meth:`EpochSampler.order`) and 
 sample's regions are a pure function of its key, so when a batch arrives, the process that
 reads it knows the batches it will read next: all of them in the main process
 (``num_workers=0``), and batches ``b + n, b + 2n, ...`` in worker ``b mod n`` of ``n``
-(DataLoader hands batches to its workers in turn). ``ReadConfig.read_ahead`` samples of
-those are planned and read on a small pool of threads, volume by volume (the reads of one
+(DataLoader hands batches to its workers in turn), and near the end of an epoch the first
+batches of the next one (DataLoader deals those out from worker 0 again). That includes a
+rank's shard with ``DistributedEpochSampler``. ``ReadConfig.read_ahead`` samples of
+those (``remote_read_ahead`` for volumes on object storage) are planned and read on a pool
+of threads (``max_workers``, or ``remote_threads``), volume by volume (the reads of one
 volume run in one task, so the tiles or whole volume the first fetches serve the others),
 within ``ReadConfig.read_ahead_mb`` of results not yet taken.
 
 A read that was read ahead returns the same voxels as a read now: the sample only takes the
 array earlier. A read that failed, ahead or not, raises at the sample that needs it, as a
 radiobject error naming the URI and the region; a read not yet started when its sample comes
-is cancelled and read directly. Stopping an epoch (the sampler's iterator ends or is
-dropped) cancels what is pending and waits for the reads under way; the pool's threads end
-when it has no work.
+is cancelled and read directly. Stopping an epoch mid-way (the sampler's iterator is
+dropped) cancels what is pending and waits for the reads under way; an epoch run to its end
+keeps the next epoch's reads. The pool's threads end when it has no work.
 """
 
 from __future__ import annotations
@@ -45,14 +48,20 @@ __all__ = ["ReadAheadSchedule"]
 class ReadAheadSchedule:
     """The order a loader asks for samples in, as its datasets' read-ahead sees it.
 
+    Near the end of an epoch it looks on into the next one (``epoch + 1``, whose order the
+    sampler already knows), so the first batches of the next epoch are read while the last
+    ones of this epoch are used.
+
     Args:
-        order: ``epoch -> item indices`` in sampler order (e.g. ``EpochSampler.order``).
+        order: ``epoch -> item indices`` in sampler order (e.g. ``EpochSampler.pass_order``).
         batch_size: samples per batch.
         num_workers: the loader's worker processes (0: the main process reads).
+        drop_last: the loader drops the last incomplete batch of an epoch.
+        across_epochs: look on into the next epoch.
 
     >>> schedule = ReadAheadSchedule(lambda epoch: [3, 1, 0, 2, 5, 4], 2, num_workers=2)
-    >>> schedule.upcoming((0, 1), depth=4)  # batch 0 in worker 0: batch 2 comes next
-    [(0, 5), (0, 4)]
+    >>> schedule.upcoming((0, 1), depth=4)  # batch 0 in worker 0: batch 2, then epoch 1's 0
+    [(0, 5), (0, 4), (1, 3), (1, 1)]
     >>> ReadAheadSchedule(lambda epoch: [3, 1, 0, 2], 2).upcoming((7, 3), depth=1)
     [(7, 0)]
     """
@@ -60,38 +69,68 @@ class ReadAheadSchedule:
     order: Callable[[int], Sequence[int]]
     batch_size: int
     num_workers: int = 0
-    _epoch: int = field(default=-1, repr=False)
-    _items: list[int] = field(default_factory=list, repr=False)
-    _position: dict[int, int] = field(default_factory=dict, repr=False)
+    drop_last: bool = False
+    across_epochs: bool = True
+    _orders: dict[int, tuple[list[int], dict[int, int]]] = field(default_factory=dict, repr=False)
 
-    def _load(self, epoch: int) -> None:
-        if epoch != self._epoch:
-            self._items = [int(i) for i in self.order(epoch)]
-            self._position = {i: p for p, i in enumerate(self._items)}
-            self._epoch = epoch
+    def _epoch(self, epoch: int) -> tuple[list[int], dict[int, int]]:
+        """The items of ``epoch`` in order, and each item's (first) position."""
+        found = self._orders.get(epoch)
+        if found is None:
+            items = [int(i) for i in self.order(epoch)]
+            position: dict[int, int] = {}
+            for p, i in enumerate(items):
+                position.setdefault(i, p)
+            found = (items, position)
+            self._orders = {e: o for e, o in self._orders.items() if abs(e - epoch) <= 1}
+            self._orders[epoch] = found
+        return found
+
+    def _batches(self, n: int) -> int:
+        size = max(1, self.batch_size)
+        return n // size if self.drop_last else -(-n // size)
+
+    def position(self, key: tuple[int, int]) -> int | None:
+        """Where ``key`` is in its epoch's order (None: not in it)."""
+        return self._epoch(key[0])[1].get(key[1])
+
+    def upcoming_at(
+        self, key: tuple[int, int], depth: int
+    ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Up to ``depth`` ``(key, (epoch, position))`` this process reads after ``key``'s batch."""
+        epoch, index = key
+        items, position = self._epoch(epoch)
+        at = position.get(index)
+        if at is None:  # not from this order (another sampler): nothing to foresee
+            return []
+        size, step = max(1, self.batch_size), max(1, self.num_workers)
+        out: list[tuple[tuple[int, int], tuple[int, int]]] = []
+
+        def take(e: int, order: list[int], batch: int) -> None:
+            while len(out) < depth and batch < self._batches(len(order)):
+                for p in range(batch * size, min((batch + 1) * size, len(order))):
+                    if len(out) == depth:
+                        return
+                    out.append(((e, order[p]), (e, p)))
+                batch += step
+
+        take(epoch, items, at // size + step)
+        if len(out) < depth and self.across_epochs:
+            # DataLoader deals each epoch's batches out from worker 0 again
+            take(epoch + 1, self._epoch(epoch + 1)[0], (at // size) % step)
+        return out
+
+    def forget(self) -> None:
+        """Drop the orders kept: the sampler's next pass may differ (a resume, ``set_epoch``)."""
+        self._orders = {}
 
     def upcoming(self, key: tuple[int, int], depth: int) -> list[tuple[int, int]]:
         """Up to ``depth`` keys this process reads after the batch starting at ``key``."""
-        epoch, index = key
-        self._load(epoch)
-        position = self._position.get(index)
-        if position is None:  # not from this order (another sampler): nothing to foresee
-            return []
-        size, step = max(1, self.batch_size), max(1, self.num_workers)
-        batch = position // size
-        out: list[tuple[int, int]] = []
-        nxt = batch + step
-        while len(out) < depth and nxt * size < len(self._items):
-            for p in range(nxt * size, min((nxt + 1) * size, len(self._items))):
-                if len(out) == depth:
-                    break
-                out.append((epoch, self._items[p]))
-            nxt += step
-        return out
+        return [k for k, _ in self.upcoming_at(key, depth)]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(_epoch=-1, _items=[], _position={})  # rebuilt where it is used
+        state["_orders"] = {}  # rebuilt where it is used
         return state
 
 
@@ -171,7 +210,7 @@ class _Pool:
 @dataclass
 class _Entry:
     future: Future[np.ndarray]
-    position: int
+    position: tuple[int, int]  # (epoch, position in its order)
     nbytes: int
 
 
@@ -226,18 +265,20 @@ class _AheadState:
             raise _failed(read, exc) from exc
 
     def advance(
-        self, dataset: VolumeCollectionDataset, keys: Sequence[tuple[int, int]], depth: int
+        self,
+        dataset: VolumeCollectionDataset,
+        keys: Sequence[tuple[int, int]],
+        depth: int,
+        threads: int,
     ) -> None:
         """A batch starting with ``keys[0]`` is being read: plan and start what follows it."""
         schedule = dataset.read_ahead_schedule
         assert schedule is not None
         epoch = keys[0][0]
-        if epoch != self.epoch:
-            self.cancel()
-            self.epoch = epoch
-        upcoming = schedule.upcoming(keys[0], depth)
-        position = schedule._position.get(keys[0][1], 0)
-        self._evict(position - position % max(1, schedule.batch_size))
+        at = schedule.position(keys[0]) or 0
+        self._evict((epoch, at - at % max(1, schedule.batch_size)))
+        self.epoch = epoch
+        upcoming = schedule.upcoming_at(keys[0], depth)
         share = max(1, block_cache().worker_share)
         budget = get_config().read.read_ahead_mb * 1024 * 1024 // share
         try:
@@ -245,7 +286,7 @@ class _AheadState:
         except Exception:  # the samples' own reads say what is wrong
             return
         by_volume: dict[str, list[tuple[RegionRead, Future[np.ndarray]]]] = {}
-        for key in upcoming:
+        for key, where in upcoming:
             if key in self.planned:
                 continue
             try:
@@ -259,32 +300,37 @@ class _AheadState:
                     break  # over budget: planned again when taken reads free some
                 self.nbytes += size
                 self.planned.add(key)
-                pos = schedule._position[key[1]]
                 for read in plan.reads:
                     future: Future[np.ndarray] = Future()
-                    entry = _Entry(future, pos, read.voxels * itemsize)
+                    entry = _Entry(future, where, read.voxels * itemsize)
                     self.entries.setdefault(read.key, deque()).append(entry)
                     by_volume.setdefault(read.uri, []).append((read, future))
-        threads = max(1, get_config().read.max_workers // share)
         for reads in by_volume.values():
             with self.lock:
                 self.running += 1
-            self.pool.submit(_Task(self, reads), threads)
+            self.pool.submit(_Task(self, reads), max(1, threads // share))
 
-    def _evict(self, before: int) -> None:
-        """Drop entries of positions before ``before``: their samples went elsewhere."""
+    def _evict(self, before: tuple[int, int]) -> None:
+        """Drop entries before ``(epoch, position)``, or past the epoch after ``epoch``.
+
+        Their samples went elsewhere, or the sampler did (``set_epoch``).
+        """
+        epoch = before[0]
         with self.lock:
             for read_key in list(self.entries):
                 queue = self.entries[read_key]
-                keep = deque(e for e in queue if e.position >= before)
+                keep: deque[_Entry] = deque()
                 for e in queue:
-                    if e.position < before:
+                    if before <= e.position and e.position[0] <= epoch + 1:
+                        keep.append(e)
+                    else:
                         e.future.cancel()
                         self.nbytes -= e.nbytes
                 if keep:
                     self.entries[read_key] = keep
                 else:
                     del self.entries[read_key]
+            self.planned = {k for k in self.planned if epoch <= k[0] <= epoch + 1}
 
     def cancel(self) -> None:
         """Cancel what is pending, wait for the reads under way, forget every result."""

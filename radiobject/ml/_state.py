@@ -115,7 +115,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.active: EpochPass | None = None
         self._resume: tuple[int, int] | None = None
         self._started: EpochPass | None = None
-        self.on_stop: Callable[[], None] | None = None  # called when a pass ends or is dropped
+        # called when a pass ends (True) or its iterator is dropped mid-epoch (False)
+        self.on_stop: Callable[[bool], None] | None = None
 
     @property
     def order_name(self) -> str:
@@ -152,28 +153,43 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         w = self.world_size
         return remaining // w if self.drop_last else -(-remaining // w)
 
-    def start_pass(self) -> EpochPass:
-        """Fix the next pass now (the loader calls this before its workers ask for keys)."""
-        epoch, start = self.epoch, self._resume_offset()
+    def _rank_share(self, epoch: int, start: int) -> tuple[int, list[int]]:
+        """``(remaining, this rank's indices)`` of ``epoch`` after its first ``start`` items."""
         rest = self.order(epoch)[start:]
         remaining, w = len(rest), self.world_size
         total = self._share(remaining) * w
         if total > remaining and rest:  # pad with the head of the rest, as DistributedSampler
             rest = (rest * -(-total // remaining))[:total]
-        indices = rest[self.rank : total : w]
+        return remaining, rest[self.rank : total : w]
+
+    def start_pass(self) -> EpochPass:
+        """Fix the next pass now (the loader calls this before its workers ask for keys)."""
+        epoch, start = self.epoch, self._resume_offset()
+        remaining, indices = self._rank_share(epoch, start)
         self._resume = None
         self.epoch = epoch + 1
-        self.active = self._started = EpochPass(epoch, start, remaining, indices, w)
+        self.active = self._started = EpochPass(epoch, start, remaining, indices, self.world_size)
         return self.active
 
     def pass_order(self, epoch: int) -> list[int]:
         """Item indices of ``epoch`` in the order this rank gets them.
 
-        That is the pass fixed for it (the rest of a resumed epoch, this rank's share), else
-        the epoch's whole order.
+        That is the pass fixed for it (the rest of a resumed epoch), else this rank's share
+        of the epoch from its start (what the pass of a later epoch will be).
+
+        >>> class Reversed(ResumableSampler):
+        ...     def order(self, epoch):
+        ...         return list(range(self.n))[::-1]
+        >>> sampler = Reversed(6, rank=1, world_size=2)
+        >>> sampler.resume_at(epoch=0, samples=2)
+        >>> _ = sampler.start_pass()
+        >>> sampler.pass_order(0), sampler.pass_order(1)  # the resumed pass, the next epoch
+        ([2, 0], [4, 2, 0])
         """
         p = self.active
-        return list(p.indices) if p is not None and p.epoch == epoch else self.order(epoch)
+        if p is not None and p.epoch == epoch:
+            return list(p.indices)
+        return self._rank_share(epoch, self._resume_offset() if epoch == self.epoch else 0)[1]
 
     def position(self) -> tuple[int, int]:
         """``(epoch, samples consumed by the whole run)`` of the pass in progress or next."""
@@ -184,12 +200,14 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         p = self._started if self._started is not None else self.start_pass()
         self._started = None
+        finished = False
         try:
             for i in p.indices:
                 yield p.epoch, i
+            finished = True
         finally:  # the pass ended, or its iterator was dropped mid-epoch
             if self.on_stop is not None:
-                self.on_stop()
+                self.on_stop(finished)
 
     def __len__(self) -> int:
         """Items of the next pass on this rank (fewer than usual when it resumes)."""

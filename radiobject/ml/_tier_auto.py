@@ -25,14 +25,14 @@ __all__ = ["auto_local_tier", "cohort_bytes"]
 
 
 def cohort_bytes(collections: VolumeCollection | Sequence[VolumeCollection]) -> int:
-    """Decompressed bytes of every volume of ``collections`` (the dtype of each one's first).
+    """Decompressed bytes, as stored, of every volume of ``collections`` (each one's first dtype).
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
     ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> cohort_bytes(radi.T1w)  # 2 volumes of 16x16x12 float32
-    24576
+    >>> cohort_bytes(radi.T1w)  # 2 volumes of 16x16x12, whole numbers stored as uint16
+    12288
     """
     items = [collections] if isinstance(collections, VolumeCollection) else list(collections)
     total = 0
