@@ -128,7 +128,11 @@ class ReadConfig(_Checked):
 
     Args:
         max_workers: threads used by :func:`radiobject.parallel.map_on_threads` and ingest.
-        concurrency: TileDB's compute and I/O concurrency per query.
+        concurrency: TileDB's compute and I/O concurrency per query; also the number of
+            slabs a read of 4 MiB or more (a whole volume) is cut into, each filled by its
+            own query on a thread at once (TileDB decodes and copies one query's tiles
+            mostly on one thread). Whole 240x240x155 int16 volumes read in 0.71x the time
+            in two slabs than in one query, at the same CPU time (paired runs, 2 cores).
         memory_budget_mb: TileDB's memory budget per query, in MiB.
         cache_mb: size of radiobject's cache of decompressed tile blocks, in MiB, for the whole
             loader: DataLoader workers share it out, so adding workers never multiplies memory.
@@ -226,18 +230,27 @@ class TileConfig(_Checked):
         orientation: cut planes along one axis, or cubes (``ISOTROPIC``).
         extents: explicit tile extents per axis (overrides ``orientation``); a value larger
             than the volume is clipped to it.
-        isotropic_extent: cube edge for ``ISOTROPIC`` tiles. 48 was measured best on
-            240x240x155 float32 volumes: TileDB's cost per tile outweighs the voxels a larger
-            tile decompresses in vain, so a whole volume reads in 17-19 ms (32: 23-26 ms,
-            64: 18 ms) and a random 64³ patch in 2.8-3.0 ms (32: 2.5-3.2 ms, 64: 3.8-4.4 ms).
+        isotropic_extent: the longest tile edge for ``ISOTROPIC`` tiles: each axis is cut
+            into the fewest equal tiles no longer than it, so no tile is padded far past the
+            volume (240x240x155 with 48: 48x48x39, 5 x 5 x 4 tiles; plain 48³ tiles would
+            decode 24% padding along z). Chosen by ``benchmarks/layout.py`` on BraTS-size
+            volumes of whole numbers stored as int16 (one run, 2 loaded cores; CPU ms per
+            random 64³ patch, cache off / per whole volume / disk against the float32
+            ``.nii.gz``): 48 even 2.25 / 17.3 / 0.59; 48³ padded 2.23 / 18.0 / 0.60; 32³
+            2.47 / 27.5 / 0.58; 64³ 2.65 / 16.1 / 0.61; 64 even (60x60x52) 2.39 / 14.9 /
+            0.59. Paired whole-process runs of 800 patches: 48 even took 0.97x the CPU of
+            48³, 1.03x of 32³ and 0.84x of 64 even. TileDB pays per tile and per run of
+            cells it copies, which outweighs the voxels a 48 tile decodes in vain: 32³ wins
+            nothing on patches and reads whole volumes 1.6x slower. On float32 the same
+            order holds for whole volumes; 32³ patches cost 0.91x of 48 even.
 
     >>> import os, tempfile
     >>> import numpy as np
     >>> from radiobject import TileConfig, Volume
     >>> uri = os.path.join(tempfile.mkdtemp(), "vol")
     >>> vol = Volume.from_numpy(uri, np.zeros((64, 64, 40)), tile=TileConfig(isotropic_extent=32))
-    >>> vol.tile_shape
-    (32, 32, 32)
+    >>> vol.tile_shape  # 2 x 2 x 2 tiles
+    (32, 32, 20)
     """
 
     orientation: SliceOrientation = SliceOrientation.ISOTROPIC
@@ -266,6 +279,8 @@ class TileConfig(_Checked):
 
         >>> TileConfig(orientation=SliceOrientation.AXIAL).extents_for((240, 240, 155))
         (240, 240, 1)
+        >>> TileConfig().extents_for((240, 240, 155))  # 5 x 5 x 4 tiles, none padded
+        (48, 48, 39)
         >>> TileConfig().extents_for((32, 32, 20))
         (32, 32, 20)
         """
@@ -278,8 +293,9 @@ class TileConfig(_Checked):
             ext = [1, spatial[1], spatial[2]]
         elif self.orientation is SliceOrientation.CORONAL:
             ext = [spatial[0], 1, spatial[2]]
-        else:
-            ext = [self.isotropic_extent] * 3
+        else:  # the fewest equal tiles no longer than the edge: none padded past the volume
+            edge = self.isotropic_extent
+            ext = [-(-n // -(-n // edge)) for n in spatial]
         ext = [max(1, min(e, s)) for e, s in zip(ext, spatial, strict=True)]
         if len(shape) == 4:
             t_ext = self.extents[3] if self.extents is not None and len(self.extents) == 4 else 1
@@ -294,6 +310,15 @@ class CompressionConfig(_Checked):
     Args:
         algorithm: the codec; a byte shuffle runs before it unless ``NONE``.
         level: codec level (zstd -7..22, gzip 1..9; ignored by lz4).
+
+    The default, byte shuffle + zstd level 3, was chosen by ``benchmarks/layout.py`` (one
+    run, 2 loaded cores) on BraTS-size int16 volumes of whole numbers in 48x48x39 tiles:
+    0.59x the bytes of the float32 ``.nii.gz`` (the disk target is <= 0.7x), 2.25 ms CPU per
+    random 64³ patch. zstd level 1 decodes no faster (2.31 ms) and is 2% larger; lz4
+    decodes a patch in 1.80 ms but takes 0.81x the ``.nii.gz``; bit shuffle (0.70x, 2.72 ms)
+    and no shuffle (0.69x, 2.50 ms) lose on both. Axial tiles of CT-like 512x512 int16
+    volumes: zstd 3 takes 0.59x the float32 ``.nii.gz`` (lz4 0.76x), an axial plane 0.7 ms
+    with either.
 
     >>> import os, tempfile
     >>> import numpy as np

@@ -206,9 +206,11 @@ def test_reset_config():
         (TileConfig(orientation=SliceOrientation.AXIAL), (40, 30, 20), (40, 30, 1)),
         (TileConfig(orientation=SliceOrientation.SAGITTAL), (40, 30, 20), (1, 30, 20)),
         (TileConfig(orientation=SliceOrientation.CORONAL), (40, 30, 20), (40, 1, 20)),
-        (TileConfig(orientation=SliceOrientation.ISOTROPIC), (240, 240, 155), (48, 48, 48)),
-        (TileConfig(isotropic_extent=16), (40, 30, 20), (16, 16, 16)),
-        (TileConfig(), (60, 30, 20), (48, 30, 20)),  # clipped to the volume
+        (TileConfig(orientation=SliceOrientation.ISOTROPIC), (240, 240, 155), (48, 48, 39)),
+        (TileConfig(isotropic_extent=16), (40, 30, 20), (14, 15, 10)),  # 3 x 2 x 2 equal tiles
+        (TileConfig(isotropic_extent=16), (48, 32, 16), (16, 16, 16)),
+        (TileConfig(), (60, 30, 20), (30, 30, 20)),  # 2 tiles of 30, not 48 and a padded 12
+        (TileConfig(), (48, 30, 20), (48, 30, 20)),  # one tile, the volume's size
         (TileConfig(extents=(8, 4, 2)), (40, 30, 20), (8, 4, 2)),
         (TileConfig(extents=(100, 4, 2)), (40, 30, 20), (40, 4, 2)),
         (TileConfig(orientation="axial"), (40, 30, 20, 5), (40, 30, 1, 1)),

@@ -409,9 +409,9 @@ def test_stopping_mid_epoch_frees_what_was_read_ahead(sample_radi):
                 del futures  # only the read-ahead holds them now
                 if cycle:
                     held = tracemalloc.get_traced_memory()[0] - baseline
-                    # the samples read ahead, in memory, as stored (the phantoms: uint16)
-                    item = sample_radi.T1w.volume(sample_radi.T1w.obs_ids[0]).stored_dtype.itemsize
-                    assert held > 20 * 2 * 24**3 * item
+                    # the samples read ahead, in memory as stored (uint16 since integer storage)
+                    itemsize = sample_radi.T1w.iloc[0].stored_dtype.itemsize
+                    assert held > 20 * 2 * 24**3 * itemsize
                 del it
                 gc.collect()
             after = tracemalloc.get_traced_memory()[0] - baseline

@@ -485,3 +485,35 @@ def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every
         finally:
             tiledb.stats_reset()
             tiledb.stats_disable()
+
+
+def test_a_whole_volume_is_kept_while_the_volumes_read_fit_the_cache(tmp_path):
+    from radiobject import clear_caches
+    from radiobject.read._region import _WHOLE, block_cache
+
+    clear_caches()
+    # 40 volumes of 32 KiB against a 1 MiB cache: the first 32 fit it, the rest do not
+    data = [arange_volume((16, 16, 16), "float64") + i for i in range(40)]
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", d, tile=TILE, integers=False)  # stored float64
+        for i, d in enumerate(data)
+    ]
+    with configure(read=ReadConfig(cache_mb=1)):
+        kept = []
+        for vol, expected in zip(vols, data, strict=True):
+            first, _, out = read(vol, ...)
+            np.testing.assert_array_equal(out, expected)
+            assert (first.hits, first.misses, first.storage_queries) == (0, 1, 1)
+            assert first.bytes_from_storage == expected.nbytes
+            kept.append(block_cache().get((vol.uri, _WHOLE)) is not None)
+            out[:] = -1  # the answer is the caller's own array, never the cache's
+        assert kept == [True] * 32 + [False] * 8  # past the budget: read straight, not kept
+        again, _, out = read(vols[0], ...)
+        np.testing.assert_array_equal(out, data[0])
+        assert (again.hits, again.misses, again.storage_queries) == (1, 0, 0)
+        assert again.bytes_from_cache == data[0].nbytes
+    with configure(read=ReadConfig(cache_mb=0)):
+        for _ in range(2):  # no cache: every read is one query straight into the answer
+            off, _, out = read(vols[0], ...)
+            np.testing.assert_array_equal(out, data[0])
+            assert (off.hits, off.misses, off.storage_queries) == (0, 1, 1)

@@ -255,8 +255,8 @@ def test_axial_tiles_are_column_major_and_read_right(tmp_path, monkeypatch, row_
 
     import radiobject.read._region
 
-    if row_major_fallback:  # a TileDB-Py without the column-major query object
-        monkeypatch.setattr(radiobject.read._region, "_read_col_major", lambda *a: None)
+    if row_major_fallback:  # a TileDB-Py without the core query object: read_subarray
+        monkeypatch.setattr(radiobject.read._region, "_read_into", lambda *a: None)
     data = arange_volume((20, 16, 12, 2), "float32")
     vol = Volume.from_numpy(tmp_path / "a", data, tile=TileConfig(orientation="axial"))
     assert tiledb.ArraySchema.load(vol.uri).cell_order == "col-major"

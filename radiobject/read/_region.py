@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tiledb
@@ -20,6 +21,7 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
+from radiobject.config import get_config
 from radiobject.read._cache import BlockCache, CacheCounters, block_cache
 from radiobject.read._handles import _HANDLES as _HANDLES
 from radiobject.read._handles import ArrayInfo, forget_array, open_array
@@ -88,27 +90,81 @@ class ReadOverlap:
 read_overlap = ReadOverlap()
 
 
-def _read_col_major(
-    handle: tiledb.Array, info: ArrayInfo, sub: tiledb.Subarray, shape: tuple[int, ...]
-) -> np.ndarray | None:
-    """``bounds`` in column-major layout (a Fortran-ordered array), or None if unsupported.
+SPLIT_BYTES = 4 << 20  # a read at least this large is split in slabs, read on threads at once
 
-    ``Array.read_subarray`` always asks for row-major results, and TileDB-Py's
-    ``query(order="F")`` returns dense results with the wrong strides, so this drives
-    TileDB-Py's query object (the one ``read_subarray`` uses, which releases the GIL) itself.
-    Without it (another TileDB-Py), the caller reads row-major: slower, same voxels.
+
+def _read_into(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray | None:
+    """``bounds`` read by TileDB straight into a fresh array, or None if unsupported.
+
+    The array is allocated here in the volume's cell order (C, or Fortran for column-major
+    arrays, whose tiles then copy in long runs): no buffer size estimate, no result buffers
+    of TileDB-Py's, no second copy. This drives TileDB-Py's core query object
+    (``tiledb.libtiledb.Query``, whose submit releases the GIL). A read of
+    :data:`SPLIT_BYTES` or more is cut along its slowest axis, on tile edges, into
+    ``ReadConfig.concurrency`` slabs, each a contiguous part of the array that one query
+    fills, on threads at once: TileDB decodes and copies one query's tiles mostly on one
+    thread. ``Array.read_subarray`` (row-major only) is the caller's fallback when the
+    object is missing or a query is left incomplete.
     """
     try:
         import tiledb.libtiledb as lt
-        from tiledb.main import PyQuery
-
-        query = PyQuery(handle.ctx, handle, (info.attr,), (), lt.LayoutType.COL_MAJOR, False)
-    except (ImportError, AttributeError, TypeError):
+    except ImportError:
         return None
+    if not all(hasattr(lt, name) for name in ("Query", "QueryStatus", "LayoutType")):
+        return None
+    shape = tuple(hi - lo for lo, hi in bounds)
+    out = np.empty(shape, dtype=info.dtype, order="F" if info.order == "F" else "C")
+    parts = get_config().read.concurrency if out.nbytes >= SPLIT_BYTES else 1
+    slabs = _slabs(bounds, info, out, parts)
+    others = [_SLAB_POOL.get().submit(_fill, handle, info, b, view) for b, view in slabs[1:]]
+    complete = _fill(handle, info, *slabs[0])
+    complete = all([complete, *(f.result() for f in others)])  # every slab, even after one
+    return out if complete else None
+
+
+def _fill(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, view: np.ndarray) -> bool:
+    """One core query writing ``bounds`` into the contiguous ``view``; whether it completed."""
+    import tiledb.libtiledb as lt
+
+    query = lt.Query(handle.ctx, handle.array, lt.QueryType.READ)
+    query.layout = lt.LayoutType.COL_MAJOR if info.order == "F" else lt.LayoutType.ROW_MAJOR
+    sub = tiledb.Subarray(handle, ctx=handle.ctx)
+    sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
     query.set_subarray(sub)
-    query.submit()
-    buffer: np.ndarray = query.results()[info.attr][0]
-    return buffer.view(info.dtype).reshape(shape, order="F")
+    query.set_data_buffer(info.attr, view, view.size)
+    query._submit()
+    return bool(query.query_status() == lt.QueryStatus.COMPLETE)
+
+
+def _slabs(
+    bounds: Bounds, info: ArrayInfo, out: np.ndarray, parts: int
+) -> list[tuple[Bounds, np.ndarray]]:
+    """``bounds`` cut into up to ``parts`` slabs, each with its (contiguous) view of ``out``.
+
+    The cuts fall on tile edges along the slowest axis of ``out``: the first for C order,
+    the last for Fortran order.
+    """
+    axis = len(bounds) - 1 if info.order == "F" else 0
+    lo, hi = bounds[axis]
+    tile = info.tiles[axis]
+    edges = list(range((lo // tile + 1) * tile, hi, tile))  # inner tile edges
+    parts = min(parts, len(edges) + 1)
+    if parts < 2:
+        return [(bounds, out)]
+    cuts = [lo] + [edges[round(i * (len(edges) + 1) / parts) - 1] for i in range(1, parts)] + [hi]
+    slabs = []
+    for a, b in itertools.pairwise(cuts):
+        part = tuple((a, b) if d == axis else r for d, r in enumerate(bounds))
+        index = tuple(slice(a - lo, b - lo) if d == axis else slice(None) for d in range(out.ndim))
+        slabs.append((part, out[index]))
+    return slabs
+
+
+def _slab_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="radiobject-slab")
+
+
+_SLAB_POOL: Resource[ThreadPoolExecutor] = Resource("slab reader threads", _slab_pool)
 
 
 # (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
@@ -139,15 +195,13 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
 
 
 def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
-    # Array.read_subarray releases the GIL while TileDB works, so threads read in parallel
-    # (TileDB-Py's leaner core Query object saves ~0.3 ms a query but holds the GIL)
+    # both ways release the GIL while TileDB works, so threads read in parallel
     with read_overlap, tiledb_errors(info.uri, "read volume"):
+        out = _read_into(handle, info, bounds)
+        if out is not None:
+            return out
         sub = tiledb.Subarray(handle, ctx=handle.ctx)
         sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
-        if info.order == "F":  # column-major cells: a column-major result copies in long runs
-            out = _read_col_major(handle, info, sub, tuple(hi - lo for lo, hi in bounds))
-            if out is not None:
-                return out
         result: np.ndarray = handle.read_subarray(sub)[info.attr]
         return result
 
@@ -200,8 +254,10 @@ def read_region(
     With ``whole_on_miss`` a miss fetches every tile of the volume at once
     and keeps it as one block (cheaper when many more reads of the volume follow, as with
     many patches per volume), while what this process reads fits its cache (always for a
-    loader's shared store, which keeps its own budget); whole volumes asked for are kept
-    the same way. Regions too large for the cache are read straight from storage.
+    loader's shared store, which keeps its own budget). A whole volume asked for is kept the
+    same way while the volumes read recently fit the cache, and read straight into the
+    answer (no copy kept) once they do not. Regions too large for the cache are read
+    straight from storage.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
@@ -218,7 +274,18 @@ def read_region(
     volume_bytes = info.dtype.itemsize * int(np.prod(info.shape))
     whole_region = all(lo == 0 and hi == n for (lo, hi), n in zip(bounds, info.shape, strict=True))
     if whole_region and volume_bytes * 4 <= cache.maxsize:
-        return _read_via_whole(cache, handle, info, bounds, n_tiles)
+        # kept whole (one more copy) while the volumes read recently fit the cache; once
+        # they do not (a scan of a cohort larger than the cache), read straight into the
+        # answer: a volume admitted now would be evicted before it is read again
+        cache.touch_volume(uri, volume_bytes)
+        if (
+            whole_on_miss
+            or get_shared_store() is not None
+            or cache.get((uri, _WHOLE)) is not None
+            or cache.working_set_fits()
+        ):
+            return _read_via_whole(cache, handle, info, bounds, n_tiles)
+        return _read_uncached(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         return _read_uncached(cache, handle, info, bounds, n_tiles)
 

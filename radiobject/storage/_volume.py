@@ -69,6 +69,7 @@ def storage_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def _filters(compression: CompressionConfig) -> tiledb.FilterList:
+    """Byte shuffle, then the codec: measured in :class:`radiobject.config.CompressionConfig`."""
     algo = compression.algorithm
     if algo is Compressor.NONE:
         return tiledb.FilterList([])
