@@ -1,15 +1,15 @@
 """First epoch from local TileDB: 0 and 2 workers, read-ahead off and on, against zarr-python.
 
 Not part of the test suite. The cohort is the one ``larger_than_ram.py`` writes (its
-``make_cohort``: BraTS-size 240x240x155 float32 T1w volumes, 24 subjects, with a zarr-python
-v3 copy), written once into ``--workdir`` and reused. Each run is a cold first epoch of a
-fresh loader: random 64³ patches, batch 4, ``--patches`` per volume, radiobject's caches
-emptied before it (the OS page cache stays warm for every format alike). zarr-python's
-loader is a plain ``DataLoader`` over a dataset slicing ``zarr.open_array`` (as
-``peers.py``), with the same workers. Worker start-up is part of the epoch for both (the
-fork server radiobject's workers come from is started once, before any run). Prints the
-median samples/s of ``--repeats`` runs per configuration, ratios, and the issue's targets
-with met/missed.
+``make_cohort``: BraTS-size 240x240x155 whole-number T1w volumes, 24 subjects, stored as
+integers, with a zarr-python v3 copy in the same dtype), written once into ``--workdir``
+and reused. Each run is a cold first epoch of a fresh loader: random 64³ patches, batch 4,
+``--patches`` per volume, radiobject's caches emptied before it (the OS page cache stays
+warm for every format alike). zarr-python's loader is a plain ``DataLoader`` over a dataset
+slicing ``zarr.open_array`` (as ``peers.py``), with the same workers. Worker start-up is
+part of the epoch for both (the fork server radiobject's workers come from is started once,
+before any run). Prints the median samples/s of ``--repeats`` runs per configuration,
+ratios, and the issue's targets with met/missed.
 
     python benchmarks/first_epoch.py                       # 24 subjects of 240x240x155
     python benchmarks/first_epoch.py --subjects 8 --shape 96x96x80 --repeats 1   # smoke run
@@ -92,7 +92,7 @@ def main() -> int:
     args = ap.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
     root = Path(args.workdir) / f"ltr-s{args.subjects}_{args.shape}"
-    print(f"cohort: {args.subjects} x {args.shape} float32 in {root}", flush=True)
+    print(f"cohort: {args.subjects} x {args.shape} in {root}", flush=True)
     make_cohort(root, args.subjects, shape)  # type: ignore[arg-type]  # 3 ints, parsed above
     uri = str(root / "radiobject")
     paths = [str(root / "zarr" / f"{i}.zarr") for i in range(args.subjects)]

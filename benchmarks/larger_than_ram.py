@@ -4,7 +4,7 @@ read tier, against the formats users would pick instead, on the same volumes and
     python benchmarks/larger_than_ram.py                 # 24 subjects, 240x240x155
     python benchmarks/larger_than_ram.py --subjects 4 --shape 96x96x80   # a smoke run
 
-The cohort (whole-number float32 T1w volumes of ``radiobject.data``'s sample maker) and its
+The cohort (whole-number T1w volumes of ``radiobject.data``'s sample maker) and its
 copies (``.npy``, blosc2 in nnU-Net v2's layout, zarr-python v3; tensorstore zarr3 sharded and
 NIfTI in ``ltr_peers.py``) are written once into ``--workdir`` and reused. Every format reads
 the same random 64³ patches (seeded per epoch, ``--patches`` per volume, shuffled), one
@@ -78,8 +78,10 @@ def make_cohort(root: Path, n: int, shape: tuple[int, int, int]) -> list[str]:
         for i, uri in enumerate(uris):
             from radiobject import Volume
 
-            data = Volume(uri).to_numpy()
-            assert np.array_equal(data, np.round(data)), "expected whole-number voxels"
+            # the peers hold what radiobject stores: the whole-number phantoms as integers
+            vol = Volume(uri)
+            data = vol.to_numpy(dtype=vol.stored_dtype)
+            assert np.array_equal(data, vol.to_numpy()), "expected whole-number voxels"
             np.save(root / "npy" / f"{i}.npy", data)
             blosc2_layout_write(root / "blosc2" / f"{i}.b2nd", data)
             write_zarr(root / "zarr" / f"{i}.zarr", data, "zstd")
@@ -154,7 +156,7 @@ def main() -> int:
     args = ap.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
     root = Path(args.workdir) / f"ltr-s{args.subjects}_{args.shape}"
-    print(f"cohort: {args.subjects} x {args.shape} float32 in {root}", flush=True)
+    print(f"cohort: {args.subjects} x {args.shape} in {root}", flush=True)
     uris = make_cohort(root, args.subjects, shape)  # type: ignore[arg-type]
 
     import blosc2
@@ -165,10 +167,14 @@ def main() -> int:
 
     n = len(uris)
     t = time.perf_counter()
-    ltr_peers.make_peer_copies(root, [lambda u=u: Volume(u).to_numpy() for u in uris])
+    ltr_peers.make_peer_copies(
+        root, [lambda u=u: np.load(root / "npy" / f"{uris.index(u)}.npy") for u in uris]
+    )
     print(f"  peer copies ready in {time.perf_counter() - t:.0f} s", flush=True)
     coll = RadiObject(str(root / "radiobject")).T1w
-    cohort_mb = n * int(np.prod(shape)) * 4 / 2**20
+    stored = Volume(uris[0]).stored_dtype  # what radiobject's caches and the peers hold
+    print(f"  stored as {stored} (radiobject and every peer)", flush=True)
+    cohort_mb = n * int(np.prod(shape)) * stored.itemsize / 2**20
     cache_mb = max(1, int(cohort_mb // 4))
     tiledb_bytes = sum(dir_bytes(u) for u in uris)
     npys = [np.load(root / "npy" / f"{i}.npy", mmap_mode="r") for i in range(n)]

@@ -29,7 +29,7 @@ BATCH = 4
 
 
 def write_tensorstore(path: Path, array: np.ndarray) -> None:
-    """``array`` as a zarr v3 array with one shard (the volume) of 32³ blosc-LZ4 inner chunks."""
+    """``array``, in its dtype, as zarr v3: one shard (the volume) of 32³ blosc-LZ4 chunks."""
     import tensorstore as ts
 
     shard = [-(-n // 32) * 32 for n in array.shape]  # the volume, in whole inner chunks
@@ -38,7 +38,7 @@ def write_tensorstore(path: Path, array: np.ndarray) -> None:
         "kvstore": {"driver": "file", "path": str(path)},
         "metadata": {
             "shape": list(array.shape),
-            "data_type": "float32",
+            "data_type": array.dtype.name,
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shard}},
             "codecs": [
                 {
@@ -53,7 +53,7 @@ def write_tensorstore(path: Path, array: np.ndarray) -> None:
                                     "cname": "lz4",
                                     "clevel": 5,
                                     "shuffle": "shuffle",
-                                    "typesize": 4,
+                                    "typesize": array.dtype.itemsize,
                                 },
                             },
                         ],
@@ -69,7 +69,7 @@ def write_tensorstore(path: Path, array: np.ndarray) -> None:
         "delete_existing": True,
     }
     store = ts.open(spec).result()
-    store.write(np.ascontiguousarray(array, dtype=np.float32)).result()
+    store.write(np.ascontiguousarray(array)).result()
 
 
 def open_tensorstore(path: Path) -> Any:
@@ -83,7 +83,7 @@ def write_nifti(path: Path, array: np.ndarray) -> None:
     """Uncompressed ``.nii`` (MONAI and TorchIO read it without a decompression step)."""
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4)), str(path))
 
 
 def make_peer_copies(root: Path, volumes: Iterable[Callable[[], np.ndarray]]) -> None:
