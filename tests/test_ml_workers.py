@@ -24,7 +24,7 @@ from radiobject.ml import (
     default_start_method,
     worker_init,
 )
-from radiobject.ml._loaders import _preload_modules
+from radiobject.ml._workers import _preload_modules
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 from radiobject import ReadConfig, TileDBStats, configure, get_config
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import LoaderProbe, create_training_dataloader
-from radiobject.ml._loaders import worker_init
 from radiobject.ml._tier_auto import auto_local_tier, cohort_bytes
+from radiobject.ml._workers import worker_init
 from radiobject.read._local_tier import local_tier, tier_state
 
 pytest.importorskip("blosc2")

@@ -29,17 +29,19 @@ from radiobject.ml._loaders import (
     create_segmentation_dataloader,
     create_training_dataloader,
     create_validation_dataloader,
-    default_start_method,
-    loader_cache_counters,
-    loader_pids,
-    loader_stage_counters,
-    worker_init,
 )
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
+from radiobject.ml._workers import (
+    default_start_method,
+    loader_cache_counters,
+    loader_pids,
+    loader_stage_counters,
+    worker_init,
+)
 
 __all__ = [
     "DatasetConfig",

@@ -1,40 +1,31 @@
-"""DataLoader factories, epoch-aware samplers and safe worker processes.
-
-Workers start with ``forkserver`` (``spawn`` where it is missing), never plain ``fork``:
-a TileDB context does not survive ``fork`` (a forked worker can hang for ever in
-``Array::open``). The fork server is a clean process that never opened TileDB, so workers
-forked from it start fast and safe; each builds its own context on first use.
+"""DataLoader factories and the epoch-aware sampler they share.
 
 Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
 goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
-samples the uninterrupted run would have had, whatever ``num_workers``.
+samples the uninterrupted run would have had, whatever ``num_workers``. Loaders with
+workers start them safely (``forkserver``, never plain ``fork``; see
+:mod:`radiobject.ml._workers`).
 """
 
 from __future__ import annotations
 
-import inspect
-import multiprocessing
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from radiobject._errors import ConfigurationError
-from radiobject.config import RadiObjectConfig, configure, get_config
+from radiobject.config import get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
-from radiobject.ml._shared import SharedLoaderState, install_worker
-from radiobject.ml._stages import StageCounters, TimedCollate, stage_counters
+from radiobject.ml._shared import SharedLoaderState
+from radiobject.ml._stages import TimedCollate
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._tier_auto import auto_local_tier
-from radiobject.read._local_tier import tier_state
-from radiobject.read._region import CacheCounters, block_cache
+from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
 from radiobject.storage._collection import VolumeCollection
 
 __all__ = [
@@ -43,11 +34,6 @@ __all__ = [
     "create_segmentation_dataloader",
     "create_training_dataloader",
     "create_validation_dataloader",
-    "default_start_method",
-    "loader_cache_counters",
-    "loader_pids",
-    "loader_stage_counters",
-    "worker_init",
 ]
 
 
@@ -118,183 +104,6 @@ class EpochSampler(ResumableSampler):
         if self._groups is not None:
             return window_shuffled(self._groups, self.shuffle_window or 1, self.seed, epoch)
         return [int(i) for i in shuffled(self.n, self.seed, epoch)]
-
-
-def _aws_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-
-
-@dataclass(frozen=True)
-class worker_init:
-    """Set up a DataLoader worker: the parent's settings and a share of the cache budget.
-
-    The cache budget of ``ReadConfig.cache_mb`` is for the whole loader: each of the
-    ``num_workers`` workers gets ``1/num_workers`` of it. The parent's ``AWS_*`` environment
-    (S3 credentials, profile, region) goes along too: workers fork from a server process
-    that may have started before those variables were set. It is never shown in ``repr``.
-
-    radiobject's loaders install it when ``num_workers > 0``; a ``worker_init_fn`` of your
-    own runs after it, in each worker:
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject import get_config
-    >>> from radiobject.ml import create_training_dataloader, worker_init
-    >>> def seed_numpy(worker_id):
-    ...     import numpy as np
-    ...     np.random.seed(worker_id)
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2,
-    ...                                     worker_init_fn=seed_numpy)
-    >>> init = loader.worker_init_fn
-    >>> isinstance(init, worker_init), init.num_workers, init.user_fn is seed_numpy
-    (True, 2, True)
-    >>> init.config == get_config()  # the settings the workers will use
-    True
-    """
-
-    config: RadiObjectConfig
-    num_workers: int
-    user_fn: Callable[[int], None] | None = None
-    shared: SharedLoaderState | None = None
-    aws_env: dict[str, str] = field(default_factory=_aws_environment, repr=False)
-    # the automatic local tier's budget in this process (``ReadConfig.local_tier_mb=None``)
-    tier_auto_mb: int = field(default_factory=lambda: tier_state().auto_mb)
-
-    def __call__(self, worker_id: int) -> None:
-        os.environ.update(self.aws_env)
-        block_cache().worker_share = max(1, self.num_workers)
-        tier_state().set_auto(self.tier_auto_mb)
-        configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
-        install_worker(self.shared, worker_id)
-        if self.user_fn is not None:
-            self.user_fn(worker_id)
-
-
-def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
-    """Cache counters of everything ``loader`` read so far: its workers', or this process's.
-
-    Counters are monotonic; subtract two snapshots to get the activity in between.
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject.ml import create_training_dataloader, loader_cache_counters
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
-    ...                                     patches_per_volume=2)
-    >>> before = loader_cache_counters(loader)
-    >>> for epoch in range(2):
-    ...     for batch in loader:
-    ...         pass
-    >>> after = loader_cache_counters(loader)
-    >>> (after.hits + after.misses) - (before.hits + before.misses)  # 8 patches, 1 tile each
-    8
-    >>> after.misses - before.misses > 0, after.hits - before.hits > 0
-    (True, True)
-    """
-    init = getattr(loader, "worker_init_fn", None)
-    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
-        return init.shared.cache_counters()
-    return block_cache().counters.copy()
-
-
-def loader_stage_counters(loader: DataLoader[Any]) -> StageCounters:
-    """Stage counters (read, transform, collate time) of ``loader``'s workers, or this process's.
-
-    Monotonic, like :func:`loader_cache_counters`; ``LoaderProbe`` turns them into
-    milliseconds per sample by stage.
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject.ml import create_training_dataloader
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, patch_size=(8, 8, 8),
-    ...                                     patches_per_volume=2)
-    >>> before = loader_stage_counters(loader)
-    >>> for batch in loader:
-    ...     pass
-    >>> done = loader_stage_counters(loader) - before
-    >>> done.samples, done.batches, done.sample_bytes  # 4 patches of 8^3 float32 (+ start)
-    (4, 2, 8288)
-    """
-    init = getattr(loader, "worker_init_fn", None)
-    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
-        return init.shared.stage_counters()
-    return stage_counters().copy()
-
-
-def loader_pids(loader: DataLoader[Any]) -> list[int]:
-    """Process ids of ``loader``: this process, then its workers that have started.
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject.ml import create_training_dataloader, loader_pids
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=1, num_workers=2)
-    >>> for batch in loader:  # two batches: each worker made one, so both started
-    ...     pass
-    >>> pids = loader_pids(loader)
-    >>> pids[0] == os.getpid(), len(pids)
-    (True, 3)
-    """
-    init = getattr(loader, "worker_init_fn", None)
-    pids = [os.getpid()]
-    if isinstance(init, worker_init) and init.shared is not None and loader.num_workers > 0:
-        pids += init.shared.worker_pids()
-    return pids
-
-
-def default_start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``).
-
-    Loaders with workers use it unless given a ``multiprocessing_context``:
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject.ml import create_training_dataloader, default_start_method
-    >>> default_start_method()  # on Linux and macOS
-    'forkserver'
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2)
-    >>> loader.multiprocessing_context.get_start_method()
-    'forkserver'
-    """
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-_PRELOAD = ("torch", "numpy", "radiobject.ml")
-
-
-def _preload_modules(dataset: VolumeCollectionDataset) -> list[str]:
-    """Modules a worker imports to unpickle ``dataset``: its class's and its transform's.
-
-    A MONAI ``Compose`` takes seconds to import; imported once by the fork server, it is
-    not imported again by every worker.
-    """
-    names = list(_PRELOAD)
-    for obj in (dataset, getattr(dataset, "transform", None)):
-        if obj is None:
-            continue
-        module = obj.__module__ if inspect.isfunction(obj) else type(obj).__module__
-        if not module or module in ("__main__", "builtins"):
-            continue
-        if not any(module == n or module.startswith(n + ".") for n in names):
-            names.append(module)
-    return names
-
-
-def _mp_context(method: str | None, preload: Sequence[str] = _PRELOAD) -> Any:
-    method = method or default_start_method()
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # the server imports these once (when it starts); workers forked from it start warm
-        ctx.set_forkserver_preload(list(preload))
-    return ctx
 
 
 def build_loader(

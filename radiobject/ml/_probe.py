@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from radiobject.ml._loaders import loader_cache_counters, loader_stage_counters
 from radiobject.ml._stages import StageCounters
+from radiobject.ml._workers import loader_cache_counters, loader_stage_counters
 from radiobject.read._region import CacheCounters
 
 __all__ = ["SOURCES", "STAGES", "LoaderProbe", "ProbeRecord", "ProbeResult", "source_pcts"]
