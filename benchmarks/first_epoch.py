@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import machine
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from larger_than_ram import make_cohort
@@ -35,13 +36,18 @@ PATCH = 64
 BATCH = 4
 
 
-def radiobject_epoch(uri: str, per: int, workers: int, read_ahead: int, seed: int) -> float:
-    """Samples per second of one cold first epoch of radiobject's training loader."""
+def radiobject_epoch(
+    uri: str, per: int, workers: int, read_ahead: int, seed: int, **read: Any
+) -> float:
+    """Samples per second of one cold first epoch of radiobject's training loader.
+
+    ``read``: more ``ReadConfig`` fields (the cache budget, the local tier).
+    """
     from radiobject import ReadConfig, clear_caches, configure, get_config
     from radiobject.ml import create_training_dataloader
     from radiobject.storage._radiobject import RadiObject
 
-    settings = {**get_config().read.__dict__, "read_ahead": read_ahead}
+    settings = {**get_config().read.__dict__, **read, "read_ahead": read_ahead}
     configure(read=ReadConfig(**settings))
     clear_caches()
     loader = create_training_dataloader(
@@ -89,6 +95,13 @@ def main() -> int:
     ap.add_argument("--patches", default="1,20", help="patches per volume, comma-separated")
     ap.add_argument("--read-ahead", type=int, default=16, help="ReadConfig.read_ahead when on")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--cache",
+        choices=("quarter", "default"),
+        default="quarter",
+        help="RAM cache: a quarter of the cohort as stored (the cohort larger than RAM of "
+        "larger_than_ram.py; the local tier then turns on by itself) or ReadConfig's default",
+    )
     args = ap.parse_args()
     shape = tuple(int(s) for s in args.shape.split("x"))
     root = Path(args.workdir) / f"ltr-s{args.subjects}_{args.shape}"
@@ -96,6 +109,14 @@ def main() -> int:
     make_cohort(root, args.subjects, shape)  # type: ignore[arg-type]  # 3 ints, parsed above
     uri = str(root / "radiobject")
     paths = [str(root / "zarr" / f"{i}.zarr") for i in range(args.subjects)]
+    read: dict[str, Any] = {}
+    if args.cache == "quarter":
+        from radiobject import RadiObject
+
+        coll = RadiObject(uri).T1w
+        stored = coll.volume(coll.obs_ids[0]).stored_dtype.itemsize
+        read["cache_mb"] = max(1, int(args.subjects * np.prod(shape) * stored / 2**20 / 4))
+    print(f"radiobject reads: {read or 'ReadConfig defaults'}", flush=True)
     radiobject_epoch(uri, 1, 2, 0, seed=99)  # start the fork server: not part of any epoch
 
     print(
@@ -114,12 +135,13 @@ def main() -> int:
             ("radiobject read-ahead on", 0, args.read_ahead),
             ("radiobject read-ahead off", 2, 0),
             ("radiobject read-ahead on", 2, args.read_ahead),
+            ("radiobject tier off, r-a off", 0, 0),
         ]
         for name, workers, depth in rows:
             rates = [
                 zarr_epoch(paths, per, workers, seed=r)
                 if depth is None
-                else radiobject_epoch(uri, per, workers, depth, seed=r)
+                else radiobject_epoch(uri, per, workers, depth, seed=r, **read, **tier(name, root))
                 for r in range(args.repeats)
             ]
             rate = results[(per, name, workers)] = statistics.median(rates)
@@ -129,7 +151,20 @@ def main() -> int:
                 flush=True,
             )
     report_targets(results)
+    import shutil
+
+    shutil.rmtree(root / "tier-first-epoch", ignore_errors=True)
     return 0
+
+
+def tier(name: str, root: Path) -> dict[str, Any]:
+    """The local tier's setting of a row: off when the row says so, else the default (on by
+    itself when the cohort exceeds the cache), in an empty folder under ``root`` (a first
+    epoch starts with the tier empty; never ``~/.cache``)."""
+    if "tier off" in name:
+        return {"local_tier_mb": 0}
+    (root / "tier-first-epoch").mkdir(exist_ok=True)
+    return {"local_tier_dir": tempfile.mkdtemp(dir=root / "tier-first-epoch")}
 
 
 def report_targets(results: dict[tuple[int, str, int], float]) -> None:

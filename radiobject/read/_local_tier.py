@@ -335,11 +335,29 @@ class _TierState:
         self.keys: LRUCache[str, str] = LRUCache(maxsize=4096)  # uri -> entry name
         self.pending: set[str] = set()
         self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
+        # entries a read missed once, for the automatic tier: its second miss fills the
+        # entry, so a volume read once (a validation pass, the first epoch at one patch per
+        # volume) costs no whole-volume fill; a volume read again is worth keeping
+        self.missed: LRUCache[str, bool] = LRUCache(maxsize=65536)
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
         # budget (MiB) a training loader chose for ``local_tier_mb=None`` (0: stays off)
         self.auto_mb = 0
+
+    def worth_filling(self, key: str) -> bool:
+        """Record a miss of entry ``key``: whether to fill it now.
+
+        Always for a tier the user turned on (``local_tier_mb > 0``: fill as soon as read);
+        the automatic tier (``local_tier_mb=None``) fills an entry from its second miss on.
+        """
+        if get_config().read.local_tier_mb is not None:
+            return True
+        with self.lock:
+            if key in self.missed:
+                return True
+            self.missed[key] = True
+            return False
 
     def set_auto(self, mb: int) -> None:
         """Turn the automatic tier on with ``mb`` MiB (0: off), for ``local_tier_mb=None``."""

@@ -464,7 +464,11 @@ def _read_tier(
     ctx: tiledb.Ctx,
     bounds: Bounds,
 ) -> np.ndarray | None:
-    """``bounds`` from the local tier, or None after queueing a background fill of the volume."""
+    """``bounds`` from the local tier, or None (a miss).
+
+    From a volume's second miss on, a miss queues a background fill of the whole volume: a
+    volume read once is not worth a whole read.
+    """
     state = tier_state()
     key = state.key(info.uri, ctx)
     out = tier.read(key, bounds)
@@ -474,7 +478,7 @@ def _read_tier(
             cache.counters.bytes_from_tier += out.nbytes
         else:
             cache.counters.tier_misses += 1
-    if out is None:
+    if out is None and state.worth_filling(key):
 
         def fill() -> None:
             if tier.open(key) is not None:  # another process filled it meanwhile
