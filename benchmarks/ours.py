@@ -50,8 +50,13 @@ def clear_cache() -> None:
 
 @contextlib.contextmanager
 def cache_mb(mb: int) -> Iterator[None]:
-    """Run the block with ``ReadConfig(cache_mb=mb)`` and an empty cache; restore after."""
-    with configure(read={"cache_mb": mb}):
+    """Run the block with ``ReadConfig(cache_mb=mb)`` and an empty cache; restore after.
+
+    The local tier stays off (``local_tier_mb=0``): a cache smaller than the cohort would
+    turn it on by itself, and these rows measure reads from storage (the tier has its own
+    benchmark, ``larger_than_ram.py``).
+    """
+    with configure(read={"cache_mb": mb, "local_tier_mb": 0}):
         clear_cache()
         yield
     clear_cache()
