@@ -161,10 +161,9 @@ def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
     Straight through blosc2's extension type when it has the call (what ``array[...]``
     runs after parsing its key: ~20 µs less per patch), else by ``array[...]``.
     """
-    ext = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
-    get = getattr(ext, "get_slice_numpy", None)
-    if get is not None and isinstance(array, ext):
-        get(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
+    ext: Any = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
+    if ext is not None and hasattr(ext, "get_slice_numpy") and isinstance(array, ext):
+        ext.get_slice_numpy(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
     else:
         out[...] = array[tuple(slice(lo, hi) for lo, hi in bounds)]
 
