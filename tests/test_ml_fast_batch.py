@@ -7,7 +7,7 @@ import torch
 
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import DatasetConfig, VolumeCollectionDataset, create_training_dataloader
-from radiobject.ml._stages import images_in_place, one_thread_collate
+from radiobject.ml._stages import images_in_place, mark_in_place, one_thread_collate
 
 SHAPE, PATCH, PER = (16, 16, 12), (8, 8, 8), 3
 
@@ -32,9 +32,10 @@ def test_a_batch_decoded_in_place_equals_the_stacked_samples(radi, channels):
     plain = VolumeCollectionDataset(colls, config, transform=_identity)  # no in-place batch
     keys = [(2, i) for i in (5, 0, 7, 3)]
     samples = fast.__getitems__(keys)
-    assert images_in_place(samples) is not None  # the images are the slots of one array
-    assert images_in_place(plain.__getitems__(keys)) is None
     batch = one_thread_collate(samples)
+    # the images were the slots of one array, which the batch is: no copy
+    assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()
+    assert images_in_place(plain.__getitems__(keys)) is None
     expected = torch.stack([plain[k]["image"] for k in keys])
     assert batch["image"].dtype == expected.dtype
     assert batch["image"].shape == expected.shape
@@ -69,8 +70,11 @@ def test_loaders_with_and_without_the_in_place_batch_give_the_same_batches(radi)
 
 def test_images_that_are_not_one_array_in_order_are_stacked():
     base = torch.arange(24.0).reshape(4, 6)
+    assert images_in_place([{"image": t} for t in base]) is None  # a user's tensor: no alias
+    mark_in_place(base)
     assert images_in_place([{"image": t} for t in base[:3]]) is None  # part of a larger array
     assert images_in_place([{"image": base[1]}, {"image": base[0]}]) is None  # out of order
     assert images_in_place([{"image": base[0].clone()}, {"image": base[1]}]) is None
     assert images_in_place([]) is None
     assert torch.equal(images_in_place([{"image": t} for t in base]), base)
+    assert images_in_place([{"image": t} for t in base]) is None  # the mark is used once

@@ -21,7 +21,7 @@ from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
-from radiobject.ml._stages import sample_nbytes, stage_counters
+from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters
 from radiobject.read._region import open_array, served_locally, whole_volume_budget
 from radiobject.storage._collection import VolumeCollection
 
@@ -303,6 +303,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         self._read_ahead(keys)
         batch = self._batch_buffer(parsed) if len(parsed) > 1 else None
         slots = [None] * len(parsed) if batch is None else list(batch)
+        mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
         samples = (
             read_pool().map(self._load, parsed, slots)
             if len(parsed) > 1 and not self._served_locally(parsed)

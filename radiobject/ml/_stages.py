@@ -24,6 +24,7 @@ __all__ = [
     "StageCounters",
     "TimedCollate",
     "images_in_place",
+    "mark_in_place",
     "sample_nbytes",
     "stage_counters",
 ]
@@ -123,24 +124,39 @@ def one_thread_collate(batch: list[Any]) -> Any:
         torch.set_num_threads(threads)
 
 
+_IN_PLACE = threading.local()  # the batch array this thread decoded last (see images_in_place)
+
+
+def mark_in_place(batch: Any) -> None:
+    """Note ``batch`` as an array this thread decoded a batch's images into, for its collate."""
+    _IN_PLACE.batch = batch
+
+
 def images_in_place(batch: list[Any]) -> Any:
     """The ``"image"`` tensors of ``batch`` as one tensor without a copy, or None.
 
-    They qualify when they are, in order, the consecutive slots of one contiguous array
-    (``VolumeCollectionDataset`` decodes a batch of patches that way): the result is that
-    array, equal to ``torch.stack`` of them. Anything else (other samples, transformed
-    images, other keys) returns None and is stacked as usual.
+    They qualify when they are, in order, the slots of the array this thread last marked
+    with :func:`mark_in_place` (``VolumeCollectionDataset`` decodes a batch of patches that
+    way): the result is that array, equal to ``torch.stack`` of them, and the mark is
+    dropped. Anything else (other samples, transformed images, views of a user's own
+    tensor, which a batch must not alias) returns None and is stacked as usual.
 
     >>> import torch
     >>> base = torch.arange(12.0).reshape(3, 4)
-    >>> torch.equal(images_in_place([{"image": t} for t in base]), base)
+    >>> images_in_place([{"image": t} for t in base]) is None  # not marked: stacked
     True
+    >>> mark_in_place(base)
     >>> images_in_place([{"image": base[0]}, {"image": base[2]}]) is None  # not consecutive
+    True
+    >>> torch.equal(images_in_place([{"image": t} for t in base]), base)
     True
     """
     import torch
 
-    if not batch or not all(type(s) is dict and "image" in s for s in batch):
+    marked = getattr(_IN_PLACE, "batch", None)
+    if marked is None or not batch:
+        return None
+    if not all(type(s) is dict and "image" in s for s in batch):
         return None
     images = [s["image"] for s in batch]
     first = images[0]
@@ -161,6 +177,9 @@ def images_in_place(batch: list[Any]) -> Any:
             return None
     if storage.nbytes() != len(images) * n * first.element_size():
         return None  # slots of a larger array: stack them
+    if marked.untyped_storage().data_ptr() != storage.data_ptr():
+        return None  # not the array this thread decoded into
+    _IN_PLACE.batch = None
     shape = (len(images), *first.shape)
     strides, step = [], 1
     for size in reversed(shape):  # C order, as torch.stack lays out its result
