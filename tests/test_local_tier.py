@@ -265,6 +265,9 @@ def test_large_and_small_regions_decode_the_same_voxels(vol, tmp_path, monkeypat
         stats, wide = read(vol)
         assert (stats.tier_hits, stats.storage_queries) == (1, 0)
         whole = read(vol, np.s_[0:40, 0:36, 0:28])[1]
+        monkeypatch.setattr(lt, "_EXT_NDARRAY", None)  # a blosc2 without the direct call
+        indexed = read(vol)[1]
+    np.testing.assert_array_equal(indexed, expected[PATCH])
     np.testing.assert_array_equal(narrow, expected[PATCH])
     np.testing.assert_array_equal(wide, expected[PATCH])
     np.testing.assert_array_equal(whole, expected)

@@ -153,6 +153,7 @@ def _layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 WIDE_BYTES = 4 << 20  # a region this large decodes on blosc2's threads (a patch: on one)
+_EXT_NDARRAY: Any = False  # blosc2's extension array type with get_slice_numpy (None: absent)
 
 
 def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
@@ -161,8 +162,12 @@ def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
     Straight through blosc2's extension type when it has the call (what ``array[...]``
     runs after parsing its key: ~20 µs less per patch), else by ``array[...]``.
     """
-    ext: Any = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
-    if ext is not None and hasattr(ext, "get_slice_numpy") and isinstance(array, ext):
+    global _EXT_NDARRAY
+    if _EXT_NDARRAY is False:
+        ext = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
+        _EXT_NDARRAY = ext if hasattr(ext, "get_slice_numpy") else None
+    ext = _EXT_NDARRAY
+    if ext is not None and isinstance(array, ext):
         ext.get_slice_numpy(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
     else:
         out[...] = array[tuple(slice(lo, hi) for lo, hi in bounds)]
@@ -233,12 +238,15 @@ class LocalTier:
 
     def read(self, key: str, bounds: Bounds) -> np.ndarray | None:
         """Voxels of entry ``key`` in ``bounds``, or None if the entry is not there."""
-        if self.open(key) is None:
-            return None
         with self._lock:
             opened = self._open.get(key)
-        if opened is None:  # dropped meanwhile (rewritten by this process)
-            return None
+        if opened is None:
+            if self.open(key) is None:
+                return None
+            with self._lock:
+                opened = self._open.get(key)
+            if opened is None:  # dropped meanwhile (rewritten by this process)
+                return None
         array, lock = opened
         shape = tuple(hi - lo for lo, hi in bounds)
         out = np.empty(shape, dtype=array.dtype)
