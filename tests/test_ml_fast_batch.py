@@ -78,3 +78,24 @@ def test_images_that_are_not_one_array_in_order_are_stacked():
     assert images_in_place([]) is None
     assert torch.equal(images_in_place([{"image": t} for t in base]), base)
     assert images_in_place([{"image": t} for t in base]) is None  # the mark is used once
+
+
+def test_a_batch_array_is_reused_only_once_nothing_references_it(radi):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = VolumeCollectionDataset(radi.T1w, config)
+    keys = [(0, i) for i in range(4)]
+    first = one_thread_collate(ds.__getitems__(keys))["image"]
+    expected = first.clone()
+    held = one_thread_collate(ds.__getitems__(keys))["image"]  # ``first`` still in use
+    assert held.data_ptr() != first.data_ptr()
+    assert torch.equal(first, expected)  # never overwritten while referenced
+    view = first[1]
+    del first
+    other = one_thread_collate(ds.__getitems__([(1, i) for i in range(4)]))["image"]
+    assert other.data_ptr() not in (view.data_ptr() - view[0].numel() * 4, held.data_ptr())
+    assert torch.equal(view, expected[1])  # a view keeps its batch array from reuse
+    ptr = other.data_ptr()
+    del other
+    again = one_thread_collate(ds.__getitems__(keys))["image"]
+    assert again.data_ptr() == ptr  # unreferenced: taken again, overwritten whole
+    assert torch.equal(again, expected)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ _SLICE_AXIS = {SliceOrientation.AXIAL: 2, SliceOrientation.CORONAL: 1, SliceOrie
 
 
 _FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
+_RECYCLED = 3  # batch arrays a dataset keeps to reuse (see _recycled_array)
+_RECYCLE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -278,9 +282,27 @@ class VolumeCollectionDataset(Dataset[Any]):
             return None
         channels = len(self.collections)
         shape = (len(keys), channels, *self.config.patch_size, *shapes.pop())
-        # numpy's allocation, not torch.empty's: a fresh 4 MB torch buffer per batch faulted
-        # its pages in again every batch (170 minor faults per patch, 0.65 against 0.34 ms)
-        return torch.from_numpy(np.empty(shape, np.float32))
+        return torch.from_numpy(self._recycled_array(shape))
+
+    def _recycled_array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of ``shape`` for a batch: one nothing references any more, or new.
+
+        An earlier batch's array is taken again once no tensor or array uses it (CPython's
+        reference count says so exactly: every view holds its base). Its pages stay mapped
+        and warm; a new 4 MB array after the previous batch was freed came with ~1,000 page
+        faults when the allocator had handed the memory back (each epoch's first batch; every
+        batch with a fresh torch buffer: 0.65 against 0.34 ms per patch).
+        """
+        with _RECYCLE_LOCK:
+            spares: list[np.ndarray] = self.__dict__.setdefault("_recycled", [])
+            for array in spares:
+                # referenced by the list, ``array`` and getrefcount's argument only: unused
+                if array.shape == shape and sys.getrefcount(array) == 3:
+                    return array
+            array = np.empty(shape, np.float32)
+            spares.append(array)
+            del spares[:-_RECYCLED]
+            return array
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
@@ -545,6 +567,7 @@ class VolumeCollectionDataset(Dataset[Any]):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["transform"] = _portable(self.transform)
+        state.pop("_recycled", None)  # this process's batch arrays
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
