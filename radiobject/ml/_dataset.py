@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from torch.utils.data import Dataset
 
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
 from radiobject.config import SliceOrientation, get_config
+from radiobject.ml._batch import recycled_array
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
@@ -34,8 +33,6 @@ _SLICE_AXIS = {SliceOrientation.AXIAL: 2, SliceOrientation.CORONAL: 1, SliceOrie
 
 
 _FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
-_RECYCLED = 3  # batch arrays a dataset keeps to reuse (see _recycled_array)
-_RECYCLE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -282,27 +279,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             return None
         channels = len(self.collections)
         shape = (len(keys), channels, *self.config.patch_size, *shapes.pop())
-        return torch.from_numpy(self._recycled_array(shape))
-
-    def _recycled_array(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A float32 array of ``shape`` for a batch: one nothing references any more, or new.
-
-        An earlier batch's array is taken again once no tensor or array uses it (CPython's
-        reference count says so exactly: every view holds its base). Its pages stay mapped
-        and warm; a new 4 MB array after the previous batch was freed came with ~1,000 page
-        faults when the allocator had handed the memory back (each epoch's first batch; every
-        batch with a fresh torch buffer: 0.65 against 0.34 ms per patch).
-        """
-        with _RECYCLE_LOCK:
-            spares: list[np.ndarray] = self.__dict__.setdefault("_recycled", [])
-            for array in spares:
-                # referenced by the list, ``array`` and getrefcount's argument only: unused
-                if array.shape == shape and sys.getrefcount(array) == 3:
-                    return array
-            array = np.empty(shape, np.float32)
-            spares.append(array)
-            del spares[:-_RECYCLED]
-            return array
+        return torch.from_numpy(recycled_array(self.__dict__.setdefault("_recycled", []), shape))
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
