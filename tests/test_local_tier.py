@@ -251,3 +251,23 @@ def test_a_fill_while_reading_never_evicts_volumes_in_use(tmp_path):
         assert (c.tier_hits, c.tier_misses, c.tier_fills) == (2, 2, 0)
         assert c.storage_queries == 2  # the two regions; no fill tried again
     assert entries(folder) == kept
+
+
+def test_large_and_small_regions_decode_the_same_voxels(vol, tmp_path, monkeypatch):
+    """A region at least ``WIDE_BYTES`` decodes on blosc2's threads, a smaller one on one."""
+    import radiobject.read._local_tier as lt
+
+    expected = arange_volume(SHAPE)
+    with configure(read=tier_config(tmp_path / "tier")):
+        fill_local_tier(vol.uri, vol.ctx)
+        narrow = read(vol)[1]
+        monkeypatch.setattr(lt, "WIDE_BYTES", 0)  # every region takes the threaded handle
+        stats, wide = read(vol)
+        assert (stats.tier_hits, stats.storage_queries) == (1, 0)
+        whole = read(vol, np.s_[0:40, 0:36, 0:28])[1]
+        monkeypatch.setattr(lt, "_EXT_NDARRAY", None)  # a blosc2 without the direct call
+        indexed = read(vol)[1]
+    np.testing.assert_array_equal(indexed, expected[PATCH])
+    np.testing.assert_array_equal(narrow, expected[PATCH])
+    np.testing.assert_array_equal(wide, expected[PATCH])
+    np.testing.assert_array_equal(whole, expected)

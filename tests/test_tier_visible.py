@@ -178,3 +178,38 @@ def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_
             assert local_tier() is None
             assert tier_state().auto_mb == 0
     assert not os.path.exists(tmp_path / "auto")
+
+
+def test_a_batch_from_the_tier_is_read_in_the_calling_thread_and_is_the_same(
+    radi, tmp_path, monkeypatch
+):
+    """Volumes open in the tier: a batch is read without the reader threads, same voxels."""
+    import torch
+
+    import radiobject.ml._dataset as dataset_module
+    from radiobject.ml import DatasetConfig, VolumeCollectionDataset
+    from radiobject.read._region import served_locally
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = VolumeCollectionDataset(radi.T1w, config)
+    keys = [(3, i) for i in range(len(ds))]
+    from_storage = ds.__getitems__(keys)  # tier off: reader threads, TileDB queries
+    uris = [u for ref in ds.refs for u in ref.uris]
+    assert not any(served_locally(u) for u in uris)
+    with configure(read=tier_on(tmp_path / "tier")):
+        radi.T1w.warm_local_tier()
+        ds[keys[0]], ds[keys[-1]]  # opens both volumes' entries in this process
+        assert all(served_locally(u) for u in uris)
+        assert ds._served_locally(keys)
+
+        def no_threads():
+            raise AssertionError("a batch served by the tier must not use the reader threads")
+
+        monkeypatch.setattr(dataset_module, "read_pool", no_threads)
+        with TileDBStats(storage=False) as stats:
+            from_tier = ds.__getitems__(keys)
+    assert stats.cache_stats().tier_hits == len(keys)
+    assert stats.cache_stats().storage_queries == 0
+    for a, b in zip(from_storage, from_tier, strict=True):
+        assert torch.equal(a["image"], b["image"])
+        assert torch.equal(a["patch_start"], b["patch_start"])

@@ -20,7 +20,14 @@ from torch.utils.data import default_collate
 
 from radiobject._process import Resource
 
-__all__ = ["StageCounters", "TimedCollate", "sample_nbytes", "stage_counters"]
+__all__ = [
+    "StageCounters",
+    "TimedCollate",
+    "images_in_place",
+    "mark_in_place",
+    "sample_nbytes",
+    "stage_counters",
+]
 
 
 @dataclass
@@ -103,6 +110,10 @@ def one_thread_collate(batch: list[Any]) -> Any:
     """
     import torch
 
+    stacked = images_in_place(batch)
+    if stacked is not None:  # the dataset decoded the images into one array: no copy
+        rest = default_collate([{k: v for k, v in s.items() if k != "image"} for s in batch])
+        return {k: stacked if k == "image" else rest[k] for k in batch[0]}
     threads = torch.get_num_threads()
     if threads <= 1:
         return default_collate(batch)
@@ -111,6 +122,71 @@ def one_thread_collate(batch: list[Any]) -> Any:
         return default_collate(batch)
     finally:
         torch.set_num_threads(threads)
+
+
+_IN_PLACE = threading.local()  # the batch array this thread decoded last (see images_in_place)
+
+
+def mark_in_place(batch: Any) -> None:
+    """Note ``batch`` as an array this thread decoded a batch's images into, for its collate."""
+    _IN_PLACE.batch = batch
+
+
+def images_in_place(batch: list[Any]) -> Any:
+    """The ``"image"`` tensors of ``batch`` as one tensor without a copy, or None.
+
+    They qualify when they are, in order, the slots of the array this thread last marked
+    with :func:`mark_in_place` (``VolumeCollectionDataset`` decodes a batch of patches that
+    way): the result is that array, equal to ``torch.stack`` of them, and the mark is
+    dropped. Anything else (other samples, transformed images, views of a user's own
+    tensor, which a batch must not alias) returns None and is stacked as usual.
+
+    >>> import torch
+    >>> base = torch.arange(12.0).reshape(3, 4)
+    >>> images_in_place([{"image": t} for t in base]) is None  # not marked: stacked
+    True
+    >>> mark_in_place(base)
+    >>> images_in_place([{"image": base[0]}, {"image": base[2]}]) is None  # not consecutive
+    True
+    >>> torch.equal(images_in_place([{"image": t} for t in base]), base)
+    True
+    """
+    import torch
+
+    marked = getattr(_IN_PLACE, "batch", None)
+    if marked is None or not batch:
+        return None
+    if not all(type(s) is dict and "image" in s for s in batch):
+        return None
+    images = [s["image"] for s in batch]
+    first = images[0]
+    if not all(isinstance(t, torch.Tensor) for t in images) or not first.is_contiguous():
+        return None
+    storage = first.untyped_storage()
+    n = first.numel()
+    for i, t in enumerate(images):
+        if (
+            t.shape != first.shape
+            or t.dtype != first.dtype
+            or t.device != first.device
+            or t.requires_grad
+            or not t.is_contiguous()
+            or t.untyped_storage().data_ptr() != storage.data_ptr()
+            or t.storage_offset() != i * n
+        ):
+            return None
+    if storage.nbytes() != len(images) * n * first.element_size():
+        return None  # slots of a larger array: stack them
+    if marked.untyped_storage().data_ptr() != storage.data_ptr():
+        return None  # not the array this thread decoded into
+    _IN_PLACE.batch = None
+    shape = (len(images), *first.shape)
+    strides, step = [], 1
+    for size in reversed(shape):  # C order, as torch.stack lays out its result
+        strides.append(step)
+        step *= size
+    out = torch.empty(0, dtype=first.dtype, device=first.device)
+    return out.set_(storage, 0, shape, tuple(reversed(strides)))
 
 
 @dataclass(frozen=True)

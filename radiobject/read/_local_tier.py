@@ -152,6 +152,27 @@ def _layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return chunks, blocks
 
 
+WIDE_BYTES = 4 << 20  # a region this large decodes on blosc2's threads (a patch: on one)
+_EXT_NDARRAY: Any = False  # blosc2's extension array type with get_slice_numpy (None: absent)
+
+
+def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
+    """Decode ``bounds`` of the blosc2 ``array`` into ``out`` (C-ordered, of its shape).
+
+    Straight through blosc2's extension type when it has the call (what ``array[...]``
+    runs after parsing its key: ~20 µs less per patch), else by ``array[...]``.
+    """
+    global _EXT_NDARRAY
+    if _EXT_NDARRAY is False:
+        ext = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
+        _EXT_NDARRAY = ext if hasattr(ext, "get_slice_numpy") else None
+    ext = _EXT_NDARRAY
+    if ext is not None and isinstance(array, ext):
+        ext.get_slice_numpy(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
+    else:
+        out[...] = array[tuple(slice(lo, hi) for lo, hi in bounds)]
+
+
 def _crc32(path: Path) -> int:
     crc = 0
     with open(path, "rb") as f:
@@ -175,8 +196,10 @@ class LocalTier:
         self.folder = folder
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
-        # entry name -> (memory-mapped NDArray, its lock)
+        # entry name -> (memory-mapped NDArray decoding on one thread, its lock)
         self._open: LRUCache[str, tuple[Any, threading.Lock]] = LRUCache(maxsize=1024)
+        # entry name -> the same file decoding on blosc2's threads (large regions)
+        self._wide: LRUCache[str, Any] = LRUCache(maxsize=64)
         self.broken: str | None = None  # why writing failed in this process
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -193,7 +216,11 @@ class LocalTier:
             meta = json.loads(sidecar.read_text())
             if data.stat().st_size != meta["size"] or _crc32(data) != meta["crc32"]:
                 return None  # truncated, corrupt, or being replaced: fill it again
-            array = _blosc2().open(str(data), mode="r", mmap_mode="r")
+            blosc2 = _blosc2()
+            # one decoding thread: a patch's few blocks decode faster without blosc2's
+            # thread hand-offs (0.24 against 0.30 ms per 64³ patch on the 2-core machine)
+            one = blosc2.DParams(nthreads=1)
+            array = blosc2.open(str(data), mode="r", mmap_mode="r", dparams=one)
             if tuple(array.shape) != tuple(meta["shape"]) or str(array.dtype) != meta["dtype"]:
                 return None
             with contextlib.suppress(OSError):
@@ -204,20 +231,42 @@ class LocalTier:
             self._open[key] = (array, threading.Lock())
         return array
 
+    def is_open(self, key: str) -> bool:
+        """Whether entry ``key`` is open in this process (checked and mapped: reads are local)."""
+        with self._lock:
+            return key in self._open
+
     def read(self, key: str, bounds: Bounds) -> np.ndarray | None:
         """Voxels of entry ``key`` in ``bounds``, or None if the entry is not there."""
-        if self.open(key) is None:
-            return None
         with self._lock:
             opened = self._open.get(key)
-        if opened is None:  # dropped meanwhile (rewritten by this process)
-            return None
+        if opened is None:
+            if self.open(key) is None:
+                return None
+            with self._lock:
+                opened = self._open.get(key)
+            if opened is None:  # dropped meanwhile (rewritten by this process)
+                return None
         array, lock = opened
+        shape = tuple(hi - lo for lo, hi in bounds)
+        out = np.empty(shape, dtype=array.dtype)
+        if out.nbytes >= WIDE_BYTES:
+            array = self._wide_handle(key, array)
         # one decode at a time per entry (a blosc2 array's decompression context is its
         # own); threads reading different volumes decode in parallel
         with lock:
-            out: np.ndarray = array[tuple(slice(lo, hi) for lo, hi in bounds)]
+            _decode_into(array, bounds, out)
         return out
+
+    def _wide_handle(self, key: str, array: Any) -> Any:
+        """Entry ``key`` opened again to decode on blosc2's threads (for large regions)."""
+        with self._lock:
+            wide = self._wide.get(key)
+        if wide is None:
+            wide = _blosc2().open(array.urlpath, mode="r", mmap_mode="r")
+            with self._lock:
+                self._wide[key] = wide
+        return wide
 
     def write(self, key: str, volume: np.ndarray, *, idle_s: float = 0.0) -> bool:
         """Publish ``volume`` as entry ``key``; False if it does not fit the budget.
@@ -270,6 +319,7 @@ class LocalTier:
                     tmp.unlink()
         with self._lock:
             self._open.pop(key, None)
+            self._wide.pop(key, None)
         return True
 
     def entry_bytes(self, key: str) -> int:
@@ -406,6 +456,11 @@ class _TierState:
             with self.lock:
                 self.keys[uri] = key
         return key
+
+    def known_key(self, uri: str) -> str | None:
+        """The entry name of ``uri`` if this process worked it out already, else None."""
+        with self.lock:
+            return self.keys.get(uri)
 
     def forget(self, uri: str) -> None:
         with self.lock:

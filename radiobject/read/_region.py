@@ -36,6 +36,7 @@ __all__ = [
     "forget_array",
     "open_array",
     "read_region",
+    "served_locally",
     "whole_volume_budget",
 ]
 
@@ -230,6 +231,21 @@ _FETCH_LOCKS: Resource[_FetchLocks] = Resource("fetch locks", _FetchLocks)
 
 def _fetch_lock(uri: str) -> threading.Lock:
     return _FETCH_LOCKS.get()(uri)
+
+
+def served_locally(uri: str) -> bool:
+    """Whether reads of ``uri`` are served by the local tier now, without a TileDB query.
+
+    True when the tier is on and this process has the volume's entry open (and no whole copy
+    in the RAM cache takes precedence). Such reads decode blosc2 blocks holding the GIL:
+    reading several of them on threads only adds hand-offs, while TileDB queries run in
+    parallel. Cheap (a few dictionary lookups): nothing is opened or checked here.
+    """
+    tier = local_tier()
+    if tier is None:
+        return False
+    key = tier_state().known_key(uri)
+    return key is not None and tier.is_open(key) and block_cache().get((uri, _WHOLE)) is None
 
 
 def _tile_range(bounds: Bounds, tiles: tuple[int, ...]) -> tuple[list[int], list[int]]:

@@ -1,0 +1,101 @@
+"""A batch of patches decoded in place: the same bytes as samples stacked one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from radiobject.data import make_sample_radiobject
+from radiobject.ml import DatasetConfig, VolumeCollectionDataset, create_training_dataloader
+from radiobject.ml._stages import images_in_place, mark_in_place, one_thread_collate
+
+SHAPE, PATCH, PER = (16, 16, 12), (8, 8, 8), 3
+
+
+@pytest.fixture(scope="module")
+def radi(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("fastbatch")
+    return make_sample_radiobject(
+        str(root / "r"), n_subjects=3, shape=SHAPE, modalities=("T1w", "FLAIR"), progress=False
+    )
+
+
+def _identity(sample):
+    return sample
+
+
+@pytest.mark.parametrize("channels", [("T1w",), ("T1w", "FLAIR")])
+def test_a_batch_decoded_in_place_equals_the_stacked_samples(radi, channels):
+    colls = [getattr(radi, c) for c in channels]
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    fast = VolumeCollectionDataset(colls, config)
+    plain = VolumeCollectionDataset(colls, config, transform=_identity)  # no in-place batch
+    keys = [(2, i) for i in (5, 0, 7, 3)]
+    samples = fast.__getitems__(keys)
+    batch = one_thread_collate(samples)
+    # the images were the slots of one array, which the batch is: no copy
+    assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()
+    assert images_in_place(plain.__getitems__(keys)) is None
+    expected = torch.stack([plain[k]["image"] for k in keys])
+    assert batch["image"].dtype == expected.dtype
+    assert batch["image"].shape == expected.shape
+    assert batch["image"].stride() == expected.stride()
+    assert torch.equal(batch["image"], expected)
+    assert list(batch) == list(samples[0])  # keys in the samples' order
+    assert torch.equal(batch["patch_start"], torch.stack([s["patch_start"] for s in samples]))
+    assert batch["obs_id"] == [s["obs_id"] for s in samples]
+
+
+def test_loaders_with_and_without_the_in_place_batch_give_the_same_batches(radi):
+    def batches(transform):
+        loader = create_training_dataloader(
+            radi.T1w,
+            labels="diagnosis",
+            transform=transform,
+            batch_size=4,
+            patch_size=PATCH,
+            patches_per_volume=PER,
+            drop_last=False,  # the last batch is smaller (9 items)
+        )
+        return [b for _ in range(2) for b in loader]
+
+    fast, plain = batches(None), batches(_identity)
+    assert len(fast) == len(plain) == 6
+    for a, b in zip(fast, plain, strict=True):
+        assert list(a) == list(b)
+        for key in ("image", "patch_start", "label"):
+            assert torch.equal(a[key], b[key])
+        assert a["obs_id"] == b["obs_id"]
+
+
+def test_images_that_are_not_one_array_in_order_are_stacked():
+    base = torch.arange(24.0).reshape(4, 6)
+    assert images_in_place([{"image": t} for t in base]) is None  # a user's tensor: no alias
+    mark_in_place(base)
+    assert images_in_place([{"image": t} for t in base[:3]]) is None  # part of a larger array
+    assert images_in_place([{"image": base[1]}, {"image": base[0]}]) is None  # out of order
+    assert images_in_place([{"image": base[0].clone()}, {"image": base[1]}]) is None
+    assert images_in_place([]) is None
+    assert torch.equal(images_in_place([{"image": t} for t in base]), base)
+    assert images_in_place([{"image": t} for t in base]) is None  # the mark is used once
+
+
+def test_a_batch_array_is_reused_only_once_nothing_references_it(radi):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = VolumeCollectionDataset(radi.T1w, config)
+    keys = [(0, i) for i in range(4)]
+    first = one_thread_collate(ds.__getitems__(keys))["image"]
+    expected = first.clone()
+    held = one_thread_collate(ds.__getitems__(keys))["image"]  # ``first`` still in use
+    assert held.data_ptr() != first.data_ptr()
+    assert torch.equal(first, expected)  # never overwritten while referenced
+    view = first[1]
+    del first
+    other = one_thread_collate(ds.__getitems__([(1, i) for i in range(4)]))["image"]
+    assert other.data_ptr() not in (view.data_ptr() - view[0].numel() * 4, held.data_ptr())
+    assert torch.equal(view, expected[1])  # a view keeps its batch array from reuse
+    ptr = other.data_ptr()
+    del other
+    again = one_thread_collate(ds.__getitems__(keys))["image"]
+    assert again.data_ptr() == ptr  # unreferenced: taken again, overwritten whole
+    assert torch.equal(again, expected)
