@@ -179,7 +179,12 @@ def main() -> int:
     tiledb_bytes = sum(dir_bytes(u) for u in uris)
     npys = [np.load(root / "npy" / f"{i}.npy", mmap_mode="r") for i in range(n)]
     b2s = [
-        blosc2.open(str(root / "blosc2" / f"{i}.b2nd"), mode="r", mmap_mode="r") for i in range(n)
+        # as nnU-Net v2's dataset opens them: one decode thread (faster per 64³ patch here too:
+        # 0.23 against 0.28 ms with blosc2's default threads)
+        blosc2.open(
+            str(root / "blosc2" / f"{i}.b2nd"), mode="r", mmap_mode="r", dparams={"nthreads": 1}
+        )
+        for i in range(n)
     ]
     zs = [zarr.open_array(str(root / "zarr" / f"{i}.zarr"), mode="r") for i in range(n)]
     tss = [ltr_peers.open_tensorstore(root / "tensorstore" / f"{i}.zarr") for i in range(n)]

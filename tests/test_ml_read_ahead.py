@@ -432,7 +432,7 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
         for _ in loader:  # warm up: the fork server runs from here on
             break
         gc.collect()
-        threads, children = threading.active_count(), len(multiprocessing.active_children())
+        threads, children = set(threading.enumerate()), len(multiprocessing.active_children())
         for _ in range(2):
             it = iter(loader)
             next(it)
@@ -440,7 +440,12 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
             assert len(multiprocessing.active_children()) == children + 2
             del it
             gc.collect()
-            assert threading.active_count() == threads
+            # the workers' index queues end their feeder threads on their own after the
+            # loader closes them: wait for those (multiprocessing's), then nothing is left
+            for thread in set(threading.enumerate()) - threads:
+                if thread.name == "QueueFeederThread":
+                    thread.join(timeout=30)
+            assert set(threading.enumerate()) == threads
             assert len(multiprocessing.active_children()) == children
 
 

@@ -195,14 +195,21 @@ def test_s3_volumes_are_read_ahead_and_stopping_mid_epoch_leaks_nothing(s3, coho
         radi.T1w, batch_size=1, patch_size=(16, 16, 16), patches_per_volume=4, seed=2
     )
     assert loader.dataset.remote
-    for _ in loader:  # a whole epoch: what was read ahead was used
-        pass
+
+    def settled(state) -> None:
+        """Wait until the reads started ahead are done (they run on the state's pool)."""
+        with state.lock:
+            while state.running:
+                state.idle.wait()
+
+    it = iter(loader)
+    next(it)
     state = ahead_state(loader.dataset)
     assert state is not None
-    assert state.served > 0
-    with state.lock:  # the next epoch's first batches may still be on their way
-        while state.running:
-            state.idle.wait()
+    for _ in it:  # a whole epoch, each batch taken after the reads ahead of it finished
+        settled(state)
+    assert state.served > 0  # so the later samples were taken from the read-ahead
+    settled(state)  # the next epoch's first batches may still be on their way
     state.pool.join_idle()
     gc.collect()
     baseline = threading.active_count()
