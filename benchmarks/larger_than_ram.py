@@ -236,9 +236,9 @@ def main() -> int:
             shutil.rmtree(tier_dir, ignore_errors=True)
             with configure(read=cfg):
                 clear_caches()
-                # the fills queued by epoch 1 end before epoch 2 (untimed)
+                # the fills queued by an epoch end before the next one (untimed)
                 res[label] = ltr_peers.radiobject_epochs(
-                    coll, per, loader_epochs, after_first=tier_state().flush
+                    coll, per, loader_epochs, between=tier_state().flush
                 )
         res["loader: MONAI Persistent+RandCrop"] = ltr_peers.monai_epochs(
             root, n, per, loader_epochs

@@ -102,16 +102,17 @@ def make_peer_copies(root: Path, volumes: Iterable[Callable[[], np.ndarray]]) ->
 
 
 def timed_epochs(
-    loader: Any, epochs: int, per_epoch: int, after_first: Callable[[], None] | None = None
+    loader: Any, epochs: int, per_epoch: int, between: Callable[[], None] | None = None
 ) -> list[float]:
     """Patches per second of each epoch of ``loader`` (it must yield ``per_epoch`` patches).
 
-    ``after_first`` runs after epoch 1, untimed (e.g. waiting for the tier's fills).
+    ``between`` runs between epochs and after the last, untimed (e.g. waiting for the
+    tier's fills: the automatic tier fills in epoch 2, what a user tier fills in epoch 1).
     """
     rates = []
     for epoch in range(epochs):
-        if epoch == 1 and after_first is not None:
-            after_first()
+        if epoch >= 1 and between is not None:
+            between()
         start = time.perf_counter()
         n = 0
         for batch in loader:
@@ -174,7 +175,7 @@ def torchio_epochs(root: Path, n: int, per: int, epochs: int, workers: int = 2) 
 
 
 def radiobject_epochs(
-    collection: Any, per: int, epochs: int, after_first: Callable[[], None] | None = None
+    collection: Any, per: int, epochs: int, between: Callable[[], None] | None = None
 ) -> list[float]:
     """radiobject's training loader (the settings in force: tier on or off, cache budget)."""
     from radiobject.ml import create_training_dataloader
@@ -186,7 +187,10 @@ def radiobject_epochs(
         patches_per_volume=per,
         drop_last=False,
     )
-    return timed_epochs(loader, epochs, len(collection) * per, after_first)
+    rates = timed_epochs(loader, epochs, len(collection) * per, between)
+    if between is not None:
+        between()
+    return rates
 
 
 def _pss_mb(pid: int) -> float:
