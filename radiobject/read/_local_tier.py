@@ -87,9 +87,16 @@ def default_tier_dir() -> Path:
     """``$RADIOBJECT_TIER_DIR``, else ``$XDG_CACHE_HOME/radiobject/tier`` or ``~/.cache/...``.
 
     >>> import os
-    >>> os.environ.get("RADIOBJECT_TIER_DIR") is not None or default_tier_dir().parts[-2:] == (
-    ...     "radiobject", "tier")
-    True
+    >>> saved = os.environ.pop("RADIOBJECT_TIER_DIR", None)  # the tests set it
+    >>> default_tier_dir().parts[-2:]
+    ('radiobject', 'tier')
+    >>> os.environ["RADIOBJECT_TIER_DIR"] = "/data/tier"
+    >>> str(default_tier_dir())
+    '/data/tier'
+    >>> if saved is None:
+    ...     del os.environ["RADIOBJECT_TIER_DIR"]
+    ... else:
+    ...     os.environ["RADIOBJECT_TIER_DIR"] = saved
     """
     if folder := os.environ.get(TIER_DIR_ENV):
         return Path(folder)
