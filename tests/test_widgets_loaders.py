@@ -64,6 +64,8 @@ def test_tuner_takes_the_loader_of_every_factory(sample_radi, built, factory):
     tuner = LoaderTuner(loader, duration_s=0.3)
     s = tuner.settings()
     assert (s.batch_size, s.num_workers, s.patch_size) == (3, 0, (8, 8, 4))  # the loader's
+    per_volume = tuner.controls["patches_per_volume"].layout.display != "none"
+    assert per_volume == (factory != "create_inference_dataloader")  # a grid has no such thing
     run = tuner.run_sync(batch_size=2, patch_size=(8, 8, 8))
     assert run.error == ""
     assert run.result.batches > 0

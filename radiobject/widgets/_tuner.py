@@ -169,6 +169,8 @@ class LoaderTuner(w.VBox):
             duration_s=duration_s,
         )
         self._build(initial, remote)
+        if "patches_per_volume" not in self._takes:  # inference: its grid sets the patches
+            self.controls["patches_per_volume"].layout.display = "none"
         self.add_class("radiobject-loader-tuner")
 
     # -- layout ---------------------------------------------------------------------------
