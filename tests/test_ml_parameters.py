@@ -125,8 +125,18 @@ def test_ctx_reads_every_collection_with_that_context(sample_radi, factory):
     if factory == "create_segmentation_dataloader":
         assert loader.dataset.mask.ctx is ctx
         assert all(r.ctx is ctx for r in loader.dataset.plan((0, 0)).reads)  # image and mask
-    assert sample_radi.T1w.ctx is not ctx  # the caller's collections are left as they were
     assert torch.equal(_first_batch(loader)["image"], _first_batch(plain)["image"])
+
+
+def test_ctx_leaves_the_callers_collections_alone(sample_radi):
+    ctx = tiledb.Ctx()
+    t1, seg = sample_radi.T1w, sample_radi.seg
+    before = (t1.ctx, seg.ctx)
+    loader = create_segmentation_dataloader(t1, seg, patch_size=8, ctx=ctx)
+    assert (t1.ctx, seg.ctx) == before  # copies read with ctx; the caller's keep their own
+    assert ctx not in before
+    assert loader.dataset.collections[0] is not t1
+    assert loader.dataset.collections[0].obs_ids == t1.obs_ids  # the same volumes
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
