@@ -33,6 +33,7 @@ from radiobject.ml._loaders import (
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._read_ahead import ReadAheadSchedule
+from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._workers import (
@@ -49,6 +50,7 @@ __all__ = [
     "EpochSampler",
     "GridPatchDataset",
     "LoaderProbe",
+    "LoaderRecipe",
     "LoadingMode",
     "PredictionWriter",
     "ProbeRecord",

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import enum
-import numbers
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-
 from radiobject._errors import ConfigurationError
 from radiobject.config import SliceOrientation
+from radiobject.ml._params import as_int, parse_patch_size
 
 __all__ = ["DatasetConfig", "LoadingMode"]
 
@@ -74,44 +72,25 @@ class DatasetConfig:
             "slice_orientation", self.slice_orientation, SliceOrientation, exclude="ISOTROPIC"
         )
         object.__setattr__(self, "slice_orientation", orient)
-        ppv = _as_int(self.patches_per_volume)
+        ppv = as_int(self.patches_per_volume)
         if ppv is None or ppv < 1:
             raise ConfigurationError(
                 f"DatasetConfig.patches_per_volume must be an integer >= 1, "
                 f"got {self.patches_per_volume!r}"
             )
         object.__setattr__(self, "patches_per_volume", ppv)
-        seed = _as_int(self.seed)
+        seed = as_int(self.seed)
         if seed is None or seed < 0:
             raise ConfigurationError(
                 f"DatasetConfig.seed must be an integer >= 0, got {self.seed!r}"
             )
         object.__setattr__(self, "seed", seed)
-        if self.patch_size is not None:
-            raw: object = self.patch_size
-            if _as_int(raw) is not None:
-                raw = (raw,) * 3
-            size = (
-                tuple(_as_int(s) for s in raw)
-                if isinstance(raw, (tuple, list, np.ndarray))
-                else None
-            )
-            if size is None or len(size) != 3 or any(s is None or s < 1 for s in size):
-                raise ConfigurationError(
-                    f"DatasetConfig.patch_size must be three positive integers, got {raw!r}"
-                )
-            object.__setattr__(self, "patch_size", size)
+        size = parse_patch_size(self.patch_size, "DatasetConfig")
+        object.__setattr__(self, "patch_size", size)
         if mode is LoadingMode.PATCH and self.patch_size is None:
             raise ConfigurationError(
                 "DatasetConfig: loading_mode=PATCH needs patch_size, e.g. patch_size=(64, 64, 64)"
             )
-
-
-def _as_int(value: object) -> int | None:
-    """``value`` as an int when it is an integer (numpy integers too), else ``None``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        return None
-    return int(value)
 
 
 def _parse_enum(name: str, value: object, kind: type[E], exclude: str = "") -> E:

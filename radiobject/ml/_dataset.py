@@ -18,6 +18,7 @@ from radiobject._errors import AlignmentError, LabelError, RadiObjectError, Shap
 from radiobject.config import SliceOrientation, get_config
 from radiobject.ml._batch import recycled_array
 from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
@@ -159,6 +160,8 @@ class VolumeCollectionDataset(Dataset[Any]):
             obs_id or subject id, a DataFrame, a Series, or a callable ``obs_id -> label``.
             String labels become class indices (sorted names in :attr:`classes`).
         transform: a callable on the sample dict, e.g. a MONAI ``Compose`` of dict transforms.
+        ctx: a ``tiledb.Ctx`` to read the collections with (default: the context each was
+            opened with). Bad values of ``transform`` or ``ctx`` raise ``ConfigurationError``.
 
     Subclassing: override :meth:`read_image` to change how channels are read,
     :meth:`patch_start` to change where patches go, or :meth:`read_sample` to add keys.
@@ -181,10 +184,13 @@ class VolumeCollectionDataset(Dataset[Any]):
         config: DatasetConfig | None = None,
         labels: Labels = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
+        *,
+        ctx: tiledb.Ctx | None = None,
     ) -> None:
-        self.collections = as_collections(collections)
+        where = type(self).__name__
+        self.collections = as_collections(with_ctx(collections, parse_ctx(ctx, where)))
         self.config = config or DatasetConfig()
-        self.transform = transform
+        self.transform = parse_transform(transform, where)
         self.refs = align(self.collections)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
         self.epoch = 0

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import tiledb
 import torch
 
 from radiobject._errors import ConfigurationError
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._loaders import _config, build_loader
+from radiobject.ml._params import parse_loader_params
+from radiobject.ml._recipe import recorded
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.storage._collection import VolumeCollection
 
@@ -79,6 +82,7 @@ class DistributedEpochSampler(ResumableSampler):
         return [int(i) for i in torch.randperm(self.n, generator=generator)]
 
 
+@recorded
 def create_distributed_dataloader(
     collections: VolumeCollection | Sequence[VolumeCollection],
     rank: int,
@@ -87,7 +91,7 @@ def create_distributed_dataloader(
     transform: Callable[[dict[str, Any]], Any] | None = None,
     batch_size: int = 4,
     *,
-    patch_size: Sequence[int] | None = None,
+    patch_size: Sequence[int] | int | None = None,
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -95,6 +99,7 @@ def create_distributed_dataloader(
     shuffle: bool = True,
     seed: int = 0,
     drop_last: bool = False,
+    ctx: tiledb.Ctx | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """A DataLoader for rank ``rank`` of ``world_size``, sharded as by ``DistributedSampler``.
@@ -111,7 +116,8 @@ def create_distributed_dataloader(
         labels: as in :func:`create_training_dataloader`.
         transform: a callable on the sample dict.
         batch_size: samples per batch on this rank.
-        patch_size: read random patches (default: whole volumes).
+        patch_size: read random patches, three integers or one for a cube (default: whole
+            volumes).
         patches_per_volume: patches per volume and epoch.
         num_workers: worker processes per rank.
         pin_memory: pin batches for faster GPU transfer.
@@ -120,6 +126,7 @@ def create_distributed_dataloader(
         shuffle: shuffle each epoch (same permutation on every rank, as DistributedSampler).
         seed: sampling seed, identical on every rank.
         drop_last: drop the tail so every rank gets the same number of items.
+        ctx: a ``tiledb.Ctx`` to read the collections with (default: each one's own).
         **loader_kwargs: further DataLoader options.
 
     Each rank reads its own half of the subjects; ``set_epoch`` deals new shards:
@@ -143,16 +150,26 @@ def create_distributed_dataloader(
             f"rank must be in [0, world_size) and world_size >= 1; got rank={rank}, "
             f"world_size={world_size}"
         )
-    cfg = _config(None, patch_size, patches_per_volume, seed)
-    dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
+    p = parse_loader_params(
+        "create_distributed_dataloader",
+        patch_size=patch_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        transform=transform,
+        ctx=ctx,
+    )
+    cfg = _config(None, p.patch_size, patches_per_volume, seed)
+    dataset = VolumeCollectionDataset(
+        collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
+    )
     sampler = DistributedEpochSampler(
         dataset, rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     return build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=p.num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
         drop_last=False,

@@ -25,6 +25,7 @@ import torch
 from radiobject._errors import ConfigurationError, ShapeError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
+from radiobject.ml._params import parse_patch_size
 from radiobject.storage._collection import VolumeCollection
 
 __all__ = ["GridPatchDataset", "grid_positions", "importance_map"]
@@ -110,7 +111,7 @@ def grid_positions(
     >>> len(grid_positions((40, 36, 30), 16, overlap=0.5)), grid_positions((8, 16, 16), 16)
     (48, [(-4, 0, 0)])
     """
-    patch = _patch(patch_size)
+    patch = _patch(patch_size, "grid_positions")
     plan = GridPlan.build(shape, patch, _overlaps(overlap))
     out = []
     for k in range(plan.n_patches):
@@ -119,9 +120,11 @@ def grid_positions(
     return out  # type: ignore[return-value]  # 3D positions (grid of a 3D plan)
 
 
-def _patch(patch_size: Sequence[int] | int) -> tuple[int, int, int]:
-    # mypy is silenced on the next line: DatasetConfig checks and normalises it to three ints
-    return DatasetConfig(loading_mode=LoadingMode.PATCH, patch_size=patch_size).patch_size  # type: ignore[arg-type, return-value]
+def _patch(patch_size: Sequence[int] | int, where: str) -> tuple[int, int, int]:
+    patch = parse_patch_size(patch_size, where)
+    if patch is None:
+        raise ConfigurationError(f"{where}: patch_size is required (an int or three ints)")
+    return patch
 
 
 def importance_map(
@@ -139,7 +142,7 @@ def importance_map(
     >>> w.shape, float(w[2, 2, 2]), bool(w[0, 0, 0] < 0.01)
     ((5, 5, 5), 1.0, True)
     """
-    patch = _patch(patch_size)
+    patch = _patch(patch_size, "importance_map")
     if mode not in _MODES:
         raise ConfigurationError(f"mode must be one of {_MODES}, got {mode!r}")
     if mode == "constant":
@@ -176,6 +179,7 @@ class GridPatchDataset(VolumeCollectionDataset):
         transform: a callable on the sample dict; it must keep the patch's spatial shape.
         rank: this process's rank (volumes are sharded by rank).
         world_size: number of ranks.
+        ctx: a ``tiledb.Ctx`` to read the collections with (default: each one's own).
 
     >>> from radiobject.data import make_sample_radiobject
     >>> import tempfile, os
@@ -195,17 +199,17 @@ class GridPatchDataset(VolumeCollectionDataset):
         *,
         rank: int = 0,
         world_size: int = 1,
+        ctx: tiledb.Ctx | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigurationError(
                 f"rank must be in [0, world_size) and world_size >= 1; got rank={rank}, "
                 f"world_size={world_size}"
             )
-        config = DatasetConfig(
-            loading_mode=LoadingMode.PATCH, patch_size=_patch(patch_size), fixed_epoch=True
-        )
+        patch = _patch(patch_size, "GridPatchDataset")
+        config = DatasetConfig(loading_mode=LoadingMode.PATCH, patch_size=patch, fixed_epoch=True)
         self.overlap = _overlaps(overlap)
-        super().__init__(collections, config, transform=transform)
+        super().__init__(collections, config, transform=transform, ctx=ctx)
         for ref in self.refs:
             if len(ref.shape) != 3:
                 raise ShapeError(

@@ -13,12 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import tiledb
+
 from radiobject._errors import ConfigurationError
 from radiobject.config import get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
+from radiobject.ml._params import parse_batch_size, parse_loader_params, parse_num_workers
 from radiobject.ml._read_ahead import ReadAheadSchedule
+from radiobject.ml._recipe import recorded
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState
@@ -121,8 +125,8 @@ def build_loader(
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> RadiObjectLoader:
     """A resumable DataLoader over ``dataset`` with radiobject's safe worker set-up."""
-    if batch_size < 1:
-        raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = parse_batch_size(batch_size, "build_loader")
+    num_workers = parse_num_workers(num_workers, "build_loader")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         mp_ctx = _mp_context(multiprocessing_context, _preload_modules(dataset))
@@ -158,7 +162,7 @@ def build_loader(
 
 def _config(
     config: DatasetConfig | None,
-    patch_size: Sequence[int] | None,
+    patch_size: tuple[int, int, int] | None,
     patches_per_volume: int,
     seed: int,
     fixed_epoch: bool = False,
@@ -168,7 +172,7 @@ def _config(
     mode = LoadingMode.PATCH if patch_size is not None else LoadingMode.FULL_VOLUME
     return DatasetConfig(
         loading_mode=mode,
-        patch_size=tuple(patch_size) if patch_size is not None else None,
+        patch_size=patch_size,
         patches_per_volume=patches_per_volume,
         seed=seed,
         fixed_epoch=fixed_epoch,
@@ -185,13 +189,14 @@ def _window(dataset: VolumeCollectionDataset, shuffle_window: int | str | None) 
     return shuffle_window
 
 
+@recorded
 def create_training_dataloader(
     collections: VolumeCollection | Sequence[VolumeCollection],
     labels: Labels = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
     batch_size: int = 4,
     *,
-    patch_size: Sequence[int] | None = None,
+    patch_size: Sequence[int] | int | None = None,
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -200,6 +205,7 @@ def create_training_dataloader(
     config: DatasetConfig | None = None,
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
+    ctx: tiledb.Ctx | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """A shuffling DataLoader of dict samples for training (MONAI dict transforms welcome).
@@ -209,10 +215,11 @@ def create_training_dataloader(
         labels: a column name such as ``"diagnosis"`` (looked up in ``obs`` then
             ``obs_meta``), a dict, a DataFrame or a callable.
         transform: a callable on the sample dict, e.g. a MONAI ``Compose``.
-        batch_size: samples per batch.
-        patch_size: read random patches of this size (default: whole volumes).
+        batch_size: samples per batch (an integer >= 1).
+        patch_size: read random patches of this size: three integers ``(x, y, z)`` or one
+            for a cube (default: whole volumes).
         patches_per_volume: patches per volume and epoch.
-        num_workers: worker processes (started safely, see module docs).
+        num_workers: worker processes, >= 0 (started safely, see module docs).
         pin_memory: pin batches for faster GPU transfer.
         persistent_workers: keep workers between epochs (default: yes when
             ``num_workers > 0``; restarting them every epoch costs seconds).
@@ -222,6 +229,7 @@ def create_training_dataloader(
             volume gives several patches, for cache locality; ``None``: global shuffle).
         drop_last: drop the last incomplete batch (default: yes, unless the dataset is
             smaller than one batch).
+        ctx: a ``tiledb.Ctx`` to read the collections with (default: each one's own).
         **loader_kwargs: ``prefetch_factor``, ``multiprocessing_context``,
             ``worker_init_fn`` or ``collate_fn`` for the DataLoader.
 
@@ -233,20 +241,39 @@ def create_training_dataloader(
     >>> batch = next(iter(loader))
     >>> tuple(batch["image"].shape), tuple(batch["label"].shape)
     ((2, 1, 16, 16, 12), (2,))
+
+    The same parameters mean the same in every factory, and bad values say so:
+
+    >>> create_training_dataloader(radi.T1w, patch_size=8).dataset.config.patch_size
+    (8, 8, 8)
+    >>> create_training_dataloader(radi.T1w, num_workers=-1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: num_workers must be >= 0...
     """
-    cfg = _config(config, patch_size, patches_per_volume, seed)
-    dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
-    auto_local_tier(collections)  # on when the cohort exceeds the RAM cache (local_tier_mb=None)
+    p = parse_loader_params(
+        "create_training_dataloader",
+        patch_size=patch_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        transform=transform,
+        ctx=ctx,
+    )
+    cfg = _config(config, p.patch_size, patches_per_volume, seed)
+    dataset = VolumeCollectionDataset(
+        collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
+    )
+    auto_local_tier(dataset.collections)  # on when the cohort exceeds the RAM cache
     sampler = EpochSampler(
         dataset, shuffle=True, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
     if drop_last is None:
-        drop_last = len(dataset) > batch_size
+        drop_last = len(dataset) > p.batch_size
     return build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=p.num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
         drop_last=drop_last,
@@ -254,19 +281,21 @@ def create_training_dataloader(
     )
 
 
+@recorded
 def create_validation_dataloader(
     collections: VolumeCollection | Sequence[VolumeCollection],
     labels: Labels = None,
     transform: Callable[[dict[str, Any]], Any] | None = None,
     batch_size: int = 4,
     *,
-    patch_size: Sequence[int] | None = None,
+    patch_size: Sequence[int] | int | None = None,
     patches_per_volume: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
     persistent_workers: bool | None = None,
     seed: int = 0,
     config: DatasetConfig | None = None,
+    ctx: tiledb.Ctx | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """A deterministic DataLoader for validation: fixed order, same patches every epoch.
@@ -288,16 +317,26 @@ def create_validation_dataloader(
     >>> torch.equal(first["image"], again["image"])  # the same patches every epoch
     True
     """
-    cfg = _config(config, patch_size, patches_per_volume, seed, fixed_epoch=True)
+    p = parse_loader_params(
+        "create_validation_dataloader",
+        patch_size=patch_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        transform=transform,
+        ctx=ctx,
+    )
+    cfg = _config(config, p.patch_size, patches_per_volume, seed, fixed_epoch=True)
     if not cfg.fixed_epoch:
         cfg = replace(cfg, fixed_epoch=True)
-    dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
+    dataset = VolumeCollectionDataset(
+        collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
+    )
     sampler = EpochSampler(dataset, shuffle=False, seed=cfg.seed)
     return build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=p.num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
         drop_last=False,
@@ -305,6 +344,7 @@ def create_validation_dataloader(
     )
 
 
+@recorded
 def create_inference_dataloader(
     collections: VolumeCollection | Sequence[VolumeCollection],
     transform: Callable[[dict[str, Any]], Any] | None = None,
@@ -312,9 +352,11 @@ def create_inference_dataloader(
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool | None = None,
     patch_size: Sequence[int] | int | None = None,
     overlap: float | Sequence[float] = 0.25,
     distributed: bool = False,
+    ctx: tiledb.Ctx | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """Whole volumes in collection order (one per batch by default), or sliding-window patches.
@@ -328,6 +370,8 @@ def create_inference_dataloader(
     (see :class:`radiobject.ml.GridPatchDataset`); :class:`radiobject.ml.PredictionWriter`
     blends the outputs and writes them back region by region. ``distributed=True`` gives
     this rank (of an initialised ``torch.distributed`` group) every ``world_size``-th volume.
+    ``transform``, ``batch_size``, ``num_workers``, ``persistent_workers``, ``patch_size``
+    and ``ctx`` are those of :func:`create_training_dataloader`.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -343,26 +387,35 @@ def create_inference_dataloader(
     >>> tuple(batch["image"].shape), len(loader.dataset), batch["patch_start"][1].tolist()
     ((4, 1, 8, 8, 8), 36, [0, 4, 0])
     """
-    if patch_size is None:
+    p = parse_loader_params(
+        "create_inference_dataloader",
+        patch_size=patch_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        transform=transform,
+        ctx=ctx,
+    )
+    if p.patch_size is None:
         if distributed:
             raise ConfigurationError(
                 "distributed=True shards sliding-window patches; pass patch_size, or use "
                 "create_distributed_dataloader for whole volumes"
             )
         cfg = DatasetConfig(loading_mode=LoadingMode.FULL_VOLUME, fixed_epoch=True)
-        dataset = VolumeCollectionDataset(collections, cfg, transform=transform)
+        dataset = VolumeCollectionDataset(collections, cfg, transform=p.transform, ctx=p.ctx)
     else:
         rank, world = _rank_and_world() if distributed else (0, 1)
         dataset = GridPatchDataset(
-            collections, patch_size, overlap, transform, rank=rank, world_size=world
+            collections, p.patch_size, overlap, p.transform, rank=rank, world_size=world, ctx=p.ctx
         )
     sampler = EpochSampler(dataset, shuffle=False)
     return build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=p.num_workers,
         pin_memory=pin_memory,
+        persistent_workers=persistent_workers,
         drop_last=False,
         **loader_kwargs,
     )
@@ -378,11 +431,12 @@ def _rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+@recorded
 def create_segmentation_dataloader(
     image: VolumeCollection | Sequence[VolumeCollection],
     mask: VolumeCollection,
     batch_size: int = 4,
-    patch_size: Sequence[int] | None = (96, 96, 96),
+    patch_size: Sequence[int] | int | None = (96, 96, 96),
     *,
     patches_per_volume: int = 1,
     foreground_sampling: bool = True,
@@ -397,6 +451,7 @@ def create_segmentation_dataloader(
     config: DatasetConfig | None = None,
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
+    ctx: tiledb.Ctx | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """Image and mask patches for segmentation, biased toward the foreground.
@@ -405,7 +460,7 @@ def create_segmentation_dataloader(
         image: image collection(s) (channels).
         mask: the mask collection, e.g. ``radi.seg``.
         batch_size: samples per batch.
-        patch_size: patch shape (``None``: whole volumes).
+        patch_size: patch shape, three integers or one for a cube (``None``: whole volumes).
         patches_per_volume: patches per volume and epoch.
         foreground_sampling: centre patches on mask voxels with ``foreground_probability``.
         foreground_probability: share of foreground-centred patches (nnU-Net uses 0.33).
@@ -420,6 +475,7 @@ def create_segmentation_dataloader(
         config: a full :class:`DatasetConfig` (overrides the patch arguments).
         shuffle_window: as in :func:`create_training_dataloader`.
         drop_last: as in :func:`create_training_dataloader`.
+        ctx: a ``tiledb.Ctx`` to read images and masks with (default: each one's own).
         **loader_kwargs: further DataLoader options.
 
     >>> import os, tempfile
@@ -435,28 +491,36 @@ def create_segmentation_dataloader(
     >>> sorted(batch)
     ['image', 'mask', 'obs_id', 'obs_subject_id', 'patch_start']
     """
-    cfg = _config(config, patch_size, patches_per_volume, seed)
+    p = parse_loader_params(
+        "create_segmentation_dataloader",
+        patch_size=patch_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        transform=transform,
+        ctx=ctx,
+    )
+    cfg = _config(config, p.patch_size, patches_per_volume, seed)
     dataset = SegmentationDataset(
         image,
         mask,
         cfg,
-        transform,
+        p.transform,
         foreground_sampling=foreground_sampling,
         foreground_probability=foreground_probability,
         class_ratios=class_ratios,
+        ctx=p.ctx,
     )
-    images = [image] if isinstance(image, VolumeCollection) else list(image)
-    auto_local_tier([*images, mask])  # on when the cohort exceeds the RAM cache
+    auto_local_tier([*dataset.collections, dataset.mask])  # on when the cohort exceeds RAM
     sampler = EpochSampler(
         dataset, shuffle=shuffle, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
     if drop_last is None:
-        drop_last = shuffle and len(dataset) > batch_size
+        drop_last = shuffle and len(dataset) > p.batch_size
     return build_loader(
         dataset,
-        batch_size=batch_size,
+        batch_size=p.batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=p.num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers,
         drop_last=drop_last,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from radiobject._errors import ConfigurationError
 from radiobject.ml._stages import StageCounters
 from radiobject.ml._workers import loader_cache_counters, loader_stage_counters
 from radiobject.read._region import CacheCounters
@@ -233,11 +234,22 @@ class LoaderProbe:
     (6, 12)
 
     Args:
-        loader: the DataLoader to measure (radiobject's loaders report their workers' cache).
+        loader: the DataLoader to measure: what any of radiobject's factories returns
+            (their loaders report their workers' cache too), or another DataLoader.
         interval_s: length of one record.
     """
 
     def __init__(self, loader: DataLoader[Any], interval_s: float = 0.5) -> None:
+        if not isinstance(loader, DataLoader):
+            raise ConfigurationError(
+                "LoaderProbe measures a DataLoader, such as any create_*_dataloader returns "
+                f"(e.g. create_training_dataloader(radi.T1w, patch_size=64)); got "
+                f"{type(loader).__name__} {loader!r:.80}"
+            )
+        if not interval_s >= 0:  # 0: a record per batch
+            raise ConfigurationError(
+                f"LoaderProbe: interval_s must be a number of seconds >= 0, got {interval_s!r}"
+            )
         self.loader = loader
         self.interval_s = interval_s
         self._stop = threading.Event()

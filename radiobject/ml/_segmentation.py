@@ -6,11 +6,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import tiledb
 import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
+from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.storage._collection import VolumeCollection
@@ -38,6 +40,7 @@ class SegmentationDataset(VolumeCollectionDataset):
         foreground_probability: share of patches centred on foreground (0..1).
         class_ratios: per-label weights for multi-label masks.
         labels: optional per-volume labels, as in :class:`VolumeCollectionDataset`.
+        ctx: a ``tiledb.Ctx`` to read the images and masks with (default: each one's own).
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -68,7 +71,9 @@ class SegmentationDataset(VolumeCollectionDataset):
         foreground_probability: float = 0.5,
         class_ratios: Sequence[float] | None = None,
         labels: Any = None,
+        ctx: tiledb.Ctx | None = None,
     ) -> None:
+        mask = with_ctx(mask, parse_ctx(ctx, type(self).__name__))
         if not isinstance(mask, VolumeCollection):
             raise RadiObjectError(f"mask must be a VolumeCollection (e.g. radi.seg), got {mask!r}")
         if not 0.0 <= float(foreground_probability) <= 1.0:
@@ -84,7 +89,7 @@ class SegmentationDataset(VolumeCollectionDataset):
                 f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
                 f"with at least one above 0, got {class_ratios!r}"
             )
-        super().__init__(image, config=config, labels=labels, transform=transform)
+        super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
         self.mask = mask
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)

@@ -18,6 +18,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Sampler
 
 from radiobject._errors import ConfigurationError
+from radiobject.ml._recipe import LoaderRecipe
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -281,6 +282,13 @@ class RadiObjectLoader(DataLoader[Any]):
     >>> resumed.load_state_dict(state)
     >>> [b["obs_id"] for b in resumed] == rest
     True
+    """
+
+    recipe: LoaderRecipe | None = None
+    """What built this loader: its factory and arguments (``None`` unless a factory made it).
+
+    ``loader.recipe.build(batch_size=8)`` makes the same loader with another batch size
+    (see :class:`~radiobject.ml.LoaderRecipe`); the ``LoaderTuner`` reads it.
     """
 
     @property

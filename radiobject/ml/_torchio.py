@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tiledb
 import torch
 
 from radiobject._context import ContextRef, portable_ctx
 from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
+from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._volume import Volume
 
@@ -80,6 +82,7 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         collections: collection(s); each becomes an image keyed by its name.
         labels: per-volume labels, as in :class:`VolumeCollectionDataset`.
         transform: a TorchIO transform applied to each loaded subject.
+        ctx: a ``tiledb.Ctx`` to read the collections with (default: each one's own).
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -106,8 +109,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         collections: VolumeCollection | Sequence[VolumeCollection],
         labels: Labels = None,
         transform: Callable[[Any], Any] | None = None,
+        *,
+        ctx: tiledb.Ctx | None = None,
     ) -> None:
-        self.collections = as_collections(collections)
+        where = type(self).__name__
+        self.collections = as_collections(with_ctx(collections, parse_ctx(ctx, where)))
+        transform = parse_transform(transform, where)
         refs = align(self.collections)
         values, self.classes = resolve_labels(labels, self.collections[0], refs)
         # the collections' contexts travel with the subjects to TorchIO's loading processes

@@ -1,7 +1,7 @@
 """Jupyter widgets for radiobject (installed as ``radiobject.widgets``).
 
 ``CollectionBrowser(radi)`` browses subjects and volumes, ``PatchPreview(loader)`` shows the
-patches a loader draws, ``LoaderTuner(radi.T1w)`` tunes read and loader settings live.
+patches a loader draws, ``LoaderTuner(loader)`` tunes read and loader settings live.
 Needs ``pip install 'radiobject[widgets]'`` (ipywidgets, matplotlib) and, for the last two,
 ``'radiobject[ml]'``.
 """

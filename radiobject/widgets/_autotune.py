@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,11 +236,14 @@ def coordinate_search(
     )
 
 
-def settings_code(settings: TunerSettings, loader_call: str) -> str:
+def settings_code(
+    settings: TunerSettings, loader_call: str, takes: Collection[str] | None = None
+) -> str:
     """The code that applies ``settings``: ``configure(read=...)`` and the loader call.
 
     ``loader_call`` is the factory and its fixed arguments, e.g.
-    ``"create_training_dataloader(radi.T1w"`` (the settings' arguments are appended).
+    ``"create_training_dataloader(radi.T1w"`` (the settings' arguments are appended: those
+    in ``takes``, default all).
 
     >>> print(settings_code(TunerSettings(num_workers=2, patch_size=(32, 32, 32)),
     ...                     "create_training_dataloader(radi.T1w"))
@@ -267,7 +270,8 @@ def settings_code(settings: TunerSettings, loader_call: str) -> str:
     head, _, fixed = loader_call.partition("(")
     if head.startswith("create_"):
         imports += f"\nfrom radiobject.ml import {head}"
-    args = ", ".join(f"{k}={v!r}" for k, v in settings.loader_kwargs().items())
+    given = settings.loader_kwargs().items()
+    args = ", ".join(f"{k}={v!r}" for k, v in given if takes is None or k in takes)
     inner = f"{fixed}, {args}" if fixed else args
     one_line = f"loader = {head}({inner})"
     call = one_line if len(one_line) <= 99 else f"loader = {head}(\n    {inner}\n)"

@@ -12,7 +12,7 @@ import numpy as np
 import traitlets as t
 from torch.utils.data import DataLoader
 
-from radiobject import VolumeCollection
+from radiobject import ConfigurationError, VolumeCollection
 from radiobject.ml import VolumeCollectionDataset
 
 from ._patches import (
@@ -35,6 +35,24 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
+def _check_source(source: Any) -> None:
+    """A loader or a map-style dataset, else a ``ConfigurationError`` that says what to pass."""
+    if isinstance(source, (DataLoader, VolumeCollectionDataset)):
+        return
+    items = [source] if isinstance(source, VolumeCollection) else source
+    if isinstance(items, (list, tuple)) and items and isinstance(items[0], VolumeCollection):
+        raise ConfigurationError(
+            "PatchPreview shows the patches a loader or dataset draws; make one from the "
+            "collections first, e.g. PatchPreview(create_segmentation_dataloader(radi.T1w, "
+            "radi.seg, patch_size=64))"
+        )
+    if not (hasattr(source, "__getitem__") and hasattr(source, "__len__")):
+        raise ConfigurationError(
+            "PatchPreview takes a DataLoader (e.g. from create_segmentation_dataloader) or a "
+            f"map-style dataset of dict samples; got {type(source).__name__} {source!r:.80}"
+        )
+
+
 class PatchPreview(w.VBox):
     """Draw patches from a DataLoader or dataset and show them with their masks.
 
@@ -44,8 +62,9 @@ class PatchPreview(w.VBox):
     and the share of patches touching the mask (compare ``foreground_sampling`` on and off).
 
     Args:
-        source: a DataLoader (e.g. from ``create_segmentation_dataloader``) or a dataset
-            (e.g. ``SegmentationDataset``) yielding dict samples.
+        source: a DataLoader (what any ``create_*_dataloader`` returns) or a dataset
+            (e.g. ``SegmentationDataset``) yielding dict samples; anything else, such as a
+            collection, is a ``ConfigurationError`` saying to make a loader first.
         n: patches per draw (batches are drawn until there are ``n``).
         channel: the image channel shown.
         label_colors: label -> RGB colours of the mask overlay.
@@ -85,6 +104,7 @@ class PatchPreview(w.VBox):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _check_source(source)
         self.source = source
         self.n = int(n)
         self.channel = channel

@@ -12,7 +12,7 @@ import ipywidgets as w
 import traitlets as t
 
 from radiobject import TileDBStats, VolumeCollection, configure, get_config
-from radiobject.ml import LoaderProbe
+from radiobject.ml import LoaderProbe, RadiObjectLoader
 
 from ._autotune import AutotuneResult, MemoryModel, settings_code
 from ._memory import memory_warning as warning_text
@@ -25,14 +25,12 @@ from ._runs import (
     TunerRun,
     TunerSettings,
     describe_error,
-    factory,
-    factory_call,
-    on_s3,
     parse_patch_size,
     sources_html,
     stages_html,
 )
 from ._slices import error_html
+from ._source import DEFAULTS, LEARNT, Learnt, cube, tuner_source
 from ._tuning import autotune_html, run_autotune
 
 __all__ = ["LoaderTuner"]
@@ -52,16 +50,20 @@ class LoaderTuner(w.VBox):
     place, with where it arose; Start works again (``LoaderProbe`` alone raises it).
 
     Args:
-        source: ``make_loader(batch_size=, num_workers=, patch_size=, patches_per_volume=)``
-            returning a DataLoader (keep its workers persistent: a loader that restarts
-            its workers every epoch spends most of a short run starting them), or the
-            collection(s) to load (the tuner then uses ``create_segmentation_dataloader``
-            with ``mask``, else ``create_training_dataloader``).
-        mask: a mask collection for segmentation loaders.
-        patch_size: initial patch size (``None``: whole volumes).
-        batch_size: initial batch size.
-        patches_per_volume: initial patches per volume.
-        num_workers: initial DataLoader workers.
+        source: a loader made by any of radiobject's factories (``create_*_dataloader``:
+            the tuner reads its factory, arguments and settings from the loader, without
+            iterating it, and builds a variant of it for each run); or the collection(s) to
+            load (the tuner then uses ``create_segmentation_dataloader`` with ``mask``, else
+            ``create_training_dataloader``); or ``make_loader(batch_size=, num_workers=,
+            patch_size=, patches_per_volume=)`` returning a DataLoader (keep its workers
+            persistent: a loader that restarts its workers every epoch spends most of a
+            short run starting them). Anything else is a ``ConfigurationError``.
+        mask: a mask collection for segmentation loaders (with collections only).
+        patch_size: initial patch size, three ints or one for a cube (``None``: whole
+            volumes; default: the loader's, else 32).
+        batch_size: initial batch size (default: the loader's, else 4).
+        patches_per_volume: initial patches per volume (default: the loader's, else 4).
+        num_workers: initial DataLoader workers (default: the loader's, else 0).
         duration_s: initial run length.
         s3: show the S3 settings (default: when the collections are on ``s3://``).
         interval_s: length of one probe record.
@@ -92,6 +94,14 @@ class LoaderTuner(w.VBox):
     (True, '', 2, True)
     >>> tuner.best is run, len(tuner.runs)
     (True, 1)
+
+    Or pass the loader you have; its settings are the tuner's first ones:
+
+    >>> from radiobject.ml import create_segmentation_dataloader
+    >>> loader = create_segmentation_dataloader(radi.T1w, radi.seg, batch_size=2, patch_size=8)
+    >>> tuner = LoaderTuner(loader)
+    >>> tuner.settings().batch_size, tuner.settings().patch_size
+    (2, (8, 8, 8))
     """
 
     running = t.Bool(False)
@@ -101,13 +111,13 @@ class LoaderTuner(w.VBox):
 
     def __init__(
         self,
-        source: MakeLoader | VolumeCollection | Sequence[VolumeCollection],
+        source: RadiObjectLoader | MakeLoader | VolumeCollection | Sequence[VolumeCollection],
         mask: VolumeCollection | None = None,
         *,
-        patch_size: Sequence[int] | None = (32, 32, 32),
-        batch_size: int = 4,
-        patches_per_volume: int = 4,
-        num_workers: int = 0,
+        patch_size: Sequence[int] | int | Learnt | None = LEARNT,
+        batch_size: int | Learnt = LEARNT,
+        patches_per_volume: int | Learnt = LEARNT,
+        num_workers: int | Learnt = LEARNT,
         duration_s: float = 10.0,
         s3: bool | None = None,
         interval_s: float = 0.25,
@@ -117,18 +127,20 @@ class LoaderTuner(w.VBox):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._builtin = not (callable(source) and not isinstance(source, VolumeCollection))
-        if not self._builtin:
-            # mypy is silenced on the next line: a callable source is the user's loader factory
-            self._make: MakeLoader = source  # type: ignore[assignment]
-            remote = bool(s3)
-            self._loader_call = f"{getattr(source, '__name__', 'make_loader')}("
-        else:
-            # mypy is silenced on the next line: source is a VolumeCollection here (not callable)
-            self._make = factory(source, mask, dict(loader_kwargs or {}))  # type: ignore[arg-type]
-            remote = on_s3(source) if s3 is None else s3
-            # mypy is silenced on the next line: source is a VolumeCollection here (not callable)
-            self._loader_call = factory_call(source, mask, loader_kwargs or {})  # type: ignore[arg-type]
+        src = tuner_source(source, mask, loader_kwargs or {})  # a clear error for anything else
+        self._make: MakeLoader = src.make
+        self._builtin, self._loader_call, self._takes = src.builtin, src.call, src.takes
+        remote = src.remote if s3 is None else s3
+        given = {
+            "patch_size": patch_size,
+            "batch_size": batch_size,
+            "patches_per_volume": patches_per_volume,
+            "num_workers": num_workers,
+        }
+        # what was passed, else the given loader's own setting, else the tuner's default
+        start: dict[str, Any] = {
+            k: src.settings.get(k, DEFAULTS[k]) if v is LEARNT else v for k, v in given.items()
+        }
         self.memory_s = 0.5  # seconds between readings of the loader's memory (PSS)
         self.autotune_result: AutotuneResult | None = None
         self.autotune_space: Mapping[str, Sequence[int]] | None = None  # for the button
@@ -149,14 +161,16 @@ class LoaderTuner(w.VBox):
             cache_mb=cfg.read.cache_mb,
             read_ahead=cfg.read.read_ahead,
             max_parallel_ops=cfg.s3.max_parallel_ops if remote else None,
-            num_workers=num_workers,
-            batch_size=batch_size,
-            # mypy is silenced on the next line: DatasetConfig checks it is three ints
-            patch_size=tuple(patch_size) if patch_size is not None else None,  # type: ignore[arg-type]
-            patches_per_volume=patches_per_volume,
+            num_workers=start["num_workers"],
+            batch_size=start["batch_size"],
+            patch_size=cube(start["patch_size"]),
+            patches_per_volume=start["patches_per_volume"],
+            persistent_workers=src.settings.get("persistent_workers", True),
             duration_s=duration_s,
         )
         self._build(initial, remote)
+        if "patches_per_volume" not in self._takes:  # inference: its grid sets the patches
+            self.controls["patches_per_volume"].layout.display = "none"
         self.add_class("radiobject-loader-tuner")
 
     # -- layout ---------------------------------------------------------------------------
@@ -460,7 +474,9 @@ class LoaderTuner(w.VBox):
     def autotune_code(self) -> str:
         """The code that applies the best settings of the last auto-tune ("" before one)."""
         result = self.autotune_result
-        return settings_code(result.best, self._loader_call) if result is not None else ""
+        if result is None:
+            return ""
+        return settings_code(result.best, self._loader_call, self._takes)
 
     def _autotune_clicked(self) -> None:
         ram = int(self.ram_budget_mb.value)

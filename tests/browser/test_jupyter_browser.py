@@ -23,6 +23,13 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+# the factories whose loaders the notebook's last cell tunes (segmentation's: the first tuner)
+FACTORIES = (
+    "create_training_dataloader",
+    "create_validation_dataloader",
+    "create_inference_dataloader",
+    "create_distributed_dataloader",
+)
 NOTEBOOK = Path(__file__).with_name("widgets_demo.ipynb")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -171,8 +178,8 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
             assert "touch the mask" in preview.inner_text()
             preview.screenshot(path=str(shots / "browser_patch_preview.png"))
 
-            # -- LoaderTuner: the notebook's run is listed; Start runs again, live ---------------
-            tuner = page.locator(".radiobject-loader-tuner")
+            # -- LoaderTuner(loader): the notebook's run is listed; Start runs again, live ------
+            tuner = page.locator(".radiobject-loader-tuner").first  # on the preview's loader
             tuner.scroll_into_view_if_needed()
             assert "run 1" in tuner.inner_text()
             tuner.get_by_role("button", name="Start").click()
@@ -182,17 +189,18 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
                 timeout=30_000,
             )
             page.wait_for_function(
-                "() => document.querySelectorAll('.radiobject-loader-tuner tbody tr').length >= 2",
+                "() => document.querySelector('.radiobject-loader-tuner')"
+                ".querySelectorAll('tbody tr').length >= 2",
                 timeout=30_000,
             )
             tuner.screenshot(path=str(shots / "browser_loader_tuner.png"))
 
             # -- Auto-tune: trials appear as runs, then the code to paste ----------------------
-            rows = page.locator(".radiobject-loader-tuner tbody tr").count()
+            rows = tuner.locator("tbody tr").count()
             tuner.get_by_role("button", name="Auto-tune").click()
             page.wait_for_function(
-                f"() => document.querySelectorAll('.radiobject-loader-tuner tbody tr').length"
-                f" >= {rows + 2}",
+                "() => document.querySelector('.radiobject-loader-tuner')"
+                f".querySelectorAll('tbody tr').length >= {rows + 2}",
                 timeout=60_000,
             )  # the start point and at least one step: runs of their own, listed as they end
             code = tuner.locator("pre.radiobject-autotune-code")
@@ -202,6 +210,22 @@ def test_widgets_render_and_respond_in_chromium(voila_url: str, tmp_path: Path) 
             assert "create_segmentation_dataloader(" in text, text
             assert "where the time goes" in tuner.inner_text()
             tuner.screenshot(path=str(shots / "browser_loader_tuner_autotune.png"))
+
+            # -- LoaderTuner(loader) of every other factory: Start runs it in place ------------
+            for factory in FACTORIES:
+                other = page.locator(f".radiobject-tuner-{factory}")
+                other.scroll_into_view_if_needed()
+                assert "run 1" not in other.inner_text(), factory
+                other.get_by_role("button", name="Start").click()
+                page.wait_for_function(
+                    f"() => document.querySelector('.radiobject-tuner-{factory}')"
+                    ".querySelectorAll('tbody tr').length >= 1",
+                    timeout=30_000,
+                )
+                text = other.inner_text()
+                assert "run 1: w0 b4 p16" in text, (factory, text[-2000:])
+                assert "failed" not in text, (factory, text[-2000:])
+            other.screenshot(path=str(shots / "browser_loader_tuner_factories.png"))
             page.screenshot(path=str(shots / "browser_page.png"), full_page=True)
             assert not errors, errors
         finally:

@@ -1,0 +1,201 @@
+"""The parameters every loader factory and dataset shares, each validated one way.
+
+``patch_size``, ``batch_size``, ``num_workers``, ``transform`` and ``ctx`` mean the same
+wherever they appear, and a bad value is the same :class:`~radiobject.ConfigurationError`
+everywhere: it names the function, the parameter, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import tiledb
+
+from radiobject._errors import ConfigurationError
+from radiobject.storage._collection import VolumeCollection
+
+__all__ = [
+    "LoaderParams",
+    "as_int",
+    "parse_batch_size",
+    "parse_ctx",
+    "parse_loader_params",
+    "parse_num_workers",
+    "parse_patch_size",
+    "parse_transform",
+    "with_ctx",
+]
+
+T = TypeVar("T")
+
+
+def as_int(value: object) -> int | None:
+    """``value`` as an int when it is an integer (numpy integers too, not bools), else ``None``.
+
+    >>> as_int(3), as_int(np.int64(3)), as_int(True), as_int(3.0)
+    (3, 3, None, None)
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def parse_patch_size(value: object, where: str) -> tuple[int, int, int] | None:
+    """``patch_size`` as three ints: one int is a cube; ``None`` stays ``None`` (no patches).
+
+    Args:
+        value: an int, three ints (a tuple, such as ``torch.Size``, a list or an array) or
+            ``None``.
+        where: the function or class taking it, named in the error.
+
+    >>> parse_patch_size(16, "f"), parse_patch_size([64, 64, 32], "f"), parse_patch_size(None, "f")
+    ((16, 16, 16), (64, 64, 32), None)
+    >>> parse_patch_size((8, 8), "create_training_dataloader")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: patch_size must be three...
+    """
+    if value is None:
+        return None
+    raw = (value,) * 3 if as_int(value) is not None else value
+    sizes = [as_int(s) for s in raw] if isinstance(raw, (tuple, list, np.ndarray)) else []
+    if len(sizes) != 3 or any(s is None or s < 1 for s in sizes):
+        raise ConfigurationError(
+            f"{where}: patch_size must be three positive integers (x, y, z) or one for a cube, "
+            f"e.g. 64 or (64, 64, 32); got {value!r}"
+        )
+    # mypy is silenced on the next line: the check above leaves three ints
+    return tuple(sizes)  # type: ignore[return-value]
+
+
+def parse_batch_size(value: object, where: str) -> int:
+    """``batch_size``: an integer >= 1 (samples per batch).
+
+    >>> parse_batch_size(np.int32(8), "f")
+    8
+    >>> parse_batch_size(0, "create_training_dataloader")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: batch_size must be >= 1...
+    """
+    n = as_int(value)
+    if n is None or n < 1:
+        raise ConfigurationError(
+            f"{where}: batch_size must be >= 1 and an integer (samples per batch); got {value!r}"
+        )
+    return n
+
+
+def parse_num_workers(value: object, where: str) -> int:
+    """``num_workers``: an integer >= 0 (worker processes; 0 loads in this process).
+
+    >>> parse_num_workers(2, "f")
+    2
+    >>> parse_num_workers(-1, "create_training_dataloader")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: num_workers must be >= 0...
+    """
+    n = as_int(value)
+    if n is None or n < 0:
+        raise ConfigurationError(
+            f"{where}: num_workers must be >= 0 and an integer (worker processes; 0 loads in "
+            f"this process); got {value!r}"
+        )
+    return n
+
+
+def parse_transform(value: T, where: str) -> T:
+    """``transform``: a callable on each sample (e.g. a MONAI ``Compose``) or ``None``.
+
+    >>> parse_transform(None, "f") is None, parse_transform(abs, "f") is abs
+    (True, True)
+    >>> parse_transform("flip", "VolumeCollectionDataset")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: VolumeCollectionDataset: transform must be a callable...
+    """
+    if value is not None and not callable(value):
+        raise ConfigurationError(
+            f"{where}: transform must be a callable on the sample (e.g. a MONAI Compose) or "
+            f"None; got {value!r}"
+        )
+    return value
+
+
+def parse_ctx(value: object, where: str) -> tiledb.Ctx | None:
+    """``ctx``: a ``tiledb.Ctx`` to read the collections with, or ``None`` (each their own).
+
+    >>> parse_ctx(None, "f") is None
+    True
+    >>> parse_ctx({"sm.memory_budget": 1}, "f")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: f: ctx must be a tiledb.Ctx or None...
+    """
+    if value is not None and not isinstance(value, tiledb.Ctx):
+        raise ConfigurationError(
+            f"{where}: ctx must be a tiledb.Ctx or None (None: read each collection with the "
+            f"context it was opened with); got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def with_ctx(
+    collections: VolumeCollection | Sequence[VolumeCollection] | Any, ctx: tiledb.Ctx | None
+) -> Any:
+    """The collection(s) read with ``ctx`` (copies of the same collections or views).
+
+    ``None`` returns them unchanged; anything that is not a collection is returned as it
+    is (the dataset then says what it expected).
+    """
+    if ctx is None:
+        return collections
+    if isinstance(collections, VolumeCollection):
+        bound = copy.copy(collections)  # same URI, selection and metadata; another context
+        bound._ctx = ctx
+        return bound
+    if isinstance(collections, (list, tuple)):
+        return [with_ctx(c, ctx) for c in collections]
+    return collections
+
+
+@dataclass(frozen=True)
+class LoaderParams:
+    """The shared parameters of one factory call, validated (see :func:`parse_loader_params`)."""
+
+    patch_size: tuple[int, int, int] | None
+    batch_size: int
+    num_workers: int
+    transform: Callable[[dict[str, Any]], Any] | None
+    ctx: tiledb.Ctx | None
+
+
+def parse_loader_params(
+    where: str,
+    *,
+    patch_size: object,
+    batch_size: object,
+    num_workers: object,
+    transform: Any,
+    ctx: object,
+) -> LoaderParams:
+    """Validate a factory's shared parameters at once, before anything is read.
+
+    >>> p = parse_loader_params("f", patch_size=16, batch_size=2, num_workers=0,
+    ...                         transform=None, ctx=None)
+    >>> p.patch_size, p.batch_size, p.num_workers
+    ((16, 16, 16), 2, 0)
+    """
+    return LoaderParams(
+        patch_size=parse_patch_size(patch_size, where),
+        batch_size=parse_batch_size(batch_size, where),
+        num_workers=parse_num_workers(num_workers, where),
+        transform=parse_transform(transform, where),
+        ctx=parse_ctx(ctx, where),
+    )
