@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiobject import Volume, get_config
+from radiobject import CoarseLevel, Volume, get_config
 
 __all__ = [
     "PLANES",
     "SliceCache",
+    "coarse_plane",
     "error_html",
     "plane_index",
     "plane_spacing",
@@ -196,6 +197,30 @@ class SliceCache:
         return {p: self.plane(p, plane_index(p, position)) for p in PLANES}
 
 
+def coarse_plane(
+    level: CoarseLevel, plane: str, index: int, shape: Sequence[int], t: int = 0
+) -> np.ndarray:
+    """The ``(u, v)`` plane at full-resolution ``index`` from a coarse ``level``.
+
+    Each coarse voxel is repeated ``factor`` times along both axes and the result cut to the
+    plane of a volume of ``shape``, so it is drawn at the size of the real plane (and the
+    crosshair and readout address it in full-resolution voxels).
+
+    >>> level = CoarseLevel(np.arange(8.0).reshape(2, 2, 2), 2, "mean", saved=True)
+    >>> coarse_plane(level, "axial", 3, (3, 4, 4)).tolist()
+    [[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 7.0, 7.0]]
+    """
+    axis = _AXIS[plane]
+    key: list[Any] = [slice(None)] * level.voxels.ndim
+    key[axis] = level.index(index, axis)
+    if level.voxels.ndim == 4:
+        key[3] = t
+    small = level.voxels[tuple(key)]
+    u, v = _UV[plane]
+    f = level.factor
+    return np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: int(shape[u]), : int(shape[v])]
+
+
 def row_html(title: str, row: pd.DataFrame | pd.Series | None) -> str:
     """A one-row table with a title (cells escaped), or a note when there is no row.
 
@@ -216,10 +241,12 @@ def readout_html(
     value: float | None,
     label: int | None = None,
     mask_name: str = "",
+    level: str = "",
 ) -> str:
-    """The voxel and world coordinates and the intensity under the crosshair.
+    """The voxel and world coordinates, the intensity under the crosshair, the level shown.
 
-    >>> "value 1.5" in readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5)
+    >>> html = readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5, level="level 1 (4x)")
+    >>> "value 1.5 · level 1 (4x)" in html
     True
     """
     x, y, z = (int(p) for p in position)
@@ -230,6 +257,8 @@ def readout_html(
     )
     if label is not None:
         text += f" · {html.escape(mask_name)} label {int(label)}"
+    if level:
+        text += f" · {html.escape(level)}"
     return f"<code>{text}</code>"
 
 
