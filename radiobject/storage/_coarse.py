@@ -29,7 +29,6 @@ from radiobject._errors import ConfigurationError, RadiObjectError, ShapeError
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import TileConfig
 from radiobject.read._local_tier import fragment_key
-from radiobject.read._region import read_region
 from radiobject.read._scaling import Scaling
 from radiobject.storage._group import remove
 from radiobject.storage._volume import ATTR, Volume
@@ -173,7 +172,7 @@ class CoarseLevel:
 
     def index(self, full_index: int, axis: int) -> int:
         """The coarse index holding full-resolution index ``full_index`` along ``axis``."""
-        return min(int(full_index) // self.factor, self.voxels.shape[axis] - 1)
+        return min(int(full_index) // self.factor, int(self.voxels.shape[axis]) - 1)
 
 
 def _affine(volume: Volume, factor: int, method: str) -> np.ndarray:
@@ -244,9 +243,13 @@ def stored_coarse(uri: str, volume: Volume, method: str, ctx: tiledb.Ctx) -> Vol
 
 
 def build_coarse(volume: Volume, factor: int, method: str) -> np.ndarray:
-    """The level of a stored volume, made from its stored voxels (one whole-volume read)."""
-    stored = read_region(volume.uri, volume.ctx, tuple((0, n) for n in volume.shape))
-    scaling = volume.scaling
+    """The level of a stored volume, made from its stored voxels (one whole-volume query)."""
+    # a handle of its own: one this process keeps may predate the write being caught up on
+    with tiledb_errors(volume.uri, "read volume"), tiledb.open(volume.uri, ctx=volume.ctx) as arr:
+        stored = arr[:][ATTR]
+        scaling = Scaling.from_meta(
+            {k: arr.meta[k] for k in arr.meta}, np.dtype(arr.schema.attr(0).dtype)
+        )
     return level_voxels(stored, factor, method, Scaling(scaling.stored, scaling.stored))
 
 

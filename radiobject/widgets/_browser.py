@@ -252,7 +252,8 @@ class CollectionBrowser(Quiet, w.VBox):
         with self._quietly():
             self.mask_picker.value = change["new"]
         if self.viewer.image is not None:
-            self.viewer.set_mask(*self._mask_for(self.viewer.image), change["new"])
+            mask, coarse_mask = self._mask_for(self.viewer.image)
+            self.viewer.set_mask(mask, change["new"], coarse_mask)
 
     # -- loading --------------------------------------------------------------------------
     def _fill_subjects(self, thumbnails: bool = True) -> list[str]:

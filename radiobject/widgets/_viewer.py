@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
@@ -530,8 +530,10 @@ class SliceViewer(Quiet, w.VBox):
         """Queue a read of the planes through ``pos`` (dropping an older one still queued)."""
         if self.refining is not None:
             self.refining.cancel()
-        job = (self._generation, self.image, self.mask, pos, style)
-        self.refining = _refine_pool().submit(self._refine, *job)
+        assert self.image is not None
+        self.refining = _refine_pool().submit(
+            self._refine, self._generation, self.image, self.mask, pos, style
+        )
 
     def _refine(
         self,
@@ -558,7 +560,7 @@ class SliceViewer(Quiet, w.VBox):
             self._prefetch(pos)  # scrubbing from here on reads from memory
         return True
 
-    def _prefetch(self, pos: tuple[int, int, int]) -> None:
+    def _prefetch(self, pos: Sequence[int]) -> None:
         for plane in PLANES:  # axial first
             for cache in (self.image, self.mask):
                 if cache is not None:
