@@ -93,8 +93,7 @@ def test_the_level_is_never_a_volume(ct, tmp_path):
     np.testing.assert_array_equal(copy.volume("b_CT").to_numpy(), ct.volume("b_CT").to_numpy())
     radi = RadiObject.from_collections(str(tmp_path / "radi"), {"CT": ct}, progress=False)
     assert radi.collection_names == ["CT"]
-    assert "coarse" not in repr(radi)
-    assert "collection" in repr(radi)
+    assert "(1 collection: CT;" in repr(radi)
     assert "2 volumes" in repr(radi.CT)
     assert len(radi.CT) == 2
     assert radi.CT.coarse_volume("a_CT") is not None

@@ -43,10 +43,14 @@ class _Source:
             )
 
     def collection(self, name: str) -> VolumeCollection:
-        if name in self._extra:
-            return self._extra[name]
-        assert self.radi is not None
-        return self.radi.collection(name)
+        """The collection ``name``: one object per name, which keeps what it has learnt.
+
+        E.g. that its coarse levels cannot be stored: the browser warns about it once.
+        """
+        if name not in self._extra:
+            assert self.radi is not None
+            self._extra[name] = self.radi.collection(name)
+        return self._extra[name]
 
     def subject_row(self, subject: str) -> Any:
         if self.radi is None:
