@@ -18,6 +18,8 @@ from ._viewer import BLANK, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
 
+THUMBNAIL = 96  # pixels, the larger side of a thumbnail
+
 
 class _Source:
     """What a browser browses: a RadiObject (or view), or a lone collection."""
@@ -328,16 +330,16 @@ class CollectionBrowser(Quiet, w.VBox):
     def _build_thumbnails(self, subjects: list[str]) -> None:
         cards = []
         for sid in subjects[: self.n_thumbnails]:
-            button = w.Button(description=sid, layout=w.Layout(width="96px"))
+            button = w.Button(description=sid, layout=w.Layout(width=f"{THUMBNAIL}px"))
             button.on_click(lambda _, s=sid: setattr(self, "subject", s))
             image = w.Image(format="png")
             show_png(image, BLANK)
             with contextlib.suppress(Exception):  # a thumbnail never breaks the browser
                 assert self._coll is not None
                 data = self._thumbnail_plane(self._by_subject[sid])
-                step = -(-max(data.shape) // 96)  # a large plane: every step-th voxel
+                step = -(-max(data.shape) // THUMBNAIL)  # a large plane: every step-th voxel
                 data = data[::step, ::step]
-                scale = display_scale(data.shape, target=96)
+                scale = display_scale(data.shape, target=THUMBNAIL)
                 show_png(image, encode_png(render_slice(data, auto_window(data), scale=scale)))
             cards.append(w.VBox([image, button]))
         self.thumbnails.children = cards
@@ -345,19 +347,24 @@ class CollectionBrowser(Quiet, w.VBox):
     def _thumbnail_plane(self, obs_id: str) -> Any:
         """The middle axial plane of ``obs_id``: the viewer's when it shows it, else read.
 
-        From a coarse level when there is one (a thumbnail is 96 pixels wide).
+        From the coarse level when its plane still fills a thumbnail (``THUMBNAIL`` pixels):
+        a large volume's plane costs tiles to decode, a small one's is read whole.
         """
         shown, level = self.viewer.image, self.viewer.coarse
         if shown is not None and obs_id == self.obs_id:
             z = shown.shape[2] // 2
             data = shown.cached("axial", z)
-            if data is None and level is not None:
+            if data is None and level is not None and max(level.voxels.shape[:2]) >= THUMBNAIL:
                 data = level.voxels[:, :, level.index(z, 2)]
             if data is not None:
                 return data
         assert self._coll is not None
-        small = self._coll.coarse_volume(obs_id) if self.coarse else None
-        vol = SliceCache(small or self._coll.volume(obs_id), warm=False)
+        volume = self._coll.volume(obs_id)
+        if self.coarse and max(self._coll.volume_shape(obs_id)[:2]) >= 4 * THUMBNAIL:
+            small = self._coll.coarse_volume(obs_id)
+            if small is not None and max(small.shape[:2]) >= THUMBNAIL:
+                volume = small
+        vol = SliceCache(volume, warm=False)
         return vol.plane("axial", vol.shape[2] // 2)
 
     # -- Python API -----------------------------------------------------------------------
