@@ -168,3 +168,31 @@ def test_a_store_that_refuses_the_level_gets_it_in_memory_and_one_warning(tmp_pa
     assert not second.saved
     assert len(attempts) == 1
     assert ct.coarse_volume("a_CT") is None
+
+
+def test_a_scaled_nifti_s_level_holds_block_means_of_nibabel_s_values(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    raw = np.random.default_rng(3).integers(-500, 1500, (20, 24, 16)).astype(np.int16)
+    img = nib.Nifti1Image(raw, np.diag([0.9, 1.1, 2.0, 1.0]))
+    img.header.set_slope_inter(0.37, -12.5)
+    nib.save(img, str(tmp_path / "sub-01_T1w.nii.gz"))
+    coll = VolumeCollection.from_niftis(
+        tmp_path / "T1w", str(tmp_path / "*.nii.gz"), progress=False
+    )
+    values = np.asanyarray(nib.load(str(tmp_path / "sub-01_T1w.nii.gz")).dataobj)
+    level = coll.coarse_level("sub-01_T1w")
+    assert coll.volume("sub-01_T1w").stored_dtype == np.int16  # stored as the file's integers
+    assert level.voxels.dtype == np.float32
+    np.testing.assert_allclose(level.voxels, block_means(values, 4), atol=0.37 / 2 + 1e-3)
+
+
+def test_a_level_made_with_another_mask_guess_is_made_again_at_ingest(tmp_path):
+    labels = np.zeros((16, 16, 8), np.uint8)
+    labels[2:9, 3:11, 1:6] = 2  # the first volume decides: a label map
+    image = (np.arange(16 * 16 * 8).reshape(16, 16, 8) % 200).astype(np.uint8)
+    coll = VolumeCollection.from_numpy(str(tmp_path / "odd"), {"a": labels, "b": image})
+    assert coll.is_mask
+    for obs_id, voxels in (("a_odd", labels), ("b_odd", image)):
+        level = coll.coarse_volume(obs_id)
+        assert level is not None, obs_id  # stored with the collection's method
+        np.testing.assert_array_equal(level.to_numpy(), voxels[2::4, 2::4, 2::4])
