@@ -105,6 +105,12 @@ class SliceViewer(Quiet, w.VBox):
     Give it a volume with :meth:`show`; each plane is read (partially) only when its slice
     index changes. Moving a slider, the window or the colormap redraws the PNGs.
 
+    Given the volume's coarse level too, it draws the planes from that level at once (no
+    read) and has one background thread read the full-resolution planes, which replace
+    them when ready: the thread reads and encodes outside the viewer's lock and puts its
+    PNGs in place under it, only if no newer request (a move, a new window) came meanwhile.
+    :attr:`shown_level` and the readout say which is shown; :meth:`wait_refined` waits.
+
     Args:
         label_colors: label -> RGB colours of the mask overlay.
         report: ``report(key, message_or_None)`` receives render problems.
