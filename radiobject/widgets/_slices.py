@@ -26,6 +26,7 @@ from radiobject import CoarseLevel, Volume, get_config
 __all__ = [
     "PLANES",
     "SliceCache",
+    "background_thread",
     "coarse_plane",
     "error_html",
     "plane_index",
@@ -70,17 +71,18 @@ def plane_spacing(plane: str, spacing: Sequence[float]) -> tuple[float, float]:
     return float(spacing[u]), float(spacing[v])
 
 
-_warmer: ThreadPoolExecutor | None = None
-_warmer_lock = threading.Lock()
+_threads: dict[str, ThreadPoolExecutor] = {}
+_threads_lock = threading.Lock()
 
 
-def _warm_pool() -> ThreadPoolExecutor:
-    """One background thread for all viewers: slab reads queue rather than compete."""
-    global _warmer
-    with _warmer_lock:
-        if _warmer is None:
-            _warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-slabs")
-        return _warmer
+def background_thread(name: str) -> ThreadPoolExecutor:
+    """The one background thread ``name`` of all viewers: their jobs queue, not compete."""
+    with _threads_lock:
+        pool = _threads.get(name)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"radiobject-{name}")
+            _threads[name] = pool
+        return pool
 
 
 class SliceCache:
@@ -176,7 +178,9 @@ class SliceCache:
                 bounds[axis] = (slab * tile, min((slab + 1) * tile, n))
                 if self.volume.ndim == 4:
                     bounds[3] = (self.t, self.t + 1)
-                self._slabs[(axis, slab)] = _warm_pool().submit(self._read_slab, bounds)
+                self._slabs[(axis, slab)] = background_thread("slabs").submit(
+                    self._read_slab, bounds
+                )
 
     def _slab_fits(self, axis: int) -> bool:
         # radiobject's read path caches a tile-aligned read only if 4 such reads fit in its

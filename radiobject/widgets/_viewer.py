@@ -6,7 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import ipywidgets as w
@@ -29,6 +29,7 @@ from ._render import (
 from ._slices import (
     PLANES,
     SliceCache,
+    background_thread,
     coarse_plane,
     plane_index,
     plane_spacing,
@@ -50,18 +51,6 @@ FULL = "full resolution"
 # (plane -> (image plane, mask plane or None)) and how a plane is drawn
 Planes = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
 Style = tuple[Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...]]
-
-_refiner: ThreadPoolExecutor | None = None
-_refiner_lock = threading.Lock()
-
-
-def _refine_pool() -> ThreadPoolExecutor:
-    """One thread that reads full-resolution planes for every viewer, a job at a time."""
-    global _refiner
-    with _refiner_lock:
-        if _refiner is None:
-            _refiner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-refine")
-        return _refiner
 
 
 def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
@@ -478,7 +467,8 @@ class SliceViewer(Quiet, w.VBox):
         if self.refining is not None:
             self.refining.cancel()
         assert self.image is not None
-        self.refining = _refine_pool().submit(
+        # one thread for every viewer, a job at a time
+        self.refining = background_thread("refine").submit(
             self._refine, self._generation, self.image, self.mask, pos, style
         )
 
