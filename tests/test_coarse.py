@@ -196,3 +196,34 @@ def test_a_level_made_with_another_mask_guess_is_made_again_at_ingest(tmp_path):
         level = coll.coarse_volume(obs_id)
         assert level is not None, obs_id  # stored with the collection's method
         np.testing.assert_array_equal(level.to_numpy(), voxels[2::4, 2::4, 2::4])
+
+
+def test_a_resumed_ingest_makes_the_levels_a_kill_cut_short_without_reading_files(
+    tmp_path, monkeypatch
+):
+    from radiobject.data import write_sample_niftis
+    from radiobject.ingest._sources import FileSource
+    from radiobject.storage._group import remove
+
+    images, _ = write_sample_niftis(
+        tmp_path / "src", n_subjects=3, shape=(16, 16, 12), modalities=["T1w"], seed=4
+    )
+    uri = str(tmp_path / "T1w")
+    coll = VolumeCollection.from_niftis(uri, images["T1w"], progress=False)
+    expected = {i: coll.coarse_level(i).voxels for i in coll.obs_ids}
+    # as a kill leaves it: no marker, one level without its last write, one never started
+    with tiledb.Group(uri, mode="w") as g:
+        del g.meta["complete"]
+    first, second = (coll.coarse_volume(i).uri for i in coll.obs_ids[:2])
+    with tiledb.open(first, mode="w") as arr:
+        del arr.meta["source_key"]
+    remove(second, tiledb.default_ctx())
+    loads = []
+    real = FileSource.__call__
+    monkeypatch.setattr(FileSource, "__call__", lambda self: loads.append(self) or real(self))
+
+    resumed = VolumeCollection.from_niftis(uri, images["T1w"], progress=False, resume=True)
+    assert loads == []  # the volumes were whole: the levels come from them
+    for obs_id, voxels in expected.items():
+        assert resumed.coarse_volume(obs_id) is not None, obs_id
+        np.testing.assert_array_equal(resumed.coarse_level(obs_id).voxels, voxels)
