@@ -202,13 +202,19 @@ class SliceCache:
 
 
 def coarse_plane(
-    level: CoarseLevel, plane: str, index: int, shape: Sequence[int], t: int = 0
+    level: CoarseLevel,
+    plane: str,
+    index: int,
+    shape: Sequence[int],
+    t: int = 0,
+    full_size: bool = True,
 ) -> np.ndarray:
     """The ``(u, v)`` plane at full-resolution ``index`` from a coarse ``level``.
 
     Each coarse voxel is repeated ``factor`` times along both axes and the result cut to the
     plane of a volume of ``shape``, so it is drawn at the size of the real plane (and the
-    crosshair and readout address it in full-resolution voxels).
+    crosshair and readout address it in full-resolution voxels); ``full_size=False`` gives
+    the level's own plane.
 
     >>> level = CoarseLevel(np.arange(8.0).reshape(2, 2, 2), 2, "mean", saved=True)
     >>> coarse_plane(level, "axial", 3, (3, 4, 4)).tolist()
@@ -219,7 +225,9 @@ def coarse_plane(
     key[axis] = level.index(index, axis)
     if level.voxels.ndim == 4:
         key[3] = t
-    small = level.voxels[tuple(key)]
+    small: np.ndarray = level.voxels[tuple(key)]
+    if not full_size:
+        return small
     u, v = _UV[plane]
     f = level.factor
     return np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: int(shape[u]), : int(shape[v])]

@@ -312,10 +312,7 @@ class SliceViewer(Quiet, w.VBox):
         elif self.image is None:
             return Window(self.level, self.width)
         else:
-            with self._lock:
-                planes, _ = self._planes_now(self.position)
-            values = np.concatenate([data.ravel() for data, _ in planes.values()])
-            window = window_for(preset, values)
+            window = window_for(preset, self._window_values())
         with self._quietly():
             self.level, self.width = window.level, window.width
         self.render()
@@ -397,6 +394,21 @@ class SliceViewer(Quiet, w.VBox):
     def _style(self) -> Style:
         colors = tuple(sorted(self.label_colors.items()))
         return Window(self.level, self.width), self.cmap, self.opacity, colors
+
+    def _window_values(self) -> np.ndarray:
+        """The voxels of the three planes shown (a coarse level's own, not enlarged)."""
+        assert self.image is not None
+        with self._lock:
+            pos, level = self.position, self.coarse
+            if self._refined or level is None:
+                planes = [data for data, _ in self._planes_now(pos)[0].values()]
+            else:
+                shape, t = self.image.shape, self.image.t
+                planes = [
+                    coarse_plane(level, p, plane_index(p, pos), shape, t, full_size=False)
+                    for p in PLANES
+                ]
+        return np.concatenate([data.ravel() for data in planes])
 
     def _planes_now(self, pos: tuple[int, int, int]) -> tuple[Planes, str]:
         """The planes through ``pos`` at the level shown now, and that level's name."""
