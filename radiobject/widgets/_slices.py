@@ -219,6 +219,8 @@ def coarse_plane(
     >>> level = CoarseLevel(np.arange(8.0).reshape(2, 2, 2), 2, "mean", saved=True)
     >>> coarse_plane(level, "axial", 3, (3, 4, 4)).tolist()
     [[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 7.0, 7.0]]
+    >>> coarse_plane(level, "axial", 3, (3, 4, 4), full_size=False).tolist()
+    [[1.0, 3.0], [5.0, 7.0]]
     """
     axis = _AXIS[plane]
     key: list[Any] = [slice(None)] * level.voxels.ndim
