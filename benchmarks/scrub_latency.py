@@ -1,4 +1,4 @@
-"""Scrub latency of ``CollectionBrowser``: ms and PNG bytes per update, and the first image.
+"""Scrub latency of ``CollectionBrowser``: its first image, ms and PNG bytes per update.
 
 An update is what a slider move does: ``browser.set_position(x, y, z)`` then
 ``browser.render()``, timed together (wall clock, the reads of new planes included).
@@ -7,19 +7,25 @@ value did not change is not sent); where the browser keeps its own count
 (``browser.viewer.latency``) the two are checked to agree.
 
 Every repeat runs in a fresh process (spawned), so the first image includes opening the
-volume and its first reads, as for a user running the cell:
+volume and its first reads, as for a user running the cell. Each row is one volume size with
+the coarse level on or off (``CollectionBrowser(..., coarse=False)``):
 
 * ``first image``: ``CollectionBrowser(radi, collection=...)`` until it returns with the three
-  planes drawn (thumbnails included);
+  planes drawn (thumbnails included): the coarse level when on (read in one query; the
+  cohort's levels are written at ingest), the full-resolution planes when off;
+* ``full res``: until the full-resolution planes are shown (``wait_refined``: the background
+  read when on; the same as the first image when off);
 * ``z scrub`` / ``x scrub``: ``--steps`` moves of one voxel along z (axial planes change) or x
-  (sagittal planes change), from the centre, as a slider drag does;
+  (sagittal planes change), from the centre, as a slider drag does (after ``full res``);
 * ``random jumps``: ``--steps`` moves to seeded random voxels (three new planes each time).
 
-The table gives p50/p95 over all updates of all repeats, the mean and largest kB sent per
-update, and the median first-image time. Nothing is asserted: the numbers are printed.
+The table gives, per row, the first image and full-res times (min / median / max over the
+processes) and each scenario's p50 and p95 (median over the processes, with the min..max of
+the p95 in brackets), and the mean kB sent per update. Nothing is asserted: the numbers are
+printed.
 
-    python benchmarks/scrub_latency.py                         # CT, 512x512x400, 3 repeats
-    python benchmarks/scrub_latency.py --shape 256x256x200 --steps 40 --repeats 1
+    python benchmarks/scrub_latency.py          # CT 512x512x400 and 1024x1024x400, on and off
+    python benchmarks/scrub_latency.py --shapes 128x128x100 --steps 20 --repeats 1   # smoke
 """
 
 from __future__ import annotations
@@ -70,21 +76,31 @@ def _moves(scenario: str, shape: tuple[int, ...], start: tuple[int, ...], steps:
     return out
 
 
-def run_once(path: str, modality: str, steps: int) -> dict[str, Any]:
-    """One fresh-process run: the first image, then every scenario on the same browser."""
+def run_once(path: str, modality: str, steps: int, coarse: bool) -> dict[str, Any]:
+    """One fresh-process run: the first image, the refine, then every scenario."""
     from radiobject import RadiObject
     from radiobject.widgets import CollectionBrowser
 
     radi = RadiObject(path)
     start = time.perf_counter()
-    browser = CollectionBrowser(radi, collection=modality)
+    browser = CollectionBrowser(radi, collection=modality, coarse=coarse)
     first_ms = (time.perf_counter() - start) * 1000
+    level = browser.viewer.shown_level
+    if not browser.wait_refined(600):
+        raise RuntimeError(f"the full-resolution planes were not shown: {browser.error}")
+    full_ms = (time.perf_counter() - start) * 1000
     if browser.error:
         raise RuntimeError(browser.error)
     shape = browser.viewer.image.shape
     centre = browser.position
     stats = getattr(browser.viewer, "latency", None)
-    out: dict[str, Any] = {"first_ms": first_ms, "shape": shape, "module": _where()}
+    out: dict[str, Any] = {
+        "first_ms": first_ms,
+        "full_ms": full_ms,
+        "first_level": level,
+        "shape": shape,
+        "module": _where(),
+    }
     for scenario in SCENARIOS:
         browser.set_position(*centre)
         browser.render()
@@ -113,17 +129,17 @@ def _where() -> str:
     return str(Path(radiobject.__file__).parent)
 
 
-def _child(args: tuple[str, str, int], queue: Any) -> None:
+def _child(args: tuple[str, str, int, bool], queue: Any) -> None:
     try:
         queue.put(run_once(*args))
     except BaseException as e:  # reported by the parent
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def fresh_process_run(path: str, modality: str, steps: int) -> dict[str, Any]:
+def fresh_process_run(path: str, modality: str, steps: int, coarse: bool) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=((path, modality, steps), queue))
+    proc = ctx.Process(target=_child, args=((path, modality, steps, coarse), queue))
     proc.start()
     result = queue.get()
     proc.join()
@@ -132,56 +148,101 @@ def fresh_process_run(path: str, modality: str, steps: int) -> dict[str, Any]:
     return result
 
 
-def table(runs: list[dict[str, Any]], title: str) -> str:
-    lines = [
-        title,
-        "",
-        "| scenario | updates | p50 ms | p95 ms | max ms | kB/update (mean) | kB/update (max) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def _spread(values: list[float], scale: float = 1.0, fmt: str = ".2f") -> str:
+    """``min / median / max`` of ``values`` (divided by ``scale``)."""
+    v = [x / scale for x in values]
+    return f"{min(v):{fmt}} / {statistics.median(v):{fmt}} / {max(v):{fmt}}"
+
+
+def table(rows: list[tuple[str, bool, list[dict[str, Any]]]], title: str) -> str:
+    """One row per (size, coarse on/off); each cell over that row's fresh processes."""
+    head = ["size", "coarse", "runs", "first image s", "shown first", "full res s"]
     for scenario in SCENARIOS:
-        ms = np.concatenate([r[scenario]["ms"] for r in runs])
-        kb = np.concatenate([r[scenario]["bytes"] for r in runs]) / 1000
-        lines.append(
-            f"| {scenario} | {len(ms)} | {np.percentile(ms, 50):.1f} | "
-            f"{np.percentile(ms, 95):.1f} | {ms.max():.1f} | {kb.mean():.1f} | {kb.max():.1f} |"
-        )
-    firsts = [r["first_ms"] for r in runs]
-    lines.append("")
-    lines.append(
-        f"first image: median {statistics.median(firsts) / 1000:.2f} s "
-        f"(runs: {', '.join(f'{f / 1000:.2f}' for f in firsts)} s)"
-    )
+        head += [f"{scenario} p50 ms", f"{scenario} p95 ms"]
+    head.append("kB/update")
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size, coarse, runs in rows:
+        cells = [
+            size,
+            "on" if coarse else "off",
+            str(len(runs)),
+            _spread([r["first_ms"] for r in runs], 1000),
+            ", ".join(sorted({r["first_level"] for r in runs})),
+            _spread([r["full_ms"] for r in runs], 1000),
+        ]
+        kb = []
+        for scenario in SCENARIOS:
+            p50 = [float(np.percentile(r[scenario]["ms"], 50)) for r in runs]
+            p95 = [float(np.percentile(r[scenario]["ms"], 95)) for r in runs]
+            cells.append(f"{statistics.median(p50):.1f}")
+            cells.append(f"{statistics.median(p95):.1f} [{min(p95):.1f}..{max(p95):.1f}]")
+            kb += [b / 1000 for r in runs for b in r[scenario]["bytes"]]
+        cells.append(f"{np.mean(kb):.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "first image / full res: min / median / max over the fresh processes; p50: median "
+        "of the per-process p50; p95: median [min..max] of the per-process p95.",
+    ]
     return "\n".join(lines)
+
+
+def prepare(path: Path, modality: str) -> str:
+    """Make sure the cohort's coarse levels are stored (as ingest writes them) before timing.
+
+    A cohort written before radiobject wrote levels gets them now, untimed.
+    """
+    from radiobject import RadiObject
+
+    coll = RadiObject(str(path)).collection(modality)
+    built = [i for i in coll.obs_ids if coll.coarse_volume(i) is None]
+    for obs_id in built:
+        coll.coarse_level(obs_id)
+    return f"coarse levels built now for {built}" if built else "coarse levels from ingest"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", default="512x512x400", help="volume grid, e.g. 512x512x400")
+    parser.add_argument(
+        "--shapes",
+        default="512x512x400,1024x1024x400",
+        help="volume grids, comma-separated, e.g. 512x512x400,1024x1024x400",
+    )
+    parser.add_argument("--coarse", default="on,off", help="on, off or on,off")
     parser.add_argument("--modality", default="CT")
     parser.add_argument("--steps", type=int, default=100, help="updates per scenario and run")
-    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per row")
     parser.add_argument(
         "--workdir", default=os.path.join(tempfile.gettempdir(), "radiobject-bench")
     )
     parser.add_argument("--json", help="also write every run's numbers here")
     args = parser.parse_args()
-    shape = tuple(int(s) for s in args.shape.lower().split("x"))
+    modes = [{"on": True, "off": False}[m.strip()] for m in args.coarse.split(",")]
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    path = cohort(workdir, shape, args.modality)  # type: ignore[arg-type]
     before = machine.describe()
-    runs = [fresh_process_run(str(path), args.modality, args.steps) for _ in range(args.repeats)]
+    rows, notes = [], []
+    for text in args.shapes.split(","):
+        shape = tuple(int(s) for s in text.strip().lower().split("x"))
+        path = cohort(workdir, shape, args.modality)  # type: ignore[arg-type]
+        notes.append(f"{text.strip()}: {prepare(path, args.modality)}")
+        for coarse in modes:
+            runs = [
+                fresh_process_run(str(path), args.modality, args.steps, coarse)
+                for _ in range(args.repeats)
+            ]
+            rows.append((text.strip(), coarse, runs))
     title = (
-        f"CollectionBrowser scrub latency: {args.modality} {args.shape}, "
-        f"{args.repeats} fresh-process runs x {args.steps} updates per scenario\n"
+        f"CollectionBrowser first image and scrub latency: {args.modality}, "
+        f"{args.repeats} fresh-process runs a row x {args.steps} updates per scenario\n"
         f"machine: {before}\n"
         f"after:   {machine.describe()}\n"
-        f"radiobject from {runs[0]['module']}"
+        f"radiobject from {rows[0][2][0]['module']}; " + "; ".join(notes)
     )
-    print(table(runs, title))
+    print(table(rows, title))
     if args.json:
-        Path(args.json).write_text(json.dumps({"title": title, "runs": runs}, default=list))
+        dump = [{"size": s, "coarse": c, "runs": r} for s, c, r in rows]
+        Path(args.json).write_text(json.dumps({"title": title, "rows": dump}, default=list))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from radiobject.config import (
 from radiobject.ingest._sources import subject_id_from_path
 from radiobject.read._caches import clear_caches
 from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
+from radiobject.storage._coarse import CoarseLevel
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._radiobject import RadiObject
@@ -51,6 +52,7 @@ __all__ = [
     "AlignmentError",
     "AlreadyExistsError",
     "CacheStats",
+    "CoarseLevel",
     "CompressionConfig",
     "Compressor",
     "ConfigurationError",

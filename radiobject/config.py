@@ -356,6 +356,11 @@ class WriteConfig(_Checked):
     their values allow, with a NIfTI's or DICOM's scale and offset; reads return the same
     values. ``integers=False`` stores arrays in their own dtype, and scaled files as floats.
 
+    ``coarse`` is the per-axis factor of the small copy of each volume written beside it (in a
+    collection) that :class:`radiobject.widgets.CollectionBrowser` shows at once while it reads
+    the real voxels: 1/64 of the volume at 4. ``0`` writes none at ingest (the browser then
+    builds one on first view, and stores it when it can).
+
     Installed with :func:`configure`, it applies to every volume written meanwhile:
 
     >>> import os, tempfile
@@ -371,10 +376,20 @@ class WriteConfig(_Checked):
     tile: TileConfig = field(default_factory=TileConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     integers: bool = True
+    coarse: int = 4
 
     def __post_init__(self) -> None:
         if not isinstance(self.integers, bool):
             raise ConfigurationError(f"WriteConfig.integers must be a bool, got {self.integers!r}")
+        if (
+            isinstance(self.coarse, bool)
+            or not isinstance(self.coarse, int)
+            or not (self.coarse == 0 or 2 <= self.coarse <= 16)
+        ):
+            raise ConfigurationError(
+                f"WriteConfig.coarse must be 0 (no coarse level at ingest) or a factor from 2 "
+                f"to 16, got {self.coarse!r}"
+            )
         if not isinstance(self.tile, TileConfig):
             raise ConfigurationError(f"WriteConfig.tile must be a TileConfig, got {self.tile!r}")
         if not isinstance(self.compression, CompressionConfig):

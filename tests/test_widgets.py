@@ -41,7 +41,10 @@ def test_public_api():
 # -- CollectionBrowser ---------------------------------------------------------------------
 @pytest.fixture
 def browser(sample_radi):
-    return CollectionBrowser(sample_radi)
+    """A browser showing full-resolution planes (its coarse first image replaced)."""
+    b = CollectionBrowser(sample_radi)
+    assert b.wait_refined(60)
+    return b
 
 
 def _pixel(png, plane_shape, u, v, scale):
@@ -106,6 +109,7 @@ def test_window_level_gives_exact_grey_and_readout(browser, sample_radi):
     vol = sample_radi.FLAIR.loc["sub-003_FLAIR"].to_numpy()
     browser.subject = "sub-003"
     browser.mask = ""
+    assert browser.wait_refined(60)  # the exact grey is the full-resolution voxel's
     browser.viewer.crosshair = False
     browser.set_position(10, 20, 8)
     value = float(vol[10, 20, 8])
@@ -196,6 +200,7 @@ def test_mask_on_another_grid_is_reported_and_the_image_still_shows(misaligned):
     assert "(16, 16, 12)" in browser.error
     assert "overlay is off" in browser.error_box.value
     assert browser.images["axial"] != BLANK
+    assert browser.wait_refined(60)
     before = browser.images["axial"]
     browser.set_position(2, 3, 4)  # still usable
     assert browser.images["axial"] != before

@@ -27,11 +27,25 @@ from radiobject.config import WriteConfig
 from radiobject.ingest._remote import ctx_from_settings
 from radiobject.ingest._sources import MASK_NAMES, Geometry, looks_like_mask
 from radiobject.read._scaling import ScaledVoxels, Scaling
+from radiobject.storage._coarse import (
+    build_coarse,
+    coarse_method,
+    level_voxels,
+    stored_coarse,
+    write_coarse,
+)
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground
 from radiobject.storage._group import remove
 from radiobject.storage._volume import Volume, storage_dtype
 
-__all__ = ["VolumeTask", "Written", "index_foreground", "read_header", "write_volume"]
+__all__ = [
+    "VolumeTask",
+    "Written",
+    "index_foreground",
+    "read_header",
+    "rebuild_level",
+    "write_volume",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class VolumeTask:
     write: WriteConfig
     run: str
     settings: Mapping[str, str] = field(default_factory=dict, repr=False)
+    coarse_uri: str | None = None  # where its coarse level goes (at factor write.coarse)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +80,7 @@ class Written:
     looks_like_mask: bool
     foreground: ForegroundIndex | None
     reused: bool
+    coarse_method: str | None = None  # of the coarse level written (or found whole)
 
 
 def _stored(task: VolumeTask, ctx: tiledb.Ctx) -> tuple[tuple[int, ...], str, np.ndarray] | None:
@@ -154,7 +170,44 @@ def _write(task: VolumeTask, ctx: tiledb.Ctx) -> Written:
         looks_like_mask=guess,
         foreground=compute_foreground(voxels()) if mask else None,
         reused=stored is not None,
+        coarse_method=_write_level(task, ctx, source, coarse_method(mask)),
     )
+
+
+def _write_level(
+    task: VolumeTask, ctx: tiledb.Ctx, source: np.ndarray | ScaledVoxels | None, method: str
+) -> str | None:
+    """Write the volume's coarse level (unless one is whole); its method, or None if off.
+
+    Made from the voxels in hand (a few z planes at a time); a resumed task that kept its
+    volume reads it back once.
+    """
+    if task.coarse_uri is None or not task.write.coarse:
+        return None
+    volume = Volume(task.uri, ctx=ctx)
+    if stored_coarse(task.coarse_uri, volume, method, ctx) is not None:
+        return method
+    factor = task.write.coarse
+    if isinstance(source, ScaledVoxels):
+        small = level_voxels(source.raw, factor, method, volume.scaling, source.slope, source.inter)
+    elif source is not None:
+        small = level_voxels(source, factor, method, volume.scaling)
+    else:
+        small = build_coarse(volume, factor, method)
+    write_coarse(task.coarse_uri, volume, small, factor, method, ctx)
+    return method
+
+
+def rebuild_level(
+    uri: str, coarse_uri: str, factor: int, method: str, settings: Mapping[str, str], run: str
+) -> None:
+    """Write the coarse level of the stored volume at ``uri`` again, by ``method``.
+
+    For the volumes whose task guessed another mask flag than the collection's.
+    """
+    ctx = ctx_from_settings(settings)
+    volume = Volume(uri, ctx=ctx)
+    write_coarse(coarse_uri, volume, build_coarse(volume, factor, method), factor, method, ctx)
 
 
 def read_header(header: Callable[[], Geometry], run: str) -> Geometry:

@@ -46,8 +46,10 @@ from radiobject.ingest._tasks import (
     Written,
     index_foreground,
     read_header,
+    rebuild_level,
     write_volume,
 )
+from radiobject.storage._coarse import coarse_method
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import write_foreground
 from radiobject.storage._group import (
@@ -62,6 +64,8 @@ from radiobject.storage._group import (
     require_complete,
 )
 from radiobject.storage._layout import (
+    COARSE,
+    COARSE_KIND,
     COLLECTION_KIND,
     COLLECTIONS,
     COLLECTIONS_KIND,
@@ -72,6 +76,7 @@ from radiobject.storage._layout import (
     RADIOBJECT_KIND,
     VOLUMES,
     VOLUMES_KIND,
+    coarse_member,
     obs_id,
     volume_member,
 )
@@ -331,6 +336,9 @@ def _write_plans(
     settings = tiledb_settings(ctx)
     local = is_local_threads(executor)
     write = get_config().write
+    if write.coarse:
+        for plan in todo:
+            _ensure_group(join(plan.uri, COARSE), COARSE_KIND, ctx)
     calls = []
     for plan in todo:
         for pos, it in enumerate(plan.items):
@@ -347,6 +355,9 @@ def _write_plans(
                 write=write,
                 run=run,
                 settings=settings,
+                coarse_uri=join(plan.uri, coarse_member(volume_member(pos)))
+                if write.coarse
+                else None,
             )
             calls.append(partial(write_volume, task, ctx) if local else partial(write_volume, task))
     desc = f"ingest {todo[0].name}" if len(todo) == 1 else "ingest"
@@ -382,6 +393,7 @@ def _finish_collection(
         indexed = {k: v for k, v in fg.items() if v is not None}  # every one is indexed by now
         write_foreground(join(plan.uri, FG_INDEX), indexed, ctx)
         members.append(FG_INDEX)
+    members += _finish_levels(plan, rows, results, bool(is_mask), executor, settings, run, ctx)
     _replace_table(join(plan.uri, OBS), pd.DataFrame(rows), "obs_id", ctx)
     with tiledb_errors(plan.uri, "update group"), tiledb.Group(plan.uri, mode="w", ctx=ctx) as g:
         g.meta["is_mask"] = int(bool(is_mask))
@@ -390,6 +402,44 @@ def _finish_collection(
     add_members(plan.uri, members, ctx)
     add_members(join(plan.uri, VOLUMES), vol_names, ctx)
     mark_complete(plan.uri, ctx)
+
+
+def _finish_levels(
+    plan: _Plan,
+    rows: list[dict[str, Any]],
+    results: list[Written],
+    is_mask: bool,
+    executor: Executor | None,
+    settings: Mapping[str, str],
+    run: str,
+    ctx: tiledb.Ctx,
+) -> list[str]:
+    """Coarse levels made with another mask guess than the collection's are made again.
+
+    Returns the collection members to register (none when no level was written).
+    """
+    factor = get_config().write.coarse
+    if not factor or all(w.coarse_method is None for w in results):
+        return []
+    want = coarse_method(is_mask)
+    calls = [
+        partial(
+            rebuild_level,
+            join(plan.uri, r["volume"]),
+            join(plan.uri, coarse_member(r["volume"])),
+            factor,
+            want,
+            settings,
+            run,
+        )
+        for r, w in zip(rows, results, strict=True)
+        if w.coarse_method != want
+    ]
+    run_tasks(calls, executor=executor)
+    names = [r["volume"].split("/")[1] for r in rows]
+    _remove_strays(join(plan.uri, COARSE), set(names), ctx)
+    add_members(join(plan.uri, COARSE), names, ctx)
+    return [COARSE]
 
 
 def write_collection(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,35 @@ import tiledb
 
 from radiobject._context import local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
+from radiobject.config import get_config
+from radiobject.storage._coarse import (
+    DEFAULT_FACTOR,
+    CoarseLevel,
+    build_coarse,
+    coarse_method,
+    read_coarse,
+    stored_coarse,
+    write_coarse,
+)
 from radiobject.storage._collection_ingest import CollectionConstructors
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
-from radiobject.storage._group import group_meta, join, require_complete
-from radiobject.storage._layout import COLLECTION_KIND, FG_INDEX, OBS
+from radiobject.storage._group import (
+    add_members,
+    create_group,
+    exists,
+    group_meta,
+    join,
+    require_complete,
+)
+from radiobject.storage._layout import (
+    COARSE,
+    COARSE_KIND,
+    COLLECTION_KIND,
+    FG_INDEX,
+    OBS,
+    coarse_member,
+)
 from radiobject.storage._volume import Volume
 
 __all__ = ["VolumeCollection"]
@@ -99,6 +124,7 @@ class VolumeCollection(CollectionConstructors):
         self._obs: pd.DataFrame | None = None
         self._obs_parts: dict[tuple[str, ...], pd.DataFrame] = {}
         self._fg: dict[str, ForegroundIndex] | None = None
+        self._coarse_unsaved = False  # a level could not be stored: keep them in memory
         if _selection is None and _obs_meta is None:  # opened on its own: check it is whole
             require_complete(self.uri, COLLECTION_KIND, self.meta)
 
@@ -343,6 +369,76 @@ class VolumeCollection(CollectionConstructors):
                 stored.update(new)
             self._fg = {i: stored[i] for i in self.obs_ids}
         return self._fg
+
+    # -- the viewer's coarse level -----------------------------------------------------------
+    def _coarse_uri(self, obs_id: str) -> str:
+        return join(self.uri, coarse_member(str(self.row(obs_id)["volume"])))
+
+    def coarse_volume(self, obs_id: str) -> Volume | None:
+        """The stored coarse level of ``obs_id``, a small :class:`Volume`, or ``None``.
+
+        ``None`` when none is stored, or the stored one was cut short or predates the last
+        write of the volume. Its affine maps its voxels to the same world as the volume's.
+
+        >>> import numpy as np, tempfile, os
+        >>> ct = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "CT"),
+        ...                                  [np.zeros((16, 16, 8))])
+        >>> ct.coarse_volume(ct.obs_ids[0]).shape  # written at ingest, 4x smaller
+        (4, 4, 2)
+        """
+        volume = self.volume(obs_id)
+        return stored_coarse(
+            self._coarse_uri(obs_id), volume, coarse_method(self.is_mask), self.ctx
+        )
+
+    def coarse_level(self, obs_id: str) -> CoarseLevel:
+        """The coarse level of ``obs_id`` in memory: read in one query, or built now.
+
+        A volume without a current stored level (written with ``WriteConfig(coarse=0)``, or
+        before radiobject wrote levels) has one built from its voxels (one whole-volume read,
+        at ``WriteConfig.coarse``, else 4) and stored for the next time. When it cannot be
+        stored (a read-only store, S3 refusing the write) it is returned unsaved
+        (``saved=False``) with a warning, and this collection object stops trying.
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject import WriteConfig, configure
+        >>> with configure(write=WriteConfig(coarse=0)):
+        ...     ct = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "CT"),
+        ...                                      [np.ones((16, 16, 8))])
+        >>> level = ct.coarse_level(ct.obs_ids[0])  # built on first use, then stored
+        >>> level.voxels.shape, level.name, level.saved, ct.coarse_volume(ct.obs_ids[0]) is None
+        ((4, 4, 2), 'level 1 (4x)', True, False)
+        """
+        found = self.coarse_volume(obs_id)
+        if found is not None:
+            return read_coarse(found)
+        volume, method = self.volume(obs_id), coarse_method(self.is_mask)
+        factor = get_config().write.coarse or DEFAULT_FACTOR
+        stored = build_coarse(volume, factor, method)
+        saved = False
+        if not self._coarse_unsaved:
+            try:
+                self._save_coarse(self._coarse_uri(obs_id), volume, stored, factor, method)
+                saved = True
+            except RadiObjectError as e:
+                self._coarse_unsaved = True
+                warnings.warn(
+                    f"cannot store the coarse level of {obs_id!r} in {self.uri!r} ({e}); "
+                    "the coarse levels of this collection are built at each view and kept in "
+                    "memory. Open it from a writable store to keep them.",
+                    stacklevel=2,
+                )
+        return CoarseLevel.decode(stored, volume.scaling, factor, method, saved)
+
+    def _save_coarse(
+        self, uri: str, volume: Volume, stored: np.ndarray, factor: int, method: str
+    ) -> None:
+        group = join(self.uri, COARSE)
+        if not exists(group, self.ctx):
+            create_group(group, COARSE_KIND, self.ctx)
+            add_members(self.uri, [COARSE], self.ctx)
+        write_coarse(uri, volume, stored, factor, method, self.ctx)
+        add_members(group, [uri.rsplit("/", 1)[-1]], self.ctx)
 
     def warm_local_tier(self, *, progress: bool = False) -> int:
         """Put every volume of this collection in the local read tier now.

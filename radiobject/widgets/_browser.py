@@ -9,7 +9,7 @@ from typing import Any
 import ipywidgets as w
 import traitlets as t
 
-from radiobject import RadiObject, VolumeCollection
+from radiobject import CoarseLevel, RadiObject, VolumeCollection
 
 from ._png import encode_png, show_png
 from ._render import auto_window, display_scale, render_slice
@@ -17,6 +17,8 @@ from ._slices import SliceCache, error_html, row_html
 from ._viewer import BLANK, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
+
+THUMBNAIL = 96  # pixels, the larger side of a thumbnail
 
 
 class _Source:
@@ -43,10 +45,14 @@ class _Source:
             )
 
     def collection(self, name: str) -> VolumeCollection:
-        if name in self._extra:
-            return self._extra[name]
-        assert self.radi is not None
-        return self.radi.collection(name)
+        """The collection ``name``: one object per name, which keeps what it has learnt.
+
+        E.g. that its coarse levels cannot be stored: the browser warns about it once.
+        """
+        if name not in self._extra:
+            assert self.radi is not None
+            self._extra[name] = self.radi.collection(name)
+        return self._extra[name]
 
     def subject_row(self, subject: str) -> Any:
         if self.radi is None:
@@ -78,11 +84,15 @@ class CollectionBrowser(Quiet, w.VBox):
             default: the first mask collection of a RadiObject.
         label_colors: label -> RGB colours for the overlay (defaults: BraTS-like palette).
         n_thumbnails: subjects in the thumbnail strip.
+        coarse: show each volume's coarse level at once (read in one query, or built and
+            stored on its first view) and the full-resolution planes when a background
+            thread has read them; the readout says which is shown. ``False``: read the
+            full-resolution planes before the first image.
 
     Python API: traits ``collection``, ``subject``, ``mask`` and ``error``; the plane viewer
     is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``, ``cmap``,
     ``opacity``, ``crosshair``); :meth:`set_position`, :meth:`render`, :attr:`images`,
-    :attr:`readout`, :attr:`obs_id`.
+    :attr:`readout`, :attr:`obs_id`, :meth:`wait_refined`.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -111,9 +121,11 @@ class CollectionBrowser(Quiet, w.VBox):
         mask: str | VolumeCollection | None = None,
         label_colors: Mapping[int, tuple[int, int, int]] | None = None,
         n_thumbnails: int = 6,
+        coarse: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.coarse = coarse
         self._source = _Source(obj, mask if isinstance(mask, VolumeCollection) else None)
         self.n_thumbnails = n_thumbnails
         self._problems: dict[str, str] = {}
@@ -246,9 +258,8 @@ class CollectionBrowser(Quiet, w.VBox):
         with self._quietly():
             self.mask_picker.value = change["new"]
         if self.viewer.image is not None:
-            self.viewer.mask = self._mask_for(self.viewer.image)
-            self.viewer.mask_name = change["new"]
-            self.viewer.render()
+            mask, coarse_mask = self._mask_for(self.viewer.image)
+            self.viewer.set_mask(mask, change["new"], coarse_mask)
 
     # -- loading --------------------------------------------------------------------------
     def _fill_subjects(self, thumbnails: bool = True) -> list[str]:
@@ -269,11 +280,12 @@ class CollectionBrowser(Quiet, w.VBox):
         self.meta_box.value = self.obs_box.value = ""
 
     def _load(self) -> None:
-        image = None
+        image = coarse = None
         with self._guard("volume"):
             assert self._coll is not None
             obs_id = self._by_subject[self.subject]
             image = SliceCache(self._coll.volume(obs_id))
+            coarse = self._coarse_of(self._coll, obs_id)
             self.meta_box.value = row_html(
                 f"obs_meta: {self.subject}", self._source.subject_row(self.subject)
             )
@@ -282,12 +294,25 @@ class CollectionBrowser(Quiet, w.VBox):
         if image is None:
             self._clear()
             return
-        self.viewer.show(image, self._mask_for(image), self.mask)
+        mask, coarse_mask = self._mask_for(image, coarse is not None)
+        self.viewer.show(image, mask, self.mask, coarse, coarse_mask)
 
-    def _mask_for(self, image: SliceCache) -> SliceCache | None:
+    def _coarse_of(self, coll: VolumeCollection, obs_id: str) -> CoarseLevel | None:
+        """The coarse level of ``obs_id`` when the browser shows them (else ``None``)."""
+        return coll.coarse_level(obs_id) if self.coarse else None
+
+    def _mask_for(
+        self, image: SliceCache, coarse: bool | None = None
+    ) -> tuple[SliceCache | None, CoarseLevel | None]:
+        """The mask of the subject shown, and its coarse level if ``coarse``.
+
+        ``coarse`` defaults to whether the viewer is showing a coarse level.
+        """
         self._report("mask", None)
         if not self.mask:
-            return None
+            return None, None
+        if coarse is None:
+            coarse = self.viewer.coarse is not None and not self.viewer.refined
         with self._guard("mask"):
             coll = self._source.collection(self.mask)
             obs_id = volumes_by_subject(coll).get(self.subject)
@@ -299,35 +324,47 @@ class CollectionBrowser(Quiet, w.VBox):
                     f"mask {self.mask!r} volume {obs_id!r} has shape {cache.shape} but image "
                     f"{self.obs_id!r} has shape {image.shape}; overlay is off"
                 )
-            return cache
-        return None
+            return cache, self._coarse_of(coll, obs_id) if coarse else None
+        return None, None
 
     def _build_thumbnails(self, subjects: list[str]) -> None:
         cards = []
         for sid in subjects[: self.n_thumbnails]:
-            button = w.Button(description=sid, layout=w.Layout(width="96px"))
+            button = w.Button(description=sid, layout=w.Layout(width=f"{THUMBNAIL}px"))
             button.on_click(lambda _, s=sid: setattr(self, "subject", s))
             image = w.Image(format="png")
             show_png(image, BLANK)
             with contextlib.suppress(Exception):  # a thumbnail never breaks the browser
                 assert self._coll is not None
                 data = self._thumbnail_plane(self._by_subject[sid])
-                step = -(-max(data.shape) // 96)  # a large plane: every step-th voxel
+                step = -(-max(data.shape) // THUMBNAIL)  # a large plane: every step-th voxel
                 data = data[::step, ::step]
-                scale = display_scale(data.shape, target=96)
+                scale = display_scale(data.shape, target=THUMBNAIL)
                 show_png(image, encode_png(render_slice(data, auto_window(data), scale=scale)))
             cards.append(w.VBox([image, button]))
         self.thumbnails.children = cards
 
     def _thumbnail_plane(self, obs_id: str) -> Any:
-        """The middle axial plane of ``obs_id``: the viewer's when it shows it, else read."""
-        shown = self.viewer.image
+        """The middle axial plane of ``obs_id``: the viewer's when it shows it, else read.
+
+        From the coarse level when its plane still fills a thumbnail (``THUMBNAIL`` pixels):
+        a large volume's plane costs tiles to decode, a small one's is read whole.
+        """
+        shown, level = self.viewer.image, self.viewer.coarse
         if shown is not None and obs_id == self.obs_id:
-            data = shown.cached("axial", shown.shape[2] // 2)
+            z = shown.shape[2] // 2
+            data = shown.cached("axial", z)
+            if data is None and level is not None and max(level.voxels.shape[:2]) >= THUMBNAIL:
+                data = level.voxels[:, :, level.index(z, 2)]
             if data is not None:
                 return data
         assert self._coll is not None
-        vol = SliceCache(self._coll.volume(obs_id), warm=False)
+        volume = self._coll.volume(obs_id)
+        if self.coarse and max(self._coll.volume_shape(obs_id)[:2]) >= 4 * THUMBNAIL:
+            small = self._coll.coarse_volume(obs_id)
+            if small is not None and max(small.shape[:2]) >= THUMBNAIL:
+                volume = small
+        vol = SliceCache(volume, warm=False)
         return vol.plane("axial", vol.shape[2] // 2)
 
     # -- Python API -----------------------------------------------------------------------
@@ -358,3 +395,7 @@ class CollectionBrowser(Quiet, w.VBox):
     def render(self) -> dict[str, bytes]:
         """Redraw the planes; return their PNG bytes."""
         return self.viewer.render()
+
+    def wait_refined(self, timeout: float | None = None) -> bool:
+        """Wait until the full-resolution planes are shown (see ``coarse``); whether they are."""
+        return self.viewer.wait_refined(timeout)

@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from radiobject import Volume, get_config
+from radiobject import CoarseLevel, Volume, get_config
 
 __all__ = [
     "PLANES",
     "SliceCache",
+    "background_thread",
+    "coarse_plane",
     "error_html",
     "plane_index",
     "plane_spacing",
@@ -69,17 +71,18 @@ def plane_spacing(plane: str, spacing: Sequence[float]) -> tuple[float, float]:
     return float(spacing[u]), float(spacing[v])
 
 
-_warmer: ThreadPoolExecutor | None = None
-_warmer_lock = threading.Lock()
+_threads: dict[str, ThreadPoolExecutor] = {}
+_threads_lock = threading.Lock()
 
 
-def _warm_pool() -> ThreadPoolExecutor:
-    """One background thread for all viewers: slab reads queue rather than compete."""
-    global _warmer
-    with _warmer_lock:
-        if _warmer is None:
-            _warmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-slabs")
-        return _warmer
+def background_thread(name: str) -> ThreadPoolExecutor:
+    """The one background thread ``name`` of all viewers: their jobs queue, not compete."""
+    with _threads_lock:
+        pool = _threads.get(name)
+        if pool is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"radiobject-{name}")
+            _threads[name] = pool
+        return pool
 
 
 class SliceCache:
@@ -175,7 +178,9 @@ class SliceCache:
                 bounds[axis] = (slab * tile, min((slab + 1) * tile, n))
                 if self.volume.ndim == 4:
                     bounds[3] = (self.t, self.t + 1)
-                self._slabs[(axis, slab)] = _warm_pool().submit(self._read_slab, bounds)
+                self._slabs[(axis, slab)] = background_thread("slabs").submit(
+                    self._read_slab, bounds
+                )
 
     def _slab_fits(self, axis: int) -> bool:
         # radiobject's read path caches a tile-aligned read only if 4 such reads fit in its
@@ -194,6 +199,40 @@ class SliceCache:
     def planes_at(self, position: Sequence[int]) -> dict[str, np.ndarray]:
         """The three planes through voxel ``position``."""
         return {p: self.plane(p, plane_index(p, position)) for p in PLANES}
+
+
+def coarse_plane(
+    level: CoarseLevel,
+    plane: str,
+    index: int,
+    shape: Sequence[int],
+    t: int = 0,
+    full_size: bool = True,
+) -> np.ndarray:
+    """The ``(u, v)`` plane at full-resolution ``index`` from a coarse ``level``.
+
+    Each coarse voxel is repeated ``factor`` times along both axes and the result cut to the
+    plane of a volume of ``shape``, so it is drawn at the size of the real plane (and the
+    crosshair and readout address it in full-resolution voxels); ``full_size=False`` gives
+    the level's own plane.
+
+    >>> level = CoarseLevel(np.arange(8.0).reshape(2, 2, 2), 2, "mean", saved=True)
+    >>> coarse_plane(level, "axial", 3, (3, 4, 4)).tolist()
+    [[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], [5.0, 5.0, 7.0, 7.0]]
+    >>> coarse_plane(level, "axial", 3, (3, 4, 4), full_size=False).tolist()
+    [[1.0, 3.0], [5.0, 7.0]]
+    """
+    axis = _AXIS[plane]
+    key: list[Any] = [slice(None)] * level.voxels.ndim
+    key[axis] = level.index(index, axis)
+    if level.voxels.ndim == 4:
+        key[3] = t
+    small: np.ndarray = level.voxels[tuple(key)]
+    if not full_size:
+        return small
+    u, v = _UV[plane]
+    f = level.factor
+    return np.repeat(np.repeat(small, f, axis=0), f, axis=1)[: int(shape[u]), : int(shape[v])]
 
 
 def row_html(title: str, row: pd.DataFrame | pd.Series | None) -> str:
@@ -216,10 +255,12 @@ def readout_html(
     value: float | None,
     label: int | None = None,
     mask_name: str = "",
+    level: str = "",
 ) -> str:
-    """The voxel and world coordinates and the intensity under the crosshair.
+    """The voxel and world coordinates, the intensity under the crosshair, the level shown.
 
-    >>> "value 1.5" in readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5)
+    >>> html = readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5, level="level 1 (4x)")
+    >>> "value 1.5 · level 1 (4x)" in html
     True
     """
     x, y, z = (int(p) for p in position)
@@ -230,6 +271,8 @@ def readout_html(
     )
     if label is not None:
         text += f" · {html.escape(mask_name)} label {int(label)}"
+    if level:
+        text += f" · {html.escape(level)}"
     return f"<code>{text}</code>"
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import ipywidgets as w
 import numpy as np
 import traitlets as t
 
+from radiobject import CoarseLevel
+
+from ._latency import UpdateStats
 from ._png import encode_indexed, encode_png, show_png
 from ._render import (
     WINDOW_PRESETS,
@@ -22,9 +26,18 @@ from ._render import (
     render_slice,
     window_for,
 )
-from ._slices import PLANES, SliceCache, plane_index, plane_spacing, plane_uv, readout_html
+from ._slices import (
+    PLANES,
+    SliceCache,
+    background_thread,
+    coarse_plane,
+    plane_index,
+    plane_spacing,
+    plane_uv,
+    readout_html,
+)
 
-__all__ = ["BLANK", "CUSTOM", "SliceViewer", "UpdateStats", "crosshair_html"]
+__all__ = ["BLANK", "CUSTOM", "FULL", "SliceViewer", "crosshair_html"]
 
 CUSTOM = "custom"
 DEFAULT_PRESET = "MR auto (1-99%)"
@@ -34,65 +47,10 @@ _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 Report = Callable[[str, "str | None"], None]
 CROSSHAIR_COLOR = "#00ffff"
-
-
-class UpdateStats:
-    """How long the viewer's updates took and how many PNG bytes each sent.
-
-    An update is one :meth:`SliceViewer.render` that changed what is shown (a render with
-    nothing new sends nothing and is not counted). Times run from the start of the render
-    to the last widget value set, reads of new planes included.
-
-    Args:
-        keep: recent updates the percentiles are taken over.
-
-    >>> stats = UpdateStats()
-    >>> stats.record(12.0, 3000, 1); stats.record(30.0, 9000, 3)
-    >>> stats.last_ms, round(stats.p95_ms, 1), stats.bytes_last, stats.updates
-    (30.0, 29.1, 9000, 2)
-    """
-
-    def __init__(self, keep: int = 256) -> None:
-        self._ms: deque[float] = deque(maxlen=keep)
-        self.updates = 0
-        self.encodes = 0
-        self.bytes_total = 0
-        self.last_ms = 0.0
-        self.bytes_last = 0
-        self.encodes_last = 0
-
-    def record(self, ms: float, nbytes: int, encodes: int) -> None:
-        """Count one update of ``ms`` milliseconds that sent ``nbytes`` in ``encodes`` PNGs."""
-        self._ms.append(float(ms))
-        self.updates += 1
-        self.encodes += int(encodes)
-        self.bytes_total += int(nbytes)
-        self.last_ms, self.bytes_last, self.encodes_last = float(ms), int(nbytes), int(encodes)
-
-    def percentile(self, q: float) -> float:
-        """Percentile ``q`` (0..100) of the recent update times in ms (0 before any update)."""
-        return float(np.percentile(self._ms, q)) if self._ms else 0.0
-
-    @property
-    def p50_ms(self) -> float:
-        """Median time of the recent updates, ms."""
-        return self.percentile(50)
-
-    @property
-    def p95_ms(self) -> float:
-        """95th percentile time of the recent updates, ms."""
-        return self.percentile(95)
-
-    def html(self) -> str:
-        """The small readout shown under the planes."""
-        if not self.updates:
-            return ""
-        return (
-            "<span style='font-size:11px;color:#666'>"
-            f"update {self.last_ms:.0f} ms · p95 {self.p95_ms:.0f} ms over "
-            f"{len(self._ms)} · sent {self.bytes_last / 1000:.1f} kB "
-            f"({self.encodes_last} PNG)</span>"
-        )
+FULL = "full resolution"
+# (plane -> (image plane, mask plane or None)) and how a plane is drawn
+Planes = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
+Style = tuple[Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...]]
 
 
 def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
@@ -136,6 +94,12 @@ class SliceViewer(Quiet, w.VBox):
     Give it a volume with :meth:`show`; each plane is read (partially) only when its slice
     index changes. Moving a slider, the window or the colormap redraws the PNGs.
 
+    Given the volume's coarse level too, it draws the planes from that level at once (no
+    read) and has one background thread read the full-resolution planes, which replace
+    them when ready: the thread reads and encodes outside the viewer's lock and puts its
+    PNGs in place under it, only if no newer request (a move, a new window) came meanwhile.
+    :attr:`shown_level` and the readout say which is shown; :meth:`wait_refined` waits.
+
     Args:
         label_colors: label -> RGB colours of the mask overlay.
         report: ``report(key, message_or_None)`` receives render problems.
@@ -167,6 +131,13 @@ class SliceViewer(Quiet, w.VBox):
         self._drawn: dict[str, tuple[Any, ...]] = {}  # what each plane's PNG shows
         self._crosshair_at: dict[str, tuple[int, int]] = {}
         self.latency = UpdateStats()
+        self.coarse: CoarseLevel | None = None
+        self.coarse_mask: CoarseLevel | None = None
+        self._refined = True  # the planes shown are (or will be read at) full resolution
+        self._shown_level = ""
+        self._generation = 0  # bumped by every request; a refine shows only the latest's
+        self._lock = threading.RLock()  # drawing state and widget values, for the refiner
+        self.refining: Future[bool] | None = None
         self._build()
 
     def _build(self) -> None:
@@ -273,10 +244,28 @@ class SliceViewer(Quiet, w.VBox):
         self.render()
 
     # -- content --------------------------------------------------------------------------
-    def show(self, image: SliceCache, mask: SliceCache | None = None, mask_name: str = "") -> None:
-        """Show ``image`` (and ``mask`` on the same grid); keep the position if shapes match."""
-        old, self._shape = self._shape, image.shape  # kept through clear()
-        self.image, self.mask, self.mask_name = image, mask, mask_name
+    def show(
+        self,
+        image: SliceCache,
+        mask: SliceCache | None = None,
+        mask_name: str = "",
+        coarse: CoarseLevel | None = None,
+        coarse_mask: CoarseLevel | None = None,
+    ) -> None:
+        """Show ``image`` (and ``mask`` on the same grid); keep the position if shapes match.
+
+        With ``coarse`` (the image's coarse level; ``coarse_mask``, the mask's) the planes are
+        drawn from it at once and the full-resolution planes are read by a background thread,
+        which puts them in place when they are ready (:meth:`wait_refined`). Until then every
+        update is drawn from the coarse level and asks for the planes of its own position
+        (an older request still waiting is dropped; one already reading is not shown).
+        """
+        with self._lock:
+            self._generation += 1
+            old, self._shape = self._shape, image.shape  # kept through clear()
+            self.image, self.mask, self.mask_name = image, mask, mask_name
+            self.coarse, self.coarse_mask = coarse, coarse_mask
+            self._refined, self.refining = coarse is None, None
         self._affine = image.volume.affine
         self._spacing = tuple(image.volume.spacing)
         with self._quietly():
@@ -288,21 +277,32 @@ class SliceViewer(Quiet, w.VBox):
             self.auto_window()
         else:
             self.render()
-        for plane in PLANES:  # scrubbing from here on reads from memory (axial first)
-            for cache in (image, mask):
-                if cache is not None:
-                    cache.prefetch(self.position, (plane,))
+        if coarse is None:
+            with self._lock:
+                self._prefetch(self.position)
+
+    def set_mask(
+        self, mask: SliceCache | None, mask_name: str = "", coarse_mask: CoarseLevel | None = None
+    ) -> None:
+        """Overlay ``mask`` (``None``: no overlay), with its coarse level while one is shown."""
+        with self._lock:
+            self.mask, self.mask_name, self.coarse_mask = mask, mask_name, coarse_mask
+        self.render()
 
     def clear(self) -> None:
         """Show nothing."""
-        self.image = self.mask = None
-        self._drawn.clear()
-        self._crosshair_at.clear()
-        for plane in PLANES:
-            show_png(self.image_widgets[plane], BLANK)
-            self.crosshair_widgets[plane].value = ""
-            self.titles[plane].value = ""
-        self.readout_box.value = ""
+        with self._lock:
+            self._generation += 1  # a refine under way is not shown
+            self.image = self.mask = None
+            self.coarse = self.coarse_mask = None
+            self._refined, self.refining, self._shown_level = True, None, ""
+            self._drawn.clear()
+            self._crosshair_at.clear()
+            for plane in PLANES:
+                show_png(self.image_widgets[plane], BLANK)
+                self.crosshair_widgets[plane].value = ""
+                self.titles[plane].value = ""
+            self.readout_box.value = ""
 
     def auto_window(self) -> Window:
         """Set level and width from the preset (percentiles of the three planes shown)."""
@@ -312,8 +312,7 @@ class SliceViewer(Quiet, w.VBox):
         elif self.image is None:
             return Window(self.level, self.width)
         else:
-            planes = self.image.planes_at(self.position)
-            window = window_for(preset, np.concatenate([p.ravel() for p in planes.values()]))
+            window = window_for(preset, self._window_values())
         with self._quietly():
             self.level, self.width = window.level, window.width
         self.render()
@@ -326,71 +325,195 @@ class SliceViewer(Quiet, w.VBox):
 
     @property
     def readout(self) -> str:
-        """The coordinate and intensity readout (HTML)."""
+        """The coordinate and intensity readout (HTML), naming the level shown."""
         return str(self.readout_box.value)
+
+    @property
+    def shown_level(self) -> str:
+        """What the planes show: ``"full resolution"`` or a coarse level (``"level 1 (4x)"``)."""
+        return self._shown_level
+
+    @property
+    def refined(self) -> bool:
+        """True once the full-resolution planes are shown (at once without a coarse level)."""
+        return self._refined
 
     @property
     def crosshair_at(self) -> dict[str, tuple[int, int]]:
         """Image pixel ``(row, col)`` the crosshair crosses on each plane (empty when off)."""
         return dict(self._crosshair_at)
 
+    def wait_refined(self, timeout: float | None = None) -> bool:
+        """Wait until the full-resolution planes of the current view are shown; whether they are.
+
+        Returns at once without a coarse level; ``False`` when the read failed (the problem
+        is reported in place) or ``timeout`` (seconds, per refine) ran out.
+        """
+        while True:
+            with self._lock:
+                job = self.refining
+                if job is None or self._refined:
+                    return self._refined
+            with contextlib.suppress(CancelledError, TimeoutError):
+                job.result(timeout)
+            with self._lock:
+                if job is self.refining:  # no newer request meanwhile
+                    return self._refined
+
     def render(self) -> dict[str, bytes]:
         """Redraw what changed: a plane's PNG only when its pixels change, the crosshair.
 
         Planes are read only at new slice indices; moving along one axis re-encodes one
         plane (the crosshair on the other two is drawn by the page). Each update's time and
-        bytes go to :attr:`latency`.
+        bytes go to :attr:`latency`. While a coarse level is shown the planes come from it
+        (no read) and a refine of this position is asked for.
         """
         if self.image is None or self._quiet:
             return self.images
         start = time.perf_counter()
         sent = encodes = 0
         changed = False
-        try:
-            pos = self.position
-            window = Window(self.level, self.width)
-            masks: dict[str, np.ndarray] = {}
-            colors = tuple(sorted(self.label_colors.items()))
-            for plane in PLANES:
-                index = plane_index(plane, pos)
-                data = self.image.plane(plane, index)
-                if self.mask is not None:
-                    masks[plane] = self.mask.plane(plane, index)
-                scale = display_scale(data.shape, plane_spacing(plane, self._spacing))
-                key = (self.image, self.mask, index, window, self.cmap, self.opacity, colors, scale)
-                if self._drawn.get(plane) != key:
-                    png = self._encode(data, window, masks.get(plane), scale)
-                    if png != self.image_widgets[plane].value:  # the same bytes are not sent
-                        sent += len(png)
-                    show_png(self.image_widgets[plane], png)
-                    self._drawn[plane] = key
-                    encodes += 1
-                changed |= self._draw_crosshair(plane, pos, data.shape, scale)
-                last = self.sliders[plane].max
-                self.titles[plane].value = f"<b>{plane}</b> {index}/{last}"
-            self._update_readout(masks)
-            self._report("render", None)
-        except Exception as e:  # shown in place; the viewer stays usable
-            self._report("render", f"{type(e).__name__}: {e}")
+        with self._lock:
+            self._generation += 1  # a refine of an older request is not shown
+            pos, style = self.position, self._style()
+            try:
+                planes, level = self._planes_now(pos)
+                encoded = self._encode_planes(planes, level, pos, style)
+                sent, encodes, changed = self._apply(encoded, planes, level, pos)
+                self._report("render", None)
+            except Exception as e:  # shown in place; the viewer stays usable
+                self._report("render", f"{type(e).__name__}: {e}")
+            if not self._refined:
+                self._ask_refine(pos, style)
         if encodes or changed:
             self.latency.record((time.perf_counter() - start) * 1000, sent, encodes)
             self.latency_box.value = self.latency.html()
         return self.images
 
-    def _encode(
+    # -- drawing (the caller holds self._lock, except for _encode_planes in the refiner) -----
+    def _style(self) -> Style:
+        colors = tuple(sorted(self.label_colors.items()))
+        return Window(self.level, self.width), self.cmap, self.opacity, colors
+
+    def _window_values(self) -> np.ndarray:
+        """The voxels of the three planes shown (a coarse level's own, not enlarged)."""
+        assert self.image is not None
+        with self._lock:
+            pos, level = self.position, self.coarse
+            if self._refined or level is None:
+                planes = [data for data, _ in self._planes_now(pos)[0].values()]
+            else:
+                shape, t = self.image.shape, self.image.t
+                planes = [
+                    coarse_plane(level, p, plane_index(p, pos), shape, t, full_size=False)
+                    for p in PLANES
+                ]
+        return np.concatenate([data.ravel() for data in planes])
+
+    def _planes_now(self, pos: tuple[int, int, int]) -> tuple[Planes, str]:
+        """The planes through ``pos`` at the level shown now, and that level's name."""
+        assert self.image is not None
+        if self._refined or self.coarse is None:
+            return _read_planes(self.image, self.mask, pos), FULL
+        shape, t = self.image.shape, self.image.t
+        planes: Planes = {}
+        for plane in PLANES:
+            index = plane_index(plane, pos)
+            over = self.coarse_mask
+            mask = coarse_plane(over, plane, index, shape, t) if over is not None else None
+            planes[plane] = (coarse_plane(self.coarse, plane, index, shape, t), mask)
+        return planes, self.coarse.name
+
+    def _encode_planes(
+        self, planes: Planes, level: str, pos: tuple[int, int, int], style: Style
+    ) -> dict[str, tuple[tuple[Any, ...], bytes | None, tuple[int, int]]]:
+        """Per plane: its drawing key, its PNG (``None``: what is shown already) and scale."""
+        out = {}
+        for plane in PLANES:
+            data, mask = planes[plane]
+            scale = display_scale(data.shape, plane_spacing(plane, self._spacing))
+            key = (self.image, self.mask, level, plane_index(plane, pos), style, scale)
+            png = None if self._drawn.get(plane) == key else self._encode(data, mask, scale, style)
+            out[plane] = (key, png, scale)
+        return out
+
+    def _apply(
         self,
-        data: np.ndarray,
-        window: Window,
-        mask: np.ndarray | None,
-        scale: tuple[int, int],
+        encoded: Mapping[str, tuple[tuple[Any, ...], bytes | None, tuple[int, int]]],
+        planes: Planes,
+        level: str,
+        pos: tuple[int, int, int],
+    ) -> tuple[int, int, bool]:
+        """Put encoded planes, crosshairs, titles and readout in place: (bytes, PNGs, moved)."""
+        sent = encodes = 0
+        changed = False
+        for plane, (key, png, scale) in encoded.items():
+            if png is not None:
+                if png != self.image_widgets[plane].value:  # the same bytes are not sent
+                    sent += len(png)
+                show_png(self.image_widgets[plane], png)
+                self._drawn[plane] = key
+                encodes += 1
+            changed |= self._draw_crosshair(plane, pos, planes[plane][0].shape, scale)
+            last = self.sliders[plane].max
+            self.titles[plane].value = f"<b>{plane}</b> {plane_index(plane, pos)}/{last}"
+        self._update_readout(pos, planes, level)
+        self._shown_level = level
+        return sent, encodes, changed
+
+    def _encode(
+        self, data: np.ndarray, mask: np.ndarray | None, scale: tuple[int, int], style: Style
     ) -> bytes:
-        style = {"mask": mask, "opacity": self.opacity, "colors": self.label_colors, "scale": scale}
-        # mypy is silenced on the next line: style's values have the parameters' types
-        indexed = render_indexed(data, window, self.cmap, **style)  # type: ignore[arg-type]
+        window, cmap, opacity, colors = style
+        look = {"mask": mask, "opacity": opacity, "colors": dict(colors), "scale": scale}
+        # mypy is silenced on the next line: look's values have the parameters' types
+        indexed = render_indexed(data, window, cmap, **look)  # type: ignore[arg-type]
         if indexed is not None:
             return encode_indexed(*indexed)
-        # mypy is silenced on the next line: style's values have the parameters' types
-        return encode_png(render_slice(data, window, self.cmap, **style))  # type: ignore[arg-type]
+        # mypy is silenced on the next line: look's values have the parameters' types
+        return encode_png(render_slice(data, window, cmap, **look))  # type: ignore[arg-type]
+
+    # -- refining: full-resolution planes read by a background thread -----------------------
+    def _ask_refine(self, pos: tuple[int, int, int], style: Style) -> None:
+        """Queue a read of the planes through ``pos`` (dropping an older one still queued)."""
+        if self.refining is not None:
+            self.refining.cancel()
+        assert self.image is not None
+        # one thread for every viewer, a job at a time
+        self.refining = background_thread("refine").submit(
+            self._refine, self._generation, self.image, self.mask, pos, style
+        )
+
+    def _refine(
+        self,
+        generation: int,
+        image: SliceCache,
+        mask: SliceCache | None,
+        pos: tuple[int, int, int],
+        style: Style,
+    ) -> bool:
+        """Read and encode the full planes, then show them unless a newer request came."""
+        try:
+            planes = _read_planes(image, mask, pos)
+            encoded = self._encode_planes(planes, FULL, pos, style)
+        except Exception as e:
+            with self._lock:
+                if generation == self._generation:
+                    self._report("render", f"{type(e).__name__}: {e}")
+            return False
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._apply(encoded, planes, FULL, pos)
+            self._refined = True
+            self._prefetch(pos)  # scrubbing from here on reads from memory
+        return True
+
+    def _prefetch(self, pos: Sequence[int]) -> None:
+        for plane in PLANES:  # axial first
+            for cache in (self.image, self.mask):
+                if cache is not None:
+                    cache.prefetch(pos, (plane,))
 
     def _draw_crosshair(
         self, plane: str, pos: tuple[int, int, int], shape: tuple[int, ...], scale: tuple[int, int]
@@ -410,10 +533,19 @@ class SliceViewer(Quiet, w.VBox):
         widget.value = html
         return True
 
-    def _update_readout(self, masks: Mapping[str, np.ndarray]) -> None:
-        assert self.image is not None
-        x, y, z = self.position
-        value = float(self.image.plane("axial", z)[x, y])
+    def _update_readout(self, pos: tuple[int, int, int], planes: Planes, level: str) -> None:
+        x, y, z = pos
+        axial, mask = planes["axial"]
+        value = float(axial[x, y])
         world = (self._affine @ np.array([x, y, z, 1.0]))[:3]
-        label = int(masks["axial"][x, y]) if "axial" in masks else None
-        self.readout_box.value = readout_html(self.position, world, value, label, self.mask_name)
+        label = int(mask[x, y]) if mask is not None else None
+        self.readout_box.value = readout_html(pos, world, value, label, self.mask_name, level)
+
+
+def _read_planes(image: SliceCache, mask: SliceCache | None, pos: tuple[int, int, int]) -> Planes:
+    """The full-resolution planes through ``pos`` (read where not held already)."""
+    out: Planes = {}
+    for plane in PLANES:
+        index = plane_index(plane, pos)
+        out[plane] = (image.plane(plane, index), None if mask is None else mask.plane(plane, index))
+    return out
