@@ -32,6 +32,7 @@ from radiobject.ml._loaders import (
 )
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
+from radiobject.ml._randomness import SeededGlobally, sample_generator, sample_rng
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
@@ -58,6 +59,7 @@ __all__ = [
     "ReadAheadSchedule",
     "RegionRead",
     "SamplePlan",
+    "SeededGlobally",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",
@@ -72,6 +74,8 @@ __all__ = [
     "loader_cache_counters",
     "loader_pids",
     "loader_stage_counters",
+    "sample_generator",
+    "sample_rng",
     "worker_init",
 ]
 
