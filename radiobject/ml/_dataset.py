@@ -319,7 +319,8 @@ class VolumeCollectionDataset(Dataset[Any]):
         batch is read in this thread (0.50 against 0.54 ms per 64³ patch, 2-core machine).
         """
         volumes = {self.volume_of(index) for _, index in keys}
-        return all(served_locally(uri) for v in volumes for uri in self.refs[v].uris)
+        mb = self.auto_tier_mb
+        return all(served_locally(uri, mb) for v in volumes for uri in self.refs[v].uris)
 
     def apply_transform(self, sample: dict[str, Any], key: tuple[int, int]) -> Any:
         """``transform`` on the sample of ``key = (epoch, index)``, its randomness from the key.
@@ -337,6 +338,15 @@ class VolumeCollectionDataset(Dataset[Any]):
         out = seeded_call(self.transform, sample, seed)
         stage_counters().add_transform(time.perf_counter_ns() - start)
         return out
+
+    auto_tier_mb: int = 0
+    """The automatic local tier's budget (MiB) for this dataset's reads, 0: none.
+
+    Set by the training loader factories when ``ReadConfig.local_tier_mb`` is ``None`` and
+    the cohort exceeds the RAM cache (:func:`~radiobject.ml._tier_auto.auto_local_tier`);
+    it travels with the dataset into the loader's workers. Only this dataset's reads use
+    the tier: other reads of the process are not affected.
+    """
 
     # -- plans and read-ahead -------------------------------------------------------------
     read_ahead_schedule: ReadAheadSchedule | None = None
@@ -362,7 +372,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         """One read per channel of ``ref`` inside ``box`` (each with its collection's context)."""
         whole = self.prefer_whole_volume(ref.uris[0])
         return tuple(
-            RegionRead("image", uri, coll.ctx, box, whole)
+            RegionRead("image", uri, coll.ctx, box, whole, self.auto_tier_mb)
             for uri, coll in zip(ref.uris, self.collections, strict=True)
         )
 

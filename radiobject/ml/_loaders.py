@@ -236,7 +236,8 @@ def create_training_dataloader(
     """
     cfg = _config(config, patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(collections, cfg, labels=labels, transform=transform)
-    auto_local_tier(collections)  # on when the cohort exceeds the RAM cache (local_tier_mb=None)
+    # its reads use the local tier when the cohort exceeds the RAM cache (local_tier_mb=None)
+    dataset.auto_tier_mb = auto_local_tier(collections)
     sampler = EpochSampler(
         dataset, shuffle=True, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
@@ -446,7 +447,7 @@ def create_segmentation_dataloader(
         class_ratios=class_ratios,
     )
     images = [image] if isinstance(image, VolumeCollection) else list(image)
-    auto_local_tier([*images, mask])  # on when the cohort exceeds the RAM cache
+    dataset.auto_tier_mb = auto_local_tier([*images, mask])  # cohort > RAM cache: its tier
     sampler = EpochSampler(
         dataset, shuffle=shuffle, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
