@@ -144,6 +144,9 @@ def build_loader(
             sampler.on_stop = dataset.stop_read_ahead
     import torch
 
+    # a generator of the loader's own: DataLoader draws each epoch's worker base seed from
+    # torch's global generator otherwise, and the user's stream would move with every epoch
+    kwargs["generator"] = torch.Generator().manual_seed(int(getattr(sampler, "seed", 0)))
     return RadiObjectLoader(
         dataset,
         batch_size=batch_size,
