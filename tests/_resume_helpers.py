@@ -66,7 +66,7 @@ class FlipNoise:
 
 
 def make_transform(use_monai: bool = True) -> Any:
-    """Random MONAI transforms (their own generators) and ``jitter`` (torch's global one);
+    """Random MONAI transforms (their own generators) and ``jitter`` (the sample's generator);
     without ``use_monai``, :class:`FlipNoise` does the same."""
     if not use_monai:
         return FlipNoise()

@@ -111,18 +111,19 @@ def sample_rng() -> np.random.Generator:
     return found.numpy
 
 
-_GLOBAL_LOCK = threading.Lock()  # a transform that cannot be weakly referenced
-_LOCKS: WeakKeyDictionary[Any, threading.Lock] = WeakKeyDictionary()
+# re-entrant: a transform that reads another sample of its dataset does not deadlock
+_GLOBAL_LOCK = threading.RLock()  # a transform that cannot be weakly referenced
+_LOCKS: WeakKeyDictionary[Any, threading.RLock] = WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
-def _lock_of(transform: Any) -> threading.Lock:
+def _lock_of(transform: Any) -> threading.RLock:
     """The lock held while ``transform`` is reseeded and called (one per transform object)."""
     with _LOCKS_GUARD:
         try:
             lock = _LOCKS.get(transform)
             if lock is None:
-                lock = _LOCKS[transform] = threading.Lock()
+                lock = _LOCKS[transform] = threading.RLock()
         except TypeError:  # not hashable or not weakly referenceable
             return _GLOBAL_LOCK
         return lock
