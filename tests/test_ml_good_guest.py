@@ -144,10 +144,11 @@ def test_no_other_thread_sees_a_global_change_during_an_epoch(larger, monkeypatc
 
     def watch() -> None:
         while not done.is_set():
+            was_inside = inside.is_set()  # before the sample: then it is taken mid-call
             now = process_state()
             seen.extend(k for k in keys if now[k] != expected[k])
             looks[0] += 1
-            if inside.is_set():
+            if was_inside:
                 looks[1] += 1
                 inside.clear()
                 sampled.set()
