@@ -190,9 +190,9 @@ def main() -> int:
     tss = [ltr_peers.open_tensorstore(root / "tensorstore" / f"{i}.zarr") for i in range(n)]
     tier_dir = root / "tier"
     os.environ["RADIOBJECT_TIER_DIR"] = str(tier_dir)  # the automatic tier's folder, not ~/.cache
-    auto = ReadConfig(cache_mb=cache_mb)  # the default: the training loader turns the tier on
+    auto = ReadConfig(cache_mb=cache_mb)  # the default: the training loader's reads use the tier
     vols = [Volume(u) for u in uris]
-    off = ReadConfig(cache_mb=cache_mb, local_tier_mb=0)  # off (None: a loader turns it on)
+    off = ReadConfig(cache_mb=cache_mb, local_tier_mb=0)  # off (None: a loader's reads use it)
     on = ReadConfig(
         cache_mb=cache_mb, local_tier_mb=4 * int(cohort_mb), local_tier_dir=str(tier_dir)
     )

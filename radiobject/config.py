@@ -155,8 +155,8 @@ class ReadConfig(_Checked):
             cohorts larger than RAM: a random 64³ patch then costs a blosc2 decode instead of
             a TileDB query. ``None`` (the default) is automatic: a training loader
             (``create_training_dataloader``, ``create_segmentation_dataloader``) whose
-            cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on, in its process
-            and workers, for the rest of the process, with a quarter of the folder's free
+            cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on for that
+            loader's reads only (in its process and workers), with a quarter of the folder's free
             disk, at most 64 GiB (off when under 256 MiB free); other reads, and
             ``cache_mb=0`` (caching off), leave it off. The automatic tier fills a volume
             the second time a read misses it, so a pass that reads each volume once (a

@@ -33,9 +33,11 @@ PATCH = (8, 8, 8)
 
 
 def jitter(sample: dict[str, Any]) -> dict[str, Any]:
-    """A TorchIO-style augmentation: draws from torch's global generator."""
+    """A plain callable's augmentation: draws from the sample's own torch generator."""
+    from radiobject.ml import sample_generator
+
     image = torch.as_tensor(sample["image"])
-    sample["image"] = image + 0.01 * torch.rand(image.shape)
+    sample["image"] = image + 0.01 * torch.rand(image.shape, generator=sample_generator())
     return sample
 
 
@@ -64,7 +66,7 @@ class FlipNoise:
 
 
 def make_transform(use_monai: bool = True) -> Any:
-    """Random MONAI transforms (their own generators) and ``jitter`` (torch's global one);
+    """Random MONAI transforms (their own generators) and ``jitter`` (the sample's generator);
     without ``use_monai``, :class:`FlipNoise` does the same."""
     if not use_monai:
         return FlipNoise()

@@ -7,7 +7,7 @@ import torch
 
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import DatasetConfig, VolumeCollectionDataset, create_training_dataloader
-from radiobject.ml._stages import images_in_place, mark_in_place, one_thread_collate
+from radiobject.ml._stages import images_in_place, mark_in_place, stack_collate
 
 SHAPE, PATCH, PER = (16, 16, 12), (8, 8, 8), 3
 
@@ -32,7 +32,7 @@ def test_a_batch_decoded_in_place_equals_the_stacked_samples(radi, channels):
     plain = VolumeCollectionDataset(colls, config, transform=_identity)  # no in-place batch
     keys = [(2, i) for i in (5, 0, 7, 3)]
     samples = fast.__getitems__(keys)
-    batch = one_thread_collate(samples)
+    batch = stack_collate(samples)
     # the images were the slots of one array, which the batch is: no copy
     assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()
     assert images_in_place(plain.__getitems__(keys)) is None
@@ -80,22 +80,41 @@ def test_images_that_are_not_one_array_in_order_are_stacked():
     assert images_in_place([{"image": t} for t in base]) is None  # the mark is used once
 
 
-def test_a_batch_array_is_reused_only_once_nothing_references_it(radi):
+def test_every_batch_is_an_array_of_its_own_and_stays_as_it_was(radi):
+    """No batch memory is reused: a batch kept (or a view of it) is never overwritten."""
     config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
     ds = VolumeCollectionDataset(radi.T1w, config)
-    keys = [(0, i) for i in range(4)]
-    first = one_thread_collate(ds.__getitems__(keys))["image"]
-    expected = first.clone()
-    held = one_thread_collate(ds.__getitems__(keys))["image"]  # ``first`` still in use
-    assert held.data_ptr() != first.data_ptr()
-    assert torch.equal(first, expected)  # never overwritten while referenced
-    view = first[1]
-    del first
-    other = one_thread_collate(ds.__getitems__([(1, i) for i in range(4)]))["image"]
-    assert other.data_ptr() not in (view.data_ptr() - view[0].numel() * 4, held.data_ptr())
-    assert torch.equal(view, expected[1])  # a view keeps its batch array from reuse
-    ptr = other.data_ptr()
-    del other
-    again = one_thread_collate(ds.__getitems__(keys))["image"]
-    assert again.data_ptr() == ptr  # unreferenced: taken again, overwritten whole
-    assert torch.equal(again, expected)
+    keys = [[(e, i) for i in range(4)] for e in range(4)]
+    batches = [stack_collate(ds.__getitems__(k))["image"] for k in keys]
+    views = [b[1] for b in batches]
+    expected = [b.clone() for b in batches]
+    del batches  # only the views are kept: their arrays must stay theirs
+    for _ in range(3):
+        for k in keys:
+            stack_collate(ds.__getitems__(k))
+    for view, whole in zip(views, expected, strict=True):
+        assert torch.equal(view, whole[1])
+    assert len({v.untyped_storage().data_ptr() for v in views}) == len(views)
+
+
+def test_stack_collate_equals_default_collate_and_leaves_torch_threads_alone():
+    from torch.utils.data import default_collate
+
+    batch = [
+        {"image": torch.rand(1, 4, 4, 4), "label": 3, "obs_id": "a", "x": torch.arange(3)},
+        {"image": torch.rand(1, 4, 4, 4), "label": 1, "obs_id": "b", "x": torch.arange(3) + 1},
+    ]
+    threads = torch.get_num_threads()
+    out, expected = stack_collate(batch), default_collate(batch)
+    assert torch.get_num_threads() == threads
+    assert list(out) == list(expected)
+    for key in ("image", "label", "x"):
+        assert out[key].dtype == expected[key].dtype
+        assert out[key].stride() == expected[key].stride()
+        assert torch.equal(out[key], expected[key])
+    assert out["obs_id"] == expected["obs_id"]
+    # tensors NumPy cannot hold, or of different shapes, go torch's way
+    half = [torch.ones(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16)]
+    assert torch.equal(stack_collate(half), torch.stack(half))
+    with pytest.raises(RuntimeError, match="equal size"):
+        stack_collate([torch.ones(2), torch.ones(3)])

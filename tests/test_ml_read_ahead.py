@@ -33,9 +33,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     calls: list[tuple[Any, ...]] = []
     real = _plan.read_region
 
-    def spy(uri: str, ctx: Any, bounds: Any, *, whole_on_miss: bool = False) -> np.ndarray:
-        calls.append((uri, tuple(bounds), whole_on_miss))
-        return real(uri, ctx, bounds, whole_on_miss=whole_on_miss)
+    def spy(uri: str, ctx: Any, bounds: Any, **kwargs: Any) -> np.ndarray:
+        calls.append((uri, tuple(bounds), kwargs.get("whole_on_miss", False)))
+        return real(uri, ctx, bounds, **kwargs)
 
     monkeypatch.setattr(_plan, "read_region", spy)
     return calls

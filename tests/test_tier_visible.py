@@ -4,15 +4,15 @@ report and decide from real counters."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import pytest
 
-from radiobject import ReadConfig, TileDBStats, configure, get_config
+from radiobject import ReadConfig, TileDBStats, configure
 from radiobject.data import make_sample_radiobject
 from radiobject.ml import LoaderProbe, create_training_dataloader
 from radiobject.ml._tier_auto import auto_local_tier, cohort_bytes
-from radiobject.ml._workers import worker_init
 from radiobject.read._local_tier import local_tier, tier_state
 
 pytest.importorskip("blosc2")
@@ -146,10 +146,14 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
     assert local_tier() is None  # the default: off until a training loader decides
     with configure(read=ReadConfig(cache_mb=1)):  # the cohort exceeds a 1 MB cache
         loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
-        tier = local_tier()
+        mb = loader.dataset.auto_tier_mb
+        assert mb > 0
+        assert local_tier() is None  # the loader's decision, not the process's
+        tier = local_tier(mb)
         assert tier is not None
         assert tier.folder == tmp_path / "auto"
-        assert tier.budget_bytes == tier_state().auto_mb << 20
+        assert tier.budget_bytes == mb << 20
+        assert all(r.auto_tier_mb == mb for r in loader.dataset.plan((0, 0)).reads)
         for _ in loader:
             pass
         tier_state().flush()
@@ -159,8 +163,15 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
             pass
         tier_state().flush()
         assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
-        # workers get the same budget
-        assert worker_init(get_config(), 2).tier_auto_mb == tier_state().auto_mb
+        # workers get the same budget: it travels with the dataset
+        assert pickle.loads(pickle.dumps(loader.dataset)).auto_tier_mb == mb
+        # a volume read outside the loader does not use the loader's tier
+        with TileDBStats(storage=False) as direct:
+            larger.T1w.volume(larger.T1w.obs_ids[0])[0:8, 0:8, 0:8]
+        assert (direct.cache_stats().tier_hits, direct.cache_stats().tier_misses) == (0, 0)
+        with TileDBStats(storage=False) as through_loader:
+            next(iter(loader))
+        assert through_loader.cache_stats().tier_hits > 0
 
 
 def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_off(
@@ -174,9 +185,9 @@ def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_
     ):
         with configure(read=read):
             assert auto_local_tier(larger.T1w) == 0
-            create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
-            assert local_tier() is None
-            assert tier_state().auto_mb == 0
+            loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
+            assert loader.dataset.auto_tier_mb == 0
+            assert local_tier(loader.dataset.auto_tier_mb) is None
     assert not os.path.exists(tmp_path / "auto")
 
 

@@ -32,6 +32,7 @@ from radiobject.ml._loaders import (
 )
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
+from radiobject.ml._randomness import SeededGlobally, sample_generator, sample_rng
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._segmentation import SegmentationDataset
@@ -60,6 +61,7 @@ __all__ = [
     "ReadAheadSchedule",
     "RegionRead",
     "SamplePlan",
+    "SeededGlobally",
     "SegmentationDataset",
     "VolumeCollectionDataset",
     "VolumeCollectionSubjectsDataset",
@@ -74,6 +76,8 @@ __all__ = [
     "loader_cache_counters",
     "loader_pids",
     "loader_stage_counters",
+    "sample_generator",
+    "sample_rng",
     "worker_init",
 ]
 

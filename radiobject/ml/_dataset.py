@@ -16,12 +16,12 @@ from torch.utils.data import Dataset
 
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
 from radiobject.config import SliceOrientation, get_config
-from radiobject.ml._batch import recycled_array
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._randomness import seeded_call
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
-from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
+from radiobject.ml._sampling import item_rng, random_patch_start, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
 from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters
 from radiobject.read._region import open_array, served_locally, whole_volume_budget
@@ -264,7 +264,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         """One float32 tensor for the images of a batch of patches, or None.
 
         Each sample's image is decoded into its slot, so collating the batch needs no copy
-        (:func:`~radiobject.ml._stages.one_thread_collate` finds the slots in order and
+        (:func:`~radiobject.ml._stages.stack_collate` finds the slots in order and
         returns the array). Only in the loading process (a worker's batch goes to shared
         memory as it is collated), without ``transform``, with the default read hooks, for
         patches of one shape.
@@ -285,7 +285,8 @@ class VolumeCollectionDataset(Dataset[Any]):
             return None
         channels = len(self.collections)
         shape = (len(keys), channels, *self.config.patch_size, *shapes.pop())
-        return torch.from_numpy(recycled_array(self.__dict__.setdefault("_recycled", []), shape))
+        # a new array per batch: the batch is the caller's for as long as it keeps it
+        return torch.empty(shape, dtype=torch.float32)
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
@@ -324,14 +325,17 @@ class VolumeCollectionDataset(Dataset[Any]):
         batch is read in this thread (0.50 against 0.54 ms per 64³ patch, 2-core machine).
         """
         volumes = {self.volume_of(index) for _, index in keys}
-        return all(served_locally(uri) for v in volumes for uri in self.refs[v].uris)
+        mb = self.auto_tier_mb
+        return all(served_locally(uri, mb) for v in volumes for uri in self.refs[v].uris)
 
     def apply_transform(self, sample: dict[str, Any], key: tuple[int, int]) -> Any:
         """``transform`` on the sample of ``key = (epoch, index)``, its randomness from the key.
 
-        Augmentations are a function of ``(seed, epoch, index)`` like patch positions
-        (see :func:`~radiobject.ml._sampling.seeded_call`), so the same key gives the same
-        sample in any process, with any number of workers, and after a resume.
+        Augmentations are a function of ``(seed, epoch, index)`` like patch positions, so
+        the same key gives the same sample in any process, with any number of workers, and
+        after a resume. The seed is handed to the transform (MONAI's ``set_random_state``,
+        :func:`~radiobject.ml.sample_generator`); global generators are never reseeded
+        (see :mod:`radiobject.ml._randomness`).
         """
         if self.transform is None:
             return sample
@@ -340,6 +344,15 @@ class VolumeCollectionDataset(Dataset[Any]):
         out = seeded_call(self.transform, sample, seed)
         stage_counters().add_transform(time.perf_counter_ns() - start)
         return out
+
+    auto_tier_mb: int = 0
+    """The automatic local tier's budget (MiB) for this dataset's reads, 0: none.
+
+    Set by the training loader factories when ``ReadConfig.local_tier_mb`` is ``None`` and
+    the cohort exceeds the RAM cache (:func:`~radiobject.ml._tier_auto.auto_local_tier`);
+    it travels with the dataset into the loader's workers. Only this dataset's reads use
+    the tier: other reads of the process are not affected.
+    """
 
     # -- plans and read-ahead -------------------------------------------------------------
     read_ahead_schedule: ReadAheadSchedule | None = None
@@ -365,7 +378,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         """One read per channel of ``ref`` inside ``box`` (each with its collection's context)."""
         whole = self.prefer_whole_volume(ref.uris[0])
         return tuple(
-            RegionRead("image", uri, coll.ctx, box, whole)
+            RegionRead("image", uri, coll.ctx, box, whole, self.auto_tier_mb)
             for uri, coll in zip(ref.uris, self.collections, strict=True)
         )
 
@@ -550,7 +563,6 @@ class VolumeCollectionDataset(Dataset[Any]):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["transform"] = _portable(self.transform)
-        state.pop("_recycled", None)  # this process's batch arrays
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

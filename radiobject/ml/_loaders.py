@@ -148,6 +148,9 @@ def build_loader(
             sampler.on_stop = dataset.stop_read_ahead
     import torch
 
+    # a generator of the loader's own: DataLoader draws each epoch's worker base seed from
+    # torch's global generator otherwise, and the user's stream would move with every epoch
+    kwargs["generator"] = torch.Generator().manual_seed(int(getattr(sampler, "seed", 0)))
     return RadiObjectLoader(
         dataset,
         batch_size=batch_size,
@@ -263,7 +266,8 @@ def create_training_dataloader(
     dataset = VolumeCollectionDataset(
         collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
     )
-    auto_local_tier(dataset.collections)  # on when the cohort exceeds the RAM cache
+    # its reads use the local tier when the cohort exceeds the RAM cache (local_tier_mb=None)
+    dataset.auto_tier_mb = auto_local_tier(dataset.collections)
     sampler = EpochSampler(
         dataset, shuffle=True, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )
@@ -510,7 +514,8 @@ def create_segmentation_dataloader(
         class_ratios=class_ratios,
         ctx=p.ctx,
     )
-    auto_local_tier([*dataset.collections, dataset.mask])  # on when the cohort exceeds RAM
+    # its reads use the local tier when the cohort exceeds the RAM cache
+    dataset.auto_tier_mb = auto_local_tier([*dataset.collections, dataset.mask])
     sampler = EpochSampler(
         dataset, shuffle=shuffle, seed=cfg.seed, shuffle_window=_window(dataset, shuffle_window)
     )

@@ -31,6 +31,8 @@ class RegionRead:
         ctx: the TileDB context it is opened with (its collection's).
         bounds: the half-open voxel box, one ``(start, stop)`` per axis.
         whole_on_miss: fetch the whole volume on a cache miss (see ``read_region``).
+        auto_tier_mb: the automatic local tier budget of the dataset that planned the read
+            (0: none; see ``read_region``). Reads of other datasets do not use it.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -47,6 +49,7 @@ class RegionRead:
     ctx: Any
     bounds: Bounds
     whole_on_miss: bool = False
+    auto_tier_mb: int = 0
 
     @property
     def key(self) -> tuple[str, int, Bounds, bool]:
@@ -64,7 +67,13 @@ class RegionRead:
         The voxels come as stored (integers, as narrow as they allow): :attr:`scaling`
         turns them into values.
         """
-        return read_region(self.uri, self.ctx, self.bounds, whole_on_miss=self.whole_on_miss)
+        return read_region(
+            self.uri,
+            self.ctx,
+            self.bounds,
+            whole_on_miss=self.whole_on_miss,
+            auto_tier_mb=self.auto_tier_mb,
+        )
 
     @property
     def scaling(self) -> Scaling:

@@ -6,13 +6,9 @@ process and in any DataLoader worker.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from radiobject.storage._foreground import ForegroundIndex
 
@@ -20,7 +16,6 @@ __all__ = [
     "foreground_patch_start",
     "item_rng",
     "random_patch_start",
-    "seeded_call",
     "shuffled",
     "transform_seed",
 ]
@@ -130,38 +125,3 @@ def transform_seed(seed: int, epoch: int, index: int) -> int:
     False
     """
     return int(np.random.SeedSequence([seed, epoch, index, 0xA06]).generate_state(1)[0])
-
-
-@contextmanager
-def seeded_randomness(seed: int) -> Iterator[None]:
-    """Seed Python's, NumPy's global and torch's CPU generators; put them back after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.default_generator.manual_seed(seed)  # the CPU one only: cheap, and restored
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-def seeded_call(transform: Callable[[Any], Any], sample: Any, seed: int) -> Any:
-    """``transform(sample)`` with all of its randomness drawn from ``seed``.
-
-    MONAI's random transforms keep their own generator: one with ``set_random_state`` (a
-    ``Randomizable`` or a ``Compose``, which seeds its members in turn) is reseeded. Code that
-    draws from the global generators (TorchIO's transforms use torch's; ``np.random`` and
-    ``random`` calls) sees them seeded, and the caller's generators are restored afterwards.
-    A generator kept in a closure of its own is not reached.
-
-    >>> flip = lambda x: x[::-1] if np.random.random() < 0.5 else x
-    >>> [seeded_call(flip, [1, 2], s) == seeded_call(flip, [1, 2], s) for s in range(4)]
-    [True, True, True, True]
-    """
-    reseed = getattr(transform, "set_random_state", None)
-    if callable(reseed):
-        reseed(seed=seed)
-    with seeded_randomness(seed):
-        return transform(sample)

@@ -139,7 +139,8 @@ class SegmentationDataset(VolumeCollectionDataset):
         """The read of item ``index``'s mask inside ``box`` (first three axes)."""
         uri = self.mask_uris[self.volume_of(index)]
         ctx = self.mask.ctx  # the mask collection's context, in every process
-        return RegionRead("mask", uri, ctx, box[:3], self.prefer_whole_volume(uri, ctx))
+        whole = self.prefer_whole_volume(uri, ctx)
+        return RegionRead("mask", uri, ctx, box[:3], whole, self.auto_tier_mb)
 
     def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
         """The image channels' reads, then the mask's."""

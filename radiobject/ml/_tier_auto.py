@@ -3,10 +3,12 @@
 ``ReadConfig.local_tier_mb=None`` (the default) leaves the decision to the training loader
 factories: they call :func:`auto_local_tier` with their collections. When the cohort's
 decompressed bytes exceed the RAM block cache (``ReadConfig.cache_mb``) and blosc2 imports,
-the tier turns on in this process (``_TierState.set_auto``) with a share of the folder's
-free disk (:func:`radiobject.read._local_tier.auto_budget_mb`); the loader's workers get the
-same budget through their ``worker_init``. ``local_tier_mb=0`` turns it off, ``n > 0``
-chooses the budget: neither is touched here.
+the loader's dataset gets a budget (``VolumeCollectionDataset.auto_tier_mb``, a share of the
+folder's free disk: :func:`radiobject.read._local_tier.auto_budget_mb`) that its reads carry
+(``RegionRead.auto_tier_mb``), in this process and in the loader's workers (the dataset is
+pickled with it). Nothing changes for the rest of the process: other datasets, volumes read
+directly, and later loaders decide for themselves. ``local_tier_mb=0`` turns the tier off
+for every read, ``n > 0`` turns it on for every read with that budget.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from radiobject.config import get_config
 from radiobject.read._handles import open_array
-from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, tier_state
+from radiobject.read._local_tier import auto_budget_mb, default_tier_dir
 from radiobject.storage._collection import VolumeCollection
 
 __all__ = ["auto_local_tier", "cohort_bytes"]
@@ -47,24 +49,20 @@ def cohort_bytes(collections: VolumeCollection | Sequence[VolumeCollection]) -> 
 
 
 def auto_local_tier(collections: VolumeCollection | Sequence[VolumeCollection]) -> int:
-    """Decide the automatic tier for a training loader over ``collections``; its MiB (0: off).
+    """The automatic tier budget (MiB) for a training loader over ``collections``; 0: none.
 
-    Only with ``ReadConfig.local_tier_mb=None``: then a cohort larger than the RAM cache
-    turns the tier on in this process (for the rest of it; a later smaller cohort does
-    not turn it off) and returns the budget; otherwise nothing changes and this returns 0.
+    Only with ``ReadConfig.local_tier_mb=None``: a cohort larger than the RAM cache gets a
+    budget, which the loader's dataset keeps for its own reads. Nothing process-wide changes.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
     ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> auto_local_tier(radi.T1w)  # 24 kB fit the RAM cache: the tier stays as it was
+    >>> auto_local_tier(radi.T1w)  # 24 kB fit the RAM cache: no tier
     0
     """
     read = get_config().read
     if read.local_tier_mb is not None:
         return 0
     folder = Path(read.local_tier_dir or default_tier_dir())
-    mb = auto_budget_mb(cohort_bytes(collections), read.cache_mb * (1 << 20), folder)
-    if mb > 0:
-        tier_state().set_auto(mb)
-    return mb
+    return auto_budget_mb(cohort_bytes(collections), read.cache_mb * (1 << 20), folder)

@@ -24,7 +24,6 @@ from radiobject.config import RadiObjectConfig, configure
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
 from radiobject.ml._stages import StageCounters, stage_counters
-from radiobject.read._local_tier import tier_state
 from radiobject.read._region import CacheCounters, block_cache
 
 __all__ = [
@@ -75,13 +74,10 @@ class worker_init:
     user_fn: Callable[[int], None] | None = None
     shared: SharedLoaderState | None = None
     aws_env: dict[str, str] = field(default_factory=_aws_environment, repr=False)
-    # the automatic local tier's budget in this process (``ReadConfig.local_tier_mb=None``)
-    tier_auto_mb: int = field(default_factory=lambda: tier_state().auto_mb)
 
     def __call__(self, worker_id: int) -> None:
         os.environ.update(self.aws_env)
         block_cache().worker_share = max(1, self.num_workers)
-        tier_state().set_auto(self.tier_auto_mb)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
         install_worker(self.shared, worker_id)
         if self.user_fn is not None:

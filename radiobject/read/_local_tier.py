@@ -402,7 +402,6 @@ class _TierState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.version = -1
-        self.tier: LocalTier | None = None
         self.keys: LRUCache[str, str] = LRUCache(maxsize=4096)  # uri -> entry name
         self.pending: set[str] = set()
         self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
@@ -413,8 +412,10 @@ class _TierState:
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
-        # budget (MiB) a training loader chose for ``local_tier_mb=None`` (0: stays off)
-        self.auto_mb = 0
+        # the tier of each budget asked for under the settings of ``version``: the user's
+        # (``local_tier_mb``), or a loader's automatic one (see :func:`local_tier`)
+        self.resolved: dict[int, LocalTier | None] = {}
+        self.tiers: dict[tuple[Path, int], LocalTier] = {}  # every tier made, by folder/budget
 
     def worth_filling(self, key: str) -> bool:
         """Record a miss of entry ``key``: whether to fill it now.
@@ -430,29 +431,25 @@ class _TierState:
             self.missed[key] = True
             return False
 
-    def set_auto(self, mb: int) -> None:
-        """Turn the automatic tier on with ``mb`` MiB (0: off), for ``local_tier_mb=None``."""
-        with self.lock:
-            if mb != self.auto_mb:
-                self.auto_mb = mb
-                self.version = -1  # resolve again on the next read
-
-    def current(self) -> LocalTier | None:
+    def current(self, auto_mb: int = 0) -> LocalTier | None:
+        """The tier of a read: ``ReadConfig.local_tier_mb`` if set, else ``auto_mb`` (0: off)."""
         version = config_version()
-        if version != self.version:
-            with self.lock:
-                read = get_config().read
+        with self.lock:
+            if version != self.version:
                 self.version = version
-                mb = self.auto_mb if read.local_tier_mb is None else read.local_tier_mb
-                if mb <= 0:
-                    self.tier = None
-                else:
+                self.resolved = {}
+            if auto_mb in self.resolved:
+                tier = self.resolved[auto_mb]
+            else:
+                read = get_config().read
+                mb = auto_mb if read.local_tier_mb is None else read.local_tier_mb
+                tier = None
+                if mb > 0:
                     folder = Path(read.local_tier_dir or default_tier_dir())
-                    budget = mb * 1024 * 1024
-                    old = self.tier
-                    if old is None or old.folder != folder or old.budget_bytes != budget:
-                        self.tier = LocalTier(folder, budget)
-        tier = self.tier
+                    tier = self.tiers.get((folder, mb))
+                    if tier is None:
+                        tier = self.tiers[(folder, mb)] = LocalTier(folder, mb * 1024 * 1024)
+                self.resolved[auto_mb] = tier
         return tier if tier is not None and tier.broken is None else None
 
     def key(self, uri: str, ctx: tiledb.Ctx) -> str:
@@ -531,9 +528,23 @@ def tier_state() -> _TierState:
     return _TIER.get()
 
 
-def local_tier() -> LocalTier | None:
-    """This process's local tier, or None when it is off (or broke in this process)."""
+def local_tier(auto_mb: int = 0) -> LocalTier | None:
+    """The local tier a read uses, or None when it is off (or broke in this process).
+
+    ``ReadConfig.local_tier_mb`` decides when it is set; with ``None`` (the default) the
+    tier is the reader's own decision: ``auto_mb``, the budget a training loader chose for
+    its dataset (:func:`radiobject.ml._tier_auto.auto_local_tier`), carried by that
+    dataset's reads into its workers. Other reads of the process pass 0: no tier.
+
+    >>> import tempfile
+    >>> from radiobject import ReadConfig, configure
+    >>> local_tier() is None, local_tier(auto_mb=256) is not None  # the default settings
+    (True, True)
+    >>> with configure(read=ReadConfig(local_tier_mb=0)):  # turned off: for every read
+    ...     local_tier(auto_mb=256) is None
+    True
+    """
     state = _TIER.get()
     if state.warning is not None:
         state.warn_pending()
-    return state.current()
+    return state.current(auto_mb)

@@ -233,15 +233,17 @@ def _fetch_lock(uri: str) -> threading.Lock:
     return _FETCH_LOCKS.get()(uri)
 
 
-def served_locally(uri: str) -> bool:
+def served_locally(uri: str, auto_tier_mb: int = 0) -> bool:
     """Whether reads of ``uri`` are served by the local tier now, without a TileDB query.
+
+    ``auto_tier_mb`` is the reader's automatic tier budget (see :func:`read_region`).
 
     True when the tier is on and this process has the volume's entry open (and no whole copy
     in the RAM cache takes precedence). Such reads decode blosc2 blocks holding the GIL:
     reading several of them on threads only adds hand-offs, while TileDB queries run in
     parallel. Cheap (a few dictionary lookups): nothing is opened or checked here.
     """
-    tier = local_tier()
+    tier = local_tier(auto_tier_mb)
     if tier is None:
         return False
     key = tier_state().known_key(uri)
@@ -255,7 +257,12 @@ def _tile_range(bounds: Bounds, tiles: tuple[int, ...]) -> tuple[list[int], list
 
 
 def read_region(
-    uri: str, ctx: tiledb.Ctx, bounds: Bounds, *, whole_on_miss: bool = False
+    uri: str,
+    ctx: tiledb.Ctx,
+    bounds: Bounds,
+    *,
+    whole_on_miss: bool = False,
+    auto_tier_mb: int = 0,
 ) -> np.ndarray:
     """Voxels of ``uri`` in the half-open ``bounds`` (one (start, stop) per axis).
 
@@ -274,10 +281,15 @@ def read_region(
     same way while the volumes read recently fit the cache, and read straight into the
     answer (no copy kept) once they do not. Regions too large for the cache are read
     straight from storage.
+
+    The local tier serves and fills the read when ``ReadConfig.local_tier_mb`` turns it on,
+    or, with that setting at ``None``, when the reader passes its automatic budget in
+    ``auto_tier_mb`` (a training loader's dataset over a cohort larger than the RAM cache):
+    the tier is that reader's decision, not a switch of the process.
     """
     handle, info = open_array(uri, ctx)
     cache = block_cache()
-    tier = local_tier()
+    tier = local_tier(auto_tier_mb)
     if tier is not None and cache.get((uri, _WHOLE)) is None:
         out = _read_tier(tier, cache, handle, info, ctx, bounds)
         if out is not None:
@@ -300,7 +312,7 @@ def read_region(
             or cache.get((uri, _WHOLE)) is not None
             or cache.working_set_fits()
         ):
-            return _read_via_whole(cache, handle, info, bounds, n_tiles)
+            return _read_via_whole(cache, handle, info, bounds, n_tiles, tier)
         return _read_uncached(cache, handle, info, bounds, n_tiles)
     if n_tiles * tile_bytes * 4 > cache.maxsize:
         return _read_uncached(cache, handle, info, bounds, n_tiles)
@@ -316,7 +328,7 @@ def read_region(
         and volume_bytes * 4 <= cache.maxsize
         and (fits or get_shared_store() is not None or cache.get((uri, _WHOLE)) is not None)
     ):
-        return _read_via_whole(cache, handle, info, bounds, n_tiles)
+        return _read_via_whole(cache, handle, info, bounds, n_tiles, tier)
     blocks = {k: cache.get((uri, k)) for k in keys}
     missing = [k for k, v in blocks.items() if v is None]
     aligned = _tile_aligned(bounds, tiles, info.shape)
@@ -388,12 +400,18 @@ def whole_volume_budget() -> int:
 
 
 def _read_via_whole(
-    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, n_tiles: int
+    cache: BlockCache,
+    handle: tiledb.Array,
+    info: ArrayInfo,
+    bounds: Bounds,
+    n_tiles: int,
+    tier: LocalTier | None,
 ) -> np.ndarray:
     """Serve ``bounds`` from the whole volume, held in the cache as one block.
 
     The first read of the volume fetches all of it in one query (one thread does; threads
-    wanting the same volume wait for it). Hits and misses count the tiles ``bounds`` touches.
+    wanting the same volume wait for it), and offers it to the read's ``tier``. Hits and
+    misses count the tiles ``bounds`` touches.
     """
     store = get_shared_store()
     key = (info.uri, _WHOLE)
@@ -406,7 +424,7 @@ def _read_via_whole(
             with cache._lock:
                 cache.counters.storage_queries += 1
                 cache.counters.bytes_from_storage += data.nbytes
-            _offer_tier(cache, handle, info, data)
+            _offer_tier(tier, cache, handle, info, data)
             return data
 
         volume, hit = store.fetch(info.uri, load)
@@ -420,7 +438,7 @@ def _read_via_whole(
                 with cache._lock:
                     cache.counters.storage_queries += 1
                     cache.counters.bytes_from_storage += volume.nbytes
-                _offer_tier(cache, handle, info, volume)
+                _offer_tier(tier, cache, handle, info, volume)
     out = volume[tuple(slice(lo, hi) for lo, hi in bounds)].copy()
     with cache._lock:
         if hit:
@@ -432,10 +450,13 @@ def _read_via_whole(
 
 
 def _offer_tier(
-    cache: BlockCache, handle: tiledb.Array, info: ArrayInfo, volume: np.ndarray
+    tier: LocalTier | None,
+    cache: BlockCache,
+    handle: tiledb.Array,
+    info: ArrayInfo,
+    volume: np.ndarray,
 ) -> None:
-    """A whole volume just read from storage: write it to the local tier in the background."""
-    tier = local_tier()
+    """A whole volume just read from storage: write it to ``tier`` in the background."""
     if tier is None:
         return
     state = tier_state()
@@ -532,16 +553,18 @@ def fill_local_tier(uri: str, ctx: tiledb.Ctx) -> bool:
     Returns whether it was written (False: already there, or larger than the budget).
 
     Raises:
-        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0, or None
-            and no training loader turned it on).
+        ConfigurationError: the tier is off (``ReadConfig.local_tier_mb`` is 0 or None: the
+            automatic tier is a training loader's own, never filled ahead of time).
         OSError: the tier's folder cannot be written.
     """
     from radiobject._errors import ConfigurationError
 
     tier = local_tier()
     if tier is None:
-        broken = tier_state().tier
-        why = f"it broke in this process ({broken.broken})" if broken is not None else "it is off"
+        state = tier_state()
+        with state.lock:
+            broken = [t.broken for t in state.tiers.values() if t.broken is not None]
+        why = f"it broke in this process ({broken[0]})" if broken else "it is off"
         raise ConfigurationError(
             f"cannot fill the local read tier with {uri}: {why}; turn it on with "
             "configure(read=ReadConfig(local_tier_mb=...)) and a writable local_tier_dir"

@@ -183,6 +183,14 @@ def trim_query_record() -> None:
     counters are first folded into the running total (the block's numbers are unchanged);
     statistics the user turned on are theirs and left alone.
 
+    Outside any block, with the statistics off (nobody's: TileDB counts nothing then), the
+    reset is the one process-wide call kept, for the measurement that keeps it: 8,000
+    one-voxel reads, cache off, grew RSS by 12.2 kB per query without it against 4.5 kB
+    with a reset every 2,000 queries (2-core machine, one run each), i.e. some 1.2 GB per
+    100k patches of a cohort larger than RAM. It loses no count anyone could read; what
+    another thread can see is TileDB-Py's ``stats_enabled()`` true for the duration of the
+    call (TileDB-Py's reset turns it on; it is turned off again at once).
+
     >>> trim_query_record()
     """
     import tiledb

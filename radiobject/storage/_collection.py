@@ -451,8 +451,8 @@ class VolumeCollection(CollectionConstructors):
         ``python -m radiobject warm URI``.
 
         Raises:
-            ConfigurationError: the tier is off (``local_tier_mb=0``, or the automatic
-                default before a training loader turned it on).
+            ConfigurationError: the tier is off (``local_tier_mb=0``, or ``None``: the
+                automatic tier is a training loader's own, for its reads only).
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject import ReadConfig, configure
