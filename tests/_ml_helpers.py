@@ -19,8 +19,8 @@ from radiobject.read._region import _HANDLES, block_cache
 class ConfigProbeDataset(VolumeCollectionDataset):
     """A documented subclass: adds what the process reading the sample sees."""
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-        sample = super().read_sample(index, box)
+    def build_sample(self, plan: Any, arrays: Any) -> dict[str, Any]:
+        sample = super().build_sample(plan, arrays)
         sample["pid"] = os.getpid()
         sample["max_workers"] = radiobject.get_config().read.max_workers
         sample["cache_mb"] = radiobject.get_config().read.cache_mb
@@ -31,9 +31,9 @@ class ConfigProbeDataset(VolumeCollectionDataset):
 class ContextProbeDataset(VolumeCollectionDataset):
     """Adds the settings of the contexts whose handles read this sample's volumes here."""
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-        sample = super().read_sample(index, box)
-        ref = self.refs[self.volume_of(index)]
+    def build_sample(self, plan: Any, arrays: Any) -> dict[str, Any]:
+        sample = super().build_sample(plan, arrays)
+        ref = self.refs[self.volume_of(plan.index)]
         handles = [h for (uri, _), (h, _) in _HANDLES.get().cache.items() if uri in ref.uris]
         levels = {h.ctx.config()["sm.compute_concurrency_level"] for h in handles}
         sample["pid"] = os.getpid()

@@ -53,6 +53,7 @@ PUBLIC_API = [
     "get_config",
     "get_tiledb_ctx",
     "reset_config",
+    "settings",
     "show_versions",
     "subject_id_from_path",
 ]

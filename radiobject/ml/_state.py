@@ -18,6 +18,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Sampler
 
 from radiobject._errors import ConfigurationError
+from radiobject.ml._stages import raise_failure
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -242,7 +243,7 @@ class _Counting(Iterator[Any]):
 
     def __next__(self) -> Any:
         try:
-            batch = next(self._inner)
+            batch = raise_failure(next(self._inner))  # a worker's error, as in this process
         except StopIteration:
             self._pass.done = True
             raise
