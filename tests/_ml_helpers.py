@@ -42,6 +42,18 @@ class ContextProbeDataset(VolumeCollectionDataset):
         return sample
 
 
+class FailOnSubject:
+    """A transform that fails on one subject (it runs in workers too)."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if sample["obs_subject_id"] == self.subject:
+            raise LookupError(f"no label for {self.subject}")
+        return sample
+
+
 def distributed_worker(
     rank: int, world_size: int, init_method: str, radi_uri: str, out_dir: str
 ) -> None:
