@@ -546,6 +546,11 @@ def settings(
         _SCOPE.reset(token)
 
 
+def process_config() -> RadiObjectConfig:
+    """The process settings (what :func:`get_config` gives outside any :func:`settings`)."""
+    return _current
+
+
 def current_scope() -> Scope | None:
     """The :func:`settings` block in force here (``None``: the process settings apply).
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from radiobject._errors import ConfigurationError
-from radiobject.config import get_config
+from radiobject.config import current_scope, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
@@ -133,6 +133,8 @@ def build_loader(
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
+    # read here under the settings() block it was built in, if any (workers: worker_init)
+    dataset.loader_scope = current_scope()
     if isinstance(sampler, ResumableSampler):  # the order its read-ahead foresees
         # the pass's own order (after a resume, the rest of the epoch; this rank's share)
         # workers that end with the epoch would read the next one's batches in vain

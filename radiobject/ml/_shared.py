@@ -29,7 +29,14 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from radiobject._process import ProcessState, Resource, state
-from radiobject.config import ReadConfig, add_listener, configure, get_config
+from radiobject.config import (
+    ReadConfig,
+    add_listener,
+    configure,
+    current_scope,
+    get_config,
+    process_config,
+)
 from radiobject.ml._stages import STAGE_FIELDS, StageCounters, stage_counters
 from radiobject.read._region import CacheCounters, block_cache
 from radiobject.read._shared_store import SharedStore, set_shared_store
@@ -51,6 +58,8 @@ class SharedLoaderState:
         self.version = mp_context.Value("q", 0, lock=False)
         self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
         self.publish(get_config().read)
+        # a loader built inside settings() keeps them; one built outside follows configure()
+        self._follows_process = current_scope() is None
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         _remove_orphans(shm)
         self.shm_dir, owner = _make_folder(shm)
@@ -60,7 +69,8 @@ class SharedLoaderState:
         self._unlisten = add_listener(self._on_configure)
 
     def _on_configure(self) -> None:
-        self.publish(get_config().read)
+        if self._follows_process:
+            self.publish(process_config().read)
 
     def publish(self, read: ReadConfig) -> None:
         """Make ``read`` the settings of the workers (applied before their next read)."""
