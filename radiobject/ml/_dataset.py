@@ -23,8 +23,8 @@ from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, seeded_call, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
 from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters, worker_failure
-from radiobject.read._region import open_array, served_locally, whole_volume_budget
-from radiobject.storage._collection import VolumeCollection
+from radiobject.read import open_array, served_locally, whole_volume_budget
+from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
 

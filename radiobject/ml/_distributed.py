@@ -15,7 +15,7 @@ from radiobject._errors import ConfigurationError
 from radiobject.ml._dataset import Labels, VolumeCollectionDataset
 from radiobject.ml._loaders import _config, build_loader
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
-from radiobject.storage._collection import VolumeCollection
+from radiobject.storage import VolumeCollection
 
 __all__ = ["DistributedEpochSampler", "create_distributed_dataloader"]
 

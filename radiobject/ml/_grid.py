@@ -26,7 +26,7 @@ from radiobject._errors import ConfigurationError, ShapeError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._plan import SamplePlan
-from radiobject.storage._collection import VolumeCollection
+from radiobject.storage import VolumeCollection
 
 __all__ = ["GridPatchDataset", "grid_positions", "importance_map"]
 

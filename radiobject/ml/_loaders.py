@@ -21,12 +21,11 @@ from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
-from radiobject.ml._shared import SharedLoaderState
-from radiobject.ml._stages import TimedCollate
+from radiobject.ml._shared import SharedLoaderState, TimedCollate
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._tier_auto import auto_local_tier
 from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
-from radiobject.storage._collection import VolumeCollection
+from radiobject.storage import VolumeCollection
 
 __all__ = [
     "EpochSampler",

@@ -31,22 +31,33 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from radiobject._process import Resource
 from radiobject.config import Scope, current_scope, get_config, in_scope
-from radiobject.ml._plan import RegionRead
-from radiobject.read._region import block_cache
-
-if TYPE_CHECKING:
-    from radiobject.ml._dataset import VolumeCollectionDataset
+from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.read import block_cache
 
 __all__ = ["ReadAheadSchedule"]
 
 _LOG = logging.getLogger("radiobject.read_ahead")
+
+
+class Planner(Protocol):
+    """What the read-ahead needs of a dataset: its order, its plans, its voxel size."""
+
+    read_ahead_schedule: ReadAheadSchedule | None
+
+    def plan(self, key: tuple[int, int]) -> SamplePlan:
+        """What the sample of ``key`` reads (see ``VolumeCollectionDataset.plan``)."""
+        ...
+
+    def read_ahead_itemsize(self) -> int:
+        """Bytes per voxel, to bound the read-ahead's memory."""
+        ...
 
 
 @dataclass
@@ -281,7 +292,7 @@ class _AheadState:
 
     def advance(
         self,
-        dataset: VolumeCollectionDataset,
+        dataset: Planner,
         keys: Sequence[tuple[int, int]],
         depth: int,
         threads: int,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from radiobject.storage._foreground import ForegroundIndex
+from radiobject.storage import ForegroundIndex
 
 __all__ = [
     "foreground_patch_start",

@@ -13,8 +13,7 @@ from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
-from radiobject.storage._collection import VolumeCollection
-from radiobject.storage._foreground import ForegroundIndex
+from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +21,6 @@ from radiobject._process import Resource
 
 __all__ = [
     "StageCounters",
-    "TimedCollate",
     "images_in_place",
     "mark_in_place",
     "sample_nbytes",
@@ -229,33 +226,3 @@ def raise_failure(batch: Any) -> Any:
         batch.error = None  # type: ignore[assignment]  # its traceback holds this frame
         raise error
     return batch
-
-
-@dataclass(frozen=True)
-class TimedCollate:
-    """A loader's ``collate_fn`` that adds its time to this process's counters.
-
-    Runs where the DataLoader collates (in the worker that made the batch), and publishes
-    the worker's counters right after, so the parent sees this batch's collate.
-
-    >>> import torch
-    >>> collate = TimedCollate(None)
-    >>> before = stage_counters().copy()
-    >>> tuple(collate([{"x": torch.zeros(2)}, {"x": torch.ones(2)}])["x"].shape)
-    (2, 2)
-    >>> (stage_counters() - before).batches
-    1
-    """
-
-    fn: Callable[[list[Any]], Any] | None = None
-
-    def __call__(self, batch: list[Any]) -> Any:
-        if isinstance(batch, WorkerFailure):  # a worker's failed batch goes on as it is
-            return batch
-        start = time.perf_counter_ns()
-        out = (self.fn or one_thread_collate)(batch)
-        stage_counters().add_collate(time.perf_counter_ns() - start)
-        from radiobject.ml._shared import sync_worker
-
-        sync_worker()
-        return out

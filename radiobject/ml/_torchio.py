@@ -14,8 +14,7 @@ from radiobject._context import ContextRef, get_tiledb_ctx, portable_ctx
 from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
 from radiobject.ml._plan import RegionRead, SamplePlan
-from radiobject.storage._collection import VolumeCollection
-from radiobject.storage._volume import Volume
+from radiobject.storage import Volume, VolumeCollection
 
 tio: Any = require("torchio")  # TorchIO ships no type information
 
