@@ -280,3 +280,42 @@ def test_a_worker_error_arrives_whole(fresh, transform, monkeypatch):
     assert "DataLoader worker" not in errors[1][1]
     if transform:
         assert errors[1][:2] == (LookupError, "no label for sub-001")
+
+
+class _UnplannableDataset(VolumeCollectionDataset):
+    """Planning item 5 fails (say, its volume's metadata is gone)."""
+
+    def patch_start(self, index, rng):
+        if index == 5:
+            raise NotFoundError("volume of item 5 is gone")
+        return super().patch_start(index, rng)
+
+
+@pytest.mark.parametrize("read_ahead", [0, 6])
+def test_a_plan_that_fails_raises_at_its_sample_and_is_counted_ahead(radi, read_ahead, caplog):
+    from radiobject.ml import EpochSampler
+    from radiobject.ml._loaders import build_loader
+    from radiobject.ml._read_ahead import ahead_state
+
+    cfg = DatasetConfig(loading_mode="patch", patch_size=(4, 4, 4), patches_per_volume=3)
+    with configure(read=ReadConfig(read_ahead=read_ahead)):
+        ds = _UnplannableDataset(radi.T1w, cfg)
+        loader = build_loader(ds, batch_size=2, sampler=EpochSampler(ds, shuffle=False))
+        seen: list[str] = []
+
+        def drain() -> None:
+            for batch in loader:
+                seen.extend(batch["obs_id"])
+
+        with pytest.raises(NotFoundError) as err:
+            drain()
+    assert str(err.value) == "volume of item 5 is gone"
+    assert len(seen) == 4  # batches 0 and 1 came through; batch 2 holds item 5
+    state = ahead_state(ds)
+    if read_ahead:
+        assert state is not None
+        assert state.plan_errors >= 1
+        warned = [r for r in caplog.records if "plan failed" in r.getMessage()]
+        assert len(warned) == 1  # logged once, however often it is met
+    else:
+        assert state is None

@@ -116,3 +116,34 @@ def test_an_autotune_changes_no_setting(sample_radi, read_settings):
     tried = {r.settings.cache_mb for r in tuner.runs}
     assert {c for _, c, _ in read_settings} <= tried
     assert before.read.cache_mb not in tried  # no read ran with the process's settings
+
+
+@pytest.mark.timeout(120)
+def test_workers_keep_the_settings_their_loader_was_built_in(sample_radi, monkeypatch):
+    """A process configure() reaches a loader built outside any block, not one built in one."""
+    import importlib
+    from pathlib import Path
+
+    from radiobject.ml import EpochSampler
+    from radiobject.ml._loaders import build_loader
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    helpers = importlib.import_module("_ml_helpers")
+
+    def loader() -> Any:
+        dataset = helpers.ConfigProbeDataset(sample_radi.T1w)
+        sampler = EpochSampler(dataset, shuffle=False)
+        return build_loader(dataset, batch_size=2, sampler=sampler, num_workers=2)
+
+    with settings(read={"cache_mb": 16, "max_workers": 1}):
+        scoped = loader()
+    follows = loader()
+    configure(read={"cache_mb": 48})  # the user's, after both were built
+    seen_scoped = {
+        (int(c), int(m))
+        for b in scoped
+        for c, m in zip(b["cache_mb"], b["max_workers"], strict=True)
+    }
+    seen_follows = {int(c) for b in follows for c in b["cache_mb"]}
+    assert seen_scoped == {(16, 1)}
+    assert seen_follows == {48}
