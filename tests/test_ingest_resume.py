@@ -140,7 +140,9 @@ def test_killed_ingest_is_incomplete_and_resume_finishes_it(
         RadiObject.from_images(target, {**cohort, "CT": cohort["T1w"]}, progress=False, resume=True)
 
 
-def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_path, monkeypatch):
+def failed_ingest(cohort, tmp_path) -> tuple[Path, dict[str, str], Path, bytes]:
+    """A resumable ingest that failed on a truncated mask file: its target, images, the file
+    and the file's good bytes."""
     src = tmp_path / "seg"
     shutil.copytree(Path(cohort["seg"]).parent, src)
     victim = src / "sub-009_seg.nii.gz"
@@ -150,6 +152,11 @@ def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_pat
     images = {"T1w": cohort["T1w"], "seg": str(src)}
     with pytest.raises(IngestError, match=r"sub-009_seg\.nii\.gz"):
         RadiObject.from_images(target, images, progress=False, resume=True)
+    return target, images, victim, good
+
+
+def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_path, monkeypatch):
+    target, images, victim, good = failed_ingest(cohort, tmp_path)
     assert target.exists()  # kept for the next resume
     with pytest.raises(IncompleteError):
         RadiObject(target)
@@ -228,15 +235,7 @@ def test_a_storage_error_while_resuming_removes_nothing(cohort, tmp_path, monkey
     from radiobject import StorageError
     from radiobject.ingest import _tasks
 
-    src = tmp_path / "seg"
-    shutil.copytree(Path(cohort["seg"]).parent, src)
-    victim = src / "sub-009_seg.nii.gz"
-    good = victim.read_bytes()
-    victim.write_bytes(good[: len(good) // 2])
-    target = tmp_path / "radi"
-    images = {"T1w": cohort["T1w"], "seg": str(src)}
-    with pytest.raises(IngestError):
-        RadiObject.from_images(target, images, progress=False, resume=True)
+    target, images, victim, good = failed_ingest(cohort, tmp_path)
     written = whole_volumes(target)
     assert len(written) >= N  # the T1w volumes at least
 
