@@ -12,9 +12,10 @@ from typing import Any
 import torch
 
 from radiobject._errors import ConfigurationError
-from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._loaders import _config, build_loader
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
+from radiobject.ml._subjects import Labels
 from radiobject.storage import VolumeCollection
 
 __all__ = ["DistributedEpochSampler", "create_distributed_dataloader"]

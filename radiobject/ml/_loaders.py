@@ -16,13 +16,14 @@ from typing import Any
 from radiobject._errors import ConfigurationError
 from radiobject.config import current_scope, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, TimedCollate
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
+from radiobject.ml._subjects import Labels
 from radiobject.ml._tier_auto import auto_local_tier
 from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
 from radiobject.storage import VolumeCollection

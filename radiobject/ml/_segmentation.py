@@ -10,9 +10,10 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
+from radiobject.ml._subjects import align
 from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from radiobject._context import ContextRef, get_tiledb_ctx, portable_ctx
-from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
 from radiobject.ml._deps import require
 from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._subjects import Labels, align, as_collections, resolve_labels
 from radiobject.storage import Volume, VolumeCollection
 
 tio: Any = require("torchio")  # TorchIO ships no type information
