@@ -245,7 +245,11 @@ class GridPatchDataset(VolumeCollectionDataset):
         return v, k, [s - p for s, p in zip(plan.position(k), plan.pad, strict=True)]
 
     def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
-        """The part of patch ``index`` inside its volume (the grid's, not a random box)."""
+        """The part of patch ``index`` inside its volume (the grid's, not a random box).
+
+        This is what ``plan(index)`` reads; the sample's ``patch_start`` is the grid corner,
+        negative on an axis padded because the volume is smaller than the patch.
+        """
         v, _, corner = self._corner(index)
         plan = self.plans[v]
         return tuple(
