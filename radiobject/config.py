@@ -495,14 +495,7 @@ def config_version() -> int:
     return _version if scope is None else scope[1]
 
 
-@contextlib.contextmanager
-def settings(
-    config: RadiObjectConfig | None = None,
-    *,
-    read: ReadConfig | Mapping[str, Any] | None = None,
-    write: WriteConfig | Mapping[str, Any] | None = None,
-    s3: S3Config | Mapping[str, Any] | None = None,
-) -> Iterator[RadiObjectConfig]:
+class settings:
     """Settings for one block of code only: this thread (or asyncio task), until the block ends.
 
     Unlike :class:`configure`, nothing process-wide changes: other threads keep the settings
@@ -528,22 +521,39 @@ def settings(
     >>> seen == [ReadConfig().cache_mb], get_config().read.cache_mb == ReadConfig().cache_mb
     (True, True)
     """
-    base = get_config() if config is None else config
-    if not isinstance(base, RadiObjectConfig):
-        raise ConfigurationError(
-            f"settings(config) takes a RadiObjectConfig (e.g. get_config()), "
-            f"got {type(base).__name__}"
+
+    def __init__(
+        self,
+        config: RadiObjectConfig | None = None,
+        *,
+        read: ReadConfig | Mapping[str, Any] | None = None,
+        write: WriteConfig | Mapping[str, Any] | None = None,
+        s3: S3Config | Mapping[str, Any] | None = None,
+    ) -> None:
+        base = get_config() if config is None else config
+        if not isinstance(base, RadiObjectConfig):
+            raise ConfigurationError(
+                f"settings(config) takes a RadiObjectConfig (e.g. get_config()), "
+                f"got {type(base).__name__}"
+            )
+        self.config = RadiObjectConfig(
+            read=_merge(base.read, read, ReadConfig, "read"),
+            write=_merge(base.write, write, WriteConfig, "write"),
+            s3=_merge(base.s3, s3, S3Config, "s3"),
         )
-    scoped = RadiObjectConfig(
-        read=_merge(base.read, read, ReadConfig, "read"),
-        write=_merge(base.write, write, WriteConfig, "write"),
-        s3=_merge(base.s3, s3, S3Config, "s3"),
-    )
-    token = _SCOPE.set((scoped, next(_serials)))
-    try:
-        yield scoped
-    finally:
-        _SCOPE.reset(token)
+        self._tokens: list[contextvars.Token[Scope | None]] = []
+
+    def __enter__(self) -> RadiObjectConfig:
+        self._tokens.append(_SCOPE.set((self.config, next(_serials))))
+        return self.config
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _SCOPE.reset(self._tokens.pop())
 
 
 def process_config() -> RadiObjectConfig:
