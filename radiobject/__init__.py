@@ -36,6 +36,7 @@ from radiobject.config import (
     configure,
     get_config,
     reset_config,
+    settings,
 )
 from radiobject.ingest._sources import subject_id_from_path
 from radiobject.read._caches import clear_caches
@@ -85,6 +86,7 @@ __all__ = [
     "get_config",
     "get_tiledb_ctx",
     "reset_config",
+    "settings",
     "show_versions",
     "subject_id_from_path",
 ]

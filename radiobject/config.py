@@ -1,7 +1,9 @@
-"""Process-wide settings: how volumes are read, written and fetched from S3.
+"""Settings: how volumes are read, written and fetched from S3.
 
 Settings are frozen dataclasses validated on construction; :func:`configure` installs them
 as the process defaults and also works as a ``with`` block that restores what was there.
+:func:`settings` applies them to one block of code only (a context variable: other threads
+and tasks keep theirs), the way ``tiledb.scope_ctx`` scopes a context.
 
 >>> from radiobject import ReadConfig, configure, get_config
 >>> with configure(read=ReadConfig(max_workers=2, cache_mb=64)):
@@ -13,13 +15,16 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import enum
 import inspect
+import itertools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -38,6 +43,7 @@ __all__ = [
     "WriteConfig",
     "configure",
     "get_config",
+    "settings",
     "reset_config",
 ]
 
@@ -473,11 +479,19 @@ class RadiObjectConfig:
 # the settings are process memory (a forked child inherits them); the lock is per process
 _LOCK: Resource[threading.Lock] = Resource("settings lock", threading.Lock)
 _current = RadiObjectConfig()
-_version = 0
+_serials = itertools.count(1)  # versions of process settings and scopes, never reused
+_version = next(_serials)
+Scope = tuple[RadiObjectConfig, int]
+"""A :func:`settings` block as :func:`current_scope` gives it: its settings and version."""
+
+# settings of the block in progress (see ``settings``)
+_SCOPE: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "radiobject_settings", default=None
+)
 
 
 def get_config() -> RadiObjectConfig:
-    """The settings in force in this process.
+    """The settings in force here: the enclosing :func:`settings` block's, else the process's.
 
     >>> from radiobject import ReadConfig, configure, get_config
     >>> with configure(read={"max_workers": 2}):
@@ -486,12 +500,102 @@ def get_config() -> RadiObjectConfig:
     >>> get_config().read.max_workers == ReadConfig().max_workers  # restored
     True
     """
-    return _current
+    scope = _SCOPE.get()
+    return _current if scope is None else scope[0]
 
 
 def config_version() -> int:
-    """A number that changes each time the settings change (cheap staleness check)."""
-    return _version
+    """A number that changes each time the settings in force here change (staleness check)."""
+    scope = _SCOPE.get()
+    return _version if scope is None else scope[1]
+
+
+class settings:
+    """Settings for one block of code only: this thread (or asyncio task), until the block ends.
+
+    Unlike :class:`configure`, nothing process-wide changes: other threads keep the settings
+    they had, and a :func:`configure` made meanwhile (by any thread) is kept when the block
+    ends. The changes apply on top of ``config`` (default: the settings in force here). A
+    loader built inside the block keeps these settings, in its worker processes and
+    read-ahead threads too, wherever it is iterated.
+
+    Args:
+        config: the settings to start from (e.g. ones saved with :func:`get_config`).
+        read: a :class:`ReadConfig`, or a mapping of its fields to change.
+        write: a :class:`WriteConfig`, or a mapping of its fields to change.
+        s3: a :class:`S3Config`, or a mapping of its fields to change.
+
+    >>> import threading
+    >>> from radiobject import ReadConfig, get_config, settings
+    >>> seen = []
+    >>> with settings(read={"cache_mb": 64}) as scoped:
+    ...     other = threading.Thread(target=lambda: seen.append(get_config().read.cache_mb))
+    ...     other.start(); other.join()
+    ...     get_config().read.cache_mb, scoped.read.cache_mb
+    (64, 64)
+    >>> seen == [ReadConfig().cache_mb], get_config().read.cache_mb == ReadConfig().cache_mb
+    (True, True)
+    """
+
+    def __init__(
+        self,
+        config: RadiObjectConfig | None = None,
+        *,
+        read: ReadConfig | Mapping[str, Any] | None = None,
+        write: WriteConfig | Mapping[str, Any] | None = None,
+        s3: S3Config | Mapping[str, Any] | None = None,
+    ) -> None:
+        base = get_config() if config is None else config
+        if not isinstance(base, RadiObjectConfig):
+            raise ConfigurationError(
+                f"settings(config) takes a RadiObjectConfig (e.g. get_config()), "
+                f"got {type(base).__name__}"
+            )
+        self.config = RadiObjectConfig(
+            read=_merge(base.read, read, ReadConfig, "read"),
+            write=_merge(base.write, write, WriteConfig, "write"),
+            s3=_merge(base.s3, s3, S3Config, "s3"),
+        )
+        self._tokens: list[contextvars.Token[Scope | None]] = []
+
+    def __enter__(self) -> RadiObjectConfig:
+        self._tokens.append(_SCOPE.set((self.config, next(_serials))))
+        return self.config
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _SCOPE.reset(self._tokens.pop())
+
+
+def process_config() -> RadiObjectConfig:
+    """The process settings (what :func:`get_config` gives outside any :func:`settings`)."""
+    return _current
+
+
+def current_scope() -> Scope | None:
+    """The :func:`settings` block in force here (``None``: the process settings apply).
+
+    Threads do not inherit context variables: pass this to :func:`in_scope` in a thread
+    that works for this one (a read pool, a read-ahead thread).
+    """
+    return _SCOPE.get()
+
+
+@contextlib.contextmanager
+def in_scope(scope: Scope | None) -> Iterator[None]:
+    """Run a block under ``scope`` (from :func:`current_scope`; ``None``: change nothing)."""
+    if scope is None:
+        yield
+        return
+    token = _SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 _listeners: list[weakref.ref[Callable[[], None]]] = []
@@ -529,7 +633,7 @@ def _install(config: RadiObjectConfig) -> None:
     global _current, _version
     with _LOCK.get():
         _current = config
-        _version += 1
+        _version = next(_serials)
         _listeners[:] = [r for r in _listeners if r() is not None]
         live = [r() for r in _listeners]
     for fn in live:
@@ -539,6 +643,9 @@ def _install(config: RadiObjectConfig) -> None:
 
 class configure:
     """Install process-wide settings; use as a call or as a ``with`` block.
+
+    Every thread sees them (except inside a :func:`settings` block, which keeps its own);
+    for settings that apply to one block of code only, use :func:`settings`.
 
     Args:
         read: a :class:`ReadConfig`, or a mapping of its fields to change.
@@ -556,7 +663,7 @@ class configure:
         write: WriteConfig | Mapping[str, Any] | None = None,
         s3: S3Config | Mapping[str, Any] | None = None,
     ) -> None:
-        self.previous = get_config()
+        self.previous = _current  # the process settings (a settings() block keeps its own)
         self.config = RadiObjectConfig(
             read=_merge(self.previous.read, read, ReadConfig, "read"),
             write=_merge(self.previous.write, write, WriteConfig, "write"),

@@ -19,8 +19,8 @@ from radiobject.read._region import _HANDLES, block_cache
 class ConfigProbeDataset(VolumeCollectionDataset):
     """A documented subclass: adds what the process reading the sample sees."""
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-        sample = super().read_sample(index, box)
+    def build_sample(self, plan: Any, arrays: Any) -> dict[str, Any]:
+        sample = super().build_sample(plan, arrays)
         sample["pid"] = os.getpid()
         sample["max_workers"] = radiobject.get_config().read.max_workers
         sample["cache_mb"] = radiobject.get_config().read.cache_mb
@@ -31,14 +31,26 @@ class ConfigProbeDataset(VolumeCollectionDataset):
 class ContextProbeDataset(VolumeCollectionDataset):
     """Adds the settings of the contexts whose handles read this sample's volumes here."""
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-        sample = super().read_sample(index, box)
-        ref = self.refs[self.volume_of(index)]
+    def build_sample(self, plan: Any, arrays: Any) -> dict[str, Any]:
+        sample = super().build_sample(plan, arrays)
+        ref = self.refs[self.volume_of(plan.index)]
         handles = [h for (uri, _), (h, _) in _HANDLES.get().cache.items() if uri in ref.uris]
         levels = {h.ctx.config()["sm.compute_concurrency_level"] for h in handles}
         sample["pid"] = os.getpid()
         sample["read_concurrency"] = ",".join(sorted(levels))
         sample["channels_read"] = len({(h.uri, id(h.ctx)) for h in handles})
+        return sample
+
+
+class FailOnSubject:
+    """A transform that fails on one subject (it runs in workers too)."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if sample["obs_subject_id"] == self.subject:
+            raise LookupError(f"no label for {self.subject}")
         return sample
 
 

@@ -53,6 +53,7 @@ PUBLIC_API = [
     "get_config",
     "get_tiledb_ctx",
     "reset_config",
+    "settings",
     "show_versions",
     "subject_id_from_path",
 ]
@@ -199,6 +200,61 @@ def test_import_linter_contracts():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" in result.stdout
     assert "0 broken" in result.stdout
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """radiobject's modules and the radiobject modules each imports (TYPE_CHECKING too)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph("radiobject", cache_dir=None)
+    return {
+        m: {n for n in graph.find_modules_directly_imported_by(m) if n.startswith("radiobject")}
+        for m in graph.modules
+    }
+
+
+def test_no_import_cycles_even_inside_packages():
+    graph = _import_graph()
+    # Tarjan's strongly connected components: any with two modules or more is a cycle
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                cycles.append(sorted(part))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    assert cycles == []
+
+
+def test_ml_imports_other_packages_through_their_init():
+    """``radiobject.read`` and ``radiobject.storage`` export what ``radiobject.ml`` uses."""
+    private = {
+        (m, n)
+        for m, imported in _import_graph().items()
+        if m.startswith("radiobject.ml")
+        for n in imported
+        if n.count(".") >= 2 and n.split(".")[2].startswith("_") and n.split(".")[1] != "ml"
+    }
+    assert private == set()
 
 
 def test_widgets_use_only_public_api():

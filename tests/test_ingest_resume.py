@@ -140,7 +140,9 @@ def test_killed_ingest_is_incomplete_and_resume_finishes_it(
         RadiObject.from_images(target, {**cohort, "CT": cohort["T1w"]}, progress=False, resume=True)
 
 
-def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_path, monkeypatch):
+def failed_ingest(cohort, tmp_path) -> tuple[Path, dict[str, str], Path, bytes]:
+    """A resumable ingest that failed on a truncated mask file: its target, images, the file
+    and the file's good bytes."""
     src = tmp_path / "seg"
     shutil.copytree(Path(cohort["seg"]).parent, src)
     victim = src / "sub-009_seg.nii.gz"
@@ -150,6 +152,11 @@ def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_pat
     images = {"T1w": cohort["T1w"], "seg": str(src)}
     with pytest.raises(IngestError, match=r"sub-009_seg\.nii\.gz"):
         RadiObject.from_images(target, images, progress=False, resume=True)
+    return target, images, victim, good
+
+
+def test_a_failed_resumable_ingest_keeps_its_work(cohort, uninterrupted, tmp_path, monkeypatch):
+    target, images, victim, good = failed_ingest(cohort, tmp_path)
     assert target.exists()  # kept for the next resume
     with pytest.raises(IncompleteError):
         RadiObject(target)
@@ -220,3 +227,33 @@ def test_an_unfinished_sample_cache_is_made_again(tmp_path):
     again = load_sample_radiobject("small", path, progress=False)
     assert again.collection_names == ["CT", "FLAIR", "T1w", "seg"]
     assert os.path.isdir(path)
+
+
+def test_a_storage_error_while_resuming_removes_nothing(cohort, tmp_path, monkeypatch):
+    """A transient S3 error checking a volume: the volume stays, the error says so, a rerun
+    resumes. Only what is known incomplete is removed."""
+    from radiobject import StorageError
+    from radiobject.ingest import _tasks
+
+    target, images, victim, good = failed_ingest(cohort, tmp_path)
+    written = whole_volumes(target)
+    assert len(written) >= N  # the T1w volumes at least
+
+    real_open = tiledb.open
+
+    def unreachable(uri, *args, **kwargs):
+        if "/volumes/" in str(uri):
+            raise tiledb.TileDBError("[TileDB::S3] Error: GetObject: connection reset by peer")
+        return real_open(uri, *args, **kwargs)
+
+    victim.write_bytes(good)
+    with monkeypatch.context() as m:
+        m.setattr(_tasks, "_remote", lambda uri: True)  # as on S3: the error may be transient
+        m.setattr(_tasks.tiledb, "open", unreachable)
+        with pytest.raises(StorageError, match=r"nothing was removed.*run the ingest again"):
+            RadiObject.from_images(target, images, progress=False, resume=True)
+    assert whole_volumes(target) >= written  # every finished volume is still there
+    loads = count_loads(monkeypatch)
+    radi = RadiObject.from_images(target, images, progress=False, resume=True)
+    assert len(loads) == 2 * N - len(written)  # only the unfinished ones were read again
+    assert sorted(radi.collection_names) == ["T1w", "seg"]

@@ -205,6 +205,50 @@ def test_an_unwritable_folder_warns_once_and_reads_go_on_from_storage(vol, tmp_p
             fill_local_tier(vol.uri, vol.ctx)
 
 
+def test_an_intact_entry_that_fails_to_open_is_not_absent(vol, tmp_path, monkeypatch):
+    """A blosc2 API change: counted, one warning, the tier off; no volume is written again."""
+    import blosc2
+
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder)):
+        read(vol)
+        tier_state().flush()
+    (entry,) = entries(folder)
+    written = entry.stat().st_mtime_ns
+
+    def changed_api(*args, **kwargs):
+        raise TypeError("open() got an unexpected keyword argument 'dparams'")
+
+    monkeypatch.setattr(blosc2, "open", changed_api)
+    tier_state().warned = False
+    with configure(read=tier_config(folder, mb=65)):  # a new tier object: nothing open yet
+        with pytest.warns(RuntimeWarning, match="cannot read its intact entries.*dparams"):
+            stats, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_errors, stats.tier_hits, stats.tier_fills) == (1, 0, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stats, out = read(vol)  # off in this process: from storage, no second warning
+        tier_state().flush()
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_errors, stats.tier_misses, stats.tier_fills) == (0, 0, 0)
+    assert entries(folder) == [entry]
+    assert entry.stat().st_mtime_ns == written  # not rewritten
+
+
+def test_a_corrupt_entry_is_absent_and_filled_again(vol, tmp_path):
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder)):
+        read(vol)
+        tier_state().flush()
+    (entry,) = entries(folder)
+    entry.write_bytes(entry.read_bytes()[:-7])  # truncated: its CRC no longer matches
+    with configure(read=tier_config(folder, mb=65)):
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_errors, stats.tier_misses) == (0, 1)
+
+
 def test_warming_needs_the_tier_on(vol):
     with pytest.raises(ConfigurationError, match="local_tier_mb"):
         fill_local_tier(vol.uri, vol.ctx)

@@ -266,9 +266,9 @@ class CornerDataset(VolumeCollectionDataset):
     def patch_start(self, index, rng):
         return self.corner
 
-    def read_sample(self, index, box):
-        sample = super().read_sample(index, box)
-        sample["volume_index"] = self.volume_of(index)
+    def build_sample(self, plan, arrays):
+        sample = super().build_sample(plan, arrays)
+        sample["volume_index"] = self.volume_of(plan.index)
         return sample
 
 

@@ -55,3 +55,21 @@ def test_torchio_image_parses_paths_with_verify():
     tio = pytest.importorskip("torchio")
     hook = tio.Image._parse_single_path
     assert "verify" in inspect.signature(hook).parameters
+
+
+def test_blosc2_ext_ndarray_decodes_a_slice_into_our_buffer(tmp_path):
+    """The local tier decodes patches through ``blosc2_ext.NDArray.get_slice_numpy``."""
+    blosc2 = pytest.importorskip("blosc2")
+    from radiobject.read import _local_tier
+
+    ext = blosc2.blosc2_ext.NDArray
+    assert hasattr(ext, "get_slice_numpy"), "blosc2 changed: tier reads fall back to array[...]"
+    data = np.arange(6 * 5 * 4, dtype=np.uint16).reshape(6, 5, 4)
+    tier = _local_tier.LocalTier(tmp_path, budget_bytes=1 << 20)
+    assert tier.write("k", data)
+    array = tier.open("k")
+    assert isinstance(array, ext)
+    out = np.empty((3, 2, 2), dtype=np.uint16)
+    _local_tier._decode_into(array, ((1, 4), (2, 4), (0, 2)), out)
+    np.testing.assert_array_equal(out, data[1:4, 2:4, 0:2])
+    assert _local_tier._EXT_NDARRAY is ext  # the fast path, not the fallback

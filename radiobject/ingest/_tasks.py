@@ -8,9 +8,11 @@ the settings in force in the worker's process. Only small metadata comes back (s
 affine, dtype, the mask guess and, for masks, the foreground index).
 
 A task is idempotent: a volume already written whole at its URI (its array exists and holds
-the ``obs_id`` metadata, committed after its voxels) is kept and described, anything else
-there is removed and written again. So a resumed ingest skips finished volumes, and a task a
-cluster runs twice (a lost worker) does no harm.
+the ``obs_id`` metadata, committed after its voxels) is kept and described, anything known
+to be something else there is removed and written again (a URI that cannot be checked, e.g.
+on a transient S3 error, is never removed: the task fails and a rerun resumes). So a
+resumed ingest skips finished volumes, and a task a cluster runs twice (a lost worker) does
+no harm.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tiledb
 
-from radiobject._errors import IngestError, RadiObjectError
+from radiobject._errors import IngestError, RadiObjectError, StorageError
 from radiobject.config import WriteConfig
 from radiobject.ingest._remote import ctx_from_settings
 from radiobject.ingest._sources import MASK_NAMES, Geometry, looks_like_mask
@@ -86,11 +88,14 @@ class Written:
 def _stored(task: VolumeTask, ctx: tiledb.Ctx) -> tuple[tuple[int, ...], str, np.ndarray] | None:
     """Shape, dtype and affine of a volume already written whole at ``task.uri``, else None.
 
-    Whatever else is there (an array cut short, one of another subject) is removed.
+    What is known not to be that volume (an array without the ``obs_id`` committed after
+    its voxels, or with another one; a group; a local array that does not open) is removed.
+    When a remote URI cannot be checked (a storage error, e.g. a transient S3 failure),
+    nothing is removed: the error says so, and running the ingest again resumes.
     """
-    whole = None
     try:
         kind = tiledb.object_type(task.uri, ctx=ctx)
+        whole = None
         if kind == "array":
             with tiledb.open(task.uri, ctx=ctx) as arr:
                 if "obs_id" in arr.meta and arr.meta["obs_id"] == task.obs_id:
@@ -99,11 +104,23 @@ def _stored(task: VolumeTask, ctx: tiledb.Ctx) -> tuple[tuple[int, ...], str, np
                     meta = {k: arr.meta[k] for k in arr.meta}
                     scaling = Scaling.from_meta(meta, np.dtype(arr.attr(0).dtype))
                     whole = (shape, str(scaling.logical), affine)
-    except tiledb.TileDBError:
-        whole = None
-    if whole is None:
-        remove(task.uri, ctx)
+    except tiledb.TileDBError as e:
+        if not _remote(task.uri):  # a local array that does not open is damaged, not away
+            remove(task.uri, ctx)
+            return None
+        raise StorageError(
+            f"cannot tell whether the volume {task.obs_id!r} at {task.uri!r} was written whole "
+            f"({e}); nothing was removed. If storage is reachable again, run the ingest again "
+            "to resume; if the array there is damaged, remove it first"
+        ) from e
+    if whole is None and kind is not None:
+        remove(task.uri, ctx)  # cut short (no obs_id yet), another volume's, or not an array
     return whole
+
+
+def _remote(uri: str) -> bool:
+    """Whether ``uri`` is on object storage (``s3://`` ...), where errors may be transient."""
+    return "://" in uri and not uri.startswith("file://")
 
 
 def write_volume(task: VolumeTask, ctx: tiledb.Ctx | None = None) -> Written:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import tiledb
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._errors import AlignmentError, LabelError, RadiObjectError, ShapeError
-from radiobject.config import SliceOrientation, get_config
+from radiobject._errors import ShapeError
+from radiobject.config import Scope, SliceOrientation, current_scope, get_config, in_scope
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
@@ -23,128 +21,26 @@ from radiobject.ml._randomness import seeded_call
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
-from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters
-from radiobject.read._region import open_array, served_locally, whole_volume_budget
-from radiobject.storage._collection import VolumeCollection
+from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters, worker_failure
+from radiobject.ml._subjects import (
+    Labels,
+    VolumeRef,
+    align,
+    as_collections,
+    resolve_labels,
+    to_tensor,
+)
+from radiobject.read import open_array, served_locally, whole_volume_budget
+from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
 
-Labels = str | Mapping[str, Any] | pd.DataFrame | pd.Series | Callable[[str], Any] | None
 _SLICE_AXIS = {SliceOrientation.AXIAL: 2, SliceOrientation.CORONAL: 1, SliceOrientation.SAGITTAL: 0}
 
 
+# read hooks of earlier versions: a subclass overriding one would read outside its plan
+_READ_HOOKS_REMOVED = ("make_sample", "read_sample", "read_image")
 _FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
-
-
-@dataclass(frozen=True)
-class VolumeRef:
-    """What a dataset needs to read one subject: its volume URIs (one per channel) and shape."""
-
-    obs_id: str
-    obs_subject_id: str
-    uris: tuple[str, ...]
-    shape: tuple[int, ...]
-
-
-def as_collections(collections: Any) -> list[VolumeCollection]:
-    """One collection or a sequence of them, checked."""
-    if isinstance(collections, VolumeCollection):
-        return [collections]
-    out = list(collections) if isinstance(collections, (list, tuple)) else [collections]
-    for c in out:
-        if not isinstance(c, VolumeCollection):
-            raise RadiObjectError(
-                f"collections must be VolumeCollection objects (e.g. radi.T1w), got {type(c)!r}"
-            )
-    if not out:
-        raise RadiObjectError("at least one collection is needed")
-    return out
-
-
-def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
-    """Match the volumes of several collections by subject (the first collection leads)."""
-    first = collections[0]
-    tables = []
-    for coll in collections:
-        obs = coll.obs_columns("obs_subject_id", "volume", "shape")
-        if coll is first and len(obs) == 0:
-            raise RadiObjectError(f"collection {first.name!r} has no volumes to load")
-        obs["uri"] = [coll.uri + "/" + v for v in obs["volume"]]
-        tables.append(obs.set_index("obs_subject_id"))
-    refs = []
-    lead = tables[0]
-    rows = lead[["uri", "shape", "obs_id"]].to_dict("records")
-    for sid, row in zip(lead.index, rows, strict=True):
-        uris, shape = [row["uri"]], str(row["shape"])
-        for coll, table in zip(collections[1:], tables[1:], strict=True):
-            if sid not in table.index:
-                raise AlignmentError(
-                    f"subject {sid!r} has a {first.name!r} volume but none in {coll.name!r}; "
-                    f"filter the collections to the same subjects"
-                )
-            other = table.loc[sid]
-            if str(other["shape"]).split(",")[:3] != shape.split(",")[:3]:
-                raise AlignmentError(
-                    f"subject {sid!r}: {first.name!r} has shape {shape} but {coll.name!r} has "
-                    f"{other['shape']}; channels must share a grid"
-                )
-            uris.append(other["uri"])
-        dims = tuple(int(v) for v in shape.split(","))
-        refs.append(VolumeRef(str(row["obs_id"]), str(sid), tuple(uris), dims))
-    return refs
-
-
-def resolve_labels(
-    labels: Labels, collection: VolumeCollection, refs: Sequence[VolumeRef]
-) -> tuple[dict[str, Any], list[Any] | None]:
-    """Label per obs_id, and the class names when labels were strings (encoded as indices)."""
-    if labels is None:
-        return {}, None
-    if isinstance(labels, str):
-        series = collection.column(labels)
-        values = {r.obs_id: series.get(r.obs_id) for r in refs}
-    elif isinstance(labels, pd.Series):
-        values = _lookup(labels.to_dict(), refs)
-    elif isinstance(labels, pd.DataFrame):
-        key = next((k for k in ("obs_id", "obs_subject_id") if k in labels.columns), None)
-        frame = labels.set_index(key) if key else labels
-        if frame.shape[1] != 1:
-            raise LabelError(
-                f"a labels DataFrame needs one label column besides obs_id/obs_subject_id; "
-                f"got columns {list(frame.columns)}"
-            )
-        values = _lookup(frame.iloc[:, 0].to_dict(), refs)
-    elif isinstance(labels, Mapping):
-        values = _lookup(dict(labels), refs)
-    elif callable(labels):
-        values = {r.obs_id: labels(r.obs_id) for r in refs}
-    else:
-        raise LabelError(
-            f"labels must be a column name, dict, DataFrame or callable, got {labels!r}"
-        )
-    missing = [k for k, v in values.items() if v is None or (isinstance(v, float) and np.isnan(v))]
-    if missing:
-        raise LabelError(
-            f"no label for volume(s) {missing[:5]} of collection {collection.name!r}; give every "
-            "volume a label or filter the collection first"
-        )
-    classes = None
-    if any(isinstance(v, str) for v in values.values()):
-        classes = sorted({str(v) for v in values.values()})
-        values = {k: classes.index(str(v)) for k, v in values.items()}
-    return values, classes
-
-
-def _lookup(mapping: dict[Any, Any], refs: Sequence[VolumeRef]) -> dict[str, Any]:
-    return {r.obs_id: mapping.get(r.obs_id, mapping.get(r.obs_subject_id)) for r in refs}
-
-
-def _to_tensor(value: Any) -> Any:
-    if isinstance(value, (int, np.integer, bool)):
-        return torch.tensor(int(value))
-    if isinstance(value, (float, np.floating)):
-        return torch.tensor(float(value), dtype=torch.float32)
-    return value
 
 
 class VolumeCollectionDataset(Dataset[Any]):
@@ -163,10 +59,12 @@ class VolumeCollectionDataset(Dataset[Any]):
         ctx: a ``tiledb.Ctx`` to read the collections with (default: the context each was
             opened with). Bad values of ``transform`` or ``ctx`` raise ``ConfigurationError``.
 
-    Subclassing: override :meth:`read_image` to change how channels are read,
-    :meth:`patch_start` to change where patches go, or :meth:`read_sample` to add keys.
-    :meth:`plan` says what a key reads without reading it (the loader's read-ahead,
-    ``ReadConfig.read_ahead``, reads those regions before their batch is asked for).
+    :meth:`plan` says what a key reads without reading it, and is the only definition of
+    it: ``self[key]`` reads exactly ``plan(key).reads`` and builds the sample from their
+    voxels (the loader's read-ahead, ``ReadConfig.read_ahead``, reads the same regions
+    before their batch is asked for). Subclassing changes what is planned, never how it is
+    read: override :meth:`patch_start` (where patches go), :meth:`region` (the box),
+    :meth:`plan_reads` (which volumes), and :meth:`build_sample` to add keys.
 
     >>> from radiobject.data import make_sample_radiobject
     >>> import tempfile, os
@@ -249,16 +147,37 @@ class VolumeCollectionDataset(Dataset[Any]):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
         return (0 if self.config.fixed_epoch else int(epoch)), index % len(self)
 
-    def _load(self, key: tuple[int, int], out: torch.Tensor | None = None) -> dict[str, Any]:
-        epoch, index = key
-        start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
-        rng = item_rng(self.config.seed, epoch, index)
-        if out is None:
-            sample = self.make_sample(index, rng)
-        else:  # the default hooks (see ``_batch_buffer``): the image is decoded into ``out``
-            sample = self._read_sample(index, self.region(index, rng), out)
-        stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
-        return sample
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        old = [name for name in _READ_HOOKS_REMOVED if name in vars(cls)]
+        if old:
+            raise TypeError(
+                f"{cls.__name__} overrides {', '.join(old)}, which no longer exist: a dataset "
+                "plans what a sample reads and never reads it itself. Override region, "
+                "patch_start or plan_reads to change what is read, and "
+                "build_sample(plan, arrays) to add keys"
+            )
+
+    def _load(
+        self,
+        key: tuple[int, int],
+        out: torch.Tensor | None = None,
+        scope: Scope | None = None,
+    ) -> dict[str, Any]:
+        """Plan ``key``, execute the plan, build the sample (its image into ``out`` if given).
+
+        ``scope``: the settings of the thread this one reads for (see ``current_scope``).
+        """
+        with in_scope(scope):
+            start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
+            plan = self.plan(key)
+            arrays = self.fetch(plan.reads)
+            if out is None:
+                sample = self.build_sample(plan, arrays)
+            else:  # the default hooks (see ``_batch_buffer``): the image decoded into ``out``
+                sample = self._build_sample(plan, arrays, out)
+            stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
+            return sample
 
     def _batch_buffer(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         """One float32 tensor for the images of a batch of patches, or None.
@@ -276,7 +195,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             or torch.utils.data.get_worker_info() is not None
             or any(
                 getattr(type(self), name) is not getattr(VolumeCollectionDataset, name)
-                for name in ("make_sample", "read_sample", "read_image", "squeeze_slice")
+                for name in ("plan_reads", "build_sample", "decode_image", "squeeze_slice")
             )
         ):
             return None
@@ -290,8 +209,9 @@ class VolumeCollectionDataset(Dataset[Any]):
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
-        parsed = self._key(key)
-        sample = self._load(parsed)
+        with in_scope(self.loader_scope):
+            parsed = self._key(key)
+            sample = self._load(parsed)
         sync_worker()  # and the parent sees this read in the counters
         return self.apply_transform(sample, parsed)
 
@@ -303,18 +223,32 @@ class VolumeCollectionDataset(Dataset[Any]):
         all in the local read tier is read in this thread (blosc2 decodes holding the GIL:
         threads would only take turns). Transforms run one after
         another in the calling thread, each seeded from its item's key.
+
+        In a loader worker, an error goes to the loading process whole (see
+        :class:`~radiobject.ml._stages.WorkerFailure`): the same error as with no workers.
         """
+        try:
+            return self._getitems(keys)
+        except Exception as exc:
+            failure = worker_failure(exc)
+            if failure is None:
+                raise
+            return failure  # type: ignore[return-value]  # collated and raised as it is
+
+    def _getitems(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
         sync_worker()
-        parsed = [self._key(k) for k in keys]
-        self._read_ahead(keys)
-        batch = self._batch_buffer(parsed) if len(parsed) > 1 else None
-        slots = [None] * len(parsed) if batch is None else list(batch)
-        mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
-        samples = (
-            read_pool().map(self._load, parsed, slots)
-            if len(parsed) > 1 and not self._served_locally(parsed)
-            else [self._load(k, out) for k, out in zip(parsed, slots, strict=True)]
-        )
+        with in_scope(self.loader_scope):
+            parsed = [self._key(k) for k in keys]
+            self._read_ahead(keys)
+            batch = self._batch_buffer(parsed) if len(parsed) > 1 else None
+            slots = [None] * len(parsed) if batch is None else list(batch)
+            mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
+            scope = current_scope()  # the pool's threads read under this thread's settings
+            samples = (
+                read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
+                if len(parsed) > 1 and not self._served_locally(parsed)
+                else [self._load(k, out) for k, out in zip(parsed, slots, strict=True)]
+            )
         sync_worker()
         return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
 
@@ -358,6 +292,13 @@ class VolumeCollectionDataset(Dataset[Any]):
     read_ahead_schedule: ReadAheadSchedule | None = None
     """The order a loader reads this dataset in (set by radiobject's loaders)."""
 
+    loader_scope: Scope | None = None
+    """The :func:`~radiobject.settings` block its loader was built in (``None``: none).
+
+    Set by radiobject's loaders: the main process reads under those settings wherever the
+    loader is iterated (worker processes get them when they start).
+    """
+
     def plan(self, key: int | tuple[int, int]) -> SamplePlan:
         """What the sample of ``key`` reads, computed without reading anything.
 
@@ -369,7 +310,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         return SamplePlan((epoch, index), index, box, self.plan_reads(index, box))
 
     def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
-        """The regions item ``index`` reads inside ``box``. Override with :meth:`read_sample`."""
+        """The regions item ``index`` reads inside ``box`` (one per channel, named "image")."""
         return self.image_reads(self.refs[self.volume_of(index)], box)
 
     def image_reads(
@@ -383,15 +324,24 @@ class VolumeCollectionDataset(Dataset[Any]):
         )
 
     def fetch(self, reads: Sequence[RegionRead]) -> list[np.ndarray]:
-        """Execute ``reads``: taken from the read-ahead where it read them, else read now."""
+        """Execute ``reads``: taken from the read-ahead where it read them, else read now.
+
+        A failed read raises its own error, read ahead or not, with a note naming the
+        region and the volume.
+        """
         ahead = ahead_state(self)
-        if ahead is None:
-            return [r.read() for r in reads]
-        return [ahead.take(r) for r in reads]
+        out = []
+        for read in reads:
+            try:
+                out.append(read.read() if ahead is None else ahead.take(read))
+            except Exception as exc:
+                exc.add_note(f"reading {read.name} region {list(read.bounds)} of {read.uri!r}")
+                raise
+        return out
 
     def read_plan(self, plan: SamplePlan) -> Any:
         """The sample of ``plan`` (its reads executed), transformed like ``self[key]``."""
-        return self.apply_transform(self.read_sample(plan.index, plan.box), plan.key)
+        return self.apply_transform(self.build_sample(plan, self.fetch(plan.reads)), plan.key)
 
     @property
     def remote(self) -> bool:
@@ -466,21 +416,22 @@ class VolumeCollectionDataset(Dataset[Any]):
         shape = self.refs[self.volume_of(index)].shape[:3]
         return random_patch_start(shape, self.config.patch_size, rng)
 
-    def read_image(
-        self, ref: VolumeRef, box: tuple[tuple[int, int], ...], *, out: np.ndarray | None = None
+    def decode_image(
+        self, plan: SamplePlan, arrays: Sequence[np.ndarray], *, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """The channels of ``ref`` inside ``box``, stacked as ``(C, X, Y, Z[, T])`` float32.
+        """The ``"image"`` reads of ``plan`` as ``(C, X, Y, Z[, T])`` float32 values.
 
-        With ``out`` (float32, of that shape) the values are written there.
+        ``arrays`` are the voxels of ``plan.reads`` as read (stored integers); with ``out``
+        (float32, of that shape) the values are written there.
         """
-        reads = self.image_reads(ref, box)
-        chans = self.fetch(reads)
+        chans = [(r, a) for r, a in zip(plan.reads, arrays, strict=True) if r.name == "image"]
         # stored integers become float32 values in one pass (cast, scale and offset); a
         # float32 channel is the array read_region returned, ours: no copy
         if len(chans) == 1 and out is None:
-            return reads[0].scaling.decode(chans[0], np.float32)[None]
-        image = np.empty((len(chans), *chans[0].shape), np.float32) if out is None else out
-        for c, (read, chan) in enumerate(zip(reads, chans, strict=True)):
+            read, chan = chans[0]
+            return read.scaling.decode(chan, np.float32)[None]
+        image = np.empty((len(chans), *chans[0][1].shape), np.float32) if out is None else out
+        for c, (read, chan) in enumerate(chans):
             read.scaling.decode(chan, np.float32, out=image[c])
         return image
 
@@ -524,45 +475,46 @@ class VolumeCollectionDataset(Dataset[Any]):
         voxels = sum(len(r.uris) * int(np.prod(r.shape)) for r in self.refs)
         return voxels * _itemsize(self.refs[0].uris[0], self.collections[0].ctx)
 
-    def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample dict of item ``index`` before ``transform``."""
-        return self.read_sample(index, self.region(index, rng))
-
     def squeeze_slice(self, array: np.ndarray) -> np.ndarray:
         """Drop the sliced axis of a ``(C, X, Y, Z)`` array in ``SLICE_2D`` mode."""
         if self._mode is LoadingMode.SLICE_2D:
             return array.squeeze(1 + _SLICE_AXIS[self.config.slice_orientation])
         return array
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
-        """Read the voxels of item ``index`` inside ``box``. Override to add keys."""
-        return self._read_sample(index, box)
+    def build_sample(self, plan: SamplePlan, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The sample dict of ``plan`` (before ``transform``) from the voxels of its reads.
 
-    def _read_sample(
-        self, index: int, box: tuple[tuple[int, int], ...], out: torch.Tensor | None = None
+        ``arrays[i]`` holds what ``plan.reads[i]`` read. Override to add keys; it never
+        reads (what a sample reads is :meth:`plan`'s).
+        """
+        return self._build_sample(plan, arrays)
+
+    def _build_sample(
+        self, plan: SamplePlan, arrays: Sequence[np.ndarray], out: torch.Tensor | None = None
     ) -> dict[str, Any]:
-        """:meth:`read_sample`, its image written into ``out`` if given (by :meth:`_load`)."""
-        ref = self.refs[self.volume_of(index)]
+        """:meth:`build_sample`, its image written into ``out`` if given (by :meth:`_load`)."""
+        ref = self.refs[self.volume_of(plan.index)]
         if out is not None:  # a slot of the batch: the sample's image is that view
-            self.read_image(ref, box, out=out.numpy())
+            self.decode_image(plan, arrays, out=out.numpy())
             image = out
         else:
             image = torch.from_numpy(
-                np.ascontiguousarray(self.squeeze_slice(self.read_image(ref, box)))
+                np.ascontiguousarray(self.squeeze_slice(self.decode_image(plan, arrays)))
             )
         sample: dict[str, Any] = {
             "image": image,
             "obs_id": ref.obs_id,
             "obs_subject_id": ref.obs_subject_id,
-            "patch_start": torch.tensor([lo for lo, _ in box[:3]], dtype=torch.int64),
+            "patch_start": torch.tensor(plan.start, dtype=torch.int64),
         }
         if self.labels:
-            sample["label"] = _to_tensor(self.labels[ref.obs_id])
+            sample["label"] = to_tensor(self.labels[ref.obs_id])
         return sample
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["transform"] = _portable(self.transform)
+        state.pop("loader_scope", None)  # a worker gets its loader's settings at start
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

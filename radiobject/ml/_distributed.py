@@ -13,12 +13,13 @@ import tiledb
 import torch
 
 from radiobject._errors import ConfigurationError
-from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._loaders import _config, build_loader
 from radiobject.ml._params import parse_loader_params
 from radiobject.ml._recipe import recorded
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
-from radiobject.storage._collection import VolumeCollection
+from radiobject.ml._subjects import Labels
+from radiobject.storage import VolumeCollection
 
 __all__ = ["DistributedEpochSampler", "create_distributed_dataloader"]
 

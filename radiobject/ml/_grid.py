@@ -26,7 +26,8 @@ from radiobject._errors import ConfigurationError, ShapeError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._params import parse_patch_size
-from radiobject.storage._collection import VolumeCollection
+from radiobject.ml._plan import SamplePlan
+from radiobject.storage import VolumeCollection
 
 __all__ = ["GridPatchDataset", "grid_positions", "importance_map"]
 
@@ -240,20 +241,34 @@ class GridPatchDataset(VolumeCollectionDataset):
         """Never: each patch reads its own tiles (the block cache serves shared ones)."""
         return False
 
-    def make_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        """The sample dict of patch ``index`` before ``transform``."""
+    def _corner(self, index: int) -> tuple[int, int, list[int]]:
+        """Volume, patch number in it, and corner in the volume of patch ``index``."""
         v = self.volume_of(index)
         k = index - int(self._first[v])
-        plan, ref = self.plans[v], self.refs[v]
-        corner = [s - p for s, p in zip(plan.position(k), plan.pad, strict=True)]
-        box = tuple(
+        plan = self.plans[v]
+        return v, k, [s - p for s, p in zip(plan.position(k), plan.pad, strict=True)]
+
+    def region(self, index: int, rng: np.random.Generator) -> tuple[tuple[int, int], ...]:
+        """The part of patch ``index`` inside its volume (the grid's, not a random box).
+
+        This is what ``plan(index)`` reads; the sample's ``patch_start`` is the grid corner,
+        negative on an axis padded because the volume is smaller than the patch.
+        """
+        v, _, corner = self._corner(index)
+        plan = self.plans[v]
+        return tuple(
             (max(0, c), min(n, c + p))
             for c, p, n in zip(corner, plan.patch, plan.shape, strict=True)
         )
-        image = self.read_image(ref, box)
-        if image.shape[1:] != plan.patch:  # a padded axis: zeros around, as MONAI pads
-            full = np.zeros((image.shape[0], *plan.patch), dtype=np.float32)
-            at = tuple(slice(lo - c, hi - c) for (lo, hi), c in zip(box, corner, strict=True))
+
+    def build_sample(self, plan: SamplePlan, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The sample dict of patch ``plan.index`` (zero-padded where the grid is)."""
+        v, k, corner = self._corner(plan.index)
+        grid, ref = self.plans[v], self.refs[v]
+        image = self.decode_image(plan, arrays)
+        if image.shape[1:] != grid.patch:  # a padded axis: zeros around, as MONAI pads
+            full = np.zeros((image.shape[0], *grid.patch), dtype=np.float32)
+            at = tuple(slice(lo - c, hi - c) for (lo, hi), c in zip(plan.box, corner, strict=True))
             full[(slice(None), *at)] = image
             image = full
         return {

@@ -41,35 +41,33 @@ from radiobject._errors import (
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import TileConfig, get_config
 from radiobject.ml._grid import GridPatchDataset, GridPlan, importance_map
-from radiobject.read._region import forget_array
-from radiobject.storage._collection import VolumeCollection
-from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._foreground import (
+from radiobject.read import forget_array
+from radiobject.storage import (
+    COLLECTION_KIND,
+    COLLECTIONS,
+    FG_INDEX,
     MAX_POINTS,
+    OBS,
+    VOLUMES,
+    VOLUMES_KIND,
+    Dataframe,
     ForegroundIndex,
-    compute_foreground,
-    write_foreground,
-)
-from radiobject.storage._group import (
+    RadiObject,
+    Volume,
+    VolumeCollection,
     add_members,
+    affine_orientation,
+    compute_foreground,
     create_group,
     exists,
     join,
     mark_complete,
-    remove,
-)
-from radiobject.storage._layout import (
-    COLLECTION_KIND,
-    COLLECTIONS,
-    FG_INDEX,
-    OBS,
-    VOLUMES,
-    VOLUMES_KIND,
     obs_id,
+    remove,
+    spacing_from_affine,
     volume_member,
+    write_foreground,
 )
-from radiobject.storage._radiobject import RadiObject
-from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
 __all__ = ["PredictionWriter"]
 

@@ -16,21 +16,21 @@ from typing import Any
 import tiledb
 
 from radiobject._errors import ConfigurationError
-from radiobject.config import get_config
+from radiobject.config import current_scope, get_config
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import Labels, VolumeCollectionDataset
+from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._params import parse_batch_size, parse_loader_params, parse_num_workers
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._recipe import recorded
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
-from radiobject.ml._shared import SharedLoaderState
-from radiobject.ml._stages import TimedCollate
+from radiobject.ml._shared import SharedLoaderState, TimedCollate
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
+from radiobject.ml._subjects import Labels
 from radiobject.ml._tier_auto import auto_local_tier
 from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
-from radiobject.storage._collection import VolumeCollection
+from radiobject.storage import VolumeCollection
 
 __all__ = [
     "EpochSampler",
@@ -137,6 +137,8 @@ def build_loader(
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
+    # read here under the settings() block it was built in, if any (workers: worker_init)
+    dataset.loader_scope = current_scope()
     if isinstance(sampler, ResumableSampler):  # the order its read-ahead foresees
         # the pass's own order (after a resume, the rest of the epoch; this rank's share)
         # workers that end with the epoch would read the next one's batches in vain

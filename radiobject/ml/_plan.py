@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from radiobject.read._region import open_array, read_region
-from radiobject.read._scaling import Scaling
+from radiobject.read import Scaling, open_array, read_region
 
 __all__ = ["RegionRead", "SamplePlan"]
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from radiobject._errors import ConfigurationError
 from radiobject.ml._stages import StageCounters
 from radiobject.ml._workers import loader_cache_counters, loader_stage_counters
-from radiobject.read._region import CacheCounters
+from radiobject.read import CacheCounters
 
 __all__ = ["SOURCES", "STAGES", "LoaderProbe", "ProbeRecord", "ProbeResult", "source_pcts"]
 

@@ -13,35 +13,51 @@ volume run in one task, so the tiles or whole volume the first fetches serve the
 within ``ReadConfig.read_ahead_mb`` of results not yet taken.
 
 A read that was read ahead returns the same voxels as a read now: the sample only takes the
-array earlier. A read that failed, ahead or not, raises at the sample that needs it, as a
-radiobject error naming the URI and the region; a read not yet started when its sample comes
-is cancelled and read directly. Stopping an epoch mid-way (the sampler's iterator is
+array earlier. A read that failed ahead raises at the sample that needs it, the very error
+the read raised (the same type and message as without read-ahead); a read not yet started
+when its sample comes is cancelled and read directly. The reads run under the settings of
+the thread that asked for them (its ``radiobject.settings`` block, if any). A sample whose
+plan fails is not read ahead (counted in ``plan_errors``, logged once): its own read plans
+it again and raises. Stopping an epoch mid-way (the sampler's iterator is
 dropped) cancels what is pending and waits for the reads under way; an epoch run to its end
 keeps the next epoch's reads. The pool's threads end when it has no work.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from radiobject._errors import RadiObjectError, StorageError
 from radiobject._process import Resource
-from radiobject.config import get_config
-from radiobject.ml._plan import RegionRead
-from radiobject.read._region import block_cache
-
-if TYPE_CHECKING:
-    from radiobject.ml._dataset import VolumeCollectionDataset
+from radiobject.config import Scope, current_scope, get_config, in_scope
+from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.read import block_cache
 
 __all__ = ["ReadAheadSchedule"]
+
+_LOG = logging.getLogger("radiobject.read_ahead")
+
+
+class Planner(Protocol):
+    """What the read-ahead needs of a dataset: its order, its plans, its voxel size."""
+
+    read_ahead_schedule: ReadAheadSchedule | None
+
+    def plan(self, key: tuple[int, int]) -> SamplePlan:
+        """What the sample of ``key`` reads (see ``VolumeCollectionDataset.plan``)."""
+        ...
+
+    def read_ahead_itemsize(self) -> int:
+        """Bytes per voxel, to bound the read-ahead's memory."""
+        ...
 
 
 @dataclass
@@ -138,22 +154,31 @@ class _Task:
     """The reads of one volume, run one after another by one pool thread."""
 
     def __init__(
-        self, owner: _AheadState, reads: list[tuple[RegionRead, Future[np.ndarray]]]
+        self,
+        owner: _AheadState,
+        reads: list[tuple[RegionRead, Future[np.ndarray]]],
+        scope: Scope | None,
     ) -> None:
         self.owner = owner
         self.reads = reads
+        self.scope = scope  # the settings of the thread that planned them
 
     def run(self) -> None:
         try:
-            for read, future in self.reads:
-                if not future.set_running_or_notify_cancel():
-                    continue  # its sample came first and read it itself
-                try:
-                    future.set_result(read.read())
-                except BaseException as exc:  # raised at the sample that needs it
-                    future.set_exception(exc)
+            with in_scope(self.scope):
+                self._run()
         finally:
             self.owner.task_done()
+
+    def _run(self) -> None:
+        while self.reads:  # a read's future leaves the task: its sample alone keeps it
+            read, future = self.reads.pop(0)
+            if not future.set_running_or_notify_cancel():
+                continue  # its sample came first and read it itself
+            try:
+                future.set_result(read.read())
+            except BaseException as exc:  # raised at the sample that needs it
+                future.set_exception(exc)
 
 
 class _Pool:
@@ -227,6 +252,7 @@ class _AheadState:
         self.nbytes = 0
         self.running = 0
         self.served = 0  # reads taken from the read-ahead (not read by their sample)
+        self.plan_errors = 0  # samples not read ahead: planning them failed
 
     def task_done(self) -> None:
         with self.lock:
@@ -247,26 +273,26 @@ class _AheadState:
             if entry is not None:
                 self.nbytes -= entry.nbytes
         if entry is not None and not entry.future.cancel():  # started or done: wait for it
+            future, entry = entry.future, None
             try:
-                # the error itself, not re-raised here: re-raising would tie this thread's
-                # frames (and the loader's iterator) to the exception the future keeps
-                error = entry.future.exception()
+                error = future.exception()
             except CancelledError:
                 error = None
-            else:
-                if error is None:
-                    self.served += 1
-                    return entry.future.result()
-            if error is not None:
-                raise _failed(read, error) from error
-        try:
-            return read.read()  # not read ahead, or not started yet: read it now
-        except Exception as exc:
-            raise _failed(read, exc) from exc
+            if error is None:
+                self.served += 1
+                return future.result()
+            # the read's own error, as a read now raises it; the future is dropped first so
+            # the traceback (which holds this frame) does not keep it and its loader alive
+            del future
+            try:
+                raise error
+            finally:
+                del error
+        return read.read()  # not read ahead, or not started yet: read it now
 
     def advance(
         self,
-        dataset: VolumeCollectionDataset,
+        dataset: Planner,
         keys: Sequence[tuple[int, int]],
         depth: int,
         threads: int,
@@ -283,7 +309,8 @@ class _AheadState:
         budget = get_config().read.read_ahead_mb * 1024 * 1024 // share
         try:
             itemsize = dataset.read_ahead_itemsize()
-        except Exception:  # the samples' own reads say what is wrong
+        except Exception as exc:  # the samples' own reads say what is wrong
+            self._plan_failed(exc)
             return
         by_volume: dict[str, list[tuple[RegionRead, Future[np.ndarray]]]] = {}
         for key, where in upcoming:
@@ -291,8 +318,9 @@ class _AheadState:
                 continue
             try:
                 plan = dataset.plan(key)
-            except Exception:  # e.g. a volume gone: its own sample reads it and says so
+            except Exception as exc:  # e.g. a volume gone: its own sample plans it and says so
                 self.planned.add(key)
+                self._plan_failed(exc)
                 continue
             size = sum(r.voxels for r in plan.reads) * itemsize
             with self.lock:
@@ -305,10 +333,24 @@ class _AheadState:
                     entry = _Entry(future, where, read.voxels * itemsize)
                     self.entries.setdefault(read.key, deque()).append(entry)
                     by_volume.setdefault(read.uri, []).append((read, future))
+        scope = current_scope()
         for reads in by_volume.values():
             with self.lock:
                 self.running += 1
-            self.pool.submit(_Task(self, reads), max(1, threads // share))
+            self.pool.submit(_Task(self, reads, scope), max(1, threads // share))
+
+    def _plan_failed(self, exc: Exception) -> None:
+        """Count a sample not read ahead because planning it failed; log the first."""
+        with self.lock:
+            self.plan_errors += 1
+            first = self.plan_errors == 1
+        if first:
+            _LOG.warning(
+                "read-ahead skipped a sample whose plan failed (%s: %s); the sample raises "
+                "it when it is read (further failures are only counted: plan_errors)",
+                type(exc).__name__,
+                exc,
+            )
 
     def _evict(self, before: tuple[int, int]) -> None:
         """Drop entries before ``(epoch, position)``, or past the epoch after ``epoch``.
@@ -376,15 +418,3 @@ _REGISTRY: Resource[_Registry] = Resource("read-ahead", _Registry)
 def ahead_state(dataset: Any, *, create: bool = False) -> _AheadState | None:
     """The read-ahead state of ``dataset`` in this process (made when ``create``)."""
     return _REGISTRY.get().state(dataset, create)
-
-
-def _failed(read: RegionRead, exc: BaseException) -> RadiObjectError:
-    """``exc`` of a read ahead, as a radiobject error naming the URI and the region."""
-    where = f"reading {read.name} region {list(read.bounds)} of {read.uri!r}"
-    message = f"{where}: {exc}"
-    if isinstance(exc, RadiObjectError):
-        try:
-            return type(exc)(message)
-        except TypeError:
-            pass
-    return StorageError(f"{message}; check that the volume still exists and is readable")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from radiobject.storage._foreground import ForegroundIndex
+from radiobject.storage import ForegroundIndex
 
 __all__ = [
     "foreground_patch_start",

@@ -11,12 +11,12 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, align
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
 from radiobject.ml._params import parse_ctx, with_ctx
-from radiobject.ml._plan import RegionRead
+from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
-from radiobject.storage._collection import VolumeCollection
-from radiobject.storage._foreground import ForegroundIndex
+from radiobject.ml._subjects import align
+from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]
 
@@ -146,11 +146,12 @@ class SegmentationDataset(VolumeCollectionDataset):
         """The image channels' reads, then the mask's."""
         return (*super().plan_reads(index, box), self.mask_read(index, box))
 
-    def read_sample(self, index: int, box: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    def build_sample(self, plan: SamplePlan, arrays: Sequence[np.ndarray]) -> dict[str, Any]:
         """Image sample plus the mask of the same region (``"mask"``)."""
-        sample = super().read_sample(index, box)
-        read = self.mask_read(index, box)
-        (mask,) = self.fetch([read])
+        sample = super().build_sample(plan, arrays)
+        ((read, mask),) = [
+            (r, a) for r, a in zip(plan.reads, arrays, strict=True) if r.name == "mask"
+        ]
         labels = read.scaling.decode(mask, np.int64)  # labels as int64, from any stored dtype
         sample["mask"] = torch.from_numpy(self.squeeze_slice(labels[None]))
         return sample

@@ -21,7 +21,9 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,12 +31,24 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from radiobject._process import ProcessState, Resource, state
-from radiobject.config import ReadConfig, add_listener, configure, get_config
-from radiobject.ml._stages import STAGE_FIELDS, StageCounters, stage_counters
-from radiobject.read._region import CacheCounters, block_cache
-from radiobject.read._shared_store import SharedStore, set_shared_store
+from radiobject.config import (
+    ReadConfig,
+    add_listener,
+    configure,
+    current_scope,
+    get_config,
+    process_config,
+)
+from radiobject.ml._stages import (
+    STAGE_FIELDS,
+    StageCounters,
+    WorkerFailure,
+    stack_collate,
+    stage_counters,
+)
+from radiobject.read import CacheCounters, SharedStore, block_cache, set_shared_store
 
-__all__ = ["SharedLoaderState", "current_state", "sync_worker"]
+__all__ = ["SharedLoaderState", "TimedCollate", "current_state", "sync_worker"]
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(CacheCounters))
 _CONFIG_BYTES = 2048
@@ -51,6 +65,8 @@ class SharedLoaderState:
         self.version = mp_context.Value("q", 0, lock=False)
         self.config = mp_context.Array("c", _CONFIG_BYTES, lock=False)
         self.publish(get_config().read)
+        # a loader built inside settings() keeps them; one built outside follows configure()
+        self._follows_process = current_scope() is None
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         _remove_orphans(shm)
         self.shm_dir, owner = _make_folder(shm)
@@ -60,7 +76,8 @@ class SharedLoaderState:
         self._unlisten = add_listener(self._on_configure)
 
     def _on_configure(self) -> None:
-        self.publish(get_config().read)
+        if self._follows_process:
+            self.publish(process_config().read)
 
     def publish(self, read: ReadConfig) -> None:
         """Make ``read`` the settings of the workers (applied before their next read)."""
@@ -226,3 +243,33 @@ def sync_worker() -> None:
     stages, base = stage_counters(), worker.id * len(STAGE_FIELDS)
     for i, name in enumerate(STAGE_FIELDS):
         shared.stages[base + i] = getattr(stages, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedCollate:
+    """A loader's ``collate_fn`` that adds its time to this process's counters.
+
+    Runs where the DataLoader collates (in the worker that made the batch), and publishes
+    the worker's counters right after (:func:`sync_worker`), so the parent sees this
+    batch's collate. A worker's failed batch (:class:`~radiobject.ml._stages.WorkerFailure`)
+    goes on as it is.
+
+    >>> import torch
+    >>> collate = TimedCollate(None)
+    >>> before = stage_counters().copy()
+    >>> tuple(collate([{"x": torch.zeros(2)}, {"x": torch.ones(2)}])["x"].shape)
+    (2, 2)
+    >>> (stage_counters() - before).batches
+    1
+    """
+
+    fn: Callable[[list[Any]], Any] | None = None
+
+    def __call__(self, batch: list[Any]) -> Any:
+        if isinstance(batch, WorkerFailure):
+            return batch
+        start = time.perf_counter_ns()
+        out = (self.fn or stack_collate)(batch)
+        stage_counters().add_collate(time.perf_counter_ns() - start)
+        sync_worker()
+        return out

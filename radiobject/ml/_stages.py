@@ -10,21 +10,21 @@ snapshots into milliseconds per sample by stage.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate_fn_map
 
 from radiobject._process import Resource
 
 __all__ = [
     "StageCounters",
-    "TimedCollate",
     "images_in_place",
     "mark_in_place",
     "sample_nbytes",
@@ -225,29 +225,42 @@ def images_in_place(batch: list[Any]) -> Any:
     return out.set_(storage, 0, shape, tuple(reversed(strides)))
 
 
-@dataclass(frozen=True)
-class TimedCollate:
-    """A loader's ``collate_fn`` that adds its time to this process's counters.
+class WorkerFailure:
+    """A worker's failed batch, carried to the loading process whole (see ``raise_failure``).
 
-    Runs where the DataLoader collates (in the worker that made the batch), and publishes
-    the worker's counters right after, so the parent sees this batch's collate.
+    DataLoader turns an exception raised in a worker into a new one of the same type whose
+    message is the worker's traceback ("Caught X in DataLoader worker process 0 ..."); a
+    radiobject dataset returns this instead, so the loop gets the very error (type, message
+    and notes) it gets with ``num_workers=0``. An error that does not survive pickling is
+    raised in the worker (DataLoader's way).
 
-    >>> import torch
-    >>> collate = TimedCollate(None)
-    >>> before = stage_counters().copy()
-    >>> tuple(collate([{"x": torch.zeros(2)}, {"x": torch.ones(2)}])["x"].shape)
-    (2, 2)
-    >>> (stage_counters() - before).batches
-    1
+    >>> import pickle
+    >>> failure = pickle.loads(pickle.dumps(WorkerFailure(KeyError("obs-1"))))
+    >>> raise_failure(failure)
+    Traceback (most recent call last):
+    ...
+    KeyError: 'obs-1'
     """
 
-    fn: Callable[[list[Any]], Any] | None = None
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
-    def __call__(self, batch: list[Any]) -> Any:
-        start = time.perf_counter_ns()
-        out = (self.fn or stack_collate)(batch)
-        stage_counters().add_collate(time.perf_counter_ns() - start)
-        from radiobject.ml._shared import sync_worker
 
-        sync_worker()
-        return out
+def worker_failure(error: Exception) -> WorkerFailure | None:
+    """``error`` to send in place of a batch, in a loader worker (else ``None``: raise it)."""
+    if get_worker_info() is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # it would not arrive: DataLoader's own report is better than none
+        return None
+    return WorkerFailure(error)
+
+
+def raise_failure(batch: Any) -> Any:
+    """``batch``, or the error a worker sent in its place (see :class:`WorkerFailure`)."""
+    if isinstance(batch, WorkerFailure):
+        error = batch.error
+        batch.error = None  # type: ignore[assignment]  # its traceback holds this frame
+        raise error
+    return batch

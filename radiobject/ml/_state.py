@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from radiobject._errors import ConfigurationError
 from radiobject.ml._recipe import LoaderRecipe
+from radiobject.ml._stages import raise_failure
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -243,7 +244,7 @@ class _Counting(Iterator[Any]):
 
     def __next__(self) -> Any:
         try:
-            batch = next(self._inner)
+            batch = raise_failure(next(self._inner))  # a worker's error, as in this process
         except StopIteration:
             self._pass.done = True
             raise

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from radiobject.config import get_config
-from radiobject.read._handles import open_array
-from radiobject.read._local_tier import auto_budget_mb, default_tier_dir
-from radiobject.storage._collection import VolumeCollection
+from radiobject.read import auto_budget_mb, default_tier_dir, open_array
+from radiobject.storage import VolumeCollection
 
 __all__ = ["auto_local_tier", "cohort_bytes"]
 

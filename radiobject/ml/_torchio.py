@@ -11,12 +11,12 @@ import numpy as np
 import tiledb
 import torch
 
-from radiobject._context import ContextRef, portable_ctx
-from radiobject.ml._dataset import Labels, align, as_collections, resolve_labels
+from radiobject._context import ContextRef, get_tiledb_ctx, portable_ctx
 from radiobject.ml._deps import require
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
-from radiobject.storage._collection import VolumeCollection
-from radiobject.storage._volume import Volume
+from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._subjects import Labels, align, as_collections, resolve_labels
+from radiobject.storage import Volume, VolumeCollection
 
 tio: Any = require("torchio")  # TorchIO ships no type information
 
@@ -24,15 +24,20 @@ __all__ = ["TileDBLabelMap", "TileDBScalarImage", "VolumeCollectionSubjectsDatas
 
 
 def read_tiledb_volume(
-    uri: str, _path: Any = None, *, ctx: ContextRef | None = None
+    uri: str,
+    _path: Any = None,
+    *,
+    ctx: ContextRef | None = None,
+    bounds: tuple[tuple[int, int], ...] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine.
 
     ``ctx`` is the context of the volume's collection (``None``: the settings in force);
-    a loading process that unpickled it builds its own with the same settings.
+    a loading process that unpickled it builds its own with the same settings. ``bounds``
+    (default: the whole volume) is the region read, as the dataset planned it.
     """
     vol = Volume(uri, ctx=ctx.get() if ctx is not None else None)
-    data = vol.to_numpy()
+    data = vol.read(bounds) if bounds is not None else vol.to_numpy()
     data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
     if data.dtype == np.uint16:
         data = data.astype(np.int32)
@@ -78,6 +83,9 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     :func:`~radiobject.ml.create_segmentation_dataloader` or
     :func:`~radiobject.ml.create_training_dataloader` (their loaders have ``state_dict``).
 
+    :meth:`plan` says what loading subject ``i`` reads (each of its whole volumes); the
+    subjects' readers are made from those plans, so a load reads exactly its plan.
+
     Args:
         collections: collection(s); each becomes an image keyed by its name.
         labels: per-volume labels, as in :class:`VolumeCollectionDataset`.
@@ -118,15 +126,48 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         refs = align(self.collections)
         values, self.classes = resolve_labels(labels, self.collections[0], refs)
         # the collections' contexts travel with the subjects to TorchIO's loading processes
-        ctxs = [portable_ctx(coll._ctx) for coll in self.collections]
+        self._ctxs = [portable_ctx(coll._ctx) for coll in self.collections]
+        self.refs = refs
         subjects = []
-        for ref in refs:
+        for index, ref in enumerate(refs):
             fields: dict[str, Any] = {"obs_subject_id": ref.obs_subject_id, "obs_id": ref.obs_id}
-            for coll, uri, ctx in zip(self.collections, ref.uris, ctxs, strict=True):
+            planned = self._planned(index)
+            for coll, ctx, (name, uri, bounds) in zip(
+                self.collections, self._ctxs, planned, strict=True
+            ):
                 kind = TileDBLabelMap if coll.is_mask else TileDBScalarImage
-                reader = functools.partial(read_tiledb_volume, uri, ctx=ctx)
-                fields[coll.name] = kind(uri, reader=reader)
+                reader = functools.partial(read_tiledb_volume, uri, ctx=ctx, bounds=bounds)
+                fields[name] = kind(uri, reader=reader)
             if values:
                 fields["label"] = values[ref.obs_id]
             subjects.append(tio.Subject(**fields))
         super().__init__(subjects, transform=transform)
+
+    def _planned(self, index: int) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
+        """``(image name, uri, bounds)`` of each volume subject ``index`` reads."""
+        ref = self.refs[index]
+        box = tuple((0, n) for n in ref.shape)
+        return [(c.name, uri, box) for c, uri in zip(self.collections, ref.uris, strict=True)]
+
+    def plan(self, key: int | tuple[int, int]) -> SamplePlan:
+        """What loading subject ``key`` reads (an index, or ``(epoch, index)``): whole volumes.
+
+        >>> import os, tempfile
+        >>> from radiobject.data import make_sample_radiobject
+        >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=1,
+        ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+        >>> from radiobject.ml import VolumeCollectionSubjectsDataset
+        >>> plan = VolumeCollectionSubjectsDataset([radi.T1w, radi.seg]).plan(0)
+        >>> [(r.name, r.bounds) for r in plan.reads]
+        [('T1w', ((0, 16), (0, 16), (0, 12))), ('seg', ((0, 16), (0, 16), (0, 12)))]
+        """
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        if not -len(self.refs) <= index < len(self.refs):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self.refs)} items")
+        index %= len(self.refs)
+        reads = tuple(
+            RegionRead(name, uri, get_tiledb_ctx() if ctx is None else ctx.get(), bounds)
+            for ctx, (name, uri, bounds) in zip(self._ctxs, self._planned(index), strict=True)
+        )
+        return SamplePlan((int(epoch), index), index, reads[0].bounds, reads)

@@ -24,7 +24,7 @@ from radiobject.config import RadiObjectConfig, configure
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
 from radiobject.ml._stages import StageCounters, stage_counters
-from radiobject.read._region import CacheCounters, block_cache
+from radiobject.read import CacheCounters, block_cache
 
 __all__ = [
     "default_start_method",

@@ -37,6 +37,7 @@ class CacheCounters:
     bytes_from_tier: int = 0
     tier_fills: int = 0
     bytes_to_tier: int = 0
+    tier_errors: int = 0  # entries the tier failed to open though present and intact
 
     def copy(self) -> CacheCounters:
         """A snapshot of the counters."""

@@ -28,7 +28,9 @@ Never wrong:
   not match (a half-replaced pair, a truncated or corrupt file) treats the entry as missing
   and fills it again. The check runs when a process opens an entry, not per read;
 - a folder that cannot be written (read-only, full disk) turns the tier off in that process
-  with one warning: reads go on from TileDB.
+  with one warning: reads go on from TileDB. So does an entry that is present and intact
+  (its CRC checks) but fails to open: that is blosc2 or the environment, not the entry, and
+  filling it again would rewrite whole volumes for nothing (counted in ``tier_errors``).
 
 The folder's size is bounded by ``ReadConfig.local_tier_mb``: before each write the least
 recently used entries (by modification time, touched when a process opens one) are removed.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -173,6 +176,11 @@ def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
     if _EXT_NDARRAY is False:
         ext = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
         _EXT_NDARRAY = ext if hasattr(ext, "get_slice_numpy") else None
+        if _EXT_NDARRAY is None:  # once per process: correct, ~20 µs slower per patch
+            logging.getLogger("radiobject.read").warning(
+                "this blosc2 has no blosc2_ext.NDArray.get_slice_numpy: the local tier "
+                "decodes through array[...] (slower); see tests/test_private_apis.py"
+            )
     ext = _EXT_NDARRAY
     if ext is not None and isinstance(array, ext):
         ext.get_slice_numpy(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
@@ -213,7 +221,13 @@ class LocalTier:
         return self.folder / f"{key}{_SUFFIX}", self.folder / f"{key}{_SIDECAR}"
 
     def open(self, key: str) -> Any | None:
-        """The entry ``key`` as a memory-mapped blosc2 array, or None if absent or invalid."""
+        """The entry ``key`` as a memory-mapped blosc2 array, or None if absent or invalid.
+
+        Absent or invalid means: no sidecar or data, a sidecar that does not parse, or data
+        whose size or CRC-32 differ from the sidecar's (fill it again). An intact entry that
+        blosc2 fails to open is not absent: the error propagates (the read path turns the
+        tier off, with one warning, and counts it).
+        """
         with self._lock:
             opened = self._open.get(key)
         if opened is not None:
@@ -221,19 +235,20 @@ class LocalTier:
         data, sidecar = self._paths(key)
         try:
             meta = json.loads(sidecar.read_text())
-            if data.stat().st_size != meta["size"] or _crc32(data) != meta["crc32"]:
+            size, crc, shape, dtype = meta["size"], meta["crc32"], meta["shape"], meta["dtype"]
+            if data.stat().st_size != size or _crc32(data) != crc:
                 return None  # truncated, corrupt, or being replaced: fill it again
-            blosc2 = _blosc2()
-            # one decoding thread: a patch's few blocks decode faster without blosc2's
-            # thread hand-offs (0.24 against 0.30 ms per 64³ patch on the 2-core machine)
-            one = blosc2.DParams(nthreads=1)
-            array = blosc2.open(str(data), mode="r", mmap_mode="r", dparams=one)
-            if tuple(array.shape) != tuple(meta["shape"]) or str(array.dtype) != meta["dtype"]:
-                return None
-            with contextlib.suppress(OSError):
-                os.utime(data)  # recently used: evicted last
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: absent
             return None
+        blosc2 = _blosc2()
+        # one decoding thread: a patch's few blocks decode faster without blosc2's
+        # thread hand-offs (0.24 against 0.30 ms per 64³ patch on the 2-core machine)
+        one = blosc2.DParams(nthreads=1)
+        array = blosc2.open(str(data), mode="r", mmap_mode="r", dparams=one)
+        if tuple(array.shape) != tuple(shape) or str(array.dtype) != dtype:
+            return None  # written by another version of the layout: fill it again
+        with contextlib.suppress(OSError):
+            os.utime(data)  # recently used: evicted last
         with self._lock:
             self._open[key] = (array, threading.Lock())
         return array
@@ -496,20 +511,26 @@ class _TierState:
         if pool is not None:
             pool.submit(lambda: None).result()  # one writer thread: runs after the others
 
-    def disable(self, tier: LocalTier, exc: BaseException) -> None:
+    def disable(
+        self, tier: LocalTier, exc: BaseException, failed: str = "cannot be written"
+    ) -> None:
         """Turn the tier off in this process; the next read warns (once per process).
 
         Called from the background writer: the warning waits for a reading thread, where
-        the caller's warning filters apply.
+        the caller's warning filters apply. ``failed`` says what went wrong.
         """
+        if failed == "cannot be written":
+            todo = "Free disk space, point ReadConfig.local_tier_dir at a writable folder"
+        else:
+            todo = "Check the installed blosc2 against radiobject's supported versions"
         with self.lock:
-            tier.broken = str(exc)
+            tier.broken = f"{type(exc).__name__}: {exc}"
             if not self.warned:
                 self.warned = True
                 self.warning = (
-                    f"radiobject's local read tier in {tier.folder} cannot be written ({exc}); "
-                    "reads go on from storage. Free disk space, point ReadConfig.local_tier_dir "
-                    "at a writable folder, or set ReadConfig(local_tier_mb=0) to turn it off"
+                    f"radiobject's local read tier in {tier.folder} {failed} "
+                    f"({tier.broken}); reads go on from storage. {todo}, or set "
+                    "ReadConfig(local_tier_mb=0) to turn it off"
                 )
 
     def warn_pending(self) -> None:

@@ -461,7 +461,28 @@ def _offer_tier(
         return
     state = tier_state()
     key = state.key(info.uri, handle.ctx)
-    state.submit(key, lambda: None if tier.open(key) else _write_tier(tier, cache, key, volume))
+
+    def offer() -> None:
+        if _tier_has(tier, cache, key) is False:
+            _write_tier(tier, cache, key, volume)
+
+    state.submit(key, offer)
+
+
+def _tier_has(tier: LocalTier, cache: BlockCache, key: str) -> bool | None:
+    """Whether entry ``key`` is in the tier (None: it failed to open, the tier is off now)."""
+    try:
+        return tier.open(key) is not None
+    except Exception as exc:  # an intact entry blosc2 cannot open: not absent (see open)
+        _tier_failed(tier, cache, exc)
+        return None
+
+
+def _tier_failed(tier: LocalTier, cache: BlockCache, exc: Exception) -> None:
+    """The tier failed to open or decode an intact entry: count it, turn it off, warn once."""
+    with cache._lock:
+        cache.counters.tier_errors += 1
+    tier_state().disable(tier, exc, failed="cannot read its intact entries")
 
 
 def _fetch_into_cache(
@@ -508,7 +529,12 @@ def _read_tier(
     """
     state = tier_state()
     key = state.key(info.uri, ctx)
-    out = tier.read(key, bounds)
+    try:
+        out = tier.read(key, bounds)
+    except Exception as exc:  # not a missing entry (that is None): see LocalTier.open
+        _tier_failed(tier, cache, exc)
+        state.warn_pending()  # a reading thread: warn now
+        return None
     with cache._lock:
         if out is not None:
             cache.counters.tier_hits += 1
@@ -518,7 +544,7 @@ def _read_tier(
     if out is None and state.worth_filling(key):
 
         def fill() -> None:
-            if tier.open(key) is not None:  # another process filled it meanwhile
+            if _tier_has(tier, cache, key) is not False:  # filled meanwhile, or failing
                 return
             volume = _query(handle, info, tuple((0, n) for n in info.shape))
             with cache._lock:

@@ -40,6 +40,8 @@ class CacheStats:
         bytes_from_tier: bytes of the regions served from the tier (decompressed).
         tier_fills: volumes written to the tier by this process.
         bytes_to_tier: bytes those volumes take on disk (compressed).
+        tier_errors: entries present and intact that the tier failed to open (e.g. a blosc2
+            that changed its API): the tier turns off in the process with one warning.
         size_bytes: bytes held by the cache at the end.
         capacity_bytes: the cache budget of this process.
 
@@ -67,6 +69,7 @@ class CacheStats:
     bytes_from_tier: int = 0
     tier_fills: int = 0
     bytes_to_tier: int = 0
+    tier_errors: int = 0
     size_bytes: int = 0
     capacity_bytes: int = 0
 

@@ -11,7 +11,8 @@ from typing import Any
 import ipywidgets as w
 import traitlets as t
 
-from radiobject import TileDBStats, VolumeCollection, configure, get_config
+from radiobject import TileDBStats, VolumeCollection, get_config
+from radiobject import settings as scoped_settings
 from radiobject.ml import LoaderProbe, RadiObjectLoader
 
 from ._autotune import AutotuneResult, MemoryModel, settings_code
@@ -39,8 +40,9 @@ __all__ = ["LoaderTuner"]
 class LoaderTuner(w.VBox):
     """Run a loader with chosen settings in the background and watch it live.
 
-    Each run applies the read settings (``configure(read=..., s3=...)`` for the duration of
-    the run, process-wide), builds a loader, and measures it with
+    Each run applies the read settings to its own thread only (``radiobject.settings(read=...,
+    s3=...)``: the process settings, and a ``configure()`` made meanwhile, stay as they
+    are), builds a loader under them (which keeps them), and measures it with
     :class:`~radiobject.ml.LoaderProbe` in a background thread; the notebook stays
     responsive. Plots of samples/s, batch latency, cache hit rate and storage MB/s are
     redrawn at most every ``redraw_s`` seconds and never more often than keeps drawing
@@ -375,7 +377,8 @@ class LoaderTuner(w.VBox):
         loader = None
         try:
             s3 = {"max_parallel_ops": s.max_parallel_ops} if s.max_parallel_ops else None
-            with configure(read=s.read_config(), s3=s3):
+            # this thread's settings only: a loader built here keeps them (see settings())
+            with scoped_settings(read=s.read_config(), s3=s3):
                 kwargs = s.loader_kwargs()
                 if self._builtin:  # a user's make_loader gets the four core settings only
                     kwargs["persistent_workers"] = s.persistent_workers

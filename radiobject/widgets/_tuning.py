@@ -7,20 +7,43 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from ._autotune import AutotuneResult, Trial, coordinate_search
+from ._autotune import AutotuneResult, MemoryModel, Trial, coordinate_search
 from ._plots import format_number
 from ._runs import TunerRun, TunerSettings
-
-if TYPE_CHECKING:
-    from ._tuner import LoaderTuner
 
 __all__ = ["autotune_html", "run_autotune"]
 
 
+class Tuner(Protocol):
+    """What an auto-tune drives: a ``LoaderTuner`` (its runs, controls and state)."""
+
+    running: Any  # traits of the widget
+    status: Any
+    error: Any
+    code_box: Any
+    runs: list[TunerRun]
+    autotune_result: AutotuneResult | None
+    _tuning: bool
+    _stop_requested: bool
+    _thread: threading.Thread | None
+
+    def settings(self) -> TunerSettings:
+        """The controls' settings."""
+        ...
+
+    def memory_model(self) -> MemoryModel | None:
+        """The memory model of the runs so far."""
+        ...
+
+    def _work(self, run: TunerRun, last: bool = True) -> None: ...
+
+    def _show_autotune(self, result: AutotuneResult) -> None: ...
+
+
 def run_autotune(
-    tuner: LoaderTuner,
+    tuner: Tuner,
     time_budget_s: float,
     ram_budget_mb: float | None,
     *,

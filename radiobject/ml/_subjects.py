@@ -1,0 +1,130 @@
+"""Which volumes a dataset reads: collections matched by subject, and a label per volume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from radiobject._errors import AlignmentError, LabelError, RadiObjectError
+from radiobject.storage import VolumeCollection
+
+__all__ = ["Labels", "VolumeRef", "align", "as_collections", "resolve_labels", "to_tensor"]
+
+Labels = str | Mapping[str, Any] | pd.DataFrame | pd.Series | Callable[[str], Any] | None
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """What a dataset needs to read one subject: its volume URIs (one per channel) and shape."""
+
+    obs_id: str
+    obs_subject_id: str
+    uris: tuple[str, ...]
+    shape: tuple[int, ...]
+
+
+def as_collections(collections: Any) -> list[VolumeCollection]:
+    """One collection or a sequence of them, checked."""
+    if isinstance(collections, VolumeCollection):
+        return [collections]
+    out = list(collections) if isinstance(collections, (list, tuple)) else [collections]
+    for c in out:
+        if not isinstance(c, VolumeCollection):
+            raise RadiObjectError(
+                f"collections must be VolumeCollection objects (e.g. radi.T1w), got {type(c)!r}"
+            )
+    if not out:
+        raise RadiObjectError("at least one collection is needed")
+    return out
+
+
+def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
+    """Match the volumes of several collections by subject (the first collection leads)."""
+    first = collections[0]
+    tables = []
+    for coll in collections:
+        obs = coll.obs_columns("obs_subject_id", "volume", "shape")
+        if coll is first and len(obs) == 0:
+            raise RadiObjectError(f"collection {first.name!r} has no volumes to load")
+        obs["uri"] = [coll.uri + "/" + v for v in obs["volume"]]
+        tables.append(obs.set_index("obs_subject_id"))
+    refs = []
+    lead = tables[0]
+    rows = lead[["uri", "shape", "obs_id"]].to_dict("records")
+    for sid, row in zip(lead.index, rows, strict=True):
+        uris, shape = [row["uri"]], str(row["shape"])
+        for coll, table in zip(collections[1:], tables[1:], strict=True):
+            if sid not in table.index:
+                raise AlignmentError(
+                    f"subject {sid!r} has a {first.name!r} volume but none in {coll.name!r}; "
+                    f"filter the collections to the same subjects"
+                )
+            other = table.loc[sid]
+            if str(other["shape"]).split(",")[:3] != shape.split(",")[:3]:
+                raise AlignmentError(
+                    f"subject {sid!r}: {first.name!r} has shape {shape} but {coll.name!r} has "
+                    f"{other['shape']}; channels must share a grid"
+                )
+            uris.append(other["uri"])
+        dims = tuple(int(v) for v in shape.split(","))
+        refs.append(VolumeRef(str(row["obs_id"]), str(sid), tuple(uris), dims))
+    return refs
+
+
+def resolve_labels(
+    labels: Labels, collection: VolumeCollection, refs: Sequence[VolumeRef]
+) -> tuple[dict[str, Any], list[Any] | None]:
+    """Label per obs_id, and the class names when labels were strings (encoded as indices)."""
+    if labels is None:
+        return {}, None
+    if isinstance(labels, str):
+        series = collection.column(labels)
+        values = {r.obs_id: series.get(r.obs_id) for r in refs}
+    elif isinstance(labels, pd.Series):
+        values = _lookup(labels.to_dict(), refs)
+    elif isinstance(labels, pd.DataFrame):
+        key = next((k for k in ("obs_id", "obs_subject_id") if k in labels.columns), None)
+        frame = labels.set_index(key) if key else labels
+        if frame.shape[1] != 1:
+            raise LabelError(
+                f"a labels DataFrame needs one label column besides obs_id/obs_subject_id; "
+                f"got columns {list(frame.columns)}"
+            )
+        values = _lookup(frame.iloc[:, 0].to_dict(), refs)
+    elif isinstance(labels, Mapping):
+        values = _lookup(dict(labels), refs)
+    elif callable(labels):
+        values = {r.obs_id: labels(r.obs_id) for r in refs}
+    else:
+        raise LabelError(
+            f"labels must be a column name, dict, DataFrame or callable, got {labels!r}"
+        )
+    missing = [k for k, v in values.items() if v is None or (isinstance(v, float) and np.isnan(v))]
+    if missing:
+        raise LabelError(
+            f"no label for volume(s) {missing[:5]} of collection {collection.name!r}; give every "
+            "volume a label or filter the collection first"
+        )
+    classes = None
+    if any(isinstance(v, str) for v in values.values()):
+        classes = sorted({str(v) for v in values.values()})
+        values = {k: classes.index(str(v)) for k, v in values.items()}
+    return values, classes
+
+
+def _lookup(mapping: dict[Any, Any], refs: Sequence[VolumeRef]) -> dict[str, Any]:
+    return {r.obs_id: mapping.get(r.obs_id, mapping.get(r.obs_subject_id)) for r in refs}
+
+
+def to_tensor(value: Any) -> Any:
+    """A label as a tensor (integers as int64, floats as float32); anything else as it is."""
+    if isinstance(value, (int, np.integer, bool)):
+        return torch.tensor(int(value))
+    if isinstance(value, (float, np.floating)):
+        return torch.tensor(float(value), dtype=torch.float32)
+    return value
