@@ -21,6 +21,7 @@ PUBLIC_API = [
     "AlignmentError",
     "AlreadyExistsError",
     "CacheStats",
+    "CoarseLevel",
     "CompressionConfig",
     "Compressor",
     "ConfigurationError",

@@ -17,7 +17,7 @@ import numpy as np
 import tiledb
 
 from radiobject._errors import ConfigurationError
-from radiobject.storage._collection import VolumeCollection
+from radiobject.storage import VolumeCollection
 
 __all__ = [
     "LoaderParams",

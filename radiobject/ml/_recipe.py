@@ -13,17 +13,18 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
+
+from torch.utils.data import DataLoader
 
 from radiobject._errors import ConfigurationError
 from radiobject.ml._config import DatasetConfig, LoadingMode
 
-if TYPE_CHECKING:
-    from radiobject.ml._state import RadiObjectLoader
-
 __all__ = ["LoaderRecipe", "recorded"]
 
 P = ParamSpec("P")
+# the loaders the factories return (``RadiObjectLoader``, which holds a ``recipe``)
+L = TypeVar("L", bound="DataLoader[Any]")
 
 # what every factory passes on to its DataLoader through ``**loader_kwargs`` (build_loader's)
 LOADER_OPTIONS = frozenset(
@@ -60,7 +61,7 @@ class LoaderRecipe:
     (8, (12, 12, 8), 'diagnosis')
     """
 
-    factory: Callable[..., RadiObjectLoader]
+    factory: Callable[..., DataLoader[Any]]
     arguments: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,7 +85,7 @@ class LoaderRecipe:
         """Whether the factory has a parameter ``name`` (e.g. ``"patches_per_volume"``)."""
         return name in self.parameters
 
-    def build(self, **changes: Any) -> RadiObjectLoader:
+    def build(self, **changes: Any) -> DataLoader[Any]:
         """A new loader from the factory, with ``changes`` to the recorded arguments."""
         arguments = dict(self.arguments)
         config = arguments.get("config")
@@ -119,14 +120,12 @@ def _with_patches(config: DatasetConfig, patch_size: Any, per_volume: Any) -> Da
     return replace(config, loading_mode=mode, patch_size=patch_size, patches_per_volume=per_volume)
 
 
-def recorded(
-    factory: Callable[P, RadiObjectLoader],
-) -> Callable[P, RadiObjectLoader]:
+def recorded(factory: Callable[P, L]) -> Callable[P, L]:
     """Make ``factory`` record its call as the :class:`LoaderRecipe` of each loader it returns."""
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
-    def call(*args: P.args, **kwargs: P.kwargs) -> RadiObjectLoader:
+    def call(*args: P.args, **kwargs: P.kwargs) -> L:
         loader = factory(*args, **kwargs)
         arguments: dict[str, Any] = {}
         for name, value in signature.bind(*args, **kwargs).arguments.items():

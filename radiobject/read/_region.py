@@ -19,6 +19,7 @@ import numpy as np
 import tiledb
 from cachetools import LRUCache
 
+from radiobject._errors import NotFoundError
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import get_config
@@ -190,6 +191,12 @@ def _after_query() -> None:
 
 def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     try:
+        return _query_once(handle, info, bounds)
+    except NotFoundError:
+        # a handle kept open on an array removed or rewritten since: open it anew, so the
+        # read (or its error, "could not open volume") is what a fresh process gets
+        forget_array(info.uri)
+        handle, info = open_array(info.uri, handle.ctx)
         return _query_once(handle, info, bounds)
     finally:
         _after_query()
