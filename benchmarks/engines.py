@@ -47,6 +47,7 @@ class Engine:
     label: str
     copy: str  # the folder in Copies it reads
     build: Callable[[Copies, Spec], Any]
+    modules: tuple[str, ...] = ()  # imported before the clock starts (importing is not training)
 
 
 # -- the plan: positions as a pure function of (seed, epoch, index) --------------------------------
@@ -337,24 +338,27 @@ def radiobject_finish() -> None:
     tier_state().flush()
 
 
+MONAI = ("monai.data", "monai.transforms")
 ENGINES = {
     e.name: e
     for e in (
         Engine("radiobject", "radiobject `create_training_dataloader` (defaults)", "radiobject",
-               RadiobjectBatches),
+               RadiobjectBatches, ("radiobject.ml",)),
         Engine("npy", "`.npy` memmap", "npy", _npy),
         Engine("nnunet", "blosc2 as nnU-Net v2 writes and opens it (ZSTD 8)", "b2-nnunet",
-               _nnunet("b2-nnunet")),
-        Engine("b2-lz4hc", "blosc2 LZ4HC, 64³ chunks, held open", "b2-lz4hc", _b2_lz4hc),
-        Engine("tensorstore", "tensorstore zarr3 sharded, cache pool", "zarr3", _tensorstore),
-        Engine("zarr", "zarr-python v3 sharded, 32³ inner chunks", "zarr3", _zarr),
+               _nnunet("b2-nnunet"), ("blosc2",)),
+        Engine("b2-lz4hc", "blosc2 LZ4HC, 64³ chunks, held open", "b2-lz4hc", _b2_lz4hc,
+               ("blosc2",)),
+        Engine("tensorstore", "tensorstore zarr3 sharded, cache pool", "zarr3", _tensorstore,
+               ("tensorstore",)),
+        Engine("zarr", "zarr-python v3 sharded, 32³ inner chunks", "zarr3", _zarr, ("zarr",)),
         Engine("monai-persistent", "MONAI `PersistentDataset` + `RandSpatialCropSamplesd`", "nii",
-               _monai(persistent=True)),
+               _monai(persistent=True), MONAI),
         Engine("monai-cache", "MONAI `CacheDataset` + `RandSpatialCropSamplesd`", "nii",
-               _monai(persistent=False)),
-        Engine("torchio", "TorchIO `Queue` + `UniformSampler`", "nii", _torchio),
+               _monai(persistent=False), MONAI),
+        Engine("torchio", "TorchIO `Queue` + `UniformSampler`", "nii", _torchio, ("torchio",)),
         Engine("nnunet-f32", "nnU-Net v2 blosc2 as it ships (float32)", "b2-nnunet-f32",
-               _nnunet("b2-nnunet-f32")),
+               _nnunet("b2-nnunet-f32"), ("blosc2",)),
     )
 }  # fmt: skip
 

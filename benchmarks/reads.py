@@ -91,6 +91,16 @@ def reader(engine: str, c: Copies, patch: int) -> tuple[_Reader, Callable[[], No
 
 ENGINES = ("radiobject", "npy", "b2-lz4hc", "nnunet", "tensorstore", "zarr",
            "radiobject-axial", "zarr-axial")  # fmt: skip
+LABELS = {
+    "radiobject": "radiobject, default tiles (`Volume[...]`, `to_numpy`, `axial`)",
+    "npy": "`.npy` memmap",
+    "b2-lz4hc": "blosc2 LZ4HC, 64³ chunks, held open",
+    "nnunet": "blosc2 as nnU-Net v2 writes it (ZSTD 8)",
+    "tensorstore": "tensorstore zarr3 sharded (no cache pool)",
+    "zarr": "zarr-python v3 sharded, 32³ inner chunks",
+    "radiobject-axial": "radiobject, axial tiles (a slice-layout copy)",
+    "zarr-axial": "zarr-python v3 sharded, one plane per inner chunk (a slice-layout copy)",
+}
 COPY_OF = {"radiobject": "radiobject", "npy": "npy", "b2-lz4hc": "b2-lz4hc",
            "nnunet": "b2-nnunet", "tensorstore": "zarr3", "zarr": "zarr3",
            "radiobject-axial": "radiobject-axial", "zarr-axial": "zarr3-axial"}  # fmt: skip

@@ -15,6 +15,7 @@ the bytes on disk of the copy plus whatever the loader built.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -143,6 +144,10 @@ def run_loader_row(row: Row, copies: Any, scratch: Path) -> Record:
     spec = engines.Spec(row.per, row.workers, budget, row.seed, row.patch, 4, str(scratch))
     rec = Record(asdict(row), row.key, machine=_machine())
     rec.metrics.update(_prepare_page_cache(row, copies, engine.copy))
+    t_import = time.perf_counter()
+    for module in engine.modules:
+        importlib.import_module(module)
+    rec.metrics["import_s"] = time.perf_counter() - t_import
     per_epoch = copies.n * row.per
     epochs: list[float] = []
     memory: dict[str, float] = {}

@@ -46,11 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--suites", default=",".join(SUITES), help=f"subset of {','.join(SUITES)}")
     p.add_argument("--engines", default=",".join(ENGINE_NAMES), help="subset of the loaders")
-    p.add_argument("--quick", action="store_true", help="tiny cohort, 3 epochs, 1 process a row")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny cohort, 2 epochs, 4 patches per volume, 0 workers, 1 process per row",
+    )
     p.add_argument("--subjects", type=int, default=None, help="volumes (24; 4 with --quick)")
     p.add_argument("--shape", default=None, help="volume grid (240x240x155; 72x72x68 quick)")
     p.add_argument("--patch", type=int, default=None, help="patch edge (64; 32 with --quick)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per loader row (10; 3)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per loader row (10; 2)")
     p.add_argument("--repeats", type=int, default=None, help="processes per row (3; 1 quick)")
     p.add_argument("--per", default="4,20", help="patches per volume of the loader rows")
     p.add_argument("--workers", default="0,2", help="worker counts tried in the fits suite")
@@ -67,8 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.shape = tuple(int(s) for s in (args.shape or ("72x72x68" if q else "240x240x155"))
                        .lower().split("x"))  # fmt: skip
     args.patch = args.patch or (32 if q else 64)
-    args.epochs = args.epochs or (3 if q else 10)
+    args.epochs = args.epochs or (2 if q else 10)
     args.repeats = args.repeats or (1 if q else 3)
+    if q:  # one loader row per engine and suite: the smoke run checks every path, not speed
+        args.per = args.per if args.per != "4,20" else "4"
+        args.workers = args.workers if args.workers != "0,2" else "0"
     return args
 
 
