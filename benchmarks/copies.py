@@ -4,7 +4,9 @@ One cohort (``radiobject.data``'s whole-number T1w phantoms, which radiobject st
 uint16) and, in the same dtype, each peer's copy as that peer is at its best:
 
 - ``npy/``: raw ``.npy`` (memory-mapped by the loader);
-- ``nii/``: uncompressed ``.nii`` (what MONAI and TorchIO read fastest: no gzip step);
+- ``nii/``: uncompressed ``.nii`` (what MONAI and TorchIO read fastest: no gzip step), in
+  int16 when the voxels fit (torch has no uint16 arithmetic: MONAI and TorchIO widen uint16
+  to int32, twice the bytes in their caches; int16 holds the same voxels in radiobject's 2 bytes);
 - ``b2-nnunet/``: blosc2 as nnU-Net v2's preprocessing writes a case: shape ``(1, x, y, z)``,
   ZSTD level 8 with blosc2's default byte shuffle, chunks and blocks from nnU-Net's cache rule
   (:func:`nnunet_blosc2_layout`);
@@ -35,6 +37,7 @@ MODALITY = "T1w"
 SEED = 0
 L1_BYTES = 32 * 1024  # nnU-Net's cache sizes per core (an old Xeon's; it targets 80% of each)
 L3_BYTES = 1441792
+LAYOUT_VERSION = 2  # in the folder name: a change of the copies writes them again
 AXIAL_VOLUMES = 4  # volumes in slice layouts (the reads suite reads these only)
 
 # each engine's copy: folder name, what the loader rows read
@@ -60,6 +63,7 @@ class Copies:
     shape: tuple[int, int, int]
     dtype: str  # what radiobject stores (and every peer but nnU-Net's float32 copy)
     obs_ids: tuple[str, ...]  # volume i of every copy is radiobject's obs_ids[i]
+    nii_dtype: str  # the .nii copy's dtype (what MONAI and TorchIO hold)
 
     @property
     def radi_uri(self) -> str:
@@ -175,6 +179,15 @@ def _nifti(path: Path, volume: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(volume, np.eye(4)), str(path))
 
 
+def _nii_dtype(volumes: list[Any]) -> str:
+    """int16 when every voxel fits it (torch computes in int16, not in uint16), else stored."""
+    stored = volumes[0].stored_dtype
+    top = np.iinfo(np.int16).max
+    if stored == np.uint16 and all(np.max(v.to_numpy(dtype=stored)) <= top for v in volumes):
+        return "int16"
+    return str(stored.name)
+
+
 def _write_copies(c: Copies, volumes: list[Any], patch: int) -> None:
     from radiobject import SliceOrientation, TileConfig, Volume
 
@@ -187,7 +200,7 @@ def _write_copies(c: Copies, volumes: list[Any], patch: int) -> None:
         if not np.array_equal(data, vol.to_numpy()):
             raise RuntimeError(f"volume {i}: the cohort is not whole numbers in {data.dtype}")
         np.save(c.path("npy", i), data)
-        _nifti(c.path("nii", i), data)
+        _nifti(c.path("nii", i), data.astype(c.nii_dtype))
         _blosc2_nnunet(c.path("b2-nnunet", i), data, patch)
         _blosc2_nnunet(c.path("b2-nnunet-f32", i), data.astype(np.float32), patch)
         _blosc2_lz4hc(c.path("b2-lz4hc", i), data)
@@ -211,11 +224,11 @@ def prepare(
     shape3 = tuple(int(s) for s in shape)
     if len(shape3) != 3 or min(shape3) < patch:
         raise SystemExit(f"the shape needs three sizes >= the patch ({patch}), got {shape3}")
-    root = Path(workdir) / f"cohort-{n}x{'x'.join(map(str, shape3))}-p{patch}"
+    root = Path(workdir) / f"cohort{LAYOUT_VERSION}-{n}x{'x'.join(map(str, shape3))}-p{patch}"
     manifest = root / "manifest.json"
     if manifest.exists():
         info = json.loads(manifest.read_text())
-        return Copies(root, n, shape3, info["dtype"], tuple(info["obs_ids"]))  # type: ignore[arg-type]
+        return Copies(root, n, shape3, info["dtype"], tuple(info["obs_ids"]), info["nii_dtype"])  # type: ignore[arg-type]
     if log:
         print(f"writing the cohort ({n} x {shape3}) and its copies in {root}", flush=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -228,9 +241,11 @@ def prepare(
     coll = RadiObject(str(root / "radiobject")).collection(MODALITY)
     obs_ids = tuple(coll.obs_ids)
     volumes = [Volume(coll.volume_uri(o)) for o in obs_ids]
-    c = Copies(root, n, shape3, volumes[0].stored_dtype.name, obs_ids)  # type: ignore[arg-type]
+    stored = volumes[0].stored_dtype.name
+    c = Copies(root, n, shape3, stored, obs_ids, _nii_dtype(volumes))  # type: ignore[arg-type]
     _write_copies(c, volumes, patch)
-    manifest.write_text(json.dumps({"dtype": c.dtype, "obs_ids": list(obs_ids)}))
+    info = {"dtype": c.dtype, "nii_dtype": c.nii_dtype, "obs_ids": list(obs_ids)}
+    manifest.write_text(json.dumps(info))
     if log:
         print(f"  written in {time.perf_counter() - t:.0f} s", flush=True)
     return c

@@ -243,7 +243,7 @@ def _monai(persistent: bool) -> Callable[[Copies, Spec], DataLoader]:
         if spec.per % draws or spec.batch % draws:
             raise SystemExit(f"MONAI rows need per ({spec.per}) and batch to share {draws}")
         transform = Compose([
-            LoadImaged("image", dtype=np.dtype(c.dtype), ensure_channel_first=True),  # cached
+            LoadImaged("image", dtype=np.dtype(c.nii_dtype), ensure_channel_first=True),  # cached
             RandSpatialCropSamplesd("image", roi_size=(spec.patch,) * 3, num_samples=draws,
                                     random_size=False),
             CastToTyped("image", dtype=np.float32),

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fits" in suites:
         planned += schedule(args, "fits-rest", {})
     est = estimate_s(planned, args.repeats)
-    cohort_missing = not any(Path(args.workdir).glob(f"cohort-{args.subjects}x*/manifest.json"))
+    cohort_missing = not any(Path(args.workdir).glob(f"cohort*-{args.subjects}x*/manifest.json"))
     write_s = 8.0 * args.subjects * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
     print(f"machine: {machine.describe()}", flush=True)
     print(f"{len(planned)} rows x {args.repeats} processes; estimated {est / 60:.0f} min"
