@@ -15,7 +15,9 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
   radiobject's own local tier: the fastest blosc2 we know for random 64³ patches);
 - ``zarr3/``: zarr v3 sharded (one shard per volume, 32³ inner chunks, blosc LZ4 + shuffle),
   written by zarr-python and read by both zarr-python and tensorstore;
-- ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only).
+- ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only);
+- ``seg-nii/``: the ``seg`` masks as uncompressed ``.nii`` (what a loader without a stored
+  foreground index reads to find the foreground).
 
 ``manifest.json`` is written last: a folder without it is written again.
 """
@@ -37,7 +39,7 @@ MODALITY = "T1w"
 SEED = 0
 L1_BYTES = 32 * 1024  # nnU-Net's cache sizes per core (an old Xeon's; it targets 80% of each)
 L3_BYTES = 1441792
-LAYOUT_VERSION = 2  # in the folder name: a change of the copies writes them again
+LAYOUT_VERSION = 3  # in the folder name: a change of the copies writes them again
 AXIAL_VOLUMES = 4  # volumes in slice layouts (the reads suite reads these only)
 
 # each engine's copy: folder name, what the loader rows read
@@ -51,6 +53,7 @@ FOLDERS = {
     "zarr3": "zarr3",
     "radiobject-axial": "radiobject-axial",
     "zarr3-axial": "zarr3-axial",
+    "seg-nii": "seg-nii",
 }
 
 
@@ -73,7 +76,13 @@ class Copies:
         return self.root / FOLDERS[name]
 
     def path(self, name: str, i: int) -> Path:
-        ext = {"npy": ".npy", "nii": ".nii", "zarr3": ".zarr", "zarr3-axial": ".zarr"}
+        ext = {
+            "npy": ".npy",
+            "nii": ".nii",
+            "seg-nii": ".nii",
+            "zarr3": ".zarr",
+            "zarr3-axial": ".zarr",
+        }
         return self.folder(name) / f"{i:03d}{ext.get(name, '.b2nd')}"
 
     @property
@@ -188,7 +197,7 @@ def _nii_dtype(volumes: list[Any]) -> str:
     return str(stored.name)
 
 
-def _write_copies(c: Copies, volumes: list[Any], patch: int) -> None:
+def _write_copies(c: Copies, volumes: list[Any], masks: list[Any], patch: int) -> None:
     from radiobject import SliceOrientation, TileConfig, Volume
 
     for name in FOLDERS:
@@ -212,6 +221,8 @@ def _write_copies(c: Copies, volumes: list[Any], patch: int) -> None:
                 tile=TileConfig(orientation=SliceOrientation.AXIAL),
             )
             _zarr3(c.path("zarr3-axial", i), data, (data.shape[0], data.shape[1], 1))
+    for i, mask in enumerate(masks):
+        _nifti(c.path("seg-nii", i), mask.to_numpy(dtype=mask.stored_dtype))
 
 
 def prepare(
@@ -243,7 +254,11 @@ def prepare(
     volumes = [Volume(coll.volume_uri(o)) for o in obs_ids]
     stored = volumes[0].stored_dtype.name
     c = Copies(root, n, shape3, stored, obs_ids, _nii_dtype(volumes))  # type: ignore[arg-type]
-    _write_copies(c, volumes, patch)
+    seg = RadiObject(str(root / "radiobject")).collection("seg")
+    by_subject = dict(zip(seg.obs_subject_ids, seg.obs_ids, strict=True))
+    subjects = dict(zip(coll.obs_ids, coll.obs_subject_ids, strict=True))
+    masks = [Volume(seg.volume_uri(by_subject[subjects[o]])) for o in obs_ids]
+    _write_copies(c, volumes, masks, patch)
     info = {"dtype": c.dtype, "nii_dtype": c.nii_dtype, "obs_ids": list(obs_ids)}
     manifest.write_text(json.dumps(info))
     if log:

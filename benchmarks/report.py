@@ -71,7 +71,8 @@ METRIC: dict[str, Getter] = {
     "file": lambda r: r["metrics"]["pss_mb"].get("file", float("nan")),
     "disk": lambda r: r["metrics"]["copy_mb"] + r["metrics"]["built_mb"],
 }
-LOWER_IS_BETTER = {"train_s", "pss", "anon", "file", "disk", "roi_ms", "volume_ms", "axial_ms"}
+LOWER_IS_BETTER = {"train_s", "pss", "anon", "file", "disk", "roi_ms", "volume_ms", "axial_ms",
+                   "seg_setup_ms"}  # fmt: skip
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -157,8 +158,25 @@ def workers_table(records: Records, suite: str, per: int, labels: dict[str, str]
     return _table(["loader", *[f"{w} workers: time to train (s)" for w in counts], "chosen"], out)
 
 
+def seg_table(records: Records, labels: dict[str, str]) -> list[str]:
+    groups = by_key([r for r in records if "seg_setup_ms" in r.get("metrics", {})])
+    # "radiobject" marks our row for _bold_winners
+    rows = [("radiobject" if rs[0]["row"]["engine"] == "seg-radiobject" else rs[0]["row"]["engine"],
+             {"seg_setup_ms": [r["metrics"]["seg_setup_ms"] for r in rs]})
+            for rs in groups.values()]  # fmt: skip
+    wins = _bold_winners(rows, ["seg_setup_ms"])
+    out = []
+    for e, vals in rows:
+        text = cell(vals["seg_setup_ms"])
+        label = labels.get("seg-radiobject" if e == "radiobject" else e, e)
+        bold = (e, "seg_setup_ms") in wins
+        out.append([label, str(len(vals["seg_setup_ms"])), f"**{text}**" if bold else text])
+    return _table(["segmentation loader set-up", "runs", "ms"], out) if out else []
+
+
 def reads_table(records: Records, labels: dict[str, str]) -> list[str]:
-    groups = by_key([r for r in records if r["row"]["kind"] == "reads"])
+    groups = by_key([r for r in records if r["row"]["kind"] == "reads"
+                     and "seg_setup_ms" not in r.get("metrics", {})])  # fmt: skip
     cols = ["roi_ms", "volume_ms", "axial_ms"]
     rows = []
     for rs in groups.values():
@@ -223,4 +241,8 @@ def render(records: Records) -> str:
         title = ("### reads (median ms per read; files in the page cache; radiobject's RAM "
                  "cache emptied before each read)")  # fmt: skip
         out += ["", title, "", *reads_table(records, READ_LABELS)]
+        seg = seg_table(records, READ_LABELS)
+        if seg:
+            out += ["", "### segmentation loader set-up (one per process, nothing opened before)",
+                    "", *seg]  # fmt: skip
     return "\n".join(out) + "\n"

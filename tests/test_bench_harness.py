@@ -183,3 +183,23 @@ def test_report_shows_median_min_max_and_bolds_only_wins(tmp_path):
     assert ours.endswith("| 60.0 |")  # disk: the copy and what the loader built, all alike
     assert "load average (1 min) at the start of each row: 0.50\u20132.50" in text
     assert "worker counts tried" in text
+
+
+def test_report_reads_and_segmentation_tables(tmp_path):
+    def rec(engine: str, metrics: dict) -> dict:
+        row = {"suite": "reads", "kind": "reads", "engine": engine, "per": 4, "workers": 0,
+               "n": 24, "shape": [240, 240, 155], "patch": 64, "epochs": 10}  # fmt: skip
+        machine = {"describe": "box: cpu, 2 cores", "loadavg_1m": 1.0}
+        return {"key": f"reads/{engine}", "row": row, "settings": {}, "machine": machine,
+                "metrics": metrics}  # fmt: skip
+
+    lines = [rec("radiobject", {"roi_ms": x, "volume_ms": 10.0, "axial_ms": 1.0}) for x in (1, 3)]
+    lines += [rec("zarr", {"roi_ms": 2.0, "volume_ms": 5.0, "axial_ms": 4.0})]
+    lines += [rec("seg-radiobject", {"seg_setup_ms": x}) for x in (30.0, 20.0, 40.0)]
+    lines += [rec("seg-scan", {"seg_setup_ms": 300.0})]
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    text = report.render(report.load(tmp_path))
+    ours = next(x for x in text.splitlines() if x.startswith("| radiobject, default tiles"))
+    assert "| 2 | 2.00 (1.00\u20133.00) | 10.0 | **1.00** |" in ours  # only the axial win bold
+    seg = next(x for x in text.splitlines() if x.startswith("| radiobject `create_segm"))
+    assert seg.endswith("| 3 | **30.0 (20.0\u201340.0)** |")
