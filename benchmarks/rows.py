@@ -47,6 +47,10 @@ class Row:
     reads: int = 40  # reads suite: reads per kind
     seed: int = 0
     repeat: int = 0
+    # torch's intra-op threads in the row's process (0: torch's default). 1, as in DataLoader
+    # workers: on a loaded 2-core machine, collating with 2 OpenMP threads took 3-12 ms a
+    # batch instead of 0.4 and capped the peers' loaders (default_collate) near 100 samples/s
+    torch_threads: int = 1
 
     @property
     def key(self) -> str:
@@ -204,6 +208,10 @@ def run_row(row: Row) -> Record:
         sys.path.insert(0, str(here))
     import copies as copies_mod
 
+    if row.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(row.torch_threads)
     scratch = Path(row.workdir) / "scratch" / f"{row.key.replace('/', '_')}-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

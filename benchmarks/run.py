@@ -35,10 +35,11 @@ from rows import Row  # noqa: E402
 SUITES = ("fits", "ltr", "reads")
 ENGINE_NAMES = ("radiobject", "npy", "nnunet", "b2-lz4hc", "tensorstore", "zarr",
                 "monai-persistent", "monai-cache", "torchio", "nnunet-f32")  # fmt: skip
-# rough samples/s on 2 cores (warm), for the time estimate only
-NOMINAL_RATE = {"radiobject": 1500, "npy": 2000, "nnunet": 800, "b2-lz4hc": 1500,
-                "tensorstore": 1000, "zarr": 300, "monai-persistent": 500, "monai-cache": 900,
-                "torchio": 300, "nnunet-f32": 600}  # fmt: skip
+# rough samples/s on 2 cores (warm, 64³ patches of 240x240x155 volumes; from a smoke run on a
+# loaded machine, scaled), for the time estimate only
+NOMINAL_RATE = {"radiobject": 2000, "npy": 2500, "nnunet": 600, "b2-lz4hc": 2500,
+                "tensorstore": 2500, "zarr": 250, "monai-persistent": 700, "monai-cache": 1500,
+                "torchio": 350, "nnunet-f32": 550}  # fmt: skip
 STARTUP_S = 4.0  # a fresh interpreter importing torch, radiobject and the engine's library
 
 
@@ -58,6 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="processes per row (3; 1 quick)")
     p.add_argument("--per", default="4,20", help="patches per volume of the loader rows")
     p.add_argument("--workers", default="0,2", help="worker counts tried in the fits suite")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads in "
+        "each row's process (1, as in DataLoader workers; 0: torch's default)",
+    )
     p.add_argument("--order", choices=("forward", "reverse", "shuffle"), default="forward")
     p.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) /
                                             "radiobject-bench"))  # fmt: skip
@@ -86,7 +94,8 @@ def _split(text: str) -> list[str]:
 def schedule(args: argparse.Namespace, suite: str, best: dict[str, int]) -> list[Row]:
     """The rows of one suite (one process each per repeat)."""
     base = Row(suite=suite, kind="loader", engine="", workdir=args.workdir, n=args.subjects,
-               shape=args.shape, patch=args.patch, epochs=args.epochs)  # fmt: skip
+               shape=args.shape, patch=args.patch, epochs=args.epochs,
+               torch_threads=args.torch_threads)  # fmt: skip
     engines = _split(args.engines)
     pers = [int(p) for p in _split(args.per)]
     rows: list[Row] = []
