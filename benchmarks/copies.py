@@ -19,7 +19,8 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
 - ``seg-nii/``: the ``seg`` masks as uncompressed ``.nii`` (what a loader without a stored
   foreground index reads to find the foreground).
 
-``manifest.json`` is written last: a folder without it is written again.
+``manifest.json`` is written last: a folder without it is written again (and one written
+without zarr-python installed, once it is: the zarr3 copies need it).
 """
 
 from __future__ import annotations
@@ -197,8 +198,17 @@ def _nii_dtype(volumes: list[Any]) -> str:
     return str(stored.name)
 
 
+def zarr_installed() -> bool:
+    """zarr-python writes the zarr3 copies (read by zarr-python and tensorstore)."""
+    import importlib.util
+
+    return importlib.util.find_spec("zarr") is not None
+
+
 def _write_copies(c: Copies, volumes: list[Any], masks: list[Any], patch: int) -> None:
     from radiobject import SliceOrientation, TileConfig, Volume
+
+    with_zarr = zarr_installed()
 
     for name in FOLDERS:
         if name != "radiobject":
@@ -213,14 +223,16 @@ def _write_copies(c: Copies, volumes: list[Any], masks: list[Any], patch: int) -
         _blosc2_nnunet(c.path("b2-nnunet", i), data, patch)
         _blosc2_nnunet(c.path("b2-nnunet-f32", i), data.astype(np.float32), patch)
         _blosc2_lz4hc(c.path("b2-lz4hc", i), data)
-        _zarr3(c.path("zarr3", i), data, (32, 32, 32))
+        if with_zarr:
+            _zarr3(c.path("zarr3", i), data, (32, 32, 32))
         if i < AXIAL_VOLUMES:
             Volume.from_numpy(
                 str(c.path("radiobject-axial", i)),
                 data,
                 tile=TileConfig(orientation=SliceOrientation.AXIAL),
             )
-            _zarr3(c.path("zarr3-axial", i), data, (data.shape[0], data.shape[1], 1))
+            if with_zarr:
+                _zarr3(c.path("zarr3-axial", i), data, (data.shape[0], data.shape[1], 1))
     for i, mask in enumerate(masks):
         _nifti(c.path("seg-nii", i), mask.to_numpy(dtype=mask.stored_dtype))
 
@@ -237,8 +249,8 @@ def prepare(
         raise SystemExit(f"the shape needs three sizes >= the patch ({patch}), got {shape3}")
     root = Path(workdir) / f"cohort{LAYOUT_VERSION}-{n}x{'x'.join(map(str, shape3))}-p{patch}"
     manifest = root / "manifest.json"
-    if manifest.exists():
-        info = json.loads(manifest.read_text())
+    info = json.loads(manifest.read_text()) if manifest.exists() else {}
+    if info and (info.get("zarr") or not zarr_installed()):
         return Copies(root, n, shape3, info["dtype"], tuple(info["obs_ids"]), info["nii_dtype"])  # type: ignore[arg-type]
     if log:
         print(f"writing the cohort ({n} x {shape3}) and its copies in {root}", flush=True)
@@ -259,7 +271,8 @@ def prepare(
     subjects = dict(zip(coll.obs_ids, coll.obs_subject_ids, strict=True))
     masks = [Volume(seg.volume_uri(by_subject[subjects[o]])) for o in obs_ids]
     _write_copies(c, volumes, masks, patch)
-    info = {"dtype": c.dtype, "nii_dtype": c.nii_dtype, "obs_ids": list(obs_ids)}
+    info = {"dtype": c.dtype, "nii_dtype": c.nii_dtype, "obs_ids": list(obs_ids),
+            "zarr": zarr_installed()}  # fmt: skip
     manifest.write_text(json.dumps(info))
     if log:
         print(f"  written in {time.perf_counter() - t:.0f} s", flush=True)

@@ -91,6 +91,17 @@ def reader(engine: str, c: Copies, patch: int) -> tuple[_Reader, Callable[[], No
 
 ENGINES = ("radiobject", "npy", "b2-lz4hc", "nnunet", "tensorstore", "zarr",
            "radiobject-axial", "zarr-axial", "seg-radiobject", "seg-scan")  # fmt: skip
+NEEDS = {"tensorstore": ("tensorstore", "zarr"), "zarr": ("zarr",), "zarr-axial": ("zarr",),
+         "seg-scan": ("nibabel",)}  # fmt: skip
+
+
+def available() -> list[str]:
+    """The read engines whose libraries are installed here."""
+    import importlib.util
+
+    return [e for e in ENGINES if all(importlib.util.find_spec(m) for m in NEEDS.get(e, ()))]
+
+
 LABELS = {
     "radiobject": "radiobject, default tiles (`Volume[...]`, `to_numpy`, `axial`)",
     "npy": "`.npy` memmap",

@@ -112,7 +112,7 @@ def schedule(args: argparse.Namespace, suite: str, best: dict[str, int]) -> list
     elif suite == "reads":
         import reads
 
-        rows += [replace(base, kind="reads", engine=e) for e in reads.ENGINES]
+        rows += [replace(base, kind="reads", engine=e) for e in reads.available()]
     return rows
 
 
@@ -127,6 +127,23 @@ def estimate_s(rows: list[Row], repeats: int) -> float:
         extra = 3.0 if r.engine.startswith(("monai", "torchio")) else 0.0
         total += STARTUP_S + extra + slow * samples / NOMINAL_RATE.get(r.engine, 500)
     return total * repeats
+
+
+def _missing_engines(engines: list[str]) -> dict[str, str]:
+    """Engines whose library is not importable here, with the missing module."""
+    import importlib.util
+
+    from engines import ENGINES
+
+    out = {}
+    for e in engines:
+        need = [m.split(".")[0] for m in ENGINES[e].modules]
+        if ENGINES[e].copy == "zarr3":
+            need.append("zarr")  # zarr-python writes the copy tensorstore reads too
+        gone = [m for m in need if importlib.util.find_spec(m) is None]
+        if gone:
+            out[e] = gone[0]
+    return out
 
 
 def run_one(row: Row) -> dict:
@@ -186,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"engines {ENGINE_NAMES}")  # fmt: skip
     import machine
 
+    missing = _missing_engines(_split(args.engines))
+    if missing:
+        print("skipped (not installed; pip install -e '.[bench]' -c benchmarks/constraints.txt): "
+              + ", ".join(f"{e} ({m})" for e, m in missing.items()), flush=True)  # fmt: skip
+        args.engines = ",".join(e for e in _split(args.engines) if e not in missing)
     planned = [r for s in suites for r in schedule(args, s, {})]
     if "fits" in suites:
         planned += schedule(args, "fits-rest", {})
