@@ -108,13 +108,17 @@ def _settings(row: Row, budget_mb: int) -> dict[str, Any]:
         "tier_dir_env": os.environ.get("RADIOBJECT_TIER_DIR", ""),
         "blosc2_nthreads": _blosc2_threads(),
     }
+    out["tier_auto_on"] = _tier_auto_mb() > 0  # its size (a share of free disk) is a metric
+    return out
+
+
+def _tier_auto_mb() -> int:
+    """The automatic tier's budget in this process (0: off; -1: not visible here)."""
     try:
         from radiobject.read._local_tier import tier_state
-
-        out["tier_auto_mb"] = tier_state().auto_mb
     except ImportError:
-        out["tier_auto_mb"] = None
-    return out
+        return -1
+    return int(tier_state().auto_mb)
 
 
 def _blosc2_threads() -> int:
@@ -189,6 +193,7 @@ def run_loader_row(row: Row, copies: Any, scratch: Path) -> Record:
         built_mb=_mb(scratch),
     )
     rec.settings = _settings(row, budget)
+    rec.metrics["tier_auto_mb"] = _tier_auto_mb()
     engines.release(loader)
     return rec
 
