@@ -205,6 +205,9 @@ def header(records: Records) -> list[str]:
         f"cohort: {row['n']} volumes of {'x'.join(map(str, row['shape']))}, patches of "
         f"{row['patch']}³, batches of 4; {len(ok)} row processes",
     ]
+    versions = ok[0]["machine"].get("versions", {})
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if errors:
         lines.append(f"FAILED rows: {', '.join(sorted({r['key'] for r in errors}))}")
     return lines

@@ -80,10 +80,23 @@ class Record:
     machine: dict[str, Any] = field(default_factory=dict)
 
 
+VERSIONED = ("radiobject", "tiledb", "torch", "numpy", "blosc2", "zarr", "tensorstore", "monai",
+             "torchio", "nibabel")  # fmt: skip
+
+
 def _machine() -> dict[str, Any]:
+    from importlib import metadata
+
     import machine
 
-    return {"describe": machine.describe(), "loadavg_1m": os.getloadavg()[0]}
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "-"
+    return {"describe": machine.describe(), "loadavg_1m": os.getloadavg()[0],
+            "versions": versions}  # fmt: skip
 
 
 def _budget_mb(row: Row, stored_mb: float) -> int:
