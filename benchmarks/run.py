@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print("skipped (not installed; pip install -e '.[bench]' -c benchmarks/constraints.txt): "
               + ", ".join(f"{e} ({m})" for e, m in missing.items()), flush=True)  # fmt: skip
         args.engines = ",".join(e for e in _split(args.engines) if e not in missing)
+    if "ltr" in suites and "fits" not in suites:
+        print("ltr without fits: every loader at 0 workers (--suites fits,ltr picks each "
+              "loader's best count first)", flush=True)  # fmt: skip
     planned = [r for s in suites for r in schedule(args, s, {})]
     if "fits" in suites:
         planned += schedule(args, "fits-rest", {})
