@@ -4,6 +4,7 @@ mode really evicts, every loader yields radiobject's voxels as float32, the repo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,6 +113,22 @@ def test_cold_mode_evicts_from_the_page_cache(tmp_path):
     assert osprobe.resident_fraction(path) < 0.1
     osprobe.warm([path])
     assert osprobe.resident_fraction(path) > 0.9
+
+
+def test_a_cold_row_evicts_every_engines_copy_and_a_warm_row_reads_its_own(cohort):
+    import rows
+
+    if osprobe._fs_type(cohort.root) in ("tmpfs", "ramfs"):
+        pytest.skip("the cohort is on tmpfs")
+    row = rows.Row(suite="ltr", kind="loader", engine="npy", workdir=str(cohort.root.parent),
+                   n=cohort.n, shape=cohort.shape, patch=PATCH, page_cache="cold")  # fmt: skip
+    files = [cohort.path("npy", 0), cohort.path("b2-lz4hc", 1), cohort.path("nii", 2)]
+    osprobe.warm(files)
+    rows._prepare_page_cache(row, cohort, "npy")
+    assert max(osprobe.resident_fraction(f) for f in files) < 0.1
+    rows._prepare_page_cache(dataclasses.replace(row, page_cache="warm"), cohort, "npy")
+    assert osprobe.resident_fraction(files[0]) > 0.9  # the row's own copy, read once
+    assert osprobe.resident_fraction(files[1]) < 0.1  # another engine's: left alone
 
 
 def test_pss_counts_this_process_and_its_children():
