@@ -161,6 +161,10 @@ def run_loader_row(row: Row, copies: Any, scratch: Path) -> Record:
     budget = _budget_mb(row, copies.stored_mb)
     if row.budget == "quarter":
         configure(read=ReadConfig(cache_mb=budget))  # the one setting changed: RAM cache
+        from radiobject import get_config
+
+        if get_config().read.cache_mb != budget:  # configure() no longer sets the default?
+            raise RuntimeError(f"configure(read=...) did not set cache_mb={budget} here")
     engine = engines.ENGINES[row.engine]
     spec = engines.Spec(row.per, row.workers, budget, row.seed, row.patch, 4, str(scratch))
     rec = Record(asdict(row), row.key, machine=_machine())
