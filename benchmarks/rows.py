@@ -113,7 +113,7 @@ def _settings(row: Row, budget_mb: int) -> dict[str, Any]:
 
     from radiobject import get_config
 
-    read = {k: v for k, v in vars(get_config().read).items() if not k.startswith("_")}
+    read = _fields(get_config().read)
     out: dict[str, Any] = {
         "read_config": json.loads(json.dumps(read, default=str)),
         "budget_mb": budget_mb,
@@ -132,6 +132,17 @@ def _tier_auto_mb() -> int:
     except ImportError:
         return -1
     return int(tier_state().auto_mb)
+
+
+def _fields(config: Any) -> dict[str, Any]:
+    """A settings object's fields (dataclass, pydantic model or plain object)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)  # type: ignore[arg-type]
+    if hasattr(config, "model_dump"):
+        return dict(config.model_dump())
+    return {k: v for k, v in vars(config).items() if not k.startswith("_")}
 
 
 def _blosc2_threads() -> int:
