@@ -16,6 +16,8 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
 - ``zarr3/``: zarr v3 sharded (one shard per volume, 32³ inner chunks, blosc LZ4 + shuffle),
   written by zarr-python and read by both zarr-python and tensorstore;
 - ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only);
+- ``nii-gz/``: ``.nii.gz`` in the stored dtype, for the disk table only (what scanner exports
+  and most datasets ship);
 - ``seg-nii/``: the ``seg`` masks as uncompressed ``.nii`` (what a loader without a stored
   foreground index reads to find the foreground).
 
@@ -40,7 +42,7 @@ MODALITY = "T1w"
 SEED = 0
 L1_BYTES = 32 * 1024  # nnU-Net's cache sizes per core (an old Xeon's; it targets 80% of each)
 L3_BYTES = 1441792
-LAYOUT_VERSION = 3  # in the folder name: a change of the copies writes them again
+LAYOUT_VERSION = 4  # in the folder name: a change of the copies writes them again
 AXIAL_VOLUMES = 4  # volumes in slice layouts (the reads suite reads these only)
 
 # each engine's copy: folder name, what the loader rows read
@@ -55,6 +57,7 @@ FOLDERS = {
     "radiobject-axial": "radiobject-axial",
     "zarr3-axial": "zarr3-axial",
     "seg-nii": "seg-nii",
+    "nii-gz": "nii-gz",
 }
 
 
@@ -80,6 +83,7 @@ class Copies:
         ext = {
             "npy": ".npy",
             "nii": ".nii",
+            "nii-gz": ".nii.gz",
             "seg-nii": ".nii",
             "zarr3": ".zarr",
             "zarr3-axial": ".zarr",
@@ -220,6 +224,7 @@ def _write_copies(c: Copies, volumes: list[Any], masks: list[Any], patch: int) -
             raise RuntimeError(f"volume {i}: the cohort is not whole numbers in {data.dtype}")
         np.save(c.path("npy", i), data)
         _nifti(c.path("nii", i), data.astype(c.nii_dtype))
+        _nifti(c.path("nii-gz", i), data)
         _blosc2_nnunet(c.path("b2-nnunet", i), data, patch)
         _blosc2_nnunet(c.path("b2-nnunet-f32", i), data.astype(np.float32), patch)
         _blosc2_lz4hc(c.path("b2-lz4hc", i), data)

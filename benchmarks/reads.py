@@ -90,7 +90,7 @@ def reader(engine: str, c: Copies, patch: int) -> tuple[_Reader, Callable[[], No
 
 
 ENGINES = ("radiobject", "npy", "b2-lz4hc", "nnunet", "tensorstore", "zarr",
-           "radiobject-axial", "zarr-axial", "seg-radiobject", "seg-scan")  # fmt: skip
+           "radiobject-axial", "zarr-axial", "seg-radiobject", "seg-scan", "disk")  # fmt: skip
 NEEDS = {"tensorstore": ("tensorstore", "zarr"), "zarr": ("zarr",), "zarr-axial": ("zarr",),
          "seg-scan": ("nibabel",)}  # fmt: skip
 
@@ -117,7 +117,7 @@ LABELS = {
 COPY_OF = {"radiobject": "radiobject", "npy": "npy", "b2-lz4hc": "b2-lz4hc",
            "nnunet": "b2-nnunet", "tensorstore": "zarr3", "zarr": "zarr3",
            "radiobject-axial": "radiobject-axial", "zarr-axial": "zarr3-axial",
-           "seg-radiobject": "radiobject", "seg-scan": "seg-nii"}  # fmt: skip
+           "seg-radiobject": "radiobject", "seg-scan": "seg-nii", "disk": "radiobject"}  # fmt: skip
 
 
 def segmentation_setup_ms(engine: str, c: Copies, patch: int) -> float:
@@ -146,6 +146,18 @@ def segmentation_setup_ms(engine: str, c: Copies, patch: int) -> float:
     return 1000 * (time.perf_counter() - t)
 
 
+DISK_COPIES = {
+    "radiobject": "radiobject (TileDB, uint16; its tier is in the loader tables)",
+    "nii-gz": "`.nii.gz`, same dtype",
+    "nii": "`.nii` uncompressed (MONAI, TorchIO)",
+    "npy": "`.npy`",
+    "b2-nnunet": "blosc2 nnU-Net v2 (ZSTD 8)",
+    "b2-nnunet-f32": "blosc2 nnU-Net v2, float32 as it ships",
+    "b2-lz4hc": "blosc2 LZ4HC",
+    "zarr3": "zarr v3 sharded (zarr-python, tensorstore)",
+}
+
+
 def run_reads_row(row: Any, c: Copies) -> Any:
     from dataclasses import asdict
 
@@ -154,6 +166,16 @@ def run_reads_row(row: Any, c: Copies) -> Any:
     rec = Record(asdict(row), row.key, machine=_machine())
     rec.metrics.update(_prepare_page_cache(row, c, COPY_OF[row.engine]))
     rec.settings = _settings(row, 0)
+    if row.engine == "disk":
+        from copies import dir_bytes
+
+        from radiobject import RadiObject
+
+        sizes = {k: dir_bytes(c.folder(k)) / 2**20 for k in DISK_COPIES}
+        # radiobject: the T1w collection alone (its volumes, obs and metadata; no seg)
+        sizes["radiobject"] = dir_bytes(RadiObject(c.radi_uri).collection("T1w").uri) / 2**20
+        rec.metrics["disk_mb"] = sizes
+        return rec
     if row.engine.startswith("seg-"):
         if row.engine == "seg-radiobject":  # the import is not the set-up
             import radiobject.ml  # noqa: F401

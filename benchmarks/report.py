@@ -174,9 +174,27 @@ def seg_table(records: Records, labels: dict[str, str]) -> list[str]:
     return _table(["segmentation loader set-up", "runs", "ms"], out) if out else []
 
 
+def disk_table(records: Records) -> list[str]:
+    """Bytes of each copy of the T1w volumes, and against the ``.nii.gz`` of the same dtype."""
+    from reads import DISK_COPIES
+
+    sizes = [r["metrics"]["disk_mb"] for r in records if "disk_mb" in r.get("metrics", {})]
+    if not sizes:
+        return []
+    gz = sizes[0]["nii-gz"]
+    out = []
+    for key, label in DISK_COPIES.items():
+        mb = sizes[0][key]
+        ratio = f"{mb / gz:.2f}x" if gz else "—"
+        best = key == "radiobject" and mb < min(v for k, v in sizes[0].items() if k != key)
+        text = f"**{fmt(mb)}**" if best else fmt(mb)
+        out.append([label, text, ratio])
+    return _table(["copy of the T1w volumes", "MB", "/ `.nii.gz`"], out)
+
+
 def reads_table(records: Records, labels: dict[str, str]) -> list[str]:
     groups = by_key([r for r in records if r["row"]["kind"] == "reads"
-                     and "seg_setup_ms" not in r.get("metrics", {})])  # fmt: skip
+                     and not {"seg_setup_ms", "disk_mb"} & set(r.get("metrics", {}))])  # fmt: skip
     cols = ["roi_ms", "volume_ms", "axial_ms"]
     rows = []
     for rs in groups.values():
@@ -244,6 +262,9 @@ def render(records: Records) -> str:
         title = ("### reads (median ms per read; files in the page cache; radiobject's RAM "
                  "cache emptied before each read)")  # fmt: skip
         out += ["", title, "", *reads_table(records, READ_LABELS)]
+        disk = disk_table(records)
+        if disk:
+            out += ["", "### disk (bytes of each copy; the same voxels)", "", *disk]
         seg = seg_table(records, READ_LABELS)
         if seg:
             out += ["", "### segmentation loader set-up (one per process, nothing opened before)",

@@ -215,9 +215,15 @@ def test_report_reads_and_segmentation_tables(tmp_path):
     lines += [rec("zarr", {"roi_ms": 2.0, "volume_ms": 5.0, "axial_ms": 4.0})]
     lines += [rec("seg-radiobject", {"seg_setup_ms": x}) for x in (30.0, 20.0, 40.0)]
     lines += [rec("seg-scan", {"seg_setup_ms": 300.0})]
+    sizes = {"radiobject": 27.0, "nii-gz": 36.0, "nii": 409.0, "npy": 409.0, "b2-nnunet": 30.0,
+             "b2-nnunet-f32": 80.0, "b2-lz4hc": 40.0, "zarr3": 41.0}  # fmt: skip
+    lines += [rec("disk", {"disk_mb": sizes})]
     (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     text = report.render(report.load(tmp_path))
     ours = next(x for x in text.splitlines() if x.startswith("| radiobject, default tiles"))
     assert "| 2 | 2.00 (1.00\u20133.00) | 10.0 | **1.00** |" in ours  # only the axial win bold
     seg = next(x for x in text.splitlines() if x.startswith("| radiobject `create_segm"))
     assert seg.endswith("| 3 | **30.0 (20.0\u201340.0)** |")
+    disk = next(x for x in text.splitlines() if x.startswith("| radiobject (TileDB"))
+    assert disk.endswith("| **27.0** | 0.75x |")
+    assert "| `.npy` | 409 | 11.36x |" in text
