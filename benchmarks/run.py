@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         planned += schedule(args, "fits-rest", {})
     est = estimate_s(planned, args.repeats)
     cohort_missing = not any(Path(args.workdir).glob(f"cohort*-{args.subjects}x*/manifest.json"))
-    write_s = 8.0 * args.subjects * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
+    write_s = 9.0 * args.subjects * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
     print(f"machine: {machine.describe()}", flush=True)
     print(f"{len(planned)} rows x {args.repeats} processes; estimated {est / 60:.0f} min"
           + (f" + about {write_s / 60:.0f} min to write the cohort" if cohort_missing else "")
