@@ -1,209 +1,272 @@
-"""Tables, ratios against the issue's targets, results.json and the bar plot."""
+"""The README's tables from a run's JSON lines: medians with min and max over processes.
+
+``python benchmarks/run.py --report benchmarks/results/<run>`` prints them (markdown). A cell
+reads ``median (min to max)``; bold marks a radiobject cell only where radiobject's median is the
+best of its column in that run.
+"""
 
 from __future__ import annotations
 
 import json
-import math
-import operator
-from dataclasses import dataclass
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from suites import ORIGINAL, RO, RO_AX_COLD, RO_COLD, RO_W2, Results
-from timing import Measure
-
-SECTIONS = {
-    "full_volume_ms": ("full-volume read", "ms", RO_COLD, "lower is better"),
-    "axial_slice_ms": ("axial slice read", "ms", RO_COLD, "lower is better"),
-    "roi_ms": ("random 64^3 ROI read", "ms", RO_COLD, "lower is better"),
-    "patches_20_per_volume": (
-        "patch loader, 20 patches/volume",
-        "samples/s",
-        RO,
-        "higher is better",
-    ),
-    "patches_1_per_volume": ("patch loader, 1 patch/volume", "samples/s", RO, "higher is better"),
-    "segmentation_setup_ms": ("segmentation loader set-up", "ms", RO, "lower is better"),
-    "segmentation_samples_per_s": ("segmentation loader, foreground sampling", "samples/s", "", ""),
-    "disk_mb": ("disk size of the T1w volumes", "MB", RO, "lower is better"),
-    "ingest_s": (
-        "ingest / write time of the T1w volumes",
-        "s",
-        "radiobject from_images",
-        "lower is better",
-    ),
-}
-COLD_LOADER = "radiobject, cold"
+Records = list[dict[str, Any]]
 
 
-def _row(results: Results, section: str, prefix: str) -> Measure | None:
-    rows = results.get(section, {})
-    if prefix in rows:
-        return rows[prefix]
-    return next((m for label, m in rows.items() if label.startswith(prefix)), None)
+def load(folder: str | Path) -> Records:
+    """Every record of every ``*.jsonl`` file in ``folder`` (or of the file itself)."""
+    p = Path(folder)
+    files = [p] if p.is_file() else sorted(p.glob("*.jsonl"))
+    out: Records = []
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+    return out
 
 
-def _value(results: Results, section: str, prefix: str) -> float:
-    m = _row(results, section, prefix)
-    return m.value if m is not None else math.nan
+def spread(values: Iterable[float]) -> tuple[float, float, float]:
+    """(min, median, max)."""
+    v = sorted(values)
+    return v[0], statistics.median(v), v[-1]
 
 
-# -- tables ---------------------------------------------------------------------------------------
-def _fmt(v: float) -> str:
-    if math.isnan(v):
+def fmt(x: float) -> str:
+    if x != x:  # nan
         return "—"
-    if v >= 100:
-        return f"{v:,.0f}"
-    return f"{v:.3g}" if v < 1 else f"{v:.2f}"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
 
 
-def _extras(m: Measure) -> str:
-    bits = []
-    if "hit_rate" in m.extra:
-        bits.append(f"hit rate {m.extra['hit_rate']:.2f}")
-    if "timed_batches" in m.extra:
-        bits.append(f"{m.extra['timed_batches']:g} batches")
-    if "first_batch_s" in m.extra:
-        bits.append(f"1st batch {m.extra['first_batch_s']:.2f} s")
-    if "note" in m.extra:
-        bits.append(str(m.extra["note"]))
-    if len(m.runs) > 1:
-        bits.append("runs " + "/".join(_fmt(r) for r in m.runs))
-    return "; ".join(bits)
+def cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    lo, mid, hi = spread(values)
+    same = fmt(lo) == fmt(hi)
+    return fmt(mid) if len(values) == 1 or same else f"{fmt(mid)} ({fmt(lo)}\u2013{fmt(hi)})"
 
 
-def section_table(results: Results, section: str) -> list[str]:
-    title, unit, ref, better = SECTIONS.get(section, (section, "", "", ""))
-    rows = results.get(section, {})
-    ref_m = _row(results, section, ref) if ref else None
-    head = f"{title} ({unit}{'; ' + better if better else ''})"
-    ratio_head = f"{ref} / row" if ref_m is not None else ""
-    lines = [head, f"  {'row':56s} {'value':>10s} {ratio_head:>26s}  notes"]
-    for label, m in rows.items():
-        ratio = ""
-        if ref_m is not None and m.runs and m.value:
-            ratio = f"{ref_m.value / m.value:.2f}x"
-        lines.append(f"  {label:56s} {_fmt(m.value):>10s} {ratio:>26s}  {_extras(m)}")
+def by_key(records: Records) -> dict[str, Records]:
+    out: dict[str, Records] = defaultdict(list)
+    for r in records:
+        if "error" not in r:
+            out[r["key"]].append(r)
+    return out
+
+
+Getter = Callable[[dict[str, Any]], float]
+METRIC: dict[str, Getter] = {
+    "train_s": lambda r: r["metrics"]["train_s"],
+    "first_rate": lambda r: r["metrics"]["first_rate"],
+    "steady_rate": lambda r: r["metrics"]["steady_rate"],
+    "pss": lambda r: r["metrics"]["pss_mb"].get("pss", float("nan")),
+    "anon": lambda r: r["metrics"]["pss_mb"].get("anon", float("nan")),
+    "file": lambda r: r["metrics"]["pss_mb"].get("file", float("nan")),
+    "disk": lambda r: r["metrics"]["copy_mb"] + r["metrics"]["built_mb"],
+}
+LOWER_IS_BETTER = {"train_s", "pss", "anon", "file", "disk", "roi_ms", "volume_ms", "axial_ms",
+                   "seg_setup_ms"}  # fmt: skip
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
 
 
-# -- targets --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Target:
-    """One of the issue's targets: ``num / den`` (or ``num`` alone) compared with ``bound``."""
-
-    label: str
-    num: tuple[str, str]
-    den: tuple[str, str] | None
-    op: str
-    bound: float
-    counts: bool = True  # False: shown for honesty, not the figure the issue asks for
-
-    def value(self, results: Results) -> float:
-        v = _value(results, *self.num)
-        return v / _value(results, *self.den) if self.den else v
-
-    def evaluate(self, results: Results) -> dict[str, Any]:
-        v = self.value(results)
-        ok = (
-            None
-            if math.isnan(v)
-            else {"<=": operator.le, ">=": operator.ge}[self.op](v, self.bound)
-        )
-        return {
-            "target": self.label,
-            "value": v,
-            "op": self.op,
-            "bound": self.bound,
-            "pass": ok,
-            "counts": self.counts,
-        }
+def _bold_winners(rows: list[tuple[str, dict[str, list[float]]]], cols: list[str]) -> set:
+    """(engine, column) cells where radiobject's median is strictly the best of the column."""
+    wins = set()
+    for col in cols:
+        meds = {e: statistics.median(v[col]) for e, v in rows if v.get(col)}
+        if "radiobject" not in meds or len(meds) < 2:
+            continue
+        ours = meds.pop("radiobject")
+        others = list(meds.values())
+        best = min(others) if col in LOWER_IS_BETTER else max(others)
+        if (ours < best) if col in LOWER_IS_BETTER else (ours > best):
+            wins.add(("radiobject", col))
+    return wins
 
 
-P20, P1 = "patches_20_per_volume", "patches_1_per_volume"
-TARGETS = (
-    Target("patch 20/vol: radiobject / TorchIO Queue", (P20, RO), (P20, "TorchIO Queue"), ">=", 2),
-    Target("patch 20/vol: radiobject / npy memmap", (P20, RO), (P20, "npy memmap"), ">=", 0.4),
-    Target("patch 1/vol: radiobject / zarr", (P1, RO), (P1, "zarr v3"), ">=", 2),
-    Target("patch 1/vol: radiobject / original", (P1, RO), (P1, ORIGINAL), ">=", 3),
-    Target("patch 20/vol: 2 workers / 0 workers", (P20, RO_W2), (P20, RO), ">=", 1.6),
-    Target("patch 1/vol: 2 workers / 0 workers", (P1, RO_W2), (P1, RO), ">=", 1.6),
-    Target("full volume: radiobject cold / zarr", ("full_volume_ms", RO_COLD),
-           ("full_volume_ms", "zarr v3"), "<=", 1),
-    Target("64^3 ROI: radiobject cold / zarr", ("roi_ms", RO_COLD), ("roi_ms", "zarr v3"), "<=",
-           0.5),
-    Target("axial slice, AXIAL tiles, cold (ms)", ("axial_slice_ms", RO_AX_COLD), None, "<=", 1),
-    Target("disk: radiobject / .nii.gz", ("disk_mb", RO), ("disk_mb", ".nii.gz"), "<=", 0.8),
-    Target("segmentation set-up, foreground index (ms)", ("segmentation_setup_ms", RO), None,
-           "<=", 20),
-    # the same loader targets with a cold cache (first touch of every tile), for honesty
-    Target("[cold] patch 20/vol: radiobject / TorchIO Queue", (P20, COLD_LOADER),
-           (P20, "TorchIO Queue"), ">=", 2, counts=False),
-    Target("[cold] patch 20/vol: radiobject / npy memmap", (P20, COLD_LOADER),
-           (P20, "npy memmap"), ">=", 0.4, counts=False),
-    Target("[cold] patch 1/vol: radiobject / zarr", (P1, COLD_LOADER), (P1, "zarr v3"), ">=", 2,
-           counts=False),
-)  # fmt: skip
+def best_workers(records: Records, suite: str, per: int) -> dict[str, int]:
+    """Per engine, the worker count with the shortest median time to train in ``suite``."""
+    groups = by_key([r for r in records if r["row"]["suite"] == suite and
+                     r["row"]["kind"] == "loader" and r["row"]["per"] == per])  # fmt: skip
+    best: dict[str, tuple[float, int]] = {}
+    for rs in groups.values():
+        e, w = rs[0]["row"]["engine"], rs[0]["row"]["workers"]
+        t = statistics.median(METRIC["train_s"](r) for r in rs)
+        if e not in best or t < best[e][0]:
+            best[e] = (t, w)
+    return {e: w for e, (_, w) in best.items()}
 
 
-def evaluate(results: Results) -> list[dict[str, Any]]:
-    return [t.evaluate(results) for t in TARGETS]
+def loader_table(records: Records, suite: str, per: int, labels: dict[str, str]) -> list[str]:
+    """One loader table: each engine at its best worker count."""
+    chosen = best_workers(records, suite, per)
+    groups = by_key(records)
+    cols = ["train_s", "first_rate", "steady_rate", "pss", "anon", "file", "disk"]
+    rows: list[tuple[str, dict[str, list[float]]]] = []
+    meta: dict[str, tuple[int, int, int]] = {}
+    for engine, w in chosen.items():
+        rs = next(v for v in groups.values() if v[0]["row"]["suite"] == suite and
+                  v[0]["row"]["engine"] == engine and v[0]["row"]["per"] == per and
+                  v[0]["row"]["workers"] == w and v[0]["row"]["kind"] == "loader")  # fmt: skip
+        rows.append((engine, {c: [METRIC[c](r) for r in rs] for c in cols}))
+        meta[engine] = (w, len(rs), rs[0]["metrics"]["samples_per_epoch"])
+    wins = _bold_winners(rows, cols)
+    out = []
+    for engine, vals in rows:
+        cells = []
+        for c in cols:
+            text = cell(vals[c])
+            cells.append(f"**{text}**" if (engine, c) in wins else text)
+        w, n, _ = meta[engine]
+        out.append([labels.get(engine, engine), str(w), str(n), *cells])
+    header = ["loader", "workers", "runs", "time to train (s)", "first epoch (samples/s)",
+              "steady (samples/s)", "PSS (MiB)", "anon", "file", "disk (MB)"]  # fmt: skip
+    return _table(header, out)
 
 
-def target_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["targets of issue 5 (ratios are radiobject / peer)"]
-    lines.append(f"  {'target':52s} {'value':>9s} {'target':>9s}  result")
-    for r in rows:
-        mark = {True: "PASS", False: "FAIL", None: "n/a"}[r["pass"]]
-        if not r["counts"] and r["pass"] is not None:
-            mark = f"({mark}, info)"
-        bound = f"{r['op']} {r['bound']:g}"
-        lines.append(f"  {r['target']:52s} {_fmt(r['value']):>9s} {bound:>9s}  {mark}")
+def workers_table(records: Records, suite: str, per: int, labels: dict[str, str]) -> list[str]:
+    groups = by_key([r for r in records if r["row"]["suite"] == suite and
+                     r["row"]["kind"] == "loader" and r["row"]["per"] == per])  # fmt: skip
+    counts = sorted({rs[0]["row"]["workers"] for rs in groups.values()})
+    tried: dict[str, set[int]] = defaultdict(set)
+    for rs in groups.values():
+        tried[rs[0]["row"]["engine"]].add(rs[0]["row"]["workers"])
+    if max((len(t) for t in tried.values()), default=0) < 2:
+        return []  # each loader ran at one count (chosen in another suite)
+    engines = list(dict.fromkeys(rs[0]["row"]["engine"] for rs in groups.values()))
+    chosen = best_workers(records, suite, per)
+    out = []
+    for e in engines:
+        cells = []
+        for w in counts:
+            rs = [r for v in groups.values() for r in v if v[0]["row"]["engine"] == e and
+                  v[0]["row"]["workers"] == w]  # fmt: skip
+            cells.append(cell([METRIC["train_s"](r) for r in rs]))
+        out.append([labels.get(e, e), *cells, str(chosen.get(e, "—"))])
+    return _table(["loader", *[f"{w} workers: time to train (s)" for w in counts], "chosen"], out)
+
+
+def seg_table(records: Records, labels: dict[str, str]) -> list[str]:
+    groups = by_key([r for r in records if "seg_setup_ms" in r.get("metrics", {})])
+    # "radiobject" marks our row for _bold_winners
+    rows = [("radiobject" if rs[0]["row"]["engine"] == "seg-radiobject" else rs[0]["row"]["engine"],
+             {"seg_setup_ms": [r["metrics"]["seg_setup_ms"] for r in rs]})
+            for rs in groups.values()]  # fmt: skip
+    wins = _bold_winners(rows, ["seg_setup_ms"])
+    out = []
+    for e, vals in rows:
+        text = cell(vals["seg_setup_ms"])
+        label = labels.get("seg-radiobject" if e == "radiobject" else e, e)
+        bold = (e, "seg_setup_ms") in wins
+        out.append([label, str(len(vals["seg_setup_ms"])), f"**{text}**" if bold else text])
+    return _table(["segmentation loader set-up", "runs", "ms"], out) if out else []
+
+
+def disk_table(records: Records) -> list[str]:
+    """Bytes of each copy of the T1w volumes, and against the ``.nii.gz`` of the same dtype."""
+    from reads import DISK_COPIES
+
+    sizes = [r["metrics"]["disk_mb"] for r in records if "disk_mb" in r.get("metrics", {})]
+    if not sizes:
+        return []
+    gz = sizes[0]["nii-gz"]
+    out = []
+    for key, label in DISK_COPIES.items():
+        mb = sizes[0][key]
+        ratio = f"{mb / gz:.2f}x" if gz else "—"
+        best = key == "radiobject" and mb < min(v for k, v in sizes[0].items() if k != key)
+        text = f"**{fmt(mb)}**" if best else fmt(mb)
+        out.append([label, text, ratio])
+    return _table(["copy of the T1w volumes", "MB", "/ `.nii.gz`"], out)
+
+
+def reads_table(records: Records, labels: dict[str, str]) -> list[str]:
+    groups = by_key([r for r in records if r["row"]["kind"] == "reads"
+                     and not {"seg_setup_ms", "disk_mb"} & set(r.get("metrics", {}))])  # fmt: skip
+    cols = ["roi_ms", "volume_ms", "axial_ms"]
+    rows = []
+    for rs in groups.values():
+        vals = {c: [r["metrics"][c] for r in rs if c in r["metrics"]] for c in cols}
+        rows.append((rs[0]["row"]["engine"], vals))
+    wins = _bold_winners(rows, cols)
+    out = []
+    for e, vals in rows:
+        cells = [f"**{cell(vals[c])}**" if (e, c) in wins else cell(vals[c]) for c in cols]
+        out.append([labels.get(e, e), str(len(groups[f"reads/{e}"])), *cells])
+    return _table(
+        ["engine", "runs", "64³ patch (ms)", "whole volume (ms)", "axial plane (ms)"], out
+    )
+
+
+def header(records: Records) -> list[str]:
+    ok = [r for r in records if "error" not in r]
+    if not ok:
+        return ["no records"]
+    loads = [r["machine"]["loadavg_1m"] for r in ok]
+    row = ok[0]["row"]
+    errors = [r for r in records if "error" in r]
+    lines = [
+        f"machine: {ok[0]['machine']['describe'].split(', load avg')[0]}",
+        f"load average (1 min) at the start of each row: {fmt(min(loads))}\u2013{fmt(max(loads))}",
+        f"cohort: {row['n']} volumes of {'x'.join(map(str, row['shape']))}, patches of "
+        f"{row['patch']}³, batches of 4; {len(ok)} row processes",
+    ]
+    versions = ok[0]["machine"].get("versions", {})
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if errors:
+        lines.append(f"FAILED rows: {', '.join(sorted({r['key'] for r in errors}))}")
     return lines
 
 
-def print_report(results: Results, targets: list[dict[str, Any]]) -> None:
-    for section in results:
-        print()
-        print("\n".join(section_table(results, section)))
-    print()
-    print("\n".join(target_table(targets)))
+def render(records: Records) -> str:
+    """Every table the README shows, as markdown."""
+    from engines import ENGINES
+    from reads import LABELS as READ_LABELS
 
-
-# -- files ----------------------------------------------------------------------------------------
-def write_json(path: Path, results: Results, targets: list[dict[str, Any]], meta: dict) -> None:
-    data = {
-        "meta": meta,
-        "results": {s: {k: m.to_json() for k, m in rows.items()} for s, rows in results.items()},
-        "targets": targets,
+    labels = {name: e.label for name, e in ENGINES.items()}
+    out = header(records)
+    suites = {
+        "fits": "cohort fits the RAM budget (radiobject's default 512 MB cache; tensorstore's "
+        "pool and MONAI's CacheDataset get the same); files in the page cache",
+        "ltr": "cohort larger than RAM: radiobject's cache, tensorstore's pool and MONAI's "
+        "CacheDataset hold a quarter of it; every engine's files evicted from the page cache "
+        "before the row (cold start)",
     }
-    path.write_text(json.dumps(data, indent=2, default=str))
-
-
-def plot(path: Path, results: Results) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sections = [s for s in SECTIONS if s in results and s != "segmentation_samples_per_s"]
-    cols = 3
-    nrows = math.ceil(len(sections) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.6 * nrows), squeeze=False)
-    for ax, section in zip(axes.flat, sections, strict=False):
-        title, unit, _ref, better = SECTIONS[section]
-        rows = [(k, m.value) for k, m in results[section].items() if not math.isnan(m.value)]
-        labels = [k for k, _ in rows][::-1]
-        values = [v for _, v in rows][::-1]
-        colors = ["tab:blue" if k.startswith("radiobject") else "tab:gray" for k in labels]
-        ax.barh(labels, values, color=colors)
-        if values and max(values) / max(min(values), 1e-9) > 50:
-            ax.set_xscale("log")
-        ax.set_title(f"{title}\n({unit}, {better or 'see table'})", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.tick_params(axis="x", labelsize=7)
-    for ax in list(axes.flat)[len(sections) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    for suite, text in suites.items():
+        pers = sorted({r["row"]["per"] for r in records if r["row"]["suite"] == suite and
+                       r["row"]["kind"] == "loader" and "error" not in r})  # fmt: skip
+        for per in pers:
+            n = next(r["metrics"]["samples_per_epoch"] for r in records if "error" not in r
+                     and r["row"]["suite"] == suite and r["row"]["per"] == per)  # fmt: skip
+            epochs = next(r["row"]["epochs"] for r in records if r["row"]["suite"] == suite)
+            out += ["", f"### {suite}: {per} patches per volume ({n} samples per epoch, "
+                    f"{epochs} epochs) — {text}", ""]  # fmt: skip
+            out += loader_table(records, suite, per, labels)
+            wt = workers_table(records, suite, per, labels)
+            if wt:
+                out += ["", f"worker counts tried ({suite}, {per} per volume):", "", *wt]
+    if any(r["row"]["kind"] == "reads" for r in records):
+        title = ("### reads (median ms per read; files in the page cache; radiobject's RAM "
+                 "cache emptied before each read)")  # fmt: skip
+        out += ["", title, "", *reads_table(records, READ_LABELS)]
+        disk = disk_table(records)
+        if disk:
+            out += ["", "### disk (bytes of each copy; the same voxels)", "", *disk]
+        seg = seg_table(records, READ_LABELS)
+        if seg:
+            out += ["", "### segmentation loader set-up (one per process, nothing opened before)",
+                    "", *seg]  # fmt: skip
+    return "\n".join(out) + "\n"

@@ -1,162 +1,276 @@
-"""radiobject against raw .npy memory maps, zarr, nibabel, TorchIO and MONAI, in one run.
+"""Every benchmark number of the README, from one command; each row in its own process.
 
-    python benchmarks/run.py [--subjects 12] [--shape 240x240x155] [--quick] [--out DIR]
+    python benchmarks/run.py                     # all suites, 3 processes per row
+    python benchmarks/run.py --suites ltr        # a subset: fits, ltr, reads
+    python benchmarks/run.py --quick             # a smoke run: tiny cohort, 1 process per row
+    python benchmarks/run.py --estimate          # the schedule and its estimated time only
+    python benchmarks/run.py --report benchmarks/results/<run>   # the tables of a run again
 
-Writes the cohort once under --workdir (reused by later runs), prints a table of absolute
-numbers and ratios (radiobject / peer) with the targets of issue 5, and writes
-``results.json`` and ``benchmarks.png`` into --out. See benchmarks/README.md.
+Suites (see benchmarks/README.md): ``fits`` (the cohort fits the RAM budget; each loader at
+0 and 2 workers at 4 patches per volume, then at its best count at 20), ``ltr`` (larger than
+RAM, cold page cache, each loader at its best worker count from ``fits``), ``reads``.
+Rows run interleaved (A B C A B C ...) so drift on the machine hits each alike. Results go to
+``--results/<date-time>/results.jsonl`` (one JSON line per row process; the folder is
+git-ignored) and the tables to ``report.md`` beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
+import random
+import subprocess
 import sys
-import tempfile
 import time
-import warnings
-from dataclasses import asdict
-from importlib import metadata
+from dataclasses import replace
 from pathlib import Path
 
-import report
-import suites
-from cohort import parse_shape, prepare
-from peers import original_radiobject_note
-
-SUITES = ("reads", "loaders", "segmentation", "storage", "ingest")
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+from rows import Row  # noqa: E402
+
+SUITES = ("fits", "ltr", "reads")
+ENGINE_NAMES = ("radiobject", "npy", "nnunet", "b2-lz4hc", "tensorstore", "zarr",
+                "monai-persistent", "monai-cache", "torchio", "nnunet-f32")  # fmt: skip
+# rough samples/s on 2 cores (warm, 64³ patches of 240x240x155 volumes; from a smoke run on a
+# loaded machine, scaled), for the time estimate only
+NOMINAL_RATE = {
+    "radiobject": 2000,
+    "npy": 2500,
+    "nnunet": 600,
+    "b2-lz4hc": 2500,
+    "tensorstore": 2500,
+    "zarr": 250,
+    "monai-persistent": 1500,
+    "monai-cache": 1500,
+    "torchio": 1000,
+    "nnunet-f32": 550,
+}  # fmt: skip  (MONAI, TorchIO: + volume loads)
+STARTUP_S = 3.0  # a fresh interpreter importing torch and radiobject (~2-3 s measured)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--subjects", type=int, default=None, help="subjects (12; 4 with --quick)")
-    p.add_argument("--shape", default="240x240x155", help="volume grid, e.g. 240x240x155")
-    p.add_argument("--quick", action="store_true", help="4 subjects, fewer batches and reads")
-    p.add_argument("--out", default=str(HERE / "results"), help="where results go")
+    p.add_argument("--suites", default=",".join(SUITES), help=f"subset of {','.join(SUITES)}")
+    p.add_argument("--engines", default=",".join(ENGINE_NAMES), help="subset of the loaders")
     p.add_argument(
-        "--workdir",
-        default=os.path.join(tempfile.gettempdir(), "radiobject-bench"),
-        help="where the cohort is written (reused when present)",
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny cohort, 2 epochs, 4 patches per volume, 0 workers, 1 process per row",
     )
-    p.add_argument("--repeats", type=int, default=5, help="repeats per measurement (median)")
-    p.add_argument("--batches", type=int, default=None, help="timed batches per loader run")
-    p.add_argument("--max-seconds", type=float, default=None, help="time cap per loader run")
-    p.add_argument("--cold-mb", type=int, default=None, help="cache of the cold rows (MB)")
-    p.add_argument("--zarr-codec", choices=("zstd", "blosc"), default="zstd")
+    p.add_argument("--subjects", type=int, default=None, help="volumes (24; 4 with --quick)")
+    p.add_argument("--shape", default=None, help="volume grid (240x240x155; 72x72x68 quick)")
+    p.add_argument("--patch", type=int, default=None, help="patch edge (64; 32 with --quick)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per loader row (10; 2)")
+    p.add_argument("--repeats", type=int, default=None, help="processes per row (3; 1 quick)")
+    p.add_argument("--per", default="4,20", help="patches per volume of the loader rows")
+    p.add_argument("--workers", default="0,2", help="worker counts tried in the fits suite")
     p.add_argument(
         "--torch-threads",
         type=int,
         default=1,
-        help="torch intra-op threads in this process (1, as in DataLoader workers; 0: torch's "
-        "default). Collating with 2 OpenMP threads on a busy 2-core machine costs tens of ms.",
+        help="torch intra-op threads in "
+        "each row's process (1, as in DataLoader workers; 0: torch's default)",
     )
-    p.add_argument("--suites", default=",".join(SUITES), help=f"subset of {','.join(SUITES)}")
-    return p.parse_args(argv)
+    p.add_argument("--order", choices=("forward", "reverse", "shuffle"), default="forward")
+    p.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                            "radiobject-bench"))  # fmt: skip
+    p.add_argument("--results", default=str(HERE / "results"), help="where run folders go")
+    p.add_argument("--estimate", action="store_true", help="print the schedule and stop")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # one row, in this process (internal)
+    p.add_argument("--report", metavar="DIR", help="print the tables of a results folder")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.subjects = args.subjects or (4 if q else 24)
+    args.shape = tuple(int(s) for s in (args.shape or ("72x72x68" if q else "240x240x155"))
+                       .lower().split("x"))  # fmt: skip
+    args.patch = args.patch or (32 if q else 64)
+    args.epochs = args.epochs or (2 if q else 10)
+    args.repeats = args.repeats or (1 if q else 3)
+    if q:  # one loader row per engine and suite: the smoke run checks every path, not speed
+        args.per = args.per if args.per != "4,20" else "4"
+        args.workers = args.workers if args.workers != "0,2" else "0"
+    return args
 
 
-def settings_for(args: argparse.Namespace, cohort_mb: float) -> suites.Settings:
-    from radiobject import get_config
-
-    quick = args.quick
-    default_mb = get_config().read.cache_mb
-    cold = args.cold_mb or max(16, min(default_mb // 2, int(cohort_mb // 4)))
-    return suites.Settings(
-        repeats=args.repeats,
-        n_batches=args.batches or (12 if quick else 50),
-        max_seconds=args.max_seconds or (8.0 if quick else 20.0),
-        n_full=3 if quick else 6,
-        n_small=20 if quick else 50,
-        cold_mb=cold,
-    )
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _versions() -> dict[str, str]:
-    names = ("radiobject", "tiledb", "numpy", "torch", "monai", "torchio", "zarr", "nibabel")
+def schedule(args: argparse.Namespace, suite: str, best: dict[str, int]) -> list[Row]:
+    """The rows of one suite (one process each per repeat)."""
+    base = Row(suite=suite, kind="loader", engine="", workdir=args.workdir, n=args.subjects,
+               shape=args.shape, patch=args.patch, epochs=args.epochs,
+               torch_threads=args.torch_threads)  # fmt: skip
+    engines = _split(args.engines)
+    pers = [int(p) for p in _split(args.per)]
+    rows: list[Row] = []
+    if suite == "fits":
+        for w in (int(x) for x in _split(args.workers)):
+            rows += [replace(base, engine=e, per=pers[0], workers=w) for e in engines]
+    elif suite == "fits-rest":
+        for per in pers[1:]:
+            rows += [replace(base, suite="fits", engine=e, per=per, workers=best.get(e, 0))
+                     for e in engines]  # fmt: skip
+    elif suite == "ltr":
+        rows += [replace(base, engine=e, per=per, workers=best.get(e, 0), budget="quarter",
+                         page_cache="cold") for per in pers for e in engines]  # fmt: skip
+    elif suite == "reads":
+        import reads
+
+        rows += [replace(base, kind="reads", engine=e) for e in reads.available()]
+    return rows
+
+
+def _volume_loads_s(r: Row) -> float:
+    """Seconds MONAI and TorchIO spend loading whole volumes in a row (measured: a 240x240x155
+    int16 ``.nii`` loads in ~30 ms with MONAI, ~20 ms with TorchIO; a ``.pt`` in ~6 ms)."""
+    size = r.shape[0] * r.shape[1] * r.shape[2] / (240 * 240 * 155)
+    draws = r.n * max(1, r.per // min(r.per, 4))  # volume draws per epoch (4 patches each)
+    if r.engine == "monai-cache":
+        cached = 1.0 if r.budget == "default" else 0.25
+        return size * 0.035 * (r.n * cached + r.epochs * draws * (1 - cached))
+    if r.engine == "monai-persistent":
+        return size * (0.1 * r.n + r.epochs * draws * 0.007)
+    if r.engine == "torchio":
+        return size * 0.025 * r.n * r.epochs / max(1, r.workers)
+    return 0.0
+
+
+def estimate_s(rows: list[Row], repeats: int) -> float:
+    total = 0.0
+    for r in rows:
+        if r.kind == "reads":
+            total += STARTUP_S + 2.0
+            continue
+        samples = r.epochs * r.n * r.per * (r.patch / 64) ** 3
+        slow = 1.3 if r.page_cache == "cold" else 1.0
+        extra = 3.0 if r.engine.startswith(("monai", "torchio")) else 0.0
+        work = slow * samples / NOMINAL_RATE.get(r.engine, 500) + _volume_loads_s(r)
+        total += STARTUP_S + extra + work
+    return total * repeats
+
+
+def _missing_engines(engines: list[str]) -> dict[str, str]:
+    """Engines whose library is not importable here, with the missing module."""
+    import importlib.util
+
+    from engines import ENGINES
+
     out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
+    for e in engines:
+        need = [m.split(".")[0] for m in ENGINES[e].modules]
+        if ENGINES[e].copy == "zarr3":
+            need.append("zarr")  # zarr-python writes the copy tensorstore reads too
+        gone = [m for m in need if importlib.util.find_spec(m) is None]
+        if gone:
+            out[e] = gone[0]
     return out
 
 
-def _torch_threads() -> int:
-    import torch
+def run_one(row: Row) -> dict:
+    """Run ``row`` in a fresh interpreter; its record (or the error) as a dict."""
+    cmd = [sys.executable, str(HERE / "run.py"), "--row", row.to_json()]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"key": row.key, "row": json.loads(row.to_json()),
+                "error": (proc.stderr or proc.stdout)[-3000:]}  # fmt: skip
+    rec = json.loads(lines[-1])
+    rec["process_s"] = time.perf_counter() - t
+    return rec
 
-    return torch.get_num_threads()
+
+def _ordered(rows: list[Row], order: str, seed: int) -> list[Row]:
+    if order == "reverse":
+        return rows[::-1]
+    if order == "shuffle":
+        rows = list(rows)
+        random.Random(seed).shuffle(rows)
+    return rows
 
 
-def meta_info(args: argparse.Namespace, cohort, s: suites.Settings, note: str | None) -> dict:
-    from radiobject import get_config
-
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "versions": _versions(),
-        "cohort": {
-            "root": str(cohort.root),
-            "subjects": cohort.n_subjects,
-            "shape": cohort.shape,
-            "dtype": "float32",
-            "cohort_mb": round(cohort.cohort_mb, 1),
-            "zarr_codec": cohort.zarr_codec,
-        },
-        "settings": asdict(s),
-        "read_config": asdict(get_config().read),
-        "torch_threads": _torch_threads(),
-        "quick": args.quick,
-        "original_radiobject": note or "measured",
-    }
+def run_rows(rows: list[Row], args: argparse.Namespace, out: Path) -> list[dict]:
+    records = []
+    for rep in range(args.repeats):
+        for row in _ordered(rows, args.order, rep):
+            rec = run_one(replace(row, repeat=rep))
+            records.append(rec)
+            with (out / "results.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            status = "FAILED" if "error" in rec else f"{rec.get('process_s', 0):.1f} s"
+            print(f"  [{rep + 1}/{args.repeats}] {row.key:48s} {status}", flush=True)
+            if "error" in rec:
+                print(rec["error"][-800:], file=sys.stderr, flush=True)
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.subjects is None:
-        args.subjects = 4 if args.quick else 12
-    chosen = [x.strip() for x in args.suites.split(",") if x.strip()]
-    unknown = sorted(set(chosen) - set(SUITES))
+    if args.row:
+        import rows as rows_mod
+
+        rec = rows_mod.run_row(Row.from_json(args.row))
+        print(json.dumps(rec.__dict__, default=float))
+        return 0
+    if args.report:
+        print(report.render(report.load(args.report)), end="")
+        return 0
+    suites = _split(args.suites)
+    unknown = sorted(set(suites) - set(SUITES)) + sorted(set(_split(args.engines)) -
+                                                         set(ENGINE_NAMES))  # fmt: skip
     if unknown:
-        raise SystemExit(f"unknown suites {unknown}; choose from {list(SUITES)}")
-    if args.torch_threads > 0:
-        import torch
+        raise SystemExit(f"unknown suites or engines {unknown}; suites {SUITES}, "
+                         f"engines {ENGINE_NAMES}")  # fmt: skip
+    import machine
 
-        torch.set_num_threads(args.torch_threads)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"monai\..*")
-    out = Path(args.out)
+    missing = _missing_engines(_split(args.engines))
+    if missing:
+        print("skipped (not installed; pip install -e '.[bench]' -c benchmarks/constraints.txt): "
+              + ", ".join(f"{e} ({m})" for e, m in missing.items()), flush=True)  # fmt: skip
+        args.engines = ",".join(e for e in _split(args.engines) if e not in missing)
+    if "ltr" in suites and "fits" not in suites:
+        print("ltr without fits: every loader at 0 workers (--suites fits,ltr picks each "
+              "loader's best count first)", flush=True)  # fmt: skip
+    planned = [r for s in suites for r in schedule(args, s, {})]
+    if "fits" in suites:
+        planned += schedule(args, "fits-rest", {})
+    est = estimate_s(planned, args.repeats)
+    cohort_missing = not any(Path(args.workdir).glob(f"cohort*-{args.subjects}x*/manifest.json"))
+    write_s = 9.0 * args.subjects * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
+    print(f"machine: {machine.describe()}", flush=True)
+    print(f"{len(planned)} rows x {args.repeats} processes; estimated {est / 60:.0f} min"
+          + (f" + about {write_s / 60:.0f} min to write the cohort" if cohort_missing else "")
+          + " (2 quiet cores)", flush=True)  # fmt: skip
+    if args.estimate:
+        for r in planned:
+            print(f"  {r.key}")
+        return 0
+    import copies
+
+    copies.prepare(args.workdir, args.subjects, args.shape, args.patch)
+    out = Path(args.results) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    cohort = prepare(args.workdir, args.subjects, parse_shape(args.shape), args.zarr_codec)
-    s = settings_for(args, cohort.cohort_mb)
-    note = original_radiobject_note()
-    print(f"settings: {s}", flush=True)
-    if note:
-        print(f"original RadiObject: {note}", flush=True)
-
-    results: suites.Results = {}
+    (out / "command.json").write_text(json.dumps({"argv": sys.argv[1:], **{
+        k: v for k, v in vars(args).items() if k not in ("row", "report")}}))  # fmt: skip
     started = time.perf_counter()
-    steps = {
-        "reads": lambda: suites.run_reads(cohort, s),
-        "loaders": lambda: suites.run_loaders(cohort, s, note),
-        "segmentation": lambda: suites.run_segmentation(cohort, s),
-        "storage": lambda: suites.run_storage(cohort),
-        "ingest": lambda: suites.run_ingest(cohort, s),
-    }
-    for name in SUITES:
-        if name in chosen:
-            print(f"== {name}", flush=True)
-            results.update(steps[name]())
-
-    targets = report.evaluate(results)
-    report.print_report(results, targets)
-    meta = meta_info(args, cohort, s, note)
-    meta["seconds"] = round(time.perf_counter() - started, 1)
-    report.write_json(out / "results.json", results, targets, meta)
-    report.plot(out / "benchmarks.png", results)
-    print(f"\nwrote {out / 'results.json'} and {out / 'benchmarks.png'} ({meta['seconds']} s)")
+    records: list[dict] = []
+    best: dict[str, int] = {}
+    for suite in suites:
+        print(f"== {suite}", flush=True)
+        records += run_rows(schedule(args, suite, best), args, out)
+        if suite == "fits":
+            best = report.best_workers(records, "fits", int(_split(args.per)[0]))
+            print(f"  best worker counts: {best}", flush=True)
+            records += run_rows(schedule(args, "fits-rest", best), args, out)
+    text = report.render(report.load(out))
+    (out / "report.md").write_text(text)
+    print("\n" + text)
+    print(f"{time.perf_counter() - started:.0f} s; results in {out}")
     return 0
 
 
