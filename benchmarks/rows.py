@@ -107,7 +107,7 @@ def _budget_mb(row: Row, stored_mb: float) -> int:
     return int(get_config().read.cache_mb)
 
 
-def _settings(row: Row, budget_mb: int) -> dict[str, Any]:
+def _settings(row: Row, budget_mb: int, loader: Any = None) -> dict[str, Any]:
     """The settings in force in this process: what a test compares between two orders."""
     import torch
 
@@ -121,17 +121,14 @@ def _settings(row: Row, budget_mb: int) -> dict[str, Any]:
         "tier_dir_env": os.environ.get("RADIOBJECT_TIER_DIR", ""),
         "blosc2_nthreads": _blosc2_threads(),
     }
-    out["tier_auto_on"] = _tier_auto_mb() > 0  # its size (a share of free disk) is a metric
+    out["tier_auto_on"] = _tier_auto_mb(loader) > 0  # its size (a share of free disk): a metric
     return out
 
 
-def _tier_auto_mb() -> int:
-    """The automatic tier's budget in this process (0: off; -1: not visible here)."""
-    try:
-        from radiobject.read._local_tier import tier_state
-    except ImportError:
-        return -1
-    return int(tier_state().auto_mb)
+def _tier_auto_mb(loader: Any) -> int:
+    """The automatic tier's budget of radiobject's loader (0: off; -1: not radiobject's)."""
+    dataset = getattr(getattr(loader, "loader", None), "dataset", None)
+    return int(getattr(dataset, "auto_tier_mb", -1))
 
 
 def _fields(config: Any) -> dict[str, Any]:
@@ -220,8 +217,8 @@ def run_loader_row(row: Row, copies: Any, scratch: Path) -> Record:
         copy_mb=_mb(copies.folder(engine.copy)),
         built_mb=_mb(scratch),
     )
-    rec.settings = _settings(row, budget)
-    rec.metrics["tier_auto_mb"] = _tier_auto_mb()
+    rec.settings = _settings(row, budget, loader)
+    rec.metrics["tier_auto_mb"] = _tier_auto_mb(loader)
     engines.release(loader)
     return rec
 
