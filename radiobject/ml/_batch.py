@@ -7,10 +7,13 @@ import threading
 
 import numpy as np
 
+from radiobject._process import Resource
+
 __all__ = ["recycled_array"]
 
 RECYCLED = 3  # batch arrays a dataset keeps to reuse
-_LOCK = threading.Lock()
+# per process: a reading thread may hold it at the moment of a fork
+_LOCK: Resource[threading.Lock] = Resource("batch arrays lock", threading.Lock)
 
 
 def recycled_array(spares: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
@@ -32,7 +35,7 @@ def recycled_array(spares: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarr
     >>> recycled_array(spares, (2, 3)).ctypes.data == ptr  # unreferenced: taken again
     True
     """
-    with _LOCK:
+    with _LOCK.get():
         for array in spares:
             # referenced by the list, ``array`` and getrefcount's argument only: unused
             if array.shape == shape and sys.getrefcount(array) == 3:

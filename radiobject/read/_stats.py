@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from radiobject._errors import ConfigurationError
+from radiobject._process import Resource
 from radiobject.read import _region
 from radiobject.read._region import CacheCounters, block_cache, read_overlap
 
@@ -137,7 +138,8 @@ class S3Stats:
 
 
 # TileDB's counters, made monotonic: what earlier resets cleared is kept in ``_folded``
-_lock = threading.RLock()
+# per process: a reading thread may hold it at the moment of a fork
+_LOCK: Resource[threading.RLock] = Resource("statistics lock", threading.RLock)
 _blocks = 0  # TileDBStats blocks open in this process
 _owned = False  # TileDB statistics were turned on by TileDBStats (not by the user)
 _folded: dict[str, int] = {}
@@ -187,7 +189,7 @@ def trim_query_record() -> None:
     """
     import tiledb
 
-    with _lock:
+    with _LOCK.get():
         if _blocks:
             if _owned:
                 _counters(reset=True)  # fold, then reset: the blocks' counters stay exact
@@ -225,7 +227,7 @@ def tiledb_counters() -> dict[str, int]:
 
 def _counters(reset: bool) -> dict[str, int]:
     """The monotonic counters; with ``reset``, TileDB's are moved into the running total."""
-    with _lock:
+    with _LOCK.get():
         live = _raw_counters()
         if not _owned:
             return live
@@ -245,7 +247,7 @@ def _open_block() -> dict[str, int]:
     import tiledb
 
     global _blocks, _owned
-    with _lock:
+    with _LOCK.get():
         _blocks += 1
         if _blocks > 1 or _stats_enabled():  # counted already: fold, keeping edges cheap
             return _counters(reset=True)
@@ -263,7 +265,7 @@ def _close_block() -> dict[str, int]:
     import tiledb
 
     global _blocks, _owned
-    with _lock:
+    with _LOCK.get():
         last = _blocks == 1  # the next block to open resets: no reset (walk) here
         counters = _counters(reset=not last)
         _blocks -= 1
