@@ -34,9 +34,9 @@ from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._probe import LoaderProbe, ProbeRecord, ProbeResult
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._segmentation import SegmentationDataset
+from radiobject.ml._start_method import default_start_method
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._workers import (
-    default_start_method,
     loader_cache_counters,
     loader_pids,
     loader_stage_counters,

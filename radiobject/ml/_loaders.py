@@ -3,14 +3,16 @@
 Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
 goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
 samples the uninterrupted run would have had, whatever ``num_workers``. Loaders with
-workers start them safely (``forkserver``, never plain ``fork``; see
-:mod:`radiobject.ml._workers`).
+workers start them with ``fork`` on Linux (plain scripts and notebooks work, as with any
+PyTorch dataset) and check any other start method before a worker starts; see
+:mod:`radiobject.ml._start_method`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from multiprocessing.context import BaseContext
 from typing import Any
 
 from radiobject._errors import ConfigurationError
@@ -23,9 +25,10 @@ from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState
 from radiobject.ml._stages import TimedCollate
+from radiobject.ml._start_method import mp_context
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._tier_auto import auto_local_tier
-from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
+from radiobject.ml._workers import _preload_modules, worker_init
 from radiobject.storage._collection import VolumeCollection
 
 __all__ = [
@@ -116,7 +119,7 @@ def build_loader(
     persistent_workers: bool | None = None,
     drop_last: bool = False,
     prefetch_factor: int | None = None,
-    multiprocessing_context: str | None = None,
+    multiprocessing_context: str | BaseContext | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> RadiObjectLoader:
@@ -125,7 +128,7 @@ def build_loader(
         raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        mp_ctx = _mp_context(multiprocessing_context, _preload_modules(dataset))
+        mp_ctx = mp_context(multiprocessing_context, _preload_modules(dataset))
         shared = SharedLoaderState(mp_ctx, num_workers)
         kwargs["multiprocessing_context"] = mp_ctx
         kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
