@@ -325,7 +325,7 @@ class TileDBStats:
 
     def __enter__(self) -> TileDBStats:
         self._tdb_before = _open_block() if self.storage else {}
-        self._queries_before = read_overlap.snapshot()
+        self._queries_before = read_overlap().snapshot()
         self._queries_after = None
         self._cache_before = block_cache().counters.copy()
         self._cache_after = None
@@ -338,7 +338,7 @@ class TileDBStats:
         tb: TracebackType | None,
     ) -> None:
         self._cache_after = block_cache().counters.copy()
-        self._queries_after = read_overlap.snapshot()
+        self._queries_after = read_overlap().snapshot()
         if self.storage:
             self.counters = _diff(_close_block(), self._tdb_before)
 
@@ -367,7 +367,7 @@ class TileDBStats:
             if self._cache_after is not None
             else _diff(tiledb_counters(), self._tdb_before)
         )
-        queries_after, overlapped_after = self._queries_after or read_overlap.snapshot()
+        queries_after, overlapped_after = self._queries_after or read_overlap().snapshot()
         queries_before, overlapped_before = self._queries_before
         return S3Stats(
             read_ops=_sum(c, ".VFS.read_ops_num"),
