@@ -7,9 +7,10 @@ and reused. Each run is a cold first epoch of a fresh loader: random 64³ patche
 ``--patches`` per volume, radiobject's caches emptied before it (the OS page cache stays
 warm for every format alike). zarr-python's loader is a plain ``DataLoader`` over a dataset
 slicing ``zarr.open_array`` (as ``peers.py``), with the same workers. Worker start-up is
-part of the epoch for both (the fork server radiobject's workers come from is started once,
-before any run). Prints the median samples/s of ``--repeats`` runs per configuration,
-ratios, and the issue's targets with met/missed.
+part of the epoch for both (a warm-up run comes before any: imports, and the fork server
+when a run uses ``forkserver``; radiobject's workers fork on Linux). Prints the median
+samples/s of ``--repeats`` runs per configuration, ratios, and the issue's targets with
+met/missed.
 
     python benchmarks/first_epoch.py                       # 24 subjects of 240x240x155
     python benchmarks/first_epoch.py --subjects 8 --shape 96x96x80 --repeats 1   # smoke run
@@ -117,7 +118,7 @@ def main() -> int:
         stored = coll.volume(coll.obs_ids[0]).stored_dtype.itemsize
         read["cache_mb"] = max(1, int(args.subjects * np.prod(shape) * stored / 2**20 / 4))
     print(f"radiobject reads: {read or 'ReadConfig defaults'}", flush=True)
-    radiobject_epoch(uri, 1, 2, 0, seed=99)  # start the fork server: not part of any epoch
+    radiobject_epoch(uri, 1, 2, 0, seed=99)  # warm-up (imports, workers): not part of any epoch
 
     print(
         f"machine {machine.describe()}\nfirst epoch, cold radiobject caches, random {PATCH}³ "
