@@ -1,9 +1,10 @@
 """How loader workers start: plain scripts and notebooks work, fork is safe, bad cases are named.
 
-Workers fork on Linux. The tests run a newcomer's plain script (no ``if __name__ ==
-"__main__":``) as ``python script.py``, check that a start method that cannot work is
-refused before any worker starts, and fork 200 times while every thread radiobject runs in
-the parent is busy (``tests/_fork_stress.py``).
+Workers start with forkserver, or fork (Linux) where forkserver workers cannot start. The
+tests run a newcomer's plain script (no ``if __name__ == "__main__":``) as ``python
+script.py``, check that a start method that cannot work is refused before any worker starts,
+and fork 200 times while every thread radiobject runs in the parent is busy
+(``tests/_fork_stress.py``).
 """
 
 from __future__ import annotations
@@ -114,19 +115,19 @@ def test_a_plain_script_with_workers_gives_the_guarded_scripts_batches(sample_ra
     guarded.write_text(f"{GUARD}\n{textwrap.indent(BODY, '    ')}")
 
     unguarded_run = run_script(plain, sample_radi.uri, "forkserver")
-    guarded_run = run_script(guarded, sample_radi.uri, "forkserver")
+    guarded_run = run_script(guarded, sample_radi.uri, "fork")
 
     expected = in_process_hash(sample_radi)  # num_workers=0: the batches of today
-    assert unguarded_run["default"] == ["fork", expected]
-    assert guarded_run["default"] == ["fork", expected]
-    assert guarded_run["forkserver"] == ["forkserver", expected]  # asked for: still works
+    assert unguarded_run["default"] == ["fork", expected]  # forkserver cannot start here
+    assert guarded_run["default"] == ["forkserver", expected]
+    assert guarded_run["fork"] == ["fork", expected]  # asked for: works as well
     # the unguarded script with forkserver: refused before a worker started, with the fix
     refused, message, children = unguarded_run["forkserver"]
     assert refused == "refused"
     assert children == 0
     assert "plain.py" in message
     assert f"`{GUARD}`" in message
-    assert "multiprocessing_context='fork'" in message
+    assert "leave multiprocessing_context unset (fork on Linux)" in message
 
 
 def test_functions_of_a_notebook_are_named_before_spawn_workers_start(sample_radi, monkeypatch):
@@ -150,18 +151,15 @@ def test_functions_of_a_notebook_are_named_before_spawn_workers_start(sample_rad
     with pytest.raises(ConfigurationError, match=named):
         iter(loader)
     assert multiprocessing.active_children() == []
-    # a transform defined there travels by value (cloudpickle): nothing to refuse
-    exec("def brighter(sample):\n    return sample\n", notebook.__dict__)
-    fine = create_training_dataloader(
-        sample_radi.T1w,
-        transform=notebook.brighter,
-        num_workers=2,
-        multiprocessing_context="spawn",
-        persistent_workers=True,
+    # left to radiobject: fork, the one way such workers start
+    chosen = create_training_dataloader(
+        sample_radi.T1w, batch_size=2, num_workers=2, worker_init_fn=notebook.seed_workers
     )
-    from radiobject.ml._start_method import check_workers_can_start
-
-    check_workers_can_start("spawn", lambda: (fine.dataset, fine.worker_init_fn, fine.collate_fn))
+    assert chosen.multiprocessing_context.get_start_method() == "fork"
+    # a transform defined there travels by value (cloudpickle): forkserver can load it
+    exec("def brighter(sample):\n    return sample\n", notebook.__dict__)
+    fine = create_training_dataloader(sample_radi.T1w, transform=notebook.brighter, num_workers=2)
+    assert fine.multiprocessing_context.get_start_method() == "forkserver"
 
 
 @pytest.mark.slow
@@ -173,9 +171,12 @@ def test_settings_changed_after_the_loader_was_made_reach_fork_workers(sample_ra
     configure(read=ReadConfig(max_workers=3))
     dataset = helpers.ConfigProbeDataset(sample_radi.T1w)
     loader = build_loader(
-        dataset, batch_size=2, sampler=EpochSampler(dataset, shuffle=False), num_workers=2
+        dataset,
+        batch_size=2,
+        sampler=EpochSampler(dataset, shuffle=False),
+        num_workers=2,
+        multiprocessing_context="fork",
     )
-    assert loader.multiprocessing_context.get_start_method() == "fork"
     configure(read=ReadConfig(max_workers=5))  # after the loader was made, before its workers
     seen = {n for batch in loader for n in batch["max_workers"].tolist()}
     assert seen == {5}
@@ -189,7 +190,11 @@ def test_fork_workers_leave_warnings_and_os_fork_as_they_were(sample_radi):
     sample_radi.T1w.iloc[0].to_numpy()  # a TileDB context exists: TileDB-Py wrapped os.fork
     fork = os.fork
     loader = create_training_dataloader(
-        sample_radi.T1w, batch_size=2, num_workers=2, persistent_workers=False
+        sample_radi.T1w,
+        batch_size=2,
+        num_workers=2,
+        persistent_workers=False,
+        multiprocessing_context="fork",
     )
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -220,8 +225,9 @@ def test_forking_200_times_while_every_radiobject_thread_is_busy(sample_radi, tm
     assert seen["hung"] == 0
     assert seen["wrong"] == 0
     assert seen["thread_errors"] == []
+    assert seen["tiledb_queries"] > 200  # the parent's reader threads queried TileDB throughout
     busy = seen["thread_rounds"]  # rounds each parent thread made while the parent forked
-    assert set(busy) == {"patch reads", "tier writes", "read-ahead", "contexts"}
+    assert set(busy) == {"patch reads", "tiledb queries", "tier writes", "read-ahead"}
     assert all(n > 0 for n in busy.values()), busy
 
 
@@ -262,7 +268,7 @@ def test_no_module_keeps_a_lock_or_thread_pool_outside_the_process_state():
 
 
 def test_start_methods_by_name_or_context_and_a_misspelt_one(sample_radi):
-    assert mp_context(None).get_start_method() == default_start_method() == "fork"
+    assert mp_context(None).get_start_method() == default_start_method() == "forkserver"
     spawn = multiprocessing.get_context("spawn")
     assert mp_context(spawn) is spawn
     forked = mp_context(multiprocessing.get_context("fork"))

@@ -64,7 +64,7 @@ def test_two_persistent_workers_run_epochs_like_the_main_process(sample_radi):
     loader = make(2)
     assert loader.num_workers == 2
     assert loader.persistent_workers
-    # fork on Linux: each worker rebuilds its TileDB contexts (radiobject._process)
+    # forkserver: a clean server process (fork only where forkserver workers cannot start)
     assert loader.multiprocessing_context.get_start_method() == default_start_method()
 
     with_workers = keys_of(loader, epochs=3)
@@ -76,13 +76,7 @@ def test_two_persistent_workers_run_epochs_like_the_main_process(sample_radi):
         assert sorted({obs for obs, _ in epoch}) == sample_radi.T1w.obs_ids
 
 
-# a DataLoader of the user's with plain fork: TileDB-Py warns at the fork (once per process);
-# radiobject's own loaders start workers with a fork that leaves that warning out
-TILEDB_FORK_WARNING = "ignore:TileDB is a multithreading library:UserWarning"
-
-
 @pytest.mark.timeout(120)
-@pytest.mark.filterwarnings(TILEDB_FORK_WARNING)
 def test_parent_settings_and_a_cache_share_reach_the_workers(sample_radi, helpers):
     configure(read=ReadConfig(max_workers=3, cache_mb=64))
     dataset = helpers.ConfigProbeDataset(
@@ -140,8 +134,8 @@ def test_workers_preload_what_unpickling_the_dataset_imports(sample_radi, helper
 # A child forked after TileDB was used must never free its parent's TileDB objects: it keeps
 # (leaks) the parent's contexts and handles and builds its own. Reader threads pass the
 # handle's context to every Subarray, so no thread holds TileDB's default context across fork.
-# radiobject's own loaders fork their workers on Linux (tests/test_ml_start_method.py forks
-# while every thread is busy); this is a bare os.fork after threaded reads.
+# radiobject's loaders fork their workers where forkserver cannot start them
+# (tests/test_ml_start_method.py forks while every thread is busy); this is a bare os.fork.
 FORK_AFTER_THREADED_READS = """
 import os, sys, time, warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -206,7 +200,6 @@ def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.filterwarnings(TILEDB_FORK_WARNING)
 def test_the_context_a_user_passes_reads_in_the_main_process_and_in_workers(sample_radi, helpers):
     """RadiObject(uri, ctx=custom): every read of its datasets uses custom's settings."""
     import tiledb

@@ -3,8 +3,9 @@
 Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
 goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
 samples the uninterrupted run would have had, whatever ``num_workers``. Loaders with
-workers start them with ``fork`` on Linux (plain scripts and notebooks work, as with any
-PyTorch dataset) and check any other start method before a worker starts; see
+workers start them with ``forkserver``, or with ``fork`` on Linux where a forkserver worker
+cannot start (a plain script without ``if __name__ == "__main__":``, a notebook's own
+``worker_init_fn``), and check the start method before a worker starts; see
 :mod:`radiobject.ml._start_method`.
 """
 
@@ -25,7 +26,7 @@ from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState
 from radiobject.ml._stages import TimedCollate
-from radiobject.ml._start_method import mp_context
+from radiobject.ml._start_method import choose_start_method, mp_context
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._tier_auto import auto_local_tier
 from radiobject.ml._workers import _preload_modules, worker_init
@@ -128,6 +129,10 @@ def build_loader(
         raise ConfigurationError(f"batch_size must be >= 1, got {batch_size}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
+        if multiprocessing_context is None:  # forkserver, or fork where only fork can work
+            multiprocessing_context = choose_start_method(
+                lambda: (dataset, worker_init_fn, collate_fn)
+            )
         mp_ctx = mp_context(multiprocessing_context, _preload_modules(dataset))
         shared = SharedLoaderState(mp_ctx, num_workers)
         kwargs["multiprocessing_context"] = mp_ctx

@@ -1,23 +1,34 @@
-"""How a loader's worker processes start: ``fork`` on Linux, checked before any other starts.
+"""How a loader's worker processes start: ``forkserver`` where it can, ``fork`` where only it can.
 
-``fork`` (the default on Linux, as for any PyTorch ``DataLoader``) copies the parent: a
-plain script without ``if __name__ == "__main__":`` and a notebook's own functions just work,
-and a worker is ready in milliseconds. It is safe because everything radiobject keeps per
-process (TileDB contexts, open arrays, caches, thread pools, locks, the local tier's writer,
-read-ahead) lives in one :class:`~radiobject._process.ProcessState` that a forked child
-replaces with an empty one: a worker builds its own on first use and never uses nor frees
-its parent's (``tests/_fork_stress.py`` forks 200 times while all of them are busy).
+A ``forkserver`` worker comes from a server process that never opened TileDB and runs no
+thread of the parent's: nothing the parent is doing at that moment can leave a lock held in
+the worker. It imports the main script again and unpickles the dataset, so it cannot start
+from a plain script whose top-level code (outside ``if __name__ == "__main__":``) makes and
+iterates the loader (every worker would run it again), nor load a class or function defined
+in a notebook and sent to it by reference (a ``worker_init_fn``, a ``collate_fn``, a dataset
+class; transforms travel by value). Loaders given no ``multiprocessing_context`` use ``fork``
+there on Linux, as any PyTorch ``DataLoader`` does: :func:`choose_start_method`.
+
+``fork`` copies the parent. Everything radiobject keeps per process (TileDB contexts, open
+arrays, caches, thread pools, locks, the local tier's writer, read-ahead) lives in one
+:class:`~radiobject._process.ProcessState` that a forked child replaces with an empty one,
+so a worker never uses nor frees its parent's (``tests/_fork_stress.py`` forks 200 times
+while radiobject's reader threads, the tier writer and read-ahead are busy). What radiobject
+cannot reset is TileDB's own process-wide state: a fork while another thread of the parent
+is opening or closing an array leaves TileDB's array-registry mutex locked in the child,
+which hangs at its first array open (seen once in about 1,000 forks with TileDB-Py reads
+opening and closing arrays in a loop in parent threads; radiobject's threads keep their
+arrays open). Hence ``forkserver`` wherever it can work.
 
 TileDB-Py wraps ``os.fork`` to warn that deadlocks are likely after a context was made, and
-Python 3.12+ warns when a multi-threaded process forks: both are about state radiobject
-rebuilds in the child, so the worker start of radiobject's own fork context leaves them out
-(a ``warnings.catch_warnings`` block around that one ``fork``; any other fork still warns).
+Python 3.12+ warns when a multi-threaded process forks. radiobject's fork context leaves both
+out of its own worker starts (a ``warnings.catch_warnings`` block around that one ``fork``;
+any other fork still warns): the worker starts because nothing else can.
 
-``forkserver`` and ``spawn`` (the defaults elsewhere: macOS's system libraries are not fork
-safe) start a new interpreter, which imports the main script again and unpickles the
-dataset. Where that cannot work, :func:`check_workers_can_start` says so with a
-:class:`~radiobject.ConfigurationError` before any worker starts, instead of a worker that
-dies with Python's "bootstrapping phase" error or "Can't get attribute ... on __main__".
+Where a start method cannot work (asked for explicitly, or off Linux),
+:func:`check_workers_can_start` says so with a :class:`~radiobject.ConfigurationError` before
+any worker starts, instead of a worker that dies with Python's "bootstrapping phase" error or
+"Can't get attribute ... on __main__".
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ from typing import Any
 
 from radiobject._errors import ConfigurationError
 
-__all__ = ["check_workers_can_start", "default_start_method", "mp_context"]
+__all__ = ["check_workers_can_start", "choose_start_method", "default_start_method", "mp_context"]
 
 PRELOAD = ("torch", "numpy", "radiobject.ml")
 
@@ -50,28 +61,45 @@ _GUARD = 'if __name__ == "__main__":'
 
 
 def default_start_method() -> str:
-    """``fork`` on Linux; elsewhere ``forkserver`` where the platform has it, else ``spawn``.
+    """``forkserver`` where the platform has it, else ``spawn``.
 
-    Loaders with workers use it unless given a ``multiprocessing_context``:
+    Loaders given no ``multiprocessing_context`` use it wherever its workers can start
+    (:func:`choose_start_method`):
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
     ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
     >>> from radiobject.ml import create_training_dataloader, default_start_method
-    >>> default_start_method()  # on Linux
-    'fork'
+    >>> default_start_method()  # on Linux and macOS
+    'forkserver'
     >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2)
     >>> loader.multiprocessing_context.get_start_method()
+    'forkserver'
+    >>> forked = create_training_dataloader(radi.T1w, num_workers=2, multiprocessing_context="fork")
+    >>> forked.multiprocessing_context.get_start_method()
     'fork'
-    >>> spawned = create_training_dataloader(radi.T1w, num_workers=2,
-    ...                                      multiprocessing_context="spawn")
-    >>> spawned.multiprocessing_context.get_start_method()
-    'spawn'
     """
-    if sys.platform.startswith("linux"):
-        return "fork"
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def choose_start_method(sent: Callable[[], Sequence[Any]]) -> str:
+    """:func:`default_start_method`, or ``fork`` on Linux where its workers cannot start.
+
+    ``sent()`` is what the workers are sent (see :func:`check_workers_can_start`). Called
+    from a guarded script, a test or a notebook whose functions travel by value, it is the
+    default:
+
+    >>> choose_start_method(lambda: [len])
+    'forkserver'
+    """
+    method = default_start_method()
+    try:
+        check_workers_can_start(method, sent)
+    except ConfigurationError:
+        if sys.platform.startswith("linux"):
+            return "fork"  # the only way these workers start; elsewhere the error comes later
+    return method
 
 
 class _ForkProcess(multiprocessing.context.ForkProcess):
@@ -110,8 +138,7 @@ def mp_context(method: str | BaseContext | None, preload: Sequence[str] = PRELOA
     if name not in available:
         raise ConfigurationError(
             f"multiprocessing_context {method!r} is not a start method of this platform; use "
-            f"one of {available}, a multiprocessing context, or None for the default "
-            f"({default_start_method()!r})"
+            f"one of {available}, a multiprocessing context, or None for radiobject's choice"
         )
     if name == "fork":
         return _ForkContext()
@@ -145,8 +172,8 @@ def check_workers_can_start(method: str, sent: Callable[[], Sequence[Any]]) -> N
             raise ConfigurationError(
                 f"{method!r} workers import the main script {path} again, and its line {line} "
                 f"(outside `{_GUARD}`) would start workers again in each of them; put the "
-                f"script's top-level code under `{_GUARD}`, or use multiprocessing_context="
-                f"'fork' (the default on Linux)"
+                f"script's top-level code under `{_GUARD}`, or leave multiprocessing_context "
+                f"unset (fork on Linux) or set it to 'fork'"
             )
         return
     found = main_references(sent())
@@ -155,8 +182,8 @@ def check_workers_can_start(method: str, sent: Callable[[], Sequence[Any]]) -> N
             f"{', '.join(found)} defined in the notebook or interactive session (__main__) "
             f"cannot be loaded by {method!r} workers, which have no __main__ to import them "
             f"from; define {'them' if len(found) > 1 else 'it'} in a module (a .py file next "
-            f"to the notebook) and import {'them' if len(found) > 1 else 'it'}, or use "
-            f"multiprocessing_context='fork' (the default on Linux)"
+            f"to the notebook) and import {'them' if len(found) > 1 else 'it'}, or leave "
+            f"multiprocessing_context unset (fork on Linux) or set it to 'fork'"
         )
 
 
