@@ -30,7 +30,12 @@ from radiobject import ConfigurationError, ReadConfig, configure, get_config
 from radiobject._process import ProcessState
 from radiobject.ml import EpochSampler, create_training_dataloader, default_start_method
 from radiobject.ml._loaders import build_loader
-from radiobject.ml._start_method import _guarded, mp_context
+from radiobject.ml._start_method import (
+    _guarded,
+    check_workers_can_start,
+    choose_start_method,
+    mp_context,
+)
 from radiobject.ml._workers import worker_init
 
 HERE = Path(__file__).parent
@@ -160,6 +165,16 @@ def test_functions_of_a_notebook_are_named_before_spawn_workers_start(sample_rad
     exec("def brighter(sample):\n    return sample\n", notebook.__dict__)
     fine = create_training_dataloader(sample_radi.T1w, transform=notebook.brighter, num_workers=2)
     assert fine.multiprocessing_context.get_start_method() == "forkserver"
+
+
+def test_a_main_script_that_is_no_file_is_named_or_forked(monkeypatch):
+    """``python - < script.py``: spawn and forkserver workers would look for a file "<stdin>"."""
+    piped = types.ModuleType("__main__")
+    piped.__file__ = "<stdin>"
+    monkeypatch.setitem(sys.modules, "__main__", piped)
+    with pytest.raises(ConfigurationError, match="'<stdin>' is not a file"):
+        check_workers_can_start("forkserver", lambda: [])
+    assert choose_start_method(lambda: []) == "fork"
 
 
 @pytest.mark.slow

@@ -167,6 +167,12 @@ def check_workers_can_start(method: str, sent: Callable[[], Sequence[Any]]) -> N
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     if main is not None and path:
+        if not os.path.isfile(path):  # e.g. a script piped in: "<stdin>"
+            raise ConfigurationError(
+                f"{method!r} workers import the main script again, and {path!r} is not a file "
+                f"they can read; run the script from a file, or leave multiprocessing_context "
+                f"unset (fork on Linux) or set it to 'fork'"
+            )
         line = _main_thread_line(main)
         if line is not None and not _guarded(os.path.abspath(path), line):
             raise ConfigurationError(
