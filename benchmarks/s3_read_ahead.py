@@ -246,7 +246,7 @@ def main() -> None:
         )
         rates: dict[tuple[float, int, int, int], float] = {}
         for workers in [int(w) for w in args.workers.split(",")]:
-            if workers:  # start the fork server and warm its imports: not part of an epoch
+            if workers:  # warm up the workers' imports: not part of an epoch
                 first_epoch(uri, 0, workers, 4, proxy)
             for threads in [int(t) for t in args.threads.split(",")]:
                 for delay in (0.0, args.delay_ms):

@@ -96,7 +96,7 @@ def main() -> None:
             duration_s=args.duration,
         )
         tuner = LoaderTuner(radi.T1w, radi.seg)
-        bare(radi, settings.replace(duration_s=1.0))  # warm-up: caches, fork server
+        bare(radi, settings.replace(duration_s=1.0))  # warm-up: caches, imports
         results: dict[str, list[float]] = {"bare": [], "tuner": [], "watched": []}
         redraws: list[int] = []
         drawing: list[float] = []

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable
 
 from radiobject._errors import ConfigurationError
+from radiobject._process import Resource
 
 __all__ = ["allocator_settings", "applied", "retain_freed_memory"]
 
@@ -46,7 +47,8 @@ _PARAMS = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _MIB = 1024 * 1024
 
-_lock = threading.Lock()
+# per process: another thread may hold it at the moment of a fork
+_LOCK: Resource[threading.Lock] = Resource("allocator lock", threading.Lock)
 # MiB last applied in this process (allocator settings are process memory: a forked child
 # inherits them together with this number)
 _applied: int | None = None
@@ -95,7 +97,7 @@ def retain_freed_memory(mb: int) -> bool:
     values = allocator_settings(mb)
     if _applied == mb:
         return True
-    with _lock:
+    with _LOCK.get():
         if _applied == mb:
             return True
         mallopt = _mallopt()

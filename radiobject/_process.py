@@ -9,9 +9,10 @@ moment of the fork is useless in the child.
 So every such resource is a :class:`Resource`, built on first use into the
 :class:`ProcessState` of the calling process. ``os.register_at_fork`` gives a forked child a
 new, empty state; the parent's is kept, whole and unfreed, in a list that is never emptied
-(the child never uses it: it only must not free it). ``spawn`` and ``forkserver`` workers
-start from a fresh interpreter, or from a fork server that never read anything, and build
-their resources on first use like any process.
+(the child never uses it: it only must not free it). This is what lets radiobject's loaders
+fork their workers where no other start method can work (``radiobject.ml._start_method``).
+``spawn`` and ``forkserver`` workers start from a fresh interpreter, or from a fork server
+that never read anything, and build their resources on first use like any process.
 
 >>> calls = []
 >>> numbers = Resource("example numbers", lambda: calls.append(1) or [1, 2, 3])

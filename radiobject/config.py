@@ -598,7 +598,8 @@ def in_scope(scope: Scope | None) -> Iterator[None]:
         _SCOPE.reset(token)
 
 
-_listeners: list[weakref.ref[Callable[[], None]]] = []
+# per process: a forked child (a loader worker) does not call its parent's listeners
+_listeners: Resource[list[weakref.ref[Callable[[], None]]]] = Resource("settings listeners", list)
 
 
 def add_listener(fn: Callable[[], None]) -> Callable[[], None]:
@@ -620,11 +621,12 @@ def add_listener(fn: Callable[[], None]) -> Callable[[], None]:
         weakref.WeakMethod(fn) if inspect.ismethod(fn) else weakref.ref(fn)
     )
     with _LOCK.get():
-        _listeners.append(ref)
+        _listeners.get().append(ref)
 
     def remove() -> None:
         with _LOCK.get():
-            _listeners[:] = [r for r in _listeners if r is not ref]
+            listeners = _listeners.get()
+            listeners[:] = [r for r in listeners if r is not ref]
 
     return remove
 
@@ -634,8 +636,9 @@ def _install(config: RadiObjectConfig) -> None:
     with _LOCK.get():
         _current = config
         _version = next(_serials)
-        _listeners[:] = [r for r in _listeners if r() is not None]
-        live = [r() for r in _listeners]
+        listeners = _listeners.get()
+        listeners[:] = [r for r in listeners if r() is not None]
+        live = [r() for r in listeners]
     for fn in live:
         if fn is not None:
             fn()

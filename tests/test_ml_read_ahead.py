@@ -428,7 +428,7 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
         loader = create_training_dataloader(
             sample_radi.T1w, batch_size=2, config=config, num_workers=2, persistent_workers=False
         )
-        for _ in loader:  # warm up: the fork server runs from here on
+        for _ in loader:  # warm up (a fork server, where one is used, runs from here on)
             break
         gc.collect()
         threads, children = set(threading.enumerate()), len(multiprocessing.active_children())

@@ -179,7 +179,7 @@ def test_settings_listeners_are_weak_and_removable():
     from radiobject import config
 
     reset_config()  # prunes listeners that died before this test
-    before = len(config._listeners)
+    before = len(config._listeners.get())
     kept, dropped, removed = Listener("kept"), Listener("dropped"), Listener("removed")
     add_listener(kept.heard)
     add_listener(dropped.heard)
@@ -191,7 +191,7 @@ def test_settings_listeners_are_weak_and_removable():
     del dropped  # a listener does not keep its object alive
     reset_config()
     assert calls == ["kept"]
-    assert len(config._listeners) <= before + 1  # the removed and the dead one are gone
+    assert len(config._listeners.get()) <= before + 1  # the removed and the dead one are gone
 
 
 def test_a_user_context_is_used_as_is_outside_a_forked_child():

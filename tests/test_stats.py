@@ -247,7 +247,7 @@ def test_parallelized_reads_counts_queries_beside_another_in_flight(vol):
         entered, release = threading.Event(), threading.Event()
 
         def other_query() -> None:  # another thread's query, in flight throughout
-            with read_overlap:
+            with read_overlap():
                 entered.set()
                 release.wait(5)
 
@@ -446,7 +446,7 @@ def trim_every_3(monkeypatch):
         _stats.trim_query_record()
 
     monkeypatch.setattr(_region, "on_many_queries", (3, trim))
-    monkeypatch.setattr(_region, "_next_trim", -1)
+    monkeypatch.setattr(_region.read_overlap(), "next_trim", -1)
     return calls
 
 

@@ -21,9 +21,12 @@ from collections.abc import Mapping
 
 import tiledb
 
+from radiobject._process import Resource
+
 __all__ = ["ctx_from_settings", "tiledb_settings"]
 
-_lock = threading.Lock()
+# per process: another thread may hold it at the moment of a fork
+_LOCK: Resource[threading.Lock] = Resource("remote contexts lock", threading.Lock)
 _defaults: dict[str, str] = {}
 _contexts: dict[tuple[int, tuple[tuple[str, str], ...]], tiledb.Ctx] = {}
 _inherited: list[tiledb.Ctx] = []
@@ -34,7 +37,7 @@ def tiledb_settings(ctx: tiledb.Ctx) -> dict[str, str]:
 
     The dict may hold S3 credentials: keep it out of logs and reprs.
     """
-    with _lock:
+    with _LOCK.get():
         if not _defaults:
             default = tiledb.Config()
             _defaults.update({k: default[k] for k in default})
@@ -48,7 +51,7 @@ def ctx_from_settings(settings: Mapping[str, str]) -> tiledb.Ctx:
     A context made by a parent process before ``fork`` is never returned (nor freed).
     """
     key = (os.getpid(), tuple(sorted(settings.items())))
-    with _lock:
+    with _LOCK.get():
         ctx = _contexts.get(key)
         if ctx is None:
             for k in [k for k in _contexts if k[0] != key[0]]:

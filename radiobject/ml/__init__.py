@@ -36,9 +36,9 @@ from radiobject.ml._randomness import SeededGlobally, sample_generator, sample_r
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._segmentation import SegmentationDataset
+from radiobject.ml._start_method import default_start_method
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._workers import (
-    default_start_method,
     loader_cache_counters,
     loader_pids,
     loader_stage_counters,

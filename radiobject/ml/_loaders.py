@@ -3,14 +3,17 @@
 Every loader made here is a :class:`~radiobject.ml.RadiObjectLoader`: its ``state_dict()``
 goes into the checkpoint, and ``load_state_dict()`` resumes mid-epoch with exactly the
 samples the uninterrupted run would have had, whatever ``num_workers``. Loaders with
-workers start them safely (``forkserver``, never plain ``fork``; see
-:mod:`radiobject.ml._workers`).
+workers start them with ``forkserver``, or with ``fork`` on Linux where a forkserver worker
+cannot start (a plain script without ``if __name__ == "__main__":``, a notebook's own
+``worker_init_fn``), and check the start method before a worker starts; see
+:mod:`radiobject.ml._start_method`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import tiledb
@@ -26,10 +29,11 @@ from radiobject.ml._recipe import recorded
 from radiobject.ml._sampling import shuffled, window_shuffled
 from radiobject.ml._segmentation import SegmentationDataset
 from radiobject.ml._shared import SharedLoaderState, TimedCollate
+from radiobject.ml._start_method import choose_start_method, mp_context
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
 from radiobject.ml._subjects import Labels
 from radiobject.ml._tier_auto import auto_local_tier
-from radiobject.ml._workers import _mp_context, _preload_modules, worker_init
+from radiobject.ml._workers import _preload_modules, worker_init
 from radiobject.storage import VolumeCollection
 
 __all__ = [
@@ -120,7 +124,7 @@ def build_loader(
     persistent_workers: bool | None = None,
     drop_last: bool = False,
     prefetch_factor: int | None = None,
-    multiprocessing_context: str | None = None,
+    multiprocessing_context: str | BaseContext | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> RadiObjectLoader:
@@ -129,7 +133,11 @@ def build_loader(
     num_workers = parse_num_workers(num_workers, "build_loader")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        mp_ctx = _mp_context(multiprocessing_context, _preload_modules(dataset))
+        if multiprocessing_context is None:  # forkserver, or fork where only fork can work
+            multiprocessing_context = choose_start_method(
+                lambda: (dataset, worker_init_fn, collate_fn)
+            )
+        mp_ctx = mp_context(multiprocessing_context, _preload_modules(dataset))
         shared = SharedLoaderState(mp_ctx, num_workers)
         kwargs["multiprocessing_context"] = mp_ctx
         kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
@@ -227,7 +235,7 @@ def create_training_dataloader(
         num_workers: worker processes, >= 0 (started safely, see module docs).
         pin_memory: pin batches for faster GPU transfer.
         persistent_workers: keep workers between epochs (default: yes when
-            ``num_workers > 0``; restarting them every epoch costs seconds).
+            ``num_workers > 0``: they keep their caches and open volumes between epochs).
         seed: patch positions and order derive from ``(seed, epoch, index)``.
         config: a full :class:`DatasetConfig` (overrides the patch arguments).
         shuffle_window: shuffle within windows of this many volumes (``"auto"``: 4 when a
@@ -475,7 +483,7 @@ def create_segmentation_dataloader(
         num_workers: worker processes.
         pin_memory: pin batches for faster GPU transfer.
         persistent_workers: keep workers between epochs (default: yes when
-            ``num_workers > 0``; restarting them every epoch costs seconds).
+            ``num_workers > 0``: they keep their caches and open volumes between epochs).
         seed: sampling seed.
         shuffle: shuffle each epoch.
         config: a full :class:`DatasetConfig` (overrides the patch arguments).

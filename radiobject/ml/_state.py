@@ -11,6 +11,7 @@ the epoch is re-sharded).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from radiobject._errors import ConfigurationError
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._stages import raise_failure
+from radiobject.ml._start_method import check_workers_can_start
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -305,6 +307,13 @@ class RadiObjectLoader(DataLoader[Any]):
 
     # mypy is silenced on the next line: DataLoader says _BaseDataLoaderIter; this wraps one
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        if self.num_workers > 0 and (self._iterator is None or not self.persistent_workers):
+            # workers are about to start: say now if their start method cannot work here
+            ctx = self.multiprocessing_context  # None: the process's default, as torch does
+            method = ctx.get_start_method() if ctx is not None else mp.get_start_method()
+            check_workers_can_start(
+                method, lambda: (self.dataset, self.worker_init_fn, self.collate_fn)
+            )
         p = self.resumable_sampler.start_pass()
         return _Counting(super().__iter__(), p, self.batch_size or 1, self.drop_last)
 

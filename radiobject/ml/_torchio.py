@@ -71,11 +71,12 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     Use it with ``tio.Queue`` and a patch sampler (every released TorchIO ``Queue`` needs
     one, e.g. ``tio.UniformSampler(patch_size)`` or ``tio.LabelSampler(patch_size, "seg")``).
 
-    ``tio.Queue(..., num_workers=n)`` starts its loading processes with the platform's
-    default start method, which is ``fork`` on Linux, and a TileDB context does not survive
-    ``fork``. Before a queue with ``num_workers > 0``, call
-    ``multiprocessing.set_start_method("forkserver", force=True)``. The subjects are
-    picklable, so forkserver and spawn workers load them.
+    ``tio.Queue(..., num_workers=n)`` works as it is: its loading processes start with the
+    platform's default start method (``fork`` on Linux), and each builds its own TileDB
+    context and handles on first use (a forked process never uses its parent's). TileDB-Py
+    warns once per process when it sees a ``fork`` after a context was made; for these
+    subjects the warning does not apply. The subjects are picklable, so ``forkserver`` and
+    ``spawn`` workers load them too.
 
     This dataset keeps no resume state: ``tio.Queue`` owns the order of subjects and the
     patch positions (drawn from torch's global generator in its own loader) and keeps a

@@ -1,20 +1,16 @@
-"""Safe DataLoader worker processes: how they start, what they inherit, what they count.
+"""DataLoader worker processes: how they are set up, and what they count.
 
-Workers start with ``forkserver`` (``spawn`` where it is missing), never plain ``fork``:
-a TileDB context does not survive ``fork`` (a forked worker can hang for ever in
-``Array::open``). The fork server is a clean process that never opened TileDB, so workers
-forked from it start fast and safe; each builds its own context on first use.
-
-:class:`worker_init` sets each worker up (the parent's settings, its share of the cache
-budget, the shared counters); ``loader_*`` read those counters back from the parent.
+How workers start (``fork`` on Linux, checked start methods elsewhere) is
+:mod:`radiobject.ml._start_method`. :class:`worker_init` sets each worker up (the parent's
+settings, its share of the cache budget, the shared counters); ``loader_*`` read those
+counters back from the parent.
 """
 
 from __future__ import annotations
 
 import inspect
-import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +20,10 @@ from radiobject.config import RadiObjectConfig, configure
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._shared import SharedLoaderState, install_worker
 from radiobject.ml._stages import StageCounters, stage_counters
+from radiobject.ml._start_method import PRELOAD
 from radiobject.read import CacheCounters, block_cache
 
 __all__ = [
-    "default_start_method",
     "loader_cache_counters",
     "loader_pids",
     "loader_stage_counters",
@@ -45,8 +41,10 @@ class worker_init:
 
     The cache budget of ``ReadConfig.cache_mb`` is for the whole loader: each of the
     ``num_workers`` workers gets ``1/num_workers`` of it. The parent's ``AWS_*`` environment
-    (S3 credentials, profile, region) goes along too: workers fork from a server process
-    that may have started before those variables were set. It is never shown in ``repr``.
+    (S3 credentials, profile, region) goes along too, never shown in ``repr``: a
+    ``forkserver`` worker comes from a server that may have started before those variables
+    were set, and gets the parent's values of the ones that differ. ``fork`` and ``spawn``
+    workers have the parent's environment already: nothing is written there.
 
     radiobject's loaders install it when ``num_workers > 0``; a ``worker_init_fn`` of your
     own runs after it, in each worker:
@@ -76,7 +74,9 @@ class worker_init:
     aws_env: dict[str, str] = field(default_factory=_aws_environment, repr=False)
 
     def __call__(self, worker_id: int) -> None:
-        os.environ.update(self.aws_env)
+        stale = {k: v for k, v in self.aws_env.items() if os.environ.get(k) != v}
+        if stale:  # a fork server's environment, older than the parent's
+            os.environ.update(stale)
         block_cache().worker_share = max(1, self.num_workers)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
         install_worker(self.shared, worker_id)
@@ -160,35 +160,13 @@ def loader_pids(loader: DataLoader[Any]) -> list[int]:
     return pids
 
 
-def default_start_method() -> str:
-    """``forkserver`` where the platform has it, else ``spawn`` (never ``fork``).
-
-    Loaders with workers use it unless given a ``multiprocessing_context``:
-
-    >>> import os, tempfile
-    >>> from radiobject.data import make_sample_radiobject
-    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
-    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> from radiobject.ml import create_training_dataloader, default_start_method
-    >>> default_start_method()  # on Linux and macOS
-    'forkserver'
-    >>> loader = create_training_dataloader(radi.T1w, batch_size=2, num_workers=2)
-    >>> loader.multiprocessing_context.get_start_method()
-    'forkserver'
-    """
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-_PRELOAD = ("torch", "numpy", "radiobject.ml")
-
-
 def _preload_modules(dataset: VolumeCollectionDataset) -> list[str]:
     """Modules a worker imports to unpickle ``dataset``: its class's and its transform's.
 
     A MONAI ``Compose`` takes seconds to import; imported once by the fork server, it is
     not imported again by every worker.
     """
-    names = list(_PRELOAD)
+    names = list(PRELOAD)
     for obj in (dataset, getattr(dataset, "transform", None)):
         if obj is None:
             continue
@@ -198,12 +176,3 @@ def _preload_modules(dataset: VolumeCollectionDataset) -> list[str]:
         if not any(module == n or module.startswith(n + ".") for n in names):
             names.append(module)
     return names
-
-
-def _mp_context(method: str | None, preload: Sequence[str] = _PRELOAD) -> Any:
-    method = method or default_start_method()
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        # the server imports these once (when it starts); workers forked from it start warm
-        ctx.set_forkserver_preload(list(preload))
-    return ctx

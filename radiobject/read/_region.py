@@ -61,6 +61,7 @@ class ReadOverlap:
         self.queries = 0
         self.overlapped = 0
         self._last_overlap = -1  # number of the latest query that started beside another
+        self.next_trim = -1  # ``queries`` at which to call on_many_queries next (-1: not yet)
 
     def snapshot(self) -> tuple[int, int]:
         """``(queries, overlapped)`` now."""
@@ -89,7 +90,13 @@ class ReadOverlap:
                 self.overlapped += 1
 
 
-read_overlap = ReadOverlap()
+# per process: a forked child counts its own queries (none in flight), under its own lock
+_READ_OVERLAP: Resource[ReadOverlap] = Resource("storage query meter", ReadOverlap)
+
+
+def read_overlap() -> ReadOverlap:
+    """This process's :class:`ReadOverlap` meter of storage queries."""
+    return _READ_OVERLAP.get()
 
 
 SPLIT_BYTES = 4 << 20  # a read at least this large is split in slabs, read on threads at once
@@ -171,20 +178,19 @@ _SLAB_POOL: Resource[ThreadPoolExecutor] = Resource("slab reader threads", _slab
 
 # (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
 on_many_queries: tuple[int, Callable[[], None]] | None = None
-_next_trim = -1  # read_overlap.queries at which to call it next (-1: not counted yet)
 
 
 def _after_query() -> None:
-    global _next_trim
     hook = on_many_queries
-    if hook is None or 0 <= _next_trim > read_overlap.queries:
+    meter = read_overlap()
+    if hook is None or 0 <= meter.next_trim > meter.queries:
         return
     every, trim = hook
-    with read_overlap._lock:
-        queries = read_overlap.queries
-        due = 0 <= _next_trim <= queries
-        if _next_trim < 0 or due:  # another thread may have moved it on meanwhile
-            _next_trim = queries + every
+    with meter._lock:
+        queries = meter.queries
+        due = 0 <= meter.next_trim <= queries
+        if meter.next_trim < 0 or due:  # another thread may have moved it on meanwhile
+            meter.next_trim = queries + every
     if due:
         trim()
 
@@ -204,7 +210,7 @@ def _query(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
 
 def _query_once(handle: tiledb.Array, info: ArrayInfo, bounds: Bounds) -> np.ndarray:
     # both ways release the GIL while TileDB works, so threads read in parallel
-    with read_overlap, tiledb_errors(info.uri, "read volume"):
+    with read_overlap(), tiledb_errors(info.uri, "read volume"):
         out = _read_into(handle, info, bounds)
         if out is not None:
             return out

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from radiobject._errors import ConfigurationError
+from radiobject._process import Resource
 from radiobject.read import _region
 from radiobject.read._region import CacheCounters, block_cache, read_overlap
 
@@ -140,7 +141,8 @@ class S3Stats:
 
 
 # TileDB's counters, made monotonic: what earlier resets cleared is kept in ``_folded``
-_lock = threading.RLock()
+# per process: a reading thread may hold it at the moment of a fork
+_LOCK: Resource[threading.RLock] = Resource("statistics lock", threading.RLock)
 _blocks = 0  # TileDBStats blocks open in this process
 _owned = False  # TileDB statistics were turned on by TileDBStats (not by the user)
 _folded: dict[str, int] = {}
@@ -198,7 +200,7 @@ def trim_query_record() -> None:
     """
     import tiledb
 
-    with _lock:
+    with _LOCK.get():
         if _blocks:
             if _owned:
                 _counters(reset=True)  # fold, then reset: the blocks' counters stay exact
@@ -236,7 +238,7 @@ def tiledb_counters() -> dict[str, int]:
 
 def _counters(reset: bool) -> dict[str, int]:
     """The monotonic counters; with ``reset``, TileDB's are moved into the running total."""
-    with _lock:
+    with _LOCK.get():
         live = _raw_counters()
         if not _owned:
             return live
@@ -256,7 +258,7 @@ def _open_block() -> dict[str, int]:
     import tiledb
 
     global _blocks, _owned
-    with _lock:
+    with _LOCK.get():
         _blocks += 1
         if _blocks > 1 or _stats_enabled():  # counted already: fold, keeping edges cheap
             return _counters(reset=True)
@@ -274,7 +276,7 @@ def _close_block() -> dict[str, int]:
     import tiledb
 
     global _blocks, _owned
-    with _lock:
+    with _LOCK.get():
         last = _blocks == 1  # the next block to open resets: no reset (walk) here
         counters = _counters(reset=not last)
         _blocks -= 1
@@ -334,7 +336,7 @@ class TileDBStats:
 
     def __enter__(self) -> TileDBStats:
         self._tdb_before = _open_block() if self.storage else {}
-        self._queries_before = read_overlap.snapshot()
+        self._queries_before = read_overlap().snapshot()
         self._queries_after = None
         self._cache_before = block_cache().counters.copy()
         self._cache_after = None
@@ -347,7 +349,7 @@ class TileDBStats:
         tb: TracebackType | None,
     ) -> None:
         self._cache_after = block_cache().counters.copy()
-        self._queries_after = read_overlap.snapshot()
+        self._queries_after = read_overlap().snapshot()
         if self.storage:
             self.counters = _diff(_close_block(), self._tdb_before)
 
@@ -376,7 +378,7 @@ class TileDBStats:
             if self._cache_after is not None
             else _diff(tiledb_counters(), self._tdb_before)
         )
-        queries_after, overlapped_after = self._queries_after or read_overlap.snapshot()
+        queries_after, overlapped_after = self._queries_after or read_overlap().snapshot()
         queries_before, overlapped_before = self._queries_before
         return S3Stats(
             read_ops=_sum(c, ".VFS.read_ops_num"),
