@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from radiobject._errors import ConfigurationError
+from radiobject._process import Resource
 
 __all__ = ["SeededGlobally", "sample_generator", "sample_rng", "seeded_call"]
 
@@ -111,21 +112,34 @@ def sample_rng() -> np.random.Generator:
     return found.numpy
 
 
-# re-entrant: a transform that reads another sample of its dataset does not deadlock
-_GLOBAL_LOCK = threading.RLock()  # a transform that cannot be weakly referenced
-_LOCKS: WeakKeyDictionary[Any, threading.RLock] = WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+class _TransformLocks:
+    """This process's transform locks.
+
+    A forked worker gets new ones: a lock a parent's thread held at the fork would stay held
+    in the child.
+    """
+
+    def __init__(self) -> None:
+        # re-entrant: a transform that reads another sample of its dataset does not deadlock
+        self.fallback = threading.RLock()  # a transform that cannot be weakly referenced
+        self.by_transform: WeakKeyDictionary[Any, threading.RLock] = WeakKeyDictionary()
+        self.guard = threading.Lock()
+        self.globals = threading.RLock()  # SeededGlobally calls never interleave
+
+
+_LOCKS: Resource[_TransformLocks] = Resource("transform locks", _TransformLocks)
 
 
 def _lock_of(transform: Any) -> threading.RLock:
     """The lock held while ``transform`` is reseeded and called (one per transform object)."""
-    with _LOCKS_GUARD:
+    locks = _LOCKS.get()
+    with locks.guard:
         try:
-            lock = _LOCKS.get(transform)
+            lock = locks.by_transform.get(transform)
             if lock is None:
-                lock = _LOCKS[transform] = threading.RLock()
+                lock = locks.by_transform[transform] = threading.RLock()
         except TypeError:  # not hashable or not weakly referenceable
-            return _GLOBAL_LOCK
+            return locks.fallback
         return lock
 
 
@@ -152,9 +166,6 @@ def seeded_call(transform: Callable[[Any], Any], sample: Any, seed: int) -> Any:
             return transform(sample)
     finally:
         _CURRENT.reset(token)
-
-
-_GLOBALS_LOCK = threading.RLock()  # SeededGlobally calls never interleave with each other
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,7 @@ class SeededGlobally:
 
     def __call__(self, sample: Any) -> Any:
         seed = _current("SeededGlobally").seed
-        with _GLOBALS_LOCK:
+        with _LOCKS.get().globals:
             py_state, np_state = random.getstate(), np.random.get_state()
             torch_state = torch.get_rng_state()
             random.seed(seed)
