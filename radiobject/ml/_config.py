@@ -9,6 +9,7 @@ from typing import TypeVar
 from radiobject._errors import ConfigurationError
 from radiobject.config import SliceOrientation
 from radiobject.ml._params import as_int, parse_patch_size, parse_slab, parse_slab_patch
+from radiobject.ml._slab import PLANE_AXIS
 
 __all__ = ["DatasetConfig", "LoadingMode"]
 
@@ -113,6 +114,21 @@ class DatasetConfig:
                 "DatasetConfig: loading_mode=PATCH needs patch_size, e.g. patch_size=(64, 64, 64)"
             )
         self._check_slab(mode)
+
+    @property
+    def slab_axis(self) -> int | None:
+        """The volume axis (0: x, 1: y, 2: z) a ``SLAB`` item's planes are stacked along.
+
+        ``None`` in other modes.
+
+        >>> DatasetConfig(loading_mode="slab", slab=3).slab_axis  # axial planes: along z
+        2
+        >>> DatasetConfig().slab_axis is None
+        True
+        """
+        if self.loading_mode is not LoadingMode.SLAB:
+            return None
+        return PLANE_AXIS[self.slice_orientation]
 
     def _check_slab(self, mode: LoadingMode) -> None:
         if mode is not LoadingMode.SLAB:
