@@ -80,7 +80,8 @@ def test_slab_patch_is_a_2d_patch_of_the_planes(colls, arrays):
         sample = ds[index]
         x, y, z = sample["patch_start"].tolist()
         assert sample["image"].shape == (4, 8, 6)
-        expected = np.moveaxis(arrays[sample["obs_subject_id"]][x : x + 8, y : y + 6, z : z + 4], 2, 0)
+        box = arrays[sample["obs_subject_id"]][x : x + 8, y : y + 6, z : z + 4]
+        expected = np.moveaxis(box, 2, 0)
         np.testing.assert_array_equal(sample["image"].numpy(), expected)
 
 
@@ -91,7 +92,8 @@ def test_slab_positions_are_uniform_where_the_slab_fits(colls):
     counts = np.bincount(starts, minlength=SHAPE[2] - k + 1)
     assert len(counts) == SHAPE[2] - k + 1  # never past the last position that fits
     # 8 positions, 400 draws: each expected 50 times; a bias to the middle or an edge fails
-    assert counts.min() >= 25 and counts.max() <= 80, counts
+    assert counts.min() >= 25, counts
+    assert counts.max() <= 80, counts
     assert [int(ds[(e, 0)]["patch_start"][2]) for e in range(5)] == starts[:5]  # a pure function
 
 
@@ -105,7 +107,7 @@ def test_any_k_fits_up_to_the_volume_depth(colls, arrays):
 
 
 def test_too_thick_a_slab_or_too_wide_a_patch_names_the_volume(colls):
-    with pytest.raises(ShapeError, match=r"slab of 13 axial planes does not fit in volume 'sub-000"):
+    with pytest.raises(ShapeError, match=r"slab of 13 axial planes does not fit in volume 'sub-0"):
         VolumeCollectionDataset(colls[0], slab_cfg(13))
     with pytest.raises(ShapeError, match=r"slab_patch \(24, 8\) is larger than the axial planes"):
         VolumeCollectionDataset(colls[0], slab_cfg(3, slab_patch=(24, 8)))
@@ -154,11 +156,13 @@ def test_factories_give_slab_batches_and_record_them(sample_radi):
     assert next(iter(loader))["image"].shape == (2, 6, 32, 24)
     assert loader.recipe.arguments["slab"] == 3
     variant = loader.recipe.build(batch_size=4, patches_per_volume=2)  # what the tuner does
-    assert variant.dataset.config.slab == 3 and variant.dataset.config.patches_per_volume == 2
+    assert variant.dataset.config.slab == 3
+    assert variant.dataset.config.patches_per_volume == 2
     assert next(iter(variant))["image"].shape == (4, 6, 32, 24)
     seg = create_segmentation_dataloader(sample_radi.T1w, sample_radi.seg, batch_size=2, slab=5)
     batch = next(iter(seg))
-    assert batch["image"].shape == (2, 5, 32, 32) and batch["mask"].shape == (2, 1, 32, 32)
+    assert batch["image"].shape == (2, 5, 32, 32)
+    assert batch["mask"].shape == (2, 1, 32, 32)
 
 
 def test_a_slab_config_survives_recipe_changes(sample_radi):
@@ -166,7 +170,8 @@ def test_a_slab_config_survives_recipe_changes(sample_radi):
     loader = create_training_dataloader(sample_radi.T1w, config=config)
     more = loader.recipe.build(patches_per_volume=3)
     assert more.dataset.config.loading_mode is LoadingMode.SLAB
-    assert more.dataset.config.patches_per_volume == 3 and more.dataset.config.slab == 3
+    assert more.dataset.config.patches_per_volume == 3
+    assert more.dataset.config.slab == 3
     patches = loader.recipe.build(patch_size=(8, 8, 8))  # 3D patches now: no slab left
     assert patches.dataset.config.loading_mode is LoadingMode.PATCH
     assert patches.dataset.config.slab is None
@@ -186,7 +191,8 @@ def test_segmentation_slab_mask_is_its_centre_plane(sample_radi):
         sample = ds[index]
         z = int(sample["patch_start"][2]) + k // 2
         seg = sample_radi.seg.loc[f"{sample['obs_subject_id']}_seg"].to_numpy()
-        assert sample["mask"].shape == (1, 32, 32) and sample["mask"].dtype == torch.int64
+        assert sample["mask"].shape == (1, 32, 32)
+        assert sample["mask"].dtype == torch.int64
         np.testing.assert_array_equal(sample["mask"][0].numpy(), seg[:, :, z])
         has_fg = seg.any()
         # foreground-centred: the centre plane holds foreground wherever the volume has some

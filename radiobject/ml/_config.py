@@ -1,4 +1,4 @@
-"""``DatasetConfig``: what one sample is (whole volume, patch, 2D slice or slab), how it is drawn."""
+"""``DatasetConfig``: what one sample is (whole volume, patch, slice or slab) and how it's drawn."""
 
 from __future__ import annotations
 
@@ -144,9 +144,7 @@ class DatasetConfig:
                 "DatasetConfig: loading_mode=SLAB needs slab (planes per item), e.g. slab=5"
             )
         object.__setattr__(self, "slab", parse_slab(self.slab, "DatasetConfig"))
-        object.__setattr__(
-            self, "slab_patch", parse_slab_patch(self.slab_patch, "DatasetConfig")
-        )
+        object.__setattr__(self, "slab_patch", parse_slab_patch(self.slab_patch, "DatasetConfig"))
         if self.patch_size is not None:
             raise ConfigurationError(
                 f"DatasetConfig: loading_mode=SLAB takes slab_patch=(h, w) for a 2D patch of "

@@ -409,7 +409,7 @@ class CollectionBrowser(Quiet, w.VBox):
                 f"mark_slab: axis must be 'axial', 'coronal' or 'sagittal'; got {axis!r}"
             )
         a = plane_axis(str(axis).lower())
-        if not (k >= 1 and 0 <= start and start + k <= shape[a]):
+        if not (k >= 1 and start >= 0 and start + k <= shape[a]):
             raise ShapeError(
                 f"a slab of {k} {axis} planes from {start} does not fit in {self.obs_id!r} of "
                 f"shape {shape} ({shape[a]} planes)"

@@ -173,9 +173,7 @@ class PatchPreview(w.VBox):
                         raise ValueError("the loader yields no batches") from None
                     continue
                 fresh = False
-                out.extend(
-                    patches_from(batch, batched=True, channel=self.channel, slab=self.slab)
-                )
+                out.extend(patches_from(batch, batched=True, channel=self.channel, slab=self.slab))
             return out[: self.n]
         size = len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
         if size == 0:
