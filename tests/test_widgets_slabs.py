@@ -111,3 +111,17 @@ def test_browser_marks_a_slab_and_clears_it(sample_radi):
         browser.mark_slab(22, 5)
     with pytest.raises(ConfigurationError, match="axis must be"):
         browser.mark_slab(0, 3, axis="z")
+
+
+def test_the_tuner_rebuilds_a_slab_loader_as_slabs(sample_radi):
+    from radiobject.widgets._source import tuner_source
+
+    loader = create_segmentation_dataloader(
+        sample_radi.T1w, sample_radi.seg, batch_size=2, slab=5, patches_per_volume=2
+    )
+    source = tuner_source(loader, None, {})
+    assert source.settings["patch_size"] is None  # "full": slabs have no 3D patch size
+    again = source.make(batch_size=4, num_workers=0, patch_size=None, patches_per_volume=3)
+    assert again.dataset.config.slab == 5
+    assert again.dataset.config.patches_per_volume == 3
+    assert next(iter(again))["image"].shape == (4, 5, 32, 32)
