@@ -8,7 +8,13 @@ from typing import TypeVar
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import SliceOrientation
-from radiobject.ml._params import as_int, parse_patch_size, parse_slab, parse_slab_patch
+from radiobject.ml._params import (
+    as_int,
+    parse_patch_size,
+    parse_slab,
+    parse_slab_axis,
+    parse_slab_patch,
+)
 from radiobject.ml._slab import PLANE_AXIS
 
 __all__ = ["DatasetConfig", "LoadingMode"]
@@ -150,6 +156,52 @@ class DatasetConfig:
                 f"DatasetConfig: loading_mode=SLAB takes slab_patch=(h, w) for a 2D patch of "
                 f"the planes, not patch_size; got patch_size={self.patch_size!r}"
             )
+
+
+def slab_config(
+    where: str,
+    slab: object,
+    axis: object,
+    slab_patch: object,
+    *,
+    patch_size: tuple[int, int, int] | None,
+    patches_per_volume: int,
+    seed: int,
+    config: DatasetConfig | None,
+) -> DatasetConfig | None:
+    """The ``SLAB`` config of a factory's ``slab``, ``axis`` and ``slab_patch`` (None: no slab).
+
+    Bad values, or slab arguments mixed with ``patch_size`` or ``config``, raise
+    ``ConfigurationError`` before anything is read.
+    """
+    orientation = parse_slab_axis(axis, where)
+    patch = parse_slab_patch(slab_patch, where)
+    if slab is None:
+        if patch is not None or orientation.value != "axial":
+            raise ConfigurationError(
+                f"{where}: axis and slab_patch describe slabs; pass slab=k (planes per "
+                f"sample) with them, got axis={axis!r}, slab_patch={slab_patch!r}"
+            )
+        return None
+    k = parse_slab(slab, where)
+    if config is not None:
+        raise ConfigurationError(
+            f"{where}: pass either slab=... or config=..., not both (a slab config is "
+            f"DatasetConfig(loading_mode='slab', slab={k}, ...))"
+        )
+    if patch_size is not None:
+        raise ConfigurationError(
+            f"{where}: a slab's 2D patch is slab_patch=(h, w); patch_size is for 3D patches "
+            f"(got patch_size={patch_size!r} with slab={k})"
+        )
+    return DatasetConfig(
+        loading_mode=LoadingMode.SLAB,
+        slab=k,
+        slab_patch=patch,
+        slice_orientation=orientation,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+    )
 
 
 def _parse_enum(name: str, value: object, kind: type[E], exclude: str = "") -> E:

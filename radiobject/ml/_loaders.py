@@ -17,17 +17,10 @@ import tiledb
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import current_scope, get_config
-from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._config import DatasetConfig, LoadingMode, slab_config
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
-from radiobject.ml._params import (
-    parse_batch_size,
-    parse_loader_params,
-    parse_num_workers,
-    parse_slab,
-    parse_slab_axis,
-    parse_slab_patch,
-)
+from radiobject.ml._params import parse_batch_size, parse_loader_params, parse_num_workers
 from radiobject.ml._read_ahead import ReadAheadSchedule
 from radiobject.ml._recipe import recorded
 from radiobject.ml._sampling import shuffled, window_shuffled
@@ -175,52 +168,6 @@ def build_loader(
 _SEG_PATCH = (96, 96, 96)  # create_segmentation_dataloader's default patch (not a slab's)
 
 
-def _slab_config(
-    where: str,
-    slab: object,
-    axis: object,
-    slab_patch: object,
-    *,
-    patch_size: tuple[int, int, int] | None,
-    patches_per_volume: int,
-    seed: int,
-    config: DatasetConfig | None,
-) -> DatasetConfig | None:
-    """The ``SLAB`` config of a factory's ``slab``, ``axis`` and ``slab_patch`` (None: no slab).
-
-    Bad values, or slab arguments mixed with ``patch_size`` or ``config``, raise
-    ``ConfigurationError`` before anything is read.
-    """
-    orientation = parse_slab_axis(axis, where)
-    patch = parse_slab_patch(slab_patch, where)
-    if slab is None:
-        if patch is not None or orientation.value != "axial":
-            raise ConfigurationError(
-                f"{where}: axis and slab_patch describe slabs; pass slab=k (planes per "
-                f"sample) with them, got axis={axis!r}, slab_patch={slab_patch!r}"
-            )
-        return None
-    k = parse_slab(slab, where)
-    if config is not None:
-        raise ConfigurationError(
-            f"{where}: pass either slab=... or config=..., not both (a slab config is "
-            f"DatasetConfig(loading_mode='slab', slab={k}, ...))"
-        )
-    if patch_size is not None:
-        raise ConfigurationError(
-            f"{where}: a slab's 2D patch is slab_patch=(h, w); patch_size is for 3D patches "
-            f"(got patch_size={patch_size!r} with slab={k})"
-        )
-    return DatasetConfig(
-        loading_mode=LoadingMode.SLAB,
-        slab=k,
-        slab_patch=patch,
-        slice_orientation=orientation,
-        patches_per_volume=patches_per_volume,
-        seed=seed,
-    )
-
-
 def _config(
     config: DatasetConfig | None,
     patch_size: tuple[int, int, int] | None,
@@ -336,7 +283,7 @@ def create_training_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    slabs = _slab_config(
+    slabs = slab_config(
         where,
         slab,
         axis,
@@ -604,7 +551,7 @@ def create_segmentation_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    slabs = _slab_config(
+    slabs = slab_config(
         where,
         slab,
         axis,
