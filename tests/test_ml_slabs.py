@@ -247,3 +247,23 @@ def test_a_slab_reads_at_most_1_5x_its_bytes_on_axial_tiles(axial_uncompressed, 
         whole = VolumeCollectionDataset(axial_uncompressed, DatasetConfig())
         whole_bytes, _ = _bytes_read(whole, (0, 1))  # the other volume: nothing cached
         assert whole_bytes > 1.5 * slab_bytes
+
+
+def test_slab_batches_are_the_same_with_workers(sample_radi):
+    def batches(workers):
+        loader = create_segmentation_dataloader(
+            sample_radi.T1w,
+            sample_radi.seg,
+            batch_size=3,
+            slab=5,
+            slab_patch=(16, 16),
+            patches_per_volume=2,
+            num_workers=workers,
+        )
+        return [(b["image"], b["mask"], b["patch_start"]) for b in loader]
+
+    alone, with_workers = batches(0), batches(2)
+    assert len(alone) == len(with_workers) == 4
+    for one, other in zip(alone, with_workers, strict=True):
+        for a, b in zip(one, other, strict=True):
+            assert torch.equal(a, b)
