@@ -88,9 +88,7 @@ def monai_slab_loader(
     crop = (
         RandSpatialCropd("image", roi_size=roi, random_size=False)
         if per_load == 1
-        else RandSpatialCropSamplesd(
-            "image", roi_size=roi, num_samples=per_load, random_size=False
-        )
+        else RandSpatialCropSamplesd("image", roi_size=roi, num_samples=per_load, random_size=False)
     )
     transform = Compose(
         [LoadImaged("image", ensure_channel_first=True), crop, Lambda(planes_first)]
