@@ -91,6 +91,12 @@ LOADERS: dict[str, Callable[[Any], Any]] = {
     "grid": lambda radi: create_inference_dataloader(
         radi.T1w, patch_size=(8, 8, 10), overlap=0.5, batch_size=3
     ),
+    "slab": lambda radi: create_training_dataloader(
+        [radi.T1w, radi.FLAIR], batch_size=2, slab=3, slab_patch=(8, 6), patches_per_volume=2
+    ),
+    "slab_segmentation": lambda radi: create_segmentation_dataloader(
+        radi.T1w, radi.seg, batch_size=2, slab=5, axis="coronal", patches_per_volume=2
+    ),
 }
 
 
@@ -138,8 +144,18 @@ def test_grid_plans_the_patch_it_reads(radi, recorded):
             DatasetConfig(loading_mode="patch", patch_size=(4, 4, 4), patches_per_volume=2),
             foreground_sampling=True,
         ),
+        lambda radi: VolumeCollectionDataset(
+            [radi.T1w, radi.FLAIR],
+            DatasetConfig(loading_mode="slab", slab=4, slab_patch=6, patches_per_volume=2),
+        ),
+        lambda radi: SegmentationDataset(
+            radi.T1w,
+            radi.seg,
+            DatasetConfig(loading_mode="slab", slab=3, slice_orientation="sagittal"),
+            foreground_sampling=True,
+        ),
     ],
-    ids=["patch", "slice", "segmentation"],
+    ids=["patch", "slice", "segmentation", "slab", "slab_segmentation"],
 )
 def test_each_item_reads_its_plan_in_order(radi, recorded, make):
     ds = make(radi)

@@ -1,4 +1,4 @@
-"""``DatasetConfig``: what one sample is (whole volume, patch or 2D slice) and how it is drawn."""
+"""``DatasetConfig``: what one sample is (whole volume, patch, slice or slab) and how it's drawn."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import TypeVar
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import SliceOrientation
-from radiobject.ml._params import as_int, parse_patch_size
+from radiobject.ml._params import (
+    as_int,
+    parse_patch_size,
+    parse_slab,
+    parse_slab_axis,
+    parse_slab_patch,
+)
+from radiobject.ml._slab import PLANE_AXIS
 
 __all__ = ["DatasetConfig", "LoadingMode"]
 
@@ -20,7 +27,7 @@ class LoadingMode(str, enum.Enum):
 
     >>> from radiobject.ml import DatasetConfig, LoadingMode, VolumeCollectionDataset
     >>> [m.value for m in LoadingMode]
-    ['full_volume', 'patch', 'slice_2d']
+    ['full_volume', 'patch', 'slice_2d', 'slab']
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
@@ -30,11 +37,17 @@ class LoadingMode(str, enum.Enum):
     ... )
     >>> len(slices), tuple(slices[0]["image"].shape)  # 2 volumes x 12 axial slices
     (24, (1, 16, 16))
+    >>> slabs = VolumeCollectionDataset(
+    ...     radi.T1w, config=DatasetConfig(loading_mode="slab", slab=5, patches_per_volume=3)
+    ... )
+    >>> len(slabs), tuple(slabs[0]["image"].shape)  # 2 volumes x 3 slabs of 5 axial planes
+    (6, (5, 16, 16))
     """
 
     FULL_VOLUME = "full_volume"
     PATCH = "patch"
     SLICE_2D = "slice_2d"
+    SLAB = "slab"
 
 
 @dataclass(frozen=True)
@@ -42,11 +55,14 @@ class DatasetConfig:
     """How samples are cut from volumes.
 
     Args:
-        loading_mode: ``FULL_VOLUME`` (one item per volume), ``PATCH`` (random patches) or
-            ``SLICE_2D`` (one item per 2D slice).
+        loading_mode: ``FULL_VOLUME`` (one item per volume), ``PATCH`` (random patches),
+            ``SLICE_2D`` (one item per 2D slice) or ``SLAB`` (random stacks of ``slab``
+            adjacent planes, the planes as channels: 2.5D).
         patch_size: patch shape ``(x, y, z)``; required for ``PATCH``.
-        patches_per_volume: items per volume and epoch in ``PATCH`` mode.
-        slice_orientation: the plane of ``SLICE_2D`` items (axial by default).
+        patches_per_volume: items per volume and epoch in ``PATCH`` and ``SLAB`` modes.
+        slice_orientation: the plane of ``SLICE_2D`` and ``SLAB`` items (axial by default).
+        slab: planes per ``SLAB`` item (any integer >= 1; required for ``SLAB``).
+        slab_patch: a 2D patch ``(h, w)`` of a slab's planes (``None``: whole planes).
         seed: patch positions and shuffling derive from ``(seed, epoch, index)``.
         fixed_epoch: draw the same patches every epoch (validation) instead of new ones.
 
@@ -56,6 +72,16 @@ class DatasetConfig:
     Traceback (most recent call last):
     ...
     radiobject._errors.ConfigurationError: DatasetConfig: loading_mode=PATCH needs patch_size...
+
+    A ``SLAB`` item of volume ``(X, Y, Z)`` is the box of ``slab`` adjacent planes along the
+    axis (axial: ``(X, Y, slab)``), or ``slab_patch`` of them, placed uniformly at random
+    inside the volume (a slab never crosses the volume's edge, so every plane is real data;
+    a volume thinner than ``slab`` is a ``ShapeError``). Only those planes are read. Its
+    image is ``(C * slab, h, w)``: channel ``c * slab + j`` is plane ``j`` of input channel
+    ``c`` (the layout MONAI's 2.5D recipes feed a 2D network).
+
+    >>> DatasetConfig(loading_mode="slab", slab=3, slice_orientation="coronal").slab
+    3
     """
 
     loading_mode: LoadingMode = LoadingMode.FULL_VOLUME
@@ -64,6 +90,8 @@ class DatasetConfig:
     slice_orientation: SliceOrientation = SliceOrientation.AXIAL
     seed: int = 0
     fixed_epoch: bool = False
+    slab: int | None = None
+    slab_patch: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         mode = _parse_enum("loading_mode", self.loading_mode, LoadingMode)
@@ -91,6 +119,89 @@ class DatasetConfig:
             raise ConfigurationError(
                 "DatasetConfig: loading_mode=PATCH needs patch_size, e.g. patch_size=(64, 64, 64)"
             )
+        self._check_slab(mode)
+
+    @property
+    def slab_axis(self) -> int | None:
+        """The volume axis (0: x, 1: y, 2: z) a ``SLAB`` item's planes are stacked along.
+
+        ``None`` in other modes.
+
+        >>> DatasetConfig(loading_mode="slab", slab=3).slab_axis  # axial planes: along z
+        2
+        >>> DatasetConfig().slab_axis is None
+        True
+        """
+        if self.loading_mode is not LoadingMode.SLAB:
+            return None
+        return PLANE_AXIS[self.slice_orientation]
+
+    def _check_slab(self, mode: LoadingMode) -> None:
+        if mode is not LoadingMode.SLAB:
+            if self.slab is not None or self.slab_patch is not None:
+                raise ConfigurationError(
+                    f"DatasetConfig: slab and slab_patch need loading_mode=SLAB, got "
+                    f"loading_mode={mode.name} with slab={self.slab!r}, "
+                    f"slab_patch={self.slab_patch!r}"
+                )
+            return
+        if self.slab is None:
+            raise ConfigurationError(
+                "DatasetConfig: loading_mode=SLAB needs slab (planes per item), e.g. slab=5"
+            )
+        object.__setattr__(self, "slab", parse_slab(self.slab, "DatasetConfig"))
+        object.__setattr__(self, "slab_patch", parse_slab_patch(self.slab_patch, "DatasetConfig"))
+        if self.patch_size is not None:
+            raise ConfigurationError(
+                f"DatasetConfig: loading_mode=SLAB takes slab_patch=(h, w) for a 2D patch of "
+                f"the planes, not patch_size; got patch_size={self.patch_size!r}"
+            )
+
+
+def slab_config(
+    where: str,
+    slab: object,
+    axis: object,
+    slab_patch: object,
+    *,
+    patch_size: tuple[int, int, int] | None,
+    patches_per_volume: int,
+    seed: int,
+    config: DatasetConfig | None,
+) -> DatasetConfig | None:
+    """The ``SLAB`` config of a factory's ``slab``, ``axis`` and ``slab_patch`` (None: no slab).
+
+    Bad values, or slab arguments mixed with ``patch_size`` or ``config``, raise
+    ``ConfigurationError`` before anything is read.
+    """
+    orientation = parse_slab_axis(axis, where)
+    patch = parse_slab_patch(slab_patch, where)
+    if slab is None:
+        if patch is not None or orientation.value != "axial":
+            raise ConfigurationError(
+                f"{where}: axis and slab_patch describe slabs; pass slab=k (planes per "
+                f"sample) with them, got axis={axis!r}, slab_patch={slab_patch!r}"
+            )
+        return None
+    k = parse_slab(slab, where)
+    if config is not None:
+        raise ConfigurationError(
+            f"{where}: pass either slab=... or config=..., not both (a slab config is "
+            f"DatasetConfig(loading_mode='slab', slab={k}, ...))"
+        )
+    if patch_size is not None:
+        raise ConfigurationError(
+            f"{where}: a slab's 2D patch is slab_patch=(h, w); patch_size is for 3D patches "
+            f"(got patch_size={patch_size!r} with slab={k})"
+        )
+    return DatasetConfig(
+        loading_mode=LoadingMode.SLAB,
+        slab=k,
+        slab_patch=patch,
+        slice_orientation=orientation,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+    )
 
 
 def _parse_enum(name: str, value: object, kind: type[E], exclude: str = "") -> E:

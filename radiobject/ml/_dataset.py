@@ -21,6 +21,7 @@ from radiobject.ml._randomness import seeded_call
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, transform_seed
 from radiobject.ml._shared import read_pool, sync_worker
+from radiobject.ml._slab import PLANE_AXIS, planes_as_channels, slab_size
 from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters, worker_failure
 from radiobject.ml._subjects import (
     Labels,
@@ -35,7 +36,7 @@ from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
 
-_SLICE_AXIS = {SliceOrientation.AXIAL: 2, SliceOrientation.CORONAL: 1, SliceOrientation.SAGITTAL: 0}
+_SLICE_AXIS: dict[SliceOrientation, int] = PLANE_AXIS
 
 
 # read hooks of earlier versions: a subclass overriding one would read outside its plan
@@ -47,7 +48,8 @@ class VolumeCollectionDataset(Dataset[Any]):
     """Samples ``{"image": Tensor(C, X, Y, Z), "label": ..., "obs_id": ...}`` from collections.
 
     Each collection is a channel (e.g. ``[radi.T1w, radi.FLAIR]``); volumes are matched by
-    subject. Only the voxels of each sample are read: a patch reads the tiles it touches.
+    subject. Only the voxels of each sample are read: a patch reads the tiles it touches,
+    and a slab (``LoadingMode.SLAB``) only its planes, as ``(C * k, h, w)`` channels.
 
     Args:
         collections: a :class:`~radiobject.VolumeCollection` or a list of them (channels).
@@ -104,10 +106,32 @@ class VolumeCollectionDataset(Dataset[Any]):
 
     @property
     def items_per_volume(self) -> int:
-        """Items each volume contributes per epoch (patches in PATCH mode, else 1)."""
-        return self.config.patches_per_volume if self._mode is LoadingMode.PATCH else 1
+        """Items each volume contributes per epoch (patches in PATCH and SLAB modes, else 1)."""
+        if self._mode in (LoadingMode.PATCH, LoadingMode.SLAB):
+            return self.config.patches_per_volume
+        return 1
+
+    def box_size(self, index: int) -> tuple[int, ...]:
+        """The size ``(x, y, z)`` of item ``index``'s box in PATCH and SLAB modes.
+
+        PATCH: ``patch_size``; SLAB: ``slab`` planes of its volume (``slab_patch`` of each).
+        """
+        if self._mode is LoadingMode.SLAB:
+            ref = self.refs[self.volume_of(index)]
+            return self._slab_size(ref)
+        assert self.config.patch_size is not None
+        return self.config.patch_size
+
+    def _slab_size(self, ref: VolumeRef) -> tuple[int, int, int]:
+        cfg = self.config
+        assert cfg.slab is not None
+        return slab_size(ref.shape, cfg.slab, cfg.slice_orientation, cfg.slab_patch, ref.obs_id)
 
     def _check_patch_fits(self) -> None:
+        if self._mode is LoadingMode.SLAB:
+            for ref in self.refs:
+                self._slab_size(ref)  # a ShapeError naming the volume that is too small
+            return
         patch = self.config.patch_size
         if self._mode is not LoadingMode.PATCH or patch is None:
             return
@@ -405,16 +429,18 @@ class VolumeCollectionDataset(Dataset[Any]):
             axis = _SLICE_AXIS[self.config.slice_orientation]
             s = int(self._slices[index][1])
             return tuple((s, s + 1) if a == axis else (0, n) for a, n in enumerate(ref.shape))
-        assert self.config.patch_size is not None
         start = self.patch_start(index, rng)
-        box = tuple((a, a + p) for a, p in zip(start, self.config.patch_size, strict=True))
+        box = tuple((a, a + p) for a, p in zip(start, self.box_size(index), strict=True))
         return box + tuple((0, n) for n in ref.shape[3:])
 
     def patch_start(self, index: int, rng: np.random.Generator) -> tuple[int, ...]:
-        """Corner of the patch of item ``index`` (uniform by default). Override to change."""
-        assert self.config.patch_size is not None
+        """Corner of the patch (or slab) of item ``index``, uniform by default.
+
+        A slab's corner is uniform among the positions where it fits: its centre plane is
+        uniform over planes ``k // 2 .. n - k + k // 2``. Override to change.
+        """
         shape = self.refs[self.volume_of(index)].shape[:3]
-        return random_patch_start(shape, self.config.patch_size, rng)
+        return random_patch_start(shape, self.box_size(index), rng)
 
     def decode_image(
         self, plan: SamplePlan, arrays: Sequence[np.ndarray], *, out: np.ndarray | None = None
@@ -448,6 +474,8 @@ class VolumeCollectionDataset(Dataset[Any]):
         """
         if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
             return True
+        if self._mode is LoadingMode.SLAB:
+            return False  # a slab reads its planes only, never the volume around them
         if self.stored_bytes() <= _FITS_SHARE * whole_volume_budget():
             return True
         cached = self._whole.get(uri)
@@ -476,9 +504,15 @@ class VolumeCollectionDataset(Dataset[Any]):
         return voxels * _itemsize(self.refs[0].uris[0], self.collections[0].ctx)
 
     def squeeze_slice(self, array: np.ndarray) -> np.ndarray:
-        """Drop the sliced axis of a ``(C, X, Y, Z)`` array in ``SLICE_2D`` mode."""
+        """Drop the sliced axis of a ``(C, X, Y, Z)`` array in ``SLICE_2D`` mode.
+
+        In ``SLAB`` mode its ``k`` planes become channels: ``(C * k, h, w)`` (see
+        :func:`~radiobject.ml._slab.planes_as_channels`).
+        """
         if self._mode is LoadingMode.SLICE_2D:
             return array.squeeze(1 + _SLICE_AXIS[self.config.slice_orientation])
+        if self._mode is LoadingMode.SLAB:
+            return planes_as_channels(array, self.config.slice_orientation)
         return array
 
     def build_sample(self, plan: SamplePlan, arrays: Sequence[np.ndarray]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import tiledb
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import current_scope, get_config
-from radiobject.ml._config import DatasetConfig, LoadingMode
+from radiobject.ml._config import DatasetConfig, LoadingMode, slab_config
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._params import parse_batch_size, parse_loader_params, parse_num_workers
@@ -173,6 +173,9 @@ def build_loader(
     )
 
 
+_SEG_PATCH = (96, 96, 96)  # create_segmentation_dataloader's default patch (not a slab's)
+
+
 def _config(
     config: DatasetConfig | None,
     patch_size: tuple[int, int, int] | None,
@@ -219,6 +222,9 @@ def create_training_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     ctx: tiledb.Ctx | None = None,
+    slab: int | None = None,
+    axis: str = "axial",
+    slab_patch: Sequence[int] | int | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """A shuffling DataLoader of dict samples for training (MONAI dict transforms welcome).
@@ -243,6 +249,12 @@ def create_training_dataloader(
         drop_last: drop the last incomplete batch (default: yes, unless the dataset is
             smaller than one batch).
         ctx: a ``tiledb.Ctx`` to read the collections with (default: each one's own).
+        slab: 2.5D samples: ``slab`` adjacent planes (any integer >= 1), read alone and
+            stacked as channels, image ``(C * slab, h, w)`` (channel ``c * slab + j`` is
+            plane ``j`` of collection ``c``); ``patches_per_volume`` slabs per volume and
+            epoch, placed uniformly where they fit (see :class:`DatasetConfig`).
+        axis: the slab's planes, ``"axial"`` (default), ``"coronal"`` or ``"sagittal"``.
+        slab_patch: a 2D patch ``(h, w)`` of the slab's planes (default: whole planes).
         **loader_kwargs: ``prefetch_factor``, ``multiprocessing_context``,
             ``worker_init_fn`` or ``collate_fn`` for the DataLoader.
 
@@ -263,16 +275,33 @@ def create_training_dataloader(
     Traceback (most recent call last):
     ...
     radiobject._errors.ConfigurationError: create_training_dataloader: num_workers must be >= 0...
+
+    Slabs of 3 axial planes, a 2D patch of each (2.5D):
+
+    >>> slabs = create_training_dataloader(radi.T1w, slab=3, slab_patch=(8, 8), batch_size=2)
+    >>> tuple(next(iter(slabs))["image"].shape)
+    (2, 3, 8, 8)
     """
+    where = "create_training_dataloader"
     p = parse_loader_params(
-        "create_training_dataloader",
+        where,
         patch_size=patch_size,
         batch_size=batch_size,
         num_workers=num_workers,
         transform=transform,
         ctx=ctx,
     )
-    cfg = _config(config, p.patch_size, patches_per_volume, seed)
+    slabs = slab_config(
+        where,
+        slab,
+        axis,
+        slab_patch,
+        patch_size=p.patch_size,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+        config=config,
+    )
+    cfg = slabs or _config(config, p.patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(
         collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
     )
@@ -450,7 +479,7 @@ def create_segmentation_dataloader(
     image: VolumeCollection | Sequence[VolumeCollection],
     mask: VolumeCollection,
     batch_size: int = 4,
-    patch_size: Sequence[int] | int | None = (96, 96, 96),
+    patch_size: Sequence[int] | int | None = _SEG_PATCH,
     *,
     patches_per_volume: int = 1,
     foreground_sampling: bool = True,
@@ -466,6 +495,9 @@ def create_segmentation_dataloader(
     shuffle_window: int | str | None = "auto",
     drop_last: bool | None = None,
     ctx: tiledb.Ctx | None = None,
+    slab: int | None = None,
+    axis: str = "axial",
+    slab_patch: Sequence[int] | int | None = None,
     **loader_kwargs: Any,
 ) -> RadiObjectLoader:
     """Image and mask patches for segmentation, biased toward the foreground.
@@ -490,6 +522,12 @@ def create_segmentation_dataloader(
         shuffle_window: as in :func:`create_training_dataloader`.
         drop_last: as in :func:`create_training_dataloader`.
         ctx: a ``tiledb.Ctx`` to read images and masks with (default: each one's own).
+        slab: 2.5D samples of ``slab`` adjacent planes as channels, as in
+            :func:`create_training_dataloader` (leave ``patch_size`` out); ``"mask"`` is
+            the mask of the slab's centre plane, ``(1, h, w)``, the only mask plane read.
+            Foreground sampling centres the slab on a mask voxel.
+        axis: the slab's planes, ``"axial"`` (default), ``"coronal"`` or ``"sagittal"``.
+        slab_patch: a 2D patch ``(h, w)`` of the slab's planes (default: whole planes).
         **loader_kwargs: further DataLoader options.
 
     >>> import os, tempfile
@@ -504,16 +542,34 @@ def create_segmentation_dataloader(
     ((4, 1, 8, 8, 8), (4, 1, 8, 8, 8), torch.int64)
     >>> sorted(batch)
     ['image', 'mask', 'obs_id', 'obs_subject_id', 'patch_start']
+
+    Slabs of 5 axial planes, each with the mask of its centre plane:
+
+    >>> slabs = create_segmentation_dataloader(radi.T1w, radi.seg, batch_size=2, slab=5)
+    >>> batch = next(iter(slabs))
+    >>> tuple(batch["image"].shape), tuple(batch["mask"].shape)
+    ((2, 5, 16, 16), (2, 1, 16, 16))
     """
+    where = "create_segmentation_dataloader"
     p = parse_loader_params(
-        "create_segmentation_dataloader",
-        patch_size=patch_size,
+        where,
+        patch_size=None if slab is not None and patch_size is _SEG_PATCH else patch_size,
         batch_size=batch_size,
         num_workers=num_workers,
         transform=transform,
         ctx=ctx,
     )
-    cfg = _config(config, p.patch_size, patches_per_volume, seed)
+    slabs = slab_config(
+        where,
+        slab,
+        axis,
+        slab_patch,
+        patch_size=p.patch_size,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+        config=config,
+    )
+    cfg = slabs or _config(config, p.patch_size, patches_per_volume, seed)
     dataset = SegmentationDataset(
         image,
         mask,

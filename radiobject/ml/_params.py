@@ -17,6 +17,7 @@ import numpy as np
 import tiledb
 
 from radiobject._errors import ConfigurationError
+from radiobject.config import SliceOrientation
 from radiobject.storage import VolumeCollection
 
 __all__ = [
@@ -27,11 +28,16 @@ __all__ = [
     "parse_loader_params",
     "parse_num_workers",
     "parse_patch_size",
+    "parse_slab",
+    "parse_slab_axis",
+    "parse_slab_patch",
     "parse_transform",
     "with_ctx",
 ]
 
 T = TypeVar("T")
+
+SLAB_AXES = (SliceOrientation.AXIAL, SliceOrientation.CORONAL, SliceOrientation.SAGITTAL)
 
 
 def as_int(value: object) -> int | None:
@@ -71,6 +77,71 @@ def parse_patch_size(value: object, where: str) -> tuple[int, int, int] | None:
         )
     # mypy is silenced on the next line: the check above leaves three ints
     return tuple(sizes)  # type: ignore[return-value]
+
+
+def parse_slab(value: object, where: str) -> int:
+    """``slab``: the number of adjacent planes a 2.5D sample stacks as channels (>= 1).
+
+    >>> parse_slab(5, "f")
+    5
+    >>> parse_slab(0, "create_training_dataloader")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: slab must be an integer...
+    """
+    n = as_int(value)
+    if n is None or n < 1:
+        raise ConfigurationError(
+            f"{where}: slab must be an integer >= 1 (adjacent planes per sample, e.g. 5); "
+            f"got {value!r}"
+        )
+    return n
+
+
+def parse_slab_axis(value: object, where: str) -> SliceOrientation:
+    """``axis``: the planes a slab stacks, ``"axial"``, ``"coronal"`` or ``"sagittal"``.
+
+    A :class:`~radiobject.SliceOrientation` member is taken as well (not ``ISOTROPIC``).
+
+    >>> parse_slab_axis("Coronal", "f")
+    <SliceOrientation.CORONAL: 'coronal'>
+    >>> parse_slab_axis("z", "create_training_dataloader")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: create_training_dataloader: axis must be one of...
+    """
+    for member in SLAB_AXES:
+        if value is member or (
+            isinstance(value, str) and value.lower() in (member.value, member.name.lower())
+        ):
+            return member
+    allowed = ", ".join(repr(m.value) for m in SLAB_AXES)
+    raise ConfigurationError(f"{where}: axis must be one of {allowed}; got {value!r}")
+
+
+def parse_slab_patch(value: object, where: str) -> tuple[int, int] | None:
+    """``slab_patch``: a 2D patch ``(h, w)`` of the slab's planes (one int: a square), or None.
+
+    ``h`` and ``w`` run along the plane's two axes in volume order (axial: x, y; coronal:
+    x, z; sagittal: y, z). ``None`` keeps whole planes.
+
+    >>> parse_slab_patch(32, "f"), parse_slab_patch((64, 48), "f"), parse_slab_patch(None, "f")
+    ((32, 32), (64, 48), None)
+    >>> parse_slab_patch((8, 8, 8), "f")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.ConfigurationError: f: slab_patch must be two positive integers...
+    """
+    if value is None:
+        return None
+    raw = (value,) * 2 if as_int(value) is not None else value
+    sizes = [as_int(s) for s in raw] if isinstance(raw, (tuple, list, np.ndarray)) else []
+    if len(sizes) != 2 or any(s is None or s < 1 for s in sizes):
+        raise ConfigurationError(
+            f"{where}: slab_patch must be two positive integers (h, w) along the plane or one "
+            f"for a square, e.g. 64 or (96, 64); got {value!r}"
+        )
+    return (int(sizes[0] or 0), int(sizes[1] or 0))
 
 
 def parse_batch_size(value: object, where: str) -> int:

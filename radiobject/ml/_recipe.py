@@ -116,8 +116,17 @@ def _with_patches(config: DatasetConfig, patch_size: Any, per_volume: Any) -> Da
     """``config`` with another patch size (``None``: whole volumes) and patches per volume."""
     if patch_size == _patch(config) and per_volume == config.patches_per_volume:
         return config  # unchanged: a slice or whole-volume config stays what it was
+    if config.loading_mode is LoadingMode.SLAB and patch_size is None:
+        return replace(config, patches_per_volume=per_volume)  # still slabs, more or fewer
     mode = LoadingMode.FULL_VOLUME if patch_size is None else LoadingMode.PATCH
-    return replace(config, loading_mode=mode, patch_size=patch_size, patches_per_volume=per_volume)
+    return replace(
+        config,
+        loading_mode=mode,
+        patch_size=patch_size,
+        patches_per_volume=per_volume,
+        slab=None,
+        slab_patch=None,
+    )
 
 
 def recorded(factory: Callable[P, L]) -> Callable[P, L]:

@@ -15,6 +15,7 @@ from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
 from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
+from radiobject.ml._slab import centre_plane
 from radiobject.ml._subjects import align
 from radiobject.storage import ForegroundIndex, VolumeCollection
 
@@ -29,6 +30,12 @@ class SegmentationDataset(VolumeCollectionDataset):
     ``RandCropByPosNegLabeld`` and nnU-Net's oversampling). ``class_ratios`` weights the labels
     of multi-label masks (label ``k`` gets ``class_ratios[k - 1]``). The foreground comes
     from the mask collection's stored index: set-up reads that index once and never a mask.
+
+    In ``SLAB`` mode (2.5D) the image is the slab's ``k`` planes as channels,
+    ``(C * k, h, w)``, and ``"mask"`` is the mask of its centre plane only, ``(1, h, w)``
+    (plane ``k // 2``, what a 2.5D network predicts); only that mask plane is read. A
+    foreground-centred slab has the foreground voxel on its centre plane, unless that voxel
+    lies within ``k // 2`` planes of the volume's edge (the slab stays inside the volume).
 
     Args:
         image: a collection or a list of collections (channels).
@@ -109,7 +116,10 @@ class SegmentationDataset(VolumeCollectionDataset):
                 )
             self.mask_uris.append(other.uris[0])
         self.foreground: list[ForegroundIndex] | None = None
-        if self.foreground_sampling and self.config.loading_mode is LoadingMode.PATCH:
+        if self.foreground_sampling and self.config.loading_mode in (
+            LoadingMode.PATCH,
+            LoadingMode.SLAB,
+        ):
             index = mask.foreground()
             by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
             self.foreground = [index[by_subject[r.obs_subject_id]] for r in self.refs]
@@ -119,10 +129,9 @@ class SegmentationDataset(VolumeCollectionDataset):
         if self.foreground is None:
             return super().patch_start(index, rng)
         v = self.volume_of(index)
-        assert self.config.patch_size is not None
         start, _ = foreground_patch_start(
             self.refs[v].shape[:3],
-            self.config.patch_size,
+            self.box_size(index),
             self.foreground[v],
             rng,
             self.foreground_probability,
@@ -136,10 +145,15 @@ class SegmentationDataset(VolumeCollectionDataset):
         return super()._count_stored_bytes() + masks
 
     def mask_read(self, index: int, box: tuple[tuple[int, int], ...]) -> RegionRead:
-        """The read of item ``index``'s mask inside ``box`` (first three axes)."""
+        """The read of item ``index``'s mask inside ``box`` (first three axes).
+
+        In ``SLAB`` mode only the slab's centre plane of the mask is read.
+        """
         uri = self.mask_uris[self.volume_of(index)]
         ctx = self.mask.ctx  # the mask collection's context, in every process
         whole = self.prefer_whole_volume(uri, ctx)
+        if self.config.loading_mode is LoadingMode.SLAB:
+            box = centre_plane(box[:3], self.config.slice_orientation)
         return RegionRead("mask", uri, ctx, box[:3], whole, self.auto_tier_mb)
 
     def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as w
 import traitlets as t
 
-from radiobject import CoarseLevel, RadiObject, VolumeCollection
+from radiobject import CoarseLevel, ConfigurationError, RadiObject, ShapeError, VolumeCollection
 
 from ._png import encode_png, show_png
 from ._render import auto_window, display_scale, render_slice
-from ._slices import SliceCache, error_html, row_html
+from ._slices import PLANES, SliceCache, error_html, plane_axis, row_html
 from ._viewer import BLANK, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
@@ -92,7 +92,8 @@ class CollectionBrowser(Quiet, w.VBox):
     Python API: traits ``collection``, ``subject``, ``mask`` and ``error``; the plane viewer
     is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``, ``cmap``,
     ``opacity``, ``crosshair``); :meth:`set_position`, :meth:`render`, :attr:`images`,
-    :attr:`readout`, :attr:`obs_id`, :meth:`wait_refined`.
+    :attr:`readout`, :attr:`obs_id`, :meth:`wait_refined`; :meth:`mark_slab` and
+    :meth:`mark_box` outline where a slab (2.5D sample) or patch sits.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -391,6 +392,40 @@ class CollectionBrowser(Quiet, w.VBox):
     def readout(self) -> str:
         """The coordinate and intensity readout (HTML)."""
         return self.viewer.readout
+
+    def mark_slab(self, start: int, k: int, axis: str = "axial") -> tuple[tuple[int, int], ...]:
+        """Mark the ``k`` planes from ``start`` along ``axis`` (a slab) and go to its centre.
+
+        The slab's planes are outlined on the view that shows them and as a band on the two
+        others; the crosshair moves to the centre plane (plane ``k // 2`` of the slab, whose
+        mask a 2.5D segmentation sample holds). Returns the marked voxel box. A slab past the
+        volume's edge is a ``ShapeError``; a bad ``axis`` a ``ConfigurationError``.
+        """
+        if self.viewer.image is None:
+            raise ShapeError("no volume is shown: pick a collection and a subject first")
+        shape = tuple(self.viewer.image.shape[:3])
+        if str(axis).lower() not in PLANES:
+            raise ConfigurationError(
+                f"mark_slab: axis must be 'axial', 'coronal' or 'sagittal'; got {axis!r}"
+            )
+        a = plane_axis(str(axis).lower())
+        if not (k >= 1 and start >= 0 and start + k <= shape[a]):
+            raise ShapeError(
+                f"a slab of {k} {axis} planes from {start} does not fit in {self.obs_id!r} of "
+                f"shape {shape} ({shape[a]} planes)"
+            )
+        box = tuple((start, start + k) if i == a else (0, n) for i, n in enumerate(shape))
+        self.mark_box(box)
+        return box
+
+    def mark_box(self, box: Sequence[tuple[int, int]] | None) -> None:
+        """Outline a voxel box (e.g. a sample's ``plan(key).box``) and go to its centre.
+
+        ``None`` removes the outline.
+        """
+        if box is not None:
+            self.set_position(*[(lo + (hi - lo) // 2) for lo, hi in box[:3]])
+        self.viewer.mark(box)
 
     def render(self) -> dict[str, bytes]:
         """Redraw the planes; return their PNG bytes."""

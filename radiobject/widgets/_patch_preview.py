@@ -57,7 +57,9 @@ class PatchPreview(w.VBox):
     """Draw patches from a DataLoader or dataset and show them with their masks.
 
     Each patch shows its mid-slices (axial | coronal | sagittal) with the mask overlay, its
-    obs_id, corner and foreground fraction. Below, an axial slice of the full volume shows
+    obs_id, corner and foreground fraction. A slab (2.5D, ``slab=k``) shows its ``k`` planes
+    side by side, the centre plane framed with its mask; the location view outlines the
+    slab on the axial planes it covers. Below, an axial slice of the full volume shows
     where patches land: outlines of this draw's patches, or a coverage map over all draws,
     and the share of patches touching the mask (compare ``foreground_sampling`` on and off).
 
@@ -171,7 +173,7 @@ class PatchPreview(w.VBox):
                         raise ValueError("the loader yields no batches") from None
                     continue
                 fresh = False
-                out.extend(patches_from(batch, batched=True, channel=self.channel))
+                out.extend(patches_from(batch, batched=True, channel=self.channel, slab=self.slab))
             return out[: self.n]
         size = len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
         if size == 0:
@@ -180,8 +182,19 @@ class PatchPreview(w.VBox):
         out = []
         for i in picks:
             key = (self.draws, int(i)) if isinstance(self.dataset, VolumeCollectionDataset) else i
-            out.extend(patches_from(self.dataset[key], batched=False, channel=self.channel))
+            out.extend(
+                patches_from(self.dataset[key], batched=False, channel=self.channel, slab=self.slab)
+            )
         return out
+
+    @property
+    def slab(self) -> tuple[int, int] | None:
+        """``(k, axis)`` when the source draws slabs of ``k`` planes across ``axis``, else None."""
+        config = getattr(self.dataset, "config", None)
+        axis = getattr(config, "slab_axis", None)
+        if axis is None:
+            return None
+        return int(config.slab), int(axis)  # type: ignore[union-attr]  # a slab config
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -235,9 +248,14 @@ class PatchPreview(w.VBox):
             where = "?" if p.start is None else ", ".join(str(s) for s in p.start)
             fg = "" if p.mask is None else f"<br>fg {_pct(p.foreground_fraction)}"
             mark = " ●" if p.touches_mask else ""
+            what = "size"
+            if p.slab_axis is not None:
+                k = p.size[p.slab_axis]
+                what = f"slab of {k} planes along {'xyz'[p.slab_axis]}, box"
+                fg = "" if p.mask is None else f"<br>centre-plane fg {_pct(p.foreground_fraction)}"
             caption = (
                 f"<div style='font-size:11px;line-height:1.2'><b>{html.escape(p.obs_id)}</b>"
-                f"{mark}<br>at ({where}) size {'x'.join(map(str, p.size))}{fg}</div>"
+                f"{mark}<br>at ({where}) {what} {'x'.join(map(str, p.size))}{fg}</div>"
             )
             image = w.Image(format="png")
             show_png(image, png)

@@ -2,6 +2,9 @@
 
 Pure functions on arrays and sample dicts (``"image"`` ``(C, X, Y, Z)``, optional ``"mask"``
 ``(1, X, Y, Z)``, ``"obs_id"``, ``"patch_start"``), so they are tested without a loader.
+Slab samples (2.5D: ``"image"`` ``(C * k, h, w)``, ``"mask"`` of the centre plane
+``(1, h, w)``) are turned back into their box in the volume, so cards show the ``k`` planes
+side by side and location views outline where the slab sits.
 """
 
 from __future__ import annotations
@@ -17,24 +20,40 @@ from ._render import (
     auto_window,
     blend_heatmap,
     display_scale,
+    draw_box,
     draw_plane_box,
     render_slice,
     to_display,
     zoom,
 )
 
-__all__ = ["Patch", "coverage", "patch_card", "patches_from", "summarize", "volume_view"]
+__all__ = [
+    "Patch",
+    "coverage",
+    "patch_card",
+    "patches_from",
+    "slab_card",
+    "summarize",
+    "volume_view",
+]
+
+_CENTRE = (255, 200, 0)  # the frame of a slab's centre plane (the one its mask is of)
 
 
 @dataclass(frozen=True)
 class Patch:
-    """One drawn patch: its voxels, where it came from, and how much mask it holds."""
+    """One drawn patch: its voxels, where it came from, and how much mask it holds.
+
+    A slab (``slab_axis`` set) keeps its planes in volume order, ``image`` ``(X, Y, Z)``
+    with ``k`` voxels along ``slab_axis``, and the mask of its centre plane, ``(h, w)``.
+    """
 
     image: np.ndarray  # (X, Y, Z) or (X, Y): one channel
     mask: np.ndarray | None
     obs_id: str
     obs_subject_id: str | None
     start: tuple[int, ...] | None
+    slab_axis: int | None = None
 
     @property
     def size(self) -> tuple[int, ...]:
@@ -64,20 +83,37 @@ def _pick(value: Any, i: int) -> Any:
     return _array(value)[i]
 
 
-def patches_from(data: Mapping[str, Any], batched: bool, channel: int = 0) -> list[Patch]:
+def patches_from(
+    data: Mapping[str, Any],
+    batched: bool,
+    channel: int = 0,
+    slab: tuple[int, int] | None = None,
+) -> list[Patch]:
     """The patches of one sample dict (``batched=False``) or one collated batch.
+
+    ``slab=(k, axis)`` reads slab samples of ``k`` planes across volume ``axis``: channel
+    ``channel`` is planes ``channel * k .. channel * k + k - 1`` of the image.
 
     >>> sample = {"image": np.zeros((1, 4, 4, 4)), "mask": np.ones((1, 4, 4, 4)),
     ...           "obs_id": "a", "patch_start": np.array([1, 2, 3])}
     >>> p = patches_from(sample, batched=False)[0]
     >>> p.start, p.foreground_fraction, p.touches_mask
     ((1, 2, 3), 1.0, True)
+    >>> slab = {"image": np.zeros((3, 6, 4)), "mask": np.ones((1, 6, 4)),
+    ...         "patch_start": np.array([0, 5, 0])}
+    >>> p = patches_from(slab, batched=False, slab=(3, 1))[0]  # 3 coronal planes
+    >>> p.size, p.mask.shape, p.slab_axis
+    ((6, 3, 4), (6, 4), 1)
     """
     if "image" not in data:
         raise KeyError(f"samples need an 'image' key to preview; got keys {sorted(data)}")
     images = _array(data["image"])
     if not batched:
-        return patches_from({k: [v] for k, v in data.items()}, batched=True, channel=channel)
+        return patches_from(
+            {k: [v] for k, v in data.items()}, batched=True, channel=channel, slab=slab
+        )
+    if slab is not None:
+        return [_slab_patch(p, slab, channel) for p in patches_from(data, True, channel=-1)]
     out = []
     for i in range(len(data["image"])):
         image = _array(_pick(data["image"], i))
@@ -90,7 +126,7 @@ def patches_from(data: Mapping[str, Any], batched: bool, channel: int = 0) -> li
         start = _array(_pick(data["patch_start"], i)) if "patch_start" in data else None
         out.append(
             Patch(
-                image=image[min(channel, image.shape[0] - 1)],
+                image=image if channel < 0 else image[min(channel, image.shape[0] - 1)],
                 mask=mask,
                 obs_id=str(_pick(data["obs_id"], i)) if "obs_id" in data else f"#{i}",
                 obs_subject_id=(
@@ -100,6 +136,22 @@ def patches_from(data: Mapping[str, Any], batched: bool, channel: int = 0) -> li
             )
         )
     return out
+
+
+def _slab_patch(patch: Patch, slab: tuple[int, int], channel: int) -> Patch:
+    """A slab sample's patch (all channels in ``image``) as its box in the volume."""
+    k, axis = slab
+    planes = patch.image  # (C * k, h, w)
+    if planes.ndim != 3 or planes.shape[0] % k:
+        raise ValueError(
+            f"a slab sample of {k} planes must be (C * {k}, h, w), got shape {planes.shape}"
+        )
+    c = min(channel, planes.shape[0] // k - 1)
+    box = np.moveaxis(planes[c * k : (c + 1) * k], 0, axis)
+    mask = patch.mask
+    if mask is not None and mask.ndim == 3:  # all k planes given: keep the centre one
+        mask = np.take(mask, mask.shape[axis] // 2, axis=axis)
+    return Patch(box, mask, patch.obs_id, patch.obs_subject_id, patch.start, slab_axis=axis)
 
 
 def summarize(patches: Sequence[Patch]) -> dict[str, float | int | None]:
@@ -134,7 +186,11 @@ def patch_card(
     >>> card = patch_card(Patch(np.zeros((4, 4, 2)), None, "a", None, (0, 0, 0)), target=8)
     >>> card.shape
     (8, 28, 3)
+
+    A slab's card is :func:`slab_card`.
     """
+    if patch.slab_axis is not None:
+        return slab_card(patch, opacity, colors, target=max(24, target * 2 // 3))
     image = patch.image
     window = auto_window(image)
     if image.ndim == 2:
@@ -156,6 +212,40 @@ def patch_card(
     gap = np.full((height, 2, 3), 255, np.uint8)
     padded = [np.pad(tile, ((0, height - tile.shape[0]), (0, 0), (0, 0))) for tile in tiles]
     return np.concatenate([padded[0], gap, padded[1], gap, padded[2]], axis=1)
+
+
+def slab_card(
+    patch: Patch,
+    opacity: float = 0.4,
+    colors: Mapping[int, RGB] | None = None,
+    target: int = 64,
+) -> np.ndarray:
+    """A slab's ``k`` planes side by side, its centre plane framed with the mask over it.
+
+    >>> box = np.zeros((4, 4, 3)); box[..., 1] = 1
+    >>> p = Patch(box, np.ones((4, 4)), "a", None, (0, 0, 0), slab_axis=2)
+    >>> card = slab_card(p, target=4)
+    >>> card.shape, card[0, 6].tolist(), card[0, 0].tolist()  # frame on plane 1 of 3
+    ((4, 16, 3), [255, 200, 0], [0, 0, 0])
+    """
+    if patch.slab_axis is None:
+        raise ValueError(f"patch of {patch.obs_id!r} is not a slab (no slab_axis)")
+    axis = patch.slab_axis
+    k = patch.image.shape[axis]
+    window = auto_window(patch.image)
+    tiles = []
+    for j in range(k):
+        plane = np.take(patch.image, j, axis=axis)
+        centre = j == k // 2
+        mask = patch.mask if centre else None
+        scale = display_scale(plane.shape, target=target)
+        tile = render_slice(plane, window, mask=mask, opacity=opacity, colors=colors, scale=scale)
+        if centre:
+            tile = draw_box(tile, 0, 0, tile.shape[0], tile.shape[1], _CENTRE)
+        tiles.append(tile)
+    gap = np.full((tiles[0].shape[0], 2, 3), 255, np.uint8)
+    parts = [part for tile in tiles for part in (gap, tile)][1:]
+    return np.concatenate(parts, axis=1)
 
 
 def coverage(

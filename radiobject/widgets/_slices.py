@@ -26,6 +26,8 @@ from radiobject import CoarseLevel, Volume, get_config
 __all__ = [
     "PLANES",
     "SliceCache",
+    "box_on_plane",
+    "plane_axis",
     "background_thread",
     "coarse_plane",
     "error_html",
@@ -40,6 +42,15 @@ PLANES = ("axial", "coronal", "sagittal")
 # the axis each plane cuts, and the two axes it shows (u along columns, v upwards)
 _AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 _UV = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
+
+
+def plane_axis(plane: str) -> int:
+    """The volume axis (0: x, 1: y, 2: z) that ``plane`` cuts across.
+
+    >>> plane_axis("coronal")
+    1
+    """
+    return _AXIS[plane]
 
 
 def plane_index(plane: str, position: Sequence[int]) -> int:
@@ -59,6 +70,26 @@ def plane_uv(plane: str, position: Sequence[int]) -> tuple[int, int]:
     """
     u, v = _UV[plane]
     return int(position[u]), int(position[v])
+
+
+def box_on_plane(
+    box: Sequence[tuple[int, int]], plane: str, index: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The ``(u, v)`` ranges of voxel ``box`` on ``plane`` at ``index``; None if it misses.
+
+    A slab of axial planes 4..6 shows as a band on the coronal and sagittal planes:
+
+    >>> slab = ((0, 10), (0, 8), (4, 7))
+    >>> box_on_plane(slab, "coronal", 3), box_on_plane(slab, "axial", 5)
+    (((0, 10), (4, 7)), ((0, 10), (0, 8)))
+    >>> box_on_plane(slab, "axial", 7) is None  # the plane is past the slab
+    True
+    """
+    lo, hi = box[_AXIS[plane]]
+    if not lo <= index < hi:
+        return None
+    u, v = _UV[plane]
+    return (int(box[u][0]), int(box[u][1])), (int(box[v][0]), int(box[v][1]))
 
 
 def plane_spacing(plane: str, spacing: Sequence[float]) -> tuple[float, float]:

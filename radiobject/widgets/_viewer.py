@@ -22,6 +22,7 @@ from ._render import (
     Window,
     crosshair_pixel,
     display_scale,
+    draw_plane_box,
     render_indexed,
     render_slice,
     window_for,
@@ -30,6 +31,7 @@ from ._slices import (
     PLANES,
     SliceCache,
     background_thread,
+    box_on_plane,
     coarse_plane,
     plane_index,
     plane_spacing,
@@ -43,6 +45,7 @@ CUSTOM = "custom"
 DEFAULT_PRESET = "MR auto (1-99%)"
 CMAPS = ("gray", "bone", "viridis", "magma", "inferno", "hot", "jet")
 BLANK = encode_png(np.zeros((8, 8, 3), np.uint8))
+MARK_COLOR = (255, 200, 0)  # the outline of a marked box (mark): a slab's planes
 _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 Report = Callable[[str, "str | None"], None]
@@ -99,6 +102,7 @@ class SliceViewer(Quiet, w.VBox):
     them when ready: the thread reads and encodes outside the viewer's lock and puts its
     PNGs in place under it, only if no newer request (a move, a new window) came meanwhile.
     :attr:`shown_level` and the readout say which is shown; :meth:`wait_refined` waits.
+    :meth:`mark` outlines a voxel box (a patch, a slab's planes) on every plane that cuts it.
 
     Args:
         label_colors: label -> RGB colours of the mask overlay.
@@ -129,6 +133,7 @@ class SliceViewer(Quiet, w.VBox):
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
         self._shape: tuple[int, ...] | None = None
         self._drawn: dict[str, tuple[Any, ...]] = {}  # what each plane's PNG shows
+        self.marked: tuple[tuple[int, int], ...] | None = None  # the box outlined (mark)
         self._crosshair_at: dict[str, tuple[int, int]] = {}
         self.latency = UpdateStats()
         self.coarse: CoarseLevel | None = None
@@ -289,6 +294,16 @@ class SliceViewer(Quiet, w.VBox):
             self.mask, self.mask_name, self.coarse_mask = mask, mask_name, coarse_mask
         self.render()
 
+    def mark(self, box: Sequence[tuple[int, int]] | None) -> None:
+        """Outline the voxel ``box`` ``((x0, x1), (y0, y1), (z0, z1))`` (None: no outline).
+
+        Each plane that cuts the box shows its outline (a slab of axial planes: the planes'
+        extent on the axial view, a band on the coronal and sagittal views).
+        """
+        with self._lock:
+            self.marked = None if box is None else tuple((int(a), int(b)) for a, b in box[:3])
+        self.render()
+
     def clear(self) -> None:
         """Show nothing."""
         with self._lock:
@@ -432,8 +447,11 @@ class SliceViewer(Quiet, w.VBox):
         for plane in PLANES:
             data, mask = planes[plane]
             scale = display_scale(data.shape, plane_spacing(plane, self._spacing))
-            key = (self.image, self.mask, level, plane_index(plane, pos), style, scale)
-            png = None if self._drawn.get(plane) == key else self._encode(data, mask, scale, style)
+            index = plane_index(plane, pos)
+            marked = None if self.marked is None else box_on_plane(self.marked, plane, index)
+            key = (self.image, self.mask, level, index, style, scale, marked)
+            fresh = self._drawn.get(plane) != key
+            png = self._encode(data, mask, scale, style, marked) if fresh else None
             out[plane] = (key, png, scale)
         return out
 
@@ -462,16 +480,24 @@ class SliceViewer(Quiet, w.VBox):
         return sent, encodes, changed
 
     def _encode(
-        self, data: np.ndarray, mask: np.ndarray | None, scale: tuple[int, int], style: Style
+        self,
+        data: np.ndarray,
+        mask: np.ndarray | None,
+        scale: tuple[int, int],
+        style: Style,
+        marked: tuple[tuple[int, int], tuple[int, int]] | None = None,
     ) -> bytes:
         window, cmap, opacity, colors = style
         look = {"mask": mask, "opacity": opacity, "colors": dict(colors), "scale": scale}
         # mypy is silenced on the next line: look's values have the parameters' types
-        indexed = render_indexed(data, window, cmap, **look)  # type: ignore[arg-type]
+        indexed = None if marked else render_indexed(data, window, cmap, **look)  # type: ignore[arg-type]
         if indexed is not None:
             return encode_indexed(*indexed)
         # mypy is silenced on the next line: look's values have the parameters' types
-        return encode_png(render_slice(data, window, cmap, **look))  # type: ignore[arg-type]
+        rgb = render_slice(data, window, cmap, **look)  # type: ignore[arg-type]
+        if marked is not None:
+            rgb = draw_plane_box(rgb, *marked, data.shape[:2], scale, color=MARK_COLOR)
+        return encode_png(rgb)
 
     # -- refining: full-resolution planes read by a background thread -----------------------
     def _ask_refine(self, pos: tuple[int, int, int], style: Style) -> None:
