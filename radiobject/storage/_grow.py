@@ -1,0 +1,107 @@
+"""Growing a stored cohort: one more subject, with its volumes and its ``obs_meta`` row.
+
+Each piece is a write of its own (a volume, the collection's new ``obs`` row, the subject's
+``obs_meta`` row), so each lands as a new version and a read at an earlier version does not
+see the subject. The subject's ``obs_meta`` row is written last: at a version that lists the
+subject, its volumes are there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from radiobject._errors import AlignmentError, IngestError
+from radiobject.storage._group import add_members, join
+from radiobject.storage._layout import COLLECTIONS, CORE_COLUMNS, VOLUMES, obs_id, volume_member
+from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
+
+if TYPE_CHECKING:
+    from radiobject.storage._radiobject import RadiObject
+
+__all__ = ["add_subject"]
+
+
+def add_subject(
+    radi: RadiObject,
+    obs_subject_id: str,
+    volumes: Mapping[str, np.ndarray],
+    obs_meta: Mapping[str, Any],
+    affine: np.ndarray | None,
+) -> None:
+    """Write subject ``obs_subject_id`` into ``radi`` (see :meth:`RadiObject.add_subject`)."""
+    known = set(radi.obs_meta_table.ids())
+    if obs_subject_id in known:
+        raise IngestError(
+            f"subject {obs_subject_id!r} is already in {radi.uri!r}; edit its volumes with "
+            "Volume.write_region instead"
+        )
+    if not volumes:
+        raise IngestError(f"subject {obs_subject_id!r} needs at least one volume")
+    unknown = sorted(set(volumes) - set(radi.collection_names))
+    if unknown:
+        raise IngestError(
+            f"no collection(s) {unknown} in {radi.uri!r}; collections are "
+            f"{radi.collection_names} (add_collection adds one)"
+        )
+    arrays = {name: np.asarray(v) for name, v in volumes.items()}
+    shapes = {name: a.shape[:3] for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise AlignmentError(
+            f"the volumes of subject {obs_subject_id!r} differ in shape: {shapes}; a subject's "
+            "volumes share one grid"
+        )
+    table = radi.obs_meta_table
+    columns = [c for c in table.columns if c != "obs_subject_id"]
+    missing = sorted(set(columns) - set(obs_meta))
+    extra = sorted(set(obs_meta) - set(columns))
+    if missing or extra:
+        raise IngestError(
+            f"the obs_meta row of {obs_subject_id!r} needs exactly the columns {columns}; "
+            f"missing {missing}, unknown {extra}"
+        )
+    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else np.asarray(affine, float)
+    rows = {name: _row_for(radi, name, obs_subject_id, arrays[name], affine) for name in arrays}
+    for name, (coll_uri, member, row) in rows.items():
+        Volume.from_numpy(
+            join(coll_uri, member),
+            arrays[name],
+            affine=affine,
+            ctx=radi._ctx,
+            metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
+        )
+        add_members(join(coll_uri, VOLUMES), [member.split("/")[1]], radi.ctx)
+        radi.collection(name).obs_table.write_rows(pd.DataFrame([row]))
+    table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))
+
+
+def _row_for(
+    radi: RadiObject, name: str, subject: str, array: np.ndarray, affine: np.ndarray
+) -> tuple[str, str, dict[str, Any]]:
+    """``(collection uri, volume member, obs row)`` of the new volume of collection ``name``."""
+    coll = radi.collection(name)
+    obs = coll.obs_table.read(columns=["volume"])
+    taken = [int(str(v).rsplit("/", 1)[-1]) for v in obs["volume"]]
+    member = volume_member(max(taken, default=-1) + 1)
+    user = [c for c in coll.obs_table.columns if c not in ("obs_id", *CORE_COLUMNS)]
+    if user:
+        raise IngestError(
+            f"collection {name!r} has user columns {user} that add_subject cannot fill; write "
+            "the subject with add_collection or a new ingest"
+        )
+    row = {
+        "obs_id": obs_id(subject, name),
+        "obs_subject_id": subject,
+        "volume": member,
+        "shape": ",".join(str(n) for n in array.shape),
+        "spacing": ",".join(f"{s:g}" for s in spacing_from_affine(affine)),
+        "orientation": affine_orientation(affine),
+        "dtype": str(array.dtype if array.dtype != bool else np.dtype(np.uint8)),
+        "affine": json.dumps(affine.tolist()),
+        "source": "add_subject",
+    }
+    return join(radi.uri, COLLECTIONS, name), member, row
