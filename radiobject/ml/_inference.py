@@ -35,6 +35,7 @@ from radiobject._errors import (
     AlreadyExistsError,
     ConfigurationError,
     IngestError,
+    VersionError,
     RadiObjectError,
     ShapeError,
 )
@@ -305,6 +306,11 @@ class PredictionWriter:
         self.ctx = get_tiledb_ctx()
         self.radi = target if isinstance(target, RadiObject) else None
         if self.radi is not None:
+            if self.radi.at is not None:
+                raise VersionError(
+                    f"cannot write predictions into {self.radi.uri!r} opened at version "
+                    f"{self.radi.at}: it is read-only; pass RadiObject(uri) (the newest)"
+                )
             if not name:
                 raise ConfigurationError(
                     "name the new collection: PredictionWriter(loader, radi, 'pred')"

@@ -262,3 +262,14 @@ def volume_writes(
         for label, uri in arrays
         if any(after < t <= until for t in commit_times(uri, ctx))
     ]
+
+
+def written_after(collection: Any, at: int) -> bool:
+    """Whether anything ``collection`` reads (its arrays, ``obs_meta``) was written after ``at``.
+
+    One listing per array (a LIST request each on S3).
+    """
+    arrays = [uri for _, uri in collection_arrays(collection.uri, collection.ctx)]
+    if collection._obs_meta is not None:
+        arrays.append(collection._obs_meta.uri)
+    return any(t > at for uri in arrays for t in commit_times(uri, collection.ctx))
