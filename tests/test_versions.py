@@ -17,8 +17,8 @@ import pytest
 
 from radiobject import (
     ConfigurationError,
-    ReadConfig,
     RadiObject,
+    ReadConfig,
     Version,
     VersionError,
     configure,
@@ -63,8 +63,11 @@ def _loader(radi: RadiObject, **changes):
 def _hash(batch) -> str:
     h = hashlib.sha256()
     for key in ("image", "mask"):
-        h.update(batch[key].as_tensor().numpy().tobytes() if hasattr(batch[key], "as_tensor")
-                 else batch[key].numpy().tobytes())
+        h.update(
+            batch[key].as_tensor().numpy().tobytes()
+            if hasattr(batch[key], "as_tensor")
+            else batch[key].numpy().tobytes()
+        )
     h.update(repr(list(batch["obs_id"])).encode())
     return h.hexdigest()
 
@@ -175,7 +178,9 @@ def test_a_cohort_opened_at_a_version_reads_it_then(base):
 
     written = [v.written for v in radi.versions() if v.timestamp > before.timestamp]
     flat = [w for names in written for w in names]
-    assert "seg/sub-000_seg" in flat and "obs_meta" in flat and "seg/sub-new_seg" in flat
+    assert "seg/sub-000_seg" in flat
+    assert "obs_meta" in flat
+    assert "seg/sub-new_seg" in flat
 
 
 def test_a_dataset_at_a_version_reads_it_in_workers(base):
@@ -187,7 +192,8 @@ def test_a_dataset_at_a_version_reads_it_in_workers(base):
     copy = pickle.loads(pickle.dumps(ds))
     assert copy.data_version == before.timestamp
     reads = [r for r in copy.plan((0, 0)).reads if r.name == "mask"]
-    assert reads and all(r.uri.endswith(f"#at={before.timestamp}") for r in reads)
+    assert reads
+    assert all(r.uri.endswith(f"#at={before.timestamp}") for r in reads)
     mask = copy.mask.volume("sub-000_seg")
     assert mask.at == before.timestamp
     assert not (mask.read(EDIT) == 1).all()

@@ -35,9 +35,9 @@ from radiobject._errors import (
     AlreadyExistsError,
     ConfigurationError,
     IngestError,
-    VersionError,
     RadiObjectError,
     ShapeError,
+    VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import TileConfig, get_config

@@ -381,7 +381,6 @@ class RadiObjectLoader(DataLoader[Any]):
             )
         sampler.resume_at(state["epoch"], state["samples_yielded"])
 
-
     def _read_version(self, version: int) -> None:
         """Make this loader read ``version``: rebuilt by its factory over the cohort then."""
         dataset = self.dataset

@@ -30,6 +30,7 @@ from radiobject.read._versioned import same_array, split_version, versioned
 
 __all__ = ["ArrayInfo", "forget_array", "open_array"]
 
+
 class _LazyMeta(Mapping[str, Any]):
     """A volume's metadata, read from storage when first looked at.
 

@@ -60,9 +60,9 @@ import numpy as np
 import tiledb
 from cachetools import LRUCache
 
-from radiobject.read._versioned import same_array, split_version
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
+from radiobject.read._versioned import same_array, split_version
 
 __all__ = [
     "LocalTier",

@@ -13,13 +13,6 @@ from radiobject.storage._foreground import (
     compute_foreground,
     write_foreground,
 )
-from radiobject.storage._history import (
-    Version,
-    VersionDiff,
-    as_timestamp,
-    now_ms,
-    written_after,
-)
 from radiobject.storage._group import (
     add_members,
     create_group,
@@ -27,6 +20,13 @@ from radiobject.storage._group import (
     join,
     mark_complete,
     remove,
+)
+from radiobject.storage._history import (
+    Version,
+    VersionDiff,
+    as_timestamp,
+    now_ms,
+    written_after,
 )
 from radiobject.storage._layout import (
     COLLECTION_KIND,

@@ -29,13 +29,6 @@ from radiobject.storage._coarse import (
 from radiobject.storage._collection_ingest import CollectionConstructors
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
-from radiobject.storage._history import (
-    Version,
-    as_timestamp,
-    collection_arrays,
-    commit_times,
-    group_versions,
-)
 from radiobject.storage._group import (
     add_members,
     create_group,
@@ -43,6 +36,13 @@ from radiobject.storage._group import (
     group_meta,
     join,
     require_complete,
+)
+from radiobject.storage._history import (
+    Version,
+    as_timestamp,
+    collection_arrays,
+    commit_times,
+    group_versions,
 )
 from radiobject.storage._layout import (
     COARSE,

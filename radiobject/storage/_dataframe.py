@@ -224,9 +224,11 @@ class Dataframe:
         values = {name: _encode(df[name], kind) for name, kind in kinds.items()}
         if not len(df):
             return
-        with tiledb_errors(self.uri, "write table rows"):
-            with tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr:
-                arr[keys.to_numpy(dtype=object).astype(str)] = values
+        with (
+            tiledb_errors(self.uri, "write table rows"),
+            tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
+        ):
+            arr[keys.to_numpy(dtype=object).astype(str)] = values
 
     @classmethod
     def from_pandas(

@@ -173,9 +173,10 @@ def commit_times(uri: str, ctx: tiledb.Ctx) -> list[int]:
     base = uri.rstrip("/")
     with tiledb_errors(base, "list the versions of"):
         try:
-            names = [str(c).rstrip("/").rsplit("/", 1)[-1] for c in tiledb.VFS(ctx=ctx).ls(
-                f"{base}/__commits"
-            )]
+            names = [
+                str(c).rstrip("/").rsplit("/", 1)[-1]
+                for c in tiledb.VFS(ctx=ctx).ls(f"{base}/__commits")
+            ]
         except tiledb.TileDBError:
             names = []
         if not names:
@@ -258,9 +259,7 @@ def volume_writes(
 ) -> list[str]:
     """Labels of ``arrays`` with a fragment committed in ``(after, until]``."""
     return [
-        label
-        for label, uri in arrays
-        if any(after < t <= until for t in commit_times(uri, ctx))
+        label for label, uri in arrays if any(after < t <= until for t in commit_times(uri, ctx))
     ]
 
 

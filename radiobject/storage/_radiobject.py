@@ -309,8 +309,7 @@ class RadiObject:
                     n
                     for n in names
                     if any(
-                        t <= at
-                        for t in commit_times(join(self.uri, COLLECTIONS, n, OBS), self.ctx)
+                        t <= at for t in commit_times(join(self.uri, COLLECTIONS, n, OBS), self.ctx)
                     )
                 ]
             self._all_names = names

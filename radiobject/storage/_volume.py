@@ -21,8 +21,8 @@ from radiobject._errors import (
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
 from radiobject.read._region import ArrayInfo, forget_array, open_array, read_region
-from radiobject.read._versioned import split_version, versioned
 from radiobject.read._scaling import ScaledVoxels, Scaling, integer_plan, native
+from radiobject.read._versioned import split_version, versioned
 
 __all__ = [
     "ScaledVoxels",
