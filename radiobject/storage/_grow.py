@@ -10,43 +10,46 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from radiobject._errors import AlignmentError, IngestError
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, join
-from radiobject.storage._layout import COLLECTIONS, CORE_COLUMNS, VOLUMES, obs_id, volume_member
+from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
-
-if TYPE_CHECKING:
-    from radiobject.storage._radiobject import RadiObject
 
 __all__ = ["add_subject"]
 
 
 def add_subject(
-    radi: RadiObject,
+    table: Dataframe,
+    collections: Mapping[str, VolumeCollection],
     obs_subject_id: str,
     volumes: Mapping[str, np.ndarray],
     obs_meta: Mapping[str, Any],
     affine: np.ndarray | None,
 ) -> None:
-    """Write subject ``obs_subject_id`` into ``radi`` (see :meth:`RadiObject.add_subject`)."""
-    known = set(radi.obs_meta_table.ids())
-    if obs_subject_id in known:
+    """Write subject ``obs_subject_id`` into the cohort of subject table ``table``.
+
+    ``collections`` are the cohort's (name -> collection); see :meth:`RadiObject.add_subject`.
+    """
+    where = table.uri.rsplit("/", 1)[0]
+    if obs_subject_id in set(table.ids()):
         raise IngestError(
-            f"subject {obs_subject_id!r} is already in {radi.uri!r}; edit its volumes with "
+            f"subject {obs_subject_id!r} is already in {where!r}; edit its volumes with "
             "Volume.write_region instead"
         )
     if not volumes:
         raise IngestError(f"subject {obs_subject_id!r} needs at least one volume")
-    unknown = sorted(set(volumes) - set(radi.collection_names))
+    unknown = sorted(set(volumes) - set(collections))
     if unknown:
         raise IngestError(
-            f"no collection(s) {unknown} in {radi.uri!r}; collections are "
-            f"{radi.collection_names} (add_collection adds one)"
+            f"no collection(s) {unknown} in {where!r}; collections are "
+            f"{sorted(collections)} (add_collection adds one)"
         )
     arrays = {name: np.asarray(v) for name, v in volumes.items()}
     shapes = {name: a.shape[:3] for name, a in arrays.items()}
@@ -55,7 +58,6 @@ def add_subject(
             f"the volumes of subject {obs_subject_id!r} differ in shape: {shapes}; a subject's "
             "volumes share one grid"
         )
-    table = radi.obs_meta_table
     columns = [c for c in table.columns if c != "obs_subject_id"]
     missing = sorted(set(columns) - set(obs_meta))
     extra = sorted(set(obs_meta) - set(columns))
@@ -65,25 +67,28 @@ def add_subject(
             f"missing {missing}, unknown {extra}"
         )
     affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else np.asarray(affine, float)
-    rows = {name: _row_for(radi, name, obs_subject_id, arrays[name], affine) for name in arrays}
-    for name, (coll_uri, member, row) in rows.items():
+    rows = {
+        name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
+    }
+    for name, (member, row) in rows.items():
+        coll = collections[name]
         Volume.from_numpy(
-            join(coll_uri, member),
+            join(coll.uri, member),
             arrays[name],
             affine=affine,
-            ctx=radi._ctx,
+            ctx=coll._ctx,
             metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
         )
-        add_members(join(coll_uri, VOLUMES), [member.split("/")[1]], radi.ctx)
-        radi.collection(name).obs_table.write_rows(pd.DataFrame([row]))
+        add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
+        coll.obs_table.write_rows(pd.DataFrame([row]))
     table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))
 
 
 def _row_for(
-    radi: RadiObject, name: str, subject: str, array: np.ndarray, affine: np.ndarray
-) -> tuple[str, str, dict[str, Any]]:
-    """``(collection uri, volume member, obs row)`` of the new volume of collection ``name``."""
-    coll = radi.collection(name)
+    coll: VolumeCollection, subject: str, array: np.ndarray, affine: np.ndarray
+) -> tuple[str, dict[str, Any]]:
+    """``(volume member, obs row)`` of the new volume of ``coll``."""
+    name = coll.name
     obs = coll.obs_table.read(columns=["volume"])
     taken = [int(str(v).rsplit("/", 1)[-1]) for v in obs["volume"]]
     member = volume_member(max(taken, default=-1) + 1)
@@ -104,4 +109,4 @@ def _row_for(
         "affine": json.dumps(affine.tolist()),
         "source": "add_subject",
     }
-    return join(radi.uri, COLLECTIONS, name), member, row
+    return member, row

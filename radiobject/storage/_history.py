@@ -88,6 +88,17 @@ class VersionDiff:
         obs_changed: obs_ids in both whose ``obs`` row differs.
         collections_added: collections at ``after`` only.
         collections_removed: collections at ``before`` only.
+
+    >>> from radiobject.data import make_sample_radiobject
+    >>> import numpy as np, tempfile, os
+    >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+    ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
+    >>> checkpoint = radi.versions()[-1]
+    >>> radi.add_subject("sub-new", {"T1w": np.zeros((16, 16, 12))},
+    ...                  obs_meta=radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict())
+    >>> change = radi.diff(checkpoint)
+    >>> change.subjects_added, change.volumes_added, change.volumes_changed, change.empty
+    (('sub-new',), ('sub-new_T1w',), (), False)
     """
 
     before: int

@@ -583,7 +583,13 @@ class RadiObject:
         from radiobject.storage._grow import add_subject
 
         self._check_writable(f"add subject {obs_subject_id!r}")
-        add_subject(self, obs_subject_id, volumes, dict(obs_meta or {}), affine)
+        collections = {  # every collection, also those a view leaves out
+            n: VolumeCollection(join(self.uri, COLLECTIONS, n), ctx=self._ctx)
+            for n in self._names_now()
+        }
+        add_subject(
+            self.obs_meta_table, collections, obs_subject_id, volumes, dict(obs_meta or {}), affine
+        )
         self._obs_meta_df = None
 
     @classmethod
