@@ -273,3 +273,29 @@ def test_add_subject_checks_its_input(base):
 def test_version_table():
     frame = pd.DataFrame([Version(1767225600000, ("obs_meta",))])
     assert frame["timestamp"].tolist() == [1767225600000]
+
+
+def test_consolidating_up_to_a_kept_version_keeps_it(tmp_path):
+    """The README's recipe for dropping old versions keeps the ones a checkpoint records."""
+    import tiledb
+
+    radi = _cohort(str(tmp_path))
+    vol = radi.seg.volume("sub-000_seg")
+    vol.write_region(((0, 2), (0, 2), (0, 2)), np.full((2, 2, 2), 2, np.uint8))
+    keep = radi.versions()[-1]
+    kept = RadiObject(radi.uri, at=keep).seg.volume("sub-000_seg").to_numpy()
+    vol.write_region(EDIT, np.ones((8, 8, 6), np.uint8))
+    newest = vol.to_numpy()
+    cfg = tiledb.Config(
+        {"sm.consolidation.timestamp_start": 0, "sm.consolidation.timestamp_end": keep.timestamp}
+    )
+    before = len(tiledb.array_fragments(vol.uri))
+    tiledb.consolidate(vol.uri, config=cfg)
+    tiledb.vacuum(vol.uri)
+    assert len(tiledb.array_fragments(vol.uri)) < before
+    from radiobject.read import forget_array
+
+    forget_array(vol.uri)
+    at_keep = RadiObject(radi.uri, at=keep).seg.volume("sub-000_seg").to_numpy()
+    np.testing.assert_array_equal(at_keep, kept)
+    np.testing.assert_array_equal(RadiObject(radi.uri).seg.volume("sub-000_seg").to_numpy(), newest)
