@@ -299,3 +299,39 @@ def test_consolidating_up_to_a_kept_version_keeps_it(tmp_path):
     at_keep = RadiObject(radi.uri, at=keep).seg.volume("sub-000_seg").to_numpy()
     np.testing.assert_array_equal(at_keep, kept)
     np.testing.assert_array_equal(RadiObject(radi.uri).seg.volume("sub-000_seg").to_numpy(), newest)
+
+
+def test_obs_edits_are_versions_and_a_filter_that_now_selects_others_is_refused(base):
+    radi = _cohort(base)
+    meta = radi.obs_meta
+    oldest = meta.sort_values("age")["obs_subject_id"].iloc[-1]
+    cut = float(meta["age"].sort_values().iloc[-2])
+    view = radi.filter(f"age <= {cut}")  # all but the oldest subject
+    state = _loader(view).state_dict()
+
+    edited = meta[meta["obs_subject_id"] == oldest].copy()
+    edited["age"] = meta["age"].min()  # the oldest's age was a typo: now the filter has them
+    radi.obs_meta_table.write_rows(edited)
+    change = radi.diff(state["data_version"])
+    assert change.subjects_changed == (oldest,)
+    assert change.subjects_added == change.volumes_changed == change.obs_changed == ()
+
+    resumed = _loader(RadiObject(radi.uri).filter(f"age <= {cut}"))
+    assert len(resumed.dataset) == 8  # 4 volumes now
+    with (
+        pytest.warns(UserWarning, match="resuming reads the cohort"),
+        pytest.raises(ConfigurationError, match="over other volumes than this loader reads"),
+    ):
+        resumed.load_state_dict(state)
+    # the same filter on the cohort at the checkpoint's version selects what the run read
+    same = _loader(RadiObject(radi.uri, at=state["data_version"]).filter(f"age <= {cut}"))
+    same.load_state_dict(state)
+
+
+def test_a_loader_at_a_version_gives_its_batches_in_worker_processes(tmp_path):
+    radi = _cohort(str(tmp_path))
+    reference = [_hash(b) for b in _loader(radi)]
+    before = radi.versions()[-1]
+    _edit_and_grow(radi)
+    then = RadiObject(radi.uri, at=before)
+    assert [_hash(b) for b in _loader(then, num_workers=2)] == reference

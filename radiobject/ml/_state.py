@@ -11,6 +11,7 @@ the epoch is re-sharded).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -338,6 +339,8 @@ class RadiObjectLoader(DataLoader[Any]):
             "num_workers": self.num_workers,
             # the version of the cohort read (TileDB ms): a resume reads the same data
             "data_version": getattr(self.dataset, "data_version", None),
+            # which volumes it read (its view's filter at that version), to check a resume
+            "volumes_digest": _volumes_digest(self.dataset),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any], *, data: str = "recorded") -> None:
@@ -361,6 +364,14 @@ class RadiObjectLoader(DataLoader[Any]):
             raise ConfigurationError(f"loader state 'data_version' must be int, got {recorded!r}")
         if data == "recorded" and recorded is not None:
             self._read_version(recorded)
+        digest = state.get("volumes_digest")
+        if data == "recorded" and digest is not None and digest != _volumes_digest(self.dataset):
+            raise ConfigurationError(
+                "the loader state was saved by a run over other volumes than this loader "
+                f"reads (version {recorded}): its collections select others, e.g. a filter "
+                "that now matches other rows; build it over the same view (the same filter on "
+                "RadiObject(uri, at=state['data_version'])), or pass data='newest'"
+            )
         sampler = self.resumable_sampler
         mine = {"seed": sampler.seed, "epoch_length": sampler.n, "order": sampler.order_name}
         if data == "newest":
@@ -410,6 +421,15 @@ class RadiObjectLoader(DataLoader[Any]):
             stacklevel=3,
         )
         self.__dict__.update(rebuilt.__dict__)  # a DataLoader's settings are fixed once built
+
+
+def _volumes_digest(dataset: Any) -> str | None:
+    """SHA-256 (16 hex digits) of the obs_ids a dataset reads, in order; None without refs."""
+    refs = getattr(dataset, "refs", None)
+    if refs is None:
+        return None
+    ids = "\n".join(str(r.obs_id) for r in refs)
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
 def _has_collection(value: Any) -> bool:
