@@ -335,3 +335,22 @@ def test_a_loader_at_a_version_gives_its_batches_in_worker_processes(tmp_path):
     _edit_and_grow(radi)
     then = RadiObject(radi.uri, at=before)
     assert [_hash(b) for b in _loader(then, num_workers=2)] == reference
+
+
+def test_the_browser_shows_a_version_and_writes_nothing(tmp_path):
+    from radiobject.storage._history import commit_times
+    from radiobject.widgets import CollectionBrowser
+
+    radi = _cohort(str(tmp_path))
+    before = radi.versions()[-1]
+    radi.seg.volume("sub-000_seg").write_region(((0, 16), (0, 16), (0, 12)), np.ones(SHAPE))
+    now = CollectionBrowser(RadiObject(radi.uri), collection="seg")
+    assert now.wait_refined(60)  # stores a new coarse level of the edited mask
+    level = radi.seg._coarse_uri("sub-000_seg")
+    stored = commit_times(level, radi.seg.ctx)
+    # at the version, the stored level (of the newest mask) is not the version's: it is
+    # built in memory, never stored (a past version is read-only)
+    then = CollectionBrowser(RadiObject(radi.uri, at=before), collection="seg")
+    assert then.wait_refined(60)
+    assert then.render() != now.render()  # sub-000's corrected mask shows in the newest only
+    assert commit_times(level, radi.seg.ctx) == stored
