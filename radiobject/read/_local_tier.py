@@ -62,7 +62,7 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
-from radiobject.read._versioned import same_array, split_version
+from radiobject.read._versioned import commit_end_ms, same_array, split_version
 
 __all__ = [
     "LocalTier",
@@ -414,18 +414,9 @@ def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
         fragments = tiledb.array_fragments(base, ctx=ctx)
         names = sorted(str(f.uri).rsplit("/", 1)[-1] for f in fragments)
     if at is not None:
-        names = [n for n in names if _end_ms(n) <= at]
+        names = [n for n in names if (commit_end_ms(n) or 0) <= at]
     digest = hashlib.sha256("\n".join([base, *names]).encode()).hexdigest()
     return digest[:40]
-
-
-def _end_ms(name: str) -> int:
-    """The end timestamp (ms) of a fragment or commit file ``__<t0>_<t1>_<uuid>_<v>[.ext]``."""
-    parts = name.split("_")
-    try:
-        return int(parts[3])
-    except (IndexError, ValueError):
-        return 0
 
 
 class _TierState:

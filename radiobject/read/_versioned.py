@@ -9,7 +9,7 @@ loader workers (a plan holds the key) without a new argument through the read pa
 
 from __future__ import annotations
 
-__all__ = ["same_array", "split_version", "versioned"]
+__all__ = ["commit_end_ms", "same_array", "split_version", "versioned"]
 
 _AT = "#at="
 
@@ -41,3 +41,17 @@ def same_array(key: str, uri: str) -> bool:
     (True, False, False)
     """
     return key == uri or (split_version(uri)[1] is None and split_version(key)[0] == uri)
+
+
+def commit_end_ms(name: str) -> int | None:
+    """End timestamp (ms) of a fragment or commit file ``__<t0>_<t1>_<uuid>_<format>[.ext]``.
+
+    None for a name of another form.
+
+    >>> commit_end_ms("__1700000000000_1700000000123_0f1e2d_22.wrt"), commit_end_ms("x")
+    (1700000000123, None)
+    """
+    parts = name.split("_")
+    if len(parts) > 3 and parts[3].isdigit():
+        return int(parts[3])
+    return None

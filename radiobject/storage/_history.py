@@ -32,6 +32,7 @@ import tiledb
 
 from radiobject._errors import VersionError
 from radiobject._tiledb_errors import tiledb_errors
+from radiobject.read._versioned import commit_end_ms
 
 __all__ = ["Version", "VersionDiff", "as_timestamp", "commit_times", "now_ms"]
 
@@ -194,12 +195,8 @@ def commit_times(uri: str, ctx: tiledb.Ctx) -> list[int]:
             if tiledb.object_type(base, ctx=ctx) != "array":
                 return []
             return sorted(int(f.timestamp_range[1]) for f in tiledb.array_fragments(base, ctx=ctx))
-    stamps = []
-    for name in names:
-        parts = name.split("_")
-        if len(parts) > 3 and parts[3].isdigit() and name.endswith((".wrt", ".con")):
-            stamps.append(int(parts[3]))
-    return sorted(stamps)
+    ends = [commit_end_ms(n) for n in names if n.endswith((".wrt", ".con"))]
+    return sorted(t for t in ends if t is not None)
 
 
 def group_versions(stamped: Sequence[tuple[str, Sequence[int]]]) -> list[Version]:
