@@ -5,6 +5,7 @@ keeps the open handle with an :class:`ArrayInfo` in a bounded LRU per process, k
 (uri, context), opening each volume in one thread while threads wanting it wait. A forked
 child opens its own. ``forget_array`` drops a volume's handles and cached blocks after it
 is rewritten or removed.
+
 A versioned key (:mod:`radiobject.read._versioned`) opens the array as of a version.
 """
 
