@@ -22,6 +22,7 @@ from radiobject._errors import (
     S3Error,
     ShapeError,
     StorageError,
+    VersionError,
 )
 from radiobject._versions import show_versions
 from radiobject.config import (
@@ -44,6 +45,7 @@ from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
 from radiobject.storage._coarse import CoarseLevel
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._history import Version, VersionDiff
 from radiobject.storage._radiobject import RadiObject
 from radiobject.storage._volume import Volume
 
@@ -78,6 +80,9 @@ __all__ = [
     "StorageError",
     "TileConfig",
     "TileDBStats",
+    "Version",
+    "VersionDiff",
+    "VersionError",
     "Volume",
     "VolumeCollection",
     "WriteConfig",

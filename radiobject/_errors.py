@@ -29,6 +29,7 @@ __all__ = [
     "S3Error",
     "ShapeError",
     "StorageError",
+    "VersionError",
 ]
 
 
@@ -287,4 +288,12 @@ class OptionalDependencyError(RadiObjectError, ImportError):
     ...
     radiobject._errors.OptionalDependencyError: reading DICOM needs pydicom:
     pip install radiobject[dicom]
+    """
+
+
+class VersionError(RadiObjectError, ValueError):
+    """A version that does not exist, or a write to an object opened at a past version.
+
+    >>> issubclass(VersionError, ValueError)
+    True
     """

@@ -182,6 +182,9 @@ def test_state_is_small_json_and_counts_samples(radi_uri):
         next(it)
     state = loader.state_dict()
     assert json.loads(json.dumps(state)) == state
+    # the cohort version read (tests/test_versions.py resumes across versions)
+    assert state.pop("data_version") == loader.dataset.data_version
+    assert len(state.pop("volumes_digest")) == 16
     assert state == {
         "version": 1,
         "seed": helpers.SEED,

@@ -12,7 +12,7 @@ import tiledb
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._errors import ShapeError
+from radiobject._errors import ConfigurationError, ShapeError
 from radiobject.config import Scope, SliceOrientation, current_scope, get_config, in_scope
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
@@ -32,7 +32,7 @@ from radiobject.ml._subjects import (
     to_tensor,
 )
 from radiobject.read import open_array, served_locally, whole_volume_budget
-from radiobject.storage import VolumeCollection
+from radiobject.storage import VolumeCollection, now_ms
 
 __all__ = ["VolumeCollectionDataset"]
 
@@ -93,6 +93,8 @@ class VolumeCollectionDataset(Dataset[Any]):
         self.transform = parse_transform(transform, where)
         self.refs = align(self.collections)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
+        # the version read: the collections' (opened at one), else the newest as of now
+        self.data_version = data_version(self.collections)
         self.epoch = 0
         self._whole: dict[str, bool] = {}
         self._stored_bytes: int | None = None
@@ -561,6 +563,22 @@ class VolumeCollectionDataset(Dataset[Any]):
             f"{type(self).__name__}([{names}], {len(self.refs)} volumes, {len(self)} items, "
             f"mode={self._mode.name})"
         )
+
+
+def data_version(collections: Sequence[VolumeCollection]) -> int:
+    """The version ``collections`` read (TileDB ms): the one they are open at, else now.
+
+    Raises:
+        ConfigurationError: they are open at different versions.
+    """
+    stamps = {c.at for c in collections}
+    if len(stamps) > 1:
+        raise ConfigurationError(
+            f"the collections of one dataset are open at different versions "
+            f"{sorted(map(str, stamps))}; open them from one RadiObject(uri, at=...)"
+        )
+    stamp = stamps.pop()
+    return now_ms() if stamp is None else stamp
 
 
 def _itemsize(uri: str, ctx: tiledb.Ctx) -> int:

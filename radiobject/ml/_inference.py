@@ -37,6 +37,7 @@ from radiobject._errors import (
     IngestError,
     RadiObjectError,
     ShapeError,
+    VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import TileConfig, get_config
@@ -305,6 +306,11 @@ class PredictionWriter:
         self.ctx = get_tiledb_ctx()
         self.radi = target if isinstance(target, RadiObject) else None
         if self.radi is not None:
+            if self.radi.at is not None:
+                raise VersionError(
+                    f"cannot write predictions into {self.radi.uri!r} opened at version "
+                    f"{self.radi.at}: it is read-only; pass RadiObject(uri) (the newest)"
+                )
             if not name:
                 raise ConfigurationError(
                     "name the new collection: PredictionWriter(loader, radi, 'pred')"

@@ -11,7 +11,7 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, data_version
 from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
@@ -98,6 +98,7 @@ class SegmentationDataset(VolumeCollectionDataset):
             )
         super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
         self.mask = mask
+        self.data_version = data_version([*self.collections, mask])
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)
         self.class_ratios = tuple(class_ratios) if class_ratios is not None else None

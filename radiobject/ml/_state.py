@@ -11,7 +11,9 @@ the epoch is re-sharded).
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ from radiobject._errors import ConfigurationError
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._stages import raise_failure
 from radiobject.ml._start_method import check_workers_can_start
+from radiobject.storage import RadiObject, Version, VolumeCollection, written_after
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -343,17 +346,46 @@ class RadiObjectLoader(DataLoader[Any]):
             "rank": sampler.rank,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
+            # the version of the cohort read (TileDB ms): a resume reads the same data
+            "data_version": getattr(self.dataset, "data_version", None),
+            # which volumes it read (its view's filter at that version), to check a resume
+            "volumes_digest": _volumes_digest(self.dataset),
         }
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any], *, data: str = "recorded") -> None:
         """Go on from ``state_dict`` (from :meth:`state_dict`) at the next iteration.
 
         The seed, the number of items and the kind of order must be those of the run that
         saved it; batch size, workers, rank and world size may differ.
+
+        The state records the version of the cohort the run read (``data_version``). With
+        ``data="recorded"`` (the default) the resumed run reads that version, whatever was
+        written since (a corrected mask, a new subject): a loader built over another
+        version is rebuilt by its factory (:attr:`recipe`) over the recorded one, with a
+        warning that says so. ``data="newest"`` reads the data this loader was built on
+        instead (the epoch's order may then differ: it goes on from the same count).
         """
-        sampler = self.resumable_sampler
+        if data not in ("recorded", "newest"):
+            raise ConfigurationError(f"data must be 'recorded' or 'newest', got {data!r}")
         state = _checked(state_dict)
+        recorded = state.get("data_version")
+        if recorded is not None and not isinstance(recorded, int):
+            raise ConfigurationError(f"loader state 'data_version' must be int, got {recorded!r}")
+        if data == "recorded" and recorded is not None:
+            self._read_version(recorded)
+        digest = state.get("volumes_digest")
+        if data == "recorded" and digest is not None and digest != _volumes_digest(self.dataset):
+            raise ConfigurationError(
+                "the loader state was saved by a run over other volumes than this loader "
+                f"reads (version {recorded}): its collections select others, e.g. a filter "
+                "that now matches other rows; build it over the same view (the same filter on "
+                "RadiObject(uri, at=state['data_version'])), or pass data='newest'"
+            )
+        sampler = self.resumable_sampler
         mine = {"seed": sampler.seed, "epoch_length": sampler.n, "order": sampler.order_name}
+        if data == "newest":
+            mine.pop("epoch_length")
+            state["samples_yielded"] = min(state["samples_yielded"], sampler.n)
         for key, value in mine.items():
             if state[key] != value:
                 raise ConfigurationError(
@@ -368,6 +400,66 @@ class RadiObjectLoader(DataLoader[Any]):
                 f"epoch_length={sampler.n}"
             )
         sampler.resume_at(state["epoch"], state["samples_yielded"])
+
+    def _read_version(self, version: int) -> None:
+        """Make this loader read ``version``: rebuilt by its factory over the cohort then."""
+        dataset = self.dataset
+        mine = getattr(dataset, "data_version", None)
+        read = [*getattr(dataset, "collections", []), getattr(dataset, "mask", None)]
+        read = [c for c in read if isinstance(c, VolumeCollection)]
+        if mine == version:
+            return
+        if all(c.at is None for c in read) and not any(written_after(c, version) for c in read):
+            return  # the newest data is the recorded version's: nothing was written since
+        if self.recipe is None:
+            raise ConfigurationError(
+                f"the loader state was saved by a run that read version {version} of the "
+                "cohort; build this loader from RadiObject(uri, at=state['data_version']) "
+                "(or pass data='newest')"
+            )
+        changes = {
+            name: _as_of(value, version)
+            for name, value in self.recipe.arguments.items()
+            if _has_collection(value)
+        }
+        rebuilt = self.recipe.build(**changes)
+        warnings.warn(
+            f"resuming reads the cohort as the saved run did: version {version} "
+            f"({Version(version).time}), not the data this loader was built on; pass "
+            "data='newest' to load_state_dict to read the newest",
+            stacklevel=3,
+        )
+        self.__dict__.update(rebuilt.__dict__)  # a DataLoader's settings are fixed once built
+
+
+def _volumes_digest(dataset: Any) -> str | None:
+    """SHA-256 (16 hex digits) of the obs_ids a dataset reads, in order; None without refs."""
+    refs = getattr(dataset, "refs", None)
+    if refs is None:
+        return None
+    ids = "\n".join(str(r.obs_id) for r in refs)
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def _has_collection(value: Any) -> bool:
+    if isinstance(value, (VolumeCollection, RadiObject)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_collection(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_has_collection(v) for v in value.values())
+    return False
+
+
+def _as_of(value: Any, version: int) -> Any:
+    """``value`` (collections, RadiObjects, lists or dicts of them) as of ``version``."""
+    if isinstance(value, (VolumeCollection, RadiObject)):
+        return value.as_of(version)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_of(v, version) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _as_of(v, version) for k, v in value.items()}
+    return value
 
 
 def _checked(state: Any) -> dict[str, Any]:

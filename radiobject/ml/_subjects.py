@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from radiobject._errors import AlignmentError, LabelError, RadiObjectError
+from radiobject.read import versioned
 from radiobject.storage import VolumeCollection
 
 __all__ = ["Labels", "VolumeRef", "align", "as_collections", "resolve_labels", "to_tensor"]
@@ -51,7 +52,8 @@ def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
         obs = coll.obs_columns("obs_subject_id", "volume", "shape")
         if coll is first and len(obs) == 0:
             raise RadiObjectError(f"collection {first.name!r} has no volumes to load")
-        obs["uri"] = [coll.uri + "/" + v for v in obs["volume"]]
+        # a collection read at a version names its arrays by versioned keys (see read)
+        obs["uri"] = [versioned(coll.uri + "/" + v, coll.at) for v in obs["volume"]]
         tables.append(obs.set_index("obs_subject_id"))
     refs = []
     lead = tables[0]

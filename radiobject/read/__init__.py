@@ -11,6 +11,7 @@ from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, tier_s
 from radiobject.read._region import block_cache, read_region, served_locally, whole_volume_budget
 from radiobject.read._scaling import Scaling
 from radiobject.read._shared_store import SharedStore, set_shared_store
+from radiobject.read._versioned import split_version, versioned
 
 __all__ = [
     "CacheCounters",
@@ -24,6 +25,8 @@ __all__ = [
     "read_region",
     "served_locally",
     "set_shared_store",
+    "split_version",
     "tier_state",
+    "versioned",
     "whole_volume_budget",
 ]

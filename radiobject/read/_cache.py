@@ -17,6 +17,7 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
+from radiobject.read._versioned import same_array
 
 __all__ = ["BlockCache", "CacheCounters", "block_cache"]
 
@@ -145,12 +146,12 @@ class BlockCache:
 
     def drop(self, uri: str) -> None:
         with self._lock:
-            for key in [k for k in self._lru if k[0] == uri]:
+            for key in [k for k in self._lru if same_array(k[0], uri)]:
                 del self._lru[key]
-            for key in [k for k in self._seen if k[0] == uri]:
+            for key in [k for k in self._seen if same_array(k[0], uri)]:
                 del self._seen[key]
-            if uri in self._recent:
-                self._recent_bytes -= self._recent.pop(uri)
+            for name in [n for n in self._recent if same_array(n, uri)]:
+                self._recent_bytes -= self._recent.pop(name)
 
     def clear(self) -> None:
         """Empty the cache and forget what was read (counters keep counting)."""

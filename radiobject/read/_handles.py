@@ -5,6 +5,8 @@ keeps the open handle with an :class:`ArrayInfo` in a bounded LRU per process, k
 (uri, context), opening each volume in one thread while threads wanting it wait. A forked
 child opens its own. ``forget_array`` drops a volume's handles and cached blocks after it
 is rewritten or removed.
+
+A versioned key (:mod:`radiobject.read._versioned`) opens the array as of a version.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from radiobject._tiledb_errors import tiledb_errors
 from radiobject.read._cache import block_cache
 from radiobject.read._local_tier import tier_state
 from radiobject.read._scaling import Scaling
+from radiobject.read._versioned import same_array, split_version, versioned
 
 __all__ = ["ArrayInfo", "forget_array", "open_array"]
 
@@ -116,8 +119,17 @@ class _Handles:
 _HANDLES: Resource[_Handles] = Resource("array handles", _Handles)
 
 
-def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
-    """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process."""
+def open_array(
+    uri: str, ctx: tiledb.Ctx, *, at: int | None = None
+) -> tuple[tiledb.Array, ArrayInfo]:
+    """An open read handle on ``uri`` and its :class:`ArrayInfo`, reused within the process.
+
+    ``at`` (a TileDB timestamp in ms) opens the array as it was then; so does a versioned
+    ``uri`` (:func:`versioned`). :attr:`ArrayInfo.uri` is then the versioned key.
+    """
+    if at is not None:
+        uri = versioned(uri, at)
+    base, stamp = split_version(uri)
     key = (uri, id(ctx))  # the handle holds ctx: its id is not reused while cached
     handles = _HANDLES.get()
     with handles.lock:
@@ -132,7 +144,8 @@ def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
                 return hit
         try:
             with tiledb_errors(uri, "open volume"):
-                handle = tiledb.open(uri, mode="r", ctx=ctx)
+                when = None if stamp is None else (0, stamp)
+                handle = tiledb.open(base, mode="r", ctx=ctx, timestamp=when)
                 schema = handle.schema
                 dom = schema.domain
                 shape = tuple(int(dom.dim(i).domain[1]) + 1 for i in range(dom.ndim))
@@ -150,11 +163,14 @@ def open_array(uri: str, ctx: tiledb.Ctx) -> tuple[tiledb.Array, ArrayInfo]:
 
 
 def forget_array(uri: str) -> None:
-    """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed)."""
+    """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed).
+
+    A plain ``uri`` drops its versioned keys too; a versioned key drops that version only.
+    """
     handles = _HANDLES.get()
     with handles.lock:
         cache = handles.cache
-        for key in [k for k in cache if k[0] == uri]:
+        for key in [k for k in cache if same_array(k[0], uri)]:
             handle, _ = cache.pop(key)
             handle.close()
     block_cache().drop(uri)

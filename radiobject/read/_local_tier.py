@@ -62,6 +62,7 @@ from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
+from radiobject.read._versioned import commit_end_ms, same_array, split_version
 
 __all__ = [
     "LocalTier",
@@ -397,16 +398,23 @@ def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
     against 2.1 ms for TileDB's fragment info, which reads every fragment's metadata. A
     fragment being written has no commit file yet, so it is in neither the key nor a read.
     Arrays without commit files (older formats) are keyed by TileDB's fragment info.
+
+    A versioned key (:func:`radiobject.read._versioned.versioned`) counts the fragments
+    committed at or before its timestamp only: the fragments a read of that version sees,
+    so a version whose fragments are those of the newest shares its entry.
     """
-    base = uri.rstrip("/")
+    base, at = split_version(uri)
+    base = base.rstrip("/")
     try:
         commits = tiledb.VFS(ctx=ctx).ls(f"{base}/__commits")
     except tiledb.TileDBError:
         commits = []
     names = sorted(str(c).rstrip("/").rsplit("/", 1)[-1] for c in commits)
     if not names:
-        fragments = tiledb.array_fragments(uri, ctx=ctx)
+        fragments = tiledb.array_fragments(base, ctx=ctx)
         names = sorted(str(f.uri).rsplit("/", 1)[-1] for f in fragments)
+    if at is not None:
+        names = [n for n in names if (commit_end_ms(n) or 0) <= at]
     digest = hashlib.sha256("\n".join([base, *names]).encode()).hexdigest()
     return digest[:40]
 
@@ -483,7 +491,8 @@ class _TierState:
 
     def forget(self, uri: str) -> None:
         with self.lock:
-            self.keys.pop(uri, None)
+            for name in [k for k in self.keys if same_array(k, uri)]:
+                self.keys.pop(name, None)
 
     def submit(self, key: str, job: Any) -> Future[None] | None:
         """Run ``job`` in the background writer unless ``key`` is already queued."""

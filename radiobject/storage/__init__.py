@@ -21,6 +21,13 @@ from radiobject.storage._group import (
     mark_complete,
     remove,
 )
+from radiobject.storage._history import (
+    Version,
+    VersionDiff,
+    as_timestamp,
+    now_ms,
+    written_after,
+)
 from radiobject.storage._layout import (
     COLLECTION_KIND,
     COLLECTIONS,
@@ -45,18 +52,23 @@ __all__ = [
     "Dataframe",
     "ForegroundIndex",
     "RadiObject",
+    "Version",
+    "VersionDiff",
     "Volume",
     "VolumeCollection",
     "add_members",
     "affine_orientation",
+    "as_timestamp",
     "compute_foreground",
     "create_group",
     "exists",
     "join",
     "mark_complete",
+    "now_ms",
     "obs_id",
     "remove",
     "spacing_from_affine",
     "volume_member",
     "write_foreground",
+    "written_after",
 ]

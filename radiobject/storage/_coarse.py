@@ -228,7 +228,8 @@ def write_coarse(
 def stored_coarse(uri: str, volume: Volume, method: str, ctx: tiledb.Ctx) -> Volume | None:
     """The level stored at ``uri`` when it is whole, of ``method`` and of ``volume`` as it is now.
 
-    ``None`` when there is none, it was cut short, or the volume was written since.
+    ``None`` when there is none, it was cut short, or the volume was written since. For a
+    volume read at a version, the level must be of the volume as it was at that version.
     """
     with tiledb_errors(uri, "open coarse level"):
         if tiledb.object_type(uri, ctx=ctx) != "array":
@@ -240,7 +241,7 @@ def stored_coarse(uri: str, volume: Volume, method: str, ctx: tiledb.Ctx) -> Vol
         return None
     if meta.get("coarse_method") != method or SOURCE_KEY not in meta:
         return None
-    if meta[SOURCE_KEY] != fragment_key(volume.uri, ctx):
+    if meta[SOURCE_KEY] != fragment_key(volume.key, ctx):
         return None
     return Volume(uri, ctx=volume._ctx)
 
@@ -248,7 +249,11 @@ def stored_coarse(uri: str, volume: Volume, method: str, ctx: tiledb.Ctx) -> Vol
 def build_coarse(volume: Volume, factor: int, method: str) -> np.ndarray:
     """The level of a stored volume, made from its stored voxels (one whole-volume query)."""
     # a handle of its own: one this process keeps may predate the write being caught up on
-    with tiledb_errors(volume.uri, "read volume"), tiledb.open(volume.uri, ctx=volume.ctx) as arr:
+    when = None if volume.at is None else (0, volume.at)
+    with (
+        tiledb_errors(volume.uri, "read volume"),
+        tiledb.open(volume.uri, ctx=volume.ctx, timestamp=when) as arr,
+    ):
         stored = arr[:][ATTR]
         scaling = Scaling.from_meta(
             {k: arr.meta[k] for k in arr.meta}, np.dtype(arr.schema.attr(0).dtype)

@@ -16,6 +16,7 @@ import tiledb
 from radiobject._context import local_ctx, portable_ctx, unpickled_ctx
 from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
 from radiobject.config import get_config
+from radiobject.read._versioned import versioned
 from radiobject.storage._coarse import (
     DEFAULT_FACTOR,
     CoarseLevel,
@@ -35,6 +36,13 @@ from radiobject.storage._group import (
     group_meta,
     join,
     require_complete,
+)
+from radiobject.storage._history import (
+    Version,
+    as_timestamp,
+    collection_arrays,
+    commit_times,
+    group_versions,
 )
 from radiobject.storage._layout import (
     COARSE,
@@ -115,9 +123,11 @@ class VolumeCollection(CollectionConstructors):
         *,
         _selection: Sequence[str] | None = None,
         _obs_meta: Dataframe | None = None,
+        at: int | None = None,
     ) -> None:
         self.uri = str(uri).rstrip("/")
         self._ctx = ctx
+        self._at = at  # the version read (TileDB timestamp, ms); None: the newest
         self._selection = None if _selection is None else tuple(_selection)
         self._obs_meta = _obs_meta
         self._meta: dict[str, Any] | None = None
@@ -144,6 +154,45 @@ class VolumeCollection(CollectionConstructors):
         self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     @property
+    def at(self) -> int | None:
+        """The version read (a TileDB timestamp in ms), or None for the newest."""
+        return self._at
+
+    def as_of(self, at: Any) -> VolumeCollection:
+        """This collection (or view) as of version ``at``: read-only, cheap (nothing is read).
+
+        ``at`` is a :class:`radiobject.Version`, a ms timestamp, a ``datetime`` or an ISO
+        string. A view keeps the volumes of its selection that existed then.
+
+        >>> import numpy as np, tempfile, os
+        >>> ct = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "CT"),
+        ...                                  [np.zeros((4, 4, 2))])
+        >>> before = ct.versions()[-1]
+        >>> ct.volume(ct.obs_ids[0]).write_region(((0, 1), (0, 1), (0, 1)), np.ones((1, 1, 1)))
+        >>> float(ct.as_of(before).iloc[0][0, 0, 0]), float(ct.iloc[0][0, 0, 0])
+        (0.0, 1.0)
+        """
+        stamp = as_timestamp(at)
+        meta = self._obs_meta
+        if meta is not None:
+            meta = Dataframe(meta.uri, ctx=meta._ctx, at=stamp)
+        then = VolumeCollection(self.uri, ctx=self._ctx, _obs_meta=meta, at=stamp)
+        then._meta = self._meta
+        if self._selection is not None:
+            there = set(then.obs_ids)
+            then = then._view([i for i in self._selection if i in there])
+        return then
+
+    def versions(self) -> list[Version]:
+        """The versions of this collection: one per timestamp its arrays were written at.
+
+        See :meth:`radiobject.RadiObject.versions` (this lists ``obs``, the foreground index
+        and the volumes of this collection only).
+        """
+        arrays = collection_arrays(self.uri, self.ctx)
+        return group_versions([(label, commit_times(uri, self.ctx)) for label, uri in arrays])
+
+    @property
     def meta(self) -> dict[str, Any]:
         """Group metadata (name, mask flag, ...)."""
         if self._meta is None:
@@ -168,7 +217,7 @@ class VolumeCollection(CollectionConstructors):
     @property
     def obs_table(self) -> Dataframe:
         """The stored ``obs`` table (all volumes, not only this view's)."""
-        return Dataframe(join(self.uri, OBS), ctx=self._ctx)
+        return Dataframe(join(self.uri, OBS), ctx=self._ctx, at=self._at)
 
     @property
     def obs(self) -> pd.DataFrame:
@@ -261,8 +310,11 @@ class VolumeCollection(CollectionConstructors):
         return hit.iloc[0]
 
     def volume_uri(self, obs_id: str) -> str:
-        """Where the array of ``obs_id`` is stored."""
-        return join(self.uri, str(self.row(obs_id)["volume"]))
+        """Where the array of ``obs_id`` is stored (a versioned key when read at a version).
+
+        See :mod:`radiobject.read._versioned`: every read function takes the key as a URI.
+        """
+        return versioned(join(self.uri, str(self.row(obs_id)["volume"])), self._at)
 
     def volume(self, obs_id: str) -> Volume:
         """The :class:`Volume` of ``obs_id``."""
@@ -295,7 +347,7 @@ class VolumeCollection(CollectionConstructors):
     # -- views ---------------------------------------------------------------------------
     def _view(self, ids: Sequence[str]) -> VolumeCollection:
         view = VolumeCollection(
-            self.uri, ctx=self._ctx, _selection=list(ids), _obs_meta=self._obs_meta
+            self.uri, ctx=self._ctx, _selection=list(ids), _obs_meta=self._obs_meta, at=self._at
         )
         view._meta = self._meta
         return view
@@ -360,12 +412,13 @@ class VolumeCollection(CollectionConstructors):
             from radiobject.storage._foreground import write_foreground
 
             uri = join(self.uri, FG_INDEX)
-            stored = read_foreground(uri, self.ctx)
+            stored = read_foreground(uri, self.ctx, at=self._at)
             missing = [i for i in self.obs_ids if i not in stored]
             if missing:
                 new = {i: compute_foreground(self.volume(i).to_numpy()) for i in missing}
-                with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
-                    write_foreground(uri, new, self.ctx)
+                if self._at is None:  # a past version is read-only: keep it in memory
+                    with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
+                        write_foreground(uri, new, self.ctx)
                 stored.update(new)
             self._fg = {i: stored[i] for i in self.obs_ids}
         return self._fg
@@ -416,7 +469,7 @@ class VolumeCollection(CollectionConstructors):
         factor = get_config().write.coarse or DEFAULT_FACTOR
         stored = build_coarse(volume, factor, method)
         saved = False
-        if not self._coarse_unsaved:
+        if not self._coarse_unsaved and self._at is None:  # a past version is read-only
             try:
                 self._save_coarse(self._coarse_uri(obs_id), volume, stored, factor, method)
                 saved = True

@@ -23,6 +23,7 @@ from radiobject._errors import (
     NotFoundError,
     RadiObjectError,
     S3Error,
+    VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors, translate_tiledb_error
 
@@ -77,9 +78,12 @@ class Dataframe:
     ['b']
     """
 
-    def __init__(self, uri: str | Path, ctx: tiledb.Ctx | None = None) -> None:
+    def __init__(
+        self, uri: str | Path, ctx: tiledb.Ctx | None = None, *, at: int | None = None
+    ) -> None:
         self.uri = str(uri)
         self._ctx = ctx
+        self._at = at  # a TileDB timestamp (ms): read as of then; None: the newest
         self._schema: tuple[str, dict[str, str]] | None = None
 
     @property
@@ -88,21 +92,36 @@ class Dataframe:
         return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "_ctx": portable_ctx(self._ctx), "_schema": self._schema}
+        return {
+            "uri": self.uri,
+            "_ctx": portable_ctx(self._ctx),
+            "_at": self._at,
+            "_schema": self._schema,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
 
     def __repr__(self) -> str:
-        return f"Dataframe({self.uri!r})"
+        at = "" if self._at is None else f", at={self._at}"
+        return f"Dataframe({self.uri!r}{at})"
+
+    @property
+    def at(self) -> int | None:
+        """The version read (a TileDB timestamp in ms), or None for the newest."""
+        return self._at
+
+    def _open(self) -> tiledb.Array:
+        when = None if self._at is None else (0, self._at)
+        return tiledb.open(self.uri, ctx=self.ctx, timestamp=when)
 
     def _layout(self, opened: tiledb.Array | None = None) -> tuple[str, dict[str, str]]:
         if self._schema is None:
             if opened is not None:
                 self._schema = _layout_of(opened)
             else:
-                uri, ctx = self.uri, self.ctx
-                with tiledb_errors(uri, "open table"), tiledb.open(uri, ctx=ctx) as a:
+                uri = self.uri
+                with tiledb_errors(uri, "open table"), self._open() as a:
                     self._schema = _layout_of(a)
         return self._schema
 
@@ -131,7 +150,7 @@ class Dataframe:
             ids: only these keys.
         """
         try:
-            with tiledb.open(self.uri, ctx=self.ctx) as arr:
+            with self._open() as arr:
                 index, kinds = self._layout(arr)  # one open for the layout and the rows
                 wanted = [c for c in (list(kinds) if columns is None else columns) if c != index]
                 unknown = [c for c in wanted if c not in kinds]
@@ -163,6 +182,53 @@ class Dataframe:
 
     def __len__(self) -> int:
         return len(self.ids())
+
+    def write_rows(self, df: pd.DataFrame) -> None:
+        """Add rows, or replace the rows of keys already there (one write: one version).
+
+        ``df`` has the key column and every column of the table (:attr:`columns`); a row
+        whose key is stored replaces it (TileDB keeps the newest write of a key), and a read
+        at an earlier version still sees the row it replaced.
+
+        >>> import pandas as pd, tempfile, os
+        >>> df = pd.DataFrame({"obs_subject_id": ["a"], "age": [30]})
+        >>> table = Dataframe.from_pandas(os.path.join(tempfile.mkdtemp(), "t"), df,
+        ...                               index="obs_subject_id")
+        >>> table.write_rows(pd.DataFrame({"obs_subject_id": ["a", "b"], "age": [31, 40]}))
+        >>> table.read()["age"].tolist()
+        [31, 40]
+
+        Raises:
+            VersionError: the table was opened at a past version.
+            RadiObjectError: a column is missing or unknown, or a key repeats.
+        """
+        if self._at is not None:
+            raise VersionError(
+                f"table {self.uri!r} is open at version {self._at}, read-only; open it at the "
+                "newest version (no at=) to write"
+            )
+        index, kinds = self._layout()
+        given = set(df.columns)
+        missing, unknown = sorted({index, *kinds} - given), sorted(given - {index, *kinds})
+        if missing or unknown:
+            raise RadiObjectError(
+                f"rows for table {self.uri!r} need exactly its columns {self.columns}; "
+                f"missing {missing}, unknown {unknown}"
+            )
+        keys = df[index].astype(str)
+        if keys.duplicated().any():
+            raise RadiObjectError(
+                f"duplicate {index} values {sorted(set(keys[keys.duplicated()]))[:5]} in rows "
+                f"for {self.uri!r}"
+            )
+        values = {name: _encode(df[name], kind) for name, kind in kinds.items()}
+        if not len(df):
+            return
+        with (
+            tiledb_errors(self.uri, "write table rows"),
+            tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
+        ):
+            arr[keys.to_numpy(dtype=object).astype(str)] = values
 
     @classmethod
     def from_pandas(

@@ -115,11 +115,26 @@ def write_foreground(uri: str, entries: dict[str, ForegroundIndex], ctx: tiledb.
 _COLUMNS = ("volume", "label", "x", "y", "z")
 
 
-def read_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
-    """The whole index at ``uri`` in one read: obs_id -> :class:`ForegroundIndex`."""
+def read_foreground(
+    uri: str, ctx: tiledb.Ctx, *, at: int | None = None
+) -> dict[str, ForegroundIndex]:
+    """The whole index at ``uri`` in one read: obs_id -> :class:`ForegroundIndex`.
+
+    ``at`` reads the index as of that version (TileDB timestamp, ms). An index rewritten
+    since (it grows by being written anew) does not hold that version: ``{}``, and the
+    caller computes the index from the masks of the version.
+    """
     if tiledb.object_type(uri, ctx=ctx) is None:
         return {}
-    with tiledb_errors(uri, "read foreground index"), tiledb.open(uri, ctx=ctx) as arr:
+    if at is not None:
+        try:
+            arr = tiledb.open(uri, ctx=ctx, timestamp=(0, at))
+        except tiledb.TileDBError:  # created after ``at``
+            return {}
+    else:
+        with tiledb_errors(uri, "read foreground index"):
+            arr = tiledb.open(uri, ctx=ctx)
+    with tiledb_errors(uri, "read foreground index"), arr:
         if "obs_ids" not in arr.meta:  # an index of an older layout: rebuilt by the caller
             return {}
         obs_ids = json.loads(arr.meta["obs_ids"])

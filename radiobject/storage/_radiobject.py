@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -18,12 +19,15 @@ from radiobject._errors import (
     IngestError,
     NotFoundError,
     OutOfBoundsError,
+    VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors
+from radiobject.storage._cohort_versions import CohortVersions
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, exists, group_meta, join, require_complete
-from radiobject.storage._layout import COLLECTIONS, OBS_META, RADIOBJECT_KIND
+from radiobject.storage._history import Version, as_timestamp, commit_times
+from radiobject.storage._layout import COLLECTIONS, OBS, OBS_META, RADIOBJECT_KIND
 
 __all__ = ["RadiObject"]
 
@@ -51,7 +55,7 @@ class _SubjectIndexer:
         return self._owner._view(subjects=[ids[int(i)] for i in key])
 
 
-class RadiObject:
+class RadiObject(CohortVersions):
     """Subjects and their volumes: ``obs_meta`` plus named collections (``radi.T1w``).
 
     A RadiObject is a mapping of collection names to collections, as an xarray Dataset is of
@@ -77,6 +81,7 @@ class RadiObject:
         uri: str | Path,
         ctx: tiledb.Ctx | None = None,
         *,
+        at: Version | int | dt.datetime | str | None = None,
         _subjects: Sequence[str] | None = None,
         _collections: Sequence[str] | None = None,
     ) -> None:
@@ -88,6 +93,16 @@ class RadiObject:
         require_complete(self.uri, RADIOBJECT_KIND, self._meta)
         self._obs_meta_df: pd.DataFrame | None = None
         self._all_names: list[str] | None = None
+        self._at: int | None = None
+        if at is not None:
+            self._at = as_timestamp(at)
+            first = commit_times(join(self.uri, OBS_META), self.ctx)
+            if not first or first[0] > self._at:
+                raise VersionError(
+                    f"{self.uri!r} has no version at or before {Version(self._at).time}: its "
+                    f"first is {Version(first[0]).time if first else 'unknown'}; pick one of "
+                    "radi.versions()"
+                )
 
     @property
     def ctx(self) -> tiledb.Ctx:
@@ -104,7 +119,7 @@ class RadiObject:
     @property
     def obs_meta_table(self) -> Dataframe:
         """The stored subject table."""
-        return Dataframe(join(self.uri, OBS_META), ctx=self._ctx)
+        return Dataframe(join(self.uri, OBS_META), ctx=self._ctx, at=self._at)
 
     @property
     def obs_meta(self) -> pd.DataFrame:
@@ -177,13 +192,26 @@ class RadiObject:
     def collection_names(self) -> list[str]:
         """Names of the collections (of this view), sorted."""
         if self._all_names is None:
-            uri = join(self.uri, COLLECTIONS)
-            with tiledb_errors(uri, "list collections"), tiledb.Group(uri, ctx=self.ctx) as g:
-                self._all_names = sorted(m.name for m in g)
+            names = self._names_now()
+            if self._at is not None:  # those whose obs table was written by then
+                at = self._at
+                names = [
+                    n
+                    for n in names
+                    if any(
+                        t <= at for t in commit_times(join(self.uri, COLLECTIONS, n, OBS), self.ctx)
+                    )
+                ]
+            self._all_names = names
         names = self._all_names
         if self._collections is None:
             return list(names)
         return [n for n in names if n in self._collections]
+
+    def _names_now(self) -> list[str]:
+        uri = join(self.uri, COLLECTIONS)
+        with tiledb_errors(uri, "list collections"), tiledb.Group(uri, ctx=self.ctx) as g:
+            return sorted(m.name for m in g)
 
     def collection(self, name: str) -> VolumeCollection:
         """The collection ``name``, restricted to this view's subjects."""
@@ -192,7 +220,10 @@ class RadiObject:
                 f"no collection {name!r} in {self.uri!r}; collections are {self.collection_names}"
             )
         coll = VolumeCollection(
-            join(self.uri, COLLECTIONS, name), ctx=self._ctx, _obs_meta=self.obs_meta_table
+            join(self.uri, COLLECTIONS, name),
+            ctx=self._ctx,
+            _obs_meta=self.obs_meta_table,
+            at=self._at,
         )
         if self._subjects is not None:
             keep = set(self._subjects)
@@ -298,9 +329,10 @@ class RadiObject:
     def __repr__(self) -> str:
         kind = "view of " if self._subjects is not None or self._collections is not None else ""
         names = self.collection_names
+        at = "" if self._at is None else f" as of {Version(self._at).time}"
         return (
             f"<RadiObject ({kind}{_count(len(names), 'collection')}: {', '.join(names)}; "
-            f"{_count(self.n_subjects, 'subject')}) at {self.uri!r}>"
+            f"{_count(self.n_subjects, 'subject')}) at {self.uri!r}{at}>"
         )
 
     def _repr_html_(self) -> str:
@@ -372,6 +404,7 @@ class RadiObject:
         from radiobject.ingest._sources import file_items
         from radiobject.ingest._writer import copy_items, write_collection
 
+        self._check_writable(f"add collection {name!r}")
         if name in self.collection_names:
             raise IngestError(f"{self.uri!r} already has a collection {name!r}")
         target = join(self.uri, COLLECTIONS, name)

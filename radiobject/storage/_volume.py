@@ -16,11 +16,13 @@ from radiobject._errors import (
     DtypeError,
     OutOfBoundsError,
     ShapeError,
+    VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import CompressionConfig, Compressor, TileConfig, get_config
-from radiobject.read._region import ArrayInfo, open_array, read_region
+from radiobject.read._region import ArrayInfo, forget_array, open_array, read_region
 from radiobject.read._scaling import ScaledVoxels, Scaling, integer_plan, native
+from radiobject.read._versioned import split_version, versioned
 
 __all__ = [
     "ScaledVoxels",
@@ -116,9 +118,23 @@ class Volume:
     array([21, 22], dtype=int16)
     """
 
-    def __init__(self, uri: str | Path, ctx: tiledb.Ctx | None = None) -> None:
-        self.uri = str(uri)
+    def __init__(
+        self, uri: str | Path, ctx: tiledb.Ctx | None = None, *, at: int | None = None
+    ) -> None:
+        base, stamp = split_version(str(uri))  # a versioned key names its version
+        self.uri = base
         self._ctx = ctx
+        self._at = at if at is not None else stamp  # TileDB timestamp (ms); None: newest
+
+    @property
+    def at(self) -> int | None:
+        """The version read (a TileDB timestamp in ms), or None for the newest."""
+        return self._at
+
+    @property
+    def key(self) -> str:
+        """The read path's name of this volume: its URI, versioned when opened at a version."""
+        return versioned(self.uri, self._at)
 
     @property
     def ctx(self) -> tiledb.Ctx:
@@ -126,19 +142,20 @@ class Volume:
         return local_ctx(self._ctx)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "_ctx": portable_ctx(self._ctx)}
+        return {"uri": self.uri, "_ctx": portable_ctx(self._ctx), "_at": self._at}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _ctx=unpickled_ctx(state["_ctx"]))
+        self.__dict__.update({"_at": None, **state}, _ctx=unpickled_ctx(state["_ctx"]))
 
     def __repr__(self) -> str:
-        return f"Volume({self.uri!r})"
+        at = "" if self._at is None else f", at={self._at}"
+        return f"Volume({self.uri!r}{at})"
 
     # -- metadata ------------------------------------------------------------------------
     @property
     def info(self) -> ArrayInfo:
         """Schema and metadata, read once per process."""
-        return open_array(self.uri, self.ctx)[1]
+        return open_array(self.key, self.ctx)[1]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -253,7 +270,7 @@ class Volume:
 
         As ``dtype`` (default :attr:`dtype`): the stored integers scaled and cast in one pass.
         """
-        stored = read_region(self.uri, self.ctx, tuple(bounds))
+        stored = read_region(self.key, self.ctx, tuple(bounds))
         return self.info.values.decode(stored, dtype)
 
     def to_numpy(self, dtype: np.dtype | type | None = None) -> np.ndarray:
@@ -438,8 +455,11 @@ class Volume:
 
         Each call is one TileDB write (one fragment); regions written later win where they
         overlap. ``metadata`` is stored with the write and committed after the voxels, so a
-        reader that sees it also sees them. Readers that opened the volume before see the new
-        voxels after ``radiobject.read._region.forget_array(uri)``.
+        reader that sees it also sees them. Reads in this process see the new voxels at once
+        (its handles and cached blocks of the volume are dropped); other processes that opened
+        the volume before see them after ``radiobject.read.forget_array(uri)``. The write is a
+        new version: a read at an earlier one (``RadiObject(uri, at=...)``) still sees the
+        voxels as they were.
 
         Raises:
             ShapeError: ``data`` does not have the shape of ``bounds``.
@@ -453,6 +473,7 @@ class Volume:
             raise ShapeError(
                 f"region {bounds} of {self.uri!r} needs data of shape {want}, got {data.shape}"
             )
+        self._check_writable()
         scaling = self._scaling_on_disk()
         stored = scaling.encode(data)
         if stored is None:
@@ -463,6 +484,14 @@ class Volume:
                 "Write a new volume with Volume.from_numpy (integers=False keeps floats)"
             )
         self._write(bounds, stored, metadata)
+        forget_array(self.uri)
+
+    def _check_writable(self) -> None:
+        if self._at is not None:
+            raise VersionError(
+                f"volume {self.uri!r} is open at version {self._at}, read-only; open the "
+                "cohort at the newest version (no at=) to write"
+            )
 
     def _scaling_on_disk(self) -> Scaling:
         """The volume's scaling, read now (a handle this process keeps may predate it)."""
@@ -477,6 +506,7 @@ class Volume:
         metadata: dict[str, Any] | None,
     ) -> None:
         """Write voxels already in the stored dtype (one TileDB write)."""
+        self._check_writable()
         with (
             tiledb_errors(self.uri, "write volume region"),
             tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,

@@ -1,0 +1,112 @@
+"""Growing a stored cohort: one more subject, with its volumes and its ``obs_meta`` row.
+
+Each piece is a write of its own (a volume, the collection's new ``obs`` row, the subject's
+``obs_meta`` row), so each lands as a new version and a read at an earlier version does not
+see the subject. The subject's ``obs_meta`` row is written last: at a version that lists the
+subject, its volumes are there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from radiobject._errors import AlignmentError, IngestError
+from radiobject.storage._collection import VolumeCollection
+from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._group import add_members, join
+from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
+from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
+
+__all__ = ["add_subject"]
+
+
+def add_subject(
+    table: Dataframe,
+    collections: Mapping[str, VolumeCollection],
+    obs_subject_id: str,
+    volumes: Mapping[str, np.ndarray],
+    obs_meta: Mapping[str, Any],
+    affine: np.ndarray | None,
+) -> None:
+    """Write subject ``obs_subject_id`` into the cohort of subject table ``table``.
+
+    ``collections`` are the cohort's (name -> collection); see :meth:`RadiObject.add_subject`.
+    """
+    where = table.uri.rsplit("/", 1)[0]
+    if obs_subject_id in set(table.ids()):
+        raise IngestError(
+            f"subject {obs_subject_id!r} is already in {where!r}; edit its volumes with "
+            "Volume.write_region instead"
+        )
+    if not volumes:
+        raise IngestError(f"subject {obs_subject_id!r} needs at least one volume")
+    unknown = sorted(set(volumes) - set(collections))
+    if unknown:
+        raise IngestError(
+            f"no collection(s) {unknown} in {where!r}; collections are "
+            f"{sorted(collections)} (add_collection adds one)"
+        )
+    arrays = {name: np.asarray(v) for name, v in volumes.items()}
+    shapes = {name: a.shape[:3] for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        raise AlignmentError(
+            f"the volumes of subject {obs_subject_id!r} differ in shape: {shapes}; a subject's "
+            "volumes share one grid"
+        )
+    columns = [c for c in table.columns if c != "obs_subject_id"]
+    missing = sorted(set(columns) - set(obs_meta))
+    extra = sorted(set(obs_meta) - set(columns))
+    if missing or extra:
+        raise IngestError(
+            f"the obs_meta row of {obs_subject_id!r} needs exactly the columns {columns}; "
+            f"missing {missing}, unknown {extra}"
+        )
+    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else np.asarray(affine, float)
+    rows = {
+        name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
+    }
+    for name, (member, row) in rows.items():
+        coll = collections[name]
+        Volume.from_numpy(
+            join(coll.uri, member),
+            arrays[name],
+            affine=affine,
+            ctx=coll._ctx,
+            metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
+        )
+        add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
+        coll.obs_table.write_rows(pd.DataFrame([row]))
+    table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))
+
+
+def _row_for(
+    coll: VolumeCollection, subject: str, array: np.ndarray, affine: np.ndarray
+) -> tuple[str, dict[str, Any]]:
+    """``(volume member, obs row)`` of the new volume of ``coll``."""
+    name = coll.name
+    obs = coll.obs_table.read(columns=["volume"])
+    taken = [int(str(v).rsplit("/", 1)[-1]) for v in obs["volume"]]
+    member = volume_member(max(taken, default=-1) + 1)
+    user = [c for c in coll.obs_table.columns if c not in ("obs_id", *CORE_COLUMNS)]
+    if user:
+        raise IngestError(
+            f"collection {name!r} has user columns {user} that add_subject cannot fill; write "
+            "the subject with add_collection or a new ingest"
+        )
+    row = {
+        "obs_id": obs_id(subject, name),
+        "obs_subject_id": subject,
+        "volume": member,
+        "shape": ",".join(str(n) for n in array.shape),
+        "spacing": ",".join(f"{s:g}" for s in spacing_from_affine(affine)),
+        "orientation": affine_orientation(affine),
+        "dtype": str(array.dtype if array.dtype != bool else np.dtype(np.uint8)),
+        "affine": json.dumps(affine.tolist()),
+        "source": "add_subject",
+    }
+    return member, row
