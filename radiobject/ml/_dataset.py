@@ -30,7 +30,7 @@ from radiobject.ml._subjects import (
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import open_array, served_locally, whole_volume_budget
+from radiobject.read import open_array, reader, served_locally, whole_volume_budget
 from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
@@ -330,14 +330,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         region and the volume.
         """
         ahead = ahead_state(self)
-        out = []
-        for read in reads:
-            try:
-                out.append(read.read() if ahead is None else ahead.take(read))
-            except Exception as exc:
-                exc.add_note(f"reading {read.name} region {list(read.bounds)} of {read.uri!r}")
-                raise
-        return out
+        return reader().fetch(reads, None if ahead is None else ahead.take)
 
     def read_plan(self, plan: SamplePlan) -> Any:
         """The sample of ``plan`` (its reads executed), transformed like ``self[key]``."""
@@ -424,16 +417,9 @@ class VolumeCollectionDataset(Dataset[Any]):
         ``arrays`` are the voxels of ``plan.reads`` as read (stored integers); with ``out``
         (float32, of that shape) the values are written there.
         """
-        chans = [(r, a) for r, a in zip(plan.reads, arrays, strict=True) if r.name == "image"]
         # stored integers become float32 values in one pass (cast, scale and offset); a
-        # float32 channel is the array read_region returned, ours: no copy
-        if len(chans) == 1 and out is None:
-            read, chan = chans[0]
-            return read.scaling.decode(chan, np.float32)[None]
-        image = np.empty((len(chans), *chans[0][1].shape), np.float32) if out is None else out
-        for c, (read, chan) in enumerate(chans):
-            read.scaling.decode(chan, np.float32, out=image[c])
-        return image
+        # float32 channel is the array the reader returned, ours: no copy
+        return reader().decode(plan.reads, arrays, into=out)
 
     def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
