@@ -126,16 +126,16 @@ def test_read_ahead_changes_no_batch(sample_radi, num_workers, cache_mb):
 
 def test_read_ahead_stays_within_its_budget(sample_radi, monkeypatch):
     """Never more than read_ahead_mb of voxels read ahead and not taken."""
-    from radiobject.ml import _read_ahead
+    from radiobject.read import Prefetch
 
     peaks: list[int] = []
-    real = _read_ahead._AheadState.advance
+    real = Prefetch.advance
 
     def watch(self: Any, *args: Any) -> None:
         real(self, *args)
         peaks.append(self.nbytes)
 
-    monkeypatch.setattr(_read_ahead._AheadState, "advance", watch)
+    monkeypatch.setattr(Prefetch, "advance", watch)
     # a 8x8x8 float32 patch is 2 KiB and each sample reads 2 (image + mask): a budget of
     # 1 MiB holds them all, so lower it to a few samples through the itemsize seen
     monkeypatch.setattr(VolumeCollectionDataset, "read_ahead_itemsize", lambda self: 100)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -244,11 +244,13 @@ class VolumeCollectionDataset(Dataset[Any]):
             slots = [None] * len(parsed) if batch is None else list(batch)
             mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
             scope = current_scope()  # the pool's threads read under this thread's settings
-            samples = (
-                read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
-                if len(parsed) > 1 and not self._served_locally(parsed)
-                else [self._load(k, out) for k, out in zip(parsed, slots, strict=True)]
-            )
+            samples: Iterable[dict[str, Any]]
+            if len(parsed) > 1 and not self._served_locally(parsed):
+                samples = read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
+            else:  # in this thread (a loop, not a comprehension: one frame less per read)
+                samples = []
+                for key, out in zip(parsed, slots, strict=True):
+                    samples.append(self._load(key, out))
         sync_worker()
         return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
 
@@ -365,9 +367,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             return  # plain indices: the order is not the loader's
         first = keys[0]
         assert isinstance(first, tuple)
-        ahead = ahead_state(self, create=True)
-        assert ahead is not None
-        ahead.advance(self, [(int(first[0]), int(first[1]))], depth, threads)
+        reader().prefetch(self, [(int(first[0]), int(first[1]))], depth, threads)
 
     def stop_read_ahead(self, finished: bool = False) -> None:
         """End this process's read-ahead of the epoch in progress.

@@ -14,6 +14,7 @@ The public names (``TileDBStats``, ``CacheStats``, ``S3Stats``) are exported fro
 from radiobject.read._cache import CacheCounters
 from radiobject.read._handles import forget_array, open_array
 from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, tier_state
+from radiobject.read._prefetch import Prefetch
 from radiobject.read._reader import Reader, reader
 from radiobject.read._region import block_cache, read_region, served_locally, whole_volume_budget
 from radiobject.read._scaling import Scaling
@@ -22,6 +23,7 @@ from radiobject.read._source import Region, Source
 
 __all__ = [
     "CacheCounters",
+    "Prefetch",
     "Reader",
     "Region",
     "Scaling",

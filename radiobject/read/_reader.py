@@ -15,38 +15,24 @@ its counters; a forked child builds its own reader on first use.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from radiobject._process import Resource
+from radiobject.config import config_version
 from radiobject.read._cache import block_cache
-from radiobject.read._handles import open_array
+from radiobject.read._handles import handles_generation, open_array
 from radiobject.read._local_tier import local_tier
 from radiobject.read._policy import ReadPolicy
+from radiobject.read._prefetch import Planner, Prefetch, Prefetcher, RegionLike
 from radiobject.read._source import Bounds, Region, Source
 
 __all__ = ["Reader", "RegionLike", "reader"]
 
 
-class RegionLike(Protocol):
-    """What the reader needs of a planned read (``radiobject.ml``'s ``RegionRead``)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def uri(self) -> str: ...
-    @property
-    def ctx(self) -> Any: ...
-    @property
-    def bounds(self) -> Bounds: ...
-    @property
-    def whole_on_miss(self) -> bool: ...
-    @property
-    def auto_tier_mb(self) -> int: ...
-
-
 R = TypeVar("R", bound=RegionLike)
+_ROUTES = 4096  # volumes whose route a reader keeps (then it starts afresh)
 
 
 class Reader:
@@ -68,6 +54,10 @@ class Reader:
 
     def __init__(self, first: tuple[Source, ...] = ()) -> None:
         self.policy = ReadPolicy(block_cache(), first)
+        # (uri, id(ctx), auto_tier_mb) -> (settings version, handles closed, handle, info,
+        # tier): what a volume's reads share, worked out once per volume, not per read
+        self._routes: dict[tuple[str, int, int], tuple[int, int, Any, Any, Any]] = {}
+        self._prefetcher = Prefetcher(self.read_planned)
 
     @property
     def sources(self) -> tuple[Source, ...]:
@@ -77,9 +67,25 @@ class Reader:
     def region(
         self, uri: str, ctx: Any, bounds: Bounds, whole_on_miss: bool = False, auto_tier_mb: int = 0
     ) -> Region:
-        """The :class:`Region` of a read (its handle opened once per process)."""
-        handle, info = open_array(uri, ctx)
-        return Region(uri, ctx, bounds, handle, info, whole_on_miss, local_tier(auto_tier_mb))
+        """The :class:`Region` of a read.
+
+        Its volume's handle and local tier are looked up once per volume and kept while the
+        settings and the volume's handle stay (a tier that broke is looked up again).
+        """
+        key = (uri, id(ctx), auto_tier_mb)
+        route = self._routes.get(key)
+        version, closed = config_version(), handles_generation()
+        if (
+            route is None
+            or route[0] != version
+            or route[1] != closed
+            or (route[4] is not None and route[4].broken is not None)
+        ):
+            handle, info = open_array(uri, ctx)
+            if len(self._routes) >= _ROUTES:
+                self._routes.clear()
+            route = self._routes[key] = (version, closed, handle, info, local_tier(auto_tier_mb))
+        return Region(uri, ctx, bounds, route[2], route[3], whole_on_miss, route[4])
 
     def get(self, region: Region, out: np.ndarray | None = None) -> np.ndarray:
         """The stored voxels of ``region``, from the first source of its chain that serves."""
@@ -103,6 +109,28 @@ class Reader:
         """Voxels of ``uri`` in the half-open ``bounds``, as stored."""
         return self.get(self.region(uri, ctx, bounds, whole_on_miss, auto_tier_mb))
 
+    def read_planned(self, read: RegionLike) -> np.ndarray:
+        """The stored voxels of one planned read."""
+        region = self.region(read.uri, read.ctx, read.bounds, read.whole_on_miss, read.auto_tier_mb)
+        return self.get(region)
+
+    def prefetch(
+        self, planner: Planner, keys: Sequence[tuple[int, int]], depth: int, threads: int
+    ) -> None:
+        """Plan and start reading, on threads, what follows the batch starting at ``keys[0]``.
+
+        Up to ``depth`` samples of ``planner``'s schedule (its loader's pass order), within
+        ``ReadConfig.read_ahead_mb``; :meth:`fetch` takes them (see
+        :mod:`radiobject.read._prefetch`).
+        """
+        state = self._prefetcher.state(planner, create=True)
+        assert state is not None
+        state.advance(planner, keys, depth, threads)
+
+    def prefetched(self, planner: Any, *, create: bool = False) -> Prefetch | None:
+        """The read-ahead state of ``planner`` (made when ``create``), or None."""
+        return self._prefetcher.state(planner, create)
+
     def fetch(
         self,
         reads: Sequence[R],
@@ -110,20 +138,15 @@ class Reader:
     ) -> list[np.ndarray]:
         """The stored voxels of each of ``reads``, in order.
 
-        ``take`` gives a read's voxels if they were read ahead (None: read it now). A failed
-        read raises its own error, with a note naming the region and the volume.
+        ``take`` gives a read's voxels if they were read ahead (None: read it now; e.g.
+        ``reader().prefetched(dataset).take``). A failed read raises its own error, read
+        ahead or not, with a note naming the region and the volume.
         """
         out = []
         for read in reads:
             try:
                 got = None if take is None else take(read)
-                if got is None:
-                    got = self.get(
-                        self.region(
-                            read.uri, read.ctx, read.bounds, read.whole_on_miss, read.auto_tier_mb
-                        )
-                    )
-                out.append(got)
+                out.append(self.read_planned(read) if got is None else got)
             except Exception as exc:
                 exc.add_note(f"reading {read.name} region {list(read.bounds)} of {read.uri!r}")
                 raise

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,8 +33,7 @@ __all__ = ["Bounds", "Region", "Source", "SourceCounters"]
 Bounds = tuple[tuple[int, int], ...]
 
 
-@dataclass(frozen=True)
-class Region:
+class Region(NamedTuple):
     """One region read: ``bounds`` of the volume ``uri``, opened with ``ctx``.
 
     Attributes:

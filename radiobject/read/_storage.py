@@ -189,37 +189,34 @@ def _into_order(info: ArrayInfo, out: np.ndarray | None) -> bool:
 def _query(
     handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """``bounds`` from storage, in one query (or slabs on threads), into ``out`` if given."""
+    """``bounds`` from storage, in one query (or slabs on threads), into ``out`` if given.
+
+    A handle kept open on an array removed or rewritten since is opened anew and the query
+    tried once more, so the read (or its error, "could not open volume") is what a fresh
+    process gets. Both ways of reading release the GIL while TileDB works.
+    """
     try:
-        return _query_once(handle, info, bounds, out)
-    except NotFoundError:
-        # a handle kept open on an array removed or rewritten since: open it anew, so the
-        # read (or its error, "could not open volume") is what a fresh process gets
-        forget_array(info.uri)
-        handle, info = open_array(info.uri, handle.ctx)
-        return _query_once(handle, info, bounds, out)
+        for again in (False, True):
+            try:
+                with read_overlap, tiledb_errors(info.uri, "read volume"):
+                    into = out if _into_order(info, out) else None
+                    direct = _read_into(handle, info, bounds, into)
+                    if direct is None:  # no core query object: TileDB-Py's own read
+                        sub = tiledb.Subarray(handle, ctx=handle.ctx)
+                        sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
+                        direct = handle.read_subarray(sub)[info.attr]
+                    if out is None or direct is out:
+                        return direct
+                    out[...] = direct
+                    return out
+            except NotFoundError:
+                if again:
+                    raise
+                forget_array(info.uri)
+                handle, info = open_array(info.uri, handle.ctx)
+        raise AssertionError("unreachable: the second try returns or raises")
     finally:
         _after_query()
-
-
-def _query_once(
-    handle: tiledb.Array, info: ArrayInfo, bounds: Bounds, out: np.ndarray | None
-) -> np.ndarray:
-    # both ways release the GIL while TileDB works, so threads read in parallel
-    with read_overlap, tiledb_errors(info.uri, "read volume"):
-        direct = _read_into(handle, info, bounds, out if _into_order(info, out) else None)
-        if direct is not None:
-            if out is not None and direct is not out:
-                out[...] = direct
-                return out
-            return direct
-        sub = tiledb.Subarray(handle, ctx=handle.ctx)
-        sub.add_ranges([[(lo, hi - 1)] for lo, hi in bounds])
-        result: np.ndarray = handle.read_subarray(sub)[info.attr]
-        if out is not None:
-            out[...] = result
-            return out
-        return result
 
 
 class TileDBSource(Source):
