@@ -23,7 +23,7 @@ from radiobject._process import Resource
 from radiobject.config import config_version
 from radiobject.read._cache import block_cache
 from radiobject.read._handles import handles_generation, open_array
-from radiobject.read._local_tier import local_tier
+from radiobject.read._local_tier import local_tier, tier_state
 from radiobject.read._policy import ReadPolicy
 from radiobject.read._prefetch import Planner, Prefetch, Prefetcher, RegionLike
 from radiobject.read._source import Bounds, Region, Source
@@ -55,8 +55,8 @@ class Reader:
     def __init__(self, first: tuple[Source, ...] = ()) -> None:
         self.policy = ReadPolicy(block_cache(), first)
         # (uri, id(ctx), auto_tier_mb) -> (settings version, handles closed, handle, info,
-        # tier): what a volume's reads share, worked out once per volume, not per read
-        self._routes: dict[tuple[str, int, int], tuple[int, int, Any, Any, Any]] = {}
+        # tier, its entry name): what a volume's reads share, worked out once per volume
+        self._routes: dict[tuple[str, int, int], tuple[int, int, Any, Any, Any, str | None]] = {}
         self._prefetcher = Prefetcher(self.read_planned)
 
     @property
@@ -82,10 +82,12 @@ class Reader:
             or (route[4] is not None and route[4].broken is not None)
         ):
             handle, info = open_array(uri, ctx)
+            tier = local_tier(auto_tier_mb)
+            entry = None if tier is None else tier_state().key(uri, ctx)
             if len(self._routes) >= _ROUTES:
                 self._routes.clear()
-            route = self._routes[key] = (version, closed, handle, info, local_tier(auto_tier_mb))
-        return Region(uri, ctx, bounds, route[2], route[3], whole_on_miss, route[4])
+            route = self._routes[key] = (version, closed, handle, info, tier, entry)
+        return Region(uri, ctx, bounds, route[2], route[3], whole_on_miss, route[4], route[5])
 
     def get(self, region: Region, out: np.ndarray | None = None) -> np.ndarray:
         """The stored voxels of ``region``, from the first source of its chain that serves."""
@@ -146,7 +148,12 @@ class Reader:
         for read in reads:
             try:
                 got = None if take is None else take(read)
-                out.append(self.read_planned(read) if got is None else got)
+                if got is None:  # not read ahead: read it now (inline: one frame less)
+                    region = self.region(
+                        read.uri, read.ctx, read.bounds, read.whole_on_miss, read.auto_tier_mb
+                    )
+                    got = self.get(region)
+                out.append(got)
             except Exception as exc:
                 exc.add_note(f"reading {read.name} region {list(read.bounds)} of {read.uri!r}")
                 raise

@@ -44,6 +44,7 @@ class Region(NamedTuple):
         info: its :class:`~radiobject.read._handles.ArrayInfo` (shape, tiles, dtype, order).
         whole_on_miss: the plan prefers a whole-volume fetch on a miss.
         tier: the local tier the read may use (None: off for this read).
+        tier_key: the volume's entry name in that tier (None: no tier).
     """
 
     uri: str
@@ -53,6 +54,7 @@ class Region(NamedTuple):
     info: Any
     whole_on_miss: bool = False
     tier: Any = None
+    tier_key: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

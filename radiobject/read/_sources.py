@@ -231,7 +231,7 @@ class TierSource(Source):
         """``region`` decoded from the tier into ``out``, or False (a miss)."""
         tier: LocalTier = region.tier
         state = tier_state()
-        key = state.key(region.uri, region.ctx)
+        key = region.tier_key or state.key(region.uri, region.ctx)
         cache = self.cache
         try:
             found = tier.read(key, region.bounds, out)
