@@ -126,7 +126,7 @@ def test_every_source_fills_out_as_tiledb_does(vol, tmp_path, bounds):
                 SharedStoreSource(cache, storage, tier_source),
             ]
             for source in sources:
-                for _ in range(2):  # a miss (filled from TileDB), then a hit
+                for _ in range(2):  # a miss filled from TileDB (the tier: filled), a hit
                     out = np.full(region.shape, 9999, np.uint16)
                     assert source.get(region, out), source.name
                     np.testing.assert_array_equal(out, want, err_msg=source.name)

@@ -73,8 +73,9 @@ class Region(NamedTuple):
 class SourceCounters:
     """What one source did since the process started (monotonic).
 
-    ``hits``: regions it served; ``misses``: regions it declined; ``bytes``: bytes it wrote
-    into answers.
+    ``hits``: regions it served from what it held; ``misses``: regions it did not hold
+    (declined, or, for a source that wraps TileDB, fetched from it first); ``bytes``: bytes
+    of the hits.
     """
 
     hits: int = 0
