@@ -183,3 +183,14 @@ def test_a_failed_read_names_its_region(vol):
     with pytest.raises(RadiObjectError) as err:
         reader().fetch([Read(vol)])
     assert any(vol.uri in note and "region [(0, 99)" in note for note in err.value.__notes__)
+
+
+def test_a_volume_rewritten_and_forgotten_is_read_anew(vol):
+    """A volume's route (handle, tier) is kept per volume, and dropped with its handle."""
+    the = reader()
+    bounds = ((0, 8), (0, 8), (0, 8))
+    with configure(read=ReadConfig(cache_mb=0)):
+        np.testing.assert_array_equal(the.read(vol.uri, vol.ctx, bounds), expected(bounds))
+        vol.write_region(bounds, np.full((8, 8, 8), 5, np.float32))
+        forget_array(vol.uri)  # what a rewrite asks of this process's readers
+        assert (the.read(vol.uri, vol.ctx, bounds) == 5).all()
