@@ -119,16 +119,14 @@ class ReadPolicy:
             yield whole
         missing = self.blocks.missing(region, keys)
         aligned = _tile_aligned(region.bounds, info.tiles, info.shape)
-        if missing and not fits and not aligned:
-            # the tiles read recently do not fit the cache: a block admitted now is likely
-            # evicted before its next use, so read exactly the region rather than the
-            # larger tile-aligned box (a tile-aligned region costs the same either way)
-            yield self.storage
-        elif missing == len(keys) and not aligned and first_touch:
-            # first touch of these tiles: read just the region (a tile-aligned fetch
-            # decompresses and copies more); a later read touching them again caches them
-            yield self.storage
-        yield self.blocks
+        # read exactly the region (nothing admitted) rather than fetch and keep the larger
+        # tile-aligned box when the tiles read recently do not fit the cache (a block
+        # admitted now is likely evicted before its next use; an aligned region costs the
+        # same either way), or on the first touch of these tiles (a later read touching them
+        # again caches them)
+        exact = missing and not aligned and (not fits or (missing == len(keys) and first_touch))
+        if not exact:
+            yield self.blocks
         yield self.storage
 
     def served_locally(self, uri: str, auto_tier_mb: int = 0) -> bool:
