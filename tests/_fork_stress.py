@@ -54,7 +54,7 @@ from radiobject._process import state
 from radiobject.ml import create_training_dataloader
 from radiobject.parallel import map_on_threads
 from radiobject.read._local_tier import local_tier, tier_state
-from radiobject.read._region import _query, open_array, read_overlap
+from radiobject.read._storage import _query, open_array, read_overlap
 
 CHILD_S = 60.0  # a child that takes longer than this hung
 AT_ONCE = 4  # multiprocessing children alive at the same time

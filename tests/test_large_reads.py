@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import radiobject.read._region as region
+import radiobject.read._storage as region
 from radiobject import ReadConfig, TileConfig, TileDBStats, Volume, clear_caches, configure
 from radiobject.read._handles import ArrayInfo
 from tests.conftest import arange_volume

@@ -386,23 +386,19 @@ def test_setup_reads_only_the_foreground_index(sample_radi, monkeypatch):
     radi = RadiObject(sample_radi.uri)  # fresh handles: nothing cached from other tests
     opened: list[str] = []
     regions: list[str] = []
-    real_open, real_read = tiledb.open, radiobject.read._region.read_region
+    real_open, real_get = tiledb.open, radiobject.read.Reader.get
 
     def spy_open(uri, *args, **kwargs):
         opened.append(str(uri))
         return real_open(uri, *args, **kwargs)
 
-    def spy_read(uri, *args, **kwargs):
-        regions.append(uri)
-        return real_read(uri, *args, **kwargs)
+    def spy_get(self, region, out=None):
+        regions.append(region.uri)
+        return real_get(self, region, out)
 
     monkeypatch.setattr(tiledb, "open", spy_open)
-    for module in (
-        radiobject.read._region,
-        radiobject.storage._volume,
-        radiobject.ml._plan,  # every dataset read goes through a plan's RegionRead
-    ):
-        monkeypatch.setattr(module, "read_region", spy_read)
+    # every voxel read goes through the process's reader
+    monkeypatch.setattr(radiobject.read.Reader, "get", spy_get)
 
     ds = SegmentationDataset(radi.T1w, radi.seg, patch_cfg((8, 8, 8)), foreground_sampling=True)
     assert regions == []

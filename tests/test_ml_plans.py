@@ -1,15 +1,14 @@
 """One reader: a sample reads exactly its plan, and its errors do not depend on speed settings.
 
-What a read touches is recorded at the source (every binding of
-``radiobject.read._region.read_region``, the one function every voxel read goes through), so
-a dataset cannot read around its plan, ahead or not.
+What a read touches is recorded at the source (``radiobject.read.Reader.get``, the one
+method every voxel read goes through: the process's reader asks its policy's chain of
+sources there), so a dataset cannot read around its plan, ahead or not.
 """
 
 from __future__ import annotations
 
 import importlib
 import shutil
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -26,12 +25,11 @@ from radiobject.ml import (
     GridPatchDataset,
     SegmentationDataset,
     VolumeCollectionDataset,
-    _plan,
     create_inference_dataloader,
     create_segmentation_dataloader,
     create_training_dataloader,
 )
-from radiobject.read import _region
+from radiobject.read import Reader, Region
 from radiobject.read._handles import forget_array
 
 Read = tuple[str, tuple[tuple[int, int], ...]]
@@ -52,19 +50,16 @@ def radi(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Read]:
     """Every region read from now on, from any thread: ``(uri, bounds)``."""
-    real = _region.read_region
+    real = Reader.get
     calls: list[Read] = []
     lock = threading.Lock()
 
-    def spy(uri: str, ctx: Any, bounds: Any, **kwargs: Any) -> np.ndarray:
+    def spy(self: Reader, region: Region, out: Any = None) -> np.ndarray:
         with lock:
-            calls.append((uri, tuple((int(a), int(b)) for a, b in bounds)))
-        return real(uri, ctx, bounds, **kwargs)
+            calls.append((region.uri, tuple((int(a), int(b)) for a, b in region.bounds)))
+        return real(self, region, out)
 
-    bound = [m for m in list(sys.modules.values()) if getattr(m, "read_region", None) is real]
-    assert _plan in bound  # the datasets' reads go through it
-    for module in bound:
-        monkeypatch.setattr(module, "read_region", spy)
+    monkeypatch.setattr(Reader, "get", spy)
     return calls
 
 
@@ -249,14 +244,14 @@ def test_a_removed_volume_raises_the_same_error_at_every_speed(fresh, tmp_path):
 
 def test_a_failing_read_raises_its_own_error_at_every_speed(fresh, tmp_path, monkeypatch):
     """A TypeError in the read stays a TypeError, with the same message and note."""
-    real = _plan.RegionRead.read
+    real = Reader.get
 
-    def broken(self: _plan.RegionRead) -> np.ndarray:
-        if self.uri.endswith("00001"):
+    def broken(self: Reader, region: Region, out: Any = None) -> np.ndarray:
+        if region.uri.endswith("00001"):
             raise TypeError("decode() got an unexpected keyword argument 'nthreads'")
-        return real(self)
+        return real(self, region, out)
 
-    monkeypatch.setattr(_plan.RegionRead, "read", broken)
+    monkeypatch.setattr(Reader, "get", broken)
     seen = set()
     for ra, tier, _ in [p.values for p in SPEEDS if p.values[2] == 0]:
         with configure(read=_speed(ra, tier, tmp_path)):

@@ -17,11 +17,11 @@ from radiobject.ml import (
     DatasetConfig,
     SegmentationDataset,
     VolumeCollectionDataset,
-    _plan,
     create_segmentation_dataloader,
     create_training_dataloader,
 )
 from radiobject.ml._read_ahead import ahead_state
+from radiobject.read import Reader, Region
 from radiobject.read._region import block_cache, forget_array
 
 PATCH = (8, 8, 8)
@@ -31,13 +31,13 @@ PATCH = (8, 8, 8)
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     """Every region read made through a plan's reads: (uri, bounds, whole_on_miss)."""
     calls: list[tuple[Any, ...]] = []
-    real = _plan.read_region
+    real = Reader.get
 
-    def spy(uri: str, ctx: Any, bounds: Any, **kwargs: Any) -> np.ndarray:
-        calls.append((uri, tuple(bounds), kwargs.get("whole_on_miss", False)))
-        return real(uri, ctx, bounds, **kwargs)
+    def spy(self: Reader, region: Region, out: Any = None) -> np.ndarray:
+        calls.append((region.uri, tuple(region.bounds), region.whole_on_miss))
+        return real(self, region, out)
 
-    monkeypatch.setattr(_plan, "read_region", spy)
+    monkeypatch.setattr(Reader, "get", spy)
     return calls
 
 
@@ -126,16 +126,16 @@ def test_read_ahead_changes_no_batch(sample_radi, num_workers, cache_mb):
 
 def test_read_ahead_stays_within_its_budget(sample_radi, monkeypatch):
     """Never more than read_ahead_mb of voxels read ahead and not taken."""
-    from radiobject.ml import _read_ahead
+    from radiobject.read import Prefetch
 
     peaks: list[int] = []
-    real = _read_ahead._AheadState.advance
+    real = Prefetch.advance
 
     def watch(self: Any, *args: Any) -> None:
         real(self, *args)
         peaks.append(self.nbytes)
 
-    monkeypatch.setattr(_read_ahead._AheadState, "advance", watch)
+    monkeypatch.setattr(Prefetch, "advance", watch)
     # a 8x8x8 float32 patch is 2 KiB and each sample reads 2 (image + mask): a budget of
     # 1 MiB holds them all, so lower it to a few samples through the itemsize seen
     monkeypatch.setattr(VolumeCollectionDataset, "read_ahead_itemsize", lambda self: 100)
@@ -159,7 +159,7 @@ def test_read_ahead_stays_within_its_budget(sample_radi, monkeypatch):
 def test_failed_read_ahead_raises_at_its_sample(sample_radi, monkeypatch):
     """A read that fails raises at the sample needing it: its own error, the region noted."""
     config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=2)
-    real = _plan.RegionRead.read
+    real = Reader.get
     with configure(read=ReadConfig(read_ahead=6)):
         loader = create_training_dataloader(
             sample_radi.T1w, batch_size=1, config=config, shuffle_window=None
@@ -167,12 +167,12 @@ def test_failed_read_ahead_raises_at_its_sample(sample_radi, monkeypatch):
         ds = loader.dataset
         target = ds.refs[3].uris[0]
 
-        def flaky(self: _plan.RegionRead) -> np.ndarray:
-            if self.uri == target:
+        def flaky(self: Reader, region: Region, out: Any = None) -> np.ndarray:
+            if region.uri == target:
                 raise RuntimeError("disk on fire")
-            return real(self)
+            return real(self, region, out)
 
-        monkeypatch.setattr(_plan.RegionRead, "read", flaky)
+        monkeypatch.setattr(Reader, "get", flaky)
         seen: list[str] = []
 
         def drain() -> None:

@@ -21,7 +21,7 @@ def test_tiledb_core_query_reads_into_our_buffer(tmp_path, orientation):
         str(tmp_path / "v"), data, tile=radiobject.TileConfig(orientation=orientation)
     )
     handle, info = radiobject.read._region.open_array(vol.uri, radiobject.get_tiledb_ctx())
-    out = radiobject.read._region._read_into(handle, info, ((1, 5), (0, 3), (2, 4)))
+    out = radiobject.read._storage._read_into(handle, info, ((1, 5), (0, 3), (2, 4)))
     assert out is not None, "TileDB-Py's core Query changed: reads fall back to read_subarray"
     # axial tiles are column-major cells, read in that layout
     assert out.flags.f_contiguous if orientation == "axial" else out.flags.c_contiguous

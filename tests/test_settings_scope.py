@@ -16,24 +16,25 @@ import pytest
 
 import radiobject
 from radiobject import ConfigurationError, ReadConfig, configure, get_config, settings
-from radiobject.ml import _plan, create_training_dataloader
+from radiobject.ml import create_training_dataloader
+from radiobject.read import Reader, Region
 from radiobject.widgets import LoaderTuner
 
 
 @pytest.fixture
 def read_settings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
     """``(thread name, cache_mb, read_ahead)`` in force at every region read, in any thread."""
-    real = _plan.RegionRead.read
+    real = Reader.get
     seen: list[tuple[str, int, int]] = []
     lock = threading.Lock()
 
-    def spy(self: _plan.RegionRead) -> np.ndarray:
+    def spy(self: Reader, region: Region, out: Any = None) -> np.ndarray:
         read = get_config().read
         with lock:
             seen.append((threading.current_thread().name, read.cache_mb, read.read_ahead))
-        return real(self)
+        return real(self, region, out)
 
-    monkeypatch.setattr(_plan.RegionRead, "read", spy)
+    monkeypatch.setattr(Reader, "get", spy)
     return seen
 
 

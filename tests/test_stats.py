@@ -437,7 +437,7 @@ def test_a_working_set_that_fits_is_still_cached_on_the_second_touch(tmp_path):
 
 @pytest.fixture
 def trim_every_3(monkeypatch):
-    from radiobject.read import _region, _stats
+    from radiobject.read import _stats, _storage
 
     calls = []
 
@@ -445,8 +445,8 @@ def trim_every_3(monkeypatch):
         calls.append(1)
         _stats.trim_query_record()
 
-    monkeypatch.setattr(_region, "on_many_queries", (3, trim))
-    monkeypatch.setattr(_region.read_overlap(), "next_trim", -1)
+    monkeypatch.setattr(_storage, "on_many_queries", (3, trim))
+    monkeypatch.setattr(_storage.read_overlap(), "next_trim", -1)
     return calls
 
 
@@ -458,7 +458,7 @@ def one_voxel_reads(vol: Volume, n: int) -> None:
 def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every_3, monkeypatch):
     import tiledb
 
-    from radiobject.read import _region
+    from radiobject.read import _storage
     from radiobject.read._stats import _stats_enabled
 
     with configure(read=ReadConfig(cache_mb=0)):
@@ -469,7 +469,7 @@ def test_tiledb_query_record_is_trimmed_without_changing_a_block(vol, trim_every
         one_voxel_reads(vol, 7)  # outside any block: statistics reset and stay off
         assert len(trim_every_3) >= 8
         assert not _stats_enabled()
-        monkeypatch.setattr(_region, "on_many_queries", None)
+        monkeypatch.setattr(_storage, "on_many_queries", None)
         with TileDBStats() as plain:
             one_voxel_reads(vol, 10)
         assert trimmed.s3_stats().read_ops == plain.s3_stats().read_ops > 0

@@ -253,10 +253,10 @@ def test_tile_shape_from_config(tmp_path, data, orientation, tiles):
 def test_axial_tiles_are_column_major_and_read_right(tmp_path, monkeypatch, row_major_fallback):
     import tiledb
 
-    import radiobject.read._region
+    import radiobject.read._storage
 
     if row_major_fallback:  # a TileDB-Py without the core query object: read_subarray
-        monkeypatch.setattr(radiobject.read._region, "_read_into", lambda *a: None)
+        monkeypatch.setattr(radiobject.read._storage, "_read_into", lambda *a: None)
     data = arange_volume((20, 16, 12, 2), "float32")
     vol = Volume.from_numpy(tmp_path / "a", data, tile=TileConfig(orientation="axial"))
     assert tiledb.ArraySchema.load(vol.uri).cell_order == "col-major"

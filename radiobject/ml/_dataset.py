@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from radiobject.ml._subjects import (
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import open_array, served_locally, whole_volume_budget
+from radiobject.read import open_array, reader, served_locally, whole_volume_budget
 from radiobject.storage import VolumeCollection, now_ms
 
 __all__ = ["VolumeCollectionDataset"]
@@ -270,11 +270,13 @@ class VolumeCollectionDataset(Dataset[Any]):
             slots = [None] * len(parsed) if batch is None else list(batch)
             mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
             scope = current_scope()  # the pool's threads read under this thread's settings
-            samples = (
-                read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
-                if len(parsed) > 1 and not self._served_locally(parsed)
-                else [self._load(k, out) for k, out in zip(parsed, slots, strict=True)]
-            )
+            samples: Iterable[dict[str, Any]]
+            if len(parsed) > 1 and not self._served_locally(parsed):
+                samples = read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
+            else:  # in this thread (a loop, not a comprehension: one frame less per read)
+                samples = []
+                for key, out in zip(parsed, slots, strict=True):
+                    samples.append(self._load(key, out))
         sync_worker()
         return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
 
@@ -356,14 +358,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         region and the volume.
         """
         ahead = ahead_state(self)
-        out = []
-        for read in reads:
-            try:
-                out.append(read.read() if ahead is None else ahead.take(read))
-            except Exception as exc:
-                exc.add_note(f"reading {read.name} region {list(read.bounds)} of {read.uri!r}")
-                raise
-        return out
+        return reader().fetch(reads, None if ahead is None else ahead.take)
 
     def read_plan(self, plan: SamplePlan) -> Any:
         """The sample of ``plan`` (its reads executed), transformed like ``self[key]``."""
@@ -398,9 +393,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             return  # plain indices: the order is not the loader's
         first = keys[0]
         assert isinstance(first, tuple)
-        ahead = ahead_state(self, create=True)
-        assert ahead is not None
-        ahead.advance(self, [(int(first[0]), int(first[1]))], depth, threads)
+        reader().prefetch(self, [(int(first[0]), int(first[1]))], depth, threads)
 
     def stop_read_ahead(self, finished: bool = False) -> None:
         """End this process's read-ahead of the epoch in progress.
@@ -452,16 +445,9 @@ class VolumeCollectionDataset(Dataset[Any]):
         ``arrays`` are the voxels of ``plan.reads`` as read (stored integers); with ``out``
         (float32, of that shape) the values are written there.
         """
-        chans = [(r, a) for r, a in zip(plan.reads, arrays, strict=True) if r.name == "image"]
         # stored integers become float32 values in one pass (cast, scale and offset); a
-        # float32 channel is the array read_region returned, ours: no copy
-        if len(chans) == 1 and out is None:
-            read, chan = chans[0]
-            return read.scaling.decode(chan, np.float32)[None]
-        image = np.empty((len(chans), *chans[0][1].shape), np.float32) if out is None else out
-        for c, (read, chan) in enumerate(chans):
-            read.scaling.decode(chan, np.float32, out=image[c])
-        return image
+        # float32 channel is the array the reader returned, ours: no copy
+        return reader().decode(plan.reads, arrays, into=out)
 
     def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from radiobject.read._region import block_cache
+from radiobject.read._cache import block_cache
 from radiobject.read._shared_store import get_shared_store
 
 __all__ = ["clear_caches"]

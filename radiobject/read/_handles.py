@@ -96,8 +96,11 @@ class ArrayInfo:
 
 
 class _HandleCache(LRUCache[tuple[str, int], tuple[Any, ArrayInfo]]):
+    generation = 0  # counts handles closed: a reader's routes holding one are stale
+
     def popitem(self) -> tuple[Any, Any]:
         key, (handle, _info) = super().popitem()
+        self.generation += 1
         with contextlib.suppress(tiledb.TileDBError):
             handle.close()
         return key, (handle, _info)
@@ -162,6 +165,11 @@ def open_array(
                 handles.opening.pop(key, None)
 
 
+def handles_generation() -> int:
+    """How many handles this process has closed so far (a handle kept past it may be closed)."""
+    return _HANDLES.get().cache.generation
+
+
 def forget_array(uri: str) -> None:
     """Drop the open handles and cached blocks of ``uri`` (after it is rewritten or removed).
 
@@ -172,6 +180,7 @@ def forget_array(uri: str) -> None:
         cache = handles.cache
         for key in [k for k in cache if same_array(k[0], uri)]:
             handle, _ = cache.pop(key)
+            cache.generation += 1
             handle.close()
     block_cache().drop(uri)
     tier_state().forget(uri)

@@ -259,8 +259,8 @@ class LocalTier:
         with self._lock:
             return key in self._open
 
-    def read(self, key: str, bounds: Bounds) -> np.ndarray | None:
-        """Voxels of entry ``key`` in ``bounds``, or None if the entry is not there."""
+    def read(self, key: str, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Voxels of entry ``key`` in ``bounds`` (into ``out`` if given), or None if absent."""
         with self._lock:
             opened = self._open.get(key)
         if opened is None:
@@ -272,14 +272,19 @@ class LocalTier:
                 return None
         array, lock = opened
         shape = tuple(hi - lo for lo, hi in bounds)
-        out = np.empty(shape, dtype=array.dtype)
-        if out.nbytes >= WIDE_BYTES:
+        into = out if out is not None and out.flags.c_contiguous else None
+        if into is None:
+            into = np.empty(shape, dtype=array.dtype)
+        if into.nbytes >= WIDE_BYTES:
             array = self._wide_handle(key, array)
         # one decode at a time per entry (a blosc2 array's decompression context is its
         # own); threads reading different volumes decode in parallel
         with lock:
-            _decode_into(array, bounds, out)
-        return out
+            _decode_into(array, bounds, into)
+        if out is not None and into is not out:
+            out[...] = into
+            return out
+        return into
 
     def _wide_handle(self, key: str, array: Any) -> Any:
         """Entry ``key`` opened again to decode on blosc2's threads (for large regions)."""

@@ -17,8 +17,9 @@ from typing import Any
 
 from radiobject._errors import ConfigurationError
 from radiobject._process import Resource
-from radiobject.read import _region
-from radiobject.read._region import CacheCounters, block_cache, read_overlap
+from radiobject.read import _storage
+from radiobject.read._cache import CacheCounters, block_cache
+from radiobject.read._storage import read_overlap
 
 __all__ = ["CacheStats", "S3Stats", "TileDBStats", "tiledb_counters"]
 
@@ -211,7 +212,7 @@ def trim_query_record() -> None:
         tiledb.stats_disable()
 
 
-_region.on_many_queries = (TRIM_EVERY, trim_query_record)
+_storage.on_many_queries = (TRIM_EVERY, trim_query_record)
 
 
 def tiledb_counters() -> dict[str, int]:
