@@ -551,11 +551,7 @@ class settings:
                 f"settings(config) takes a RadiObjectConfig (e.g. get_config()), "
                 f"got {type(base).__name__}"
             )
-        self.config = RadiObjectConfig(
-            read=_merge(base.read, read, ReadConfig, "read"),
-            write=_merge(base.write, write, WriteConfig, "write"),
-            s3=_merge(base.s3, s3, S3Config, "s3"),
-        )
+        self.config = _merged(base, read, write, s3)
         self._tokens: list[contextvars.Token[Scope | None]] = []
 
     def __enter__(self) -> RadiObjectConfig:
@@ -667,11 +663,7 @@ class configure:
         s3: S3Config | Mapping[str, Any] | None = None,
     ) -> None:
         self.previous = _current  # the process settings (a settings() block keeps its own)
-        self.config = RadiObjectConfig(
-            read=_merge(self.previous.read, read, ReadConfig, "read"),
-            write=_merge(self.previous.write, write, WriteConfig, "write"),
-            s3=_merge(self.previous.s3, s3, S3Config, "s3"),
-        )
+        self.config = _merged(self.previous, read, write, s3)
         _install(self.config)
 
     def __enter__(self) -> RadiObjectConfig:
@@ -684,6 +676,15 @@ class configure:
         tb: TracebackType | None,
     ) -> None:
         _install(self.previous)
+
+
+def _merged(base: RadiObjectConfig, read: Any, write: Any, s3: Any) -> RadiObjectConfig:
+    """``base`` with the changes ``read``, ``write`` and ``s3`` (objects or field mappings)."""
+    return RadiObjectConfig(
+        read=_merge(base.read, read, ReadConfig, "read"),
+        write=_merge(base.write, write, WriteConfig, "write"),
+        s3=_merge(base.s3, s3, S3Config, "s3"),
+    )
 
 
 def _merge(current: Any, new: Any, kind: type, name: str) -> Any:

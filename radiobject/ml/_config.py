@@ -214,3 +214,51 @@ def _parse_enum(name: str, value: object, kind: type[E], exclude: str = "") -> E
             return member
     allowed = ", ".join(m.name for m in members)
     raise ConfigurationError(f"DatasetConfig.{name} must be one of {allowed}, got {value!r}")
+
+
+def factory_config(
+    config: DatasetConfig | None,
+    patch_size: tuple[int, int, int] | None,
+    patches_per_volume: int,
+    seed: int,
+    fixed_epoch: bool = False,
+) -> DatasetConfig:
+    """``config`` if given, else patches of ``patch_size`` (``None``: whole volumes)."""
+    if config is not None:
+        return config
+    mode = LoadingMode.PATCH if patch_size is not None else LoadingMode.FULL_VOLUME
+    return DatasetConfig(
+        loading_mode=mode,
+        patch_size=patch_size,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+        fixed_epoch=fixed_epoch,
+    )
+
+
+def sample_config(
+    where: str,
+    patch_size: tuple[int, int, int] | None,
+    config: DatasetConfig | None,
+    patches_per_volume: int,
+    seed: int,
+    slab: object,
+    axis: object,
+    slab_patch: object,
+) -> DatasetConfig:
+    """What a training-style factory samples: slabs, patches or whole volumes.
+
+    Slabs when ``slab`` asks for them (see :func:`slab_config`), else
+    :func:`factory_config`.
+    """
+    sliced = slab_config(
+        where,
+        slab,
+        axis,
+        slab_patch,
+        patch_size=patch_size,
+        patches_per_volume=patches_per_volume,
+        seed=seed,
+        config=config,
+    )
+    return sliced or factory_config(config, patch_size, patches_per_volume, seed)

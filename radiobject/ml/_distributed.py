@@ -13,8 +13,9 @@ import tiledb
 import torch
 
 from radiobject._errors import ConfigurationError
+from radiobject.ml._config import factory_config
 from radiobject.ml._dataset import VolumeCollectionDataset
-from radiobject.ml._loaders import _config, build_loader
+from radiobject.ml._loaders import build_loader
 from radiobject.ml._params import parse_loader_params
 from radiobject.ml._recipe import recorded
 from radiobject.ml._state import RadiObjectLoader, ResumableSampler
@@ -159,7 +160,7 @@ def create_distributed_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    cfg = _config(None, p.patch_size, patches_per_volume, seed)
+    cfg = factory_config(None, p.patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(
         collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
     )

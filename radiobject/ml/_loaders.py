@@ -20,7 +20,7 @@ import tiledb
 
 from radiobject._errors import ConfigurationError
 from radiobject.config import current_scope, get_config
-from radiobject.ml._config import DatasetConfig, LoadingMode, slab_config
+from radiobject.ml._config import DatasetConfig, LoadingMode, factory_config, sample_config
 from radiobject.ml._dataset import VolumeCollectionDataset
 from radiobject.ml._grid import GridPatchDataset
 from radiobject.ml._params import parse_batch_size, parse_loader_params, parse_num_workers
@@ -176,25 +176,6 @@ def build_loader(
 _SEG_PATCH = (96, 96, 96)  # create_segmentation_dataloader's default patch (not a slab's)
 
 
-def _config(
-    config: DatasetConfig | None,
-    patch_size: tuple[int, int, int] | None,
-    patches_per_volume: int,
-    seed: int,
-    fixed_epoch: bool = False,
-) -> DatasetConfig:
-    if config is not None:
-        return config
-    mode = LoadingMode.PATCH if patch_size is not None else LoadingMode.FULL_VOLUME
-    return DatasetConfig(
-        loading_mode=mode,
-        patch_size=patch_size,
-        patches_per_volume=patches_per_volume,
-        seed=seed,
-        fixed_epoch=fixed_epoch,
-    )
-
-
 def _window(dataset: VolumeCollectionDataset, shuffle_window: int | str | None) -> int | None:
     if shuffle_window == "auto":
         return 4 if dataset.items_per_volume > 1 else None
@@ -291,17 +272,9 @@ def create_training_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    slabs = slab_config(
-        where,
-        slab,
-        axis,
-        slab_patch,
-        patch_size=p.patch_size,
-        patches_per_volume=patches_per_volume,
-        seed=seed,
-        config=config,
+    cfg = sample_config(
+        where, p.patch_size, config, patches_per_volume, seed, slab, axis, slab_patch
     )
-    cfg = slabs or _config(config, p.patch_size, patches_per_volume, seed)
     dataset = VolumeCollectionDataset(
         collections, cfg, labels=labels, transform=p.transform, ctx=p.ctx
     )
@@ -368,7 +341,7 @@ def create_validation_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    cfg = _config(config, p.patch_size, patches_per_volume, seed, fixed_epoch=True)
+    cfg = factory_config(config, p.patch_size, patches_per_volume, seed, fixed_epoch=True)
     if not cfg.fixed_epoch:
         cfg = replace(cfg, fixed_epoch=True)
     dataset = VolumeCollectionDataset(
@@ -559,17 +532,9 @@ def create_segmentation_dataloader(
         transform=transform,
         ctx=ctx,
     )
-    slabs = slab_config(
-        where,
-        slab,
-        axis,
-        slab_patch,
-        patch_size=p.patch_size,
-        patches_per_volume=patches_per_volume,
-        seed=seed,
-        config=config,
+    cfg = sample_config(
+        where, p.patch_size, config, patches_per_volume, seed, slab, axis, slab_patch
     )
-    cfg = slabs or _config(config, p.patch_size, patches_per_volume, seed)
     dataset = SegmentationDataset(
         image,
         mask,
