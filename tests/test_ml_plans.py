@@ -293,6 +293,22 @@ def test_a_worker_error_arrives_whole(fresh, transform, monkeypatch):
         assert errors[1][:2] == (LookupError, "no label for sub-001")
 
 
+def test_a_plain_dataloader_with_workers_gets_the_error_raised(fresh):
+    """Outside radiobject's loaders a worker raises as usual: nothing else could collate it."""
+    import torch.utils.data
+
+    victim = fresh.T1w.obs_columns("volume")["volume"].iloc[1]
+    shutil.rmtree(f"{fresh.T1w.uri}/{victim}")
+    cfg = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=1)
+    dataset = VolumeCollectionDataset(fresh.T1w, cfg)
+    assert not dataset.failures_whole
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    kind, message, _ = _error(lambda: _drain(loader))
+    assert issubclass(kind, NotFoundError)  # DataLoader's retelling, of the read's own type
+    assert "nothing is stored there" in message
+    assert victim in message
+
+
 class _UnplannableDataset(VolumeCollectionDataset):
     """Planning item 5 fails (say, its volume's metadata is gone)."""
 

@@ -235,16 +235,35 @@ def test_writes_at_a_version_are_refused(base):
         then.obs_meta_table.write_rows(radi.obs_meta)
 
 
+def test_a_resumed_loader_is_rebuilt_in_the_settings_it_was_built_in(tmp_path):
+    import radiobject
+
+    radi = _cohort(str(tmp_path))
+    state = _loader(radi).state_dict()
+    _edit_and_grow(radi)
+    with radiobject.settings(read={"cache_mb": 7}):
+        resumed = _loader(RadiObject(radi.uri))
+    with pytest.warns(UserWarning, match="resuming reads"):
+        resumed.load_state_dict(state)  # outside the block: the loader keeps its settings
+    assert resumed.dataset.loader_scope is not None
+    assert resumed.dataset.loader_scope[0].read.cache_mb == 7
+
+
 def test_bad_versions_are_refused(base):
     radi = _cohort(base)
     with pytest.raises(VersionError, match="no version at or before"):
-        RadiObject(radi.uri, at=dt.datetime(2001, 1, 1, tzinfo=dt.timezone.utc))
+        RadiObject(radi.uri, at=dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
     with pytest.raises(VersionError, match=">= 0"):
         RadiObject(radi.uri, at=-1)
     with pytest.raises(VersionError, match="ISO 8601"):
         RadiObject(radi.uri, at="yesterday")
     with pytest.raises(VersionError, match="got list"):
         RadiObject(radi.uri, at=[1])
+    tomorrow = dt.datetime.now(tz=dt.UTC) + dt.timedelta(days=1)
+    with pytest.raises(VersionError, match="in the future"):
+        RadiObject(radi.uri, at=tomorrow)
+    with pytest.raises(VersionError, match="in the future"):
+        radi.T1w.as_of(tomorrow)
     with pytest.raises(VersionError, match="before <= after"):
         radi.diff(radi.versions()[-1], 0)
 

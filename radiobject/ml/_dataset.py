@@ -250,13 +250,14 @@ class VolumeCollectionDataset(Dataset[Any]):
         threads would only take turns). Transforms run one after
         another in the calling thread, each seeded from its item's key.
 
-        In a loader worker, an error goes to the loading process whole (see
-        :class:`~radiobject.ml._stages.WorkerFailure`): the same error as with no workers.
+        In a worker of radiobject's loaders (``failures_whole``), an error goes to the loading
+        process whole (see :class:`~radiobject.ml._stages.WorkerFailure`): the same error as
+        with no workers. Under any other DataLoader it is raised as usual.
         """
         try:
             return self._getitems(keys)
         except Exception as exc:
-            failure = worker_failure(exc)
+            failure = worker_failure(exc) if self.failures_whole else None
             if failure is None:
                 raise
             return failure  # type: ignore[return-value]  # collated and raised as it is
@@ -319,6 +320,11 @@ class VolumeCollectionDataset(Dataset[Any]):
     # -- plans and read-ahead -------------------------------------------------------------
     read_ahead_schedule: ReadAheadSchedule | None = None
     """The order a loader reads this dataset in (set by radiobject's loaders)."""
+
+    failures_whole: bool = False
+    """Whether a worker sends a failed batch's error whole (set by radiobject's loaders, whose
+    collate and iterator raise it in the loading process; another DataLoader would try to
+    collate it)."""
 
     loader_scope: Scope | None = None
     """The :func:`~radiobject.settings` block its loader was built in (``None``: none).

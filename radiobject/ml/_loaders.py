@@ -147,6 +147,7 @@ def build_loader(
     kwargs["collate_fn"] = TimedCollate(collate_fn)  # times it: "where the time goes"
     # read here under the settings() block it was built in, if any (workers: worker_init)
     dataset.loader_scope = current_scope()
+    dataset.failures_whole = True  # its collate and iterator raise a worker's error as it was
     if isinstance(sampler, ResumableSampler):  # the order its read-ahead foresees
         # the pass's own order (after a resume, the rest of the epoch; this rank's share)
         # workers that end with the epoch would read the next one's batches in vain

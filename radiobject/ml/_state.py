@@ -21,6 +21,7 @@ from typing import Any
 from torch.utils.data import DataLoader, Sampler
 
 from radiobject._errors import ConfigurationError
+from radiobject.config import in_scope
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._stages import raise_failure
 from radiobject.ml._start_method import check_workers_can_start
@@ -422,7 +423,8 @@ class RadiObjectLoader(DataLoader[Any]):
             for name, value in self.recipe.arguments.items()
             if _has_collection(value)
         }
-        rebuilt = self.recipe.build(**changes)
+        with in_scope(getattr(dataset, "loader_scope", None)):  # the settings it was built in
+            rebuilt = self.recipe.build(**changes)
         warnings.warn(
             f"resuming reads the cohort as the saved run did: version {version} "
             f"({Version(version).time}), not the data this loader was built on; pass "

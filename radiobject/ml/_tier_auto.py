@@ -57,7 +57,7 @@ def auto_local_tier(collections: VolumeCollection | Sequence[VolumeCollection]) 
     >>> from radiobject.data import make_sample_radiobject
     >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
     ...                               shape=(16, 16, 12), modalities=("T1w",), progress=False)
-    >>> auto_local_tier(radi.T1w)  # 24 kB fit the RAM cache: no tier
+    >>> auto_local_tier(radi.T1w)  # 12 kB (uint16) fit the RAM cache: no tier
     0
     """
     read = get_config().read

@@ -1,6 +1,7 @@
 """DataLoader worker processes: how they are set up, and what they count.
 
-How workers start (``fork`` on Linux, checked start methods elsewhere) is
+How workers start (``forkserver`` wherever its workers can start, ``fork`` on Linux only
+where they cannot; a method that cannot work is refused before any worker starts) is
 :mod:`radiobject.ml._start_method`. :class:`worker_init` sets each worker up (the parent's
 settings, its share of the cache budget, the shared counters); ``loader_*`` read those
 counters back from the parent.

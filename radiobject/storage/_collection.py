@@ -39,10 +39,10 @@ from radiobject.storage._group import (
 )
 from radiobject.storage._history import (
     Version,
-    as_timestamp,
     collection_arrays,
     commit_times,
     group_versions,
+    past_timestamp,
 )
 from radiobject.storage._layout import (
     COARSE,
@@ -172,7 +172,7 @@ class VolumeCollection(CollectionConstructors):
         >>> float(ct.as_of(before).iloc[0][0, 0, 0]), float(ct.iloc[0][0, 0, 0])
         (0.0, 1.0)
         """
-        stamp = as_timestamp(at)
+        stamp = past_timestamp(at)
         meta = self._obs_meta
         if meta is not None:
             meta = Dataframe(meta.uri, ctx=meta._ctx, at=stamp)

@@ -58,7 +58,7 @@ class Version:
     @property
     def datetime(self) -> dt.datetime:
         """The timestamp as an aware UTC ``datetime``."""
-        return dt.datetime.fromtimestamp(self.timestamp / 1000, tz=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(self.timestamp / 1000, tz=dt.UTC)
 
     @property
     def time(self) -> str:
@@ -139,7 +139,7 @@ def now_ms() -> int:
     >>> now_ms() > 1_700_000_000_000
     True
     """
-    return int(dt.datetime.now(tz=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime.now(tz=dt.UTC).timestamp() * 1000)
 
 
 def as_timestamp(at: Version | int | dt.datetime | str) -> int:
@@ -168,12 +168,36 @@ def as_timestamp(at: Version | int | dt.datetime | str) -> int:
             ) from e
     if isinstance(at, dt.datetime):
         if at.tzinfo is None:
-            at = at.replace(tzinfo=dt.timezone.utc)
+            at = at.replace(tzinfo=dt.UTC)
         return int(at.timestamp() * 1000)
     raise VersionError(
         f"a version is a Version, a ms timestamp, a datetime or an ISO string; got "
         f"{type(at).__name__}"
     )
+
+
+def past_timestamp(at: Version | int | dt.datetime | str) -> int:
+    """:func:`as_timestamp` of a version to read: one in the future is refused.
+
+    A read "as of" a time still to come would see writes made before it under the same
+    cache keys and recorded version; read the newest data (no ``at``) instead.
+
+    >>> past_timestamp(5)
+    5
+    >>> past_timestamp(now_ms() + 86_400_000)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.VersionError: version ... is in the future ...
+    """
+    stamp = as_timestamp(at)
+    now = now_ms()
+    if stamp > now:
+        raise VersionError(
+            f"version {Version(stamp).time} is in the future (now {Version(now).time}): a "
+            "version is a time already past; pick one of radi.versions(), or leave at=None "
+            "for the newest data"
+        )
+    return stamp
 
 
 def commit_times(uri: str, ctx: tiledb.Ctx) -> list[int]:

@@ -26,7 +26,7 @@ from radiobject.storage._cohort_versions import CohortVersions
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, exists, group_meta, join, require_complete
-from radiobject.storage._history import Version, as_timestamp, commit_times
+from radiobject.storage._history import Version, commit_times, past_timestamp
 from radiobject.storage._layout import COLLECTIONS, OBS, OBS_META, RADIOBJECT_KIND
 
 __all__ = ["RadiObject"]
@@ -95,7 +95,7 @@ class RadiObject(CohortVersions):
         self._all_names: list[str] | None = None
         self._at: int | None = None
         if at is not None:
-            self._at = as_timestamp(at)
+            self._at = past_timestamp(at)
             first = commit_times(join(self.uri, OBS_META), self.ctx)
             if not first or first[0] > self._at:
                 raise VersionError(
