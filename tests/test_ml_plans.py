@@ -302,7 +302,9 @@ def test_a_plain_dataloader_with_workers_gets_the_error_raised(fresh):
     cfg = DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=1)
     dataset = VolumeCollectionDataset(fresh.T1w, cfg)
     assert not dataset.failures_whole
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    loader = torch.utils.data.DataLoader(  # forkserver: a fork after TileDB started warns
+        dataset, batch_size=1, num_workers=2, multiprocessing_context="forkserver"
+    )
     kind, message, _ = _error(lambda: _drain(loader))
     assert issubclass(kind, NotFoundError)  # DataLoader's retelling, of the read's own type
     assert "nothing is stored there" in message
