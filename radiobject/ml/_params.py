@@ -23,6 +23,7 @@ from radiobject.storage import VolumeCollection
 __all__ = [
     "LoaderParams",
     "as_int",
+    "int_at_least",
     "parse_batch_size",
     "parse_ctx",
     "parse_loader_params",
@@ -49,6 +50,18 @@ def as_int(value: object) -> int | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         return None
     return int(value)
+
+
+def int_at_least(value: object, least: int, error: str) -> int:
+    """``value`` as an int ``>= least`` (see :func:`as_int`), else ``ConfigurationError(error)``.
+
+    >>> int_at_least(np.int64(2), 1, "batch_size must be >= 1")
+    2
+    """
+    n = as_int(value)
+    if n is None or n < least:
+        raise ConfigurationError(error)
+    return n
 
 
 def parse_patch_size(value: object, where: str) -> tuple[int, int, int] | None:
@@ -89,13 +102,12 @@ def parse_slab(value: object, where: str) -> int:
     ...
     radiobject._errors.ConfigurationError: create_training_dataloader: slab must be an integer...
     """
-    n = as_int(value)
-    if n is None or n < 1:
-        raise ConfigurationError(
-            f"{where}: slab must be an integer >= 1 (adjacent planes per sample, e.g. 5); "
-            f"got {value!r}"
-        )
-    return n
+    return int_at_least(
+        value,
+        1,
+        f"{where}: slab must be an integer >= 1 (adjacent planes per sample, e.g. 5); "
+        f"got {value!r}",
+    )
 
 
 def parse_slab_axis(value: object, where: str) -> SliceOrientation:
@@ -154,12 +166,11 @@ def parse_batch_size(value: object, where: str) -> int:
     ...
     radiobject._errors.ConfigurationError: create_training_dataloader: batch_size must be >= 1...
     """
-    n = as_int(value)
-    if n is None or n < 1:
-        raise ConfigurationError(
-            f"{where}: batch_size must be >= 1 and an integer (samples per batch); got {value!r}"
-        )
-    return n
+    return int_at_least(
+        value,
+        1,
+        f"{where}: batch_size must be >= 1 and an integer (samples per batch); got {value!r}",
+    )
 
 
 def parse_num_workers(value: object, where: str) -> int:
@@ -172,13 +183,12 @@ def parse_num_workers(value: object, where: str) -> int:
     ...
     radiobject._errors.ConfigurationError: create_training_dataloader: num_workers must be >= 0...
     """
-    n = as_int(value)
-    if n is None or n < 0:
-        raise ConfigurationError(
-            f"{where}: num_workers must be >= 0 and an integer (worker processes; 0 loads in "
-            f"this process); got {value!r}"
-        )
-    return n
+    return int_at_least(
+        value,
+        0,
+        f"{where}: num_workers must be >= 0 and an integer (worker processes; 0 loads in "
+        f"this process); got {value!r}",
+    )
 
 
 def parse_transform(value: T, where: str) -> T:
