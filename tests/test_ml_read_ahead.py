@@ -419,6 +419,14 @@ def test_stopping_mid_epoch_frees_what_was_read_ahead(sample_radi):
     assert after < held / 10
 
 
+def _join_feeder_threads() -> None:
+    """Wait for multiprocessing's queue feeder threads, which end on their own once the
+    loader has closed the workers' index queues."""
+    for thread in threading.enumerate():
+        if thread.name == "QueueFeederThread":
+            thread.join(timeout=30)
+
+
 def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
     """Workers reading ahead end with the epoch's iterator; no thread is left behind."""
     import multiprocessing
@@ -431,6 +439,7 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
         for _ in loader:  # warm up (a fork server, where one is used, runs from here on)
             break
         gc.collect()
+        _join_feeder_threads()  # the warm-up's, so the baseline holds only lasting threads
         threads, children = set(threading.enumerate()), len(multiprocessing.active_children())
         for _ in range(2):
             it = iter(loader)
@@ -439,11 +448,7 @@ def test_stopping_mid_epoch_with_workers_leaks_nothing(sample_radi):
             assert len(multiprocessing.active_children()) == children + 2
             del it
             gc.collect()
-            # the workers' index queues end their feeder threads on their own after the
-            # loader closes them: wait for those (multiprocessing's), then nothing is left
-            for thread in set(threading.enumerate()) - threads:
-                if thread.name == "QueueFeederThread":
-                    thread.join(timeout=30)
+            _join_feeder_threads()
             assert set(threading.enumerate()) == threads
             assert len(multiprocessing.active_children()) == children
 
