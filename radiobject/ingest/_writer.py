@@ -74,6 +74,7 @@ from radiobject.storage._layout import (
     OBS,
     OBS_META,
     RADIOBJECT_KIND,
+    REFERENCE,
     VOLUMES,
     VOLUMES_KIND,
     coarse_member,
@@ -220,7 +221,8 @@ def check_alignment(geometries: Sequence[tuple[str, str, Geometry]]) -> None:
     Traceback (most recent call last):
     ...
     radiobject._errors.AlignmentError: subject 's1': 'CT' and 'T1w' are not on the same grid \
-(shape (4, 4, 3) vs (4, 4, 2)); resample them first or pass validate_alignment=False
+(shape (4, 4, 3) vs (4, 4, 2)); resample them first, pass validate_alignment=False, or name \
+the collection whose grid samples are planned in with reference=<collection>
     """
     seen: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
     for name, sid, geom in geometries:
@@ -233,7 +235,36 @@ def check_alignment(geometries: Sequence[tuple[str, str, Geometry]]) -> None:
             what = f"shape {shape} vs {ref_shape}" if shape != ref_shape else "affine"
             raise AlignmentError(
                 f"subject {sid!r}: {name!r} and {first!r} are not on the same grid ({what}); "
-                "resample them first or pass validate_alignment=False"
+                "resample them first, pass validate_alignment=False, or name the collection "
+                "whose grid samples are planned in with reference=<collection>"
+            )
+
+
+def check_reference(reference: str | None, sources: Mapping[str, Sequence[Item]]) -> None:
+    """``reference`` names one of ``sources``, and every subject has a volume in it.
+
+    >>> from radiobject.ingest._sources import numpy_items
+    >>> import numpy as np
+    >>> check_reference("T1w", {"CT": numpy_items([np.ones((2, 2, 2))])})
+    Traceback (most recent call last):
+    ...
+    radiobject._errors.IngestError: reference 'T1w' is not one of the collections ['CT']; \
+pass reference=<one of them> (the grid samples are planned in)
+    """
+    if reference is None:
+        return
+    if not isinstance(reference, str) or reference not in sources:
+        raise IngestError(
+            f"reference {reference!r} is not one of the collections {sorted(sources)}; pass "
+            "reference=<one of them> (the grid samples are planned in)"
+        )
+    have = {it.obs_subject_id for it in sources[reference]}
+    for name, items in sources.items():
+        lacking = sorted({it.obs_subject_id for it in items} - have)
+        if lacking:
+            raise AlignmentError(
+                f"subjects {lacking[:5]} have a {name!r} volume but none in the reference "
+                f"collection {reference!r}; every subject needs a reference volume (its grid)"
             )
 
 
@@ -495,12 +526,16 @@ def write_radiobject(
     progress: bool = True,
     executor: Executor | None = None,
     resume: bool = False,
+    reference: str | None = None,
 ) -> str:
     """Write a RadiObject of the collections ``sources`` (name -> items) at ``uri``.
 
     Each subject's volumes are checked to share one grid from their headers before any
     voxel is written (items without a header are checked once written). ``masks`` forces
-    the mask flag per collection (default: guessed).
+    the mask flag per collection (default: guessed). With ``reference`` (a collection's
+    name) the collections may lie on different grids: every subject needs a volume in the
+    reference collection, whose grid samples are planned in; the name is stored in the
+    RadiObject's metadata (``RadiObject.reference``).
 
     >>> import numpy as np, tempfile, os
     >>> from radiobject.ingest._sources import numpy_items
@@ -514,6 +549,9 @@ def write_radiobject(
         raise IngestError("a RadiObject needs at least one collection")
     for name, items in sources.items():
         _check_items(name, items)
+    check_reference(reference, sources)
+    if reference is not None:
+        validate_alignment = False  # other grids are allowed: the reference's is planned in
     subjects = list(dict.fromkeys(it.obs_subject_id for its in sources.values() for it in its))
     obs_meta = check_obs_meta(obs_meta, subjects)
     masks = masks or {}
@@ -546,7 +584,8 @@ def write_radiobject(
                     if (p.name, it.obs_subject_id) in shapes
                 ]
             )
-        _ensure_group(uri, RADIOBJECT_KIND, ctx)
+        meta = None if reference is None else {REFERENCE: reference}
+        _ensure_group(uri, RADIOBJECT_KIND, ctx, meta)
         _ensure_group(join(uri, COLLECTIONS), COLLECTIONS_KIND, ctx)
         _write_plans(plans, ctx=ctx, executor=executor, progress=progress, run=run, shapes=shapes)
         if validate_alignment and any(it.header is None for p in plans for it in p.items):

@@ -48,8 +48,11 @@ from radiobject.storage._layout import (
     COARSE,
     COARSE_KIND,
     COLLECTION_KIND,
+    COLLECTIONS,
     FG_INDEX,
     OBS,
+    RADIOBJECT_KIND,
+    REFERENCE,
     coarse_member,
 )
 from radiobject.storage._volume import Volume
@@ -208,6 +211,32 @@ class VolumeCollection(CollectionConstructors):
     def is_mask(self) -> bool:
         """True for label maps (segmentations); their foreground is indexed."""
         return bool(self.meta.get("is_mask", 0))
+
+    @property
+    def reference(self) -> str | None:
+        """The reference collection of the RadiObject it was opened from (see
+        :attr:`radiobject.RadiObject.reference`); None on its own or without one.
+
+        The loaders plan samples in that collection's grid (read from its ``obs``).
+        """
+        if self._obs_meta is None:
+            return None
+        if "_reference" not in self.__dict__:
+            parent = self._obs_meta.uri.rsplit("/", 1)[0]
+            name = group_meta(parent, RADIOBJECT_KIND, self.ctx).get(REFERENCE)
+            self._reference = None if name is None else str(name)
+        return self._reference
+
+    def reference_collection(self) -> VolumeCollection | None:
+        """The collection named by :attr:`reference` (all its volumes, at this version)."""
+        name = self.reference
+        if name is None:
+            return None
+        assert self._obs_meta is not None
+        parent = self._obs_meta.uri.rsplit("/", 1)[0]
+        return VolumeCollection(
+            join(parent, COLLECTIONS, name), ctx=self._ctx, _obs_meta=self._obs_meta, at=self._at
+        )
 
     @property
     def is_view(self) -> bool:

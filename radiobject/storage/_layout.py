@@ -39,6 +39,7 @@ __all__ = [
     "OBS",
     "OBS_META",
     "RADIOBJECT_KIND",
+    "REFERENCE",
     "VOLUMES",
     "VOLUMES_KIND",
     "coarse_member",
@@ -60,6 +61,9 @@ OBS = "obs"  # collection: volume table
 VOLUMES = "volumes"  # collection: group of volume arrays
 FG_INDEX = "fg_index"  # mask collection: foreground index
 COARSE = "coarse"  # collection: group of the volumes' coarse levels
+
+# RadiObject metadata: the collection whose grid samples are planned in (absent: one grid)
+REFERENCE = "reference"
 
 # columns radiobject fills in for every volume; the rest of obs is the user's
 CORE_COLUMNS = (

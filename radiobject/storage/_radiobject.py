@@ -27,7 +27,7 @@ from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, exists, group_meta, join, require_complete
 from radiobject.storage._history import Version, commit_times, past_timestamp
-from radiobject.storage._layout import COLLECTIONS, OBS, OBS_META, RADIOBJECT_KIND
+from radiobject.storage._layout import COLLECTIONS, OBS, OBS_META, RADIOBJECT_KIND, REFERENCE
 
 __all__ = ["RadiObject"]
 
@@ -108,6 +108,28 @@ class RadiObject(CohortVersions):
     def ctx(self) -> tiledb.Ctx:
         """The TileDB context in use."""
         return local_ctx(self._ctx)
+
+    @property
+    def reference(self) -> str | None:
+        """The collection whose grid samples are planned in, or None (one grid for all).
+
+        Named at ingest (``from_images(..., reference="T1w")``): the other collections may
+        then differ in shape, spacing and orientation, and the loaders resample each
+        sample's box of them to the reference grid (see :mod:`radiobject.read._grids`).
+        Metadata only: nothing is read.
+
+        >>> import numpy as np, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> t1 = VolumeCollection.from_numpy(os.path.join(d, "T1w"), [np.zeros((8, 8, 8))])
+        >>> flair = VolumeCollection.from_numpy(os.path.join(d, "FLAIR"), [np.zeros((4, 4, 3))],
+        ...                                     spacing=(2.0, 2.0, 3.0))
+        >>> radi = RadiObject.from_collections(os.path.join(d, "r"), {"T1w": t1, "FLAIR": flair},
+        ...                                    reference="T1w", progress=False)
+        >>> radi.reference, RadiObject(radi.uri).FLAIR.reference
+        ('T1w', 'T1w')
+        """
+        name = self._meta.get(REFERENCE)
+        return None if name is None else str(name)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ctx": portable_ctx(self._ctx)}
@@ -349,9 +371,11 @@ class RadiObject(CohortVersions):
         self, uri: str | Path, *, progress: bool = False, executor: Executor | None = None
     ) -> RadiObject:
         """Materialise this RadiObject (or view) at ``uri`` (``executor``: as ``from_images``)."""
+        reference = self.reference if self.reference in self.collection_names else None
         return RadiObject.from_collections(
             uri,
             {n: self.collection(n) for n in self.collection_names},
+            reference=reference,
             obs_meta=self.obs_meta,
             progress=progress,
             ctx=self._ctx,
@@ -450,6 +474,7 @@ class RadiObject(CohortVersions):
         progress: bool = True,
         ctx: tiledb.Ctx | None = None,
         executor: Executor | None = None,
+        reference: str | None = None,
     ) -> RadiObject:
         """A new RadiObject at ``uri`` holding copies of ``collections`` (views allowed).
 
@@ -461,6 +486,8 @@ class RadiObject(CohortVersions):
             progress: show progress bars.
             ctx: TileDB context.
             executor: where volumes are copied (as in :meth:`from_images`).
+            reference: the collection whose grid samples are planned in; the others may
+                lie on other grids (as in :meth:`from_images`).
 
         >>> import numpy as np, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -480,6 +507,7 @@ class RadiObject(CohortVersions):
             ctx=ctx,
             progress=progress,
             executor=executor,
+            reference=reference,
         )
         return cls._opened(target, ctx)
 
@@ -496,6 +524,7 @@ class RadiObject(CohortVersions):
         ctx: tiledb.Ctx | None = None,
         executor: Executor | None = None,
         resume: bool = False,
+        reference: str | None = None,
     ) -> RadiObject:
         """Ingest images into a new RadiObject at ``uri``.
 
@@ -525,6 +554,12 @@ class RadiObject(CohortVersions):
                 here travel with each task.
             resume: finish an interrupted ingest at ``uri`` (a finished one is returned as it
                 is); a failure then keeps what was written, for the next ``resume=True``.
+            reference: the name of the collection whose grid samples are planned in (e.g.
+                ``"T1w"``). Every subject needs a volume there; the other collections may
+                differ in shape, spacing and orientation and are stored as they are (each
+                volume keeps its affine); the loaders read the bounding box of a sample's
+                box in each and resample just that (:attr:`reference`). Without it, a
+                subject whose volumes are on different grids raises ``AlignmentError``.
 
         >>> import tempfile, os
         >>> from radiobject.data import write_sample_niftis
@@ -551,6 +586,7 @@ class RadiObject(CohortVersions):
             progress=progress,
             executor=executor,
             resume=resume,
+            reference=reference,
         )
         return cls._opened(target, ctx)
 

@@ -1,0 +1,218 @@
+"""Reference grids: a box of one volume's voxels, read from a volume on another grid.
+
+A cohort whose collections differ in shape, spacing or orientation names one of them the
+reference (``RadiObject.from_images(..., reference="T1w")``). Samples are planned in the
+reference grid; for a volume on another grid, :func:`grid_map` gives the voxel-to-voxel map
+from the two affines, :meth:`GridMap.source_box` the block of that volume a box of the
+reference grid needs (the bounding box of the box's mapped corners plus the interpolation's
+margin, clamped to the volume), and :meth:`GridMap.resample` turns that block into the box's
+voxels.
+
+Conventions, those of NIfTI and MONAI: voxel ``(i, j, k)`` has its centre at
+``affine @ [i, j, k, 1]``. Points outside the other volume take the value of its nearest
+border voxel (MONAI ``ResampleToMatchd``'s default ``padding_mode="border"``). ``linear`` is
+trilinear interpolation (MONAI ``mode="bilinear"``, for images); otherwise nearest neighbour
+(for masks: labels stay labels; ties round half to even, as ``torch.grid_sample`` does).
+Everything runs on the CPU with numpy (a GPU tensor is not resampled here).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GridMap", "Resample", "grid_map", "same_grid"]
+
+Bounds = tuple[tuple[int, int], ...]
+_SAME_ATOL = 1e-3  # affines this close are one grid (the ingest's alignment tolerance)
+
+
+@dataclass(frozen=True)
+class GridMap:
+    """How voxels of a reference grid map into a volume on another grid.
+
+    Attributes:
+        matrix: the 3x4 map from reference voxel indices to the volume's voxel indices
+            (``inv(volume_affine) @ reference_affine``, last row dropped), as tuples.
+        shape: the volume's shape (first three axes).
+
+    >>> import numpy as np
+    >>> m = grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (8, 8, 8))
+    >>> m.source_box(((4, 8), (0, 4), (2, 3)), linear=True)
+    ((2, 5), (0, 3), (1, 3))
+    >>> block = np.arange(8.0)[:, None, None] * np.ones((1, 8, 8))  # value = x index
+    >>> m.resample(block, ((4, 8), (0, 4), (2, 3)), ((0, 8), (0, 8), (0, 8)), linear=True)[
+    ...     :, 0, 0].tolist()
+    [2.0, 2.5, 3.0, 3.5]
+    """
+
+    matrix: tuple[tuple[float, ...], ...]
+    shape: tuple[int, int, int]
+
+    @property
+    def array(self) -> np.ndarray:
+        """:attr:`matrix` as a ``(3, 4)`` float64 array."""
+        return np.asarray(self.matrix, dtype=np.float64)
+
+    def coords(self, box: Bounds) -> np.ndarray:
+        """The volume's voxel coordinates of the voxel centres of ``box``: ``(3, x, y, z)``."""
+        m = self.array
+        axes = [np.arange(lo, hi, dtype=np.float64) for lo, hi in box[:3]]
+        out = np.empty((3, *(len(a) for a in axes)), dtype=np.float64)
+        for row in range(3):
+            out[row] = (
+                m[row, 0] * axes[0][:, None, None]
+                + m[row, 1] * axes[1][None, :, None]
+                + m[row, 2] * axes[2][None, None, :]
+                + m[row, 3]
+            )
+        return out
+
+    def source_box(self, box: Bounds, *, linear: bool) -> Bounds:
+        """The block of the volume that resampling ``box`` (a reference-grid box) reads.
+
+        The bounding box of ``box``'s eight corner voxel centres mapped into the volume
+        (points beyond its border clamped to it), plus the interpolation's margin: the next
+        voxel up for ``linear``, none for nearest. Never empty.
+        """
+        m = self.array
+        corners = np.array(
+            list(itertools.product(*[(lo, hi - 1) for lo, hi in box[:3]])), dtype=np.float64
+        )
+        points = corners @ m[:, :3].T + m[:, 3]
+        out = []
+        for axis, n in enumerate(self.shape):
+            lo = float(np.clip(points[:, axis].min(), 0, n - 1))
+            hi = float(np.clip(points[:, axis].max(), 0, n - 1))
+            if linear:
+                start, stop = int(np.floor(lo)), min(int(np.floor(hi)) + 2, n)
+            else:
+                start, stop = int(np.rint(lo)), int(np.rint(hi)) + 1
+            out.append((start, max(stop, start + 1)))
+        return tuple(out)
+
+    def resample(
+        self,
+        block: np.ndarray,
+        box: Bounds,
+        block_box: Bounds,
+        *,
+        linear: bool,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The voxels of ``box`` (reference grid) from ``block``, the volume's ``block_box``.
+
+        ``block`` holds the volume's voxels in ``block_box`` (first three axes; more axes,
+        e.g. time, are carried along). ``linear``: trilinear (float64 weights, the result in
+        ``block``'s float dtype, or ``out``'s); else nearest neighbour, in ``block``'s dtype.
+        ``block_box`` must hold :meth:`source_box` of ``box``.
+        """
+        coords = self.coords(box)
+        origin = [lo for lo, _ in block_box[:3]]
+        size = block.shape[:3]
+        for axis in range(3):  # border padding: points beyond the volume take its edge
+            np.clip(coords[axis], 0, self.shape[axis] - 1, out=coords[axis])
+            coords[axis] -= origin[axis]
+            np.clip(coords[axis], 0, size[axis] - 1, out=coords[axis])
+        if not linear:
+            ix, iy, iz = (np.rint(c).astype(np.intp) for c in coords)
+            picked = block[ix, iy, iz]
+            if out is None:
+                return np.ascontiguousarray(picked)
+            out[...] = picked
+            return out
+        low = [np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0)) for c, n in zip(
+            coords, size, strict=True
+        )]
+        frac = [c - lo for c, lo in zip(coords, low, strict=True)]
+        high = [np.minimum(lo + 1, n - 1) for lo, n in zip(low, size, strict=True)]
+        extra = (slice(None),) * 3 + (None,) * (block.ndim - 3)
+        acc = np.zeros(coords.shape[1:] + block.shape[3:], dtype=np.float64)
+        for corner in itertools.product((0, 1), repeat=3):
+            weight = np.ones(coords.shape[1:], dtype=np.float64)
+            index = []
+            for axis, bit in enumerate(corner):
+                weight *= frac[axis] if bit else 1.0 - frac[axis]
+                index.append(high[axis] if bit else low[axis])
+            acc += weight[extra] * block[index[0], index[1], index[2]]
+        if out is None:
+            dtype = block.dtype if block.dtype.kind == "f" else np.dtype(np.float32)
+            return acc.astype(dtype)
+        out[...] = acc
+        return out
+
+
+@dataclass(frozen=True)
+class Resample:
+    """What a read of a volume on another grid needs to become its sample's voxels.
+
+    A planned read holds the block :meth:`GridMap.source_box` gives; ``apply`` resamples
+    that block to the voxel centres of ``box``, the sample's box in the reference grid.
+
+    Attributes:
+        grid: the map from the reference grid into the volume read.
+        box: the sample's box in the reference grid (first three axes).
+        linear: trilinear (images) or nearest neighbour (masks).
+
+    >>> import numpy as np
+    >>> r = Resample(grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (4, 4, 4)),
+    ...              ((1, 3), (0, 1), (0, 1)), linear=False)
+    >>> r.source_bounds()
+    ((0, 2), (0, 1), (0, 1))
+    >>> r.apply(np.arange(2)[:, None, None], r.source_bounds()).ravel().tolist()
+    [0, 1]
+    """
+
+    grid: GridMap
+    box: Bounds
+    linear: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the result (first three axes): ``box``'s."""
+        return tuple(hi - lo for lo, hi in self.box[:3])
+
+    def source_bounds(self) -> Bounds:
+        """The block of the volume read (first three axes)."""
+        return self.grid.source_box(self.box, linear=self.linear)
+
+    def apply(
+        self, block: np.ndarray, block_box: Bounds, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``block`` (the volume's ``block_box``) resampled to the voxels of :attr:`box`."""
+        return self.grid.resample(block, self.box, block_box, linear=self.linear, out=out)
+
+
+def grid_map(
+    reference_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int]
+) -> GridMap:
+    """The :class:`GridMap` from a reference grid into a volume of ``affine`` and ``shape``.
+
+    >>> import numpy as np
+    >>> grid_map(np.eye(4), np.diag([1.0, 1.0, 2.0, 1.0]), (4, 4, 2)).matrix[2]
+    (0.0, 0.0, 0.5, 0.0)
+    """
+    m = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(
+        reference_affine, dtype=np.float64
+    )
+    return GridMap(
+        tuple(tuple(float(v) for v in row) for row in m[:3]),
+        (int(shape[0]), int(shape[1]), int(shape[2])),
+    )
+
+
+def same_grid(
+    shape: Sequence[int], affine: np.ndarray, other_shape: Sequence[int], other: np.ndarray
+) -> bool:
+    """Whether two volumes share one grid: the same shape and affine (to 1e-3 mm).
+
+    >>> import numpy as np
+    >>> same_grid((4, 4, 2), np.eye(4), (4, 4, 2), np.eye(4) + 1e-6)
+    True
+    """
+    return tuple(shape[:3]) == tuple(other_shape[:3]) and bool(
+        np.allclose(np.asarray(affine), np.asarray(other), atol=_SAME_ATOL)
+    )
