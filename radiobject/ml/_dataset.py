@@ -28,10 +28,11 @@ from radiobject.ml._subjects import (
     VolumeRef,
     align,
     as_collections,
+    reference_of,
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import open_array, reader, served_locally, whole_volume_budget
+from radiobject.read import Resample, open_array, reader, served_locally, whole_volume_budget
 from radiobject.storage import VolumeCollection, now_ms
 
 __all__ = ["VolumeCollectionDataset"]
@@ -91,7 +92,9 @@ class VolumeCollectionDataset(Dataset[Any]):
         self.collections = as_collections(with_ctx(collections, parse_ctx(ctx, where)))
         self.config = config or DatasetConfig()
         self.transform = parse_transform(transform, where)
-        self.refs = align(self.collections)
+        # a cohort with a reference grid: samples are planned in it (see RadiObject.reference)
+        self.reference = reference_of(self.grid_sources())
+        self.refs = align(self.collections, self.reference)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
         # the version read: the collections' (opened at one), else the newest as of now
         self.data_version = data_version(self.collections)
@@ -100,6 +103,10 @@ class VolumeCollectionDataset(Dataset[Any]):
         self._stored_bytes: int | None = None
         self._check_patch_fits()
         self._slices = self._slice_table() if self._mode is LoadingMode.SLICE_2D else None
+
+    def grid_sources(self) -> list[VolumeCollection]:
+        """The collections whose cohort may name a reference grid (see :func:`reference_of`)."""
+        return list(self.collections)
 
     # -- size and indexing ---------------------------------------------------------------
     @property
@@ -350,12 +357,24 @@ class VolumeCollectionDataset(Dataset[Any]):
     def image_reads(
         self, ref: VolumeRef, box: tuple[tuple[int, int], ...]
     ) -> tuple[RegionRead, ...]:
-        """One read per channel of ``ref`` inside ``box`` (each with its collection's context)."""
+        """One read per channel of ``ref`` inside ``box`` (each with its collection's context).
+
+        A channel on another grid than the reference's reads the bounding box of ``box``
+        mapped into its grid (plus the interpolation's margin) and resamples it (linear).
+        """
         whole = self.prefer_whole_volume(ref.uris[0])
-        return tuple(
-            RegionRead("image", uri, coll.ctx, box, whole, self.auto_tier_mb)
-            for uri, coll in zip(ref.uris, self.collections, strict=True)
-        )
+        reads = []
+        for c, (uri, coll) in enumerate(zip(ref.uris, self.collections, strict=True)):
+            grid = ref.grid(c)
+            if grid is None:
+                reads.append(RegionRead("image", uri, coll.ctx, box, whole, self.auto_tier_mb))
+                continue
+            resample = Resample(grid, box[:3], linear=True)
+            bounds = resample.source_bounds() + box[3:]
+            reads.append(
+                RegionRead("image", uri, coll.ctx, bounds, whole, self.auto_tier_mb, resample)
+            )
+        return tuple(reads)
 
     def fetch(self, reads: Sequence[RegionRead]) -> list[np.ndarray]:
         """Execute ``reads``: taken from the read-ahead where it read them, else read now.

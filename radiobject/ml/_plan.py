@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from radiobject.read import Scaling, open_array, read_region
+from radiobject.read import Resample, Scaling, open_array, read_region
 
 __all__ = ["RegionRead", "SamplePlan"]
 
@@ -32,6 +32,9 @@ class RegionRead:
         whole_on_miss: fetch the whole volume on a cache miss (see ``read_region``).
         auto_tier_mb: the automatic local tier budget of the dataset that planned the read
             (0: none; see ``read_region``). Reads of other datasets do not use it.
+        resample: for a volume on another grid than the sample's (a cohort with a
+            reference grid), how the block ``bounds`` becomes the sample's voxels (see
+            :class:`~radiobject.read.Resample`); None: the voxels read are the sample's.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -49,6 +52,7 @@ class RegionRead:
     bounds: Bounds
     whole_on_miss: bool = False
     auto_tier_mb: int = 0
+    resample: Resample | None = None
 
     @property
     def key(self) -> tuple[str, int, Bounds, bool]:

@@ -17,6 +17,7 @@ from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.ml._slab import centre_plane
 from radiobject.ml._subjects import align
+from radiobject.read import GridMap, Resample
 from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]
@@ -96,14 +97,15 @@ class SegmentationDataset(VolumeCollectionDataset):
                 f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
                 f"with at least one above 0, got {class_ratios!r}"
             )
+        self.mask = mask  # before the images: its cohort may name the reference grid
         super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
-        self.mask = mask
         self.data_version = data_version([*self.collections, mask])
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)
         self.class_ratios = tuple(class_ratios) if class_ratios is not None else None
-        mask_refs = {r.obs_subject_id: r for r in align([mask])}
+        mask_refs = {r.obs_subject_id: r for r in align([mask], self.reference)}
         self.mask_uris: list[str] = []
+        self.mask_grids: list[GridMap | None] = []  # from the reference grid (None: on it)
         for ref in self.refs:
             other = mask_refs.get(ref.obs_subject_id)
             if other is None:
@@ -116,6 +118,7 @@ class SegmentationDataset(VolumeCollectionDataset):
                     f"mask shape {other.shape[:3]} in {mask.name!r}"
                 )
             self.mask_uris.append(other.uris[0])
+            self.mask_grids.append(other.grid(0))
         self.foreground: list[ForegroundIndex] | None = None
         if self.foreground_sampling and self.config.loading_mode in (
             LoadingMode.PATCH,
@@ -123,7 +126,14 @@ class SegmentationDataset(VolumeCollectionDataset):
         ):
             index = mask.foreground()
             by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
-            self.foreground = [index[by_subject[r.obs_subject_id]] for r in self.refs]
+            self.foreground = [
+                _in_reference(index[by_subject[r.obs_subject_id]], grid, r.shape[:3])
+                for r, grid in zip(self.refs, self.mask_grids, strict=True)
+            ]
+
+    def grid_sources(self) -> list[VolumeCollection]:
+        """The images' collections and the mask's."""
+        return [*super().grid_sources(), self.mask]
 
     def patch_start(self, index: int, rng: np.random.Generator) -> tuple[int, ...]:
         """Foreground-centred with ``foreground_probability`` when enabled, else uniform."""
@@ -155,7 +165,12 @@ class SegmentationDataset(VolumeCollectionDataset):
         whole = self.prefer_whole_volume(uri, ctx)
         if self.config.loading_mode is LoadingMode.SLAB:
             box = centre_plane(box[:3], self.config.slice_orientation)
-        return RegionRead("mask", uri, ctx, box[:3], whole, self.auto_tier_mb)
+        grid = self.mask_grids[self.volume_of(index)]
+        if grid is None:
+            return RegionRead("mask", uri, ctx, box[:3], whole, self.auto_tier_mb)
+        resample = Resample(grid, box[:3], linear=False)  # labels stay labels
+        bounds = resample.source_bounds()
+        return RegionRead("mask", uri, ctx, bounds, whole, self.auto_tier_mb, resample)
 
     def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
         """The image channels' reads, then the mask's."""
@@ -168,5 +183,21 @@ class SegmentationDataset(VolumeCollectionDataset):
             (r, a) for r, a in zip(plan.reads, arrays, strict=True) if r.name == "mask"
         ]
         labels = read.scaling.decode(mask, np.int64)  # labels as int64, from any stored dtype
+        if read.resample is not None:  # a mask on another grid: nearest neighbour
+            labels = read.resample.apply(labels, read.bounds)
         sample["mask"] = torch.from_numpy(self.squeeze_slice(labels[None]))
         return sample
+
+
+def _in_reference(
+    index: ForegroundIndex, grid: GridMap | None, shape: Sequence[int]
+) -> ForegroundIndex:
+    """The foreground ``index`` of a mask in the reference grid of ``shape``.
+
+    A mask on another grid has its indexed voxels mapped to the nearest reference voxel
+    (inside the volume), so a foreground-centred patch is centred on the mask's foreground.
+    """
+    if grid is None:
+        return index
+    points = {k: grid.to_reference(p, shape) for k, p in index.points.items()}
+    return ForegroundIndex(points=points, counts=dict(index.counts))

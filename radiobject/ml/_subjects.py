@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +11,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from radiobject._errors import AlignmentError, LabelError, RadiObjectError
-from radiobject.read import versioned
+from radiobject._errors import AlignmentError, ConfigurationError, LabelError, RadiObjectError
+from radiobject.read import GridMap, grid_map, same_grid, versioned
 from radiobject.storage import VolumeCollection
 
-__all__ = ["Labels", "VolumeRef", "align", "as_collections", "resolve_labels", "to_tensor"]
+__all__ = [
+    "Labels",
+    "VolumeRef",
+    "align",
+    "as_collections",
+    "reference_of",
+    "resolve_labels",
+    "to_tensor",
+]
 
 Labels = str | Mapping[str, Any] | pd.DataFrame | pd.Series | Callable[[str], Any] | None
 
@@ -27,6 +36,13 @@ class VolumeRef:
     obs_subject_id: str
     uris: tuple[str, ...]
     shape: tuple[int, ...]
+    grids: tuple[GridMap | None, ...] = ()
+    """Per channel, the map from the reference grid into its volume (None: on that grid;
+    empty: every channel on one grid, no reference)."""
+
+    def grid(self, channel: int) -> GridMap | None:
+        """The map of channel ``channel`` from the reference grid, or None (on that grid)."""
+        return self.grids[channel] if self.grids else None
 
 
 def as_collections(collections: Any) -> list[VolumeCollection]:
@@ -44,8 +60,36 @@ def as_collections(collections: Any) -> list[VolumeCollection]:
     return out
 
 
-def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
-    """Match the volumes of several collections by subject (the first collection leads)."""
+def reference_of(collections: Sequence[VolumeCollection]) -> VolumeCollection | None:
+    """The reference collection of ``collections`` (see ``RadiObject.reference``), or None.
+
+    Raises:
+        ConfigurationError: they come from cohorts with different references.
+    """
+    named = [c for c in collections if c.reference is not None]
+    if not named:
+        return None
+    names = sorted({str(c.reference) for c in named})
+    if len(names) > 1:
+        raise ConfigurationError(
+            f"the collections of one dataset name different reference grids {names}; take "
+            "them from one RadiObject"
+        )
+    return named[0].reference_collection()
+
+
+def align(
+    collections: Sequence[VolumeCollection], reference: VolumeCollection | None = None
+) -> list[VolumeRef]:
+    """Match the volumes of several collections by subject (the first collection leads).
+
+    Without ``reference`` every subject's channels must share one shape. With it (a
+    collection, e.g. ``radi.T1w`` of a RadiObject whose ``reference`` is ``"T1w"``) each
+    volume's :attr:`VolumeRef.shape` is its reference volume's, and a channel on another
+    grid gets its :class:`~radiobject.read.GridMap` in :attr:`VolumeRef.grids`.
+    """
+    if reference is not None:
+        return _align_to(collections, reference)
     first = collections[0]
     tables = []
     for coll in collections:
@@ -76,6 +120,50 @@ def align(collections: Sequence[VolumeCollection]) -> list[VolumeRef]:
         dims = tuple(int(v) for v in shape.split(","))
         refs.append(VolumeRef(str(row["obs_id"]), str(sid), tuple(uris), dims))
     return refs
+
+
+def _align_to(
+    collections: Sequence[VolumeCollection], reference: VolumeCollection
+) -> list[VolumeRef]:
+    """:func:`align` on the grids of ``reference``'s volumes."""
+    grids = _geometry(reference).set_index("obs_subject_id")
+    tables = [_geometry(c).set_index("obs_subject_id") for c in collections]
+    if len(tables[0]) == 0:
+        raise RadiObjectError(f"collection {collections[0].name!r} has no volumes to load")
+    refs = []
+    for sid in tables[0].index:
+        if sid not in grids.index:
+            raise AlignmentError(
+                f"subject {sid!r} has no volume in the reference collection {reference.name!r} "
+                "(the grid its samples are planned in); filter it out"
+            )
+        ref_shape, ref_affine = grids.loc[sid, "dims"], grids.loc[sid, "matrix"]
+        uris, maps = [], []
+        for coll, table in zip(collections, tables, strict=True):
+            if sid not in table.index:
+                raise AlignmentError(
+                    f"subject {sid!r} has a {collections[0].name!r} volume but none in "
+                    f"{coll.name!r}; filter the collections to the same subjects"
+                )
+            row = table.loc[sid]
+            uris.append(str(row["uri"]))
+            same = same_grid(row["dims"], row["matrix"], ref_shape, ref_affine)
+            maps.append(None if same else grid_map(ref_affine, row["matrix"], row["dims"]))
+        lead = tables[0].loc[sid]
+        shape = (*ref_shape[:3], *lead["dims"][3:])
+        refs.append(
+            VolumeRef(str(lead["obs_id"]), str(sid), tuple(uris), shape, tuple(maps))
+        )
+    return refs
+
+
+def _geometry(coll: VolumeCollection) -> pd.DataFrame:
+    """Per volume: subject, obs_id, versioned uri, shape (``dims``) and affine (``matrix``)."""
+    obs = coll.obs_columns("obs_subject_id", "volume", "shape", "affine")
+    obs["uri"] = [versioned(coll.uri + "/" + v, coll.at) for v in obs["volume"]]
+    obs["dims"] = [tuple(int(v) for v in str(s).split(",")) for s in obs["shape"]]
+    obs["matrix"] = [np.array(json.loads(str(a)), dtype=np.float64) for a in obs["affine"]]
+    return obs
 
 
 def resolve_labels(

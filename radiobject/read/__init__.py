@@ -12,6 +12,7 @@ The public names (``TileDBStats``, ``CacheStats``, ``S3Stats``) are exported fro
 """
 
 from radiobject.read._cache import CacheCounters
+from radiobject.read._grids import GridMap, Resample, grid_map, same_grid
 from radiobject.read._handles import forget_array, open_array
 from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, tier_state
 from radiobject.read._prefetch import Prefetch
@@ -24,9 +25,11 @@ from radiobject.read._versioned import split_version, versioned
 
 __all__ = [
     "CacheCounters",
+    "GridMap",
     "Prefetch",
     "Reader",
     "Region",
+    "Resample",
     "Scaling",
     "SharedStore",
     "Source",
@@ -34,9 +37,11 @@ __all__ = [
     "block_cache",
     "default_tier_dir",
     "forget_array",
+    "grid_map",
     "open_array",
     "read_region",
     "reader",
+    "same_grid",
     "served_locally",
     "set_shared_store",
     "split_version",

@@ -71,6 +71,22 @@ class GridMap:
             )
         return out
 
+    def to_reference(self, points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """Voxel ``points`` ``(n, 3)`` of the volume, as the nearest voxels of the reference
+        grid of ``shape`` (clamped inside it), ``(n, 3)`` int32.
+
+        >>> import numpy as np
+        >>> m = grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (4, 4, 4))
+        >>> m.to_reference(np.array([[1, 2, 3]]), (8, 8, 6)).tolist()
+        [[2, 4, 5]]
+        """
+        full = np.vstack([self.array, [0.0, 0.0, 0.0, 1.0]])
+        back = np.linalg.inv(full)
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        mapped = np.rint(pts @ back[:3, :3].T + back[:3, 3])
+        top = np.asarray(shape[:3], dtype=np.float64) - 1
+        return np.clip(mapped, 0, top).astype(np.int32)
+
     def source_box(self, box: Bounds, *, linear: bool) -> Bounds:
         """The block of the volume that resampling ``box`` (a reference-grid box) reads.
 

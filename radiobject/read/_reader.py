@@ -171,17 +171,26 @@ class Reader:
         Stored integers become ``dtype`` values in one pass per channel (cast, scale and
         offset: each volume's :class:`~radiobject.read._scaling.Scaling`), written straight
         into ``into`` (e.g. the sample's slot of its batch). Without ``into``, one channel
-        whose stored dtype is already ``dtype`` is returned without a copy.
+        whose stored dtype is already ``dtype`` is returned without a copy. A read with a
+        ``resample`` (a volume on another grid) is decoded, then resampled to its sample's
+        box (:class:`~radiobject.read.Resample`).
         """
         chans = [(r, a) for r, a in zip(reads, arrays, strict=True) if r.name == "image"]
-        if len(chans) == 1 and into is None:
+        if len(chans) == 1 and into is None and chans[0][0].resample is None:
             read, chan = chans[0]
             values: np.ndarray = self.scaling(read).decode(chan, dtype)[None]
             return values
-        image = np.empty((len(chans), *chans[0][1].shape), dtype) if into is None else into
+        if into is None:
+            lead, block = chans[0]
+            shape = block.shape if lead.resample is None else lead.resample.shape + block.shape[3:]
+            into = np.empty((len(chans), *shape), dtype)
         for c, (read, chan) in enumerate(chans):
-            self.scaling(read).decode(chan, dtype, out=image[c])
-        return image
+            if read.resample is None:
+                self.scaling(read).decode(chan, dtype, out=into[c])
+            else:
+                values = self.scaling(read).decode(chan, dtype)
+                read.resample.apply(values, read.bounds, out=into[c])
+        return into
 
     @staticmethod
     def scaling(read: RegionLike) -> Any:

@@ -1,0 +1,342 @@
+"""Reference grids: collections on their own grids, samples planned in the reference's.
+
+The other collections are stored as they are (each volume with its affine); a sample reads
+the bounding box of its box mapped into each other grid and resamples just that. The
+answer must be MONAI's: ``ResampleToMatchd`` of the whole volume onto the reference grid,
+then the same crop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from radiobject import (
+    AlignmentError,
+    IngestError,
+    RadiObject,
+    ReadConfig,
+    VolumeCollection,
+    configure,
+)
+from radiobject.ml import (
+    DatasetConfig,
+    SegmentationDataset,
+    VolumeCollectionDataset,
+    create_segmentation_dataloader,
+    create_training_dataloader,
+)
+from radiobject.read import Reader, Region, block_cache, grid_map
+
+SUBJECTS = ("sub-a", "sub-b")
+REF_SHAPE = (36, 32, 28)
+
+
+def _affine(columns: list[list[float]], origin: list[float]) -> np.ndarray:
+    a = np.eye(4)
+    a[:3, :3] = np.asarray(columns, dtype=np.float64)
+    a[:3, 3] = origin
+    return a
+
+
+# the reference: 1 mm, an origin off the voxel lattice
+T1_AFFINE = _affine([[1, 0, 0], [0, 1, 0], [0, 0, 1]], [-17.6, -15.2, -13.35])
+# 2 x 2 x 3 mm, another origin
+FLAIR_AFFINE = _affine([[2, 0, 0], [0, 2, 0], [0, 0, 3]], [-19.1, -16.7, -15.2])
+FLAIR_SHAPE = (20, 18, 11)
+# x flipped, y and z swapped, 1.5 x 1.25 x 1.2 mm (orientation LIP-like)
+PD_AFFINE = _affine([[-1.5, 0, 0], [0, 0, 1.25], [0, 1.2, 0]], [19.3, -16.1, -14.9])
+PD_SHAPE = (26, 24, 27)
+# the mask on a coarser grid: 2 mm
+SEG_AFFINE = _affine([[2, 0, 0], [0, 2, 0], [0, 0, 2]], [-18.3, -15.9, -14.1])
+SEG_SHAPE = (19, 17, 15)
+
+
+def _smooth(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A smooth float32 volume (interpolation differences stay small but non-zero)."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
+    phase = rng.random(3) * 6
+    vol = sum(np.sin(g + p) * (k + 1) for k, (g, p) in enumerate(zip(grids, phase, strict=True)))
+    return (50 + 10 * vol + rng.random(shape)).astype(np.float32)
+
+
+def _sphere(seed: int) -> np.ndarray:
+    """Labels 1 (a ball) and 2 (its core), in the mask's grid, away from the origin corner."""
+    idx = np.indices(SEG_SHAPE).astype(np.float64)
+    centre = np.array([13.0, 11.0, 10.0]) + np.random.default_rng(seed).random(3)
+    r = np.sqrt(sum((idx[a] - centre[a]) ** 2 for a in range(3)))
+    return ((r < 3.5).astype(np.uint8) + (r < 1.5)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def radi(tmp_path_factory: pytest.TempPathFactory) -> RadiObject:
+    d = tmp_path_factory.mktemp("grids")
+
+    def coll(name: str, shape: Any, affine: np.ndarray, make: Any, **kw: Any) -> Any:
+        arrays = {s: make(shape, i) for i, s in enumerate(SUBJECTS)}
+        return VolumeCollection.from_numpy(
+            d / name, arrays, affines={s: affine for s in SUBJECTS}, name=name, **kw
+        )
+
+    collections = {
+        "T1w": coll("T1w", REF_SHAPE, T1_AFFINE, _smooth),
+        "FLAIR": coll("FLAIR", FLAIR_SHAPE, FLAIR_AFFINE, lambda s, i: _smooth(s, 10 + i)),
+        "PD": coll("PD", PD_SHAPE, PD_AFFINE, lambda s, i: _smooth(s, 20 + i)),
+        "seg": coll("seg", SEG_SHAPE, SEG_AFFINE, lambda s, i: _sphere(i), is_mask=True),
+    }
+    return RadiObject.from_collections(d / "r", collections, reference="T1w", progress=False)
+
+
+def _monai_on_reference(radi: RadiObject, name: str, subject: str, mode: str) -> np.ndarray:
+    """MONAI's answer: the whole volume of ``name`` resampled onto the subject's T1w grid."""
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatchd
+
+    ref = radi.T1w.loc[f"{subject}_T1w"]
+    vol = radi[name].loc[f"{subject}_{name}"]
+    data = {
+        "img": MetaTensor(
+            torch.from_numpy(vol.to_numpy(np.float32))[None], affine=torch.tensor(vol.affine)
+        ),
+        "ref": MetaTensor(torch.zeros((1, *ref.shape)), affine=torch.tensor(ref.affine)),
+    }
+    out = ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"]
+    return np.asarray(out[0])
+
+
+def _crop(volume: np.ndarray, start: Any, size: Any) -> np.ndarray:
+    return volume[tuple(slice(int(a), int(a) + p) for a, p in zip(start, size, strict=True))]
+
+
+def test_reference_is_stored_and_survives_reopen_views_and_versions(radi):
+    assert radi.reference == "T1w"
+    again = RadiObject(radi.uri)
+    assert again.reference == "T1w"
+    assert again.iloc[:1].reference == "T1w"
+    assert again.select_collections(["FLAIR"]).reference == "T1w"
+    assert RadiObject(radi.uri, at=radi.versions()[-1]).reference == "T1w"
+    assert again.FLAIR.head(1).reference == "T1w"
+    # geometry is stored, not resampled
+    assert radi.FLAIR.iloc[0].shape == FLAIR_SHAPE
+    np.testing.assert_allclose(radi.PD.iloc[0].affine, PD_AFFINE)
+
+
+@pytest.mark.parametrize("name", ["FLAIR", "PD"])
+def test_patches_equal_monai_resample_to_match_then_crop(radi, name):
+    patch = (12, 10, 9)
+    config = DatasetConfig(loading_mode="patch", patch_size=patch, patches_per_volume=4)
+    ds = VolumeCollectionDataset([radi.T1w, radi[name]], config)
+    expected = {s: _monai_on_reference(radi, name, s, "bilinear") for s in SUBJECTS}
+    t1 = {s: radi.T1w.loc[f"{s}_T1w"].to_numpy(np.float32) for s in SUBJECTS}
+    for index in range(len(ds)):
+        sample = ds[index]
+        subject, start = sample["obs_subject_id"], sample["patch_start"].tolist()
+        image = sample["image"].numpy()
+        assert image.shape == (2, *patch)
+        np.testing.assert_array_equal(image[0], _crop(t1[subject], start, patch))
+        got, want = image[1], _crop(expected[subject], start, patch)
+        assert np.abs(got - want).max() < 1e-4, (name, index, np.abs(got - want).max())
+        assert got.std() > 0  # a real patch, not padding
+
+
+def test_full_volumes_are_resampled_to_the_reference_grid(radi):
+    loader = create_training_dataloader([radi.T1w, radi.PD], batch_size=1, drop_last=False)
+    for batch in loader:
+        subject = batch["obs_subject_id"][0]
+        image = batch["image"][0].numpy()
+        assert image.shape == (2, *REF_SHAPE)
+        want = _monai_on_reference(radi, "PD", subject, "bilinear")
+        assert np.abs(image[1] - want).max() < 1e-4
+
+
+def test_segmentation_masks_are_nearest_labels_equal_to_monai(radi):
+    patch = (10, 12, 8)
+    loader = create_segmentation_dataloader(
+        [radi.T1w, radi.FLAIR],
+        radi.seg,
+        batch_size=2,
+        patch_size=patch,
+        patches_per_volume=3,
+        foreground_probability=0.5,
+        drop_last=False,
+    )
+    masks = {s: _monai_on_reference(radi, "seg", s, "nearest") for s in SUBJECTS}
+    flair = {s: _monai_on_reference(radi, "FLAIR", s, "bilinear") for s in SUBJECTS}
+    seen = 0
+    for batch in loader:
+        assert batch["mask"].dtype == torch.int64
+        for k, subject in enumerate(batch["obs_subject_id"]):
+            start = batch["patch_start"][k].tolist()
+            want = _crop(masks[subject], start, patch).astype(np.int64)
+            np.testing.assert_array_equal(batch["mask"][k, 0].numpy(), want)
+            got = batch["image"][k, 1].numpy()
+            assert np.abs(got - _crop(flair[subject], start, patch)).max() < 1e-4
+            seen += 1
+    assert seen == len(loader.dataset)
+
+
+def test_foreground_patches_on_a_coarser_mask_are_centred_on_foreground(radi):
+    patch = (8, 8, 8)
+    ds = SegmentationDataset(
+        radi.T1w,
+        radi.seg,
+        DatasetConfig(loading_mode="patch", patch_size=patch, patches_per_volume=12),
+        foreground_sampling=True,
+        foreground_probability=1.0,
+    )
+    for index in range(len(ds)):
+        mask = ds[index]["mask"][0]
+        centre = tuple(p // 2 for p in patch)  # the sphere is far from the edges: no clamping
+        assert mask[centre] > 0, index
+
+
+def _patch_bytes_in(grid_affine: np.ndarray, patch: tuple[int, ...], itemsize: int) -> float:
+    """Bytes of the patch's extent in a grid of ``grid_affine`` (voxel volume ratio)."""
+    scale = abs(np.linalg.det(grid_map(T1_AFFINE, grid_affine, (1, 1, 1)).array[:, :3]))
+    return float(np.prod(patch)) * scale * itemsize
+
+
+@pytest.mark.parametrize(
+    ("name", "affine"), [("FLAIR", FLAIR_AFFINE), ("PD", PD_AFFINE), ("seg", SEG_AFFINE)]
+)
+def test_bytes_read_per_modality_stay_within_twice_the_patch(radi, name, affine):
+    # the block read is the mapped box plus one voxel for interpolation: (n + 2) / n per axis
+    # of a patch n voxels wide in that grid, within 2x from about 8 voxels per axis
+    patch = (24, 24, 24)
+    config = DatasetConfig(loading_mode="patch", patch_size=patch, patches_per_volume=1)
+    with configure(read=ReadConfig(cache_mb=0, read_ahead=0)):
+        if name == "seg":
+            ds = SegmentationDataset(radi.T1w, radi.seg, config)
+        else:
+            ds = VolumeCollectionDataset(radi[name], config)
+        counters = block_cache().counters
+        itemsize = radi[name].iloc[0].to_numpy().dtype.itemsize
+        for seed in range(4):
+            ds.config = DatasetConfig(
+                loading_mode="patch", patch_size=patch, patches_per_volume=1, seed=seed
+            )
+            for index in range(len(ds)):
+                before = counters.bytes_from_storage
+                plan = ds.plan(index)
+                t1_bytes = sum(
+                    r.voxels * 4 for r in plan.reads if r.uri.startswith(radi.T1w.uri)
+                )
+                ds[index]
+                read = counters.bytes_from_storage - before - t1_bytes
+                budget = _patch_bytes_in(affine, patch, itemsize)
+                assert 0 < read <= 2 * budget, (name, seed, index, read, budget)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """Every region read from now on (``radiobject.read.Reader.get``): ``(uri, bounds)``."""
+    real = Reader.get
+    calls: list[tuple[str, Any]] = []
+    lock = threading.Lock()
+
+    def spy(self: Reader, region: Region, out: Any = None) -> np.ndarray:
+        with lock:
+            calls.append((region.uri, tuple((int(a), int(b)) for a, b in region.bounds)))
+        return real(self, region, out)
+
+    monkeypatch.setattr(Reader, "get", spy)
+    return calls
+
+
+@pytest.mark.parametrize("read_ahead", [0, 3])
+@pytest.mark.parametrize("kind", ["patch", "segmentation", "slab"])
+def test_an_epoch_on_several_grids_reads_exactly_its_plans(radi, recorded, kind, read_ahead):
+    make = {
+        "patch": lambda: create_training_dataloader(
+            [radi.T1w, radi.FLAIR, radi.PD], batch_size=2, patch_size=(8, 6, 4),
+            patches_per_volume=3,
+        ),
+        "segmentation": lambda: create_segmentation_dataloader(
+            radi.PD, radi.seg, batch_size=2, patch_size=(8, 6, 4), patches_per_volume=2
+        ),
+        "slab": lambda: create_segmentation_dataloader(
+            [radi.T1w, radi.FLAIR], radi.seg, batch_size=2, slab=3, patches_per_volume=2
+        ),
+    }[kind]
+    with configure(read=ReadConfig(read_ahead=read_ahead, cache_mb=0)):
+        loader = make()
+        ds = loader.dataset
+        assert ds.read_ahead_schedule is not None
+        ds.read_ahead_schedule.across_epochs = False
+        order = [(0, int(i)) for i in loader.resumable_sampler.order(0)]
+        keys = order[: len(order) - len(order) % loader.batch_size] if loader.drop_last else order
+        plans = [ds.plan(k) for k in keys]
+        expected = Counter((r.uri, r.bounds) for p in plans for r in p.reads)
+        assert any(r.resample is not None for p in plans for r in p.reads)
+        assert not recorded
+        batches = list(loader)
+    assert Counter(recorded) == expected
+    assert sum(len(b["obs_id"]) for b in batches) == len(keys)
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def niftis(tmp_path: Any) -> dict[str, list[tuple[str, str]]]:
+    """T1w at 1 mm and FLAIR at 2 x 2 x 3 mm, one NIfTI file per subject."""
+    out: dict[str, list[tuple[str, str]]] = {"T1w": [], "FLAIR": []}
+    for i, sid in enumerate(SUBJECTS):
+        for name, shape, affine in (
+            ("T1w", (12, 12, 9), T1_AFFINE),
+            ("FLAIR", (6, 6, 3), FLAIR_AFFINE),
+        ):
+            path = str(tmp_path / f"{sid}_{name}.nii.gz")
+            nib.save(nib.Nifti1Image(_smooth(shape, i), affine), path)
+            out[name].append((path, sid))
+    return out
+
+
+def test_ingest_on_other_grids_needs_a_reference(niftis, tmp_path):
+    with pytest.raises(
+        AlignmentError, match=r"not on the same grid .*or name .*reference=<collection>"
+    ):
+        RadiObject.from_images(tmp_path / "plain", niftis, progress=False)
+    radi = RadiObject.from_images(tmp_path / "ref", niftis, reference="T1w", progress=False)
+    assert radi.reference == "T1w"
+    assert radi.FLAIR.iloc[0].shape == (6, 6, 3)
+    assert radi.T1w.iloc[0].shape == (12, 12, 9)
+    batch = next(iter(create_training_dataloader([radi.FLAIR, radi.T1w], batch_size=2)))
+    assert tuple(batch["image"].shape) == (2, 2, 12, 12, 9)  # planned in the T1w grid
+
+
+def test_a_misaligned_cohort_without_reference_keeps_failing_in_the_loader(niftis, tmp_path):
+    radi = RadiObject.from_images(
+        tmp_path / "r", niftis, validate_alignment=False, progress=False
+    )
+    assert radi.reference is None
+    with pytest.raises(AlignmentError, match="channels must share a grid"):
+        create_training_dataloader([radi.T1w, radi.FLAIR], batch_size=2)
+
+
+def test_an_unknown_reference_names_the_collections(niftis, tmp_path):
+    with pytest.raises(IngestError, match=r"reference 'T2w' is not one of .*\['FLAIR', 'T1w'\]"):
+        RadiObject.from_images(tmp_path / "r", niftis, reference="T2w", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_every_subject_needs_a_reference_volume(niftis, tmp_path):
+    images = {"T1w": niftis["T1w"][:1], "FLAIR": niftis["FLAIR"]}
+    with pytest.raises(AlignmentError, match=r"\['sub-b'\] have a 'FLAIR' volume but none"):
+        RadiObject.from_images(tmp_path / "r", images, reference="T1w", progress=False)
+
+
+def test_write_and_add_collection_keep_the_reference(radi, tmp_path):
+    copy = radi.select_collections(["T1w", "FLAIR"]).write(tmp_path / "copy")
+    assert copy.reference == "T1w"
+    assert radi.select_collections(["FLAIR"]).write(tmp_path / "flair").reference is None
+    copy.add_collection("PD", radi.PD, progress=False)  # another grid: welcome
+    ds = VolumeCollectionDataset([copy.T1w, copy.PD])
+    assert ds.refs[0].grid(1) is not None and ds.refs[0].grid(0) is None
