@@ -225,9 +225,7 @@ def test_bytes_read_per_modality_stay_within_twice_the_patch(radi, name, affine)
             for index in range(len(ds)):
                 before = counters.bytes_from_storage
                 plan = ds.plan(index)
-                t1_bytes = sum(
-                    r.voxels * 4 for r in plan.reads if r.uri.startswith(radi.T1w.uri)
-                )
+                t1_bytes = sum(r.voxels * 4 for r in plan.reads if r.uri.startswith(radi.T1w.uri))
                 ds[index]
                 read = counters.bytes_from_storage - before - t1_bytes
                 budget = _patch_bytes_in(affine, patch, itemsize)
@@ -255,7 +253,9 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
 def test_an_epoch_on_several_grids_reads_exactly_its_plans(radi, recorded, kind, read_ahead):
     make = {
         "patch": lambda: create_training_dataloader(
-            [radi.T1w, radi.FLAIR, radi.PD], batch_size=2, patch_size=(8, 6, 4),
+            [radi.T1w, radi.FLAIR, radi.PD],
+            batch_size=2,
+            patch_size=(8, 6, 4),
             patches_per_volume=3,
         ),
         "segmentation": lambda: create_segmentation_dataloader(
@@ -313,9 +313,7 @@ def test_ingest_on_other_grids_needs_a_reference(niftis, tmp_path):
 
 
 def test_a_misaligned_cohort_without_reference_keeps_failing_in_the_loader(niftis, tmp_path):
-    radi = RadiObject.from_images(
-        tmp_path / "r", niftis, validate_alignment=False, progress=False
-    )
+    radi = RadiObject.from_images(tmp_path / "r", niftis, validate_alignment=False, progress=False)
     assert radi.reference is None
     with pytest.raises(AlignmentError, match="channels must share a grid"):
         create_training_dataloader([radi.T1w, radi.FLAIR], batch_size=2)
@@ -339,4 +337,5 @@ def test_write_and_add_collection_keep_the_reference(radi, tmp_path):
     assert radi.select_collections(["FLAIR"]).write(tmp_path / "flair").reference is None
     copy.add_collection("PD", radi.PD, progress=False)  # another grid: welcome
     ds = VolumeCollectionDataset([copy.T1w, copy.PD])
-    assert ds.refs[0].grid(1) is not None and ds.refs[0].grid(0) is None
+    assert ds.refs[0].grid(1) is not None
+    assert ds.refs[0].grid(0) is None

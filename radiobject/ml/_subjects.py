@@ -126,44 +126,63 @@ def _align_to(
     collections: Sequence[VolumeCollection], reference: VolumeCollection
 ) -> list[VolumeRef]:
     """:func:`align` on the grids of ``reference``'s volumes."""
-    grids = _geometry(reference).set_index("obs_subject_id")
-    tables = [_geometry(c).set_index("obs_subject_id") for c in collections]
-    if len(tables[0]) == 0:
+    grids = _geometry(reference)
+    tables = [_geometry(c) for c in collections]
+    if not tables[0]:
         raise RadiObjectError(f"collection {collections[0].name!r} has no volumes to load")
     refs = []
-    for sid in tables[0].index:
-        if sid not in grids.index:
+    for sid, lead in tables[0].items():
+        if sid not in grids:
             raise AlignmentError(
                 f"subject {sid!r} has no volume in the reference collection {reference.name!r} "
                 "(the grid its samples are planned in); filter it out"
             )
-        ref_shape, ref_affine = grids.loc[sid, "dims"], grids.loc[sid, "matrix"]
+        ref = grids[sid]
         uris, maps = [], []
         for coll, table in zip(collections, tables, strict=True):
-            if sid not in table.index:
+            if sid not in table:
                 raise AlignmentError(
                     f"subject {sid!r} has a {collections[0].name!r} volume but none in "
                     f"{coll.name!r}; filter the collections to the same subjects"
                 )
-            row = table.loc[sid]
-            uris.append(str(row["uri"]))
-            same = same_grid(row["dims"], row["matrix"], ref_shape, ref_affine)
-            maps.append(None if same else grid_map(ref_affine, row["matrix"], row["dims"]))
-        lead = tables[0].loc[sid]
-        shape = (*ref_shape[:3], *lead["dims"][3:])
-        refs.append(
-            VolumeRef(str(lead["obs_id"]), str(sid), tuple(uris), shape, tuple(maps))
-        )
+            vol = table[sid]
+            uris.append(vol.uri)
+            same = same_grid(vol.shape, vol.affine, ref.shape, ref.affine)
+            maps.append(None if same else grid_map(ref.affine, vol.affine, vol.shape))
+        shape = (*ref.shape[:3], *lead.shape[3:])
+        refs.append(VolumeRef(lead.obs_id, sid, tuple(uris), shape, tuple(maps)))
     return refs
 
 
-def _geometry(coll: VolumeCollection) -> pd.DataFrame:
-    """Per volume: subject, obs_id, versioned uri, shape (``dims``) and affine (``matrix``)."""
+@dataclass(frozen=True)
+class _Stored:
+    """One stored volume's id, array and geometry (from its collection's ``obs``)."""
+
+    obs_id: str
+    uri: str
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
+def _geometry(coll: VolumeCollection) -> dict[str, _Stored]:
+    """The volumes of ``coll`` by subject, with their shapes and affines."""
     obs = coll.obs_columns("obs_subject_id", "volume", "shape", "affine")
-    obs["uri"] = [versioned(coll.uri + "/" + v, coll.at) for v in obs["volume"]]
-    obs["dims"] = [tuple(int(v) for v in str(s).split(",")) for s in obs["shape"]]
-    obs["matrix"] = [np.array(json.loads(str(a)), dtype=np.float64) for a in obs["affine"]]
-    return obs
+    return {
+        str(sid): _Stored(
+            str(oid),
+            versioned(coll.uri + "/" + str(member), coll.at),
+            tuple(int(v) for v in str(shape).split(",")),
+            np.array(json.loads(str(affine)), dtype=np.float64),
+        )
+        for oid, sid, member, shape, affine in zip(
+            obs["obs_id"],
+            obs["obs_subject_id"],
+            obs["volume"],
+            obs["shape"],
+            obs["affine"],
+            strict=True,
+        )
+    }
 
 
 def resolve_labels(

@@ -72,8 +72,9 @@ class GridMap:
         return out
 
     def to_reference(self, points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-        """Voxel ``points`` ``(n, 3)`` of the volume, as the nearest voxels of the reference
-        grid of ``shape`` (clamped inside it), ``(n, 3)`` int32.
+        """Voxel ``points`` ``(n, 3)`` of the volume as the nearest reference voxels (int32).
+
+        The reference grid has ``shape``; points beyond it are clamped inside it.
 
         >>> import numpy as np
         >>> m = grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (4, 4, 4))
@@ -140,9 +141,10 @@ class GridMap:
                 return np.ascontiguousarray(picked)
             out[...] = picked
             return out
-        low = [np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0)) for c, n in zip(
-            coords, size, strict=True
-        )]
+        low = [
+            np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+            for c, n in zip(coords, size, strict=True)
+        ]
         frac = [c - lo for c, lo in zip(coords, low, strict=True)]
         high = [np.minimum(lo + 1, n - 1) for lo, n in zip(low, size, strict=True)]
         extra = (slice(None),) * 3 + (None,) * (block.ndim - 3)
@@ -202,9 +204,7 @@ class Resample:
         return self.grid.resample(block, self.box, block_box, linear=self.linear, out=out)
 
 
-def grid_map(
-    reference_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int]
-) -> GridMap:
+def grid_map(reference_affine: np.ndarray, affine: np.ndarray, shape: Sequence[int]) -> GridMap:
     """The :class:`GridMap` from a reference grid into a volume of ``affine`` and ``shape``.
 
     >>> import numpy as np

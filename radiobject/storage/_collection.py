@@ -214,10 +214,10 @@ class VolumeCollection(CollectionConstructors):
 
     @property
     def reference(self) -> str | None:
-        """The reference collection of the RadiObject it was opened from (see
-        :attr:`radiobject.RadiObject.reference`); None on its own or without one.
+        """The reference collection of its RadiObject, or None (on its own, or none named).
 
-        The loaders plan samples in that collection's grid (read from its ``obs``).
+        See :attr:`radiobject.RadiObject.reference`. The loaders plan samples in that
+        collection's grid (read from its ``obs``).
         """
         if self._obs_meta is None:
             return None
