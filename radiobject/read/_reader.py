@@ -175,21 +175,24 @@ class Reader:
         ``resample`` (a volume on another grid) is decoded, then resampled to its sample's
         box (:class:`~radiobject.read.Resample`).
         """
-        chans = [(r, a) for r, a in zip(reads, arrays, strict=True) if r.name == "image"]
-        if len(chans) == 1 and into is None and chans[0][0].resample is None:
-            read, chan = chans[0]
+        chans = [
+            (r, a, getattr(r, "resample", None))
+            for r, a in zip(reads, arrays, strict=True)
+            if r.name == "image"
+        ]
+        if len(chans) == 1 and into is None and chans[0][2] is None:
+            read, chan, _ = chans[0]
             values: np.ndarray = self.scaling(read).decode(chan, dtype)[None]
             return values
         if into is None:
-            lead, block = chans[0]
-            shape = block.shape if lead.resample is None else lead.resample.shape + block.shape[3:]
+            _, block, resample = chans[0]
+            shape = block.shape if resample is None else resample.shape + block.shape[3:]
             into = np.empty((len(chans), *shape), dtype)
-        for c, (read, chan) in enumerate(chans):
-            if read.resample is None:
+        for c, (read, chan, resample) in enumerate(chans):
+            if resample is None:
                 self.scaling(read).decode(chan, dtype, out=into[c])
-            else:
-                values = self.scaling(read).decode(chan, dtype)
-                read.resample.apply(values, read.bounds, out=into[c])
+            else:  # a volume on another grid: its block decoded, then resampled to the box
+                resample.apply(self.scaling(read).decode(chan, dtype), read.bounds, out=into[c])
         return into
 
     @staticmethod
