@@ -8,6 +8,7 @@ then the same crop.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections import Counter
 from typing import Any
@@ -131,19 +132,41 @@ def test_reference_is_stored_and_survives_reopen_views_and_versions(radi):
 @pytest.mark.parametrize("name", ["FLAIR", "PD"])
 def test_patches_equal_monai_resample_to_match_then_crop(radi, name):
     patch = (12, 10, 9)
-    config = DatasetConfig(loading_mode="patch", patch_size=patch, patches_per_volume=4)
-    ds = VolumeCollectionDataset([radi.T1w, radi[name]], config)
+    # the training loader decodes (and resamples) each patch straight into its batch slot
+    loader = create_training_dataloader(
+        [radi.T1w, radi[name]],
+        batch_size=3,
+        patch_size=patch,
+        patches_per_volume=4,
+        drop_last=False,
+    )
     expected = {s: _monai_on_reference(radi, name, s, "bilinear") for s in SUBJECTS}
     t1 = {s: radi.T1w.loc[f"{s}_T1w"].to_numpy(np.float32) for s in SUBJECTS}
+    seen = 0
+    for batch in loader:
+        for k, subject in enumerate(batch["obs_subject_id"]):
+            start, image = batch["patch_start"][k].tolist(), batch["image"][k].numpy()
+            assert image.shape == (2, *patch)
+            np.testing.assert_array_equal(image[0], _crop(t1[subject], start, patch))
+            got, want = image[1], _crop(expected[subject], start, patch)
+            assert np.abs(got - want).max() < 1e-4, (name, start, np.abs(got - want).max())
+            assert got.std() > 0  # a real patch, not padding
+            seen += 1
+    assert seen == len(loader.dataset) == 8
+
+
+def test_a_dataset_on_several_grids_survives_pickling(radi):
+    ds = SegmentationDataset(
+        [radi.FLAIR, radi.PD],
+        radi.seg,
+        DatasetConfig(loading_mode="patch", patch_size=(8, 8, 8), patches_per_volume=2),
+        foreground_sampling=True,
+    )
+    again = pickle.loads(pickle.dumps(ds))  # what a loader's worker gets
     for index in range(len(ds)):
-        sample = ds[index]
-        subject, start = sample["obs_subject_id"], sample["patch_start"].tolist()
-        image = sample["image"].numpy()
-        assert image.shape == (2, *patch)
-        np.testing.assert_array_equal(image[0], _crop(t1[subject], start, patch))
-        got, want = image[1], _crop(expected[subject], start, patch)
-        assert np.abs(got - want).max() < 1e-4, (name, index, np.abs(got - want).max())
-        assert got.std() > 0  # a real patch, not padding
+        a, b = ds[index], again[index]
+        assert torch.equal(a["image"], b["image"])
+        assert torch.equal(a["mask"], b["mask"])
 
 
 def test_full_volumes_are_resampled_to_the_reference_grid(radi):

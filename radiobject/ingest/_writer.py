@@ -35,9 +35,10 @@ import pandas as pd
 import tiledb
 
 from radiobject._context import get_tiledb_ctx
-from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError, RadiObjectError
+from radiobject._errors import AlreadyExistsError, IngestError, RadiObjectError
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import get_config
+from radiobject.ingest._alignment import check_alignment, check_reference
 from radiobject.ingest._executors import check_executor, is_local_threads, run_tasks
 from radiobject.ingest._remote import tiledb_settings
 from radiobject.ingest._sources import Geometry, Item, StoredVolume
@@ -210,62 +211,6 @@ def check_obs_meta(obs_meta: pd.DataFrame | None, subjects: list[str]) -> pd.Dat
     if len(dupes):
         raise IngestError(f"duplicate subject ids {sorted(set(dupes))[:5]} in obs_meta")
     return obs_meta
-
-
-def check_alignment(geometries: Sequence[tuple[str, str, Geometry]]) -> None:
-    """Each subject's volumes share shape and affine; ``(collection, subject, geometry)``.
-
-    >>> import numpy as np
-    >>> g = Geometry((4, 4, 2), np.eye(4))
-    >>> check_alignment([("T1w", "s1", g), ("CT", "s1", Geometry((4, 4, 3), np.eye(4)))])
-    Traceback (most recent call last):
-    ...
-    radiobject._errors.AlignmentError: subject 's1': 'CT' and 'T1w' are not on the same grid \
-(shape (4, 4, 3) vs (4, 4, 2)); resample them first, pass validate_alignment=False, or name \
-the collection whose grid samples are planned in with reference=<collection>
-    """
-    seen: dict[str, tuple[str, tuple[int, ...], np.ndarray]] = {}
-    for name, sid, geom in geometries:
-        shape = tuple(geom.shape[:3])
-        if sid not in seen:
-            seen[sid] = (name, shape, geom.affine)
-            continue
-        first, ref_shape, ref_affine = seen[sid]
-        if shape != ref_shape or not np.allclose(geom.affine, ref_affine, atol=1e-3):
-            what = f"shape {shape} vs {ref_shape}" if shape != ref_shape else "affine"
-            raise AlignmentError(
-                f"subject {sid!r}: {name!r} and {first!r} are not on the same grid ({what}); "
-                "resample them first, pass validate_alignment=False, or name the collection "
-                "whose grid samples are planned in with reference=<collection>"
-            )
-
-
-def check_reference(reference: str | None, sources: Mapping[str, Sequence[Item]]) -> None:
-    """``reference`` names one of ``sources``, and every subject has a volume in it.
-
-    >>> from radiobject.ingest._sources import numpy_items
-    >>> import numpy as np
-    >>> check_reference("T1w", {"CT": numpy_items([np.ones((2, 2, 2))])})
-    Traceback (most recent call last):
-    ...
-    radiobject._errors.IngestError: reference 'T1w' is not one of the collections ['CT']; \
-pass reference=<one of them> (the grid samples are planned in)
-    """
-    if reference is None:
-        return
-    if not isinstance(reference, str) or reference not in sources:
-        raise IngestError(
-            f"reference {reference!r} is not one of the collections {sorted(sources)}; pass "
-            "reference=<one of them> (the grid samples are planned in)"
-        )
-    have = {it.obs_subject_id for it in sources[reference]}
-    for name, items in sources.items():
-        lacking = sorted({it.obs_subject_id for it in items} - have)
-        if lacking:
-            raise AlignmentError(
-                f"subjects {lacking[:5]} have a {name!r} volume but none in the reference "
-                f"collection {reference!r}; every subject needs a reference volume (its grid)"
-            )
 
 
 def _headers(

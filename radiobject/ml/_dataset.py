@@ -16,7 +16,7 @@ from radiobject._errors import ConfigurationError, ShapeError
 from radiobject.config import Scope, SliceOrientation, current_scope, get_config, in_scope
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
-from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._plan import RegionRead, SamplePlan, grid_read
 from radiobject.ml._randomness import seeded_call
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, transform_seed
@@ -32,7 +32,7 @@ from radiobject.ml._subjects import (
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import Resample, open_array, reader, served_locally, whole_volume_budget
+from radiobject.read import open_array, reader, served_locally, whole_volume_budget
 from radiobject.storage import VolumeCollection, now_ms
 
 __all__ = ["VolumeCollectionDataset"]
@@ -363,18 +363,12 @@ class VolumeCollectionDataset(Dataset[Any]):
         mapped into its grid (plus the interpolation's margin) and resamples it (linear).
         """
         whole = self.prefer_whole_volume(ref.uris[0])
-        reads = []
-        for c, (uri, coll) in enumerate(zip(ref.uris, self.collections, strict=True)):
-            grid = ref.grid(c)
-            if grid is None:
-                reads.append(RegionRead("image", uri, coll.ctx, box, whole, self.auto_tier_mb))
-                continue
-            resample = Resample(grid, box[:3], linear=True)
-            bounds = resample.source_bounds() + box[3:]
-            reads.append(
-                RegionRead("image", uri, coll.ctx, bounds, whole, self.auto_tier_mb, resample)
+        return tuple(
+            grid_read(
+                "image", uri, coll.ctx, box, whole, self.auto_tier_mb, ref.grid(c), linear=True
             )
-        return tuple(reads)
+            for c, (uri, coll) in enumerate(zip(ref.uris, self.collections, strict=True))
+        )
 
     def fetch(self, reads: Sequence[RegionRead]) -> list[np.ndarray]:
         """Execute ``reads``: taken from the read-ahead where it read them, else read now.

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from radiobject.read import Resample, Scaling, open_array, read_region
+from radiobject.read import GridMap, Resample, Scaling, open_array, read_region
 
-__all__ = ["RegionRead", "SamplePlan"]
+__all__ = ["RegionRead", "SamplePlan", "grid_read"]
 
 Bounds = tuple[tuple[int, int], ...]
 
@@ -82,6 +82,32 @@ class RegionRead:
     def scaling(self) -> Scaling:
         """How the stored voxels :meth:`read` returns become values (cast, scale, offset)."""
         return open_array(self.uri, self.ctx)[1].values
+
+
+def grid_read(
+    name: str,
+    uri: str,
+    ctx: Any,
+    box: Bounds,
+    whole_on_miss: bool,
+    auto_tier_mb: int,
+    grid: GridMap | None,
+    *,
+    linear: bool,
+) -> RegionRead:
+    """The read of ``box`` (in the sample's grid) of a volume on ``grid``.
+
+    ``grid`` None: the volume is on the sample's grid and ``box`` is read. Otherwise the
+    block of the volume that resampling ``box`` needs is read (the bounding box of its
+    mapped corners plus the interpolation's margin; further axes as in ``box``), with the
+    :class:`~radiobject.read.Resample` (``linear``: trilinear, else nearest) that turns it
+    into the sample's voxels.
+    """
+    if grid is None:
+        return RegionRead(name, uri, ctx, box, whole_on_miss, auto_tier_mb)
+    resample = Resample(grid, box[:3], linear)
+    bounds = resample.source_bounds() + box[3:]
+    return RegionRead(name, uri, ctx, bounds, whole_on_miss, auto_tier_mb, resample)
 
 
 @dataclass(frozen=True, eq=False)

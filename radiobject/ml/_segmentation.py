@@ -13,11 +13,11 @@ from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectErr
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, data_version
 from radiobject.ml._params import parse_ctx, with_ctx
-from radiobject.ml._plan import RegionRead, SamplePlan
+from radiobject.ml._plan import RegionRead, SamplePlan, grid_read
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.ml._slab import centre_plane
 from radiobject.ml._subjects import align
-from radiobject.read import GridMap, Resample
+from radiobject.read import GridMap
 from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]
@@ -165,12 +165,8 @@ class SegmentationDataset(VolumeCollectionDataset):
         whole = self.prefer_whole_volume(uri, ctx)
         if self.config.loading_mode is LoadingMode.SLAB:
             box = centre_plane(box[:3], self.config.slice_orientation)
-        grid = self.mask_grids[self.volume_of(index)]
-        if grid is None:
-            return RegionRead("mask", uri, ctx, box[:3], whole, self.auto_tier_mb)
-        resample = Resample(grid, box[:3], linear=False)  # labels stay labels
-        bounds = resample.source_bounds()
-        return RegionRead("mask", uri, ctx, bounds, whole, self.auto_tier_mb, resample)
+        grid = self.mask_grids[self.volume_of(index)]  # on another grid: nearest, labels stay
+        return grid_read("mask", uri, ctx, box[:3], whole, self.auto_tier_mb, grid, linear=False)
 
     def plan_reads(self, index: int, box: tuple[tuple[int, int], ...]) -> tuple[RegionRead, ...]:
         """The image channels' reads, then the mask's."""

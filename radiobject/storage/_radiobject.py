@@ -113,10 +113,8 @@ class RadiObject(CohortVersions):
     def reference(self) -> str | None:
         """The collection whose grid samples are planned in, or None (one grid for all).
 
-        Named at ingest (``from_images(..., reference="T1w")``): the other collections may
-        then differ in shape, spacing and orientation, and the loaders resample each
-        sample's box of them to the reference grid (see :mod:`radiobject.read._grids`).
-        Metadata only: nothing is read.
+        Named at ingest (``from_images(..., reference="T1w")``); the loaders resample each
+        sample's box of the other collections to it (see :mod:`radiobject.read._grids`).
 
         >>> import numpy as np, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -554,12 +552,10 @@ class RadiObject(CohortVersions):
                 here travel with each task.
             resume: finish an interrupted ingest at ``uri`` (a finished one is returned as it
                 is); a failure then keeps what was written, for the next ``resume=True``.
-            reference: the name of the collection whose grid samples are planned in (e.g.
-                ``"T1w"``). Every subject needs a volume there; the other collections may
-                differ in shape, spacing and orientation and are stored as they are (each
-                volume keeps its affine); the loaders read the bounding box of a sample's
-                box in each and resample just that (:attr:`reference`). Without it, a
-                subject whose volumes are on different grids raises ``AlignmentError``.
+            reference: the collection whose grid samples are planned in (e.g. ``"T1w"``;
+                every subject needs a volume there). The others may differ in shape,
+                spacing and orientation and are stored as they are; the loaders read just
+                the bounding box of a sample in each and resample it (:attr:`reference`).
 
         >>> import tempfile, os
         >>> from radiobject.data import write_sample_niftis
