@@ -28,8 +28,10 @@ from radiobject import (
 )
 from radiobject.ml import (
     DatasetConfig,
+    PredictionWriter,
     SegmentationDataset,
     VolumeCollectionDataset,
+    create_inference_dataloader,
     create_segmentation_dataloader,
     create_training_dataloader,
 )
@@ -362,3 +364,11 @@ def test_write_and_add_collection_keep_the_reference(radi, tmp_path):
     ds = VolumeCollectionDataset([copy.T1w, copy.PD])
     assert ds.refs[0].grid(1) is not None
     assert ds.refs[0].grid(0) is None
+
+
+def test_predictions_are_written_on_the_reference_grid(radi, tmp_path):
+    copy = radi.select_collections(["T1w", "FLAIR"]).write(tmp_path / "c")
+    loader = create_inference_dataloader(copy.FLAIR, patch_size=16, overlap=0.25, batch_size=4)
+    pred = PredictionWriter(loader, copy, "pred").run(lambda x: torch.cat([x, 100 - x], dim=1))
+    assert pred.iloc[0].shape == REF_SHAPE
+    np.testing.assert_allclose(pred.iloc[0].affine, T1_AFFINE, atol=1e-9)

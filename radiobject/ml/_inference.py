@@ -436,11 +436,14 @@ class PredictionWriter:
         extents = list(get_config().write.tile.extents_for(shape))
         if not labels:  # thin tiles along z: at most WRITE_PLANES float planes wait for a write
             extents[2] = min(extents[2], WRITE_PLANES)
+        affine, grid = Volume(ref.uris[0]).affine, ref.grid(0)
+        if grid is not None:  # the input is on another grid than the one predicted in
+            affine = grid.reference_affine(affine)
         volume = Volume.create(
             join(self.uri, volume_member(self.dataset.positions[v])),
             shape,
             dtype,
-            affine=Volume(ref.uris[0]).affine,
+            affine=affine,
             metadata={
                 "obs_id": obs_id(ref.obs_subject_id, self.name),
                 "obs_subject_id": ref.obs_subject_id,

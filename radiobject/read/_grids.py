@@ -71,6 +71,18 @@ class GridMap:
             )
         return out
 
+    def reference_affine(self, affine: np.ndarray) -> np.ndarray:
+        """The reference grid's affine, from this volume's ``affine`` (4x4).
+
+        >>> import numpy as np
+        >>> m = grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (4, 4, 4))
+        >>> np.diag(m.reference_affine(np.diag([2.0, 2.0, 2.0, 1.0]))).tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        """
+        full = np.vstack([self.array, [0.0, 0.0, 0.0, 1.0]])
+        out: np.ndarray = np.asarray(affine, dtype=np.float64) @ full
+        return out
+
     def to_reference(self, points: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         """Voxel ``points`` ``(n, 3)`` of the volume as the nearest reference voxels (int32).
 
