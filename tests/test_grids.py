@@ -118,6 +118,49 @@ def _crop(volume: np.ndarray, start: Any, size: Any) -> np.ndarray:
     return volume[tuple(slice(int(a), int(a) + p) for a, p in zip(start, size, strict=True))]
 
 
+def _rotation(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        np.diag([2.0, 2.0, 3.0]),  # axis-aligned: three 1D interpolations
+        np.array([[-1.5, 0, 0], [0, 0, 1.25], [0, 1.2, 0]]),  # flipped and permuted
+        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique: eight gathers per voxel
+    ],
+)
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatchd
+
+    shape = (17, 15, 13)
+    # origins off every half-voxel: no point lies halfway between two voxels (where nearest
+    # may go either way, by float rounding)
+    affine = _affine(columns.tolist(), [-9.7, -11.35, -8.3])
+    vol = _smooth(shape, 3) if mode == "bilinear" else (_smooth(shape, 3) > 60).astype(np.int16)
+    data = {
+        "img": MetaTensor(torch.from_numpy(vol.astype(np.float32))[None], affine=affine),
+        "ref": MetaTensor(torch.zeros((1, 24, 22, 20)), affine=T1_AFFINE),
+    }
+    want = np.asarray(ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"][0])
+    grid = grid_map(T1_AFFINE, affine, shape)
+    assert (grid.axes is None) == (columns[0, 1] != 0)
+    linear = mode == "bilinear"
+    for box in (((0, 24), (0, 22), (0, 20)), ((3, 14), (5, 9), (2, 19))):
+        block_box = grid.source_box(box, linear=linear)
+        block = vol[tuple(slice(lo, hi) for lo, hi in block_box)]
+        got = grid.resample(block, box, block_box, linear=linear)
+        expected = want[tuple(slice(lo, hi) for lo, hi in box)]
+        if linear:
+            assert np.abs(got - expected).max() < 1e-4
+        else:
+            assert got.dtype == np.int16
+            np.testing.assert_array_equal(got, expected.astype(np.int16))
+
+
 def test_reference_is_stored_and_survives_reopen_views_and_versions(radi):
     assert radi.reference == "T1w"
     again = RadiObject(radi.uri)

@@ -12,7 +12,8 @@ Conventions, those of NIfTI and MONAI: voxel ``(i, j, k)`` has its centre at
 ``affine @ [i, j, k, 1]``. Points outside the other volume take the value of its nearest
 border voxel (MONAI ``ResampleToMatchd``'s default ``padding_mode="border"``). ``linear`` is
 trilinear interpolation (MONAI ``mode="bilinear"``, for images); otherwise nearest neighbour
-(for masks: labels stay labels; ties round half to even, as ``torch.grid_sample`` does).
+(for masks: labels stay labels; a point exactly halfway between two voxels goes to the even
+one, where MONAI's float arithmetic may pick either).
 Everything runs on the CPU with numpy (a GPU tensor is not resampled here).
 """
 
@@ -123,6 +124,21 @@ class GridMap:
             out.append((start, max(stop, start + 1)))
         return tuple(out)
 
+    @property
+    def axes(self) -> tuple[int, int, int] | None:
+        """For axis-aligned grids, the volume's axis along each reference axis; else None.
+
+        Two grids are axis-aligned when each axis of one runs along an axis of the other
+        (any spacing, flips and permutations: the common case of scanner grids); their
+        trilinear interpolation is then three 1D interpolations, one per axis.
+        """
+        m = self.array[:, :3]
+        along = np.abs(m) > 1e-9 * np.abs(m).max()
+        if not (along.sum(axis=0) == 1).all() or not (along.sum(axis=1) == 1).all():
+            return None
+        rows = np.argmax(along, axis=0)
+        return (int(rows[0]), int(rows[1]), int(rows[2]))
+
     def resample(
         self,
         block: np.ndarray,
@@ -139,20 +155,66 @@ class GridMap:
         ``block``'s float dtype, or ``out``'s); else nearest neighbour, in ``block``'s dtype.
         ``block_box`` must hold :meth:`source_box` of ``box``.
         """
+        axes = self.axes
+        if axes is None:
+            result = self._resample_any(block, box, block_box, linear)
+        else:
+            result = self._resample_along(block, box, block_box, linear, axes)
+        if out is None:
+            if linear and block.dtype.kind == "f":
+                return result.astype(block.dtype)
+            return np.ascontiguousarray(result, np.float32 if linear else block.dtype)
+        out[...] = result
+        return out
+
+    def _local(self, coords: np.ndarray, axis: int, origin: int, size: int) -> np.ndarray:
+        """Coordinates along the volume's ``axis``, bordered, relative to a block's origin.
+
+        Border padding: points beyond the volume take its edge voxel's value.
+        """
+        np.clip(coords, 0, self.shape[axis] - 1, out=coords)
+        coords -= origin
+        return np.clip(coords, 0, size - 1, out=coords)
+
+    def _resample_along(
+        self,
+        block: np.ndarray,
+        box: Bounds,
+        block_box: Bounds,
+        linear: bool,
+        axes: tuple[int, int, int],
+    ) -> np.ndarray:
+        """:meth:`resample` of axis-aligned grids: one 1D interpolation per axis."""
+        m = self.array
+        data = block
+        for ref_axis, axis in enumerate(axes):
+            lo, hi = box[ref_axis]
+            coords = m[axis, ref_axis] * np.arange(lo, hi, dtype=np.float64) + m[axis, 3]
+            size = block.shape[axis]
+            coords = self._local(coords, axis, block_box[axis][0], size)
+            if not linear:
+                data = np.take(data, np.rint(coords).astype(np.intp), axis=axis)
+                continue
+            low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
+            high = np.minimum(low + 1, size - 1)
+            frac = (coords - low).reshape([-1 if a == axis else 1 for a in range(data.ndim)])
+            data = (
+                np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+            )
+        return data.transpose(*axes, *range(3, data.ndim))
+
+    def _resample_any(
+        self, block: np.ndarray, box: Bounds, block_box: Bounds, linear: bool
+    ) -> np.ndarray:
+        """:meth:`resample` of any two grids (rotated ones too): eight gathers per voxel."""
         coords = self.coords(box)
-        origin = [lo for lo, _ in block_box[:3]]
         size = block.shape[:3]
-        for axis in range(3):  # border padding: points beyond the volume take its edge
-            np.clip(coords[axis], 0, self.shape[axis] - 1, out=coords[axis])
-            coords[axis] -= origin[axis]
-            np.clip(coords[axis], 0, size[axis] - 1, out=coords[axis])
+        for axis in range(3):
+            self._local(coords[axis], axis, block_box[axis][0], size[axis])
         if not linear:
             ix, iy, iz = (np.rint(c).astype(np.intp) for c in coords)
-            picked = block[ix, iy, iz]
-            if out is None:
-                return np.ascontiguousarray(picked)
-            out[...] = picked
-            return out
+            picked: np.ndarray = block[ix, iy, iz]
+            return picked
         low = [
             np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
             for c, n in zip(coords, size, strict=True)
@@ -168,11 +230,7 @@ class GridMap:
                 weight *= frac[axis] if bit else 1.0 - frac[axis]
                 index.append(high[axis] if bit else low[axis])
             acc += weight[extra] * block[index[0], index[1], index[2]]
-        if out is None:
-            dtype = block.dtype if block.dtype.kind == "f" else np.dtype(np.float32)
-            return acc.astype(dtype)
-        out[...] = acc
-        return out
+        return acc
 
 
 @dataclass(frozen=True)
