@@ -415,3 +415,17 @@ def test_predictions_are_written_on_the_reference_grid(radi, tmp_path):
     pred = PredictionWriter(loader, copy, "pred").run(lambda x: torch.cat([x, 100 - x], dim=1))
     assert pred.iloc[0].shape == REF_SHAPE
     np.testing.assert_allclose(pred.iloc[0].affine, T1_AFFINE, atol=1e-9)
+
+
+def test_add_subject_takes_volumes_on_their_own_grids(radi, tmp_path):
+    copy = radi.select_collections(["T1w", "FLAIR"]).write(tmp_path / "c")
+    volumes = {"T1w": _smooth(REF_SHAPE, 7), "FLAIR": _smooth(FLAIR_SHAPE, 8)}
+    with pytest.raises(AlignmentError, match="needs a volume in the reference collection 'T1w'"):
+        copy.add_subject("sub-c", {"FLAIR": volumes["FLAIR"]}, affine=FLAIR_AFFINE)
+    copy.add_subject(
+        "sub-c", volumes, affine={"T1w": T1_AFFINE, "FLAIR": FLAIR_AFFINE}, obs_meta={}
+    )
+    ds = VolumeCollectionDataset([copy.T1w, copy.FLAIR])
+    (ref,) = [r for r in ds.refs if r.obs_subject_id == "sub-c"]
+    assert ref.shape == REF_SHAPE
+    assert ref.grid(1) == grid_map(T1_AFFINE, FLAIR_AFFINE, FLAIR_SHAPE)

@@ -185,7 +185,7 @@ class CohortVersions:
         volumes: Mapping[str, np.ndarray],
         *,
         obs_meta: Mapping[str, Any] | None = None,
-        affine: np.ndarray | None = None,
+        affine: np.ndarray | Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Add one subject: its volumes (collection name -> voxels) and its ``obs_meta`` row.
 
@@ -193,6 +193,9 @@ class CohortVersions:
         at=...)``, a resumed loader) does not see the subject. ``obs_meta`` gives every
         column of the subject table but ``obs_subject_id``; the volumes share one grid
         (``affine``, default 1 mm voxels). Collections without the subject stay without it.
+        In a cohort with a reference grid (``RadiObject.reference``) the volumes may lie on
+        their own grids (``affine`` a dict: collection name -> affine) and the reference
+        collection's volume is required.
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject import RadiObject
@@ -208,7 +211,8 @@ class CohortVersions:
         Raises:
             IngestError: the subject exists, a collection is unknown, or a column is
                 missing or unknown.
-            AlignmentError: the volumes differ in shape.
+            AlignmentError: the volumes differ in shape or affine (without a reference
+                grid), or the reference volume is missing.
             VersionError: this object is open at a past version.
         """
         from radiobject.storage._grow import add_subject
@@ -219,6 +223,12 @@ class CohortVersions:
             for n in self._names_now()
         }
         add_subject(
-            self.obs_meta_table, collections, obs_subject_id, volumes, dict(obs_meta or {}), affine
+            self.obs_meta_table,
+            collections,
+            obs_subject_id,
+            volumes,
+            dict(obs_meta or {}),
+            affine,
+            reference=getattr(self, "reference", None),
         )
         self._obs_meta_df = None

@@ -31,11 +31,14 @@ def add_subject(
     obs_subject_id: str,
     volumes: Mapping[str, np.ndarray],
     obs_meta: Mapping[str, Any],
-    affine: np.ndarray | None,
+    affine: np.ndarray | Mapping[str, np.ndarray] | None,
+    *,
+    reference: str | None = None,
 ) -> None:
     """Write subject ``obs_subject_id`` into the cohort of subject table ``table``.
 
     ``collections`` are the cohort's (name -> collection); see :meth:`RadiObject.add_subject`.
+    ``reference``: the cohort's reference grid (its volumes may then differ in grid).
     """
     where = table.uri.rsplit("/", 1)[0]
     if obs_subject_id in set(table.ids()):
@@ -52,12 +55,8 @@ def add_subject(
             f"{sorted(collections)} (add_collection adds one)"
         )
     arrays = {name: np.asarray(v) for name, v in volumes.items()}
-    shapes = {name: a.shape[:3] for name, a in arrays.items()}
-    if len(set(shapes.values())) > 1:
-        raise AlignmentError(
-            f"the volumes of subject {obs_subject_id!r} differ in shape: {shapes}; a subject's "
-            "volumes share one grid"
-        )
+    affines = _affines(affine, arrays, obs_subject_id)
+    _check_grids(obs_subject_id, arrays, affines, reference)
     columns = [c for c in table.columns if c != "obs_subject_id"]
     missing = sorted(set(columns) - set(obs_meta))
     extra = sorted(set(obs_meta) - set(columns))
@@ -66,22 +65,66 @@ def add_subject(
             f"the obs_meta row of {obs_subject_id!r} needs exactly the columns {columns}; "
             f"missing {missing}, unknown {extra}"
         )
-    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else np.asarray(affine, float)
     rows = {
-        name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
+        name: _row_for(collections[name], obs_subject_id, arrays[name], affines[name])
+        for name in arrays
     }
     for name, (member, row) in rows.items():
         coll = collections[name]
         Volume.from_numpy(
             join(coll.uri, member),
             arrays[name],
-            affine=affine,
+            affine=affines[name],
             ctx=coll._ctx,
             metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
         )
         add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
         coll.obs_table.write_rows(pd.DataFrame([row]))
     table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))
+
+
+def _affines(
+    affine: np.ndarray | Mapping[str, np.ndarray] | None,
+    arrays: Mapping[str, np.ndarray],
+    subject: str,
+) -> dict[str, np.ndarray]:
+    """The affine of each volume: one for all, or one per collection (default 1 mm)."""
+    if affine is None:
+        return {name: np.eye(4) for name in arrays}
+    if not isinstance(affine, Mapping):
+        return {name: np.asarray(affine, float) for name in arrays}
+    missing = sorted(set(arrays) - set(affine))
+    if missing:
+        raise IngestError(
+            f"no affine for the {missing} volume(s) of subject {subject!r}; give one per "
+            "collection, or one affine for all"
+        )
+    return {name: np.asarray(affine[name], float) for name in arrays}
+
+
+def _check_grids(
+    subject: str,
+    arrays: Mapping[str, np.ndarray],
+    affines: Mapping[str, np.ndarray],
+    reference: str | None,
+) -> None:
+    """One grid for all the volumes of ``subject``, or a volume in the reference collection."""
+    if reference is not None:
+        if reference not in arrays:
+            raise AlignmentError(
+                f"subject {subject!r} needs a volume in the reference collection {reference!r} "
+                f"(the grid its samples are planned in); got {sorted(arrays)}"
+            )
+        return
+    shapes = {name: a.shape[:3] for name, a in arrays.items()}
+    first = next(iter(affines.values()))
+    if len(set(shapes.values())) > 1 or any(
+        not np.allclose(a, first, atol=1e-3) for a in affines.values()
+    ):
+        raise AlignmentError(
+            f"the volumes of subject {subject!r} differ in shape or affine: {shapes}; a "
+            "subject's volumes share one grid unless the cohort names a reference grid"
+        )
 
 
 def _row_for(
