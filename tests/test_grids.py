@@ -9,7 +9,6 @@ then the same crop.
 from __future__ import annotations
 
 import pickle
-import threading
 from collections import Counter
 from typing import Any
 
@@ -35,7 +34,11 @@ from radiobject.ml import (
     create_segmentation_dataloader,
     create_training_dataloader,
 )
-from radiobject.read import Reader, Region, block_cache, grid_map
+from radiobject.read import block_cache, grid_map
+from tests import test_ml_plans
+from tests.test_ml_plans import loader_keys, planned
+
+recorded = test_ml_plans.recorded  # the fixture: every region read from now on
 
 SUBJECTS = ("sub-a", "sub-b")
 REF_SHAPE = (36, 32, 28)
@@ -300,22 +303,6 @@ def test_bytes_read_per_modality_stay_within_twice_the_patch(radi, name, affine)
                 assert 0 < read <= 2 * budget, (name, seed, index, read, budget)
 
 
-@pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
-    """Every region read from now on (``radiobject.read.Reader.get``): ``(uri, bounds)``."""
-    real = Reader.get
-    calls: list[tuple[str, Any]] = []
-    lock = threading.Lock()
-
-    def spy(self: Reader, region: Region, out: Any = None) -> np.ndarray:
-        with lock:
-            calls.append((region.uri, tuple((int(a), int(b)) for a, b in region.bounds)))
-        return real(self, region, out)
-
-    monkeypatch.setattr(Reader, "get", spy)
-    return calls
-
-
 @pytest.mark.parametrize("read_ahead", [0, 3])
 @pytest.mark.parametrize("kind", ["patch", "segmentation", "slab"])
 def test_an_epoch_on_several_grids_reads_exactly_its_plans(radi, recorded, kind, read_ahead):
@@ -338,11 +325,9 @@ def test_an_epoch_on_several_grids_reads_exactly_its_plans(radi, recorded, kind,
         ds = loader.dataset
         assert ds.read_ahead_schedule is not None
         ds.read_ahead_schedule.across_epochs = False
-        order = [(0, int(i)) for i in loader.resumable_sampler.order(0)]
-        keys = order[: len(order) - len(order) % loader.batch_size] if loader.drop_last else order
-        plans = [ds.plan(k) for k in keys]
-        expected = Counter((r.uri, r.bounds) for p in plans for r in p.reads)
-        assert any(r.resample is not None for p in plans for r in p.reads)
+        keys = loader_keys(loader)
+        expected = planned(ds, keys)
+        assert any(r.resample is not None for k in keys for r in ds.plan(k).reads)
         assert not recorded
         batches = list(loader)
     assert Counter(recorded) == expected

@@ -62,6 +62,11 @@ class VolumeCollectionDataset(Dataset[Any]):
         ctx: a ``tiledb.Ctx`` to read the collections with (default: the context each was
             opened with). Bad values of ``transform`` or ``ctx`` raise ``ConfigurationError``.
 
+    Collections of a RadiObject with a reference grid (``RadiObject.reference``) may lie on
+    other grids: samples are planned in the reference's (:attr:`reference`), and each other
+    channel reads the bounding box of the sample's box in its grid and resamples it
+    (trilinear; masks nearest). Without one, every channel must share its subject's grid.
+
     :meth:`plan` says what a key reads without reading it, and is the only definition of
     it: ``self[key]`` reads exactly ``plan(key).reads`` and builds the sample from their
     voxels (the loader's read-ahead, ``ReadConfig.read_ahead``, reads the same regions
