@@ -41,6 +41,7 @@ from radiobject.config import (
 )
 from radiobject.ingest._sources import subject_id_from_path
 from radiobject.read._caches import clear_caches
+from radiobject.read._grids import GridMap, grid_map
 from radiobject.read._stats import CacheStats, S3Stats, TileDBStats
 from radiobject.storage._coarse import CoarseLevel
 from radiobject.storage._collection import VolumeCollection
@@ -62,6 +63,7 @@ __all__ = [
     "Dataframe",
     "DtypeError",
     "FilterError",
+    "GridMap",
     "IncompleteError",
     "IngestError",
     "LabelError",
@@ -90,6 +92,7 @@ __all__ = [
     "configure",
     "get_config",
     "get_tiledb_ctx",
+    "grid_map",
     "reset_config",
     "settings",
     "show_versions",
