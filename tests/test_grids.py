@@ -227,6 +227,19 @@ def test_full_volumes_are_resampled_to_the_reference_grid(radi):
         assert np.abs(image[1] - want).max() < 1e-4
 
 
+def test_slices_are_planes_of_the_reference_grid(radi):
+    ds = VolumeCollectionDataset(
+        [radi.T1w, radi.FLAIR], DatasetConfig(loading_mode="slice_2d", slice_orientation="axial")
+    )
+    assert len(ds) == len(SUBJECTS) * REF_SHAPE[2]
+    want = {s: _monai_on_reference(radi, "FLAIR", s, "bilinear") for s in SUBJECTS}
+    for index in (0, 5, 13, len(ds) - 9):
+        sample, z = ds[index], int(ds._slices[index][1])
+        assert tuple(sample["image"].shape) == (2, *REF_SHAPE[:2])
+        got = sample["image"][1].numpy()
+        assert np.abs(got - want[sample["obs_subject_id"]][:, :, z]).max() < 1e-4
+
+
 def test_segmentation_masks_are_nearest_labels_equal_to_monai(radi):
     patch = (10, 12, 8)
     loader = create_segmentation_dataloader(
