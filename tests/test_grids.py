@@ -427,3 +427,23 @@ def test_add_subject_takes_volumes_on_their_own_grids(radi, tmp_path):
     (ref,) = [r for r in ds.refs if r.obs_subject_id == "sub-c"]
     assert ref.shape == REF_SHAPE
     assert ref.grid(1) == grid_map(T1_AFFINE, FLAIR_AFFINE, FLAIR_SHAPE)
+
+
+def test_worker_processes_give_the_same_batches(radi):
+    def batches(num_workers: int) -> list[Any]:
+        loader = create_segmentation_dataloader(
+            [radi.T1w, radi.PD],
+            radi.seg,
+            batch_size=2,
+            patch_size=(8, 8, 8),
+            patches_per_volume=2,
+            num_workers=num_workers,
+            persistent_workers=False,
+        )
+        return [(b["image"].clone(), b["mask"].clone()) for b in loader]
+
+    inline, workers = batches(0), batches(2)
+    assert len(inline) == len(workers) == 2
+    for (image, mask), (image2, mask2) in zip(inline, workers, strict=True):
+        assert torch.equal(image, image2)
+        assert torch.equal(mask, mask2)
