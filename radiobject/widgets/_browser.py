@@ -11,10 +11,11 @@ import traitlets as t
 
 from radiobject import CoarseLevel, ConfigurationError, RadiObject, ShapeError, VolumeCollection
 
+from ._overlay import OverlayPlanes, map_position, same_grid
 from ._png import encode_png, show_png
 from ._render import auto_window, display_scale, render_slice
 from ._slices import PLANES, SliceCache, error_html, plane_axis, row_html
-from ._viewer import BLANK, Quiet, SliceViewer
+from ._viewer import BLANK, MaskPlanes, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
 
@@ -74,7 +75,13 @@ class CollectionBrowser(Quiet, w.VBox):
 
     Only the planes shown are read (``Volume.axial``/``coronal``/``sagittal``), each once per
     new slice index, so scrubbing stays fast on large volumes. Problems (an empty
-    collection, a mask on another grid) are shown in place and the browser stays usable.
+    collection, a mask that misses the image) are shown in place and the browser stays usable.
+
+    A subject's collections may lie on different grids (a 1 mm T1w, a 2 x 2 x 3 mm FLAIR,
+    ingested with ``reference=``): a mask on another grid than the image shown is sampled
+    onto the shown planes through both affines (nearest label per pixel; only the box of
+    the mask each plane touches is read), and picking another collection of the same
+    subject keeps the crosshair on the same point in world coordinates.
 
     Args:
         obj: a :class:`~radiobject.RadiObject`, a :class:`~radiobject.VolumeCollection`, or a
@@ -132,6 +139,7 @@ class CollectionBrowser(Quiet, w.VBox):
         self._problems: dict[str, str] = {}
         self._coll: VolumeCollection | None = None
         self._by_subject: dict[str, str] = {}
+        self._shown: tuple[str, SliceCache] | None = None  # subject and volume last shown
         self.viewer = SliceViewer(label_colors, report=self._report)
         self._build()
         self.add_class("radiobject-browser")
@@ -295,8 +303,24 @@ class CollectionBrowser(Quiet, w.VBox):
         if image is None:
             self._clear()
             return
+        position = self._same_point(image)
+        self._shown = (self.subject, image)
         mask, coarse_mask = self._mask_for(image, coarse is not None)
-        self.viewer.show(image, mask, self.mask, coarse, coarse_mask)
+        self.viewer.show(image, mask, self.mask, coarse, coarse_mask, position)
+
+    def _same_point(self, image: SliceCache) -> tuple[int, int, int] | None:
+        """The crosshair's world point in ``image``'s voxels, when only the grid changes.
+
+        ``None`` (the viewer keeps the voxel or centres) for another subject, for volumes on
+        one grid, or when the point is outside ``image``.
+        """
+        if self._shown is None or self._shown[0] != self.subject:
+            return None
+        old = self._shown[1]
+        old_affine, affine = old.volume.affine, image.volume.affine
+        if same_grid(old.shape, old_affine, image.shape, affine):
+            return None
+        return map_position(self.viewer.position, old_affine, affine, image.shape)
 
     def _coarse_of(self, coll: VolumeCollection, obs_id: str) -> CoarseLevel | None:
         """The coarse level of ``obs_id`` when the browser shows them (else ``None``)."""
@@ -304,10 +328,11 @@ class CollectionBrowser(Quiet, w.VBox):
 
     def _mask_for(
         self, image: SliceCache, coarse: bool | None = None
-    ) -> tuple[SliceCache | None, CoarseLevel | None]:
+    ) -> tuple[MaskPlanes | None, CoarseLevel | OverlayPlanes | None]:
         """The mask of the subject shown, and its coarse level if ``coarse``.
 
-        ``coarse`` defaults to whether the viewer is showing a coarse level.
+        ``coarse`` defaults to whether the viewer is showing a coarse level. A mask on
+        another grid comes sampled onto the image's (its coarse level too).
         """
         self._report("mask", None)
         if not self.mask:
@@ -319,13 +344,21 @@ class CollectionBrowser(Quiet, w.VBox):
             obs_id = volumes_by_subject(coll).get(self.subject)
             if obs_id is None:
                 raise LookupError(f"mask {self.mask!r} has no volume for subject {self.subject!r}")
-            cache = SliceCache(coll.volume(obs_id))
-            if cache.shape != image.shape:
+            volume = coll.volume(obs_id)
+            level = self._coarse_of(coll, obs_id) if coarse else None
+            affine = image.volume.affine
+            if same_grid(image.shape, affine, volume.shape, volume.affine):
+                return SliceCache(volume), level
+            overlay = OverlayPlanes(volume, image.shape, affine)
+            if not overlay.overlaps():
                 raise ValueError(
-                    f"mask {self.mask!r} volume {obs_id!r} has shape {cache.shape} but image "
-                    f"{self.obs_id!r} has shape {image.shape}; overlay is off"
+                    f"mask {self.mask!r} volume {obs_id!r} does not overlap image "
+                    f"{self.obs_id!r} in world coordinates (their affines place them apart); "
+                    "overlay is off"
                 )
-            return cache, self._coarse_of(coll, obs_id) if coarse else None
+            if level is None:
+                return overlay, None
+            return overlay, OverlayPlanes(level, image.shape, affine, source_affine=volume.affine)
         return None, None
 
     def _build_thumbnails(self, subjects: list[str]) -> None:

@@ -16,6 +16,7 @@ import traitlets as t
 from radiobject import CoarseLevel
 
 from ._latency import UpdateStats
+from ._overlay import OverlayPlanes
 from ._png import encode_indexed, encode_png, show_png
 from ._render import (
     WINDOW_PRESETS,
@@ -53,6 +54,8 @@ CROSSHAIR_COLOR = "#00ffff"
 FULL = "full resolution"
 # (plane -> (image plane, mask plane or None)) and how a plane is drawn
 Planes = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
+# a mask on the shown grid (SliceCache) or on another one, sampled onto it (OverlayPlanes)
+MaskPlanes = SliceCache | OverlayPlanes
 Style = tuple[Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...]]
 
 
@@ -97,7 +100,9 @@ class SliceViewer(Quiet, w.VBox):
     Give it a volume with :meth:`show`; each plane is read (partially) only when its slice
     index changes. Moving a slider, the window or the colormap redraws the PNGs.
 
-    Given the volume's coarse level too, it draws the planes from that level at once (no
+    A mask on another grid than the image comes as :class:`OverlayPlanes` (sampled onto the
+    shown planes through the affines); its coarse level likewise. Given the volume's coarse
+    level too, it draws the planes from that level at once (no
     read) and has one background thread read the full-resolution planes, which replace
     them when ready: the thread reads and encodes outside the viewer's lock and puts its
     PNGs in place under it, only if no newer request (a move, a new window) came meanwhile.
@@ -127,7 +132,7 @@ class SliceViewer(Quiet, w.VBox):
         self.label_colors = dict(label_colors or {})
         self._report = report or (lambda key, message: None)
         self.image: SliceCache | None = None
-        self.mask: SliceCache | None = None
+        self.mask: MaskPlanes | None = None
         self.mask_name = ""
         self._affine = np.eye(4)
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -137,7 +142,7 @@ class SliceViewer(Quiet, w.VBox):
         self._crosshair_at: dict[str, tuple[int, int]] = {}
         self.latency = UpdateStats()
         self.coarse: CoarseLevel | None = None
-        self.coarse_mask: CoarseLevel | None = None
+        self.coarse_mask: CoarseLevel | OverlayPlanes | None = None
         self._refined = True  # the planes shown are (or will be read at) full resolution
         self._shown_level = ""
         self._generation = 0  # bumped by every request; a refine shows only the latest's
@@ -252,12 +257,15 @@ class SliceViewer(Quiet, w.VBox):
     def show(
         self,
         image: SliceCache,
-        mask: SliceCache | None = None,
+        mask: MaskPlanes | None = None,
         mask_name: str = "",
         coarse: CoarseLevel | None = None,
-        coarse_mask: CoarseLevel | None = None,
+        coarse_mask: CoarseLevel | OverlayPlanes | None = None,
+        position: Sequence[int] | None = None,
     ) -> None:
-        """Show ``image`` (and ``mask`` on the same grid); keep the position if shapes match.
+        """Show ``image`` (and ``mask``); keep the position if shapes match.
+
+        ``position`` (a voxel of ``image``) overrides where the crosshair goes.
 
         With ``coarse`` (the image's coarse level; ``coarse_mask``, the mask's) the planes are
         drawn from it at once and the full-resolution planes are read by a background thread,
@@ -277,7 +285,8 @@ class SliceViewer(Quiet, w.VBox):
             for plane, slider in self.sliders.items():
                 slider.max = image.shape[_AXIS[plane]] - 1
             centre = tuple(n // 2 for n in image.shape)
-            self.position = self.position if old == image.shape else centre
+            kept = self.position if old == image.shape else centre
+            self.position = tuple(int(p) for p in position) if position is not None else kept
         if self.preset != CUSTOM:
             self.auto_window()
         else:
@@ -287,7 +296,10 @@ class SliceViewer(Quiet, w.VBox):
                 self._prefetch(self.position)
 
     def set_mask(
-        self, mask: SliceCache | None, mask_name: str = "", coarse_mask: CoarseLevel | None = None
+        self,
+        mask: MaskPlanes | None,
+        mask_name: str = "",
+        coarse_mask: CoarseLevel | OverlayPlanes | None = None,
     ) -> None:
         """Overlay ``mask`` (``None``: no overlay), with its coarse level while one is shown."""
         with self._lock:
@@ -435,7 +447,11 @@ class SliceViewer(Quiet, w.VBox):
         for plane in PLANES:
             index = plane_index(plane, pos)
             over = self.coarse_mask
-            mask = coarse_plane(over, plane, index, shape, t) if over is not None else None
+            mask: np.ndarray | None = None
+            if isinstance(over, OverlayPlanes):  # another grid's level, sampled onto this one
+                mask = over.plane(plane, index)
+            elif over is not None:
+                mask = coarse_plane(over, plane, index, shape, t)
             planes[plane] = (coarse_plane(self.coarse, plane, index, shape, t), mask)
         return planes, self.coarse.name
 
@@ -514,7 +530,7 @@ class SliceViewer(Quiet, w.VBox):
         self,
         generation: int,
         image: SliceCache,
-        mask: SliceCache | None,
+        mask: MaskPlanes | None,
         pos: tuple[int, int, int],
         style: Style,
     ) -> bool:
@@ -568,7 +584,7 @@ class SliceViewer(Quiet, w.VBox):
         self.readout_box.value = readout_html(pos, world, value, label, self.mask_name, level)
 
 
-def _read_planes(image: SliceCache, mask: SliceCache | None, pos: tuple[int, int, int]) -> Planes:
+def _read_planes(image: SliceCache, mask: MaskPlanes | None, pos: tuple[int, int, int]) -> Planes:
     """The full-resolution planes through ``pos`` (read where not held already)."""
     out: Planes = {}
     for plane in PLANES:
