@@ -12,6 +12,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("scipy")  # the reference computation (a dev dependency, via nilearn)
 
 from scipy import ndimage
+from traitlets import TraitError
 
 from radiobject import RadiObject, Volume, VolumeCollection
 from radiobject.widgets import CollectionBrowser
@@ -23,8 +24,9 @@ from radiobject.widgets._overlay import (
     sample,
 )
 from radiobject.widgets._png import decode_png
-from radiobject.widgets._render import label_color
+from radiobject.widgets._render import Fusion, Window, label_color, render_slice, to_display
 from radiobject.widgets._slices import PLANES, SliceCache
+from radiobject.widgets._viewer import BLANK
 
 SHAPE = (32, 32, 24)  # the image: 1 mm voxels, origin 0: voxel i sits at world i
 
@@ -242,3 +244,70 @@ def test_browser_on_the_sample_cohort_with_a_coarse_flair(tmp_path):
     np.testing.assert_array_equal(
         browser.viewer.mask.plane("axial", z), _expected(seg, coords, order=0).astype(np.uint8)
     )
+
+
+# -- an image overlaid on another grid (a FLAIR over the T1w) -------------------------------
+def test_render_blends_a_fusion_plane_by_its_windowed_value():
+    base = np.full((2, 2), 100.0)
+    top = np.array([[0.0, 5.0], [10.0, 10.0]])
+    fusion = Fusion(top, Window(5.0, 10.0), "gray", opacity=0.5)
+    rgb = render_slice(base, Window(127.5, 255.0), fusion=fusion)  # base grey 100
+    shown = to_display(top)  # the fusion plane turned like the image
+    alpha = np.clip(shown / 10.0, 0, 1) * 0.5
+    expected = np.round((1 - alpha) * 100 + alpha * np.round(np.clip(shown / 10, 0, 1) * 255))
+    np.testing.assert_array_equal(rgb[..., 0], expected)
+
+
+def test_an_image_overlay_on_another_grid_is_linearly_resampled(two_grids):
+    browser = CollectionBrowser(two_grids, collection="T1w", mask="", overlay="FLAIR")
+    assert browser.error == ""
+    assert browser.wait_refined(60)
+    overlay = browser.viewer.overlay
+    assert isinstance(overlay, OverlayPlanes)
+    assert overlay.linear
+    flair = two_grids.FLAIR.volume("s1_FLAIR")
+    browser.viewer.crosshair = False
+    browser.set_position(9, 14, 7)
+    coords = plane_coordinates("axial", 7, SHAPE, np.eye(4), flair.affine)
+    expected = _expected(flair.to_numpy(), coords, order=1)
+    np.testing.assert_allclose(overlay.plane("axial", 7), expected, rtol=1e-5, atol=1e-3)
+    assert f"FLAIR {expected[9, 14]:.4g}" in browser.readout
+    fused = decode_png(browser.images["axial"])
+    browser.viewer.overlay_opacity = 0.0  # fully transparent: the image alone
+    clear = decode_png(browser.images["axial"])
+    browser.overlay = ""
+    assert browser.viewer.overlay is None
+    np.testing.assert_array_equal(decode_png(browser.images["axial"]), clear)
+    assert not np.array_equal(fused, clear)
+    assert "FLAIR" not in browser.readout
+
+
+def test_an_overlay_on_the_same_grid_is_read_plane_by_plane(two_grids):
+    browser = CollectionBrowser(two_grids, collection="FLAIR", overlay="FLAIR")
+    assert type(browser.viewer.overlay) is SliceCache
+    assert browser.error == ""
+
+
+def test_bad_overlays_are_refused_or_reported(two_grids, tmp_path):
+    browser = CollectionBrowser(two_grids, collection="T1w")
+    with pytest.raises(TraitError, match=r"no image collection 'seg' to overlay"):
+        browser.overlay = "seg"
+    with pytest.raises(TraitError, match=r"no image collection 'PET'"):
+        browser.overlay = "PET"
+    far = np.eye(4)
+    far[:3, 3] = 500.0
+    other = VolumeCollection.from_numpy(
+        str(tmp_path / "far"), {"s1": np.ones((4, 4, 4), np.float32)}, affines=[far], name="far"
+    )
+    radi = RadiObject.from_collections(
+        str(tmp_path / "r"),
+        {"T1w": two_grids.T1w, "far": other},
+        validate_alignment=False,
+        progress=False,
+    )
+    browser = CollectionBrowser(radi, collection="T1w", overlay="far")
+    assert "overlay 'far' volume 's1_far' does not overlap" in browser.error
+    assert browser.viewer.overlay is None
+    assert browser.images["axial"] != BLANK
+    browser.overlay = ""
+    assert browser.error == ""
