@@ -87,7 +87,7 @@ class SliceViewer(Quiet, w.VBox):
     A mask on another grid than the image comes as :class:`OverlayPlanes` (sampled onto the
     shown planes through the affines); its coarse level likewise. A second image (``overlay``,
     e.g. a FLAIR over a T1w, on either grid) is blended over the image in a ``hot`` colormap at
-    ``overlay_opacity``, windowed from its planes at the position it was set.
+    ``overlay_opacity``, windowed to its brighter half (from its planes where it was set).
 
     Given the volume's coarse level too, it draws the planes from that level at once (no
     read) and has one background thread read the full-resolution planes, which replace
@@ -315,10 +315,15 @@ class SliceViewer(Quiet, w.VBox):
         self.render()
 
     def _window_overlay(self) -> None:
-        """The overlay's window: 1..99 % of its three planes through the position."""
+        """The overlay's window: its brighter half, so that what stands out shows.
+
+        50..99.5 % of its voxels above background on the three planes through the position.
+        """
         if self.overlay is not None:
             planes = [self.overlay.plane(p, plane_index(p, self.position)) for p in PLANES]
-            self._overlay_window = auto_window(np.concatenate([p.ravel() for p in planes]))
+            values = np.concatenate([p.ravel() for p in planes])
+            inside = values[values > values.min()] if values.size else values
+            self._overlay_window = auto_window(inside if inside.size else values, 50.0, 99.5)
 
     def mark(self, box: Sequence[tuple[int, int]] | None) -> None:
         """Outline the voxel ``box`` ``((x0, x1), (y0, y1), (z0, z1))`` (None: no outline).
