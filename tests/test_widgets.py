@@ -187,17 +187,46 @@ def misaligned(tmp_path_factory):
     seg = VolumeCollection.from_numpy(
         str(root / "seg"), {"s1": np.ones((8, 8, 8), np.uint8)}, name="seg", is_mask=True
     )
+    far = np.eye(4)
+    far[:3, 3] = 100.0  # 100 mm away: misses the image
+    apart = VolumeCollection.from_numpy(
+        str(root / "apart"),
+        {"s1": np.ones((8, 8, 8), np.uint8)},
+        affines=[far],
+        name="apart",
+        is_mask=True,
+    )
     return RadiObject.from_collections(
-        str(root / "radi"), {"img": img, "seg": seg}, validate_alignment=False, progress=False
+        str(root / "radi"),
+        {"img": img, "seg": seg, "apart": apart},
+        validate_alignment=False,
+        progress=False,
     )
 
 
-def test_mask_on_another_grid_is_reported_and_the_image_still_shows(misaligned):
-    browser = CollectionBrowser(misaligned)
+def test_mask_on_another_grid_is_overlaid_where_it_lies(misaligned):
+    # an 8 x 8 x 8 mask with the image's 1 mm voxels and origin covers the image's first
+    # 8 x 8 x 8 voxels (the overlay was switched off before masks on other grids were sampled)
+    browser = CollectionBrowser(misaligned, mask="seg")
     assert browser.collection == "img"
     assert browser.mask == "seg"
-    assert "shape (8, 8, 8)" in browser.error
-    assert "(16, 16, 12)" in browser.error
+    assert browser.error == ""
+    assert browser.wait_refined(60)
+    browser.viewer.opacity = 1.0
+    browser.viewer.crosshair = False
+    browser.set_position(2, 3, 4)
+    axial = browser.images["axial"]
+    assert _pixel(axial, (16, 16), 2, 3, (16, 16)).tolist() == list(label_color(1))
+    assert _pixel(axial, (16, 16), 12, 3, (16, 16)).tolist() != list(label_color(1))
+    assert "seg label 1" in browser.readout
+    browser.set_position(2, 3, 10)  # past the mask's last plane
+    assert "seg label 0" in browser.readout
+    assert browser.error == ""
+
+
+def test_mask_that_misses_the_image_is_reported_and_the_image_still_shows(misaligned):
+    browser = CollectionBrowser(misaligned, mask="apart")
+    assert "does not overlap image 's1_img'" in browser.error
     assert "overlay is off" in browser.error_box.value
     assert browser.images["axial"] != BLANK
     assert browser.wait_refined(60)
@@ -205,6 +234,7 @@ def test_mask_on_another_grid_is_reported_and_the_image_still_shows(misaligned):
     browser.set_position(2, 3, 4)  # still usable
     assert browser.images["axial"] != before
     assert "(2, 3, 4)" in browser.readout
+    assert "label" not in browser.readout
     browser.mask = ""
     assert browser.error == ""
 

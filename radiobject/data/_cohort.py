@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
 import tiledb
 
 from radiobject._errors import ConfigurationError, IncompleteError
+from radiobject.data._grids import grid_for, regrid
 from radiobject.data._phantom import MODALITIES, SubjectPhantom, make_subject
 
 if TYPE_CHECKING:
@@ -71,6 +72,51 @@ def _affine(shape: Sequence[int]) -> np.ndarray:
     return affine
 
 
+class _Grids:
+    """Where each collection of the sample cohort lives: the phantom's grid, or its own.
+
+    ``grids`` maps a modality (not the first: it is the reference) or ``"seg"`` to a voxel
+    size in mm; that collection is resampled (:func:`regrid`) onto the grid of that voxel
+    size over the same field of view. The others keep the phantom's grid and its affine.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        modalities: Sequence[str],
+        grids: Mapping[str, Sequence[float]] | None,
+    ) -> None:
+        self.affine = _affine(shape)
+        self.reference = modalities[0] if modalities else None
+        self.own: dict[str, tuple[tuple[int, int, int], np.ndarray]] = {}
+        for name, spacing in (grids or {}).items():
+            if name not in (*modalities, "seg"):
+                raise ConfigurationError(
+                    f"grids names {name!r}, which is not a collection of this cohort; "
+                    f"name one of {[*modalities[1:], 'seg']}"
+                )
+            if name == self.reference:
+                raise ConfigurationError(
+                    f"grids names {name!r}, the reference collection (the first modality): "
+                    "it keeps the phantom's grid; put another modality first or regrid another"
+                )
+            self.own[name] = grid_for(shape, self.affine, tuple(float(s) for s in spacing))
+
+    def ingest_options(self) -> dict[str, Any]:
+        """``reference=`` for the ingest when a collection has a grid of its own."""
+        return {"reference": self.reference} if self.own else {}
+
+    def __call__(self, name: str, voxels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The voxels of collection ``name`` on its grid, and that grid's affine."""
+        if name not in self.own:
+            return voxels, self.affine
+        shape, affine = self.own[name]
+        if name == "seg":
+            return regrid(voxels, self.affine, affine, shape, mask=True), affine
+        out = regrid(voxels, self.affine, affine, shape)
+        return np.rint(out, out=out), affine  # whole numbers, as scanners store
+
+
 def make_sample_radiobject(
     uri: str | Path,
     *,
@@ -78,6 +124,7 @@ def make_sample_radiobject(
     shape: Sequence[int] = (64, 64, 48),
     modalities: Sequence[str] = ("T1w", "FLAIR"),
     seed: int = 0,
+    grids: Mapping[str, Sequence[float]] | None = None,
     progress: bool = True,
     ctx: tiledb.Ctx | None = None,
 ) -> RadiObject:
@@ -93,6 +140,11 @@ def make_sample_radiobject(
         shape: volume grid; ``BRATS_SHAPE`` (240, 240, 155) for benchmarks.
         modalities: names from ``radiobject.data.MODALITIES``.
         seed: the cohort is a function of the seed.
+        grids: collections on a grid of their own: name (a modality other than the first,
+            or ``"seg"``) -> voxel size in mm, e.g. ``{"FLAIR": (2.0, 2.0, 3.0)}``. That
+            collection shows the same anatomy, resampled (partial-volume means; nearest
+            labels for ``seg``) onto that voxel size over the same field of view; the
+            cohort is ingested with ``reference=modalities[0]``.
         progress: show progress bars.
         ctx: TileDB context.
 
@@ -105,11 +157,12 @@ def make_sample_radiobject(
     ['obs_subject_id', 'diagnosis', 'age', 'sex', 'site', 'grade']
     """
     from radiobject.ingest._sources import Item
+    from radiobject.ingest._writer import write_radiobject
     from radiobject.storage._radiobject import RadiObject
 
     shape = _check(n_subjects, shape, modalities)
     obs_meta = sample_obs_meta(n_subjects, seed)
-    affine = _affine(shape)
+    on_grid = _Grids(shape, modalities, grids)
     cache: dict[int, SubjectPhantom] = {}
     uses: dict[int, int] = {}
     lock = threading.Lock()
@@ -129,15 +182,26 @@ def make_sample_radiobject(
 
     def item(i: int, key: str | None) -> Item:
         def load() -> tuple[np.ndarray, np.ndarray]:
-            return take(i, key), affine
+            return on_grid(key or "seg", take(i, key))
 
         return Item(obs_meta["obs_subject_id"].iloc[i], load, source=f"synthetic:seed={seed}")
 
     sources = {m: [item(i, m) for i in range(n_subjects)] for m in modalities}
     sources["seg"] = [item(i, None) for i in range(n_subjects)]
-    return RadiObject._from_items(
-        str(uri), sources, obs_meta=obs_meta, progress=progress, ctx=ctx, masks=["seg"]
+    if not on_grid.own:
+        return RadiObject._from_items(
+            str(uri), sources, obs_meta=obs_meta, progress=progress, ctx=ctx, masks=["seg"]
+        )
+    target = write_radiobject(
+        str(uri),
+        sources,
+        obs_meta=obs_meta,
+        masks={name: name == "seg" for name in sources},
+        ctx=ctx,
+        progress=progress,
+        **on_grid.ingest_options(),
     )
+    return RadiObject._opened(target, ctx)
 
 
 def write_sample_niftis(
@@ -147,18 +211,30 @@ def write_sample_niftis(
     shape: Sequence[int] = (64, 64, 48),
     modalities: Sequence[str] = ("T1w", "FLAIR"),
     seed: int = 0,
+    grids: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, str], pd.DataFrame]:
     """Write the sample cohort as NIfTI files: ``<dir>/<modality>/sub-000_<modality>.nii.gz``.
 
     Returns the ``images`` mapping and the ``obs_meta`` table to pass to
-    :meth:`RadiObject.from_images`.
+    :meth:`RadiObject.from_images`. ``grids`` puts collections on grids of their own, as in
+    :func:`make_sample_radiobject` (then ingest with ``reference=modalities[0]``).
+
+    A 2 x 2 x 3 mm FLAIR beside the 1 mm T1w, both covering the same head:
+
+    >>> import tempfile, nibabel as nib
+    >>> images, _ = write_sample_niftis(tempfile.mkdtemp(), n_subjects=1, shape=(16, 16, 12),
+    ...                                 grids={"FLAIR": (2.0, 2.0, 3.0)})
+    >>> t1 = nib.load(images["T1w"].replace("*", "sub-000_T1w"))
+    >>> flair = nib.load(images["FLAIR"].replace("*", "sub-000_FLAIR"))
+    >>> t1.shape, flair.shape, flair.header.get_zooms()
+    ((16, 16, 12), (8, 8, 4), (2.0, 2.0, 3.0))
     """
     import nibabel as nib
 
     shape = _check(n_subjects, shape, modalities)
     directory = Path(directory)
     obs_meta = sample_obs_meta(n_subjects, seed)
-    affine = _affine(shape)
+    on_grid = _Grids(shape, modalities, grids)
     images = {}
     for name in (*modalities, "seg"):
         (directory / name).mkdir(parents=True, exist_ok=True)
@@ -167,12 +243,10 @@ def write_sample_niftis(
         rng = np.random.default_rng([seed, i])
         tumour = obs_meta["diagnosis"].iloc[i] == "tumour"
         phantom = make_subject(shape, rng, modalities=modalities, tumour=tumour)
-        for name in modalities:
-            img = nib.Nifti1Image(phantom.images[name], affine)
+        for name in (*modalities, "seg"):
+            voxels = phantom.mask if name == "seg" else phantom.images[name]
+            img = nib.Nifti1Image(*on_grid(name, voxels))
             nib.save(img, str(directory / name / f"{sid}_{name}.nii.gz"))
-        nib.save(
-            nib.Nifti1Image(phantom.mask, affine), str(directory / "seg" / f"{sid}_seg.nii.gz")
-        )
     return images, obs_meta
 
 

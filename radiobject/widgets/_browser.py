@@ -11,10 +11,11 @@ import traitlets as t
 
 from radiobject import CoarseLevel, ConfigurationError, RadiObject, ShapeError, VolumeCollection
 
+from ._overlay import OverlayPlanes, map_position, same_grid
 from ._png import encode_png, show_png
 from ._render import auto_window, display_scale, render_slice
 from ._slices import PLANES, SliceCache, error_html, plane_axis, row_html
-from ._viewer import BLANK, Quiet, SliceViewer
+from ._viewer import BLANK, MaskPlanes, Quiet, SliceViewer
 
 __all__ = ["CollectionBrowser"]
 
@@ -74,7 +75,14 @@ class CollectionBrowser(Quiet, w.VBox):
 
     Only the planes shown are read (``Volume.axial``/``coronal``/``sagittal``), each once per
     new slice index, so scrubbing stays fast on large volumes. Problems (an empty
-    collection, a mask on another grid) are shown in place and the browser stays usable.
+    collection, a mask that misses the image) are shown in place and the browser stays usable.
+
+    A subject's collections may lie on different grids (a 1 mm T1w, a 2 x 2 x 3 mm FLAIR,
+    ingested with ``reference=``): a mask or an overlaid image on another grid than the image
+    shown is sampled onto the shown planes through both affines (nearest label, or linear
+    interpolation; only the box of it each plane touches is read), and picking another
+    collection of the same subject keeps the crosshair on the same point in world
+    coordinates.
 
     Args:
         obj: a :class:`~radiobject.RadiObject`, a :class:`~radiobject.VolumeCollection`, or a
@@ -82,6 +90,8 @@ class CollectionBrowser(Quiet, w.VBox):
         collection: the collection to show first (default: the first non-mask one).
         mask: a mask collection name to overlay (a VolumeCollection when ``obj`` is one);
             default: the first mask collection of a RadiObject.
+        overlay: an image collection to blend over the one shown (a FLAIR over a T1w), on
+            its own grid or the same one; default: none.
         label_colors: label -> RGB colours for the overlay (defaults: BraTS-like palette).
         n_thumbnails: subjects in the thumbnail strip.
         coarse: show each volume's coarse level at once (read in one query, or built and
@@ -89,11 +99,11 @@ class CollectionBrowser(Quiet, w.VBox):
             thread has read them; the readout says which is shown. ``False``: read the
             full-resolution planes before the first image.
 
-    Python API: traits ``collection``, ``subject``, ``mask`` and ``error``; the plane viewer
-    is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``, ``cmap``,
-    ``opacity``, ``crosshair``); :meth:`set_position`, :meth:`render`, :attr:`images`,
-    :attr:`readout`, :attr:`obs_id`, :meth:`wait_refined`; :meth:`mark_slab` and
-    :meth:`mark_box` outline where a slab (2.5D sample) or patch sits.
+    Python API: traits ``collection``, ``subject``, ``mask``, ``overlay`` and ``error``; the
+    plane viewer is :attr:`viewer` (traits ``position``, ``preset``, ``level``, ``width``,
+    ``cmap``, ``opacity``, ``overlay_opacity``, ``crosshair``); :meth:`set_position`,
+    :meth:`render`, :attr:`images`, :attr:`readout`, :attr:`obs_id`, :meth:`wait_refined`;
+    :meth:`mark_slab` and :meth:`mark_box` outline where a slab (2.5D sample) or patch sits.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -112,6 +122,7 @@ class CollectionBrowser(Quiet, w.VBox):
     collection = t.Unicode("")
     subject = t.Unicode("")
     mask = t.Unicode("")
+    overlay = t.Unicode("")
     error = t.Unicode("")
 
     def __init__(
@@ -120,6 +131,7 @@ class CollectionBrowser(Quiet, w.VBox):
         *,
         collection: str | None = None,
         mask: str | VolumeCollection | None = None,
+        overlay: str | None = None,
         label_colors: Mapping[int, tuple[int, int, int]] | None = None,
         n_thumbnails: int = 6,
         coarse: bool = True,
@@ -132,6 +144,7 @@ class CollectionBrowser(Quiet, w.VBox):
         self._problems: dict[str, str] = {}
         self._coll: VolumeCollection | None = None
         self._by_subject: dict[str, str] = {}
+        self._shown: tuple[str, SliceCache] | None = None  # subject and volume last shown
         self.viewer = SliceViewer(label_colors, report=self._report)
         self._build()
         self.add_class("radiobject-browser")
@@ -143,6 +156,8 @@ class CollectionBrowser(Quiet, w.VBox):
         if default_mask is None and self._source.masks:
             default_mask = self._source.masks[0]
         self.mask = default_mask or ""
+        with self._quietly():  # shown with the first image
+            self.overlay = overlay or ""
         self.collection = collection or (plain or self._source.names)[0]
 
     def _build(self) -> None:
@@ -156,13 +171,17 @@ class CollectionBrowser(Quiet, w.VBox):
         self.mask_picker = w.Dropdown(
             options=[("(none)", ""), *((m, m) for m in self._source.masks)], description="mask"
         )
+        images = [n for n in self._source.names if n not in self._source.masks]
+        self.overlay_picker = w.Dropdown(
+            options=[("(none)", ""), *((n, n) for n in images)], description="overlay"
+        )
         self.error_box = w.HTML()
         self.meta_box = w.HTML(layout=w.Layout(width="50%"))
         self.obs_box = w.HTML(layout=w.Layout(width="50%"))
         self.thumbnails = w.HBox(layout=w.Layout(overflow="auto", width="100%"))
         self.children = [
             w.HBox([self.collection_picker, self.subject_filter, self.subject_picker]),
-            self.mask_picker,
+            w.HBox([self.mask_picker, self.overlay_picker]),
             self.error_box,
             self.viewer,
             w.HBox([self.meta_box, self.obs_box]),
@@ -172,6 +191,7 @@ class CollectionBrowser(Quiet, w.VBox):
             ("collection", self.collection_picker),
             ("subject", self.subject_picker),
             ("mask", self.mask_picker),
+            ("overlay", self.overlay_picker),
         ):
             control.observe(self._from_control(name), "value")
         self.subject_filter.observe(lambda _: self._fill_subjects(), "value")
@@ -225,6 +245,14 @@ class CollectionBrowser(Quiet, w.VBox):
             )
         return str(proposal["value"])
 
+    @t.validate("overlay")
+    def _check_overlay(self, proposal: dict[str, Any]) -> str:
+        name = proposal["value"]
+        if name and (name not in self._source.names or name in self._source.masks):
+            images = [n for n in self._source.names if n not in self._source.masks]
+            raise t.TraitError(f"no image collection {name!r} to overlay; images are {images}")
+        return str(name)
+
     @t.observe("collection")
     def _collection_changed(self, change: dict[str, Any]) -> None:
         with self._quietly():
@@ -262,6 +290,13 @@ class CollectionBrowser(Quiet, w.VBox):
             mask, coarse_mask = self._mask_for(self.viewer.image)
             self.viewer.set_mask(mask, change["new"], coarse_mask)
 
+    @t.observe("overlay")
+    def _overlay_changed(self, change: dict[str, Any]) -> None:
+        with self._quietly():
+            self.overlay_picker.value = change["new"]
+        if self.viewer.image is not None and not self._quiet:
+            self.viewer.set_overlay(self._overlay_for(self.viewer.image), change["new"])
+
     # -- loading --------------------------------------------------------------------------
     def _fill_subjects(self, thumbnails: bool = True) -> list[str]:
         needle = (self.subject_filter.value or "").lower()
@@ -295,8 +330,27 @@ class CollectionBrowser(Quiet, w.VBox):
         if image is None:
             self._clear()
             return
+        position = self._same_point(image)
+        self._shown = (self.subject, image)
         mask, coarse_mask = self._mask_for(image, coarse is not None)
-        self.viewer.show(image, mask, self.mask, coarse, coarse_mask)
+        overlay = self._overlay_for(image)
+        self.viewer.show(
+            image, mask, self.mask, coarse, coarse_mask, position, overlay, self.overlay
+        )
+
+    def _same_point(self, image: SliceCache) -> tuple[int, int, int] | None:
+        """The crosshair's world point in ``image``'s voxels, when only the grid changes.
+
+        ``None`` (the viewer keeps the voxel or centres) for another subject, for volumes on
+        one grid, or when the point is outside ``image``.
+        """
+        if self._shown is None or self._shown[0] != self.subject:
+            return None
+        old = self._shown[1]
+        old_affine, affine = old.volume.affine, image.volume.affine
+        if same_grid(old.shape, old_affine, image.shape, affine):
+            return None
+        return map_position(self.viewer.position, old_affine, affine, image.shape)
 
     def _coarse_of(self, coll: VolumeCollection, obs_id: str) -> CoarseLevel | None:
         """The coarse level of ``obs_id`` when the browser shows them (else ``None``)."""
@@ -304,10 +358,11 @@ class CollectionBrowser(Quiet, w.VBox):
 
     def _mask_for(
         self, image: SliceCache, coarse: bool | None = None
-    ) -> tuple[SliceCache | None, CoarseLevel | None]:
+    ) -> tuple[MaskPlanes | None, CoarseLevel | OverlayPlanes | None]:
         """The mask of the subject shown, and its coarse level if ``coarse``.
 
-        ``coarse`` defaults to whether the viewer is showing a coarse level.
+        ``coarse`` defaults to whether the viewer is showing a coarse level. A mask on
+        another grid comes sampled onto the image's (its coarse level too).
         """
         self._report("mask", None)
         if not self.mask:
@@ -319,14 +374,47 @@ class CollectionBrowser(Quiet, w.VBox):
             obs_id = volumes_by_subject(coll).get(self.subject)
             if obs_id is None:
                 raise LookupError(f"mask {self.mask!r} has no volume for subject {self.subject!r}")
-            cache = SliceCache(coll.volume(obs_id))
-            if cache.shape != image.shape:
+            volume = coll.volume(obs_id)
+            level = self._coarse_of(coll, obs_id) if coarse else None
+            affine = image.volume.affine
+            if same_grid(image.shape, affine, volume.shape, volume.affine):
+                return SliceCache(volume), level
+            overlay = OverlayPlanes(volume, image.shape, affine)
+            if not overlay.overlaps():
                 raise ValueError(
-                    f"mask {self.mask!r} volume {obs_id!r} has shape {cache.shape} but image "
-                    f"{self.obs_id!r} has shape {image.shape}; overlay is off"
+                    f"mask {self.mask!r} volume {obs_id!r} does not overlap image "
+                    f"{self.obs_id!r} in world coordinates (their affines place them apart); "
+                    "overlay is off"
                 )
-            return cache, self._coarse_of(coll, obs_id) if coarse else None
+            if level is None:
+                return overlay, None
+            return overlay, OverlayPlanes(level, image.shape, affine, source_affine=volume.affine)
         return None, None
+
+    def _overlay_for(self, image: SliceCache) -> MaskPlanes | None:
+        """The overlaid image of the subject shown, on ``image``'s planes (linear if resampled)."""
+        self._report("overlay", None)
+        if not self.overlay:
+            return None
+        with self._guard("overlay"):
+            coll = self._source.collection(self.overlay)
+            obs_id = volumes_by_subject(coll).get(self.subject)
+            if obs_id is None:
+                raise LookupError(
+                    f"overlay {self.overlay!r} has no volume for subject {self.subject!r}"
+                )
+            volume = coll.volume(obs_id)
+            affine = image.volume.affine
+            if same_grid(image.shape, affine, volume.shape, volume.affine):
+                return SliceCache(volume, t=image.t)
+            planes = OverlayPlanes(volume, image.shape, affine, linear=True, t=image.t)
+            if not planes.overlaps():
+                raise ValueError(
+                    f"overlay {self.overlay!r} volume {obs_id!r} does not overlap image "
+                    f"{self.obs_id!r} in world coordinates; overlay is off"
+                )
+            return planes
+        return None
 
     def _build_thumbnails(self, subjects: list[str]) -> None:
         cards = []

@@ -25,10 +25,12 @@ import numpy as np
 __all__ = [
     "DEFAULT_LABEL_COLORS",
     "WINDOW_PRESETS",
+    "Fusion",
     "Window",
     "apply_colormap",
     "apply_window",
     "auto_window",
+    "blend_fusion",
     "blend_heatmap",
     "crosshair_pixel",
     "display_point",
@@ -277,6 +279,38 @@ def blend_heatmap(
     return out
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """A second image drawn over the first (a FLAIR over a T1w, a PET over a CT).
+
+    Its plane (on the first image's plane grid) is windowed, coloured by ``cmap`` and
+    blended in proportion to its windowed value: transparent where it is at or below the
+    window, ``opacity`` where it is at or above.
+    """
+
+    plane: np.ndarray
+    window: Window
+    cmap: str = "hot"
+    opacity: float = 0.5
+
+
+def blend_fusion(rgb: np.ndarray, fusion: Fusion) -> np.ndarray:
+    """``rgb`` (a plane after :func:`to_display`) with ``fusion`` blended over it.
+
+    >>> top = Fusion(np.array([[0.0], [10.0]]), Window(5.0, 10.0), "gray", opacity=1.0)
+    >>> blend_fusion(np.full((1, 2, 3), 100, np.uint8), top)[0].tolist()
+    [[100, 100, 100], [255, 255, 255]]
+    """
+    plane = np.asarray(fusion.plane)
+    shown = apply_window(to_display(plane), fusion.window)
+    if shown.shape != rgb.shape[:2]:
+        raise ValueError(f"overlay plane of shape {plane.shape} does not match {rgb.shape[:2]}")
+    alpha = (shown * float(np.clip(fusion.opacity, 0.0, 1.0)))[..., None]
+    colour = apply_colormap(shown, fusion.cmap).astype(np.float32)
+    out = (1 - alpha) * rgb.astype(np.float32) + alpha * colour
+    return np.asarray(np.round(out).astype(np.uint8))
+
+
 def draw_crosshair(
     rgb: np.ndarray, row: int, col: int, color: RGB = (0, 255, 255), gap: int = 0
 ) -> np.ndarray:
@@ -370,6 +404,7 @@ def render_slice(
     colors: Mapping[int, RGB] | None = None,
     crosshair: tuple[int, int] | None = None,
     scale: tuple[int, int] = (1, 1),
+    fusion: Fusion | None = None,
 ) -> np.ndarray:
     """A plane ``(u, v)`` as a display RGB image: windowed, coloured, overlaid, cross-haired.
 
@@ -383,6 +418,7 @@ def render_slice(
         crosshair: plane voxel ``(u, v)`` to mark, or ``None``.
         scale: integer enlargement ``(rows, cols)`` applied before the crosshair is drawn,
             so the lines stay one pixel wide through the middle of the voxel.
+        fusion: a second image blended over this one, under the mask (see :class:`Fusion`).
 
     >>> rgb = render_slice(np.zeros((2, 2)), Window(1, 2), crosshair=(0, 0), scale=(3, 3))
     >>> rgb.shape, rgb[4, 1].tolist(), rgb[0, 0].tolist()
@@ -392,6 +428,8 @@ def render_slice(
     if plane.ndim != 2:
         raise ValueError(f"a slice must be 2D, got shape {plane.shape}")
     rgb = apply_colormap(apply_window(to_display(plane), window), cmap)
+    if fusion is not None:
+        rgb = blend_fusion(rgb, fusion)
     if mask is not None:
         if mask.shape != plane.shape:
             raise ValueError(f"mask slice of shape {mask.shape} does not match {plane.shape}")

@@ -30,6 +30,7 @@ __all__ = [
     "plane_axis",
     "background_thread",
     "coarse_plane",
+    "crosshair_html",
     "error_html",
     "plane_index",
     "plane_spacing",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 PLANES = ("axial", "coronal", "sagittal")
+CROSSHAIR_COLOR = "#00ffff"
 # the axis each plane cuts, and the two axes it shows (u along columns, v upwards)
 _AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 _UV = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
@@ -287,11 +289,16 @@ def readout_html(
     label: int | None = None,
     mask_name: str = "",
     level: str = "",
+    overlay: tuple[str, float] | None = None,
 ) -> str:
     """The voxel and world coordinates, the intensity under the crosshair, the level shown.
 
+    ``overlay``: the name and value of an image overlaid at the crosshair.
+
     >>> html = readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5, level="level 1 (4x)")
     >>> "value 1.5 · level 1 (4x)" in html
+    True
+    >>> "FLAIR 412" in readout_html((1, 2, 3), (0.0, 0.0, 0.0), 1.5, overlay=("FLAIR", 412.0))
     True
     """
     x, y, z = (int(p) for p in position)
@@ -302,6 +309,8 @@ def readout_html(
     )
     if label is not None:
         text += f" · {html.escape(mask_name)} label {int(label)}"
+    if overlay is not None:
+        text += f" · {html.escape(overlay[0])} {_fmt(overlay[1])}"
     if level:
         text += f" · {html.escape(level)}"
     return f"<code>{text}</code>"
@@ -312,6 +321,27 @@ def _fmt(value: float | None) -> str:
         return "-"
     v = float(value)
     return f"{v:g}" if v == int(v) or abs(v) >= 1000 else f"{v:.4g}"
+
+
+def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
+    """A crosshair drawn by the page over an image of ``rows x cols`` pixels.
+
+    The lines go through the middle of pixel ``(row, col)`` and scale with the image, so a
+    moving crosshair sends these few bytes instead of a new PNG.
+
+    >>> "top:25%" in crosshair_html(1, 0, 4, 4)
+    True
+    """
+    top, left = 100.0 * row / max(rows, 1), 100.0 * col / max(cols, 1)
+    height, width = 100.0 / max(rows, 1), 100.0 / max(cols, 1)
+    line = f"position:absolute;background:{CROSSHAIR_COLOR};"
+    return (
+        "<div class='radiobject-crosshair' style='position:absolute;inset:0;"
+        "pointer-events:none;overflow:hidden'>"
+        f"<div style='{line}left:0;right:0;top:{top:.4g}%;height:max(1px,{height:.4g}%)'></div>"
+        f"<div style='{line}top:0;bottom:0;left:{left:.4g}%;width:max(1px,{width:.4g}%)'></div>"
+        "</div>"
+    )
 
 
 def error_html(messages: Sequence[str]) -> str:

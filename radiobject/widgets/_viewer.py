@@ -16,10 +16,13 @@ import traitlets as t
 from radiobject import CoarseLevel
 
 from ._latency import UpdateStats
+from ._overlay import OverlayPlanes
 from ._png import encode_indexed, encode_png, show_png
 from ._render import (
     WINDOW_PRESETS,
+    Fusion,
     Window,
+    auto_window,
     crosshair_pixel,
     display_scale,
     draw_plane_box,
@@ -33,13 +36,14 @@ from ._slices import (
     background_thread,
     box_on_plane,
     coarse_plane,
+    crosshair_html,
     plane_index,
     plane_spacing,
     plane_uv,
     readout_html,
 )
 
-__all__ = ["BLANK", "CUSTOM", "FULL", "SliceViewer", "crosshair_html"]
+__all__ = ["BLANK", "CUSTOM", "FULL", "SliceViewer"]
 
 CUSTOM = "custom"
 DEFAULT_PRESET = "MR auto (1-99%)"
@@ -49,32 +53,15 @@ MARK_COLOR = (255, 200, 0)  # the outline of a marked box (mark): a slab's plane
 _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 Report = Callable[[str, "str | None"], None]
-CROSSHAIR_COLOR = "#00ffff"
 FULL = "full resolution"
 # (plane -> (image plane, mask plane or None)) and how a plane is drawn
 Planes = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
-Style = tuple[Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...]]
-
-
-def crosshair_html(row: int, col: int, rows: int, cols: int) -> str:
-    """A crosshair drawn by the page over an image of ``rows x cols`` pixels.
-
-    The lines go through the middle of pixel ``(row, col)`` and scale with the image, so a
-    moving crosshair sends these few bytes instead of a new PNG.
-
-    >>> "top:25%" in crosshair_html(1, 0, 4, 4)
-    True
-    """
-    top, left = 100.0 * row / max(rows, 1), 100.0 * col / max(cols, 1)
-    height, width = 100.0 / max(rows, 1), 100.0 / max(cols, 1)
-    line = f"position:absolute;background:{CROSSHAIR_COLOR};"
-    return (
-        "<div class='radiobject-crosshair' style='position:absolute;inset:0;"
-        "pointer-events:none;overflow:hidden'>"
-        f"<div style='{line}left:0;right:0;top:{top:.4g}%;height:max(1px,{height:.4g}%)'></div>"
-        f"<div style='{line}top:0;bottom:0;left:{left:.4g}%;width:max(1px,{width:.4g}%)'></div>"
-        "</div>"
-    )
+# a mask on the shown grid (SliceCache) or on another one, sampled onto it (OverlayPlanes)
+MaskPlanes = SliceCache | OverlayPlanes
+# window, colormap, mask opacity, label colours, and the overlay's window and opacity
+Style = tuple[
+    Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...], "tuple[Window, float] | None"
+]
 
 
 class Quiet:
@@ -97,6 +84,11 @@ class SliceViewer(Quiet, w.VBox):
     Give it a volume with :meth:`show`; each plane is read (partially) only when its slice
     index changes. Moving a slider, the window or the colormap redraws the PNGs.
 
+    A mask on another grid than the image comes as :class:`OverlayPlanes` (sampled onto the
+    shown planes through the affines); its coarse level likewise. A second image (``overlay``,
+    e.g. a FLAIR over a T1w, on either grid) is blended over the image in a ``hot`` colormap at
+    ``overlay_opacity``, windowed to its brighter half (from its planes where it was set).
+
     Given the volume's coarse level too, it draws the planes from that level at once (no
     read) and has one background thread read the full-resolution planes, which replace
     them when ready: the thread reads and encodes outside the viewer's lock and puts its
@@ -115,6 +107,7 @@ class SliceViewer(Quiet, w.VBox):
     width = t.Float(1.0)
     cmap = t.Unicode("gray")
     opacity = t.Float(0.4)
+    overlay_opacity = t.Float(0.5)
     crosshair = t.Bool(True)
 
     def __init__(
@@ -127,8 +120,11 @@ class SliceViewer(Quiet, w.VBox):
         self.label_colors = dict(label_colors or {})
         self._report = report or (lambda key, message: None)
         self.image: SliceCache | None = None
-        self.mask: SliceCache | None = None
+        self.mask: MaskPlanes | None = None
         self.mask_name = ""
+        self.overlay: MaskPlanes | None = None  # a second image, on the image's planes
+        self.overlay_name = ""
+        self._overlay_window = Window(0.5, 1.0)
         self._affine = np.eye(4)
         self._spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
         self._shape: tuple[int, ...] | None = None
@@ -137,7 +133,7 @@ class SliceViewer(Quiet, w.VBox):
         self._crosshair_at: dict[str, tuple[int, int]] = {}
         self.latency = UpdateStats()
         self.coarse: CoarseLevel | None = None
-        self.coarse_mask: CoarseLevel | None = None
+        self.coarse_mask: CoarseLevel | OverlayPlanes | None = None
         self._refined = True  # the planes shown are (or will be read at) full resolution
         self._shown_level = ""
         self._generation = 0  # bumped by every request; a refine shows only the latest's
@@ -156,6 +152,9 @@ class SliceViewer(Quiet, w.VBox):
         self.cmap_picker = w.Dropdown(options=CMAPS, value=self.cmap, description="colormap")
         self.opacity_slider = w.FloatSlider(
             value=self.opacity, min=0.0, max=1.0, step=0.05, description="opacity"
+        )
+        self.overlay_slider = w.FloatSlider(
+            value=self.overlay_opacity, min=0.0, max=1.0, step=0.05, description="overlay"
         )
         self.crosshair_box = w.Checkbox(value=True, description="crosshair", indent=False)
         self.image_widgets = {p: w.Image(format="png") for p in PLANES}
@@ -189,7 +188,9 @@ class SliceViewer(Quiet, w.VBox):
         panels = [w.VBox([self.titles[p], stacks[p], self.sliders[p]]) for p in PLANES]
         self.children = [
             w.HBox([self.preset_picker, self.level_box, self.width_box, self.auto_button]),
-            w.HBox([self.cmap_picker, self.opacity_slider, self.crosshair_box]),
+            w.HBox(
+                [self.cmap_picker, self.opacity_slider, self.overlay_slider, self.crosshair_box]
+            ),
             w.HBox(panels),
             self.readout_box,
             self.latency_box,
@@ -200,6 +201,7 @@ class SliceViewer(Quiet, w.VBox):
             ("width", self.width_box),
             ("cmap", self.cmap_picker),
             ("opacity", self.opacity_slider),
+            ("overlay_opacity", self.overlay_slider),
             ("crosshair", self.crosshair_box),
         ):
             t.link((self, name), (control, "value"))
@@ -244,7 +246,7 @@ class SliceViewer(Quiet, w.VBox):
                 self.preset = CUSTOM
             self.render()
 
-    @t.observe("cmap", "opacity", "crosshair")
+    @t.observe("cmap", "opacity", "overlay_opacity", "crosshair")
     def _style_changed(self, change: dict[str, Any]) -> None:
         self.render()
 
@@ -252,12 +254,17 @@ class SliceViewer(Quiet, w.VBox):
     def show(
         self,
         image: SliceCache,
-        mask: SliceCache | None = None,
+        mask: MaskPlanes | None = None,
         mask_name: str = "",
         coarse: CoarseLevel | None = None,
-        coarse_mask: CoarseLevel | None = None,
+        coarse_mask: CoarseLevel | OverlayPlanes | None = None,
+        position: Sequence[int] | None = None,
+        overlay: MaskPlanes | None = None,
+        overlay_name: str = "",
     ) -> None:
-        """Show ``image`` (and ``mask`` on the same grid); keep the position if shapes match.
+        """Show ``image`` (and ``mask``, ``overlay``); keep the position if shapes match.
+
+        ``position`` (a voxel of ``image``) overrides where the crosshair goes.
 
         With ``coarse`` (the image's coarse level; ``coarse_mask``, the mask's) the planes are
         drawn from it at once and the full-resolution planes are read by a background thread,
@@ -270,6 +277,7 @@ class SliceViewer(Quiet, w.VBox):
             old, self._shape = self._shape, image.shape  # kept through clear()
             self.image, self.mask, self.mask_name = image, mask, mask_name
             self.coarse, self.coarse_mask = coarse, coarse_mask
+            self.overlay, self.overlay_name = overlay, overlay_name
             self._refined, self.refining = coarse is None, None
         self._affine = image.volume.affine
         self._spacing = tuple(image.volume.spacing)
@@ -277,7 +285,9 @@ class SliceViewer(Quiet, w.VBox):
             for plane, slider in self.sliders.items():
                 slider.max = image.shape[_AXIS[plane]] - 1
             centre = tuple(n // 2 for n in image.shape)
-            self.position = self.position if old == image.shape else centre
+            kept = self.position if old == image.shape else centre
+            self.position = tuple(int(p) for p in position) if position is not None else kept
+        self._window_overlay()
         if self.preset != CUSTOM:
             self.auto_window()
         else:
@@ -287,12 +297,33 @@ class SliceViewer(Quiet, w.VBox):
                 self._prefetch(self.position)
 
     def set_mask(
-        self, mask: SliceCache | None, mask_name: str = "", coarse_mask: CoarseLevel | None = None
+        self,
+        mask: MaskPlanes | None,
+        mask_name: str = "",
+        coarse_mask: CoarseLevel | OverlayPlanes | None = None,
     ) -> None:
         """Overlay ``mask`` (``None``: no overlay), with its coarse level while one is shown."""
         with self._lock:
             self.mask, self.mask_name, self.coarse_mask = mask, mask_name, coarse_mask
         self.render()
+
+    def set_overlay(self, overlay: MaskPlanes | None, overlay_name: str = "") -> None:
+        """Blend the image ``overlay`` over the planes (``None``: no overlay)."""
+        with self._lock:
+            self.overlay, self.overlay_name = overlay, overlay_name
+        self._window_overlay()
+        self.render()
+
+    def _window_overlay(self) -> None:
+        """The overlay's window: its brighter half, so that what stands out shows.
+
+        50..99.5 % of its voxels above background on the three planes through the position.
+        """
+        if self.overlay is not None:
+            planes = [self.overlay.plane(p, plane_index(p, self.position)) for p in PLANES]
+            values = np.concatenate([p.ravel() for p in planes])
+            inside = values[values > values.min()] if values.size else values
+            self._overlay_window = auto_window(inside if inside.size else values, 50.0, 99.5)
 
     def mark(self, box: Sequence[tuple[int, int]] | None) -> None:
         """Outline the voxel ``box`` ``((x0, x1), (y0, y1), (z0, z1))`` (None: no outline).
@@ -308,7 +339,7 @@ class SliceViewer(Quiet, w.VBox):
         """Show nothing."""
         with self._lock:
             self._generation += 1  # a refine under way is not shown
-            self.image = self.mask = None
+            self.image = self.mask = self.overlay = None
             self.coarse = self.coarse_mask = None
             self._refined, self.refining, self._shown_level = True, None, ""
             self._drawn.clear()
@@ -408,7 +439,8 @@ class SliceViewer(Quiet, w.VBox):
     # -- drawing (the caller holds self._lock, except for _encode_planes in the refiner) -----
     def _style(self) -> Style:
         colors = tuple(sorted(self.label_colors.items()))
-        return Window(self.level, self.width), self.cmap, self.opacity, colors
+        fused = None if self.overlay is None else (self._overlay_window, self.overlay_opacity)
+        return Window(self.level, self.width), self.cmap, self.opacity, colors, fused
 
     def _window_values(self) -> np.ndarray:
         """The voxels of the three planes shown (a coarse level's own, not enlarged)."""
@@ -435,7 +467,11 @@ class SliceViewer(Quiet, w.VBox):
         for plane in PLANES:
             index = plane_index(plane, pos)
             over = self.coarse_mask
-            mask = coarse_plane(over, plane, index, shape, t) if over is not None else None
+            mask: np.ndarray | None = None
+            if isinstance(over, OverlayPlanes):  # another grid's level, sampled onto this one
+                mask = over.plane(plane, index)
+            elif over is not None:
+                mask = coarse_plane(over, plane, index, shape, t)
             planes[plane] = (coarse_plane(self.coarse, plane, index, shape, t), mask)
         return planes, self.coarse.name
 
@@ -449,9 +485,13 @@ class SliceViewer(Quiet, w.VBox):
             scale = display_scale(data.shape, plane_spacing(plane, self._spacing))
             index = plane_index(plane, pos)
             marked = None if self.marked is None else box_on_plane(self.marked, plane, index)
-            key = (self.image, self.mask, level, index, style, scale, marked)
+            key = (self.image, self.mask, self.overlay, level, index, style, scale, marked)
             fresh = self._drawn.get(plane) != key
-            png = self._encode(data, mask, scale, style, marked) if fresh else None
+            fusion = None
+            if fresh and self.overlay is not None and style[4] is not None:
+                window, opacity = style[4]
+                fusion = Fusion(self.overlay.plane(plane, index), window, "hot", opacity)
+            png = self._encode(data, mask, scale, style, marked, fusion) if fresh else None
             out[plane] = (key, png, scale)
         return out
 
@@ -486,15 +526,17 @@ class SliceViewer(Quiet, w.VBox):
         scale: tuple[int, int],
         style: Style,
         marked: tuple[tuple[int, int], tuple[int, int]] | None = None,
+        fusion: Fusion | None = None,
     ) -> bytes:
-        window, cmap, opacity, colors = style
+        window, cmap, opacity, colors, _ = style
         look = {"mask": mask, "opacity": opacity, "colors": dict(colors), "scale": scale}
+        plain = marked is None and fusion is None  # few colours: a palette image
         # mypy is silenced on the next line: look's values have the parameters' types
-        indexed = None if marked else render_indexed(data, window, cmap, **look)  # type: ignore[arg-type]
+        indexed = render_indexed(data, window, cmap, **look) if plain else None  # type: ignore[arg-type]
         if indexed is not None:
             return encode_indexed(*indexed)
         # mypy is silenced on the next line: look's values have the parameters' types
-        rgb = render_slice(data, window, cmap, **look)  # type: ignore[arg-type]
+        rgb = render_slice(data, window, cmap, fusion=fusion, **look)  # type: ignore[arg-type]
         if marked is not None:
             rgb = draw_plane_box(rgb, *marked, data.shape[:2], scale, color=MARK_COLOR)
         return encode_png(rgb)
@@ -514,7 +556,7 @@ class SliceViewer(Quiet, w.VBox):
         self,
         generation: int,
         image: SliceCache,
-        mask: SliceCache | None,
+        mask: MaskPlanes | None,
         pos: tuple[int, int, int],
         style: Style,
     ) -> bool:
@@ -565,10 +607,15 @@ class SliceViewer(Quiet, w.VBox):
         value = float(axial[x, y])
         world = (self._affine @ np.array([x, y, z, 1.0]))[:3]
         label = int(mask[x, y]) if mask is not None else None
-        self.readout_box.value = readout_html(pos, world, value, label, self.mask_name, level)
+        over = None
+        if self.overlay is not None:
+            over = (self.overlay_name, float(self.overlay.plane("axial", z)[x, y]))
+        self.readout_box.value = readout_html(
+            pos, world, value, label, self.mask_name, level, overlay=over
+        )
 
 
-def _read_planes(image: SliceCache, mask: SliceCache | None, pos: tuple[int, int, int]) -> Planes:
+def _read_planes(image: SliceCache, mask: MaskPlanes | None, pos: tuple[int, int, int]) -> Planes:
     """The full-resolution planes through ``pos`` (read where not held already)."""
     out: Planes = {}
     for plane in PLANES:
