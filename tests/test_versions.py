@@ -341,11 +341,11 @@ def test_bad_versions_are_refused(base):
 def test_add_subject_checks_its_input(base):
     radi = _cohort(base)
     row = radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict()
-    from radiobject import AlignmentError, IngestError
+    from radiobject import AlignmentError, AlreadyExistsError, IngestError
 
     history = radi.versions()
 
-    with pytest.raises(IngestError, match="already in"):
+    with pytest.raises(AlreadyExistsError, match="subject 'sub-000' is already in"):
         radi.add_subject("sub-000", {"T1w": np.zeros(SHAPE)}, obs_meta=row)
     with pytest.raises(IngestError, match=r"no collection\(s\) \['CT'\]"):
         radi.add_subject("sub-x", {"CT": np.zeros(SHAPE)}, obs_meta=row)
@@ -357,6 +357,60 @@ def test_add_subject_checks_its_input(base):
         )
     assert radi.versions() == history  # nothing was written
     assert RadiObject(radi.uri).n_subjects == 4
+
+
+def test_add_subject_run_again_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from radiobject import AlreadyExistsError
+    from radiobject.storage import Volume, exists
+
+    radi = _cohort(str(tmp_path))
+    row = radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict()
+    volumes = {"T1w": np.ones(SHAPE, np.float32), "seg": np.zeros(SHAPE, np.uint8)}
+    radi.add_subject("sub-new", volumes, obs_meta=row)
+    history = radi.versions()
+    with pytest.raises(AlreadyExistsError, match="subject 'sub-new' is already in"):
+        radi.add_subject("sub-new", volumes, obs_meta=row)
+    assert radi.versions() == history
+    assert RadiObject(radi.uri).seg.obs_ids.count("sub-new_seg") == 1
+
+    # a volume that fails to write removes the ones written before it
+    real = Volume.from_numpy.__func__
+    made = []
+
+    def second_fails(cls, uri, *args, **kwargs):
+        if made:
+            raise OSError("disk full")
+        made.append(uri)
+        return real(cls, uri, *args, **kwargs)
+
+    monkeypatch.setattr(Volume, "from_numpy", classmethod(second_fails))
+    with pytest.raises(OSError, match="disk full"):
+        radi.add_subject("sub-two", volumes, obs_meta=row)
+    monkeypatch.undo()
+    assert len(made) == 1
+    assert not exists(made[0], radi.ctx)
+    assert radi.versions() == history
+
+    # a subject whose volumes were written but not its obs_meta row (a run stopped
+    # half-way): run again, it is refused, naming the volume, and nothing more is written
+    table = type(radi.obs_meta_table)
+    monkeypatch.setattr(table, "write_rows", _fails_on_obs_meta(table.write_rows))
+    with pytest.raises(OSError, match="stopped"):
+        radi.add_subject("sub-half", volumes, obs_meta=row)
+    monkeypatch.undo()
+    half = radi.versions()
+    with pytest.raises(AlreadyExistsError, match="'sub-half_T1w' is already in collection"):
+        radi.add_subject("sub-half", volumes, obs_meta=row)
+    assert radi.versions() == half
+
+
+def _fails_on_obs_meta(write_rows):
+    def wrapped(self, frame):
+        if self.uri.endswith("obs_meta"):
+            raise OSError("stopped")
+        return write_rows(self, frame)
+
+    return wrapped
 
 
 def test_version_table():

@@ -205,9 +205,13 @@ class CohortVersions:
         >>> RadiObject(radi.uri).obs_subject_ids
         ['sub-000', 'sub-001', 'sub-new']
 
+        Every input is checked before the first write, and a volume that fails to write
+        removes those written before it: a refused or failed call leaves nothing behind.
+
         Raises:
-            IngestError: the subject exists, a collection is unknown, or a column is
-                missing or unknown.
+            AlreadyExistsError: the subject is in ``obs_meta`` already (run again), or one of
+                its volumes is in a collection already (an earlier call stopped half-way).
+            IngestError: a collection is unknown, or a column is missing or unknown.
             AlignmentError: the volumes differ in shape.
             VersionError: this object is open at a past version.
         """

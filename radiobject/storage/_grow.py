@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiobject._errors import AlignmentError, IngestError
+from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._group import add_members, join
+from radiobject.storage._group import add_members, join, new_target
 from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
@@ -39,7 +40,7 @@ def add_subject(
     """
     where = table.uri.rsplit("/", 1)[0]
     if obs_subject_id in set(table.ids()):
-        raise IngestError(
+        raise AlreadyExistsError(
             f"subject {obs_subject_id!r} is already in {where!r}; edit its volumes with "
             "Volume.write_region instead"
         )
@@ -70,15 +71,29 @@ def add_subject(
     rows = {
         name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
     }
+    # every check before the first write: a refused subject leaves nothing behind
+    for name, (member, row) in rows.items():
+        if row["obs_id"] in collections[name]:
+            raise AlreadyExistsError(
+                f"volume {row['obs_id']!r} is already in collection {name!r} of {where!r} "
+                f"(its subject {obs_subject_id!r} is not in obs_meta: an earlier add_subject "
+                "stopped half-way?); remove the volume or add the subject under another id"
+            )
+    with ExitStack() as written:  # a failed volume removes the ones written before it
+        for name, (member, row) in rows.items():
+            coll = collections[name]
+            uri = join(coll.uri, member)
+            written.enter_context(new_target(uri, coll.ctx))
+            Volume.from_numpy(
+                uri,
+                arrays[name],
+                affine=affine,
+                ctx=coll._ctx,
+                metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
+            )
+        written.pop_all()  # all written: keep them
     for name, (member, row) in rows.items():
         coll = collections[name]
-        Volume.from_numpy(
-            join(coll.uri, member),
-            arrays[name],
-            affine=affine,
-            ctx=coll._ctx,
-            metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
-        )
         add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
         coll.obs_table.write_rows(pd.DataFrame([row]))
     table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))
