@@ -72,7 +72,7 @@ def add_subject(
         name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
     }
     # every check before the first write: a refused subject leaves nothing behind
-    for name, (member, row) in rows.items():
+    for name, (_, row) in rows.items():
         if row["obs_id"] in collections[name]:
             raise AlreadyExistsError(
                 f"volume {row['obs_id']!r} is already in collection {name!r} of {where!r} "
