@@ -367,6 +367,8 @@ def test_add_subject_run_again_is_refused_and_writes_nothing(tmp_path, monkeypat
     row = radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict()
     volumes = {"T1w": np.ones(SHAPE, np.float32), "seg": np.zeros(SHAPE, np.uint8)}
     radi.add_subject("sub-new", volumes, obs_meta=row)
+    added = RadiObject(radi.uri).T1w.volume("sub-new_T1w")
+    np.testing.assert_array_equal(added.to_numpy(), volumes["T1w"])  # written, and kept
     history = radi.versions()
     with pytest.raises(AlreadyExistsError, match="subject 'sub-new' is already in"):
         radi.add_subject("sub-new", volumes, obs_meta=row)

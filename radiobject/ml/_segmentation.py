@@ -11,13 +11,13 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, data_version
 from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.ml._slab import centre_plane
-from radiobject.ml._subjects import align, as_collections, data_version, pinned
-from radiobject.storage import ForegroundIndex, VolumeCollection, foreground_digest
+from radiobject.ml._subjects import align
+from radiobject.storage import ForegroundIndex, VolumeCollection
 
 __all__ = ["SegmentationDataset"]
 
@@ -96,20 +96,13 @@ class SegmentationDataset(VolumeCollectionDataset):
                 f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
                 f"with at least one above 0, got {class_ratios!r}"
             )
-        images = as_collections(with_ctx(image, parse_ctx(ctx, type(self).__name__)))
-        data_version([*images, mask])  # one version for images and mask, or an error
-        mode = (config or DatasetConfig()).loading_mode
-        sampling = foreground_sampling and mode in (LoadingMode.PATCH, LoadingMode.SLAB)
-        if sampling and mask.at is None:
-            # index the masks that lack one and store it (at the newest data only) before the
-            # version is pinned, so a read of that version finds the index stored
-            mask.foreground()
-        super().__init__(images, config=config, labels=labels, transform=transform)
-        (self.mask,), _ = pinned([mask], self.data_version)  # the images' version
+        super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
+        self.mask = mask
+        self.data_version = data_version([*self.collections, mask])
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)
         self.class_ratios = tuple(class_ratios) if class_ratios is not None else None
-        mask_refs = {r.obs_subject_id: r for r in align([self.mask])}
+        mask_refs = {r.obs_subject_id: r for r in align([mask])}
         self.mask_uris: list[str] = []
         for ref in self.refs:
             other = mask_refs.get(ref.obs_subject_id)
@@ -124,13 +117,13 @@ class SegmentationDataset(VolumeCollectionDataset):
                 )
             self.mask_uris.append(other.uris[0])
         self.foreground: list[ForegroundIndex] | None = None
-        # the identity of the foreground index sampled from, recorded in a loader's state
-        self.foreground_digest: str | None = None
-        if sampling:
-            index = self.mask.foreground()
-            by_subject = dict(zip(self.mask.obs_subject_ids, self.mask.obs_ids, strict=True))
+        if self.foreground_sampling and self.config.loading_mode in (
+            LoadingMode.PATCH,
+            LoadingMode.SLAB,
+        ):
+            index = mask.foreground()
+            by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
             self.foreground = [index[by_subject[r.obs_subject_id]] for r in self.refs]
-            self.foreground_digest = foreground_digest(self.foreground)
 
     def patch_start(self, index: int, rng: np.random.Generator) -> tuple[int, ...]:
         """Foreground-centred with ``foreground_probability`` when enabled, else uniform."""

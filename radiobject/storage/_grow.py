@@ -9,21 +9,23 @@ subject, its volumes are there.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError
+from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError, RadiObjectError
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._group import add_members, join, new_target
+from radiobject.storage._group import add_members, exists, join, remove
 from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
 __all__ = ["add_subject"]
+
+_log = logging.getLogger(__name__)
 
 
 def add_subject(
@@ -72,6 +74,7 @@ def add_subject(
         name: _row_for(collections[name], obs_subject_id, arrays[name], affine) for name in arrays
     }
     # every check before the first write: a refused subject leaves nothing behind
+    targets = {name: join(collections[name].uri, member) for name, (member, _) in rows.items()}
     for name, (_, row) in rows.items():
         if row["obs_id"] in collections[name]:
             raise AlreadyExistsError(
@@ -79,19 +82,29 @@ def add_subject(
                 f"(its subject {obs_subject_id!r} is not in obs_meta: an earlier add_subject "
                 "stopped half-way?); remove the volume or add the subject under another id"
             )
-    with ExitStack() as written:  # a failed volume removes the ones written before it
-        for name, (member, row) in rows.items():
-            coll = collections[name]
-            uri = join(coll.uri, member)
-            written.enter_context(new_target(uri, coll.ctx))
+        if exists(targets[name], collections[name].ctx):
+            raise AlreadyExistsError(
+                f"{targets[name]!r} already exists (left by an earlier add_subject that "
+                "stopped half-way?); remove it and add the subject again"
+            )
+    made: list[str] = []
+    try:
+        for name, (_, row) in rows.items():
+            made.append(name)  # from here on, a failure removes it
             Volume.from_numpy(
-                uri,
+                targets[name],
                 arrays[name],
                 affine=affine,
-                ctx=coll._ctx,
+                ctx=collections[name]._ctx,
                 metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
             )
-        written.pop_all()  # all written: keep them
+    except BaseException:  # a volume that fails removes those written before it, and itself
+        for name in made:
+            try:
+                remove(targets[name], collections[name].ctx)
+            except RadiObjectError as cleanup:  # keep the first error
+                _log.warning("could not remove the partial write at %r: %s", targets[name], cleanup)
+        raise
     for name, (member, row) in rows.items():
         coll = collections[name]
         add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
