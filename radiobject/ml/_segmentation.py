@@ -11,13 +11,13 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, data_version
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
 from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.ml._slab import centre_plane
-from radiobject.ml._subjects import align
-from radiobject.storage import ForegroundIndex, VolumeCollection
+from radiobject.ml._subjects import align, as_collections, data_version, pinned
+from radiobject.storage import ForegroundIndex, VolumeCollection, foreground_digest
 
 __all__ = ["SegmentationDataset"]
 
@@ -96,9 +96,18 @@ class SegmentationDataset(VolumeCollectionDataset):
                 f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
                 f"with at least one above 0, got {class_ratios!r}"
             )
-        super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
+        images = as_collections(with_ctx(image, parse_ctx(ctx, type(self).__name__)))
+        fg_modes = (LoadingMode.PATCH, LoadingMode.SLAB)
+        samples_foreground = (config or DatasetConfig()).loading_mode in fg_modes
+        # (data_version: one version for all, or an error)
+        if foreground_sampling and samples_foreground and data_version([*images, mask]) is None:
+            # index the masks that lack one and store it before the version is pinned, so a
+            # read of that version finds it stored
+            mask.foreground()
+        # images and mask read as of one version: theirs, else the newest, pinned now
+        (*images, mask), _ = pinned([*images, mask])
+        super().__init__(images, config=config, labels=labels, transform=transform)
         self.mask = mask
-        self.data_version = data_version([*self.collections, mask])
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)
         self.class_ratios = tuple(class_ratios) if class_ratios is not None else None
@@ -124,6 +133,10 @@ class SegmentationDataset(VolumeCollectionDataset):
             index = mask.foreground()
             by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
             self.foreground = [index[by_subject[r.obs_subject_id]] for r in self.refs]
+        # the identity of the index sampled from, recorded in a loader's state
+        self.foreground_digest = (
+            None if self.foreground is None else foreground_digest(self.foreground)
+        )
 
     def patch_start(self, index: int, rng: np.random.Generator) -> tuple[int, ...]:
         """Foreground-centred with ``foreground_probability`` when enabled, else uniform."""
