@@ -422,7 +422,13 @@ class RadiObjectLoader(DataLoader[Any]):
             if _has_collection(value)
         }
         with in_scope(getattr(dataset, "loader_scope", None)):  # the settings it was built in
-            return self.recipe.build(**changes)
+            rebuilt = self.recipe.build(**changes)
+        if not isinstance(rebuilt, RadiObjectLoader):
+            raise ConfigurationError(
+                f"the loader's recipe ({self.recipe.name}) built a {type(rebuilt).__name__}, "
+                "not a RadiObjectLoader: build the loader with radiobject's factories"
+            )
+        return rebuilt
 
 
 def _check_resumable(loader: RadiObjectLoader, state: dict[str, Any], data: str) -> None:
