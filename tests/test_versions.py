@@ -446,6 +446,40 @@ def test_consolidating_up_to_a_kept_version_keeps_it(tmp_path):
     np.testing.assert_array_equal(RadiObject(radi.uri).seg.volume("sub-000_seg").to_numpy(), newest)
 
 
+def test_dropping_versions_before_a_checkpoint_keeps_it_resumable(base):
+    radi = _cohort(base)
+    t1 = radi.T1w.volume("sub-000_T1w")
+    t1.write_region(((0, 2), (0, 2), (0, 2)), np.full((2, 2, 2), 7.0, np.float32))
+    early = radi.versions()[-1]  # a version no kept checkpoint records
+    reference = [_hash(b) for b in _loader(radi)]
+    loader = _loader(radi)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    _edit_and_grow(radi)
+    newest = [_hash(b) for b in _loader(RadiObject(radi.uri))]
+    before = len(tiledb_fragments(t1.uri, radi.ctx))
+
+    assert radi.drop_versions_before(state["data_version"]) >= 1
+    assert len(tiledb_fragments(t1.uri, radi.ctx)) < before  # merged, and the old deleted
+    resumed = _loader(RadiObject(radi.uri))
+    with pytest.warns(UserWarning, match="resuming reads"):
+        resumed.load_state_dict(state)
+    assert [_hash(b) for b in resumed] == reference[1:]  # the checkpoint's version, intact
+    assert [_hash(b) for b in _loader(RadiObject(radi.uri))] == newest
+    with pytest.raises(VersionError, match="were dropped"):
+        RadiObject(radi.uri, at=early)
+    with pytest.raises(VersionError, match="read-only"):
+        RadiObject(radi.uri, at=state["data_version"]).drop_versions_before(early)
+
+
+def tiledb_fragments(uri, ctx):
+    import tiledb
+
+    return tiledb.array_fragments(uri, ctx=ctx)
+
+
 def test_obs_edits_are_versions_and_a_filter_that_now_selects_others_is_refused(base):
     radi = _cohort(base)
     meta = radi.obs_meta

@@ -39,6 +39,7 @@ __all__ = [
     "OBS",
     "OBS_META",
     "RADIOBJECT_KIND",
+    "VERSIONS_FROM",
     "VOLUMES",
     "VOLUMES_KIND",
     "coarse_member",
@@ -60,6 +61,9 @@ OBS = "obs"  # collection: volume table
 VOLUMES = "volumes"  # collection: group of volume arrays
 FG_INDEX = "fg_index"  # mask collection: foreground index
 COARSE = "coarse"  # collection: group of the volumes' coarse levels
+
+# RadiObject group metadata: versions before this TileDB timestamp (ms) were dropped
+VERSIONS_FROM = "versions_from"
 
 # columns radiobject fills in for every volume; the rest of obs is the user's
 CORE_COLUMNS = (
