@@ -6,14 +6,59 @@ so they live here (tests put this folder on ``sys.path``) and not in test module
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import radiobject
-from radiobject.ml import VolumeCollectionDataset
+from radiobject.ml import (
+    VolumeCollectionDataset,
+    create_distributed_dataloader,
+    create_inference_dataloader,
+    create_segmentation_dataloader,
+    create_training_dataloader,
+    create_validation_dataloader,
+)
 from radiobject.read._region import _HANDLES, block_cache
+
+# each loader factory: the function, what it reads from a cohort, its fixed arguments
+_FACTORIES: dict[str, tuple[Callable[..., Any], Callable[[Any], tuple[Any, ...]], dict]] = {
+    "create_training_dataloader": (create_training_dataloader, lambda r: (r.T1w,), {}),
+    "create_validation_dataloader": (create_validation_dataloader, lambda r: (r.T1w,), {}),
+    "create_inference_dataloader": (create_inference_dataloader, lambda r: (r.T1w,), {}),
+    "create_segmentation_dataloader": (
+        create_segmentation_dataloader,
+        lambda r: (r.T1w, r.seg),
+        {},
+    ),
+    "create_distributed_dataloader": (
+        create_distributed_dataloader,
+        lambda r: (r.T1w,),
+        {"rank": 0, "world_size": 1},
+    ),
+}
+
+
+def loader_factories(
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Callable[..., Any]]:
+    """Every loader factory by name, as ``make(radi, **kwargs)`` over the cohort's T1w (and seg).
+
+    ``extra`` gives a factory (by name) more fixed arguments, e.g.
+    ``{"create_distributed_dataloader": {"rank": 1, "world_size": 2}}``.
+    """
+    extra = extra or {}
+    return {
+        name: functools.partial(_make, factory, inputs, {**fixed, **extra.get(name, {})})
+        for name, (factory, inputs, fixed) in _FACTORIES.items()
+    }
+
+
+def _make(factory: Any, inputs: Any, fixed: dict[str, Any], radi: Any, **kwargs: Any) -> Any:
+    return factory(*inputs(radi), **fixed, **kwargs)
 
 
 class ConfigProbeDataset(VolumeCollectionDataset):

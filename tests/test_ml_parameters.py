@@ -24,7 +24,6 @@ from radiobject.ml import (
     LoadingMode,
     SegmentationDataset,
     VolumeCollectionDataset,
-    create_distributed_dataloader,
     create_inference_dataloader,
     create_segmentation_dataloader,
     create_training_dataloader,
@@ -32,19 +31,10 @@ from radiobject.ml import (
 )
 from radiobject.ml._loaders import build_loader
 from radiobject.ml._recipe import LOADER_OPTIONS
+from tests._ml_helpers import loader_factories
 
 # every factory, called on the sample cohort with the shared parameters given by name
-FACTORIES = {
-    "create_training_dataloader": lambda radi, **kw: create_training_dataloader(radi.T1w, **kw),
-    "create_validation_dataloader": lambda radi, **kw: create_validation_dataloader(radi.T1w, **kw),
-    "create_inference_dataloader": lambda radi, **kw: create_inference_dataloader(radi.T1w, **kw),
-    "create_segmentation_dataloader": lambda radi, **kw: create_segmentation_dataloader(
-        radi.T1w, radi.seg, **kw
-    ),
-    "create_distributed_dataloader": lambda radi, **kw: create_distributed_dataloader(
-        radi.T1w, rank=0, world_size=1, **kw
-    ),
-}
+FACTORIES = loader_factories()
 
 
 def _identity(sample):

@@ -21,7 +21,7 @@ from radiobject.ml import (
     create_training_dataloader,
 )
 from radiobject.ml._read_ahead import ahead_state
-from radiobject.read import Reader, Region
+from radiobject.read import Reader, Region, split_version
 from radiobject.read._region import block_cache, forget_array
 
 PATCH = (8, 8, 8)
@@ -212,7 +212,7 @@ def test_deleted_volume_raises_not_found_and_never_hangs(tmp_path, num_workers):
             patches_per_volume=2,
             num_workers=num_workers,
         )
-    victim = loader.dataset.refs[-1].uris[0]
+    victim = split_version(loader.dataset.refs[-1].uris[0])[0]  # its folder
     shutil.rmtree(victim)
     forget_array(victim)
 

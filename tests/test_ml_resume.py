@@ -185,6 +185,7 @@ def test_state_is_small_json_and_counts_samples(radi_uri):
     # the cohort version read (tests/test_versions.py resumes across versions)
     assert state.pop("data_version") == loader.dataset.data_version
     assert len(state.pop("volumes_digest")) == 16
+    assert state.pop("foreground_digest") is None  # a training loader samples no foreground
     assert state == {
         "version": 1,
         "seed": helpers.SEED,

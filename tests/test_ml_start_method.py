@@ -328,3 +328,23 @@ def test_the_aws_environment_is_written_in_a_worker_only_where_it_differs(monkey
     init(0)
     assert writes == [{"AWS_REGION": "eu-west-1"}]
     assert os.environ["AWS_REGION"] == "eu-west-1"
+
+
+def test_the_fork_servers_preload_keeps_the_users_modules(monkeypatch):
+    """radiobject adds its modules to the fork server's list, before it starts only."""
+    from multiprocessing import forkserver
+
+    from radiobject.ml._start_method import mp_context
+
+    server = forkserver.ForkServer()  # this process's, as if nothing had started it yet
+    monkeypatch.setattr(forkserver, "_forkserver", server)
+    server.set_forkserver_preload(["__main__", "json"])  # the user's
+    mp_context("forkserver", ("json", "numpy", "radiobject.ml"))
+    assert server._preload_modules == ["__main__", "json", "numpy", "radiobject.ml"]
+
+    spawn = mp_context("spawn")
+    assert mp_context(spawn, ("torch",)) is spawn  # a context given is used as it is
+    server.set_forkserver_preload(["json"])
+    monkeypatch.setattr(server, "_forkserver_pid", 12345)  # it runs: its imports are done
+    mp_context("forkserver", ("numpy",))
+    assert server._preload_modules == ["json"]

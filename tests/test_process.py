@@ -200,3 +200,19 @@ def test_a_user_context_is_used_as_is_outside_a_forked_child():
     ctx = tiledb.Ctx({"sm.compute_concurrency_level": "3"})
     assert local_ctx(ctx) is ctx
     assert ContextRef(ctx).get() is ctx
+
+
+def test_ingest_task_contexts_belong_to_the_process_state(monkeypatch):
+    """A process pool's tasks build one context per settings, kept in the process state."""
+    from radiobject import _process
+    from radiobject.ingest._remote import ctx_from_settings
+
+    settings = {"sm.io_concurrency_level": "3"}
+    parent = ctx_from_settings(settings)
+    assert ctx_from_settings(dict(settings)) is parent
+    monkeypatch.setattr(_process, "_current", ProcessState(forked=True))  # a forked child's
+    child = ctx_from_settings(settings)
+    assert child is not parent  # never the parent's
+    assert state().built["remote contexts"] == 1
+    monkeypatch.undo()
+    assert ctx_from_settings(settings) is parent

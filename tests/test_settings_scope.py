@@ -104,6 +104,24 @@ def test_a_tuner_run_changes_no_setting_and_keeps_a_users_configure(sample_radi,
     assert {(c, ra) for _, c, ra in read_settings} == {(11, 3)}  # the run's, in every thread
 
 
+def test_a_tuner_run_started_in_a_settings_block_keeps_its_settings(sample_radi):
+    seen: list[bool] = []
+
+    def make_loader(**kwargs: Any) -> Any:
+        seen.append(get_config().write.integers)  # in the tuner's thread
+        return create_training_dataloader(sample_radi.T1w, **kwargs)
+
+    tuner = LoaderTuner(make_loader, patch_size=(8, 8, 8))
+    tuner.live_box.value = False
+    default = get_config().write.integers
+    with settings(write={"integers": not default}):
+        run = tuner.start(duration_s=0.2, num_workers=0)
+    assert run is not None
+    tuner.wait()
+    assert run.error == ""
+    assert seen == [not default]  # the block's, though the run went on in another thread
+
+
 def test_an_autotune_changes_no_setting(sample_radi, read_settings):
     configure(read={"cache_mb": 21})
     before = get_config()

@@ -91,18 +91,26 @@ def _edit_and_grow(radi: RadiObject) -> None:
 
 def test_a_resumed_run_reads_the_version_it_started_on(base):
     radi = _cohort(base)
-    reference = [_hash(b) for b in _loader(radi)]
+    uninterrupted = _loader(radi)
+    reference = [_hash(b) for b in uninterrupted]
     assert len(reference) == 4  # 4 volumes x 2 patches, batches of 2
+    next_epoch = [_hash(b) for b in uninterrupted]
+    assert next_epoch != reference
 
-    loader = _loader(radi)
+    loader = _loader(radi)  # built on the newest data, no at=
     it = iter(loader)
     head = [_hash(next(it)) for _ in range(2)]
     state = loader.state_dict()
-    del it
     assert head == reference[:2]
     assert isinstance(state["data_version"], int)
+    assert isinstance(state["foreground_digest"], str)
 
-    _edit_and_grow(radi)
+    _edit_and_grow(radi)  # mid-run: a corrected mask and a new subject
+
+    # the run going on does not see them: the rest of its epoch, and the next, are unchanged
+    assert [_hash(b) for b in it] == reference[2:]
+    assert [_hash(b) for b in loader] == next_epoch
+    assert loader.state_dict()["data_version"] == state["data_version"]
 
     newest = RadiObject(radi.uri)
     resumed = _loader(newest)
@@ -110,7 +118,9 @@ def test_a_resumed_run_reads_the_version_it_started_on(base):
     with pytest.warns(UserWarning, match="resuming reads the cohort as the saved run did"):
         resumed.load_state_dict(state)
     assert len(resumed.dataset) == 8
+    assert resumed.dataset.data_version == state["data_version"]
     assert [_hash(b) for b in resumed] == reference[2:]
+    assert [_hash(b) for b in resumed] == next_epoch
 
     # the diff from the checkpoint's version names exactly the mask and the subject
     change = newest.diff(state["data_version"])
@@ -120,13 +130,73 @@ def test_a_resumed_run_reads_the_version_it_started_on(base):
     assert change.subjects_changed == change.subjects_removed == ()
     assert change.obs_changed == change.volumes_removed == change.collections_added == ()
 
-    # asked for, the newest: the corrected mask and the new subject
+    # asked for, the newest (as of when the loader was built): the corrected mask and the
+    # new subject
     latest = _loader(newest)
     latest.load_state_dict(state, data="newest")
     assert len(latest.dataset) == 10
     mask = latest.dataset.mask.volume("sub-000_seg")
-    assert mask.at is None
+    assert mask.at == latest.dataset.data_version > state["data_version"]
     assert (mask.read(EDIT) == 1).all()
+
+
+def test_a_run_in_worker_processes_does_not_see_writes_made_while_it_runs(tmp_path):
+    radi = _cohort(str(tmp_path))
+    uninterrupted = _loader(radi, batch_size=1, patches_per_volume=4)
+    reference = [_hash(b) for b in uninterrupted]
+    next_epoch = [_hash(b) for b in uninterrupted]
+    loader = _loader(radi, num_workers=2, batch_size=1, patches_per_volume=4)
+    it = iter(loader)
+    head = _hash(next(it))  # the workers have started and read ahead
+    state = loader.state_dict()
+    _edit_and_grow(radi)
+    whole = tuple((0, n) for n in SHAPE)  # and every voxel of each image: any read would show
+    for obs_id in radi.T1w.obs_ids:
+        radi.T1w.volume(obs_id).write_region(whole, np.zeros(SHAPE, np.float32))
+    assert [head, *(_hash(b) for b in it)] == reference
+    assert [_hash(b) for b in loader] == next_epoch  # new workers, the same version
+    resumed = _loader(RadiObject(radi.uri), num_workers=2, batch_size=1, patches_per_volume=4)
+    with pytest.warns(UserWarning, match="resuming reads"):
+        resumed.load_state_dict(state)
+    assert [_hash(b) for b in resumed] == reference[1:]
+
+
+def test_a_state_that_does_not_fit_leaves_the_loader_as_it_was(tmp_path):
+    radi = _cohort(str(tmp_path))
+    loader = _loader(radi)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    _edit_and_grow(radi)  # a resume of ``state`` must rebuild the loader over its version
+    fresh = _loader(RadiObject(radi.uri))
+    expected = [_hash(b) for b in _loader(RadiObject(radi.uri, at=fresh.dataset.data_version))]
+    dataset, sampler = fresh.dataset, fresh.sampler
+    bad = [
+        ({**state, "seed": 6}, "seed=6"),  # found only once rebuilt: the rebuild is dropped
+        ({**state, "samples_yielded": 99}, "samples_yielded <= epoch_length"),
+        ({**state, "foreground_digest": "0" * 16}, "another foreground index"),
+        ({**state, "foreground_digest": 7}, "'foreground_digest' must be str or None"),
+        ({**state, "volumes_digest": ["x"]}, "'volumes_digest' must be str or None"),
+        ({**state, "data_version": "then"}, "'data_version' must be int or None"),
+        ({k: v for k, v in state.items() if k != "seed"}, r"lacks \['seed'\]"),
+    ]
+    for wrong, message in bad:
+        with pytest.raises(ConfigurationError, match=message):
+            fresh.load_state_dict(wrong)  # warnings are errors here: none is given either
+        assert fresh.dataset is dataset
+        assert fresh.sampler is sampler
+    assert [_hash(b) for b in fresh] == expected  # it reads what it was built on, from 0
+
+
+def test_a_state_of_a_run_without_foreground_sampling_is_refused(tmp_path):
+    radi = _cohort(str(tmp_path))
+    state = _loader(radi, foreground_probability=0.0).state_dict()
+    assert state["foreground_digest"] is not None  # sampling on, probability 0
+    plain = _loader(radi, foreground_sampling=False)
+    with pytest.raises(ConfigurationError, match="foreground sampling is on in one and off"):
+        plain.load_state_dict(state)
+    plain.load_state_dict(state, data="newest")  # asked for: resumes on what it was built on
 
 
 def test_a_state_without_a_recipe_says_how_to_read_its_version(base):
@@ -271,11 +341,11 @@ def test_bad_versions_are_refused(base):
 def test_add_subject_checks_its_input(base):
     radi = _cohort(base)
     row = radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict()
-    from radiobject import AlignmentError, IngestError
+    from radiobject import AlignmentError, AlreadyExistsError, IngestError
 
     history = radi.versions()
 
-    with pytest.raises(IngestError, match="already in"):
+    with pytest.raises(AlreadyExistsError, match="subject 'sub-000' is already in"):
         radi.add_subject("sub-000", {"T1w": np.zeros(SHAPE)}, obs_meta=row)
     with pytest.raises(IngestError, match=r"no collection\(s\) \['CT'\]"):
         radi.add_subject("sub-x", {"CT": np.zeros(SHAPE)}, obs_meta=row)
@@ -287,6 +357,62 @@ def test_add_subject_checks_its_input(base):
         )
     assert radi.versions() == history  # nothing was written
     assert RadiObject(radi.uri).n_subjects == 4
+
+
+def test_add_subject_run_again_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    from radiobject import AlreadyExistsError
+    from radiobject.storage import Volume, exists
+
+    radi = _cohort(str(tmp_path))
+    row = radi.obs_meta.iloc[0].drop("obs_subject_id").to_dict()
+    volumes = {"T1w": np.ones(SHAPE, np.float32), "seg": np.zeros(SHAPE, np.uint8)}
+    radi.add_subject("sub-new", volumes, obs_meta=row)
+    added = RadiObject(radi.uri).T1w.volume("sub-new_T1w")
+    np.testing.assert_array_equal(added.to_numpy(), volumes["T1w"])  # written, and kept
+    history = radi.versions()
+    with pytest.raises(AlreadyExistsError, match="subject 'sub-new' is already in"):
+        radi.add_subject("sub-new", volumes, obs_meta=row)
+    assert radi.versions() == history
+    assert RadiObject(radi.uri).seg.obs_ids.count("sub-new_seg") == 1
+
+    # a volume that fails to write removes the ones written before it
+    real = Volume.from_numpy.__func__
+    made = []
+
+    def second_fails(cls, uri, *args, **kwargs):
+        if made:
+            raise OSError("disk full")
+        made.append(uri)
+        return real(cls, uri, *args, **kwargs)
+
+    monkeypatch.setattr(Volume, "from_numpy", classmethod(second_fails))
+    with pytest.raises(OSError, match="disk full"):
+        radi.add_subject("sub-two", volumes, obs_meta=row)
+    monkeypatch.undo()
+    assert len(made) == 1
+    assert not exists(made[0], radi.ctx)
+    assert radi.versions() == history
+
+    # a subject whose volumes were written but not its obs_meta row (a run stopped
+    # half-way): run again, it is refused, naming the volume, and nothing more is written
+    table = type(radi.obs_meta_table)
+    monkeypatch.setattr(table, "write_rows", _fails_on_obs_meta(table.write_rows))
+    with pytest.raises(OSError, match="stopped"):
+        radi.add_subject("sub-half", volumes, obs_meta=row)
+    monkeypatch.undo()
+    half = radi.versions()
+    with pytest.raises(AlreadyExistsError, match="'sub-half_T1w' is already in collection"):
+        radi.add_subject("sub-half", volumes, obs_meta=row)
+    assert radi.versions() == half
+
+
+def _fails_on_obs_meta(write_rows):
+    def wrapped(self, frame):
+        if self.uri.endswith("obs_meta"):
+            raise OSError("stopped")
+        return write_rows(self, frame)
+
+    return wrapped
 
 
 def test_version_table():
@@ -320,6 +446,40 @@ def test_consolidating_up_to_a_kept_version_keeps_it(tmp_path):
     np.testing.assert_array_equal(RadiObject(radi.uri).seg.volume("sub-000_seg").to_numpy(), newest)
 
 
+def test_dropping_versions_before_a_checkpoint_keeps_it_resumable(base):
+    radi = _cohort(base)
+    t1 = radi.T1w.volume("sub-000_T1w")
+    t1.write_region(((0, 2), (0, 2), (0, 2)), np.full((2, 2, 2), 7.0, np.float32))
+    early = radi.versions()[-1]  # a version no kept checkpoint records
+    reference = [_hash(b) for b in _loader(radi)]
+    loader = _loader(radi)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    del it
+    _edit_and_grow(radi)
+    newest = [_hash(b) for b in _loader(RadiObject(radi.uri))]
+    before = len(tiledb_fragments(t1.uri, radi.ctx))
+
+    assert radi.drop_versions_before(state["data_version"]) >= 1
+    assert len(tiledb_fragments(t1.uri, radi.ctx)) < before  # merged, and the old deleted
+    resumed = _loader(RadiObject(radi.uri))
+    with pytest.warns(UserWarning, match="resuming reads"):
+        resumed.load_state_dict(state)
+    assert [_hash(b) for b in resumed] == reference[1:]  # the checkpoint's version, intact
+    assert [_hash(b) for b in _loader(RadiObject(radi.uri))] == newest
+    with pytest.raises(VersionError, match="were dropped"):
+        RadiObject(radi.uri, at=early)
+    with pytest.raises(VersionError, match="read-only"):
+        RadiObject(radi.uri, at=state["data_version"]).drop_versions_before(early)
+
+
+def tiledb_fragments(uri, ctx):
+    import tiledb
+
+    return tiledb.array_fragments(uri, ctx=ctx)
+
+
 def test_obs_edits_are_versions_and_a_filter_that_now_selects_others_is_refused(base):
     radi = _cohort(base)
     meta = radi.obs_meta
@@ -337,11 +497,10 @@ def test_obs_edits_are_versions_and_a_filter_that_now_selects_others_is_refused(
 
     resumed = _loader(RadiObject(radi.uri).filter(f"age <= {cut}"))
     assert len(resumed.dataset) == 8  # 4 volumes now
-    with (
-        pytest.warns(UserWarning, match="resuming reads the cohort"),
-        pytest.raises(ConfigurationError, match="over other volumes than this loader reads"),
-    ):
-        resumed.load_state_dict(state)
+    dataset = resumed.dataset
+    with pytest.raises(ConfigurationError, match="over other volumes than this loader reads"):
+        resumed.load_state_dict(state)  # refused before anything changed: no rebuild, no warning
+    assert resumed.dataset is dataset
     # the same filter on the cohort at the checkpoint's version selects what the run read
     same = _loader(RadiObject(radi.uri, at=state["data_version"]).filter(f"age <= {cut}"))
     same.load_state_dict(state)

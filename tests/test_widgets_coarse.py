@@ -196,3 +196,33 @@ def test_the_coarse_level_of_an_older_volume_is_built_and_stored_on_first_view(t
     assert browser.wait_refined(60)
     assert RadiObject(radi.uri).FLAIR.coarse_volume("sub-000_FLAIR") is not None
     assert RadiObject(radi.uri).seg.coarse_volume("sub-000_seg") is not None
+
+
+def test_the_background_reads_run_in_the_callers_settings(sample_radi, monkeypatch):
+    """The refine and slab-warming threads read under the settings() block that queued them."""
+    from radiobject import get_config, settings
+    from radiobject.widgets import _viewer
+
+    seen: list[tuple[str, str, int]] = []
+    real_planes, real_slab = _viewer._read_planes, SliceCache._read_slab
+
+    def planes(*args):
+        seen.append(("refine", threading.current_thread().name, get_config().read.cache_mb))
+        return real_planes(*args)
+
+    def slab(self, bounds):
+        seen.append(("slabs", threading.current_thread().name, get_config().read.cache_mb))
+        return real_slab(self, bounds)
+
+    monkeypatch.setattr(_viewer, "_read_planes", planes)
+    monkeypatch.setattr(SliceCache, "_read_slab", slab)
+    default = get_config().read.cache_mb
+    with settings(read={"cache_mb": default + 7}):
+        browser = CollectionBrowser(sample_radi)
+        assert browser.wait_refined(60)
+        for future in list(browser.viewer.image._slabs.values()):
+            future.result(60)
+    kinds = {kind for kind, _, _ in seen}
+    assert kinds == {"refine", "slabs"}
+    assert all(name.startswith("radiobject-") for _, name, _ in seen)  # background threads
+    assert {mb for _, _, mb in seen} == {default + 7}

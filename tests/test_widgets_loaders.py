@@ -17,30 +17,21 @@ from radiobject import ConfigurationError
 from radiobject.ml import (
     LoaderRecipe,
     VolumeCollectionDataset,
-    create_distributed_dataloader,
-    create_inference_dataloader,
     create_segmentation_dataloader,
     create_training_dataloader,
-    create_validation_dataloader,
 )
 from radiobject.widgets import LoaderTuner, PatchPreview
 from radiobject.widgets._autotune import settings_code
+from tests._ml_helpers import loader_factories
 
-FACTORIES = {
-    "create_training_dataloader": lambda radi, **kw: create_training_dataloader(
-        radi.T1w, labels="diagnosis", **kw
-    ),
-    "create_validation_dataloader": lambda radi, **kw: create_validation_dataloader(radi.T1w, **kw),
-    "create_inference_dataloader": lambda radi, **kw: create_inference_dataloader(
-        radi.T1w, overlap=0.5, **kw
-    ),
-    "create_segmentation_dataloader": lambda radi, **kw: create_segmentation_dataloader(
-        radi.T1w, radi.seg, foreground_probability=0.9, **kw
-    ),
-    "create_distributed_dataloader": lambda radi, **kw: create_distributed_dataloader(
-        radi.T1w, rank=1, world_size=2, **kw
-    ),
-}
+FACTORIES = loader_factories(
+    {
+        "create_training_dataloader": {"labels": "diagnosis"},
+        "create_inference_dataloader": {"overlap": 0.5},
+        "create_segmentation_dataloader": {"foreground_probability": 0.9},
+        "create_distributed_dataloader": {"rank": 1, "world_size": 2},
+    }
+)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ True
 
 from __future__ import annotations
 
-import os
+import functools
 import threading
 from collections.abc import Mapping
 
@@ -25,11 +25,27 @@ from radiobject._process import Resource
 
 __all__ = ["ctx_from_settings", "tiledb_settings"]
 
-# per process: another thread may hold it at the moment of a fork
-_LOCK: Resource[threading.Lock] = Resource("remote contexts lock", threading.Lock)
-_defaults: dict[str, str] = {}
-_contexts: dict[tuple[int, tuple[tuple[str, str], ...]], tiledb.Ctx] = {}
-_inherited: list[tiledb.Ctx] = []
+
+class _Contexts:
+    """This process's contexts, by settings.
+
+    One entry of :class:`~radiobject._process.ProcessState`: a forked child starts with
+    none, and never uses nor frees its parent's.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_settings: dict[tuple[tuple[str, str], ...], tiledb.Ctx] = {}
+
+
+_CONTEXTS: Resource[_Contexts] = Resource("remote contexts", _Contexts)
+
+
+@functools.cache
+def _tiledb_defaults() -> dict[str, str]:
+    """TileDB's default settings (plain strings: the same in every process)."""
+    default = tiledb.Config()
+    return {k: default[k] for k in default}
 
 
 def tiledb_settings(ctx: tiledb.Ctx) -> dict[str, str]:
@@ -37,25 +53,21 @@ def tiledb_settings(ctx: tiledb.Ctx) -> dict[str, str]:
 
     The dict may hold S3 credentials: keep it out of logs and reprs.
     """
-    with _LOCK.get():
-        if not _defaults:
-            default = tiledb.Config()
-            _defaults.update({k: default[k] for k in default})
+    defaults = _tiledb_defaults()
     cfg = ctx.config()
-    return {k: cfg[k] for k in cfg if _defaults.get(k) != cfg[k]}
+    return {k: cfg[k] for k in cfg if defaults.get(k) != cfg[k]}
 
 
 def ctx_from_settings(settings: Mapping[str, str]) -> tiledb.Ctx:
     """A context of this process with ``settings``, built once and reused.
 
-    A context made by a parent process before ``fork`` is never returned (nor freed).
+    A context made by a parent process before ``fork`` is never returned (nor freed): the
+    child's process state starts empty.
     """
-    key = (os.getpid(), tuple(sorted(settings.items())))
-    with _LOCK.get():
-        ctx = _contexts.get(key)
+    key = tuple(sorted(settings.items()))
+    contexts = _CONTEXTS.get()
+    with contexts.lock:
+        ctx = contexts.by_settings.get(key)
         if ctx is None:
-            for k in [k for k in _contexts if k[0] != key[0]]:
-                _inherited.append(_contexts.pop(k))
-            ctx = tiledb.Ctx(tiledb.Config(dict(settings)))
-            _contexts[key] = ctx
+            ctx = contexts.by_settings[key] = tiledb.Ctx(tiledb.Config(dict(settings)))
     return ctx

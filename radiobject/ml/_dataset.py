@@ -12,7 +12,7 @@ import tiledb
 import torch
 from torch.utils.data import Dataset
 
-from radiobject._errors import ConfigurationError, ShapeError
+from radiobject._errors import ShapeError
 from radiobject.config import Scope, SliceOrientation, current_scope, get_config, in_scope
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
@@ -28,12 +28,13 @@ from radiobject.ml._subjects import (
     VolumeRef,
     align,
     as_collections,
+    pinned,
     reference_of,
     resolve_labels,
     to_tensor,
 )
 from radiobject.read import open_array, reader, served_locally, whole_volume_budget
-from radiobject.storage import VolumeCollection, now_ms
+from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
 
@@ -94,15 +95,16 @@ class VolumeCollectionDataset(Dataset[Any]):
         ctx: tiledb.Ctx | None = None,
     ) -> None:
         where = type(self).__name__
-        self.collections = as_collections(with_ctx(collections, parse_ctx(ctx, where)))
+        # read as of one version: the collections' own, else the newest as of now (pinned)
+        self.collections, self.data_version = pinned(
+            as_collections(with_ctx(collections, parse_ctx(ctx, where)))
+        )
         self.config = config or DatasetConfig()
         self.transform = parse_transform(transform, where)
         # a cohort with a reference grid: samples are planned in it (see RadiObject.reference)
         self.reference = reference_of(self.grid_sources())
         self.refs = align(self.collections, self.reference)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
-        # the version read: the collections' (opened at one), else the newest as of now
-        self.data_version = data_version(self.collections)
         self.epoch = 0
         self._whole: dict[str, bool] = {}
         self._stored_bytes: int | None = None
@@ -573,22 +575,6 @@ class VolumeCollectionDataset(Dataset[Any]):
             f"{type(self).__name__}([{names}], {len(self.refs)} volumes, {len(self)} items, "
             f"mode={self._mode.name})"
         )
-
-
-def data_version(collections: Sequence[VolumeCollection]) -> int:
-    """The version ``collections`` read (TileDB ms): the one they are open at, else now.
-
-    Raises:
-        ConfigurationError: they are open at different versions.
-    """
-    stamps = {c.at for c in collections}
-    if len(stamps) > 1:
-        raise ConfigurationError(
-            f"the collections of one dataset are open at different versions "
-            f"{sorted(map(str, stamps))}; open them from one RadiObject(uri, at=...)"
-        )
-    stamp = stamps.pop()
-    return now_ms() if stamp is None else stamp
 
 
 def _itemsize(uri: str, ctx: tiledb.Ctx) -> int:

@@ -11,14 +11,14 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, RadiObjectError
 from radiobject.ml._config import DatasetConfig, LoadingMode
-from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize, data_version
+from radiobject.ml._dataset import VolumeCollectionDataset, _itemsize
 from radiobject.ml._params import parse_ctx, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan, grid_read
 from radiobject.ml._sampling import foreground_patch_start
 from radiobject.ml._slab import centre_plane
-from radiobject.ml._subjects import align
+from radiobject.ml._subjects import align, as_collections, data_version, pinned
 from radiobject.read import GridMap
-from radiobject.storage import ForegroundIndex, VolumeCollection
+from radiobject.storage import ForegroundIndex, VolumeCollection, foreground_digest
 
 __all__ = ["SegmentationDataset"]
 
@@ -97,9 +97,18 @@ class SegmentationDataset(VolumeCollectionDataset):
                 f"class_ratios must be non-negative weights (label k gets class_ratios[k - 1]) "
                 f"with at least one above 0, got {class_ratios!r}"
             )
+        images = as_collections(with_ctx(image, parse_ctx(ctx, type(self).__name__)))
+        fg_modes = (LoadingMode.PATCH, LoadingMode.SLAB)
+        samples_foreground = (config or DatasetConfig()).loading_mode in fg_modes
+        # (data_version: one version for all, or an error)
+        if foreground_sampling and samples_foreground and data_version([*images, mask]) is None:
+            # index the masks that lack one and store it before the version is pinned, so a
+            # read of that version finds it stored
+            mask.foreground()
+        # images and mask read as of one version: theirs, else the newest, pinned now
+        (*images, mask), _ = pinned([*images, mask])
         self.mask = mask  # before the images: its cohort may name the reference grid
-        super().__init__(image, config=config, labels=labels, transform=transform, ctx=ctx)
-        self.data_version = data_version([*self.collections, mask])
+        super().__init__(images, config=config, labels=labels, transform=transform)
         self.foreground_sampling = bool(foreground_sampling)
         self.foreground_probability = float(foreground_probability)
         self.class_ratios = tuple(class_ratios) if class_ratios is not None else None
@@ -126,10 +135,13 @@ class SegmentationDataset(VolumeCollectionDataset):
         ):
             index = mask.foreground()
             by_subject = dict(zip(mask.obs_subject_ids, mask.obs_ids, strict=True))
+            stored = [index[by_subject[r.obs_subject_id]] for r in self.refs]
             self.foreground = [
-                _in_reference(index[by_subject[r.obs_subject_id]], grid, r.shape[:3])
-                for r, grid in zip(self.refs, self.mask_grids, strict=True)
+                _in_reference(points, grid, r.shape[:3])
+                for points, r, grid in zip(stored, self.refs, self.mask_grids, strict=True)
             ]
+        # the identity of the index sampled from (as stored), recorded in a loader's state
+        self.foreground_digest = None if self.foreground is None else foreground_digest(stored)
 
     def grid_sources(self) -> list[VolumeCollection]:
         """The images' collections and the mask's."""

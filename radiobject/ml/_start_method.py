@@ -50,7 +50,13 @@ from typing import Any
 
 from radiobject._errors import ConfigurationError
 
-__all__ = ["check_workers_can_start", "choose_start_method", "default_start_method", "mp_context"]
+__all__ = [
+    "add_forkserver_preload",
+    "check_workers_can_start",
+    "choose_start_method",
+    "default_start_method",
+    "mp_context",
+]
 
 PRELOAD = ("torch", "numpy", "radiobject.ml")
 
@@ -121,7 +127,8 @@ def mp_context(method: str | BaseContext | None, preload: Sequence[str] = PRELOA
     """The multiprocessing context of ``method`` (None: :func:`default_start_method`).
 
     ``fork`` is radiobject's fork context; a fork server imports ``preload`` once, so its
-    workers start warm.
+    workers start warm (see :func:`add_forkserver_preload`). A context given is used as it
+    is.
 
     >>> mp_context("fork").get_start_method(), mp_context("spawn").get_start_method()
     ('fork', 'spawn')
@@ -144,9 +151,52 @@ def mp_context(method: str | BaseContext | None, preload: Sequence[str] = PRELOA
         return _ForkContext()
     ctx = multiprocessing.get_context(name)
     if name == "forkserver":
-        # the server imports these once (when it starts); workers forked from it start warm
-        ctx.set_forkserver_preload(list(preload))
+        add_forkserver_preload(preload)
     return ctx
+
+
+def add_forkserver_preload(modules: Sequence[str]) -> None:
+    """Add ``modules`` to what the process's fork server imports when it starts.
+
+    Python has one fork server per process, and its preload list is process-wide: a loader's
+    ``forkserver`` workers come from it, so their start is warm only if the server imported
+    torch and radiobject once. radiobject *adds* its modules to the list (the user's own
+    ``set_forkserver_preload`` entries stay, in their order) and only before the server has
+    started (after, the list is read by nobody: nothing is changed). To keep the fork
+    server's list as it is, pass a context of your own (``multiprocessing_context=
+    multiprocessing.get_context("forkserver")``): radiobject uses a context it is given as
+    it is.
+    """
+    server = _forkserver()
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return  # no fork server here, or it runs: its imports are done
+    current = _forkserver_preload()
+    merged = with_modules(current, modules)
+    if merged != current:  # what multiprocessing's set_forkserver_preload calls
+        server.set_forkserver_preload(merged)
+
+
+def with_modules(current: Sequence[str], modules: Sequence[str]) -> list[str]:
+    """``current`` then the ``modules`` not in it: a preload list that drops nothing.
+
+    >>> with_modules(["__main__", "json"], ["json", "numpy"])
+    ['__main__', 'json', 'numpy']
+    """
+    return [*current, *(m for m in modules if m not in current)]
+
+
+def _forkserver() -> Any:
+    """The process's fork server (``multiprocessing.forkserver``'s), None where there is none."""
+    try:
+        from multiprocessing import forkserver
+    except ImportError:  # Windows
+        return None
+    return getattr(forkserver, "_forkserver", None)
+
+
+def _forkserver_preload() -> list[str]:
+    """The modules the process's fork server will import (Python keeps no public getter)."""
+    return list(getattr(_forkserver(), "_preload_modules", None) or ["__main__"])
 
 
 def check_workers_can_start(method: str, sent: Callable[[], Sequence[Any]]) -> None:

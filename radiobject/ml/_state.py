@@ -25,7 +25,7 @@ from radiobject.config import in_scope
 from radiobject.ml._recipe import LoaderRecipe
 from radiobject.ml._stages import raise_failure
 from radiobject.ml._start_method import check_workers_can_start
-from radiobject.storage import RadiObject, Version, VolumeCollection, written_after
+from radiobject.storage import RadiObject, Version, VolumeCollection, written_between
 
 __all__ = ["STATE_VERSION", "EpochPass", "RadiObjectLoader", "ResumableSampler"]
 
@@ -234,6 +234,9 @@ _REQUIRED = {
 }
 
 
+_OPTIONAL = {"data_version": int, "volumes_digest": str, "foreground_digest": str}
+
+
 class _Counting(Iterator[Any]):
     """A DataLoader iterator that counts the samples it hands to the training loop."""
 
@@ -351,6 +354,8 @@ class RadiObjectLoader(DataLoader[Any]):
             "data_version": getattr(self.dataset, "data_version", None),
             # which volumes it read (its view's filter at that version), to check a resume
             "volumes_digest": _volumes_digest(self.dataset),
+            # the foreground index it sampled patches from (None: no foreground sampling)
+            "foreground_digest": getattr(self.dataset, "foreground_digest", None),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any], *, data: str = "recorded") -> None:
@@ -359,59 +364,52 @@ class RadiObjectLoader(DataLoader[Any]):
         The seed, the number of items and the kind of order must be those of the run that
         saved it; batch size, workers, rank and world size may differ.
 
-        The state records the version of the cohort the run read (``data_version``). With
-        ``data="recorded"`` (the default) the resumed run reads that version, whatever was
-        written since (a corrected mask, a new subject): a loader built over another
-        version is rebuilt by its factory (:attr:`recipe`) over the recorded one, with a
-        warning that says so. ``data="newest"`` reads the data this loader was built on
-        instead (the epoch's order may then differ: it goes on from the same count).
+        The state records the version of the cohort the run read (``data_version``), the
+        volumes it read (``volumes_digest``: its view's selection, e.g. a filter's rows, at
+        that version) and the foreground index it sampled patches from
+        (``foreground_digest``). With ``data="recorded"`` (the default) the resumed run
+        reads that version, whatever was written since (a corrected mask, a new subject): a
+        loader built over another version is rebuilt by its factory (:attr:`recipe`) over
+        the recorded one, with a warning that says so, and a loader that would read other
+        volumes or another foreground index is refused. ``data="newest"`` reads the data
+        this loader was built on instead (the epoch's order may then differ: it goes on from
+        the same count).
+
+        The whole state is checked before anything changes: a state this loader cannot
+        resume from raises ``ConfigurationError`` and leaves the loader as it was.
         """
         if data not in ("recorded", "newest"):
             raise ConfigurationError(f"data must be 'recorded' or 'newest', got {data!r}")
         state = _checked(state_dict)
-        recorded = state.get("data_version")
-        if recorded is not None and not isinstance(recorded, int):
-            raise ConfigurationError(f"loader state 'data_version' must be int, got {recorded!r}")
-        if data == "recorded" and recorded is not None:
-            self._read_version(recorded)
-        digest = state.get("volumes_digest")
-        if data == "recorded" and digest is not None and digest != _volumes_digest(self.dataset):
-            raise ConfigurationError(
-                "the loader state was saved by a run over other volumes than this loader "
-                f"reads (version {recorded}): its collections select others, e.g. a filter "
-                "that now matches other rows; build it over the same view (the same filter on "
-                "RadiObject(uri, at=state['data_version'])), or pass data='newest'"
+        target = self if data == "newest" else self._over_version(state["data_version"])
+        _check_resumable(target, state, data)
+        if target is not self:
+            self.__dict__.update(target.__dict__)  # a DataLoader's settings are fixed once built
+            version = state["data_version"]
+            warnings.warn(
+                f"resuming reads the cohort as the saved run did: version {version} "
+                f"({Version(version).time}), not the data this loader was built on; pass "
+                "data='newest' to load_state_dict to read the newest",
+                stacklevel=2,
             )
-        sampler = self.resumable_sampler
-        mine = {"seed": sampler.seed, "epoch_length": sampler.n, "order": sampler.order_name}
-        if data == "newest":
-            mine.pop("epoch_length")
-            state["samples_yielded"] = min(state["samples_yielded"], sampler.n)
-        for key, value in mine.items():
-            if state[key] != value:
-                raise ConfigurationError(
-                    f"loader state has {key}={state[key]!r} but this loader has {value!r}: it "
-                    f"was saved by a loader over other data or with another order; build the "
-                    f"loader as the run that saved it did (same collections, seed and shuffle)"
-                )
-        if not 0 <= state["samples_yielded"] <= sampler.n or state["epoch"] < 0:
-            raise ConfigurationError(
-                f"loader state has epoch={state['epoch']} and samples_yielded="
-                f"{state['samples_yielded']}; they must be >= 0 and samples_yielded <= "
-                f"epoch_length={sampler.n}"
-            )
-        sampler.resume_at(state["epoch"], state["samples_yielded"])
+        self.resumable_sampler.resume_at(state["epoch"], state["samples_yielded"])
 
-    def _read_version(self, version: int) -> None:
-        """Make this loader read ``version``: rebuilt by its factory over the cohort then."""
+    def _over_version(self, version: int | None) -> RadiObjectLoader:
+        """This loader if it reads the data of ``version``, else a new one built over it.
+
+        Nothing of this loader changes here: the caller adopts the new one once the whole
+        state is known to fit it.
+        """
         dataset = self.dataset
         mine = getattr(dataset, "data_version", None)
+        if version is None or mine == version:
+            return self
         read = [*getattr(dataset, "collections", []), getattr(dataset, "mask", None)]
         read = [c for c in read if isinstance(c, VolumeCollection)]
-        if mine == version:
-            return
-        if all(c.at is None for c in read) and not any(written_after(c, version) for c in read):
-            return  # the newest data is the recorded version's: nothing was written since
+        if mine is not None:
+            lo, hi = sorted((int(mine), version))
+            if not any(written_between(c, lo, hi) for c in read):
+                return self  # nothing it reads was written between the two: the same data
         if self.recipe is None:
             raise ConfigurationError(
                 f"the loader state was saved by a run that read version {version} of the "
@@ -425,13 +423,57 @@ class RadiObjectLoader(DataLoader[Any]):
         }
         with in_scope(getattr(dataset, "loader_scope", None)):  # the settings it was built in
             rebuilt = self.recipe.build(**changes)
-        warnings.warn(
-            f"resuming reads the cohort as the saved run did: version {version} "
-            f"({Version(version).time}), not the data this loader was built on; pass "
-            "data='newest' to load_state_dict to read the newest",
-            stacklevel=3,
+        if not isinstance(rebuilt, RadiObjectLoader):
+            raise ConfigurationError(
+                f"the loader's recipe ({self.recipe.name}) built a {type(rebuilt).__name__}, "
+                "not a RadiObjectLoader: build the loader with radiobject's factories"
+            )
+        return rebuilt
+
+
+def _check_resumable(loader: RadiObjectLoader, state: dict[str, Any], data: str) -> None:
+    """Raise ``ConfigurationError`` unless ``loader`` can go on from ``state``.
+
+    With ``data="newest"`` the volumes, the foreground index and the epoch's length may
+    differ (the count of samples consumed is kept, cut to the new length).
+    """
+    recorded = state["data_version"]
+    if data == "recorded":
+        digest = state.get("volumes_digest")
+        if digest is not None and digest != _volumes_digest(loader.dataset):
+            raise ConfigurationError(
+                "the loader state was saved by a run over other volumes than this loader "
+                f"reads (version {recorded}): its collections select others, e.g. a filter "
+                "that now matches other rows; build it over the same view (the same filter on "
+                "RadiObject(uri, at=state['data_version'])), or pass data='newest'"
+            )
+        fg = getattr(loader.dataset, "foreground_digest", None)
+        if "foreground_digest" in state and state["foreground_digest"] != fg:
+            raise ConfigurationError(
+                "the loader state was saved by a run that sampled patches from another "
+                f"foreground index (recorded {state['foreground_digest']}, this loader "
+                f"{fg}, version {recorded}): the masks differ, or foreground sampling is "
+                "on in one and off in the other; build the loader with the mask collection "
+                "and the foreground settings of the saved run, or pass data='newest'"
+            )
+    sampler = loader.resumable_sampler
+    mine = {"seed": sampler.seed, "epoch_length": sampler.n, "order": sampler.order_name}
+    if data == "newest":
+        mine.pop("epoch_length")
+        state["samples_yielded"] = min(state["samples_yielded"], sampler.n)
+    for key, value in mine.items():
+        if state[key] != value:
+            raise ConfigurationError(
+                f"loader state has {key}={state[key]!r} but this loader has {value!r}: it "
+                f"was saved by a loader over other data or with another order; build the "
+                f"loader as the run that saved it did (same collections, seed and shuffle)"
+            )
+    if not 0 <= state["samples_yielded"] <= sampler.n or state["epoch"] < 0:
+        raise ConfigurationError(
+            f"loader state has epoch={state['epoch']} and samples_yielded="
+            f"{state['samples_yielded']}; they must be >= 0 and samples_yielded <= "
+            f"epoch_length={sampler.n}"
         )
-        self.__dict__.update(rebuilt.__dict__)  # a DataLoader's settings are fixed once built
 
 
 def _volumes_digest(dataset: Any) -> str | None:
@@ -478,9 +520,17 @@ def _checked(state: Any) -> dict[str, Any]:
         value = state[key]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigurationError(f"loader state {key!r} must be {kind.__name__}, got {value!r}")
+    for key, kind in _OPTIONAL.items():
+        value = state.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ConfigurationError(
+                f"loader state {key!r} must be {kind.__name__} or None, got {value!r}"
+            )
     if state["version"] != STATE_VERSION:
         raise ConfigurationError(
             f"loader state version {state['version']} is not supported (this radiobject "
             f"reads version {STATE_VERSION})"
         )
-    return dict(state)
+    out = dict(state)
+    out.setdefault("data_version", None)
+    return out

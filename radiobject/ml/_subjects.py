@@ -13,13 +13,15 @@ import torch
 
 from radiobject._errors import AlignmentError, ConfigurationError, LabelError, RadiObjectError
 from radiobject.read import GridMap, grid_map, same_grid, versioned
-from radiobject.storage import VolumeCollection
+from radiobject.storage import VolumeCollection, now_ms
 
 __all__ = [
     "Labels",
     "VolumeRef",
     "align",
     "as_collections",
+    "data_version",
+    "pinned",
     "reference_of",
     "resolve_labels",
     "to_tensor",
@@ -58,6 +60,48 @@ def as_collections(collections: Any) -> list[VolumeCollection]:
     if not out:
         raise RadiObjectError("at least one collection is needed")
     return out
+
+
+def data_version(collections: Sequence[VolumeCollection]) -> int | None:
+    """The version ``collections`` are open at (TileDB ms), or None when at the newest.
+
+    Raises:
+        ConfigurationError: they are open at different versions.
+    """
+    stamps = {c.at for c in collections}
+    if len(stamps) > 1:
+        raise ConfigurationError(
+            f"the collections of one dataset are open at different versions "
+            f"{sorted(map(str, stamps))}; open them from one RadiObject(uri, at=...)"
+        )
+    return stamps.pop()
+
+
+def pinned(
+    collections: Sequence[VolumeCollection], at: int | None = None
+) -> tuple[list[VolumeCollection], int]:
+    """``(collections as of one version, that version)``: what a dataset reads, fixed.
+
+    Collections open at a version keep it. Collections at the newest data are read as of
+    ``at`` (default: now), so a write made after the dataset was built (a corrected mask, a
+    new subject) is not seen by it, nor by a loader's workers or a resume from its state:
+    the version it records is the one it reads.
+
+    >>> import tempfile, numpy as np
+    >>> ct = VolumeCollection.from_numpy(tempfile.mkdtemp() + "/CT", [np.zeros((4, 4, 2))])
+    >>> (fixed,), version = pinned([ct])
+    >>> ct.volume(ct.obs_ids[0]).write_region(((0, 1), (0, 1), (0, 1)), np.ones((1, 1, 1)))
+    >>> fixed.at == version, float(fixed.iloc[0][0, 0, 0]), float(ct.iloc[0][0, 0, 0])
+    (True, 0.0, 1.0)
+
+    Raises:
+        ConfigurationError: the collections are open at different versions.
+    """
+    stamp = data_version(collections)
+    if stamp is not None:
+        return list(collections), stamp
+    stamp = now_ms() if at is None else int(at)
+    return [c.as_of(stamp) for c in collections], stamp
 
 
 def reference_of(collections: Sequence[VolumeCollection]) -> VolumeCollection | None:

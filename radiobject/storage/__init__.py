@@ -11,6 +11,7 @@ from radiobject.storage._foreground import (
     MAX_POINTS,
     ForegroundIndex,
     compute_foreground,
+    foreground_digest,
     write_foreground,
 )
 from radiobject.storage._group import (
@@ -26,7 +27,7 @@ from radiobject.storage._history import (
     VersionDiff,
     as_timestamp,
     now_ms,
-    written_after,
+    written_between,
 )
 from radiobject.storage._layout import (
     COLLECTION_KIND,
@@ -62,6 +63,7 @@ __all__ = [
     "compute_foreground",
     "create_group",
     "exists",
+    "foreground_digest",
     "join",
     "mark_complete",
     "now_ms",
@@ -70,5 +72,5 @@ __all__ = [
     "spacing_from_affine",
     "volume_member",
     "write_foreground",
-    "written_after",
+    "written_between",
 ]

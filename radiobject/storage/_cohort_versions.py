@@ -17,6 +17,7 @@ import numpy as np
 import tiledb
 
 from radiobject._errors import VersionError
+from radiobject._tiledb_errors import tiledb_errors
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import join
@@ -29,9 +30,10 @@ from radiobject.storage._history import (
     frame_changes,
     group_versions,
     now_ms,
+    past_timestamp,
     volume_writes,
 )
-from radiobject.storage._layout import COLLECTIONS, OBS_META
+from radiobject.storage._layout import COLLECTIONS, OBS_META, VERSIONS_FROM
 
 __all__ = ["CohortVersions"]
 
@@ -53,6 +55,7 @@ class CohortVersions:
         _subjects: list[str] | None
         _collections: list[str] | None
         _obs_meta_df: Any
+        _meta: Any
 
         def __init__(
             self, uri: str | Path, ctx: tiledb.Ctx | None = None, *, at: Any = None
@@ -172,6 +175,68 @@ class CohortVersions:
             collections_removed=tuple(sorted(c0 - c1)),
         )
 
+    def drop_versions_before(self, keep_from: Version | int | dt.datetime | str) -> int:
+        """Drop the versions before ``keep_from``: ``keep_from`` and later read as before.
+
+        radiobject never consolidates nor vacuums by itself, so every version stays readable
+        (and every fragment stays on disk). This is the way to drop old ones on purpose:
+        each array of the cohort (``obs_meta``, every collection's ``obs``, foreground index
+        and volumes) has the fragments written up to ``keep_from`` merged into one (TileDB
+        consolidation, stamped with the newest of them) and the merged ones deleted
+        (vacuum). Pass the oldest version a checkpoint you keep records, e.g.
+        ``min(state["data_version"] for state in kept_states)``: those checkpoints resume
+        exactly as before. Afterwards ``RadiObject(uri, at=v)`` with ``v`` before
+        ``keep_from`` raises :class:`~radiobject.VersionError`. Returns the number of arrays
+        whose fragments were merged.
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject import RadiObject
+        >>> from radiobject.data import make_sample_radiobject
+        >>> radi = make_sample_radiobject(os.path.join(tempfile.mkdtemp(), "r"), n_subjects=2,
+        ...                               shape=(16, 16, 12), modalities=("T1w",),
+        ...                               progress=False)
+        >>> vol = radi.seg.volume("sub-000_seg")
+        >>> vol.write_region(((0, 2), (0, 2), (0, 2)), np.full((2, 2, 2), 2))
+        >>> checkpoint = radi.versions()[-1]  # the version a kept checkpoint records
+        >>> vol.write_region(((0, 1), (0, 1), (0, 1)), np.full((1, 1, 1), 3))
+        >>> radi.drop_versions_before(checkpoint)  # the mask's two writes become one
+        1
+        >>> int(RadiObject(radi.uri, at=checkpoint).seg.volume("sub-000_seg")[0, 0, 0])
+        2
+
+        Raises:
+            VersionError: this object is open at a past version, or ``keep_from`` is in the
+                future.
+        """
+        from radiobject.read import forget_array
+
+        self._check_writable("drop versions")
+        stamp = past_timestamp(keep_from)
+        arrays = [join(self.uri, OBS_META)]
+        for name in self._names_now():
+            coll = join(self.uri, COLLECTIONS, name)
+            arrays += [uri for _, uri in collection_arrays(coll, self.ctx)]
+        config = self.ctx.config()  # this context's settings (S3 ...) and the window
+        config["sm.consolidation.timestamp_start"] = "0"
+        config["sm.consolidation.timestamp_end"] = str(stamp)
+        merged = 0
+        for uri in arrays:
+            if sum(t <= stamp for t in commit_times(uri, self.ctx)) < 2:
+                continue  # one fragment (or none) up to then: nothing to merge
+            with tiledb_errors(uri, "consolidate"):
+                tiledb.consolidate(uri, config=config, ctx=self.ctx)
+                tiledb.vacuum(uri, ctx=self.ctx)
+            forget_array(uri)
+            merged += 1
+        kept = max(stamp, int(self._meta.get(VERSIONS_FROM, 0)))
+        with (
+            tiledb_errors(self.uri, "record the dropped versions of"),
+            tiledb.Group(self.uri, mode="w", ctx=self.ctx) as group,
+        ):
+            group.meta[VERSIONS_FROM] = kept
+        self._meta = {**self._meta, VERSIONS_FROM: kept}
+        return merged
+
     def _check_writable(self, what: str) -> None:
         if self._at is not None:
             raise VersionError(
@@ -208,9 +273,13 @@ class CohortVersions:
         >>> RadiObject(radi.uri).obs_subject_ids
         ['sub-000', 'sub-001', 'sub-new']
 
+        Every input is checked before the first write, and a volume that fails to write
+        removes those written before it: a refused or failed call leaves nothing behind.
+
         Raises:
-            IngestError: the subject exists, a collection is unknown, or a column is
-                missing or unknown.
+            AlreadyExistsError: the subject is in ``obs_meta`` already (run again), or one of
+                its volumes is in a collection already (an earlier call stopped half-way).
+            IngestError: a collection is unknown, or a column is missing or unknown.
             AlignmentError: the volumes differ in shape or affine (without a reference
                 grid), or the reference volume is missing.
             VersionError: this object is open at a past version.

@@ -8,7 +8,9 @@ set-up reads that one array and never the masks themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,13 @@ import tiledb
 
 from radiobject._tiledb_errors import tiledb_errors
 
-__all__ = ["ForegroundIndex", "compute_foreground", "read_foreground", "write_foreground"]
+__all__ = [
+    "ForegroundIndex",
+    "compute_foreground",
+    "foreground_digest",
+    "read_foreground",
+    "write_foreground",
+]
 
 MAX_POINTS = 4096
 
@@ -63,6 +71,28 @@ def compute_foreground(mask: np.ndarray, max_points: int = MAX_POINTS) -> Foregr
             points[int(label)] = coords
             counts[int(label)] = int(np.count_nonzero(values == label))
     return ForegroundIndex(points=points, counts=counts)
+
+
+def foreground_digest(indexes: Sequence[ForegroundIndex]) -> str:
+    """SHA-256 (16 hex digits) of the foreground indexes of several volumes, in order.
+
+    Its identity: the labels, voxel counts and sampled coordinates that foreground sampling
+    draws from. An index computed from the masks and the same index read back from storage
+    give the same digest; any other mask (or sampling of it) gives another.
+
+    >>> m = np.zeros((4, 4, 4), dtype=np.uint8); m[1, 2, 3] = 1
+    >>> a = foreground_digest([compute_foreground(m)])
+    >>> m[0, 0, 0] = 1
+    >>> len(a), a == foreground_digest([compute_foreground(m)])
+    (16, False)
+    """
+    h = hashlib.sha256()
+    for index in indexes:
+        h.update(json.dumps(sorted(index.counts.items())).encode())
+        for label in index.labels:
+            h.update(np.ascontiguousarray(index.points[label], dtype="<i4").tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:16]
 
 
 def write_foreground(uri: str, entries: dict[str, ForegroundIndex], ctx: tiledb.Ctx) -> None:

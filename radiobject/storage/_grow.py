@@ -9,20 +9,23 @@ subject, its volumes are there.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from radiobject._errors import AlignmentError, IngestError
+from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError, RadiObjectError
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._group import add_members, join
+from radiobject.storage._group import add_members, exists, join, remove
 from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
 __all__ = ["add_subject"]
+
+_log = logging.getLogger(__name__)
 
 
 def add_subject(
@@ -42,7 +45,7 @@ def add_subject(
     """
     where = table.uri.rsplit("/", 1)[0]
     if obs_subject_id in set(table.ids()):
-        raise IngestError(
+        raise AlreadyExistsError(
             f"subject {obs_subject_id!r} is already in {where!r}; edit its volumes with "
             "Volume.write_region instead"
         )
@@ -69,15 +72,40 @@ def add_subject(
         name: _row_for(collections[name], obs_subject_id, arrays[name], affines[name])
         for name in arrays
     }
+    # every check before the first write: a refused subject leaves nothing behind
+    targets = {name: join(collections[name].uri, member) for name, (member, _) in rows.items()}
+    for name, (_, row) in rows.items():
+        if row["obs_id"] in collections[name]:
+            raise AlreadyExistsError(
+                f"volume {row['obs_id']!r} is already in collection {name!r} of {where!r} "
+                f"(its subject {obs_subject_id!r} is not in obs_meta: an earlier add_subject "
+                "stopped half-way?); remove the volume or add the subject under another id"
+            )
+        if exists(targets[name], collections[name].ctx):
+            raise AlreadyExistsError(
+                f"{targets[name]!r} already exists (left by an earlier add_subject that "
+                "stopped half-way?); remove it and add the subject again"
+            )
+    made: list[str] = []
+    try:
+        for name, (_, row) in rows.items():
+            made.append(name)  # from here on, a failure removes it
+            Volume.from_numpy(
+                targets[name],
+                arrays[name],
+                affine=affines[name],
+                ctx=collections[name]._ctx,
+                metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
+            )
+    except BaseException:  # a volume that fails removes those written before it, and itself
+        for name in made:
+            try:
+                remove(targets[name], collections[name].ctx)
+            except RadiObjectError as cleanup:  # keep the first error
+                _log.warning("could not remove the partial write at %r: %s", targets[name], cleanup)
+        raise
     for name, (member, row) in rows.items():
         coll = collections[name]
-        Volume.from_numpy(
-            join(coll.uri, member),
-            arrays[name],
-            affine=affines[name],
-            ctx=coll._ctx,
-            metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
-        )
         add_members(join(coll.uri, VOLUMES), [member.split("/")[1]], coll.ctx)
         coll.obs_table.write_rows(pd.DataFrame([row]))
     table.write_rows(pd.DataFrame([{"obs_subject_id": obs_subject_id, **dict(obs_meta)}]))

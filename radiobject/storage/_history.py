@@ -295,12 +295,18 @@ def volume_writes(
     ]
 
 
-def written_after(collection: Any, at: int) -> bool:
-    """Whether anything ``collection`` reads (its arrays, ``obs_meta``) was written after ``at``.
+def written_between(collection: Any, after: int, until: int | None = None) -> bool:
+    """Whether anything ``collection`` reads was written in ``(after, until]``.
 
-    One listing per array (a LIST request each on S3).
+    Its arrays (``obs``, the foreground index, the volumes of the newest ``obs``) and its
+    ``obs_meta``; ``until`` None: up to now. One listing per array (a LIST request each on
+    S3).
     """
     arrays = [uri for _, uri in collection_arrays(collection.uri, collection.ctx)]
     if collection._obs_meta is not None:
         arrays.append(collection._obs_meta.uri)
-    return any(t > at for uri in arrays for t in commit_times(uri, collection.ctx))
+    return any(
+        after < t and (until is None or t <= until)
+        for uri in arrays
+        for t in commit_times(uri, collection.ctx)
+    )

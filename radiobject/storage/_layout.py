@@ -40,6 +40,7 @@ __all__ = [
     "OBS_META",
     "RADIOBJECT_KIND",
     "REFERENCE",
+    "VERSIONS_FROM",
     "VOLUMES",
     "VOLUMES_KIND",
     "coarse_member",
@@ -64,6 +65,8 @@ COARSE = "coarse"  # collection: group of the volumes' coarse levels
 
 # RadiObject metadata: the collection whose grid samples are planned in (absent: one grid)
 REFERENCE = "reference"
+# RadiObject group metadata: versions before this TileDB timestamp (ms) were dropped
+VERSIONS_FROM = "versions_from"
 
 # columns radiobject fills in for every volume; the rest of obs is the user's
 CORE_COLUMNS = (

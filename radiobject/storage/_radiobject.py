@@ -27,7 +27,14 @@ from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
 from radiobject.storage._group import add_members, exists, group_meta, join, require_complete
 from radiobject.storage._history import Version, commit_times, past_timestamp
-from radiobject.storage._layout import COLLECTIONS, OBS, OBS_META, RADIOBJECT_KIND, REFERENCE
+from radiobject.storage._layout import (
+    COLLECTIONS,
+    OBS,
+    OBS_META,
+    RADIOBJECT_KIND,
+    REFERENCE,
+    VERSIONS_FROM,
+)
 
 __all__ = ["RadiObject"]
 
@@ -97,6 +104,13 @@ class RadiObject(CohortVersions):
         if at is not None:
             self._at = past_timestamp(at)
             first = commit_times(join(self.uri, OBS_META), self.ctx)
+            dropped = int(self._meta.get(VERSIONS_FROM, 0))
+            if self._at < dropped:
+                raise VersionError(
+                    f"the versions of {self.uri!r} before {Version(dropped).time} were dropped "
+                    f"(drop_versions_before): {Version(self._at).time} cannot be read; pick one "
+                    "of radi.versions()"
+                )
             if not first or first[0] > self._at:
                 raise VersionError(
                     f"{self.uri!r} has no version at or before {Version(self._at).time}: its "

@@ -12,6 +12,7 @@ following planes of the slab come from memory.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import html
 import threading
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "coarse_plane",
     "crosshair_html",
     "error_html",
+    "in_background",
     "plane_index",
     "plane_spacing",
     "plane_uv",
@@ -116,6 +118,15 @@ def background_thread(name: str) -> ThreadPoolExecutor:
             pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"radiobject-{name}")
             _threads[name] = pool
         return pool
+
+
+def in_background(name: str, fn: Any, *args: Any) -> Future[Any]:
+    """Run ``fn(*args)`` on the background thread ``name``, in the caller's settings.
+
+    The job runs in a copy of the caller's context, so a ``radiobject.settings()`` block
+    around the call that queued it (an S3 endpoint, a cache size) holds in the thread too.
+    """
+    return background_thread(name).submit(contextvars.copy_context().run, fn, *args)
 
 
 class SliceCache:
@@ -211,9 +222,7 @@ class SliceCache:
                 bounds[axis] = (slab * tile, min((slab + 1) * tile, n))
                 if self.volume.ndim == 4:
                     bounds[3] = (self.t, self.t + 1)
-                self._slabs[(axis, slab)] = background_thread("slabs").submit(
-                    self._read_slab, bounds
-                )
+                self._slabs[(axis, slab)] = in_background("slabs", self._read_slab, bounds)
 
     def _slab_fits(self, axis: int) -> bool:
         # radiobject's read path caches a tile-aligned read only if 4 such reads fit in its

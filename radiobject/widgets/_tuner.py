@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import html
 import threading
 import time
@@ -337,8 +338,11 @@ class LoaderTuner(w.VBox):
         self._stop_requested = False
         self.running = True
         self.status = f"{run.label}: starting"
-        self._thread = threading.Thread(
-            target=self._work, args=(run,), daemon=True, name=f"radiobject-tuner-{run.number}"
+        self._thread = threading.Thread(  # in the caller's settings (a settings() block)
+            target=contextvars.copy_context().run,
+            args=(self._work, run),
+            daemon=True,
+            name=f"radiobject-tuner-{run.number}",
         )
         self._thread.start()
         return run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import html
 import math
 import threading
@@ -110,7 +111,12 @@ def run_autotune(
             tuner.running = False
 
     if background:
-        tuner._thread = threading.Thread(target=search, daemon=True, name="radiobject-tune")
+        tuner._thread = threading.Thread(  # in the caller's settings (a settings() block)
+            target=contextvars.copy_context().run,
+            args=(search,),
+            daemon=True,
+            name="radiobject-tune",
+        )
         tuner._thread.start()
         return None
     search()

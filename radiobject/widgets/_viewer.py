@@ -33,10 +33,10 @@ from ._render import (
 from ._slices import (
     PLANES,
     SliceCache,
-    background_thread,
     box_on_plane,
     coarse_plane,
     crosshair_html,
+    in_background,
     plane_index,
     plane_spacing,
     plane_uv,
@@ -548,8 +548,8 @@ class SliceViewer(Quiet, w.VBox):
             self.refining.cancel()
         assert self.image is not None
         # one thread for every viewer, a job at a time
-        self.refining = background_thread("refine").submit(
-            self._refine, self._generation, self.image, self.mask, pos, style
+        self.refining = in_background(
+            "refine", self._refine, self._generation, self.image, self.mask, pos, style
         )
 
     def _refine(
