@@ -22,6 +22,7 @@ from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate_fn_map
 
 from radiobject._process import Resource
+from radiobject.ml._batch_slots import SMALL_BYTES
 
 __all__ = [
     "StageCounters",
@@ -114,7 +115,9 @@ def _stack_tensors(
     """
     first = batch[0]
     if (
-        torch.utils.data.get_worker_info() is None
+        # a worker's large batches go to shared memory as torch stacks them; small ones
+        # travel by value (radiobject.ml._batch_slots.for_transport)
+        (torch.utils.data.get_worker_info() is None or first.nbytes * len(batch) <= SMALL_BYTES)
         and all(type(t) is torch.Tensor for t in batch)
         and all(
             t.shape == first.shape
