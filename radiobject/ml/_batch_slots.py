@@ -109,6 +109,7 @@ class SharedSlots:
         self.sizes = mp_context.Array("q", count, lock=False)  # bytes of each slot's file
         self._maps: dict[int, mmap.mmap] = {}  # this process's mappings
         self._map_lock = threading.Lock()
+        self.handouts = 0  # batches handed out through a slot in this process
         _REGISTRY[directory] = self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -146,6 +147,7 @@ class SharedSlots:
         """In the loading process: slot ``slot`` as a tensor; freed with its last view."""
         view = self._view(slot, shape, grow=False)
         weakref.finalize(view, self.free, slot)
+        self.handouts += 1
         return torch.from_numpy(view)
 
     def free(self, slot: int) -> None:
