@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ _SLICE_AXIS: dict[SliceOrientation, int] = PLANE_AXIS
 
 # read hooks of earlier versions: a subclass overriding one would read outside its plan
 _READ_HOOKS_REMOVED = ("make_sample", "read_sample", "read_image")
+_MANY_PER_VOLUME = (LoadingMode.PATCH, LoadingMode.SLAB)
 _FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
 
 
@@ -111,8 +113,9 @@ class VolumeCollectionDataset(Dataset[Any]):
     @property
     def items_per_volume(self) -> int:
         """Items each volume contributes per epoch (patches in PATCH and SLAB modes, else 1)."""
-        if self._mode in (LoadingMode.PATCH, LoadingMode.SLAB):
-            return self.config.patches_per_volume
+        config = self.config
+        if config.loading_mode in _MANY_PER_VOLUME:
+            return config.patches_per_volume
         return 1
 
     def box_size(self, index: int) -> tuple[int, ...]:
@@ -198,14 +201,17 @@ class VolumeCollectionDataset(Dataset[Any]):
         """
         with in_scope(scope):
             start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
-            plan = self.plan(key)
-            arrays = self.fetch(plan.reads)
-            if out is None:
-                sample = self.build_sample(plan, arrays)
-            else:  # the default hooks (see ``_batch_buffer``): the image decoded into ``out``
-                sample = self._build_sample(plan, arrays, out)
+            sample = self._plan_and_read(key, out)
             stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
             return sample
+
+    def _plan_and_read(self, key: tuple[int, int], out: torch.Tensor | None) -> dict[str, Any]:
+        plan = self.plan(key)
+        arrays = self.fetch(plan.reads)
+        if out is None:
+            return self.build_sample(plan, arrays)
+        # the default hooks (see ``_batch_buffer``): the image decoded into ``out``
+        return self._build_sample(plan, arrays, out)
 
     def _batch_buffer(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor | None:
         """One float32 tensor for the images of a batch of patches, or None.
@@ -221,10 +227,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             self.transform is not None
             or self._mode is not LoadingMode.PATCH
             or self.config.patch_size is None
-            or any(
-                getattr(type(self), name) is not getattr(VolumeCollectionDataset, name)
-                for name in ("plan_reads", "build_sample", "decode_image", "squeeze_slice")
-            )
+            or not _default_read_hooks(type(self))
         ):
             return None
         shapes = {self.refs[self.volume_of(i)].shape[3:] for _, i in keys}
@@ -284,15 +287,19 @@ class VolumeCollectionDataset(Dataset[Any]):
             self._read_ahead(keys)
             batch = self._batch_buffer(parsed) if len(parsed) > 1 else None
             slots = [None] * len(parsed) if batch is None else list(batch)
-            mark_in_place(batch)  # this thread's collate takes it whole (None: stacks as usual)
-            scope = current_scope()  # the pool's threads read under this thread's settings
+            # this thread's collate takes it whole (None: stacks as usual)
+            mark_in_place(batch, None if batch is None else slots)
             samples: Iterable[dict[str, Any]]
             if len(parsed) > 1 and not self._served_locally(parsed):
+                scope = current_scope()  # the pool's threads read under this thread's settings
                 samples = read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
-            else:  # in this thread (a loop, not a comprehension: one frame less per read)
-                samples = []
+            else:  # in this thread: one clock and one count for the batch's reads
+                start, samples, nbytes = time.perf_counter_ns(), [], 0
                 for key, out in zip(parsed, slots, strict=True):
-                    samples.append(self._load(key, out))
+                    sample = self._plan_and_read(key, out)
+                    nbytes += sample_nbytes(sample)
+                    samples.append(sample)
+                stage_counters().add_read(time.perf_counter_ns() - start, nbytes, len(samples))
         sync_worker()
         return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
 
@@ -573,6 +580,20 @@ class VolumeCollectionDataset(Dataset[Any]):
             f"{type(self).__name__}([{names}], {len(self.refs)} volumes, {len(self)} items, "
             f"mode={self._mode.name})"
         )
+
+
+_DEFAULT_HOOKS: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _default_read_hooks(cls: type) -> bool:
+    """Whether ``cls`` keeps the hooks a batch decoded in place relies on (per class, once)."""
+    found = _DEFAULT_HOOKS.get(cls)
+    if found is None:
+        found = _DEFAULT_HOOKS[cls] = all(
+            getattr(cls, name) is getattr(VolumeCollectionDataset, name)
+            for name in ("plan_reads", "build_sample", "decode_image", "squeeze_slice")
+        )
+    return found
 
 
 def data_version(collections: Sequence[VolumeCollection]) -> int:
