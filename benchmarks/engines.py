@@ -329,6 +329,44 @@ class RadiobjectBatches:
             }
 
 
+class RadiobjectPatchLoop:
+    """radiobject's own patch loop: what a sample costs at the reader level, no DataLoader.
+
+    The dataset, keys and order of radiobject's loader (built by the same factory, so the
+    same settings and tier decision), read by a plain loop: ``plan`` each key,
+    ``reader().fetch`` its reads, ``reader().decode`` into a float32 batch of ``batch``,
+    ``torch.from_numpy``. The loader's target is a share of this loop's rate (issue 23).
+    Always in the loading process: a row's ``workers`` does not apply.
+    """
+
+    def __init__(self, c: Copies, spec: Spec) -> None:
+        inner = RadiobjectBatches(c, spec)
+        self.index, self.loader = inner.index, inner.loader
+        self.batch, self.patch = spec.batch, spec.patch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from radiobject.read import reader
+
+        ds, b, p = self.loader.dataset, self.batch, self.patch
+        keys = list(self.loader.sampler)  # one pass: this epoch's keys, the loader's order
+        end = len(keys) - len(keys) % b if self.loader.drop_last else len(keys)
+        for s in range(0, end, b):
+            plans = [ds.plan(k) for k in keys[s : s + b]]
+            image = np.empty((len(plans), 1, p, p, p), np.float32)
+            r = reader()
+            for i, plan in enumerate(plans):
+                r.decode(plan.reads, r.fetch(plan.reads), into=image[i])
+            yield {
+                "image": torch.from_numpy(image),
+                "volume": torch.tensor([self.index[ds.refs[ds.volume_of(q.index)].obs_id]
+                                        for q in plans]),
+                "corner": torch.tensor([q.start for q in plans]),
+            }  # fmt: skip
+
+
 def radiobject_finish() -> None:
     """Wait for the local tier's background fills queued in this process (timed by the row)."""
     try:
@@ -344,6 +382,8 @@ ENGINES = {
     for e in (
         Engine("radiobject", "radiobject `create_training_dataloader` (defaults)", "radiobject",
                RadiobjectBatches, ("radiobject.ml",)),
+        Engine("radiobject-loop", "radiobject's own patch loop (plan, fetch, decode; no "
+               "DataLoader)", "radiobject", RadiobjectPatchLoop, ("radiobject.ml",)),
         Engine("npy", "`.npy` memmap", "npy", _npy),
         Engine("nnunet", "blosc2 as nnU-Net v2 writes and opens it (ZSTD 8)", "b2-nnunet",
                _nnunet("b2-nnunet"), ("blosc2",)),

@@ -158,6 +158,43 @@ def workers_table(records: Records, suite: str, per: int, labels: dict[str, str]
     return _table(["loader", *[f"{w} workers: time to train (s)" for w in counts], "chosen"], out)
 
 
+LOOP = "radiobject-loop"
+
+
+def loop_ratio_table(records: Records, suite: str, per: int) -> list[str]:
+    """radiobject's loader against its own patch loop (the issue's target: >= 0.9x).
+
+    One line per worker count of the loader: steady samples/s of both, and their ratio
+    (the medians'; in brackets the lowest and highest of the repeats paired in order).
+    """
+
+    def steady(engine: str, workers: int) -> list[float]:
+        rs = [r for r in records if "error" not in r and r["row"]["suite"] == suite and
+              r["row"]["kind"] == "loader" and r["row"]["per"] == per and
+              r["row"]["engine"] == engine and r["row"]["workers"] == workers]  # fmt: skip
+        return [
+            METRIC["steady_rate"](r) for r in sorted(rs, key=lambda r: r["row"].get("repeat", 0))
+        ]
+
+    loop = steady(LOOP, 0)
+    if not loop:
+        return []
+    counts = sorted({r["row"]["workers"] for r in records if r["row"]["engine"] == "radiobject"
+                     and r["row"]["suite"] == suite and r["row"]["per"] == per})  # fmt: skip
+    out = []
+    for w in counts:
+        ours = steady("radiobject", w)
+        if not ours:
+            continue
+        ratio = statistics.median(ours) / statistics.median(loop)
+        pairs = [a / b for a, b in zip(ours, loop, strict=False)]
+        span = f" ({fmt(min(pairs))}\u2013{fmt(max(pairs))})" if len(pairs) > 1 else ""
+        out.append([str(w), cell(ours), cell(loop), f"{ratio:.2f}x{span}"])
+    header = ["loader workers", "loader steady (samples/s)", "patch loop steady (samples/s)",
+              "loader / patch loop"]  # fmt: skip
+    return _table(header, out) if out else []
+
+
 def seg_table(records: Records, labels: dict[str, str]) -> list[str]:
     groups = by_key([r for r in records if "seg_setup_ms" in r.get("metrics", {})])
     # "radiobject" marks our row for _bold_winners
@@ -258,6 +295,10 @@ def render(records: Records) -> str:
             wt = workers_table(records, suite, per, labels)
             if wt:
                 out += ["", f"worker counts tried ({suite}, {per} per volume):", "", *wt]
+            lt = loop_ratio_table(records, suite, per)
+            if lt:
+                out += ["", f"radiobject's loader against its own patch loop ({suite}, {per} "
+                        "per volume; target >= 0.9x):", "", *lt]  # fmt: skip
     if any(r["row"]["kind"] == "reads" for r in records):
         title = ("### reads (median ms per read; files in the page cache; radiobject's RAM "
                  "cache emptied before each read)")  # fmt: skip

@@ -200,7 +200,7 @@ def run_loader_row(row: Row, copies: Any, scratch: Path) -> Record:
         if n != per_epoch:
             raise RuntimeError(f"{row.engine}: epoch {e + 1} gave {n} samples, not {per_epoch}")
     t_fill = time.perf_counter()
-    if row.engine == "radiobject":
+    if row.engine.startswith("radiobject"):
         engines.radiobject_finish()
     fills_s = time.perf_counter() - t_fill
     total = time.perf_counter() - t0

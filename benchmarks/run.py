@@ -33,12 +33,13 @@ import report  # noqa: E402
 from rows import Row  # noqa: E402
 
 SUITES = ("fits", "ltr", "reads")
-ENGINE_NAMES = ("radiobject", "npy", "nnunet", "b2-lz4hc", "tensorstore", "zarr",
+ENGINE_NAMES = ("radiobject", "radiobject-loop", "npy", "nnunet", "b2-lz4hc", "tensorstore", "zarr",
                 "monai-persistent", "monai-cache", "torchio", "nnunet-f32")  # fmt: skip
 # rough samples/s on 2 cores (warm, 64³ patches of 240x240x155 volumes; from a smoke run on a
 # loaded machine, scaled), for the time estimate only
 NOMINAL_RATE = {
     "radiobject": 2000,
+    "radiobject-loop": 2500,
     "npy": 2500,
     "nnunet": 600,
     "b2-lz4hc": 2500,
@@ -49,6 +50,7 @@ NOMINAL_RATE = {
     "torchio": 1000,
     "nnunet-f32": 550,
 }  # fmt: skip  (MONAI, TorchIO: + volume loads)
+IN_PROCESS = ("radiobject-loop",)  # loops without workers: one row at 0 workers
 STARTUP_S = 3.0  # a fresh interpreter importing torch and radiobject (~2-3 s measured)
 
 
@@ -110,7 +112,8 @@ def schedule(args: argparse.Namespace, suite: str, best: dict[str, int]) -> list
     rows: list[Row] = []
     if suite == "fits":
         for w in (int(x) for x in _split(args.workers)):
-            rows += [replace(base, engine=e, per=pers[0], workers=w) for e in engines]
+            rows += [replace(base, engine=e, per=pers[0], workers=w) for e in engines
+                     if w == 0 or e not in IN_PROCESS]  # fmt: skip
     elif suite == "fits-rest":
         for per in pers[1:]:
             rows += [replace(base, suite="fits", engine=e, per=per, workers=best.get(e, 0))

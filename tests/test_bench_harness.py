@@ -37,9 +37,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> copies.Copies:
 
 
 # -- every loader reads radiobject's voxels, as float32 --------------------------------------------
-@pytest.mark.parametrize("name", ["radiobject", "npy", "nnunet", "b2-lz4hc", "tensorstore",
-                                  "zarr", "monai-persistent", "monai-cache", "torchio",
-                                  "nnunet-f32"])  # fmt: skip
+@pytest.mark.parametrize("name", ["radiobject", "radiobject-loop", "npy", "nnunet", "b2-lz4hc",
+                                  "tensorstore", "zarr", "monai-persistent", "monai-cache",
+                                  "torchio", "nnunet-f32"])  # fmt: skip
 def test_every_loader_yields_radiobjects_patches(cohort, name, tmp_path):
     if name in PEERS_NEED:
         pytest.importorskip(PEERS_NEED[name])  # zarr-python writes the copy tensorstore reads
@@ -227,3 +227,15 @@ def test_report_reads_and_segmentation_tables(tmp_path):
     disk = next(x for x in text.splitlines() if x.startswith("| radiobject (TileDB"))
     assert disk.endswith("| **27.0** | 0.75x |")
     assert "| `.npy` | 409 | 11.36x |" in text
+
+
+def test_report_compares_the_loader_with_its_own_patch_loop(tmp_path):
+    lines = (_fake("radiobject", [4.0, 2.0, 5.0]) + _fake("radiobject", [8.0, 8.0, 8.0], workers=2)
+             + _fake("radiobject-loop", [2.0, 2.0, 2.0]))  # fmt: skip
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    text = report.render(report.load(tmp_path)).splitlines()
+    start = next(i for i, x in enumerate(text) if "against its own patch loop" in x)
+    table = text[start + 2 :]
+    # steady samples/s: 1000 / train_s; the ratio of the medians, the repeats' pairs in brackets
+    assert table[2] == "| 0 | 250 (200\u2013500) | 500 | 0.50x (0.40\u20131.00) |"
+    assert table[3] == "| 2 | 125 | 500 | 0.25x (0.25\u20130.25) |"

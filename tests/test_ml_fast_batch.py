@@ -118,3 +118,18 @@ def test_stack_collate_equals_default_collate_and_leaves_torch_threads_alone():
     assert torch.equal(stack_collate(half), torch.stack(half))
     with pytest.raises(RuntimeError, match="equal size"):
         stack_collate([torch.ones(2), torch.ones(3)])
+
+
+def test_marked_slots_are_taken_whole_only_when_they_are_the_samples_images():
+    base = torch.arange(24.0).reshape(4, 6)
+    slots = list(base)
+    mark_in_place(base, slots)
+    assert images_in_place([{"image": t} for t in slots]) is base  # the very slots: no copy
+    mark_in_place(base, slots)
+    swapped = [slots[1], slots[0], slots[2], slots[3]]
+    assert images_in_place([{"image": t} for t in swapped]) is None  # out of order
+    mark_in_place(base, slots)
+    assert images_in_place([{"image": t} for t in slots[:3]]) is None  # part of the batch
+    mark_in_place(base, slots)
+    # other tensor objects over the same memory: recognised by the memory checks
+    assert torch.equal(images_in_place([{"image": t} for t in base]), base)

@@ -138,7 +138,9 @@ def build_loader(
                 lambda: (dataset, worker_init_fn, collate_fn)
             )
         mp_ctx = mp_context(multiprocessing_context, _preload_modules(dataset))
-        shared = SharedLoaderState(mp_ctx, num_workers)
+        # a slot per batch a worker makes or has queued, and two the training loop holds
+        slots = num_workers * ((prefetch_factor or 2) + 1) + 2
+        shared = SharedLoaderState(mp_ctx, num_workers, batch_slots=slots)
         kwargs["multiprocessing_context"] = mp_ctx
         kwargs["worker_init_fn"] = worker_init(get_config(), num_workers, worker_init_fn, shared)
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers

@@ -7,6 +7,8 @@ radiobject gives its workers a small shared-memory block through which
   of the whole loader), and
 * the parent publishes the read settings, so ``configure(read=...)`` reaches running
   (persistent) workers before their next read, and
+* workers decode batches into slots of the loader's ``/dev/shm`` folder that the parent
+  maps and frees when its batch is freed (``radiobject.ml._batch_slots``), and
 * whole volumes fetched for many patches are shared through a folder on ``/dev/shm``
   (``radiobject.read._shared_store``): one worker reads a volume, the others map it, and the
   folder (bounded by ``ReadConfig.cache_mb``) is removed with the loader.
@@ -39,6 +41,7 @@ from radiobject.config import (
     get_config,
     process_config,
 )
+from radiobject.ml._batch_slots import SharedSlots, for_transport
 from radiobject.ml._stages import (
     STAGE_FIELDS,
     StageCounters,
@@ -57,7 +60,7 @@ _CONFIG_BYTES = 2048
 class SharedLoaderState:
     """Counters per worker and the published read settings, in shared memory."""
 
-    def __init__(self, mp_context: Any, num_workers: int) -> None:
+    def __init__(self, mp_context: Any, num_workers: int, batch_slots: int = 0) -> None:
         self.num_workers = num_workers
         self.counters = mp_context.Array("q", num_workers * len(_FIELDS), lock=False)
         self.stages = mp_context.Array("q", num_workers * len(STAGE_FIELDS), lock=False)
@@ -72,6 +75,8 @@ class SharedLoaderState:
         self.shm_dir, owner = _make_folder(shm)
         # removed with this object (or at exit) by this process only, never by a forked child
         weakref.finalize(self, _remove_folder, self.shm_dir, owner, state())
+        # batches the workers decode into, in that folder (see radiobject.ml._batch_slots)
+        self.slots = SharedSlots(mp_context, self.shm_dir, batch_slots) if batch_slots else None
         # settings changed in this process reach the workers while this object lives
         self._unlisten = add_listener(self._on_configure)
 
@@ -270,6 +275,8 @@ class TimedCollate:
             return batch
         start = time.perf_counter_ns()
         out = (self.fn or stack_collate)(batch)
+        if self.fn is None and _WORKER.get().state is not None:  # one of our loader's workers
+            out = for_transport(out)  # its image as a batch slot, small tensors by value
         stage_counters().add_collate(time.perf_counter_ns() - start)
         sync_worker()
         return out

@@ -22,6 +22,7 @@ from torch.utils.data import get_worker_info
 from torch.utils.data._utils.collate import collate, collate_tensor_fn, default_collate_fn_map
 
 from radiobject._process import Resource
+from radiobject.ml._batch_slots import SMALL_BYTES
 
 __all__ = [
     "StageCounters",
@@ -62,10 +63,10 @@ class StageCounters:
             **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in _FIELDS}
         )
 
-    def add_read(self, ns: int, nbytes: int) -> None:
-        """Count one sample read in ``ns`` nanoseconds, ``nbytes`` large (thread-safe)."""
+    def add_read(self, ns: int, nbytes: int, samples: int = 1) -> None:
+        """Count ``samples`` read in ``ns`` nanoseconds, ``nbytes`` large (thread-safe)."""
         with _LOCK.get():
-            self.samples += 1
+            self.samples += samples
             self.sample_bytes += nbytes
             self.read_ns += ns
 
@@ -94,8 +95,14 @@ def stage_counters() -> StageCounters:
 
 def sample_nbytes(sample: Any) -> int:
     """Bytes of the arrays in a sample dict (its image, mask, ...): what it delivers."""
-    if isinstance(sample, dict):
-        return sum(int(getattr(v, "nbytes", 0) or 0) for v in sample.values())
+    if type(sample) is dict:
+        total = 0
+        for v in sample.values():
+            if type(v) is torch.Tensor or type(v) is np.ndarray:
+                total += v.nbytes
+            elif not isinstance(v, (str, int, float)):
+                total += int(getattr(v, "nbytes", 0) or 0)
+        return total
     return int(getattr(sample, "nbytes", 0) or 0)
 
 
@@ -114,7 +121,9 @@ def _stack_tensors(
     """
     first = batch[0]
     if (
-        torch.utils.data.get_worker_info() is None
+        # a worker's large batches go to shared memory as torch stacks them; small ones
+        # travel by value (radiobject.ml._batch_slots.for_transport)
+        (torch.utils.data.get_worker_info() is None or first.nbytes * len(batch) <= SMALL_BYTES)
         and all(type(t) is torch.Tensor for t in batch)
         and all(
             t.shape == first.shape
@@ -163,9 +172,14 @@ def stack_collate(batch: list[Any]) -> Any:
 _IN_PLACE = threading.local()  # the batch array this thread decoded last (see images_in_place)
 
 
-def mark_in_place(batch: Any) -> None:
-    """Note ``batch`` as an array this thread decoded a batch's images into, for its collate."""
+def mark_in_place(batch: Any, images: list[Any] | None = None) -> None:
+    """Note ``batch`` as an array this thread decoded a batch's images into, for its collate.
+
+    ``images``: the tensors of its slots as the samples hold them (``list(batch)``); the
+    collate then recognises them by identity, without comparing their memory.
+    """
     _IN_PLACE.batch = batch
+    _IN_PLACE.images = images
 
 
 def images_in_place(batch: list[Any]) -> Any:
@@ -195,6 +209,14 @@ def images_in_place(batch: list[Any]) -> Any:
     if not all(type(s) is dict and "image" in s for s in batch):
         return None
     images = [s["image"] for s in batch]
+    slots = getattr(_IN_PLACE, "images", None)
+    if (
+        slots is not None
+        and len(slots) == len(images) == marked.shape[0]
+        and all(a is b for a, b in zip(images, slots, strict=True))
+    ):  # the very slots of the marked array, in order: it is the stacked batch
+        _IN_PLACE.batch = _IN_PLACE.images = None
+        return marked
     first = images[0]
     if not all(isinstance(t, torch.Tensor) for t in images) or not first.is_contiguous():
         return None
@@ -215,7 +237,7 @@ def images_in_place(batch: list[Any]) -> Any:
         return None  # slots of a larger array: stack them
     if marked.untyped_storage().data_ptr() != storage.data_ptr():
         return None  # not the array this thread decoded into
-    _IN_PLACE.batch = None
+    _IN_PLACE.batch = _IN_PLACE.images = None
     shape = (len(images), *first.shape)
     strides, step = [], 1
     for size in reversed(shape):  # C order, as torch.stack lays out its result

@@ -357,6 +357,8 @@ class Prefetcher:
 
     def state(self, planner: Any, create: bool = False) -> Prefetch | None:
         """The read-ahead state of ``planner`` (made when ``create``)."""
+        if not create and not self.states:  # no read-ahead in this process (local default)
+            return None
         with self.lock:
             found = self.states.get(planner)
             if found is None and create:

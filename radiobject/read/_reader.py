@@ -26,6 +26,7 @@ from radiobject.read._handles import handles_generation, open_array
 from radiobject.read._local_tier import local_tier, tier_state
 from radiobject.read._policy import ReadPolicy
 from radiobject.read._prefetch import Planner, Prefetch, Prefetcher, RegionLike
+from radiobject.read._shared_store import get_shared_store
 from radiobject.read._source import Bounds, Region, Source
 
 __all__ = ["Reader", "RegionLike", "reader"]
@@ -88,6 +89,17 @@ class Reader:
                 self._routes.clear()
             route = self._routes[key] = (version, closed, handle, info, tier, entry)
         return Region(uri, ctx, bounds, route[2], route[3], whole_on_miss, route[4], route[5])
+
+    def in_memory(self, uri: str) -> bool:
+        """Whether ``uri`` is held whole in memory: this process's cache or its shared store.
+
+        Its reads are then copies that hold the GIL: threads would only take turns (see
+        ``VolumeCollectionDataset.__getitems__``). Cheap: a lookup, nothing is read.
+        """
+        if self.policy.ram.holds(uri):
+            return True
+        store = get_shared_store()
+        return store is not None and store.holds(uri)
 
     def get(self, region: Region, out: np.ndarray | None = None) -> np.ndarray:
         """The stored voxels of ``region``, from the first source of its chain that serves."""

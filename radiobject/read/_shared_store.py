@@ -65,6 +65,10 @@ class SharedStore:
             self._maps[key] = loaded
         return loaded
 
+    def holds(self, uri: str) -> bool:
+        """Whether the store has ``uri`` whole now (mapped in this process from then on)."""
+        return self._mapped(self._path(uri)) is not None
+
     def fetch(self, uri: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """The whole volume of ``uri`` and whether another process (or call) had stored it.
 
