@@ -4,7 +4,13 @@ For each region read it yields the chain of sources to try, in order, and decide
 one only when the one before declined (so its bookkeeping, e.g. what the cache has seen, is
 what it always was):
 
-1. the local tier, when the read has one and no whole copy of the volume is in RAM;
+1. the local tier, when the read has one and no whole copy of the volume is in RAM; on a
+   miss worth filling (:meth:`TierSource.claim <radiobject.read._sources.TierSource.claim>`:
+   the user's tier, a plan that reads most of its volume, or a volume missed before) the
+   volume is read whole once, by the whole-volume source below that would keep it, else by
+   the tier fill (:class:`~radiobject.read._sources.TierFillSource`, which keeps nothing in
+   RAM); the region is served from that array and the same array is handed to the tier's
+   writer: a fill costs no second TileDB read;
 2. whole volumes (the loader's shared store if it has one, else the RAM cache), when the
    region is the whole volume, or the plan prefers whole volumes (``whole_on_miss``), and
    what is read recently fits the cache (or the volume is held whole already);
@@ -19,7 +25,7 @@ The policy also answers the two questions the layers above ask before reading:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from radiobject.read._cache import BlockCache
 from radiobject.read._local_tier import local_tier, tier_state
@@ -29,6 +35,7 @@ from radiobject.read._sources import (
     BlockSource,
     RamVolumeSource,
     SharedStoreSource,
+    TierFillSource,
     TierSource,
     tile_keys,
 )
@@ -56,7 +63,7 @@ class ReadPolicy:
     >>> from radiobject.read._cache import BlockCache
     >>> policy = ReadPolicy(BlockCache())
     >>> [s.name for s in policy.sources]
-    ['local tier', 'shared store', 'ram volumes', 'ram blocks', 'tiledb']
+    ['local tier', 'tier fill', 'shared store', 'ram volumes', 'ram blocks', 'tiledb']
     """
 
     def __init__(self, cache: BlockCache, first: tuple[Source, ...] = ()) -> None:
@@ -64,6 +71,7 @@ class ReadPolicy:
         self.first = first
         self.storage = TileDBSource(cache)
         self.tier = TierSource(cache, self.storage)
+        self.fill = TierFillSource(cache, self.storage, self.tier)
         self.shared = SharedStoreSource(cache, self.storage, self.tier)
         self.ram = RamVolumeSource(cache, self.storage, self.tier)
         self.blocks = BlockSource(cache, self.storage)
@@ -71,14 +79,38 @@ class ReadPolicy:
     @property
     def sources(self) -> tuple[Source, ...]:
         """Every source the policy may choose, in the order it would try them."""
-        return (*self.first, self.tier, self.shared, self.ram, self.blocks, self.storage)
+        return (
+            *self.first,
+            self.tier,
+            self.fill,
+            self.shared,
+            self.ram,
+            self.blocks,
+            self.storage,
+        )
 
-    def chain(self, region: Region) -> Iterator[Source]:
-        """The sources to try for ``region``, each decided when the one before declined."""
+    def chain(self, region: Region) -> Generator[Source, None, None]:
+        """The sources to try for ``region``, each decided when the one before declined.
+
+        Close the generator when done (the reader does): a fill claimed after a tier miss
+        and not used is released then.
+        """
         yield from self.first
+        fill = False
+        try:
+            if region.tier is not None and not self.ram.holds(region.uri):
+                yield self.tier
+                # a miss: read the volume whole now (once) if it is worth keeping in the
+                # tier and the writers have room, and hand that same array to the writer
+                fill = self.tier.claim(region)
+            yield from self._after_tier(region, fill)
+        finally:
+            if fill:
+                self.tier.release(region)  # no-op once the volume was handed over
+
+    def _after_tier(self, region: Region, fill: bool) -> Iterator[Source]:
+        """The chain after the local tier; ``fill``: a fill was claimed (read it whole)."""
         cache, uri, info = self.cache, region.uri, region.info
-        if region.tier is not None and not self.ram.holds(uri):
-            yield self.tier
         itemsize = info.dtype.itemsize
         volume_bytes = itemsize
         for n in info.shape:
@@ -97,13 +129,19 @@ class ReadPolicy:
                 or cache.working_set_fits()
             ):
                 yield whole
+            if fill:
+                yield self.fill
             yield self.storage
             return
+        if fill and region.whole:
+            yield self.fill
         keys = tile_keys(region.bounds, info.tiles)
         tile_bytes = itemsize
         for t in info.tiles:
             tile_bytes *= t
         if len(keys) * tile_bytes * 4 > maxsize:  # too large for the cache: read it straight
+            if fill:
+                yield self.fill
             yield self.storage
             return
         first_touch = not cache.seen_before([(uri, k) for k in keys])
@@ -117,6 +155,8 @@ class ReadPolicy:
             and (fits or whole is self.shared or self.ram.holds(uri))
         ):
             yield whole
+        if fill:
+            yield self.fill  # the region from the volume read whole, which fills the tier
         missing = self.blocks.missing(region, keys)
         aligned = _tile_aligned(region.bounds, info.tiles, info.shape)
         # read exactly the region (nothing admitted) rather than fetch and keep the larger
