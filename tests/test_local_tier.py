@@ -353,7 +353,8 @@ def test_busy_writers_read_just_the_region_and_a_later_miss_fills(vol, tmp_path,
             tier_state().flush()
         assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
         assert read(vol)[0].tier_hits == 1
-    assert not state.claimed and not state.pending
+    assert not state.claimed
+    assert not state.pending
 
 
 def test_a_failed_whole_read_releases_its_claim(vol, tmp_path, monkeypatch):

@@ -19,16 +19,26 @@ what it always was):
    working set fits the cache);
 4. TileDB, exactly the region, which always serves.
 
-The policy also answers the two questions the layers above ask before reading:
-:meth:`ReadPolicy.served_locally` and :meth:`ReadPolicy.whole_volume_budget`.
+The policy also answers the questions the layers above ask before reading: whether a plan
+fetches whole volumes on a miss (:meth:`ReadPolicy.prefer_whole_volume`, a dataset plan's
+``whole_on_miss``), whether a training loader gets the automatic local tier
+(:meth:`ReadPolicy.auto_tier_mb`), :meth:`ReadPolicy.served_locally` and
+:meth:`ReadPolicy.whole_volume_budget`. The datasets say what they read; where the bytes
+come from is decided here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
 
+import tiledb
+from cachetools import LRUCache
+
+from radiobject.config import get_config
 from radiobject.read._cache import BlockCache
-from radiobject.read._local_tier import local_tier, tier_state
+from radiobject.read._handles import open_array
+from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 from radiobject.read._source import Bounds, Region, Source
 from radiobject.read._sources import (
@@ -41,7 +51,9 @@ from radiobject.read._sources import (
 )
 from radiobject.read._storage import TileDBSource
 
-__all__ = ["ReadPolicy"]
+__all__ = ["FITS_SHARE", "ReadPolicy"]
+
+FITS_SHARE = 0.85  # of the whole-volume budget a dataset may fill (the rest: other reads)
 
 
 def _tile_aligned(bounds: Bounds, tiles: tuple[int, ...], shape: tuple[int, ...]) -> bool:
@@ -75,6 +87,8 @@ class ReadPolicy:
         self.shared = SharedStoreSource(cache, self.storage, self.tier)
         self.ram = RamVolumeSource(cache, self.storage, self.tier)
         self.blocks = BlockSource(cache, self.storage)
+        # (uri, box, reads per volume) -> whether those reads touch most of the volume
+        self._reads_most: LRUCache[tuple[str, tuple[int, ...], int], bool] = LRUCache(4096)
 
     @property
     def sources(self) -> tuple[Source, ...]:
@@ -184,6 +198,71 @@ class ReadPolicy:
             return False
         key = tier_state().known_key(uri)
         return key is not None and tier.is_open(key) and not self.ram.holds(uri)
+
+    def prefer_whole_volume(
+        self,
+        uri: str,
+        ctx: tiledb.Ctx,
+        box: Sequence[int],
+        reads_per_volume: int,
+        dataset_bytes: int,
+    ) -> bool:
+        """Whether a miss of a dataset's read of ``uri`` should fetch the whole volume at once.
+
+        The plan's ``whole_on_miss``, decided here for a dataset whose items read boxes of
+        ``box`` voxels, ``reads_per_volume`` of them per volume and epoch, over volumes of
+        ``dataset_bytes`` in all (decompressed). True while those volumes fit the
+        whole-volume budget together (:data:`FITS_SHARE` of :meth:`whole_volume_budget`):
+        the first epoch reads whole volumes and the later ones are served from memory. Else
+        true when the reads of one volume are expected to touch at least half of its tiles
+        per epoch: one query is then much cheaper than many small ones, and a miss of the
+        local tier reads the volume for the tier at its first miss (see :meth:`chain`).
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject import TileConfig, Volume
+        >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"),  # 6³ tiles
+        ...                         np.zeros((96, 96, 96), np.uint16),
+        ...                         tile=TileConfig(extents=(16, 16, 16)))
+        >>> policy = ReadPolicy(BlockCache())
+        >>> policy.prefer_whole_volume(vol.uri, vol.ctx, (16, 16, 16), 1, 1 << 20)  # 1 MB fit
+        True
+        >>> tb = 10 << 40  # a cohort larger than RAM: whole volumes when most tiles are read
+        >>> [policy.prefer_whole_volume(vol.uri, vol.ctx, (16, 16, 16), n, tb) for n in (1, 20)]
+        [False, True]
+        """
+        if dataset_bytes <= FITS_SHARE * self.whole_volume_budget():
+            return True
+        key = (uri, tuple(box), reads_per_volume)
+        most = self._reads_most.get(key)
+        if most is None:
+            info = open_array(uri, ctx)[1]
+            per_read = 1
+            total = 1
+            for b, t, n in zip(box, info.tiles, info.shape, strict=False):
+                per_read *= min(-(-b // t) + 1, -(-n // t))  # tiles a box touches at most
+            for n, t in zip(info.shape, info.tiles, strict=True):
+                total *= -(-n // t)
+            most = self._reads_most[key] = reads_per_volume * per_read >= 0.5 * total
+        return most
+
+    def auto_tier_mb(self, cohort_bytes: int) -> int:
+        """The automatic local tier budget (MiB) of a training loader over ``cohort_bytes``.
+
+        0 (no tier) unless ``ReadConfig.local_tier_mb`` is ``None`` (the user's setting
+        decides otherwise) and the cohort (decompressed, as stored) exceeds the RAM cache
+        (:func:`~radiobject.read._local_tier.auto_budget_mb`). The loader's dataset keeps
+        the budget for its own reads (``RegionRead.auto_tier_mb``): nothing process-wide
+        changes.
+
+        >>> policy = ReadPolicy(BlockCache())
+        >>> policy.auto_tier_mb(1 << 20)  # 1 MB fits the default RAM cache
+        0
+        """
+        read = get_config().read
+        if read.local_tier_mb is not None:
+            return 0
+        folder = Path(read.local_tier_dir or default_tier_dir())
+        return auto_budget_mb(cohort_bytes, read.cache_mb * (1 << 20), folder)
 
     def whole_volume_budget(self) -> int:
         """Bytes this process may keep as whole volumes: its loader's shared store, or cache."""
