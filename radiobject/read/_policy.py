@@ -82,7 +82,7 @@ class ReadPolicy:
         self.cache = cache
         self.first = first
         self.storage = TileDBSource(cache)
-        self.tier = TierSource(cache, self.storage)
+        self.tier = TierSource(cache)
         self.fill = TierFillSource(cache, self.storage, self.tier)
         self.shared = SharedStoreSource(cache, self.storage, self.tier)
         self.ram = RamVolumeSource(cache, self.storage, self.tier)

@@ -245,10 +245,9 @@ class TierSource(Source):
 
     name = "local tier"
 
-    def __init__(self, cache: BlockCache, storage: TileDBSource) -> None:
+    def __init__(self, cache: BlockCache) -> None:
         super().__init__()
         self.cache = cache
-        self.storage = storage
 
     def get(self, region: Region, out: np.ndarray) -> bool:
         """``region`` decoded from the tier into ``out``, or False (a miss)."""
