@@ -157,23 +157,13 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
         assert all(r.auto_tier_mb == mb for r in loader.dataset.plan((0, 0)).reads)
         # workers get the same budget: it travels with the dataset
         assert pickle.loads(pickle.dumps(loader.dataset)).auto_tier_mb == mb
-        # plans that read a small part of each volume (a patch here touches most of its
-        # volume: the plans would prefer whole volumes, see the next test)
-        monkeypatch.setattr(loader.dataset, "prefer_whole_volume", lambda uri, ctx=None: False)
-        assert not any(r.whole_on_miss for r in loader.dataset.plan((0, 0)).reads)
-        for _ in loader:
-            pass
-        tier_state().flush()
-        # a volume read once is not worth a whole-volume fill: the first pass fills nothing
-        assert not list((tmp_path / "auto").glob("*.b2nd"))
-        with TileDBStats(storage=False) as second:
-            for _ in loader:  # read again: now worth keeping, filled while reading
+        with TileDBStats(storage=False) as first:
+            for _ in loader:  # each volume's first miss reads it whole: the patch and the fill
                 pass
             tier_state().flush()
         assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
-        # each volume's second miss read it whole, the patch cut from it: one query each
-        c = second.cache_stats()
-        assert (c.tier_misses, c.tier_fills, c.storage_queries) == (2, 2, 2)
+        c = first.cache_stats()
+        assert (c.tier_misses, c.tier_fills, c.storage_queries) == (2, 2, 2)  # one query each
         assert c.bytes_from_storage == cohort_bytes(larger.T1w)
         # a volume read outside the loader does not use the loader's tier
         with TileDBStats(storage=False) as direct:
@@ -184,29 +174,38 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
         assert through_loader.cache_stats().tier_hits > 0
 
 
-def test_plans_reading_most_of_each_volume_fill_the_tier_on_the_first_miss_with_one_read(
+def test_a_fill_waits_for_room_and_the_next_epoch_comes_from_the_tier(
     larger, tmp_path, monkeypatch
 ):
-    """A patch touching most of its volume: the first miss reads it whole, once, for the tier."""
+    """Writers with room for one volume: the other is read as patches until there is room."""
     monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
+    monkeypatch.setattr(tier_state(), "room", 1)
     with configure(read=ReadConfig(cache_mb=1)):
-        loader = create_training_dataloader(larger.T1w, batch_size=2, patch_size=PATCH)
-        assert loader.dataset.auto_tier_mb > 0
-        assert all(r.whole_on_miss for r in loader.dataset.plan((0, 0)).reads)
+        loader = create_training_dataloader(
+            larger.T1w, batch_size=2, patch_size=PATCH, patches_per_volume=3
+        )
         with TileDBStats(storage=False) as first:
             for _ in loader:
                 pass
             tier_state().flush()
-        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
         c = first.cache_stats()
-        # one TileDB query per volume, the whole volume: it served the patch and the fill
-        assert (c.tier_misses, c.tier_fills, c.storage_queries) == (2, 2, 2)
-        assert c.bytes_from_storage == cohort_bytes(larger.T1w)
-        with TileDBStats(storage=False) as second:
+        assert c.tier_hits + c.tier_misses == 6
+        # every query was a miss's own read, whole or its patch: nothing read twice for a fill
+        assert c.storage_queries == c.tier_misses
+        whole = c.tier_fills * cohort_bytes(larger.T1w) // 2
+        patch_bytes = 8 * 8 * 8 * _itemsize(larger)
+        assert c.bytes_from_storage == whole + (c.tier_misses - c.tier_fills) * patch_bytes
+        assert c.tier_fills >= 1
+        for _ in range(2 - c.tier_fills):  # the volume that found no room fills later
             for _ in loader:
                 pass
-        c = second.cache_stats()
-        assert (c.tier_hits, c.tier_misses, c.storage_queries) == (2, 0, 0)
+            tier_state().flush()
+        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
+        with TileDBStats(storage=False) as later:
+            for _ in loader:
+                pass
+        c = later.cache_stats()
+        assert (c.tier_hits, c.tier_misses, c.storage_queries) == (6, 0, 0)
 
 
 def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_off(

@@ -468,10 +468,6 @@ class _TierState:
         self.jobs: set[Future[None]] = set()
         self.room = WRITERS + 1  # volumes claimed or pending at most
         self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
-        # entries a read missed once, for the automatic tier: its second miss fills the
-        # entry, so a volume read once (a validation pass, the first epoch at one patch per
-        # volume) costs no whole-volume read; a volume read again is worth keeping
-        self.missed: LRUCache[str, bool] = LRUCache(maxsize=65536)
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
@@ -479,22 +475,6 @@ class _TierState:
         # (``local_tier_mb``), or a loader's automatic one (see :func:`local_tier`)
         self.resolved: dict[int, LocalTier | None] = {}
         self.tiers: dict[tuple[Path, int], LocalTier] = {}  # every tier made, by folder/budget
-
-    def worth_filling(self, key: str, whole_on_miss: bool = False) -> bool:
-        """Record a miss of entry ``key``: whether to fill it now.
-
-        Always for a tier the user turned on (``local_tier_mb > 0``: fill as soon as read)
-        and for a read whose plan expects most of its volume to be read (``whole_on_miss``:
-        many patches per volume); otherwise the automatic tier (``local_tier_mb=None``)
-        fills an entry from its second miss on.
-        """
-        if whole_on_miss or get_config().read.local_tier_mb is not None:
-            return True
-        with self.lock:
-            if key in self.missed:
-                return True
-            self.missed[key] = True
-            return False
 
     def claim(self, key: str) -> bool:
         """Reserve the fill of entry ``key`` for a read about to read its volume whole.

@@ -5,12 +5,12 @@ one only when the one before declined (so its bookkeeping, e.g. what the cache h
 what it always was):
 
 1. the local tier, when the read has one and no whole copy of the volume is in RAM; on a
-   miss worth filling (:meth:`TierSource.claim <radiobject.read._sources.TierSource.claim>`:
-   the user's tier, a plan that reads most of its volume, or a volume missed before) the
-   volume is read whole once, by the whole-volume source below that would keep it, else by
-   the tier fill (:class:`~radiobject.read._sources.TierFillSource`, which keeps nothing in
-   RAM); the region is served from that array and the same array is handed to the tier's
-   writer: a fill costs no second TileDB read;
+   miss, when the tier's writers have room (:meth:`TierSource.claim
+   <radiobject.read._sources.TierSource.claim>`), the volume is read whole once, by the
+   whole-volume source below that would keep it, else by the tier fill
+   (:class:`~radiobject.read._sources.TierFillSource`, which keeps nothing in RAM); the
+   region is served from that array and the same array is handed to the tier's writer: a
+   fill costs no second TileDB read, and the tier fills as fast as its writers write;
 2. whole volumes (the loader's shared store if it has one, else the RAM cache), when the
    region is the whole volume, or the plan prefers whole volumes (``whole_on_miss``), and
    what is read recently fits the cache (or the volume is held whole already);
@@ -215,8 +215,7 @@ class ReadPolicy:
         whole-volume budget together (:data:`FITS_SHARE` of :meth:`whole_volume_budget`):
         the first epoch reads whole volumes and the later ones are served from memory. Else
         true when the reads of one volume are expected to touch at least half of its tiles
-        per epoch: one query is then much cheaper than many small ones, and a miss of the
-        local tier reads the volume for the tier at its first miss (see :meth:`chain`).
+        per epoch: one query is then much cheaper than many small ones.
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject import TileConfig, Volume

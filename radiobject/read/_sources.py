@@ -274,16 +274,17 @@ class TierSource(Source):
     def claim(self, region: Region) -> bool:
         """After a miss: whether to read ``region``'s volume whole now and fill the tier with it.
 
-        True when the fill is worth it (:meth:`~radiobject.read._local_tier._TierState.
-        worth_filling`) and the writers have room; the claim is the caller's to end, by
-        handing the volume to :meth:`offer` or by :meth:`release`.
+        True when the writers have room (and the volume is not being filled, nor too large
+        for the budget): a read with a tier is a read the tier is for (the user's, or a
+        training loader's over a cohort larger than RAM, whose volumes are read again every
+        epoch), so its first miss fills, at the pace the writers allow. The claim is the
+        caller's to end, by handing the volume to :meth:`offer` or by :meth:`release`.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
             return False
         state = tier_state()
-        key = region.tier_key or state.key(region.uri, region.ctx)
-        return state.worth_filling(key, region.whole_on_miss) and state.claim(key)
+        return state.claim(region.tier_key or state.key(region.uri, region.ctx))
 
     def release(self, region: Region) -> None:
         """End a claim of :meth:`claim` whose volume was not offered (no-op if it was)."""
