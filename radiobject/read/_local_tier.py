@@ -20,11 +20,13 @@ as TileDB arrays), CPU time of one thread on the shared 2-core machine, 64³ pat
 level 8 written in 141 ms (2.64 MB), read 0.182 ms a patch; level 5 75 ms (2.70 MB), 0.197
 ms; level 2 39 ms (2.92 MB), 0.223 ms; plain LZ4 34 ms (3.15 MB), 0.297 ms; BLOSCLZ and
 bit-shuffled variants ~31 ms but ~0.41 ms a patch; ZSTD 1 ~0.73 ms a patch. About 20 ms of
-any write is blosc2's chunking, whatever the codec. Level 2 (format 2): a cohort larger than
-RAM is in the tier after about two epochs instead of ten (the fills run beside training on
-the machine's other core), for 13% more per patch read than level 5 and 1.1x TileDB's bytes.
-An entry is compressed on one thread per writer (``nthreads`` of the call: blosc2's global
-thread count is never changed).
+any write is blosc2's chunking, whatever the codec, and each chunk takes the GIL again: beside
+a training loop (a Python thread holding the GIL) a volume in 64³ chunks took ~280 ms to
+write, in one chunk ~90 ms (see :func:`_layout`). Format 2 (LZ4HC level 2, one chunk): 24
+BraTS volumes of a cohort four times the RAM cache were all in the tier by the end of the
+second epoch at 4 patches per volume (format 1: 3 fills an epoch), for ~20% more per patch
+read than format 1 and 1.1x TileDB's bytes. An entry is compressed on one thread per writer
+(``nthreads`` of the call: blosc2's global thread count is never changed).
 
 Never wrong:
 
@@ -92,7 +94,7 @@ FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this lo
 # The entry format: its number is in every entry's name and sidecar, so entries written in
 # another format (codec, level, chunks) are never opened as this one: they are filled again
 # under their new name and the old ones age out of the budget. Change FORMAT with the rest.
-FORMAT = 2  # 1: LZ4HC level 5, compressed on one thread
+FORMAT = 2  # 1: LZ4HC level 5 in 64³ chunks; 2: LZ4HC level 2, one chunk per 64 MB
 CODEC = "LZ4HC"  # a blosc2.Codec name
 CLEVEL = 2
 COMPRESS_THREADS = 1  # threads of one entry's compression (per call, not blosc2's global)
@@ -174,11 +176,32 @@ def _blosc2() -> Any:
     return blosc2
 
 
-def _layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """blosc2 chunks and blocks for a volume of ``shape`` (nnU-Net v2's rule, for 64³ patches)."""
-    chunks = tuple(min(64, n) for n in shape[:3]) + tuple(shape[3:])
+CHUNK_BYTES = 64 << 20  # an entry's chunks hold at most this much (decompressed)
+
+
+def _layout(shape: tuple[int, ...], itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """blosc2 chunks and blocks for a volume of ``shape``: 32³ blocks in as few chunks as fit.
+
+    A read decodes only the blocks it touches, whatever the chunks; writing compresses one
+    chunk per call, each taking the GIL again. 64³ chunks (nnU-Net's rule) made a BraTS
+    volume's write 295 ms beside a busy Python thread (training) against 88 ms as one chunk
+    (45 against 33 ms of CPU), for 8% more per 64³ patch read (0.267 against 0.246 ms). So
+    one chunk per volume, halved along its longest axis until it holds :data:`CHUNK_BYTES`.
+
+    >>> _layout((240, 240, 155), 2)
+    ((240, 240, 155), (32, 32, 32))
+    >>> _layout((1024, 1024, 400), 2)  # 800 MB: chunks of 64 MB at most
+    ((256, 256, 400), (32, 32, 32))
+    """
+    chunks = list(shape)
+    voxels = itemsize
+    for n in shape[3:]:
+        voxels *= n
+    while chunks[0] * chunks[1] * chunks[2] * voxels > CHUNK_BYTES and max(chunks[:3]) > 64:
+        axis = chunks.index(max(chunks[:3]))
+        chunks[axis] = -(-chunks[axis] // 2)
     blocks = tuple(min(32, n) for n in shape[:3]) + tuple(1 for _ in shape[3:])
-    return chunks, blocks
+    return tuple(chunks), blocks
 
 
 WIDE_BYTES = 4 << 20  # a region this large decodes on blosc2's threads (a patch: on one)
@@ -332,7 +355,7 @@ class LocalTier:
         tmp_data = self.folder / f"{stem}{_SUFFIX}"
         tmp_side = self.folder / f"{stem}{_SIDECAR}"
         blosc2 = _blosc2()
-        chunks, blocks = _layout(volume.shape)
+        chunks, blocks = _layout(volume.shape, volume.dtype.itemsize)
         cparams = blosc2.CParams(
             codec=getattr(blosc2.Codec, CODEC),
             clevel=CLEVEL,
