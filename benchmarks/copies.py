@@ -11,8 +11,9 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
   ZSTD level 8 with blosc2's default byte shuffle, chunks and blocks from nnU-Net's cache rule
   (:func:`nnunet_blosc2_layout`);
 - ``b2-nnunet-f32/``: the same in float32, as nnU-Net ships its preprocessed data;
-- ``b2-lz4hc/``: blosc2 LZ4HC level 8 + shuffle, 64³ chunks of 32³ blocks (the layout of
-  radiobject's own local tier: the fastest blosc2 we know for random 64³ patches);
+- ``b2-lz4hc/``: blosc2 LZ4HC level 8 + shuffle, 64³ chunks of 32³ blocks (the fastest
+  blosc2 we know for random 64³ patches; radiobject's tier writes faster to fill: LZ4HC 2,
+  one chunk per volume);
 - ``zarr3/``: zarr v3 sharded (one shard per volume, 32³ inner chunks, blosc LZ4 + shuffle),
   written by zarr-python and read by both zarr-python and tensorstore;
 - ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only);
