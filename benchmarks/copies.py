@@ -11,8 +11,9 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
   ZSTD level 8 with blosc2's default byte shuffle, chunks and blocks from nnU-Net's cache rule
   (:func:`nnunet_blosc2_layout`);
 - ``b2-nnunet-f32/``: the same in float32, as nnU-Net ships its preprocessed data;
-- ``b2-lz4hc/``: blosc2 LZ4HC level 8 + shuffle, 64³ chunks of 32³ blocks (the layout of
-  radiobject's own local tier: the fastest blosc2 we know for random 64³ patches);
+- ``b2-lz4hc/``: blosc2 LZ4HC level 8 + shuffle, 64³ chunks of 32³ blocks (the fastest
+  blosc2 we know for random 64³ patches; radiobject's tier writes faster to fill: LZ4HC 2,
+  one chunk per volume);
 - ``zarr3/``: zarr v3 sharded (one shard per volume, 32³ inner chunks, blosc LZ4 + shuffle),
   written by zarr-python and read by both zarr-python and tensorstore;
 - ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only);
@@ -209,43 +210,61 @@ def zarr_installed() -> bool:
     return importlib.util.find_spec("zarr") is not None
 
 
-def _write_copies(c: Copies, volumes: list[Any], masks: list[Any], patch: int) -> None:
+def _write_copies(
+    c: Copies, volumes: list[Any], masks: list[Any], patch: int, names: set[str]
+) -> None:
+    """Write the copies ``names`` (folder names of :data:`FOLDERS`) of the cohort."""
     from radiobject import SliceOrientation, TileConfig, Volume
 
     with_zarr = zarr_installed()
-
-    for name in FOLDERS:
-        if name != "radiobject":
-            shutil.rmtree(c.folder(name), ignore_errors=True)
-            c.folder(name).mkdir(parents=True)
+    names = {n for n in names if n != "radiobject" and (with_zarr or not n.startswith("zarr"))}
+    for name in names:
+        shutil.rmtree(c.folder(name), ignore_errors=True)
+        c.folder(name).mkdir(parents=True)
     for i, vol in enumerate(volumes):
         data = vol.to_numpy(dtype=vol.stored_dtype)
         if not np.array_equal(data, vol.to_numpy()):
             raise RuntimeError(f"volume {i}: the cohort is not whole numbers in {data.dtype}")
-        np.save(c.path("npy", i), data)
-        _nifti(c.path("nii", i), data.astype(c.nii_dtype))
-        _nifti(c.path("nii-gz", i), data)
-        _blosc2_nnunet(c.path("b2-nnunet", i), data, patch)
-        _blosc2_nnunet(c.path("b2-nnunet-f32", i), data.astype(np.float32), patch)
-        _blosc2_lz4hc(c.path("b2-lz4hc", i), data)
-        if with_zarr:
+        if "npy" in names:
+            np.save(c.path("npy", i), data)
+        if "nii" in names:
+            _nifti(c.path("nii", i), data.astype(c.nii_dtype))
+        if "nii-gz" in names:
+            _nifti(c.path("nii-gz", i), data)
+        if "b2-nnunet" in names:
+            _blosc2_nnunet(c.path("b2-nnunet", i), data, patch)
+        if "b2-nnunet-f32" in names:
+            _blosc2_nnunet(c.path("b2-nnunet-f32", i), data.astype(np.float32), patch)
+        if "b2-lz4hc" in names:
+            _blosc2_lz4hc(c.path("b2-lz4hc", i), data)
+        if "zarr3" in names:
             _zarr3(c.path("zarr3", i), data, (32, 32, 32))
-        if i < AXIAL_VOLUMES:
+        if i < AXIAL_VOLUMES and "radiobject-axial" in names:
             Volume.from_numpy(
                 str(c.path("radiobject-axial", i)),
                 data,
                 tile=TileConfig(orientation=SliceOrientation.AXIAL),
             )
-            if with_zarr:
-                _zarr3(c.path("zarr3-axial", i), data, (data.shape[0], data.shape[1], 1))
-    for i, mask in enumerate(masks):
-        _nifti(c.path("seg-nii", i), mask.to_numpy(dtype=mask.stored_dtype))
+        if i < AXIAL_VOLUMES and "zarr3-axial" in names:
+            _zarr3(c.path("zarr3-axial", i), data, (data.shape[0], data.shape[1], 1))
+    if "seg-nii" in names:
+        for i, mask in enumerate(masks):
+            _nifti(c.path("seg-nii", i), mask.to_numpy(dtype=mask.stored_dtype))
 
 
 def prepare(
-    workdir: str | Path, n: int, shape: Sequence[int], patch: int = 64, log: bool = True
+    workdir: str | Path,
+    n: int,
+    shape: Sequence[int],
+    patch: int = 64,
+    log: bool = True,
+    folders: Sequence[str] | None = None,
 ) -> Copies:
-    """Write (or reuse) the cohort of ``n`` volumes of ``shape`` and every copy of it."""
+    """Write (or reuse) the cohort of ``n`` volumes of ``shape`` and its copies.
+
+    ``folders``: the copies needed (names of :data:`FOLDERS`; default every one). Copies
+    missing from a cohort written before are added; the manifest lists what is there.
+    """
     from radiobject import RadiObject, Volume
     from radiobject.data import make_sample_radiobject
 
@@ -255,17 +274,23 @@ def prepare(
     root = Path(workdir) / f"cohort{LAYOUT_VERSION}-{n}x{'x'.join(map(str, shape3))}-p{patch}"
     manifest = root / "manifest.json"
     info = json.loads(manifest.read_text()) if manifest.exists() else {}
-    if info and (info.get("zarr") or not zarr_installed()):
+    wanted = set(FOLDERS if folders is None else folders) | {"radiobject"}
+    have = set(info.get("folders", FOLDERS)) if info else set()  # older manifests: every copy
+    if info and not info.get("zarr") and zarr_installed():  # written before zarr was installed
+        have = {h for h in have if not h.startswith("zarr")}
+    if info and wanted <= have:
         return Copies(root, n, shape3, info["dtype"], tuple(info["obs_ids"]), info["nii_dtype"])  # type: ignore[arg-type]
     if log:
-        print(f"writing the cohort ({n} x {shape3}) and its copies in {root}", flush=True)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+        todo = ", ".join(sorted(wanted - have))
+        print(f"writing the cohort ({n} x {shape3}) copies ({todo}) in {root}", flush=True)
     t = time.perf_counter()
-    make_sample_radiobject(
-        str(root / "radiobject"), n_subjects=n, shape=shape3, modalities=(MODALITY,),
-        seed=SEED, progress=False,
-    )  # fmt: skip
+    if not info:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        make_sample_radiobject(
+            str(root / "radiobject"), n_subjects=n, shape=shape3, modalities=(MODALITY,),
+            seed=SEED, progress=False,
+        )  # fmt: skip
     coll = RadiObject(str(root / "radiobject")).collection(MODALITY)
     obs_ids = tuple(coll.obs_ids)
     volumes = [Volume(coll.volume_uri(o)) for o in obs_ids]
@@ -275,9 +300,9 @@ def prepare(
     by_subject = dict(zip(seg.obs_subject_ids, seg.obs_ids, strict=True))
     subjects = dict(zip(coll.obs_ids, coll.obs_subject_ids, strict=True))
     masks = [Volume(seg.volume_uri(by_subject[subjects[o]])) for o in obs_ids]
-    _write_copies(c, volumes, masks, patch)
+    _write_copies(c, volumes, masks, patch, wanted - have)
     info = {"dtype": c.dtype, "nii_dtype": c.nii_dtype, "obs_ids": list(obs_ids),
-            "zarr": zarr_installed()}  # fmt: skip
+            "zarr": zarr_installed(), "folders": sorted(have | wanted)}  # fmt: skip
     manifest.write_text(json.dumps(info))
     if log:
         print(f"  written in {time.perf_counter() - t:.0f} s", flush=True)

@@ -289,8 +289,10 @@ def render(records: Records) -> str:
             n = next(r["metrics"]["samples_per_epoch"] for r in records if "error" not in r
                      and r["row"]["suite"] == suite and r["row"]["per"] == per)  # fmt: skip
             epochs = next(r["row"]["epochs"] for r in records if r["row"]["suite"] == suite)
-            out += ["", f"### {suite}: {per} patches per volume ({n} samples per epoch, "
-                    f"{epochs} epochs) — {text}", ""]  # fmt: skip
+            vols = next(r["row"]["n"] for r in records if "error" not in r
+                        and r["row"]["suite"] == suite and r["row"]["per"] == per)  # fmt: skip
+            out += ["", f"### {suite}: {per} patches per volume ({n} samples per epoch of "
+                    f"{vols} volumes, {epochs} epochs) — {text}", ""]  # fmt: skip
             out += loader_table(records, suite, per, labels)
             wt = workers_table(records, suite, per, labels)
             if wt:

@@ -248,7 +248,13 @@ def run_row(row: Row) -> Record:
     # radiobject's automatic tier goes to this row's empty folder, never ~/.cache
     os.environ["RADIOBJECT_TIER_DIR"] = str(scratch / "tier")
     try:
-        c = copies_mod.prepare(row.workdir, row.n, row.shape, row.patch, log=False)
+        folders = None  # the reads suite reads every copy
+        if row.kind == "loader":
+            import engines
+
+            folders = [engines.ENGINES[row.engine].copy]
+        c = copies_mod.prepare(row.workdir, row.n, row.shape, row.patch, log=False,
+                               folders=folders)  # fmt: skip
         if row.kind == "reads":
             import reads
 

@@ -52,6 +52,10 @@ NOMINAL_RATE = {
 }  # fmt: skip  (MONAI, TorchIO: + volume loads)
 IN_PROCESS = ("radiobject-loop",)  # loops without workers: one row at 0 workers
 STARTUP_S = 3.0  # a fresh interpreter importing torch and radiobject (~2-3 s measured)
+MIN_EPOCH = 96  # samples per epoch of an ltr row at least: 1 per volume runs on 96 volumes
+# the engines of ltr rows that need a larger cohort (1 per volume: 96 volumes): radiobject and
+# the formats it is compared with (its own tier's layout, tensorstore's first epoch, raw)
+FEW_ENGINES = ("radiobject", "b2-lz4hc", "tensorstore", "npy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=None, help="patch edge (64; 32 with --quick)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per loader row (10; 2)")
     p.add_argument("--repeats", type=int, default=None, help="processes per row (3; 1 quick)")
-    p.add_argument("--per", default="4,20", help="patches per volume of the loader rows")
+    p.add_argument("--per", default="4,20", help="patches per volume of the fits rows")
+    p.add_argument(
+        "--ltr-per",
+        default="1,4,20",
+        help="patches per volume of the ltr rows; an epoch is at least 96 samples: 1 per "
+        f"volume runs on 96 volumes (only {', '.join(FEW_ENGINES)}), written once",
+    )
     p.add_argument("--workers", default="0,2", help="worker counts tried in the fits suite")
     p.add_argument(
         "--torch-threads",
@@ -92,8 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.patch = args.patch or (32 if q else 64)
     args.epochs = args.epochs or (2 if q else 10)
     args.repeats = args.repeats or (1 if q else 3)
+    args.min_epoch = 0 if q else MIN_EPOCH
     if q:  # one loader row per engine and suite: the smoke run checks every path, not speed
         args.per = args.per if args.per != "4,20" else "4"
+        args.ltr_per = args.ltr_per if args.ltr_per != "1,4,20" else "4"
         args.workers = args.workers if args.workers != "0,2" else "0"
     return args
 
@@ -119,13 +131,31 @@ def schedule(args: argparse.Namespace, suite: str, best: dict[str, int]) -> list
             rows += [replace(base, suite="fits", engine=e, per=per, workers=best.get(e, 0))
                      for e in engines]  # fmt: skip
     elif suite == "ltr":
-        rows += [replace(base, engine=e, per=per, workers=best.get(e, 0), budget="quarter",
-                         page_cache="cold") for per in pers for e in engines]  # fmt: skip
+        for per in [int(p) for p in _split(args.ltr_per)]:
+            n = max(args.subjects, -(-args.min_epoch // per))  # epochs of min_epoch samples
+            names = engines if n == args.subjects else [e for e in engines if e in FEW_ENGINES]
+            rows += [replace(base, engine=e, per=per, n=n, workers=best.get(e, 0),
+                             budget="quarter", page_cache="cold") for e in names]  # fmt: skip
     elif suite == "reads":
         import reads
 
         rows += [replace(base, kind="reads", engine=e) for e in reads.available()]
     return rows
+
+
+def _cohorts(args: argparse.Namespace, planned: list[Row]) -> dict[int, list[str] | None]:
+    """The cohorts the rows read, by size: every copy of the main one, the rows' of others."""
+    from engines import ENGINES
+
+    out: dict[int, list[str] | None] = {args.subjects: None}
+    for r in planned:
+        if r.n != args.subjects:
+            names = out.setdefault(r.n, [])
+            assert names is not None
+            copy = "zarr3" if ENGINES[r.engine].copy == "zarr3" else ENGINES[r.engine].copy
+            if copy not in names:
+                names.append(copy)
+    return out
 
 
 def _volume_loads_s(r: Row) -> float:
@@ -243,19 +273,24 @@ def main(argv: list[str] | None = None) -> int:
     if "fits" in suites:
         planned += schedule(args, "fits-rest", {})
     est = estimate_s(planned, args.repeats)
-    cohort_missing = not any(Path(args.workdir).glob(f"cohort*-{args.subjects}x*/manifest.json"))
-    write_s = 9.0 * args.subjects * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
+    cohorts = _cohorts(args, planned)
+    grid = "x".join(map(str, args.shape))
+    work = Path(args.workdir)
+    missing = [n for n in cohorts if not any(work.glob(f"cohort*-{n}x{grid}-p*/manifest.json"))]
+    write_s = sum(9.0 * n * (args.shape[0] * args.shape[1] * args.shape[2] / 8.9e6)
+                  for n in missing)  # fmt: skip
     print(f"machine: {machine.describe()}", flush=True)
     print(f"{len(planned)} rows x {args.repeats} processes; estimated {est / 60:.0f} min"
-          + (f" + about {write_s / 60:.0f} min to write the cohort" if cohort_missing else "")
+          + (f" + about {write_s / 60:.0f} min to write the cohort" if missing else "")
           + " (2 quiet cores)", flush=True)  # fmt: skip
     if args.estimate:
         for r in planned:
-            print(f"  {r.key}")
+            print(f"  {r.key}" + (f" ({r.n} volumes)" if r.n != args.subjects else ""))
         return 0
     import copies
 
-    copies.prepare(args.workdir, args.subjects, args.shape, args.patch)
+    for n, folders in cohorts.items():
+        copies.prepare(args.workdir, n, args.shape, args.patch, folders=folders)
     out = Path(args.results) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.json").write_text(json.dumps({"argv": sys.argv[1:], **{

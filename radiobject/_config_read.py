@@ -46,7 +46,7 @@ class ReadConfig(Checked):
             run, CPU time 0.85-0.96x). See ``radiobject._allocator``.
         local_tier_mb: disk budget, in MiB, of the local read tier (``radiobject.read.
             _local_tier``): whole volumes kept on local disk as memory-mapped blosc2 arrays
-            (LZ4HC, 32³ blocks), filled in the background as volumes are read from TileDB
+            (LZ4HC, 32³ blocks), filled in the background with volumes read from TileDB
             (or ahead of time with ``VolumeCollection.warm_local_tier`` / ``python -m
             radiobject warm URI``), shared by every process on the machine and across runs,
             keyed by each array's fragments so a rewritten array is never served stale. For
@@ -56,13 +56,12 @@ class ReadConfig(Checked):
             cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on for that
             loader's reads only (in its process and workers), with a quarter of the folder's free
             disk, at most 64 GiB (off when under 256 MiB free); other reads, and
-            ``cache_mb=0`` (caching off), leave it off. The automatic tier fills a volume
-            the second time a read misses it, so a pass that reads each volume once (a
-            first epoch at one patch per volume, a validation pass) pays no whole-volume
-            fills: measured, such a first epoch ran at half the speed of no tier when every
-            miss filled. ``0`` turns it off; ``n > 0`` turns it on for every read with ``n``
-            MiB, filling from the first miss. The least recently used volumes are removed
-            to stay within the budget.
+            ``cache_mb=0`` (caching off), leave it off. A miss fills: it reads its volume
+            whole once (the region is cut from it) and hands that array to a background
+            writer, when the writers have room; otherwise it reads just its region and a
+            later miss fills, so the tier fills as fast as the machine compresses. ``0``
+            turns it off; ``n > 0`` turns it on for every read with ``n`` MiB. The least
+            recently used volumes are removed to stay within the budget.
         local_tier_dir: the tier's folder (default ``$RADIOBJECT_TIER_DIR``, else
             ``$XDG_CACHE_HOME/radiobject/tier`` or ``~/.cache/radiobject/tier``). Local
             disk: an unwritable or full folder turns the tier off with one warning, and

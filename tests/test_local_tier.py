@@ -315,3 +315,86 @@ def test_large_and_small_regions_decode_the_same_voxels(vol, tmp_path, monkeypat
     np.testing.assert_array_equal(narrow, expected[PATCH])
     np.testing.assert_array_equal(wide, expected[PATCH])
     np.testing.assert_array_equal(whole, expected)
+
+
+def test_a_fill_is_the_read_that_serves_the_miss_one_storage_query(vol, tmp_path):
+    """The miss reads the volume whole once: it serves the patch and is what the tier writes."""
+    from radiobject.read import reader
+
+    storage = reader().policy.storage.counters
+    before = (storage.hits, storage.misses)
+    with configure(read=tier_config(tmp_path / "tier")), TileDBStats(storage=False) as block:
+        out = vol[PATCH]
+        tier_state().flush()  # the write counts in the block
+    stats = block.cache_stats()
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    volume_bytes = int(np.prod(SHAPE)) * 4
+    assert (stats.tier_misses, stats.tier_fills, stats.storage_queries) == (1, 1, 1)
+    assert stats.bytes_from_storage == volume_bytes  # the whole volume, nothing else
+    assert (storage.hits, storage.misses) == before  # TileDB never served the patch itself
+    fill = reader().policy.fill.counters
+    assert fill.misses >= 1  # the tier fill served it, from the volume it read
+    assert len(entries(tmp_path / "tier")) == 1
+
+
+def test_busy_writers_read_just_the_region_and_a_later_miss_fills(vol, tmp_path, monkeypatch):
+    state = tier_state()
+    monkeypatch.setattr(state, "room", 0)  # every writer busy
+    with configure(read=tier_config(tmp_path / "tier")):
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+        assert (stats.tier_misses, stats.tier_fills, stats.storage_queries) == (1, 0, 1)
+        assert stats.bytes_from_storage == out.nbytes  # the patch only: no whole read
+        tier_state().flush()
+        assert not entries(tmp_path / "tier")
+        monkeypatch.setattr(state, "room", 2)
+        with TileDBStats(storage=False) as block:
+            vol[PATCH]
+            tier_state().flush()
+        assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
+        assert read(vol)[0].tier_hits == 1
+    assert not state.claimed
+    assert not state.pending
+
+
+def test_a_failed_whole_read_releases_its_claim(vol, tmp_path, monkeypatch):
+    from radiobject._errors import StorageError
+    from radiobject.read import reader
+
+    storage = reader().policy.storage
+
+    def broken(region):
+        raise StorageError("simulated failure reading the whole volume")
+
+    with configure(read=tier_config(tmp_path / "tier")):
+        monkeypatch.setattr(storage, "read_whole", broken)
+        with pytest.raises(StorageError, match="simulated"):
+            vol[PATCH]
+        assert not tier_state().claimed  # the policy released what it reserved
+        monkeypatch.undo()
+        with TileDBStats(storage=False) as block:
+            out = vol[PATCH]
+            tier_state().flush()
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    assert block.cache_stats().tier_fills == 1
+    assert len(entries(tmp_path / "tier")) == 1
+
+
+def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
+    import radiobject.read._local_tier as lt
+
+    folder = tmp_path / "tier"
+    with configure(read=tier_config(folder)):
+        assert fill_local_tier(vol.uri, vol.ctx)
+    (old,) = entries(folder)
+    monkeypatch.setattr(lt, "FORMAT", lt.FORMAT + 1)  # a later radiobject's layout
+    forget_array(vol.uri)  # entry names are worked out again, with the new format
+    tier = LocalTier(folder, 64 << 20)
+    assert tier.open(old.name[: -len(".b2nd")]) is None  # its sidecar names the old format
+    with configure(read=tier_config(folder, mb=65)), TileDBStats(storage=False) as block:
+        out = vol[PATCH]
+        tier_state().flush()
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    stats = block.cache_stats()
+    assert (stats.tier_hits, stats.tier_misses, stats.tier_fills) == (0, 1, 1)
+    assert len(entries(folder)) == 2  # a new name; the old entry ages out of the budget

@@ -27,7 +27,13 @@ from radiobject.read import (
 )
 from radiobject.read._local_tier import local_tier
 from radiobject.read._region import fill_local_tier, forget_array
-from radiobject.read._sources import BlockSource, RamVolumeSource, SharedStoreSource, TierSource
+from radiobject.read._sources import (
+    BlockSource,
+    RamVolumeSource,
+    SharedStoreSource,
+    TierFillSource,
+    TierSource,
+)
 from radiobject.read._storage import TileDBSource
 from tests.conftest import arange_volume
 
@@ -107,7 +113,7 @@ def test_every_source_fills_out_as_tiledb_does(vol, tmp_path, bounds):
     policy = Reader().policy
     cache = policy.cache
     storage = TileDBSource(cache)
-    tier_source = TierSource(cache, storage)
+    tier_source = TierSource(cache)
     with configure(read=ReadConfig(cache_mb=64, local_tier_mb=16, local_tier_dir=str(tmp_path))):
         clear_caches()
         assert fill_local_tier(vol.uri, vol.ctx)
@@ -131,6 +137,12 @@ def test_every_source_fills_out_as_tiledb_does(vol, tmp_path, bounds):
                     assert source.get(region, out), source.name
                     np.testing.assert_array_equal(out, want, err_msg=source.name)
                 assert source.counters.hits >= 1, source.name
+            fill = TierFillSource(cache, storage, tier_source)  # reads whole, keeps nothing
+            for _ in range(2):
+                out = np.full(region.shape, 9999, np.uint16)
+                assert fill.get(region, out)
+                np.testing.assert_array_equal(out, want, err_msg=fill.name)
+            assert (fill.counters.hits, fill.counters.misses) == (0, 2)  # from storage, twice
         finally:
             set_shared_store(None)
 

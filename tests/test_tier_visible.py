@@ -84,10 +84,11 @@ def test_an_empty_tier_misses_reads_storage_and_fills_every_volume(radi, tmp_pat
     assert result.bytes_from_tier == result.tier_hits * patch_bytes(radi)
     cache = stats.cache_stats()
     assert cache.tier_fills == N
-    # each miss read its patch from storage, and each fill its whole volume
-    assert cache.bytes_from_storage == cache.tier_misses * patch_bytes(radi) + N * volume_bytes(
-        radi
-    )
+    # one storage query per miss: a volume's first miss read it whole (its patch cut from it,
+    # the same array written to the tier), the other misses their patch; no second read
+    assert cache.storage_queries == cache.tier_misses
+    fills = N * volume_bytes(radi)
+    assert cache.bytes_from_storage == (cache.tier_misses - N) * patch_bytes(radi) + fills
     # the next epoch comes from the tier alone
     with configure(read=tier_on(tmp_path / "tier")):
         second = epoch(radi)
@@ -157,17 +158,16 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
         assert tier.folder == tmp_path / "auto"
         assert tier.budget_bytes == mb << 20
         assert all(r.auto_tier_mb == mb for r in loader.dataset.plan((0, 0)).reads)
-        for _ in loader:
-            pass
-        tier_state().flush()
-        # a volume read once is not worth a whole-volume fill: the first pass fills nothing
-        assert not list((tmp_path / "auto").glob("*.b2nd"))
-        for _ in loader:  # read again: now worth keeping, filled while reading
-            pass
-        tier_state().flush()
-        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
         # workers get the same budget: it travels with the dataset
         assert pickle.loads(pickle.dumps(loader.dataset)).auto_tier_mb == mb
+        with TileDBStats(storage=False) as first:
+            for _ in loader:  # each volume's first miss reads it whole: the patch and the fill
+                pass
+            tier_state().flush()
+        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
+        c = first.cache_stats()
+        assert (c.tier_misses, c.tier_fills, c.storage_queries) == (2, 2, 2)  # one query each
+        assert c.bytes_from_storage == cohort_bytes(larger.T1w)
         # a volume read outside the loader does not use the loader's tier
         with TileDBStats(storage=False) as direct:
             larger.T1w.volume(larger.T1w.obs_ids[0])[0:8, 0:8, 0:8]
@@ -175,6 +175,40 @@ def test_the_tier_turns_on_for_a_training_loader_over_a_cohort_larger_than_the_c
         with TileDBStats(storage=False) as through_loader:
             next(iter(loader))
         assert through_loader.cache_stats().tier_hits > 0
+
+
+def test_a_fill_waits_for_room_and_the_next_epoch_comes_from_the_tier(
+    larger, tmp_path, monkeypatch
+):
+    """Writers with room for one volume: the other is read as patches until there is room."""
+    monkeypatch.setenv("RADIOBJECT_TIER_DIR", str(tmp_path / "auto"))
+    monkeypatch.setattr(tier_state(), "room", 1)
+    with configure(read=ReadConfig(cache_mb=1)):
+        loader = create_training_dataloader(
+            larger.T1w, batch_size=2, patch_size=PATCH, patches_per_volume=3
+        )
+        with TileDBStats(storage=False) as first:
+            for _ in loader:
+                pass
+            tier_state().flush()
+        c = first.cache_stats()
+        assert c.tier_hits + c.tier_misses == 6
+        # every query was a miss's own read, whole or its patch: nothing read twice for a fill
+        assert c.storage_queries == c.tier_misses
+        whole = c.tier_fills * cohort_bytes(larger.T1w) // 2
+        patch_bytes = 8 * 8 * 8 * _itemsize(larger)
+        assert c.bytes_from_storage == whole + (c.tier_misses - c.tier_fills) * patch_bytes
+        assert c.tier_fills >= 1
+        for _ in range(2 - c.tier_fills):  # the volume that found no room fills later
+            for _ in loader:
+                pass
+            tier_state().flush()
+        assert len(list((tmp_path / "auto").glob("*.b2nd"))) == 2
+        with TileDBStats(storage=False) as later:
+            for _ in loader:
+                pass
+        c = later.cache_stats()
+        assert (c.tier_hits, c.tier_misses, c.storage_queries) == (6, 0, 0)
 
 
 def test_the_tier_stays_off_when_the_cohort_fits_caching_is_off_or_it_is_turned_off(

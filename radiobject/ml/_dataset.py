@@ -35,7 +35,7 @@ from radiobject.ml._subjects import (
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import open_array, reader, served_locally, whole_volume_budget
+from radiobject.read import open_array, reader, served_locally
 from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
@@ -46,7 +46,6 @@ _SLICE_AXIS: dict[SliceOrientation, int] = PLANE_AXIS
 # read hooks of earlier versions: a subclass overriding one would read outside its plan
 _READ_HOOKS_REMOVED = ("make_sample", "read_sample", "read_image")
 _MANY_PER_VOLUME = (LoadingMode.PATCH, LoadingMode.SLAB)
-_FITS_SHARE = 0.85  # of the cache a dataset may fill with whole volumes (the rest: other reads)
 
 
 class VolumeCollectionDataset(Dataset[Any]):
@@ -109,7 +108,6 @@ class VolumeCollectionDataset(Dataset[Any]):
         self.refs = align(self.collections, self.reference)
         self.labels, self.classes = resolve_labels(labels, self.collections[0], self.refs)
         self.epoch = 0
-        self._whole: dict[str, bool] = {}
         self._stored_bytes: int | None = None
         self._slots: LocalSlots | None = None  # batch memory of this process (not pickled)
         self._check_patch_fits()
@@ -505,34 +503,26 @@ class VolumeCollectionDataset(Dataset[Any]):
     def prefer_whole_volume(self, uri: str, ctx: tiledb.Ctx | None = None) -> bool:
         """Whether a cache miss on ``uri`` should fetch the whole volume in one query.
 
-        True when the items of one volume are expected to touch at least half of its
-        tiles per epoch (whole volumes, many patches per volume, or every slice): one query
-        is then much cheaper than many small ones, and the rest is served from the cache.
-        Also true while every volume the dataset reads fits in the cache together (see
-        :meth:`stored_bytes`): the first epoch then reads whole volumes and the later ones
-        are served from memory, like MONAI's ``CacheDataset`` but filled as it goes.
-        ``ctx`` opens ``uri`` (default: the first collection's context).
+        Always for whole volumes and slices (every slice is read over an epoch), never for
+        slabs (a slab reads its planes only). Patches: the read policy decides
+        (:meth:`~radiobject.read._policy.ReadPolicy.prefer_whole_volume`), from the patch
+        size, the patches per volume and :meth:`stored_bytes`: true while every volume the
+        dataset reads fits the cache together, or when the patches of a volume are expected
+        to touch at least half of its tiles per epoch. ``ctx`` opens ``uri`` (default: the
+        first collection's context).
         """
         if self._mode in (LoadingMode.FULL_VOLUME, LoadingMode.SLICE_2D):
             return True
         if self._mode is LoadingMode.SLAB:
             return False  # a slab reads its planes only, never the volume around them
-        if self.stored_bytes() <= _FITS_SHARE * whole_volume_budget():
-            return True
-        cached = self._whole.get(uri)
-        if cached is None:
-            info = open_array(uri, ctx or self.collections[0].ctx)[1]
-            assert self.config.patch_size is not None
-            per_patch = np.prod(
-                [
-                    min(-(-p // t) + 1, -(-s // t))
-                    for p, t, s in zip(self.config.patch_size, info.tiles, info.shape, strict=False)
-                ]
-            )
-            total = np.prod([-(-s // t) for s, t in zip(info.shape, info.tiles, strict=True)])
-            cached = bool(self.config.patches_per_volume * per_patch >= 0.5 * total)
-            self._whole[uri] = cached
-        return cached
+        assert self.config.patch_size is not None
+        return reader().policy.prefer_whole_volume(
+            uri,
+            ctx or self.collections[0].ctx,
+            self.config.patch_size,
+            self.config.patches_per_volume,
+            self.stored_bytes(),
+        )
 
     def stored_bytes(self) -> int:
         """Bytes of all the volumes this dataset reads, once decompressed (computed once)."""

@@ -1,7 +1,9 @@
 """The local read tier's automatic default: on for training loaders over cohorts larger than RAM.
 
 ``ReadConfig.local_tier_mb=None`` (the default) leaves the decision to the training loader
-factories: they call :func:`auto_local_tier` with their collections. When the cohort's
+factories: they call :func:`auto_local_tier` with their collections, which measures the
+cohort and asks the read policy (:meth:`radiobject.read._policy.ReadPolicy.auto_tier_mb`,
+where every decision about where bytes come from is made). When the cohort's
 decompressed bytes exceed the RAM block cache (``ReadConfig.cache_mb``) and blosc2 imports,
 the loader's dataset gets a budget (``VolumeCollectionDataset.auto_tier_mb``, a share of the
 folder's free disk: :func:`radiobject.read._local_tier.auto_budget_mb`) that its reads carry
@@ -14,12 +16,10 @@ for every read, ``n > 0`` turns it on for every read with that budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from radiobject.config import get_config
-from radiobject.read import auto_budget_mb, default_tier_dir, open_array
+from radiobject.read import open_array, reader
 from radiobject.storage import VolumeCollection
 
 __all__ = ["auto_local_tier", "cohort_bytes"]
@@ -52,6 +52,8 @@ def auto_local_tier(collections: VolumeCollection | Sequence[VolumeCollection]) 
 
     Only with ``ReadConfig.local_tier_mb=None``: a cohort larger than the RAM cache gets a
     budget, which the loader's dataset keeps for its own reads. Nothing process-wide changes.
+    The read policy decides (:meth:`~radiobject.read._policy.ReadPolicy.auto_tier_mb`);
+    this measures the cohort for it.
 
     >>> import os, tempfile
     >>> from radiobject.data import make_sample_radiobject
@@ -60,8 +62,4 @@ def auto_local_tier(collections: VolumeCollection | Sequence[VolumeCollection]) 
     >>> auto_local_tier(radi.T1w)  # 12 kB (uint16) fit the RAM cache: no tier
     0
     """
-    read = get_config().read
-    if read.local_tier_mb is not None:
-        return 0
-    folder = Path(read.local_tier_dir or default_tier_dir())
-    return auto_budget_mb(cohort_bytes(collections), read.cache_mb * (1 << 20), folder)
+    return reader().policy.auto_tier_mb(cohort_bytes(collections))

@@ -1,7 +1,9 @@
 """A local read tier: whole volumes kept on local disk as blosc2 arrays, read through mmap.
 
-Between radiobject's RAM block cache and TileDB. A volume read from TileDB is written here
-(in a background thread, so the reading step does not wait); later reads of any region of
+Between radiobject's RAM block cache and TileDB. A volume read whole from TileDB (to serve a
+region: the read that misses the tier reads its volume once, see
+:class:`~radiobject.read._policy.ReadPolicy`) is written here by background writer threads,
+so the reading step does not wait for the compression; later reads of any region of
 it, by this process or any other on the machine, decode just the blosc2 blocks the region
 touches from a memory-mapped file (the page cache is shared: no copies through IPC), and a
 new run starts warm.
@@ -11,11 +13,21 @@ thread): blosc2 NDArray in nnU-Net v2's layout (chunks about patch-sized, 32³ b
 and byte shuffle, mmap) read ~1,780 patches/s against ~270 for radiobject's TileDB arrays
 (48³ zstd tiles, ~0.6 ms per TileDB query before any voxel is decoded) and ~3,400 for an
 uncompressed ``.npy`` memmap, which takes ~13x more disk than TileDB on these volumes.
-One sample volume (34 MB decompressed, 2.7 MB as TileDB arrays), random 64³ reads on a busy
-machine: TileDB 3.7 ms, ``.npy`` 0.22 ms, blosc2 LZ4HC level 8 0.52 ms (3.0 MB, written in
-420 ms), level 5 0.59 ms (3.1 MB, 190 ms), plain LZ4 0.73 ms (4.0 MB: over the 1.3x disk
-target), ZSTD level 1 1.28 ms (2.4 MB). Level 5: the reads of level 8 for half the time to
-fill, at 1.16x TileDB's bytes.
+
+The codec and level (:data:`CODEC`, :data:`CLEVEL`) trade the time to fill an entry against
+the time to read a patch from it. One BraTS-size uint16 volume (17.9 MB decompressed, 2.7 MB
+as TileDB arrays), CPU time of one thread on the shared 2-core machine, 64³ patches: LZ4HC
+level 8 written in 141 ms (2.64 MB), read 0.182 ms a patch; level 5 75 ms (2.70 MB), 0.197
+ms; level 2 39 ms (2.92 MB), 0.223 ms; plain LZ4 34 ms (3.15 MB), 0.297 ms; BLOSCLZ and
+bit-shuffled variants ~31 ms but ~0.41 ms a patch; ZSTD 1 ~0.73 ms a patch. About 20 ms of
+any write is blosc2's chunking, whatever the codec, and each chunk takes the GIL again: beside
+a training loop (a Python thread holding the GIL) a volume in 64³ chunks took ~280 ms to
+write, in one chunk ~90 ms (see :func:`_layout`). Format 2 (LZ4HC level 2, one chunk): 24
+BraTS volumes of a cohort four times the RAM cache were all in the tier by the end of the
+second epoch at 4 patches per volume (format 1: 3 fills an epoch), for 0.25 ms to decode a
+64³ patch (format 1: 0.20; LZ4HC 8 in 64³ chunks: 0.18, written in ~160 ms of CPU) and 1.1x
+TileDB's bytes. An entry is compressed on one thread per writer
+(``nthreads`` of the call: blosc2's global thread count is never changed).
 
 Never wrong:
 
@@ -52,7 +64,7 @@ import threading
 import time
 import warnings
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +91,15 @@ _SIDECAR = ".json"
 _TMP = ".tmp"
 _STALE_TMP_S = 3600.0  # temporary files older than this were left by a dead writer
 FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this long
+
+# The entry format: its number is in every entry's name and sidecar, so entries written in
+# another format (codec, level, chunks) are never opened as this one: they are filled again
+# under their new name and the old ones age out of the budget. Change FORMAT with the rest.
+FORMAT = 2  # 1: LZ4HC level 5 in 64³ chunks; 2: LZ4HC level 2, one chunk per 64 MB
+CODEC = "LZ4HC"  # a blosc2.Codec name
+CLEVEL = 2
+COMPRESS_THREADS = 1  # threads of one entry's compression (per call, not blosc2's global)
+WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))  # background writer threads
 
 
 TIER_DIR_ENV = "RADIOBJECT_TIER_DIR"  # overrides the default folder (tests point it at a tmp dir)
@@ -156,11 +177,32 @@ def _blosc2() -> Any:
     return blosc2
 
 
-def _layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """blosc2 chunks and blocks for a volume of ``shape`` (nnU-Net v2's rule, for 64³ patches)."""
-    chunks = tuple(min(64, n) for n in shape[:3]) + tuple(shape[3:])
+CHUNK_BYTES = 64 << 20  # an entry's chunks hold at most this much (decompressed)
+
+
+def _layout(shape: tuple[int, ...], itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """blosc2 chunks and blocks for a volume of ``shape``: 32³ blocks in as few chunks as fit.
+
+    A read decodes only the blocks it touches, whatever the chunks; writing compresses one
+    chunk per call, each taking the GIL again. 64³ chunks (nnU-Net's rule) made a BraTS
+    volume's write 295 ms beside a busy Python thread (training) against 88 ms as one chunk
+    (45 against 33 ms of CPU), for 8% more per 64³ patch read (0.267 against 0.246 ms). So
+    one chunk per volume, halved along its longest axis until it holds :data:`CHUNK_BYTES`.
+
+    >>> _layout((240, 240, 155), 2)
+    ((240, 240, 155), (32, 32, 32))
+    >>> _layout((1024, 1024, 400), 2)  # 800 MB: chunks of 64 MB at most
+    ((256, 256, 400), (32, 32, 32))
+    """
+    chunks = list(shape)
+    voxels = itemsize
+    for n in shape[3:]:
+        voxels *= n
+    while chunks[0] * chunks[1] * chunks[2] * voxels > CHUNK_BYTES and max(chunks[:3]) > 64:
+        axis = chunks.index(max(chunks[:3]))
+        chunks[axis] = -(-chunks[axis] // 2)
     blocks = tuple(min(32, n) for n in shape[:3]) + tuple(1 for _ in shape[3:])
-    return chunks, blocks
+    return tuple(chunks), blocks
 
 
 WIDE_BYTES = 4 << 20  # a region this large decodes on blosc2's threads (a patch: on one)
@@ -237,6 +279,8 @@ class LocalTier:
         try:
             meta = json.loads(sidecar.read_text())
             size, crc, shape, dtype = meta["size"], meta["crc32"], meta["shape"], meta["dtype"]
+            if meta.get("format") != FORMAT:
+                return None  # another layout's entry (its name differs too): fill it again
             if data.stat().st_size != size or _crc32(data) != crc:
                 return None  # truncated, corrupt, or being replaced: fill it again
         except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: absent
@@ -312,9 +356,12 @@ class LocalTier:
         tmp_data = self.folder / f"{stem}{_SUFFIX}"
         tmp_side = self.folder / f"{stem}{_SIDECAR}"
         blosc2 = _blosc2()
-        chunks, blocks = _layout(volume.shape)
+        chunks, blocks = _layout(volume.shape, volume.dtype.itemsize)
         cparams = blosc2.CParams(
-            codec=blosc2.Codec.LZ4HC, clevel=5, filters=[blosc2.Filter.SHUFFLE], nthreads=1
+            codec=getattr(blosc2.Codec, CODEC),
+            clevel=CLEVEL,
+            filters=[blosc2.Filter.SHUFFLE],
+            nthreads=COMPRESS_THREADS,  # this call's threads: blosc2's global setting is untouched
         )
         try:
             blosc2.asarray(
@@ -329,6 +376,7 @@ class LocalTier:
             if size > self.budget_bytes:
                 return False
             meta = {
+                "format": FORMAT,
                 "size": size,
                 "crc32": _crc32(tmp_data),
                 "shape": list(volume.shape),
@@ -420,23 +468,30 @@ def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
         names = sorted(str(f.uri).rsplit("/", 1)[-1] for f in fragments)
     if at is not None:
         names = [n for n in names if (commit_end_ms(n) or 0) <= at]
-    digest = hashlib.sha256("\n".join([base, *names]).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join([f"format {FORMAT}", base, *names]).encode()).hexdigest()
     return digest[:40]
 
 
 class _TierState:
-    """This process's tier: the folder, entry names by URI, and the background writer."""
+    """This process's tier: the folder, entry names by URI, and the background writers.
+
+    A fill is a whole volume a read has in hand (read whole to serve a region: see
+    :meth:`radiobject.read._policy.ReadPolicy.chain`), compressed and published by one of
+    :data:`WRITERS` threads. At most :data:`WRITERS` + 1 volumes are claimed or queued at a
+    time, each held in memory until written: when the writers are busy, a read reads just
+    its region (and a later miss fills), so the tier fills as fast as the machine writes,
+    without a queue of volumes growing in memory.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.version = -1
         self.keys: LRUCache[str, str] = LRUCache(maxsize=4096)  # uri -> entry name
-        self.pending: set[str] = set()
+        self.claimed: set[str] = set()  # a read decided to read these whole for the tier
+        self.pending: set[str] = set()  # queued or being written
+        self.jobs: set[Future[None]] = set()
+        self.room = WRITERS + 1  # volumes claimed or pending at most
         self.rejected: LRUCache[str, bool] = LRUCache(maxsize=65536)  # did not fit: not again
-        # entries a read missed once, for the automatic tier: its second miss fills the
-        # entry, so a volume read once (a validation pass, the first epoch at one patch per
-        # volume) costs no whole-volume fill; a volume read again is worth keeping
-        self.missed: LRUCache[str, bool] = LRUCache(maxsize=65536)
         self.pool: ThreadPoolExecutor | None = None
         self.warned = False
         self.warning: str | None = None  # a warning waiting for a reading thread
@@ -445,19 +500,25 @@ class _TierState:
         self.resolved: dict[int, LocalTier | None] = {}
         self.tiers: dict[tuple[Path, int], LocalTier] = {}  # every tier made, by folder/budget
 
-    def worth_filling(self, key: str) -> bool:
-        """Record a miss of entry ``key``: whether to fill it now.
+    def claim(self, key: str) -> bool:
+        """Reserve the fill of entry ``key`` for a read about to read its volume whole.
 
-        Always for a tier the user turned on (``local_tier_mb > 0``: fill as soon as read);
-        the automatic tier (``local_tier_mb=None``) fills an entry from its second miss on.
+        False when it is queued or claimed already, did not fit before, or the writers
+        have no room. The claim ends when the volume is handed over (:meth:`submit`), or
+        with :meth:`release`.
         """
-        if get_config().read.local_tier_mb is not None:
-            return True
         with self.lock:
-            if key in self.missed:
-                return True
-            self.missed[key] = True
-            return False
+            if key in self.claimed or key in self.pending or key in self.rejected:
+                return False
+            if len(self.claimed) + len(self.pending) >= self.room:
+                return False
+            self.claimed.add(key)
+            return True
+
+    def release(self, key: str) -> None:
+        """End a claim of ``key`` that was not handed to :meth:`submit` (no-op otherwise)."""
+        with self.lock:
+            self.claimed.discard(key)
 
     def current(self, auto_mb: int = 0) -> LocalTier | None:
         """The tier of a read: ``ReadConfig.local_tier_mb`` if set, else ``auto_mb`` (0: off)."""
@@ -500,30 +561,43 @@ class _TierState:
                 self.keys.pop(name, None)
 
     def submit(self, key: str, job: Any) -> Future[None] | None:
-        """Run ``job`` in the background writer unless ``key`` is already queued."""
+        """Run ``job`` (the write of entry ``key``) on a background writer.
+
+        Not when ``key`` is queued already or did not fit before; nor, unless a read
+        claimed it (:meth:`claim`), when the writers have no room.
+        """
         with self.lock:
             if key in self.pending or key in self.rejected:
+                self.claimed.discard(key)
+                return None
+            if key in self.claimed:
+                self.claimed.discard(key)
+            elif len(self.claimed) + len(self.pending) >= self.room:
                 return None
             self.pending.add(key)
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="radiobject-tier")
+                self.pool = ThreadPoolExecutor(
+                    max_workers=WRITERS, thread_name_prefix="radiobject-tier"
+                )
             pool = self.pool
 
-        def run() -> None:
-            try:
-                job()
-            finally:
-                with self.lock:
-                    self.pending.discard(key)
+            def run() -> None:
+                try:
+                    job()
+                finally:
+                    with self.lock:
+                        self.pending.discard(key)
+                        self.jobs.discard(future)
 
-        return pool.submit(run)
+            future = pool.submit(run)
+            self.jobs.add(future)
+        return future
 
     def flush(self) -> None:
         """Wait until every background write queued so far has finished."""
         with self.lock:
-            pool = self.pool
-        if pool is not None:
-            pool.submit(lambda: None).result()  # one writer thread: runs after the others
+            jobs = list(self.jobs)
+        wait(jobs)
 
     def disable(
         self, tier: LocalTier, exc: BaseException, failed: str = "cannot be written"

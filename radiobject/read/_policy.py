@@ -4,7 +4,13 @@ For each region read it yields the chain of sources to try, in order, and decide
 one only when the one before declined (so its bookkeeping, e.g. what the cache has seen, is
 what it always was):
 
-1. the local tier, when the read has one and no whole copy of the volume is in RAM;
+1. the local tier, when the read has one and no whole copy of the volume is in RAM; on a
+   miss, when the tier's writers have room (:meth:`TierSource.claim
+   <radiobject.read._sources.TierSource.claim>`), the volume is read whole once, by the
+   whole-volume source below that would keep it, else by the tier fill
+   (:class:`~radiobject.read._sources.TierFillSource`, which keeps nothing in RAM); the
+   region is served from that array and the same array is handed to the tier's writer: a
+   fill costs no second TileDB read, and the tier fills as fast as its writers write;
 2. whole volumes (the loader's shared store if it has one, else the RAM cache), when the
    region is the whole volume, or the plan prefers whole volumes (``whole_on_miss``), and
    what is read recently fits the cache (or the volume is held whole already);
@@ -13,28 +19,41 @@ what it always was):
    working set fits the cache);
 4. TileDB, exactly the region, which always serves.
 
-The policy also answers the two questions the layers above ask before reading:
-:meth:`ReadPolicy.served_locally` and :meth:`ReadPolicy.whole_volume_budget`.
+The policy also answers the questions the layers above ask before reading: whether a plan
+fetches whole volumes on a miss (:meth:`ReadPolicy.prefer_whole_volume`, a dataset plan's
+``whole_on_miss``), whether a training loader gets the automatic local tier
+(:meth:`ReadPolicy.auto_tier_mb`), :meth:`ReadPolicy.served_locally` and
+:meth:`ReadPolicy.whole_volume_budget`. The datasets say what they read; where the bytes
+come from is decided here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
 
+import tiledb
+from cachetools import LRUCache
+
+from radiobject.config import get_config
 from radiobject.read._cache import BlockCache
-from radiobject.read._local_tier import local_tier, tier_state
+from radiobject.read._handles import open_array
+from radiobject.read._local_tier import auto_budget_mb, default_tier_dir, local_tier, tier_state
 from radiobject.read._shared_store import get_shared_store
 from radiobject.read._source import Bounds, Region, Source
 from radiobject.read._sources import (
     BlockSource,
     RamVolumeSource,
     SharedStoreSource,
+    TierFillSource,
     TierSource,
     tile_keys,
 )
 from radiobject.read._storage import TileDBSource
 
-__all__ = ["ReadPolicy"]
+__all__ = ["FITS_SHARE", "ReadPolicy"]
+
+FITS_SHARE = 0.85  # of the whole-volume budget a dataset may fill (the rest: other reads)
 
 
 def _tile_aligned(bounds: Bounds, tiles: tuple[int, ...], shape: tuple[int, ...]) -> bool:
@@ -56,29 +75,56 @@ class ReadPolicy:
     >>> from radiobject.read._cache import BlockCache
     >>> policy = ReadPolicy(BlockCache())
     >>> [s.name for s in policy.sources]
-    ['local tier', 'shared store', 'ram volumes', 'ram blocks', 'tiledb']
+    ['local tier', 'tier fill', 'shared store', 'ram volumes', 'ram blocks', 'tiledb']
     """
 
     def __init__(self, cache: BlockCache, first: tuple[Source, ...] = ()) -> None:
         self.cache = cache
         self.first = first
         self.storage = TileDBSource(cache)
-        self.tier = TierSource(cache, self.storage)
+        self.tier = TierSource(cache)
+        self.fill = TierFillSource(cache, self.storage, self.tier)
         self.shared = SharedStoreSource(cache, self.storage, self.tier)
         self.ram = RamVolumeSource(cache, self.storage, self.tier)
         self.blocks = BlockSource(cache, self.storage)
+        # (uri, box, reads per volume) -> whether those reads touch most of the volume
+        self._reads_most: LRUCache[tuple[str, tuple[int, ...], int], bool] = LRUCache(4096)
 
     @property
     def sources(self) -> tuple[Source, ...]:
         """Every source the policy may choose, in the order it would try them."""
-        return (*self.first, self.tier, self.shared, self.ram, self.blocks, self.storage)
+        return (
+            *self.first,
+            self.tier,
+            self.fill,
+            self.shared,
+            self.ram,
+            self.blocks,
+            self.storage,
+        )
 
-    def chain(self, region: Region) -> Iterator[Source]:
-        """The sources to try for ``region``, each decided when the one before declined."""
+    def chain(self, region: Region) -> Generator[Source, None, None]:
+        """The sources to try for ``region``, each decided when the one before declined.
+
+        Close the generator when done (the reader does): a fill claimed after a tier miss
+        and not used is released then.
+        """
         yield from self.first
+        fill = False
+        try:
+            if region.tier is not None and not self.ram.holds(region.uri):
+                yield self.tier
+                # a miss: read the volume whole now (once) if it is worth keeping in the
+                # tier and the writers have room, and hand that same array to the writer
+                fill = self.tier.claim(region)
+            yield from self._after_tier(region, fill)
+        finally:
+            if fill:
+                self.tier.release(region)  # no-op once the volume was handed over
+
+    def _after_tier(self, region: Region, fill: bool) -> Iterator[Source]:
+        """The chain after the local tier; ``fill``: a fill was claimed (read it whole)."""
         cache, uri, info = self.cache, region.uri, region.info
-        if region.tier is not None and not self.ram.holds(uri):
-            yield self.tier
         itemsize = info.dtype.itemsize
         volume_bytes = itemsize
         for n in info.shape:
@@ -97,13 +143,19 @@ class ReadPolicy:
                 or cache.working_set_fits()
             ):
                 yield whole
+            if fill:
+                yield self.fill
             yield self.storage
             return
+        if fill and region.whole:
+            yield self.fill
         keys = tile_keys(region.bounds, info.tiles)
         tile_bytes = itemsize
         for t in info.tiles:
             tile_bytes *= t
         if len(keys) * tile_bytes * 4 > maxsize:  # too large for the cache: read it straight
+            if fill:
+                yield self.fill
             yield self.storage
             return
         first_touch = not cache.seen_before([(uri, k) for k in keys])
@@ -117,6 +169,8 @@ class ReadPolicy:
             and (fits or whole is self.shared or self.ram.holds(uri))
         ):
             yield whole
+        if fill:
+            yield self.fill  # the region from the volume read whole, which fills the tier
         missing = self.blocks.missing(region, keys)
         aligned = _tile_aligned(region.bounds, info.tiles, info.shape)
         # read exactly the region (nothing admitted) rather than fetch and keep the larger
@@ -144,6 +198,70 @@ class ReadPolicy:
             return False
         key = tier_state().known_key(uri)
         return key is not None and tier.is_open(key) and not self.ram.holds(uri)
+
+    def prefer_whole_volume(
+        self,
+        uri: str,
+        ctx: tiledb.Ctx,
+        box: Sequence[int],
+        reads_per_volume: int,
+        dataset_bytes: int,
+    ) -> bool:
+        """Whether a miss of a dataset's read of ``uri`` should fetch the whole volume at once.
+
+        The plan's ``whole_on_miss``, decided here for a dataset whose items read boxes of
+        ``box`` voxels, ``reads_per_volume`` of them per volume and epoch, over volumes of
+        ``dataset_bytes`` in all (decompressed). True while those volumes fit the
+        whole-volume budget together (:data:`FITS_SHARE` of :meth:`whole_volume_budget`):
+        the first epoch reads whole volumes and the later ones are served from memory. Else
+        true when the reads of one volume are expected to touch at least half of its tiles
+        per epoch: one query is then much cheaper than many small ones.
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject import TileConfig, Volume
+        >>> vol = Volume.from_numpy(os.path.join(tempfile.mkdtemp(), "v"),  # 6³ tiles
+        ...                         np.zeros((96, 96, 96), np.uint16),
+        ...                         tile=TileConfig(extents=(16, 16, 16)))
+        >>> policy = ReadPolicy(BlockCache())
+        >>> policy.prefer_whole_volume(vol.uri, vol.ctx, (16, 16, 16), 1, 1 << 20)  # 1 MB fit
+        True
+        >>> tb = 10 << 40  # a cohort larger than RAM: whole volumes when most tiles are read
+        >>> [policy.prefer_whole_volume(vol.uri, vol.ctx, (16, 16, 16), n, tb) for n in (1, 20)]
+        [False, True]
+        """
+        if dataset_bytes <= FITS_SHARE * self.whole_volume_budget():
+            return True
+        key = (uri, tuple(box), reads_per_volume)
+        most = self._reads_most.get(key)
+        if most is None:
+            info = open_array(uri, ctx)[1]
+            per_read = 1
+            total = 1
+            for b, t, n in zip(box, info.tiles, info.shape, strict=False):
+                per_read *= min(-(-b // t) + 1, -(-n // t))  # tiles a box touches at most
+            for n, t in zip(info.shape, info.tiles, strict=True):
+                total *= -(-n // t)
+            most = self._reads_most[key] = reads_per_volume * per_read >= 0.5 * total
+        return most
+
+    def auto_tier_mb(self, cohort_bytes: int) -> int:
+        """The automatic local tier budget (MiB) of a training loader over ``cohort_bytes``.
+
+        0 (no tier) unless ``ReadConfig.local_tier_mb`` is ``None`` (the user's setting
+        decides otherwise) and the cohort (decompressed, as stored) exceeds the RAM cache
+        (:func:`~radiobject.read._local_tier.auto_budget_mb`). The loader's dataset keeps
+        the budget for its own reads (``RegionRead.auto_tier_mb``): nothing process-wide
+        changes.
+
+        >>> policy = ReadPolicy(BlockCache())
+        >>> policy.auto_tier_mb(1 << 20)  # 1 MB fits the default RAM cache
+        0
+        """
+        read = get_config().read
+        if read.local_tier_mb is not None:
+            return 0
+        folder = Path(read.local_tier_dir or default_tier_dir())
+        return auto_budget_mb(cohort_bytes, read.cache_mb * (1 << 20), folder)
 
     def whole_volume_budget(self) -> int:
         """Bytes this process may keep as whole volumes: its loader's shared store, or cache."""

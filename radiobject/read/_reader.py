@@ -106,9 +106,13 @@ class Reader:
         if out is None:
             info = region.info
             out = np.empty(region.shape, info.dtype, order="F" if info.order == "F" else "C")
-        for source in self.policy.chain(region):
-            if source.get(region, out):
-                return out
+        chain = self.policy.chain(region)
+        try:
+            for source in chain:
+                if source.get(region, out):
+                    return out
+        finally:
+            chain.close()  # the policy ends what it reserved for this read (a tier fill)
         raise AssertionError(f"no source served {region}: the chain ends with storage")
 
     def read(

@@ -24,7 +24,14 @@ from radiobject.read._shared_store import get_shared_store
 from radiobject.read._source import Bounds, Region, Source
 from radiobject.read._storage import TileDBSource
 
-__all__ = ["WHOLE", "BlockSource", "RamVolumeSource", "SharedStoreSource", "TierSource"]
+__all__ = [
+    "WHOLE",
+    "BlockSource",
+    "RamVolumeSource",
+    "SharedStoreSource",
+    "TierFillSource",
+    "TierSource",
+]
 
 WHOLE = (-1,)  # block-cache key of a volume held as one block
 
@@ -176,6 +183,21 @@ class _WholeVolumeSource(Source):
         return True
 
 
+class TierFillSource(_WholeVolumeSource):
+    """A volume read whole once to fill the local tier; nothing of it is kept in RAM.
+
+    Chosen by the policy after a tier miss it claimed a fill for: the region is cut from the
+    volume and the volume handed to the tier's writer, so the one TileDB read of a fill is
+    the read that serves the region.
+    """
+
+    name = "tier fill"
+
+    def volume(self, region: Region) -> tuple[np.ndarray, bool]:
+        """The volume from storage, offered to the tier."""
+        return self.load(region), False
+
+
 class RamVolumeSource(_WholeVolumeSource):
     """Whole volumes kept in this process's block cache (one block per volume)."""
 
@@ -215,17 +237,17 @@ class SharedStoreSource(_WholeVolumeSource):
 class TierSource(Source):
     """The local tier (:class:`~radiobject.read._local_tier.LocalTier`): blosc2 on local disk.
 
-    A miss queues a background fill of the whole volume (for the automatic tier, from the
-    volume's second miss on: a volume read once is not worth a whole read). An entry that
-    fails to open though intact turns the tier off in this process (counted, warned once).
+    A miss declines; the policy then asks :meth:`claim` whether the read should read the
+    volume whole for the tier (the whole-volume sources hand it to :meth:`offer`). An entry
+    that fails to open though intact turns the tier off in this process (counted, warned
+    once).
     """
 
     name = "local tier"
 
-    def __init__(self, cache: BlockCache, storage: TileDBSource) -> None:
+    def __init__(self, cache: BlockCache) -> None:
         super().__init__()
         self.cache = cache
-        self.storage = storage
 
     def get(self, region: Region, out: np.ndarray) -> bool:
         """``region`` decoded from the tier into ``out``, or False (a miss)."""
@@ -247,23 +269,37 @@ class TierSource(Source):
                 cache.counters.tier_misses += 1
         if found is not None:
             return self.served(out)
-        if state.worth_filling(key):
-
-            def fill() -> None:
-                if self._has(tier, key) is not False:  # filled meanwhile, or failing
-                    return
-                self.write(tier, key, self.storage.read_whole(region))
-
-            state.submit(key, fill)
         return self.declined()
 
-    def offer(self, region: Region, volume: np.ndarray) -> None:
-        """A whole volume just read from storage: write it to the read's tier in the background."""
+    def claim(self, region: Region) -> bool:
+        """After a miss: whether to read ``region``'s volume whole now and fill the tier with it.
+
+        True when the writers have room (and the volume is not being filled, nor too large
+        for the budget): a read with a tier is a read the tier is for (the user's, or a
+        training loader's over a cohort larger than RAM, whose volumes are read again every
+        epoch), so its first miss fills, at the pace the writers allow. The claim is the
+        caller's to end, by handing the volume to :meth:`offer` or by :meth:`release`.
+        """
         tier: LocalTier | None = region.tier
-        if tier is None:
+        if tier is None or tier.broken is not None:
+            return False
+        state = tier_state()
+        return state.claim(region.tier_key or state.key(region.uri, region.ctx))
+
+    def release(self, region: Region) -> None:
+        """End a claim of :meth:`claim` whose volume was not offered (no-op if it was)."""
+        tier_state().release(region.tier_key or tier_state().key(region.uri, region.ctx))
+
+    def offer(self, region: Region, volume: np.ndarray) -> None:
+        """A whole volume just read from storage: write it to the read's tier in the background.
+
+        The volume is kept (not copied) until written: it must not change meanwhile.
+        """
+        tier: LocalTier | None = region.tier
+        if tier is None or tier.broken is not None:
             return
         state = tier_state()
-        key = state.key(region.uri, region.ctx)
+        key = region.tier_key or state.key(region.uri, region.ctx)
 
         def offer() -> None:
             if self._has(tier, key) is False:

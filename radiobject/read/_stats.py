@@ -34,11 +34,12 @@ class CacheStats:
         evictions: blocks dropped to stay within the budget.
         bytes_from_cache: bytes of the blocks served from memory.
         bytes_from_storage: bytes read from storage (decompressed).
-        storage_queries: TileDB queries issued by the read path (with those that fill the
-            local read tier).
+        storage_queries: TileDB queries issued by the read path (a read that fills the local
+            read tier is one query: its volume, read whole, serves the region and the fill).
         storage_ns: time spent in those queries (read and decode), summed over threads.
         tier_hits: regions served from the local read tier (``ReadConfig.local_tier_mb``).
-        tier_misses: regions the tier lacked (each queues a background fill of its volume).
+        tier_misses: regions the tier lacked (a miss worth filling reads its volume whole,
+            once, and hands it to a background writer).
         bytes_from_tier: bytes of the regions served from the tier (decompressed).
         tier_fills: volumes written to the tier by this process.
         bytes_to_tier: bytes those volumes take on disk (compressed).
