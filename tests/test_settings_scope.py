@@ -76,6 +76,9 @@ def test_a_loader_keeps_the_settings_it_was_built_in(sample_radi, read_settings)
     threads = {name for name, _, _ in read_settings}
     assert any(name.startswith("radiobject-read-ahead") for name in threads)
     assert get_config() == radiobject.RadiObjectConfig()
+    # an epoch run to its end keeps reading the next epoch's first batches (under the
+    # loader's settings): end them here, or they land in the next test's spy
+    loader.dataset.stop_read_ahead()
 
 
 def test_a_tuner_run_changes_no_setting_and_keeps_a_users_configure(sample_radi, read_settings):
