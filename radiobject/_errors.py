@@ -215,8 +215,9 @@ class AlignmentError(RadiObjectError, ValueError):
     Traceback (most recent call last):
     ...
     radiobject._errors.AlignmentError: subject 'sub-000': 'T2w' and 'T1w' are not on the
-    same grid (shape (8, 8, 10) vs (8, 8, 8)); resample them first or pass
-    validate_alignment=False
+    same grid (shape (8, 8, 10) vs (8, 8, 8)); resample them first, pass
+    validate_alignment=False, or name the collection whose grid samples are planned in
+    with reference=<collection>
     """
 
 
