@@ -131,7 +131,7 @@ def _rotation(degrees: float) -> np.ndarray:
     [
         np.diag([2.0, 2.0, 3.0]),  # axis-aligned: three 1D interpolations
         np.array([[-1.5, 0, 0], [0, 0, 1.25], [0, 1.2, 0]]),  # flipped and permuted
-        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique: eight gathers per voxel
+        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique: gathers of neighbour pairs
     ],
 )
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -162,6 +162,51 @@ def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
         else:
             assert got.dtype == np.int16
             np.testing.assert_array_equal(got, expected.astype(np.int16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_oblique_resampling_of_channels_and_dtypes_equals_monai(dtype, mode):
+    """Rotated about two axes, two channels, boxes inside, across and beyond the volume."""
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatchd
+
+    shape = (19, 16, 14)
+    columns = _rotation(23.0) @ np.diag([1.1, 1.4, 1.9])
+    columns = columns @ _rotation(-31.0)[[2, 0, 1]][:, [2, 0, 1]]  # a tilt about x too
+    affine = _affine(columns.tolist(), [-8.9, -12.15, -7.45])
+    linear = mode == "bilinear"
+    channels = [_smooth(shape, seed) for seed in (5, 6)]
+    if not linear:
+        channels = [(c > 55).astype(np.float32) + 2 * (c > 70) for c in channels]
+    vol = np.stack(channels, axis=-1).astype(dtype)
+    data = {
+        "img": MetaTensor(
+            torch.from_numpy(np.moveaxis(vol, -1, 0).astype(np.float32)), affine=affine
+        ),
+        "ref": MetaTensor(torch.zeros((1, 24, 22, 20)), affine=T1_AFFINE),
+    }
+    want = np.moveaxis(
+        np.asarray(ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"]), 0, -1
+    )
+    grid = grid_map(T1_AFFINE, affine, shape)
+    assert grid.axes is None
+    for box in (
+        ((0, 24), (0, 22), (0, 20)),
+        ((6, 15), (4, 17), (5, 12)),
+        ((20, 24), (0, 3), (18, 20)),
+    ):
+        block_box = grid.source_box(box, linear=linear)
+        block = vol[tuple(slice(lo, hi) for lo, hi in block_box)]
+        got = grid.resample(block, box, block_box, linear=linear)
+        expected = want[tuple(slice(lo, hi) for lo, hi in box)]
+        assert got.shape == expected.shape
+        if linear:
+            assert got.dtype == (np.float32 if dtype == np.int16 else dtype)
+            assert np.abs(got - expected).max() < 1e-4 * max(1.0, float(np.abs(expected).max()))
+        else:
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, expected.astype(dtype))
 
 
 def test_reference_is_stored_and_survives_reopen_views_and_versions(radi):
