@@ -248,6 +248,51 @@ def test_patches_equal_monai_resample_to_match_then_crop(radi, name):
     assert seen == len(loader.dataset) == 8
 
 
+def test_torchio_subjects_and_queue_patches_equal_monai_resample_to_match_then_crop(radi):
+    import torchio as tio
+
+    from radiobject.ml import VolumeCollectionSubjectsDataset
+
+    modes = {"FLAIR": "bilinear", "PD": "bilinear", "seg": "nearest"}
+    want = {s: {n: _monai_on_reference(radi, n, s, m) for n, m in modes.items()} for s in SUBJECTS}
+    for s in SUBJECTS:
+        want[s]["T1w"] = radi.T1w.loc[f"{s}_T1w"].to_numpy(np.float32)
+    ds = VolumeCollectionSubjectsDataset([radi.T1w, radi.FLAIR, radi.PD, radi.seg])
+    plan = ds.plan(0)
+    assert plan.box == tuple((0, n) for n in REF_SHAPE)
+    assert [r.resample is None for r in plan.reads] == [True, False, False, False]
+    assert not plan.reads[3].resample.linear  # the mask: nearest labels
+    for index in range(len(ds)):
+        subject = ds[index]
+        for name in ("FLAIR", "PD", "seg"):
+            image = subject[name]
+            assert image.shape == (1, *REF_SHAPE)
+            np.testing.assert_allclose(image.affine, T1_AFFINE, atol=1e-9)
+            got = image.data[0].numpy()
+            if name == "seg":
+                np.testing.assert_array_equal(got, want[subject["obs_subject_id"]][name])
+            else:
+                assert np.abs(got - want[subject["obs_subject_id"]][name]).max() < 1e-4
+    patch = (12, 10, 9)
+    queue = tio.Queue(
+        ds, max_length=8, samples_per_volume=4, sampler=tio.UniformSampler(patch), num_workers=0
+    )
+    seen = 0
+    for batch in torch.utils.data.DataLoader(queue, batch_size=4):
+        for k, subject in enumerate(batch["obs_subject_id"]):
+            start = batch[tio.LOCATION][k][:3].tolist()
+            for name in ("T1w", *modes):
+                got = batch[name][tio.DATA][k, 0].numpy()
+                expected = _crop(want[subject][name], start, patch)
+                assert got.shape == patch
+                if name == "seg":
+                    np.testing.assert_array_equal(got, expected)
+                else:
+                    assert np.abs(got - expected).max() < 1e-4, (name, start)
+            seen += 1
+    assert seen == 4 * len(SUBJECTS)
+
+
 def test_a_dataset_on_several_grids_survives_pickling(radi):
     ds = SegmentationDataset(
         [radi.FLAIR, radi.PD],
