@@ -131,7 +131,7 @@ def _rotation(degrees: float) -> np.ndarray:
     [
         np.diag([2.0, 2.0, 3.0]),  # axis-aligned: three 1D interpolations
         np.array([[-1.5, 0, 0], [0, 0, 1.25], [0, 1.2, 0]]),  # flipped and permuted
-        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique: gathers of neighbour pairs
+        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique, about z: a 1D and a 2D interpolation
     ],
 )
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -151,6 +151,7 @@ def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
     want = np.asarray(ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"][0])
     grid = grid_map(T1_AFFINE, affine, shape)
     assert (grid.axes is None) == (columns[0, 1] != 0)
+    assert (grid.tilt == (2, 2)) == (columns[0, 1] != 0)  # rotated about z: 1D + 2D
     linear = mode == "bilinear"
     for box in (((0, 24), (0, 22), (0, 20)), ((3, 14), (5, 9), (2, 19))):
         block_box = grid.source_box(box, linear=linear)
@@ -164,16 +165,27 @@ def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
             np.testing.assert_array_equal(got, expected.astype(np.int16))
 
 
+_SWAP_X_Z = np.eye(3)[[2, 1, 0]]
+_ABOUT_X = _rotation(-31.0)[[2, 0, 1]][:, [2, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("columns", "tilt"),
+    [
+        # rotated about two axes: gathers of eight neighbours per point
+        (_rotation(23.0) @ np.diag([1.1, 1.4, 1.9]) @ _ABOUT_X, None),
+        # rotated about x, its axes permuted: the volume's z runs along the reference's x
+        (_ABOUT_X @ np.diag([1.1, 1.4, 1.9]) @ _SWAP_X_Z, (2, 0)),
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_oblique_resampling_of_channels_and_dtypes_equals_monai(dtype, mode):
-    """Rotated about two axes, two channels, boxes inside, across and beyond the volume."""
+def test_oblique_resampling_of_channels_and_dtypes_equals_monai(columns, tilt, dtype, mode):
+    """Two channels, three dtypes, boxes inside, across and beyond the volume."""
     from monai.data import MetaTensor
     from monai.transforms import ResampleToMatchd
 
     shape = (19, 16, 14)
-    columns = _rotation(23.0) @ np.diag([1.1, 1.4, 1.9])
-    columns = columns @ _rotation(-31.0)[[2, 0, 1]][:, [2, 0, 1]]  # a tilt about x too
     affine = _affine(columns.tolist(), [-8.9, -12.15, -7.45])
     linear = mode == "bilinear"
     channels = [_smooth(shape, seed) for seed in (5, 6)]
@@ -191,6 +203,7 @@ def test_oblique_resampling_of_channels_and_dtypes_equals_monai(dtype, mode):
     )
     grid = grid_map(T1_AFFINE, affine, shape)
     assert grid.axes is None
+    assert grid.tilt == tilt
     for box in (
         ((0, 24), (0, 22), (0, 20)),
         ((6, 15), (4, 17), (5, 12)),

@@ -14,7 +14,11 @@ border voxel (MONAI ``ResampleToMatchd``'s default ``padding_mode="border"``). `
 trilinear interpolation (MONAI ``mode="bilinear"``, for images); otherwise nearest neighbour
 (for masks: labels stay labels; a point exactly halfway between two voxels goes to the even
 one, where MONAI's float arithmetic may pick either).
-Everything runs on the CPU with numpy (a GPU tensor is not resampled here).
+Everything runs on the CPU with numpy (a GPU tensor is not resampled here), by the
+cheapest of three exact routes: axis-aligned grids as three 1D interpolations; grids
+rotated about one shared axis (:attr:`GridMap.tilt`, a usual oblique acquisition) as a 1D
+interpolation along it and a bilinear one in the plane, gathering whole rows; any other
+pair of grids a slab at a time, gathering each point's neighbours.
 """
 
 from __future__ import annotations
@@ -156,10 +160,12 @@ class GridMap:
         ``block_box`` must hold :meth:`source_box` of ``box``.
         """
         axes = self.axes
-        if axes is None:
-            result = self._resample_any(block, box, block_box, linear)
-        else:
+        if axes is not None:
             result = self._resample_along(block, box, block_box, linear, axes)
+        elif self.tilt is not None:
+            result = self._resample_tilted(block, box, block_box, linear)
+        else:
+            result = self._resample_any(block, box, block_box, linear)
         if out is None:
             if linear and block.dtype.kind == "f":
                 return result.astype(block.dtype, copy=False)
@@ -176,6 +182,40 @@ class GridMap:
         coords -= origin
         return np.clip(coords, 0, size - 1, out=coords)
 
+    def _along(
+        self,
+        data: np.ndarray,
+        span: tuple[int, int],
+        block_box: Bounds,
+        axis: int,
+        ref: int,
+        linear: bool,
+        size: int,
+        work: np.dtype | None = None,
+    ) -> np.ndarray:
+        """``data`` interpolated along the volume's ``axis`` at reference axis ``ref``'s ``span``.
+
+        For a volume axis that only reference axis ``ref`` moves along (and that moves along
+        no other): the coordinates are those of :meth:`coords`. ``size``: the block's length
+        along ``axis``. Linear blends have float64 weights, or run in ``work`` (a float
+        dtype) when given.
+        """
+        m = self.array
+        coords = m[axis, ref] * np.arange(*span, dtype=np.float64) + m[axis, 3]
+        coords = self._local(coords, axis, block_box[axis][0], size)
+        if not linear:
+            picked: np.ndarray = np.take(data, np.rint(coords).astype(np.intp), axis=axis)
+            return picked
+        low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
+        high = np.minimum(low + 1, size - 1)
+        frac = (coords - low).reshape([-1 if a == axis else 1 for a in range(data.ndim)])
+        if work is not None:
+            data, frac = data.astype(work, copy=False), frac.astype(work)
+        out: np.ndarray = (
+            np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+        )
+        return out
+
     def _resample_along(
         self,
         block: np.ndarray,
@@ -185,23 +225,83 @@ class GridMap:
         axes: tuple[int, int, int],
     ) -> np.ndarray:
         """:meth:`resample` of axis-aligned grids: one 1D interpolation per axis."""
-        m = self.array
         data = block
         for ref_axis, axis in enumerate(axes):
-            lo, hi = box[ref_axis]
-            coords = m[axis, ref_axis] * np.arange(lo, hi, dtype=np.float64) + m[axis, 3]
-            size = block.shape[axis]
-            coords = self._local(coords, axis, block_box[axis][0], size)
-            if not linear:
-                data = np.take(data, np.rint(coords).astype(np.intp), axis=axis)
-                continue
-            low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
-            high = np.minimum(low + 1, size - 1)
-            frac = (coords - low).reshape([-1 if a == axis else 1 for a in range(data.ndim)])
-            data = (
-                np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+            data = self._along(
+                data, box[ref_axis], block_box, axis, ref_axis, linear, block.shape[axis]
             )
         return data.transpose(*axes, *range(3, data.ndim))
+
+    @property
+    def tilt(self) -> tuple[int, int] | None:
+        """For grids rotated about one shared axis: ``(volume axis, reference axis)``.
+
+        Those two axes run along each other and mix with no other (e.g. an oblique
+        acquisition tilted about one axis); the other two of each grid mix in a plane.
+        None for any other pair of grids, and for axis-aligned ones (see :attr:`axes`).
+
+        >>> import numpy as np
+        >>> t = np.deg2rad(17.0)
+        >>> rotated = np.eye(4)
+        >>> rotated[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+        >>> grid_map(np.eye(4), rotated, (8, 8, 8)).tilt
+        (2, 2)
+        """
+        if self.axes is not None:
+            return None
+        m = self.array[:, :3]
+        along = np.abs(m) > 1e-9 * np.abs(m).max()
+        for axis, ref in itertools.product(range(3), repeat=2):
+            if along[axis, ref] and along[axis].sum() == 1 and along[:, ref].sum() == 1:
+                return axis, ref
+        return None
+
+    def _resample_tilted(
+        self, block: np.ndarray, box: Bounds, block_box: Bounds, linear: bool
+    ) -> np.ndarray:
+        """:meth:`resample` of grids rotated about one shared axis (see :attr:`tilt`).
+
+        Trilinear weights are a product of one weight per volume axis, so the shared axis
+        is a 1D interpolation of the block; the other two a bilinear one whose coordinates
+        are a plane's (those of :meth:`coords`), gathering whole rows along the shared axis.
+        """
+        tilt = self.tilt
+        assert tilt is not None  # the caller checked
+        axis, ref = tilt
+        p, q = (a for a in range(3) if a != axis)
+        r1, r2 = (r for r in range(3) if r != ref)
+        work = _work_dtype(block.dtype)
+        data = self._along(block, box[ref], block_box, axis, ref, linear, block.shape[axis], work)
+        data = np.moveaxis(data, (p, q, axis), (0, 1, 2))
+        sp, sq = data.shape[:2]
+        rows = np.ascontiguousarray(data).reshape(sp * sq, -1)
+        m = self.array
+        i1 = np.arange(*box[r1], dtype=np.float64)[:, None]
+        i2 = np.arange(*box[r2], dtype=np.float64)[None, :]
+        coords = []
+        for a in (p, q):
+            # the operations and their order of :meth:`coords` (the shared axis' term is 0)
+            c = (m[a, r1] * i1 + m[a, r2] * i2) + m[a, 3]
+            coords.append(self._local(c, a, block_box[a][0], block.shape[a]).reshape(-1))
+        if not linear:
+            index = np.rint(coords[0]).astype(np.intp) * sq + np.rint(coords[1]).astype(np.intp)
+            result = rows.take(index, axis=0)
+        else:
+            low = [
+                np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+                for c, n in zip(coords, (sp, sq), strict=True)
+            ]
+            frac = [(c - lo).astype(work)[:, None] for c, lo in zip(coords, low, strict=True)]
+            up = [int(sp > 1) * sq, int(sq > 1)]
+            base = low[0] * sq + low[1]
+            v = [rows.take(base + o, axis=0) for o in (0, up[1], up[0], up[0] + up[1])]
+            near = v[0] + (v[1] - v[0]) * frac[1]
+            far = v[2] + (v[3] - v[2]) * frac[1]
+            result = near + (far - near) * frac[0]
+        result = result.reshape(len(i1), i2.shape[1], *data.shape[2:])
+        order = [int(o) for o in np.argsort([r1, r2, ref])]
+        out: np.ndarray = result.transpose(*order, *range(3, result.ndim))
+        return out
 
     def _resample_any(
         self, block: np.ndarray, box: Bounds, block_box: Bounds, linear: bool
