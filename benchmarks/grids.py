@@ -24,6 +24,9 @@ CacheDataset's caching and worker start count) and the steady samples/s (the lat
     python benchmarks/grids.py                     # 24 subjects of 240x240x155, 64^3 patches
     python benchmarks/grids.py --quick             # smoke run: 4 small subjects, 2 epochs
 
+It first times ``GridMap.resample`` alone on one 96^3 patch (32^3 with ``--quick``) for an
+axis-aligned grid, a grid rotated about one axis and one rotated about two.
+
 Timings on a shared machine are noisy: one run, read them as ratios.
 """
 
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import machine
+import numpy as np
 import torch
 from engines import release
 
@@ -226,6 +230,53 @@ def monai(root: Path, args: argparse.Namespace, cached: bool) -> Run:
     return run_epochs(make, args.epochs, counted=False)
 
 
+def _rotation(degrees: float, axis: int) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    i, j = (a for a in range(3) if a != axis)
+    out = np.eye(3)
+    out[i, i], out[i, j], out[j, i], out[j, j] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
+    return out
+
+
+def resample_timings(edge: int, repeats: int = 9) -> None:
+    """``GridMap.resample`` of one ``edge``^3 patch from a block of a noise volume, per grid.
+
+    Medians (and best) of ``repeats`` runs: an axis-aligned 0.9x0.9x3 mm grid, one rotated
+    17 degrees about z (a 1D and a 2D interpolation) and one also tilted about x (gathers).
+    """
+    from radiobject.read import grid_map
+
+    rng = np.random.default_rng(SEED)
+    shape = (2 * edge + 40, 2 * edge + 40, edge + 40)
+    images = rng.random(shape, dtype=np.float32)
+    labels = (images > 0.5).astype(np.int16)
+    box = tuple((20, 20 + edge) for _ in range(3))
+    grids = {
+        "axis-aligned 0.9x0.9x3 mm": np.diag([0.9, 0.9, 3.0]),
+        "rotated 17 deg about z": _rotation(17, 2) @ np.diag([1.3, 1.7, 2.2]),
+        "rotated about z and x": _rotation(17, 2) @ np.diag([1.3, 1.7, 2.2]) @ _rotation(-31, 0),
+    }
+    print(f"GridMap.resample of one {edge}^3 patch (median and best of {repeats}, ms):")
+    for name, columns in grids.items():
+        affine = np.eye(4)
+        affine[:3, :3] = columns
+        affine[:3, 3] = (-9.7, -11.35, -8.3)
+        grid = grid_map(np.eye(4), affine, shape)
+        cells = []
+        for linear, volume in ((True, images), (False, labels)):
+            block_box = grid.source_box(box, linear=linear)
+            block = np.ascontiguousarray(volume[tuple(slice(lo, hi) for lo, hi in block_box)])
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                grid.resample(block, box, block_box, linear=linear)
+                times.append(time.perf_counter() - start)
+            kind = "trilinear" if linear else "nearest"
+            cells.append(f"{kind} {1e3 * np.median(times):6.1f} ({1e3 * min(times):5.1f})")
+        print(f"  {name:<28} {cells[0]}   {cells[1]}")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--subjects", type=int, default=None, help="subjects (24; 4 with --quick)")
@@ -257,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     # read .nii files only
     warnings.filterwarnings("ignore", message="TileDB is a multithreading library")
 
+    print(f"machine: {machine.describe()}\n")
+    resample_timings(args.patch if args.quick else 96)
     root = cohort(Path(args.workdir), args.subjects, shape, flair_mm)
     from radiobject import RadiObject
     from radiobject.read import open_array
@@ -267,7 +320,6 @@ def main(argv: list[str] | None = None) -> None:
     stored = open_array(t1.uri, t1.ctx)[1].values.stored
     patch_bytes = 2 * args.patch**3 * stored.itemsize  # two channels, as stored
     samples = args.subjects * args.per_volume
-    print(f"machine: {machine.describe()}")
     print(
         f"{args.subjects} subjects: T1w {t1.shape} (reference; stored {stored}, .nii float32), "
         f"FLAIR {flair.shape} at {args.flair_mm} mm; patches {args.patch}^3 x 2 channels, "

@@ -180,10 +180,21 @@ _ABOUT_X = _rotation(-31.0)[[2, 0, 1]][:, [2, 0, 1]]
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_oblique_resampling_of_channels_and_dtypes_equals_monai(columns, tilt, dtype, mode):
-    """Two channels, three dtypes, boxes inside, across and beyond the volume."""
+@pytest.mark.parametrize("slab", [None, 100])
+def test_oblique_resampling_of_channels_and_dtypes_equals_monai(
+    columns, tilt, dtype, mode, slab, monkeypatch
+):
+    """Two channels, three dtypes, boxes inside, across and beyond the volume.
+
+    ``slab``: voxels per slab of the resampling (None: the default; 100: many slabs).
+    """
     from monai.data import MetaTensor
     from monai.transforms import ResampleToMatchd
+
+    from radiobject.read import _grids
+
+    if slab is not None:
+        monkeypatch.setattr(_grids, "_SLAB_VOXELS", slab)
 
     shape = (19, 16, 14)
     affine = _affine(columns.tolist(), [-8.9, -12.15, -7.45])

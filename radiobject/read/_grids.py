@@ -294,10 +294,25 @@ class GridMap:
             frac = [(c - lo).astype(work)[:, None] for c, lo in zip(coords, low, strict=True)]
             up = [int(sp > 1) * sq, int(sq > 1)]
             base = low[0] * sq + low[1]
-            v = [rows.take(base + o, axis=0) for o in (0, up[1], up[0], up[0] + up[1])]
-            near = v[0] + (v[1] - v[0]) * frac[1]
-            far = v[2] + (v[3] - v[2]) * frac[1]
-            result = near + (far - near) * frac[0]
+            result = np.empty((len(base), rows.shape[1]), dtype=rows.dtype)
+            # a slab of plane points at a time: the temporaries stay small (in the CPU's
+            # cache, and below the allocator's threshold for fresh, page-faulting memory)
+            step = max(1, _SLAB_VOXELS // max(rows.shape[1], 1))
+            for s in range(0, len(base), step):
+                part = slice(s, s + step)
+                v = [rows.take(base[part] + o, axis=0) for o in (0, up[1], up[0], up[0] + up[1])]
+                fq, fp = frac[1][part], frac[0][part]
+                near, far = v[1], v[3]
+                near -= v[0]
+                near *= fq
+                near += v[0]
+                far -= v[2]
+                far *= fq
+                far += v[2]
+                far -= near
+                far *= fp
+                far += near
+                result[part] = far
         result = result.reshape(len(i1), i2.shape[1], *data.shape[2:])
         order = [int(o) for o in np.argsort([r1, r2, ref])]
         out: np.ndarray = result.transpose(*order, *range(3, result.ndim))
