@@ -131,7 +131,7 @@ def _rotation(degrees: float) -> np.ndarray:
     [
         np.diag([2.0, 2.0, 3.0]),  # axis-aligned: three 1D interpolations
         np.array([[-1.5, 0, 0], [0, 0, 1.25], [0, 1.2, 0]]),  # flipped and permuted
-        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique: eight gathers per voxel
+        _rotation(17.0) @ np.diag([1.3, 1.7, 2.2]),  # oblique, about z: a 1D and a 2D interpolation
     ],
 )
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
@@ -151,6 +151,7 @@ def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
     want = np.asarray(ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"][0])
     grid = grid_map(T1_AFFINE, affine, shape)
     assert (grid.axes is None) == (columns[0, 1] != 0)
+    assert (grid.tilt == (2, 2)) == (columns[0, 1] != 0)  # rotated about z: 1D + 2D
     linear = mode == "bilinear"
     for box in (((0, 24), (0, 22), (0, 20)), ((3, 14), (5, 9), (2, 19))):
         block_box = grid.source_box(box, linear=linear)
@@ -162,6 +163,74 @@ def test_resampling_a_block_equals_monai_on_the_whole_volume(columns, mode):
         else:
             assert got.dtype == np.int16
             np.testing.assert_array_equal(got, expected.astype(np.int16))
+
+
+_SWAP_X_Z = np.eye(3)[[2, 1, 0]]
+_ABOUT_X = _rotation(-31.0)[[2, 0, 1]][:, [2, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("columns", "tilt"),
+    [
+        # rotated about two axes: gathers of eight neighbours per point
+        (_rotation(23.0) @ np.diag([1.1, 1.4, 1.9]) @ _ABOUT_X, None),
+        # rotated about x, its axes permuted: the volume's z runs along the reference's x
+        (_ABOUT_X @ np.diag([1.1, 1.4, 1.9]) @ _SWAP_X_Z, (2, 0)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("slab", [None, 100])
+def test_oblique_resampling_of_channels_and_dtypes_equals_monai(
+    columns, tilt, dtype, mode, slab, monkeypatch
+):
+    """Two channels, three dtypes, boxes inside, across and beyond the volume.
+
+    ``slab``: voxels per slab of the resampling (None: the default; 100: many slabs).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatchd
+
+    from radiobject.read import _grids
+
+    if slab is not None:
+        monkeypatch.setattr(_grids, "_SLAB_VOXELS", slab)
+
+    shape = (19, 16, 14)
+    affine = _affine(columns.tolist(), [-8.9, -12.15, -7.45])
+    linear = mode == "bilinear"
+    channels = [_smooth(shape, seed) for seed in (5, 6)]
+    if not linear:
+        channels = [(c > 55).astype(np.float32) + 2 * (c > 70) for c in channels]
+    vol = np.stack(channels, axis=-1).astype(dtype)
+    data = {
+        "img": MetaTensor(
+            torch.from_numpy(np.moveaxis(vol, -1, 0).astype(np.float32)), affine=affine
+        ),
+        "ref": MetaTensor(torch.zeros((1, 24, 22, 20)), affine=T1_AFFINE),
+    }
+    want = np.moveaxis(
+        np.asarray(ResampleToMatchd(keys="img", key_dst="ref", mode=mode)(data)["img"]), 0, -1
+    )
+    grid = grid_map(T1_AFFINE, affine, shape)
+    assert grid.axes is None
+    assert grid.tilt == tilt
+    for box in (
+        ((0, 24), (0, 22), (0, 20)),
+        ((6, 15), (4, 17), (5, 12)),
+        ((20, 24), (0, 3), (18, 20)),
+    ):
+        block_box = grid.source_box(box, linear=linear)
+        block = vol[tuple(slice(lo, hi) for lo, hi in block_box)]
+        got = grid.resample(block, box, block_box, linear=linear)
+        expected = want[tuple(slice(lo, hi) for lo, hi in box)]
+        assert got.shape == expected.shape
+        if linear:
+            assert got.dtype == (np.float32 if dtype == np.int16 else dtype)
+            assert np.abs(got - expected).max() < 1e-4 * max(1.0, float(np.abs(expected).max()))
+        else:
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, expected.astype(dtype))
 
 
 def test_reference_is_stored_and_survives_reopen_views_and_versions(radi):
@@ -201,6 +270,51 @@ def test_patches_equal_monai_resample_to_match_then_crop(radi, name):
             assert got.std() > 0  # a real patch, not padding
             seen += 1
     assert seen == len(loader.dataset) == 8
+
+
+def test_torchio_subjects_and_queue_patches_equal_monai_resample_to_match_then_crop(radi):
+    import torchio as tio
+
+    from radiobject.ml import VolumeCollectionSubjectsDataset
+
+    modes = {"FLAIR": "bilinear", "PD": "bilinear", "seg": "nearest"}
+    want = {s: {n: _monai_on_reference(radi, n, s, m) for n, m in modes.items()} for s in SUBJECTS}
+    for s in SUBJECTS:
+        want[s]["T1w"] = radi.T1w.loc[f"{s}_T1w"].to_numpy(np.float32)
+    ds = VolumeCollectionSubjectsDataset([radi.T1w, radi.FLAIR, radi.PD, radi.seg])
+    plan = ds.plan(0)
+    assert plan.box == tuple((0, n) for n in REF_SHAPE)
+    assert [r.resample is None for r in plan.reads] == [True, False, False, False]
+    assert not plan.reads[3].resample.linear  # the mask: nearest labels
+    for index in range(len(ds)):
+        subject = ds[index]
+        for name in ("FLAIR", "PD", "seg"):
+            image = subject[name]
+            assert image.shape == (1, *REF_SHAPE)
+            np.testing.assert_allclose(image.affine, T1_AFFINE, atol=1e-9)
+            got = image.data[0].numpy()
+            if name == "seg":
+                np.testing.assert_array_equal(got, want[subject["obs_subject_id"]][name])
+            else:
+                assert np.abs(got - want[subject["obs_subject_id"]][name]).max() < 1e-4
+    patch = (12, 10, 9)
+    queue = tio.Queue(
+        ds, max_length=8, samples_per_volume=4, sampler=tio.UniformSampler(patch), num_workers=0
+    )
+    seen = 0
+    for batch in torch.utils.data.DataLoader(queue, batch_size=4):
+        for k, subject in enumerate(batch["obs_subject_id"]):
+            start = batch[tio.LOCATION][k][:3].tolist()
+            for name in ("T1w", *modes):
+                got = batch[name][tio.DATA][k, 0].numpy()
+                expected = _crop(want[subject][name], start, patch)
+                assert got.shape == patch
+                if name == "seg":
+                    np.testing.assert_array_equal(got, expected)
+                else:
+                    assert np.abs(got - expected).max() < 1e-4, (name, start)
+            seen += 1
+    assert seen == 4 * len(SUBJECTS)
 
 
 def test_a_dataset_on_several_grids_survives_pickling(radi):

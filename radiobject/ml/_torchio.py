@@ -14,8 +14,9 @@ import torch
 from radiobject._context import ContextRef, get_tiledb_ctx, portable_ctx
 from radiobject.ml._deps import require
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
-from radiobject.ml._plan import RegionRead, SamplePlan
-from radiobject.ml._subjects import Labels, align, as_collections, resolve_labels
+from radiobject.ml._plan import RegionRead, SamplePlan, grid_read
+from radiobject.ml._subjects import Labels, align, as_collections, reference_of, resolve_labels
+from radiobject.read import Resample
 from radiobject.storage import Volume, VolumeCollection
 
 tio: Any = require("torchio")  # TorchIO ships no type information
@@ -29,21 +30,28 @@ def read_tiledb_volume(
     *,
     ctx: ContextRef | None = None,
     bounds: tuple[tuple[int, int], ...] | None = None,
+    resample: Resample | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """TorchIO reader: the volume at ``uri`` as a ``(C, X, Y, Z)`` tensor and its affine.
 
     ``ctx`` is the context of the volume's collection (``None``: the settings in force);
     a loading process that unpickled it builds its own with the same settings. ``bounds``
-    (default: the whole volume) is the region read, as the dataset planned it.
+    (default: the whole volume) is the region read, as the dataset planned it. With
+    ``resample`` (a volume on another grid than its cohort's reference), the region read is
+    resampled to the reference grid's voxels, and the affine is the reference volume's.
     """
     vol = Volume(uri, ctx=ctx.get() if ctx is not None else None)
     data = vol.read(bounds) if bounds is not None else vol.to_numpy()
+    affine = vol.affine
+    if resample is not None:
+        data = resample.apply(data, bounds or tuple((0, n) for n in vol.shape))
+        affine = resample.grid.reference_affine(affine)
     data = data[None] if data.ndim == 3 else np.moveaxis(data, -1, 0)
     if data.dtype == np.uint16:
         data = data.astype(np.int32)
     elif data.dtype == np.uint32:
         data = data.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(data)), vol.affine
+    return torch.from_numpy(np.ascontiguousarray(data)), affine
 
 
 class _TileDBImageMixin:
@@ -67,6 +75,10 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
     """A ``tio.SubjectsDataset`` of lazy subjects: one image per collection, read on load.
 
     Mask collections (``is_mask``) become ``tio.LabelMap``; the others ``tio.ScalarImage``.
+    In a cohort with a reference grid (``RadiObject.from_images(..., reference="T1w")``)
+    every image is on the reference grid: a volume on another grid is read whole and
+    resampled on load (trilinear; nearest neighbour for masks), as MONAI's
+    ``ResampleToMatchd`` would, so TorchIO's samplers cut patches in the reference grid.
     Each subject also has ``obs_subject_id`` and, when ``labels`` is given, ``label``.
     Use it with ``tio.Queue`` and a patch sampler (every released TorchIO ``Queue`` needs
     one, e.g. ``tio.UniformSampler(patch_size)`` or ``tio.LabelSampler(patch_size, "seg")``).
@@ -124,7 +136,8 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         where = type(self).__name__
         self.collections = as_collections(with_ctx(collections, parse_ctx(ctx, where)))
         transform = parse_transform(transform, where)
-        refs = align(self.collections)
+        self.reference = reference_of(self.collections)
+        refs = align(self.collections, self.reference)
         values, self.classes = resolve_labels(labels, self.collections[0], refs)
         # the collections' contexts travel with the subjects to TorchIO's loading processes
         self._ctxs = [portable_ctx(coll._ctx) for coll in self.collections]
@@ -132,26 +145,44 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         subjects = []
         for index, ref in enumerate(refs):
             fields: dict[str, Any] = {"obs_subject_id": ref.obs_subject_id, "obs_id": ref.obs_id}
-            planned = self._planned(index)
-            for coll, ctx, (name, uri, bounds) in zip(
-                self.collections, self._ctxs, planned, strict=True
+            for coll, ctx, read in zip(
+                self.collections, self._ctxs, self._planned(index), strict=True
             ):
                 kind = TileDBLabelMap if coll.is_mask else TileDBScalarImage
-                reader = functools.partial(read_tiledb_volume, uri, ctx=ctx, bounds=bounds)
-                fields[name] = kind(uri, reader=reader)
+                reader = functools.partial(
+                    read_tiledb_volume,
+                    read.uri,
+                    ctx=ctx,
+                    bounds=read.bounds,
+                    resample=read.resample,
+                )
+                fields[read.name] = kind(read.uri, reader=reader)
             if values:
                 fields["label"] = values[ref.obs_id]
             subjects.append(tio.Subject(**fields))
         super().__init__(subjects, transform=transform)
 
-    def _planned(self, index: int) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
-        """``(image name, uri, bounds)`` of each volume subject ``index`` reads."""
+    def _planned(self, index: int, ctxs: Sequence[Any] | None = None) -> list[RegionRead]:
+        """The read of each volume of subject ``index`` (the contexts ``ctxs``, else None).
+
+        Whole volumes on the reference grid; one on another grid reads the block the whole
+        reference box needs, resampled (:func:`~radiobject.ml._plan.grid_read`).
+        """
         ref = self.refs[index]
         box = tuple((0, n) for n in ref.shape)
-        return [(c.name, uri, box) for c, uri in zip(self.collections, ref.uris, strict=True)]
+        ctxs = ctxs if ctxs is not None else [None] * len(self.collections)
+        return [
+            grid_read(c.name, uri, ctx, box, False, 0, ref.grid(channel), linear=not c.is_mask)
+            for channel, (c, uri, ctx) in enumerate(
+                zip(self.collections, ref.uris, ctxs, strict=True)
+            )
+        ]
 
     def plan(self, key: int | tuple[int, int]) -> SamplePlan:
         """What loading subject ``key`` reads (an index, or ``(epoch, index)``): whole volumes.
+
+        A volume on another grid than the cohort's reference reads the block the reference
+        volume's box maps to (its :attr:`~radiobject.ml.RegionRead.resample` says how).
 
         >>> import os, tempfile
         >>> from radiobject.data import make_sample_radiobject
@@ -167,8 +198,6 @@ class VolumeCollectionSubjectsDataset(tio.SubjectsDataset):
         if not -len(self.refs) <= index < len(self.refs):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.refs)} items")
         index %= len(self.refs)
-        reads = tuple(
-            RegionRead(name, uri, get_tiledb_ctx() if ctx is None else ctx.get(), bounds)
-            for ctx, (name, uri, bounds) in zip(self._ctxs, self._planned(index), strict=True)
-        )
-        return SamplePlan((int(epoch), index), index, reads[0].bounds, reads)
+        ctxs = [get_tiledb_ctx() if ctx is None else ctx.get() for ctx in self._ctxs]
+        box = tuple((0, n) for n in self.refs[index].shape)
+        return SamplePlan((int(epoch), index), index, box, tuple(self._planned(index, ctxs)))

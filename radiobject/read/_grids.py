@@ -14,7 +14,11 @@ border voxel (MONAI ``ResampleToMatchd``'s default ``padding_mode="border"``). `
 trilinear interpolation (MONAI ``mode="bilinear"``, for images); otherwise nearest neighbour
 (for masks: labels stay labels; a point exactly halfway between two voxels goes to the even
 one, where MONAI's float arithmetic may pick either).
-Everything runs on the CPU with numpy (a GPU tensor is not resampled here).
+Everything runs on the CPU with numpy (a GPU tensor is not resampled here), by the
+cheapest of three exact routes: axis-aligned grids as three 1D interpolations; grids
+rotated about one shared axis (:attr:`GridMap.tilt`, a usual oblique acquisition) as a 1D
+interpolation along it and a bilinear one in the plane, gathering whole rows; any other
+pair of grids a slab at a time, gathering each point's neighbours.
 """
 
 from __future__ import annotations
@@ -156,13 +160,15 @@ class GridMap:
         ``block_box`` must hold :meth:`source_box` of ``box``.
         """
         axes = self.axes
-        if axes is None:
-            result = self._resample_any(block, box, block_box, linear)
-        else:
+        if axes is not None:
             result = self._resample_along(block, box, block_box, linear, axes)
+        elif self.tilt is not None:
+            result = self._resample_tilted(block, box, block_box, linear)
+        else:
+            result = self._resample_any(block, box, block_box, linear)
         if out is None:
             if linear and block.dtype.kind == "f":
-                return result.astype(block.dtype)
+                return result.astype(block.dtype, copy=False)
             return np.ascontiguousarray(result, np.float32 if linear else block.dtype)
         out[...] = result
         return out
@@ -176,6 +182,40 @@ class GridMap:
         coords -= origin
         return np.clip(coords, 0, size - 1, out=coords)
 
+    def _along(
+        self,
+        data: np.ndarray,
+        span: tuple[int, int],
+        block_box: Bounds,
+        axis: int,
+        ref: int,
+        linear: bool,
+        size: int,
+        work: np.dtype | None = None,
+    ) -> np.ndarray:
+        """``data`` interpolated along the volume's ``axis`` at reference axis ``ref``'s ``span``.
+
+        For a volume axis that only reference axis ``ref`` moves along (and that moves along
+        no other): the coordinates are those of :meth:`coords`. ``size``: the block's length
+        along ``axis``. Linear blends have float64 weights, or run in ``work`` (a float
+        dtype) when given.
+        """
+        m = self.array
+        coords = m[axis, ref] * np.arange(*span, dtype=np.float64) + m[axis, 3]
+        coords = self._local(coords, axis, block_box[axis][0], size)
+        if not linear:
+            picked: np.ndarray = np.take(data, np.rint(coords).astype(np.intp), axis=axis)
+            return picked
+        low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
+        high = np.minimum(low + 1, size - 1)
+        frac = (coords - low).reshape([-1 if a == axis else 1 for a in range(data.ndim)])
+        if work is not None:
+            data, frac = data.astype(work, copy=False), frac.astype(work)
+        out: np.ndarray = (
+            np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+        )
+        return out
+
     def _resample_along(
         self,
         block: np.ndarray,
@@ -185,52 +225,221 @@ class GridMap:
         axes: tuple[int, int, int],
     ) -> np.ndarray:
         """:meth:`resample` of axis-aligned grids: one 1D interpolation per axis."""
-        m = self.array
         data = block
         for ref_axis, axis in enumerate(axes):
-            lo, hi = box[ref_axis]
-            coords = m[axis, ref_axis] * np.arange(lo, hi, dtype=np.float64) + m[axis, 3]
-            size = block.shape[axis]
-            coords = self._local(coords, axis, block_box[axis][0], size)
-            if not linear:
-                data = np.take(data, np.rint(coords).astype(np.intp), axis=axis)
-                continue
-            low = np.minimum(np.floor(coords).astype(np.intp), max(size - 2, 0))
-            high = np.minimum(low + 1, size - 1)
-            frac = (coords - low).reshape([-1 if a == axis else 1 for a in range(data.ndim)])
-            data = (
-                np.take(data, low, axis=axis) * (1.0 - frac) + np.take(data, high, axis=axis) * frac
+            data = self._along(
+                data, box[ref_axis], block_box, axis, ref_axis, linear, block.shape[axis]
             )
         return data.transpose(*axes, *range(3, data.ndim))
+
+    @property
+    def tilt(self) -> tuple[int, int] | None:
+        """For grids rotated about one shared axis: ``(volume axis, reference axis)``.
+
+        Those two axes run along each other and mix with no other (e.g. an oblique
+        acquisition tilted about one axis); the other two of each grid mix in a plane.
+        None for any other pair of grids, and for axis-aligned ones (see :attr:`axes`).
+
+        >>> import numpy as np
+        >>> t = np.deg2rad(17.0)
+        >>> rotated = np.eye(4)
+        >>> rotated[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+        >>> grid_map(np.eye(4), rotated, (8, 8, 8)).tilt
+        (2, 2)
+        """
+        if self.axes is not None:
+            return None
+        m = self.array[:, :3]
+        along = np.abs(m) > 1e-9 * np.abs(m).max()
+        for axis, ref in itertools.product(range(3), repeat=2):
+            if along[axis, ref] and along[axis].sum() == 1 and along[:, ref].sum() == 1:
+                return axis, ref
+        return None
+
+    def _resample_tilted(
+        self, block: np.ndarray, box: Bounds, block_box: Bounds, linear: bool
+    ) -> np.ndarray:
+        """:meth:`resample` of grids rotated about one shared axis (see :attr:`tilt`).
+
+        Trilinear weights are a product of one weight per volume axis, so the shared axis
+        is a 1D interpolation of the block; the other two a bilinear one whose coordinates
+        are a plane's (those of :meth:`coords`), gathering whole rows along the shared axis.
+        """
+        tilt = self.tilt
+        assert tilt is not None  # the caller checked
+        axis, ref = tilt
+        p, q = (a for a in range(3) if a != axis)
+        r1, r2 = (r for r in range(3) if r != ref)
+        work = _work_dtype(block.dtype)
+        data = self._along(block, box[ref], block_box, axis, ref, linear, block.shape[axis], work)
+        data = np.moveaxis(data, (p, q, axis), (0, 1, 2))
+        sp, sq = data.shape[:2]
+        rows = np.ascontiguousarray(data).reshape(sp * sq, -1)
+        m = self.array
+        i1 = np.arange(*box[r1], dtype=np.float64)[:, None]
+        i2 = np.arange(*box[r2], dtype=np.float64)[None, :]
+        coords = []
+        for a in (p, q):
+            # the operations and their order of :meth:`coords` (the shared axis' term is 0)
+            c = (m[a, r1] * i1 + m[a, r2] * i2) + m[a, 3]
+            coords.append(self._local(c, a, block_box[a][0], block.shape[a]).reshape(-1))
+        if not linear:
+            index = np.rint(coords[0]).astype(np.intp) * sq + np.rint(coords[1]).astype(np.intp)
+            result = rows.take(index, axis=0)
+        else:
+            low = [
+                np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
+                for c, n in zip(coords, (sp, sq), strict=True)
+            ]
+            frac = [(c - lo).astype(work)[:, None] for c, lo in zip(coords, low, strict=True)]
+            up = [int(sp > 1) * sq, int(sq > 1)]
+            base = low[0] * sq + low[1]
+            result = np.empty((len(base), rows.shape[1]), dtype=rows.dtype)
+            # a slab of plane points at a time: the temporaries stay small (in the CPU's
+            # cache, and below the allocator's threshold for fresh, page-faulting memory)
+            step = max(1, _SLAB_VOXELS // max(rows.shape[1], 1))
+            for s in range(0, len(base), step):
+                part = slice(s, s + step)
+                v = [rows.take(base[part] + o, axis=0) for o in (0, up[1], up[0], up[0] + up[1])]
+                fq, fp = frac[1][part], frac[0][part]
+                near, far = v[1], v[3]
+                near -= v[0]
+                near *= fq
+                near += v[0]
+                far -= v[2]
+                far *= fq
+                far += v[2]
+                far -= near
+                far *= fp
+                far += near
+                result[part] = far
+        result = result.reshape(len(i1), i2.shape[1], *data.shape[2:])
+        order = [int(o) for o in np.argsort([r1, r2, ref])]
+        out: np.ndarray = result.transpose(*order, *range(3, result.ndim))
+        return out
 
     def _resample_any(
         self, block: np.ndarray, box: Bounds, block_box: Bounds, linear: bool
     ) -> np.ndarray:
-        """:meth:`resample` of any two grids (rotated ones too): eight gathers per voxel."""
-        coords = self.coords(box)
+        """:meth:`resample` of any two grids (rotated ones too), a slab of ``box`` at a time.
+
+        Each slab (a few reference planes, so that its arrays stay in the CPU's cache) maps
+        its voxel centres into ``block`` as :meth:`coords` does, then gathers: one voxel
+        each for nearest, and for trilinear the four pairs of neighbours along the volume's
+        last axis, read as one 2-voxel item each, then three rounds of linear blends.
+        """
+        nx, ny, nz = (hi - lo for lo, hi in box[:3])
         size = block.shape[:3]
+        tail = block.shape[3:]
+        dtype = block.dtype if not linear else _work_dtype(block.dtype)
+        out = np.empty((nx, ny, nz, *tail), dtype=dtype)
+        flats = [np.ascontiguousarray(block[(..., *c)]) for c in np.ndindex(*tail)]
+        pairs = [_pairs(f, linear) for f in flats]
+        clip = self._needs_clip(box, block_box, size)
+        m = self.array
+        i_all = np.arange(box[0][0], box[0][1], dtype=np.float64)
+        j = np.arange(box[1][0], box[1][1], dtype=np.float64)
+        k = np.arange(box[2][0], box[2][1], dtype=np.float64)
+        step = max(1, _SLAB_VOXELS // max(ny * nz, 1))
+        strides = (size[1] * size[2], size[2], 1)
+        for s in range(0, nx, step):
+            i = i_all[s : s + step]
+            coords = []
+            for axis in range(3):
+                if linear and not clip[axis]:
+                    # trilinear is continuous in the point: the offsets folded into one add
+                    c = (m[axis, 0] * i[:, None, None] + m[axis, 1] * j[None, :, None]) + (
+                        m[axis, 3] - block_box[axis][0]
+                    )
+                    c = c + m[axis, 2] * k[None, None, :]
+                    coords.append(c)
+                    continue
+                # the operations and their order of :meth:`coords`: the same float64 values
+                c = (m[axis, 0] * i[:, None, None] + m[axis, 1] * j[None, :, None]) + m[
+                    axis, 2
+                ] * k[None, None, :]
+                c += m[axis, 3]
+                if clip[axis]:
+                    self._local(c, axis, block_box[axis][0], size[axis])
+                else:
+                    c -= block_box[axis][0]
+                coords.append(c)
+            rows = slice(s, s + len(i))
+            if not linear:
+                index = np.rint(coords[0]).astype(np.intp) * strides[0]
+                index += np.rint(coords[1]).astype(np.intp) * strides[1]
+                index += np.rint(coords[2]).astype(np.intp)
+                for channel, flat in zip(np.ndindex(*tail), flats, strict=True):
+                    out[(rows, ..., *channel)] = flat.reshape(-1).take(index)
+                continue
+            low = [c.astype(np.intp) for c in coords]  # c >= 0: astype is floor
+            frac = []
+            for c, lo, n in zip(coords, low, size, strict=True):
+                np.minimum(lo, max(n - 2, 0), out=lo)
+                c -= lo
+                frac.append(c.astype(dtype))
+            index = low[0] * strides[0]
+            index += low[1] * strides[1]
+            index += low[2]
+            up = [strides[a] if size[a] > 1 else 0 for a in range(2)]
+            for channel, pair in zip(np.ndindex(*tail), pairs, strict=True):
+                # the four pairs (z, z+1) at (x, y), (x, y+1), (x+1, y), (x+1, y+1)
+                along = []
+                for offset in (0, up[1], up[0], up[0] + up[1]):
+                    v = pair.take(index + offset if offset else index, axis=0)
+                    a, b = v[..., 0], v[..., 1]
+                    along.append(a + (b - a) * frac[2])
+                y0 = along[0] + (along[1] - along[0]) * frac[1]
+                y1 = along[2] + (along[3] - along[2]) * frac[1]
+                out[(rows, ..., *channel)] = y0 + (y1 - y0) * frac[0]
+        return out
+
+    def _needs_clip(self, box: Bounds, block_box: Bounds, size: Sequence[int]) -> list[bool]:
+        """Per volume axis, whether a point of ``box`` maps outside the volume or the block.
+
+        The map is affine, so its extremes over ``box`` are at the box's corners (floating
+        point addition and scaling are monotone): when those are inside, clipping is a no-op.
+        """
+        m = self.array
+        corners = np.array(
+            list(itertools.product(*[(lo, hi - 1) for lo, hi in box[:3]])), dtype=np.float64
+        )
+        out = []
         for axis in range(3):
-            self._local(coords[axis], axis, block_box[axis][0], size[axis])
-        if not linear:
-            ix, iy, iz = (np.rint(c).astype(np.intp) for c in coords)
-            picked: np.ndarray = block[ix, iy, iz]
-            return picked
-        low = [
-            np.minimum(np.floor(c).astype(np.intp), max(n - 2, 0))
-            for c, n in zip(coords, size, strict=True)
-        ]
-        frac = [c - lo for c, lo in zip(coords, low, strict=True)]
-        high = [np.minimum(lo + 1, n - 1) for lo, n in zip(low, size, strict=True)]
-        extra = (slice(None),) * 3 + (None,) * (block.ndim - 3)
-        acc = np.zeros(coords.shape[1:] + block.shape[3:], dtype=np.float64)
-        for corner in itertools.product((0, 1), repeat=3):
-            weight = np.ones(coords.shape[1:], dtype=np.float64)
-            index = []
-            for axis, bit in enumerate(corner):
-                weight *= frac[axis] if bit else 1.0 - frac[axis]
-                index.append(high[axis] if bit else low[axis])
-            acc += weight[extra] * block[index[0], index[1], index[2]]
-        return acc
+            c = (m[axis, 0] * corners[:, 0] + m[axis, 1] * corners[:, 1]) + m[axis, 2] * corners[
+                :, 2
+            ]
+            c += m[axis, 3]
+            lo = max(0, block_box[axis][0])
+            hi = min(self.shape[axis] - 1, block_box[axis][0] + size[axis] - 1)
+            out.append(bool(c.min() < lo or c.max() > hi))
+        return out
+
+
+_SLAB_VOXELS = 1 << 15  # voxels per slab of _resample_any: its arrays stay in the cache
+
+
+def _work_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype trilinear blends run in: float64 for float64 volumes, else float32."""
+    return np.dtype(np.float64 if dtype == np.float64 else np.float32)
+
+
+def _pairs(flat: np.ndarray, linear: bool) -> np.ndarray:
+    """For trilinear: each voxel of a 3D block beside the next one along its last axis.
+
+    ``(n, 2)``: row ``r`` of the block's flat voxels holds voxel ``r`` and voxel ``r + 1``
+    (the same voxel again at the end of a row: the border, whose weight is then 0 or the
+    row has one voxel), in the blends' dtype, so one gather reads both.
+    """
+    if not linear:
+        return flat
+    data = flat.astype(_work_dtype(flat.dtype), copy=False)
+    nz = data.shape[2]
+    out = np.empty((*data.shape, 2), dtype=data.dtype)
+    out[..., 0] = data
+    out[..., : nz - 1, 1] = data[..., 1:]
+    out[..., nz - 1, 1] = data[..., nz - 1]
+    return out.reshape(-1, 2)
 
 
 @dataclass(frozen=True)
