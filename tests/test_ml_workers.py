@@ -9,6 +9,7 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +230,53 @@ def test_the_context_a_user_passes_reads_in_the_main_process_and_in_workers(samp
         for image, subject in zip(batch["image"], batch["obs_subject_id"], strict=True):
             flair = radi.FLAIR.filter(f"obs_subject_id == '{subject}'").iloc[0]
             np.testing.assert_array_equal(image[1].numpy(), flair.to_numpy())
+
+
+KILLED_MID_EPOCH = """
+import os, signal, sys
+from radiobject import RadiObject
+from radiobject.ml import create_training_dataloader, loader_pids
+
+if __name__ == "__main__":
+    loader = create_training_dataloader(
+        RadiObject(sys.argv[1]).T1w, batch_size=1, patch_size=(8, 8, 8), num_workers=2,
+        persistent_workers=True,
+    )
+    it = iter(loader)
+    next(it), next(it)  # both workers have started
+    print(" ".join(map(str, loader_pids(loader)[1:])), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a kernel restart would
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an unreaped zombie is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(120)
+def test_workers_end_when_the_training_process_is_killed(sample_radi, tmp_path):
+    """A forkserver worker's parent is the server, not the loader's process: they still end."""
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as o, err.open("w") as e:  # files, not pipes: workers inherit them
+        code = subprocess.run(
+            [sys.executable, "-c", KILLED_MID_EPOCH, sample_radi.uri],
+            stdout=o,
+            stderr=e,
+            timeout=90,
+        ).returncode
+    assert code == -9, err.read_text()
+    workers = [int(p) for p in out.read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30  # a poll with a deadline: they end within ms normally
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in workers if _running(p)]
+    for p in left:  # don't leave them to the rest of the suite
+        os.kill(p, 9)
+    assert not left, f"workers {left} outlived the killed training process"

@@ -10,7 +10,10 @@ counters back from the parent.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +84,37 @@ class worker_init:
         block_cache().worker_share = max(1, self.num_workers)
         configure(read=self.config.read, write=self.config.write, s3=self.config.s3)
         install_worker(self.shared, worker_id)
+        end_with_loader()
         if self.user_fn is not None:
             self.user_fn(worker_id)
+
+
+def end_with_loader() -> bool:
+    """In a worker started by a fork server: end it when the loader's process ends.
+
+    PyTorch's workers watch their parent process and leave when it is gone. A
+    ``forkserver`` worker's parent is the fork server, which outlives the loader's process
+    while a worker is alive (each worker holds the server's liveness pipe): a training
+    process killed (``SIGKILL``, out of memory, a notebook kernel restarted) would leave its
+    workers and the server running for ever. The worker's ``multiprocessing`` parent is the
+    loader's process; a daemon thread waits on its sentinel (a pipe that process holds
+    open) and ends the worker when it closes. Returns whether the thread was started (not
+    for ``fork`` and ``spawn`` workers, whose parent is the loader's process itself).
+
+    >>> end_with_loader()  # in the main process: nothing to watch
+    False
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid == os.getppid() or parent.sentinel is None:
+        return False
+    sentinel = parent.sentinel
+
+    def wait_then_end() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)  # the loader's process is gone: nobody reads what this worker makes
+
+    threading.Thread(target=wait_then_end, name="radiobject-loader-watch", daemon=True).start()
+    return True
 
 
 def loader_cache_counters(loader: DataLoader[Any]) -> CacheCounters:
