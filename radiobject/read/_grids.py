@@ -26,6 +26,7 @@ resampled on its device with torch operations, to the same values
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,13 +130,18 @@ class GridMap:
         )
         points = corners @ m[:, :3].T + m[:, 3]
         out = []
-        for axis, n in enumerate(self.shape):
-            lo = float(np.clip(points[:, axis].min(), 0, n - 1))
-            hi = float(np.clip(points[:, axis].max(), 0, n - 1))
+        # Python floats from here (min, max, floor and round, half to even as np.rint): the
+        # same values, without numpy's per-call cost on scalars (this runs once per patch)
+        for axis, (low, high) in enumerate(
+            zip(points.min(axis=0), points.max(axis=0), strict=True)
+        ):
+            n = self.shape[axis]
+            lo = min(max(float(low), 0.0), n - 1)
+            hi = min(max(float(high), 0.0), n - 1)
             if linear:
-                start, stop = int(np.floor(lo)), min(int(np.floor(hi)) + 2, n)
+                start, stop = math.floor(lo), min(math.floor(hi) + 2, n)
             else:
-                start, stop = int(np.rint(lo)), int(np.rint(hi)) + 1
+                start, stop = round(lo), round(hi) + 1
             out.append((start, max(stop, start + 1)))
         return tuple(out)
 
