@@ -14,20 +14,32 @@ border voxel (MONAI ``ResampleToMatchd``'s default ``padding_mode="border"``). `
 trilinear interpolation (MONAI ``mode="bilinear"``, for images); otherwise nearest neighbour
 (for masks: labels stay labels; a point exactly halfway between two voxels goes to the even
 one, where MONAI's float arithmetic may pick either).
-Everything runs on the CPU with numpy (a GPU tensor is not resampled here), by the
-cheapest of three exact routes: axis-aligned grids as three 1D interpolations; grids
-rotated about one shared axis (:attr:`GridMap.tilt`, a usual oblique acquisition) as a 1D
-interpolation along it and a bilinear one in the plane, gathering whole rows; any other
-pair of grids a slab at a time, gathering each point's neighbours.
+A numpy block is resampled on the CPU by the cheapest of three exact routes: axis-aligned
+grids as three 1D interpolations; grids rotated about one shared axis
+(:attr:`GridMap.tilt`, a usual oblique acquisition) as a 1D interpolation along it and a
+bilinear one in the plane, gathering whole rows; any other pair of grids a slab at a time,
+gathering each point's neighbours. A ``torch.Tensor`` block (a GPU's, or any device's) is
+resampled on its device with torch operations, to the same values
+(:mod:`radiobject.read._grids_torch`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from radiobject._errors import ShapeError
+from radiobject.read._grids_torch import (
+    Tensor,
+    coordinate_terms,
+    is_tensor,
+    resample_tensor,
+    write_into,
+)
 
 __all__ = ["GridMap", "Resample", "grid_map", "same_grid"]
 
@@ -118,13 +130,18 @@ class GridMap:
         )
         points = corners @ m[:, :3].T + m[:, 3]
         out = []
-        for axis, n in enumerate(self.shape):
-            lo = float(np.clip(points[:, axis].min(), 0, n - 1))
-            hi = float(np.clip(points[:, axis].max(), 0, n - 1))
+        # Python floats from here (min, max, floor and round, half to even as np.rint): the
+        # same values, without numpy's per-call cost on scalars (this runs once per patch)
+        for axis, (low, high) in enumerate(
+            zip(points.min(axis=0), points.max(axis=0), strict=True)
+        ):
+            n = self.shape[axis]
+            lo = min(max(float(low), 0.0), n - 1)
+            hi = min(max(float(high), 0.0), n - 1)
             if linear:
-                start, stop = int(np.floor(lo)), min(int(np.floor(hi)) + 2, n)
+                start, stop = math.floor(lo), min(math.floor(hi) + 2, n)
             else:
-                start, stop = int(np.rint(lo)), int(np.rint(hi)) + 1
+                start, stop = round(lo), round(hi) + 1
             out.append((start, max(stop, start + 1)))
         return tuple(out)
 
@@ -145,20 +162,40 @@ class GridMap:
 
     def resample(
         self,
-        block: np.ndarray,
+        block: np.ndarray | Tensor,
         box: Bounds,
         block_box: Bounds,
         *,
         linear: bool,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
+        out: np.ndarray | Tensor | None = None,
+    ) -> np.ndarray | Tensor:
         """The voxels of ``box`` (reference grid) from ``block``, the volume's ``block_box``.
 
         ``block`` holds the volume's voxels in ``block_box`` (first three axes; more axes,
-        e.g. time, are carried along). ``linear``: trilinear (float64 weights, the result in
-        ``block``'s float dtype, or ``out``'s); else nearest neighbour, in ``block``'s dtype.
-        ``block_box`` must hold :meth:`source_box` of ``box``.
+        e.g. time, are carried along); ``block_box`` must hold :meth:`source_box` of ``box``.
+        ``linear``: trilinear, the result in ``block``'s float dtype (float32 for integer
+        blocks); else nearest neighbour, in ``block``'s dtype. ``out`` (an array or a
+        tensor of the result's shape) receives the result, cast to its dtype.
+
+        A ``torch.Tensor`` block (on a GPU, ``mps`` or the CPU) is resampled with torch
+        operations on its device, to a tensor there: the numpy route's values (the same
+        voxels for nearest neighbour; for trilinear within float32 rounding), in float32
+        for trilinear (float64 for a float64 block), in the block's dtype for nearest.
+
+        >>> import numpy as np, torch
+        >>> m = grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (8, 8, 8))
+        >>> block = torch.arange(8, dtype=torch.uint8)[:, None, None].repeat(1, 8, 8)
+        >>> box, whole = ((4, 8), (0, 4), (2, 3)), ((0, 8), (0, 8), (0, 8))
+        >>> m.resample(block, box, whole, linear=True)[:, 0, 0]  # x = 2, 2.5, 3, 3.5
+        tensor([2.0000, 2.5000, 3.0000, 3.5000])
+        >>> m.resample(block, box, whole, linear=False)[:, 0, 0]  # ties go to the even voxel
+        tensor([2, 2, 3, 4], dtype=torch.uint8)
         """
+        self._check(block, box, block_box, linear)
+        if is_tensor(block):
+            terms = coordinate_terms(self.axes, self.tilt)
+            moved = resample_tensor(self.array, self.shape, terms, block, box, block_box, linear)
+            return moved if out is None else write_into(out, moved)
         axes = self.axes
         if axes is not None:
             result = self._resample_along(block, box, block_box, linear, axes)
@@ -170,8 +207,35 @@ class GridMap:
             if linear and block.dtype.kind == "f":
                 return result.astype(block.dtype, copy=False)
             return np.ascontiguousarray(result, np.float32 if linear else block.dtype)
-        out[...] = result
-        return out
+        return write_into(out, result)
+
+    def _check(
+        self, block: np.ndarray | Tensor, box: Bounds, block_box: Bounds, linear: bool
+    ) -> None:
+        """Raise :class:`ShapeError` unless ``block`` is ``block_box``'s and holds ``box``'s."""
+        shape = tuple(int(n) for n in block.shape)
+        if len(shape) < 3:
+            raise ShapeError(
+                f"a block to resample has three spatial axes (x, y, z, then any others), "
+                f"got shape {shape}; pass the volume's voxels in block_box"
+            )
+        if len(box) < 3 or any(hi <= lo for lo, hi in box[:3]):
+            raise ShapeError(f"box {box} must give a non-empty (start, stop) on each of x, y and z")
+        extent = tuple(hi - lo for lo, hi in block_box[:3])
+        if len(block_box) < 3 or extent != shape[:3]:
+            raise ShapeError(
+                f"a block of shape {shape} is not the volume's block_box {block_box}: its "
+                f"first three axes must be block_box's extents {extent}"
+            )
+        need = self.source_box(box, linear=linear)
+        if any(
+            lo > n_lo or hi < n_hi
+            for (lo, hi), (n_lo, n_hi) in zip(block_box[:3], need, strict=True)
+        ):
+            raise ShapeError(
+                f"block_box {block_box[:3]} does not hold {need}, the block of the volume "
+                f"that resampling box {box[:3]} reads; read GridMap.source_box(box) of it"
+            )
 
     def _local(self, coords: np.ndarray, axis: int, origin: int, size: int) -> np.ndarray:
         """Coordinates along the volume's ``axis``, bordered, relative to a block's origin.
@@ -477,9 +541,23 @@ class Resample:
         return self.grid.source_box(self.box, linear=self.linear)
 
     def apply(
-        self, block: np.ndarray, block_box: Bounds, out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """``block`` (the volume's ``block_box``) resampled to the voxels of :attr:`box`."""
+        self,
+        block: np.ndarray | Tensor,
+        block_box: Bounds,
+        out: np.ndarray | Tensor | None = None,
+    ) -> np.ndarray | Tensor:
+        """``block`` (the volume's ``block_box``) resampled to the voxels of :attr:`box`.
+
+        A ``torch.Tensor`` block is resampled on its device (see :meth:`GridMap.resample`):
+
+        >>> import numpy as np, torch
+        >>> r = Resample(grid_map(np.eye(4), np.diag([2.0, 2.0, 2.0, 1.0]), (4, 4, 4)),
+        ...              ((1, 3), (0, 1), (0, 1)), linear=True)
+        >>> r.source_bounds()
+        ((0, 3), (0, 2), (0, 2))
+        >>> r.apply(torch.arange(3.0)[:, None, None].expand(3, 2, 2), r.source_bounds()).ravel()
+        tensor([0.5000, 1.0000])
+        """
         return self.grid.resample(block, self.box, block_box, linear=self.linear, out=out)
 
 
