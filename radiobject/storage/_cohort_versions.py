@@ -114,8 +114,8 @@ class CohortVersions:
         >>> before = radi.versions()[-1]
         >>> radi.seg.volume("sub-000_seg").write_region(((0, 2), (0, 2), (0, 2)),
         ...                                             np.ones((2, 2, 2)))
-        >>> radi.versions()[-1].written
-        ('seg/sub-000_seg',)
+        >>> radi.versions()[-1].written  # the mask and its foreground index entry
+        ('seg/foreground', 'seg/sub-000_seg')
         >>> radi.diff(before).volumes_changed
         ('sub-000_seg',)
         """
