@@ -198,6 +198,19 @@ def test_writes_outside_a_mask_collection_write_no_index(radi, tmp_path):
     assert foreground_digest(list(read_foreground(_index_uri(radi), radi.ctx).values())) == before
 
 
+def test_a_collection_indexed_on_first_use_keeps_its_index_true(tmp_path):
+    from radiobject import VolumeCollection
+
+    mask = np.zeros((8, 8, 4), np.uint8)
+    mask[2:4, 2:4, 1:3] = 1
+    labels = VolumeCollection.from_numpy(str(tmp_path / "lbl"), {"a": mask}, is_mask=False)
+    assert labels.foreground()["a_lbl"].counts == {1: 8}  # computed now, and stored
+    labels.volume("a_lbl").write_region(((0, 1), (0, 1), (0, 1)), np.full((1, 1, 1), 4))
+    stored = read_foreground(join(labels.uri, FG_INDEX), labels.ctx)["a_lbl"]
+    assert stored.counts == {1: 8, 4: 1}
+    assert stored.points[4].tolist() == [[0, 0, 0]]
+
+
 # -- the older layout: one dense array, rewritten whole -------------------------------------
 
 

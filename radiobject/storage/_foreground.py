@@ -124,8 +124,8 @@ def write_foreground(
     >>> write_foreground(uri, {"a": compute_foreground(m)}, ctx, at=t + 1)
     >>> m[1, 2, 3] = 0; m[0, 0, 0] = 1
     >>> write_foreground(uri, {"a": compute_foreground(m)}, ctx, at=t + 2)
-    >>> read_foreground(uri, ctx)["a"].counts, read_foreground(uri, ctx, at=t + 1)["a"].counts
-    ({1: 1}, {2: 1})
+    >>> [read_foreground(uri, ctx, at=v)["a"].counts for v in (t + 1, t + 2)]
+    [{2: 1}, {1: 1}]
     """
     with tiledb_errors(uri, "write foreground index"):
         carried = prepare_foreground(uri, ctx)
@@ -175,9 +175,10 @@ def prepare_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
                 "collection.foreground() to index the masks again"
             )
         dims = [
-            tiledb.Dim(name="volume", domain=(0, 2**62 - 1), tile=2**62, dtype=np.int64, ctx=ctx),
-            tiledb.Dim(name="written", domain=(0, 2**62 - 1), tile=2**62, dtype=np.int64, ctx=ctx),
-            tiledb.Dim(name="row", domain=(0, 2**40 - 1), tile=65536, dtype=np.int64, ctx=ctx),
+            tiledb.Dim(name=name, domain=(0, hi - 1), tile=tile, dtype=np.int64, ctx=ctx)
+            for name, hi, tile in zip(
+                _DIMS, (2**62, 2**62, 2**40), (2**62, 2**62, 65536), strict=True
+            )
         ]
         attrs = [
             tiledb.Attr(name, dtype=dtype, filters=[tiledb.ZstdFilter()], ctx=ctx)
@@ -196,6 +197,7 @@ def prepare_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
 
 
 _COLUMNS = ("volume", "label", "x", "y", "z")  # the older, dense layout
+_DIMS = ("volume", "written", "row")
 _ATTRS = (
     ("label", np.int32),
     ("x", np.int32),
@@ -271,7 +273,7 @@ def read_foreground(
         if not arr.schema.sparse:
             return _read_dense(arr)
         names = {int(k[4:]): str(arr.meta[k]) for k in arr.meta if k.startswith("obs/")}
-        raw = arr.query(order="U")[:]
+        raw = arr.query(attrs=[a for a, _ in _ATTRS], dims=list(_DIMS), order="U")[:]
     return _decode(raw, names)
 
 

@@ -471,8 +471,9 @@ class Volume:
         new version: a read at an earlier one (``RadiObject(uri, at=...)``) still sees the
         voxels as they were.
 
-        On a volume of a mask collection (a segmentation corrected by hand), the call also
-        writes the volume's new entry of the collection's foreground index, computed from
+        On a volume of a collection with a foreground index (a mask collection, e.g. a
+        segmentation corrected by hand), the call also writes the volume's new entry of the
+        collection's foreground index, computed from
         its voxels after the write (one whole-volume read), at the timestamp of the voxels:
         foreground sampling then centres patches on the new foreground, and a read at any
         version gets the index of the masks of that version.
@@ -505,7 +506,7 @@ class Volume:
             self._write(bounds, stored, metadata)
             forget_array(self.uri)
             return
-        # a mask of a mask collection: its index entry is written at the voxels' timestamp
+        # a volume of an indexed collection: its entry is written at the voxels' timestamp
         index_uri, oid = index
         carried = prepare_foreground(index_uri, self.ctx)  # exists before the timestamp
         stamp = now_ms()
@@ -521,10 +522,12 @@ class Volume:
             ) from e
 
     def _foreground_target(self) -> tuple[str, str] | None:
-        """``(index uri, obs_id)`` when this is a volume of a mask collection, else None.
+        """``(index uri, obs_id)`` when this is a volume of an indexed collection, else None.
 
-        Known from the layout (``<collection>/volumes/<n>``), the collection's ``is_mask``
-        flag and the volume's ``obs_id``; looked up once per Volume object.
+        A mask collection, or another whose foreground was indexed on first use (used as the
+        mask of a segmentation loader). Known from the layout (``<collection>/volumes/<n>``),
+        the collection's ``is_mask`` flag or index and the volume's ``obs_id``; looked up once
+        per Volume object.
         """
         if not self._fg_looked:
             self._fg_looked = True
@@ -535,9 +538,13 @@ class Volume:
                 meta = group_meta(parts[0], COLLECTION_KIND, self.ctx)
             except NotFoundError:  # a volume outside a collection
                 return None
-            oid = self.info.meta.get("obs_id") if meta.get("is_mask") else None
+            index = join(parts[0], FG_INDEX)
+            with tiledb_errors(index, "look for the foreground index"):
+                found = tiledb.object_type(index, ctx=self.ctx)
+            indexed = bool(meta.get("is_mask")) or found is not None
+            oid = self.info.meta.get("obs_id") if indexed else None
             if oid is not None:
-                self._fg_target = (join(parts[0], FG_INDEX), str(oid))
+                self._fg_target = (index, str(oid))
         return self._fg_target
 
     def _check_writable(self) -> None:
