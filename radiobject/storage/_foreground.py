@@ -174,11 +174,11 @@ def prepare_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
                 f"{uri!r} is a TileDB {found}, not a foreground index; remove it and call "
                 "collection.foreground() to index the masks again"
             )
+        # one space tile (extent = domain): TileDB's global order is then (volume, written,
+        # row), the order an entry is decoded in
         dims = [
-            tiledb.Dim(name=name, domain=(0, hi - 1), tile=tile, dtype=np.int64, ctx=ctx)
-            for name, hi, tile in zip(
-                _DIMS, (2**62, 2**62, 2**40), (2**62, 2**62, 65536), strict=True
-            )
+            tiledb.Dim(name=name, domain=(0, size - 1), tile=size, dtype=np.int64, ctx=ctx)
+            for name, size in zip(_DIMS, (2**62, 2**62, 2**40), strict=True)
         ]
         attrs = [
             tiledb.Attr(name, dtype=dtype, filters=[tiledb.ZstdFilter()], ctx=ctx)
@@ -273,18 +273,23 @@ def read_foreground(
         if not arr.schema.sparse:
             return _read_dense(arr)
         names = {int(k[4:]): str(arr.meta[k]) for k in arr.meta if k.startswith("obs/")}
-        raw = arr.query(attrs=[a for a, _ in _ATTRS], dims=list(_DIMS), order="U")[:]
+        raw = arr.query(attrs=[a for a, _ in _ATTRS], dims=list(_DIMS), order="G")[:]
     return _decode(raw, names)
 
 
 def _decode(raw: dict[str, np.ndarray], names: dict[int, str]) -> dict[str, ForegroundIndex]:
     """Entries from the cells of the versioned layout: the newest of each volume."""
     volume, written, row = raw["volume"], raw["written"], raw["row"]
-    order = np.lexsort((row, written, volume))
-    cells = {c: raw[c][order] for c in ("volume", "written", *(a for a, _ in _ATTRS))}
-    n = len(order)
+    n = len(volume)
     if not n:
         return {}
+    columns = ("volume", "written", *(a for a, _ in _ATTRS))
+    dv, dw = np.diff(volume), np.diff(written)
+    if np.all((dv > 0) | ((dv == 0) & ((dw > 0) | ((dw == 0) & (np.diff(row) > 0))))):
+        cells = {c: raw[c] for c in columns}  # read in (volume, written, row) order
+    else:
+        order = np.lexsort((row, written, volume))
+        cells = {c: raw[c][order] for c in columns}
     volume, written = cells["volume"], cells["written"]
     starts = np.flatnonzero(np.r_[True, volume[1:] != volume[:-1]])
     newest = np.maximum.reduceat(written, starts)
