@@ -516,11 +516,11 @@ class PredictionWriter:
             raise IngestError(f"collection {self.name!r} would have no volumes")
         rows = sorted(rows, key=lambda r: r["volume"])
         labels = self.output == "labels"
-        Dataframe.from_pandas(join(self.uri, OBS), pd.DataFrame(rows), index="obs_id", ctx=self.ctx)
         members = [OBS, VOLUMES]
-        if labels:
+        if labels:  # before obs: at every version that lists the volumes, they are indexed
             write_foreground(join(self.uri, FG_INDEX), fg, self.ctx)
             members.append(FG_INDEX)
+        Dataframe.from_pandas(join(self.uri, OBS), pd.DataFrame(rows), index="obs_id", ctx=self.ctx)
         add_members(join(self.uri, VOLUMES), [r["volume"].split("/")[1] for r in rows], self.ctx)
         add_members(self.uri, members, self.ctx)
         with (

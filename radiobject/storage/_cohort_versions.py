@@ -114,8 +114,8 @@ class CohortVersions:
         >>> before = radi.versions()[-1]
         >>> radi.seg.volume("sub-000_seg").write_region(((0, 2), (0, 2), (0, 2)),
         ...                                             np.ones((2, 2, 2)))
-        >>> radi.versions()[-1].written
-        ('seg/sub-000_seg',)
+        >>> radi.versions()[-1].written  # the mask and its foreground index entry
+        ('seg/foreground', 'seg/sub-000_seg')
         >>> radi.diff(before).volumes_changed
         ('sub-000_seg',)
         """
@@ -199,8 +199,8 @@ class CohortVersions:
         >>> vol.write_region(((0, 2), (0, 2), (0, 2)), np.full((2, 2, 2), 2))
         >>> checkpoint = radi.versions()[-1]  # the version a kept checkpoint records
         >>> vol.write_region(((0, 1), (0, 1), (0, 1)), np.full((1, 1, 1), 3))
-        >>> radi.drop_versions_before(checkpoint)  # the mask's two writes become one
-        1
+        >>> radi.drop_versions_before(checkpoint)  # two writes become one: the mask's, its index's
+        2
         >>> int(RadiObject(radi.uri, at=checkpoint).seg.volume("sub-000_seg")[0, 0, 0])
         2
 

@@ -28,7 +28,12 @@ from radiobject.storage._coarse import (
 )
 from radiobject.storage._collection_ingest import CollectionConstructors
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._foreground import ForegroundIndex, compute_foreground, read_foreground
+from radiobject.storage._foreground import (
+    ForegroundIndex,
+    compute_foreground,
+    read_foreground,
+    write_foreground,
+)
 from radiobject.storage._group import (
     add_members,
     create_group,
@@ -432,25 +437,40 @@ class VolumeCollection(CollectionConstructors):
         )
 
     def foreground(self) -> dict[str, ForegroundIndex]:
-        """Foreground index of every volume of this mask collection (read once, one query).
+        """Foreground index of every volume of this mask collection (one read of the index).
 
-        Volumes missing from the stored index are computed now (reading their masks once)
-        and stored, so the next call reads only the index.
+        The index as of this collection's version: each volume's entry written with its
+        mask's voxels (at ingest, ``add_subject``, ``Volume.write_region``). Volumes without
+        a stored entry are computed now (reading their masks once) and, at the newest
+        version, stored, so the next call reads only the index. At a past version the result
+        is kept by this object; at the newest each call reads the index again (a mask edited
+        since shows).
+
+        >>> import numpy as np, tempfile, os
+        >>> seg = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "seg"),
+        ...                                   [np.zeros((8, 8, 4), np.uint8)], is_mask=True)
+        >>> oid = seg.obs_ids[0]
+        >>> seg.foreground()[oid].labels
+        []
+        >>> seg.volume(oid).write_region(((2, 3), (2, 3), (1, 2)), np.full((1, 1, 1), 2))
+        >>> seg.foreground()[oid].labels, seg.foreground()[oid].points[2].tolist()
+        ([2], [[2, 2, 1]])
         """
-        if self._fg is None:
-            from radiobject.storage._foreground import write_foreground
-
-            uri = join(self.uri, FG_INDEX)
-            stored = read_foreground(uri, self.ctx, at=self._at)
-            missing = [i for i in self.obs_ids if i not in stored]
-            if missing:
-                new = {i: compute_foreground(self.volume(i).to_numpy()) for i in missing}
-                if self._at is None:  # a past version is read-only: keep it in memory
-                    with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
-                        write_foreground(uri, new, self.ctx)
-                stored.update(new)
-            self._fg = {i: stored[i] for i in self.obs_ids}
-        return self._fg
+        if self._fg is not None:
+            return self._fg
+        uri = join(self.uri, FG_INDEX)
+        stored = read_foreground(uri, self.ctx, at=self._at)
+        missing = [i for i in self.obs_ids if i not in stored]
+        if missing:
+            new = {i: compute_foreground(self.volume(i).to_numpy()) for i in missing}
+            if self._at is None:  # a past version is read-only: keep it in memory
+                with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
+                    write_foreground(uri, new, self.ctx)
+            stored.update(new)
+        found = {i: stored[i] for i in self.obs_ids}
+        if self._at is not None:  # a version never changes
+            self._fg = found
+        return found
 
     # -- the viewer's coarse level -----------------------------------------------------------
     def _coarse_uri(self, obs_id: str) -> str:

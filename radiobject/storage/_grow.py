@@ -1,9 +1,10 @@
 """Growing a stored cohort: one more subject, with its volumes and its ``obs_meta`` row.
 
-Each piece is a write of its own (a volume, the collection's new ``obs`` row, the subject's
-``obs_meta`` row), so each lands as a new version and a read at an earlier version does not
-see the subject. The subject's ``obs_meta`` row is written last: at a version that lists the
-subject, its volumes are there.
+Each piece is a write of its own (a volume, a mask's entry of its collection's foreground
+index, the collection's new ``obs`` row, the subject's ``obs_meta`` row), so each lands as a
+new version and a read at an earlier version does not see the subject. The subject's
+``obs_meta`` row is written last: at a version that lists the subject, its volumes (and
+their foreground) are there.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import pandas as pd
 from radiobject._errors import AlignmentError, AlreadyExistsError, IngestError, RadiObjectError
 from radiobject.storage._collection import VolumeCollection
 from radiobject.storage._dataframe import Dataframe
+from radiobject.storage._foreground import compute_foreground, write_foreground
 from radiobject.storage._group import add_members, exists, join, remove
-from radiobject.storage._layout import CORE_COLUMNS, VOLUMES, obs_id, volume_member
+from radiobject.storage._layout import CORE_COLUMNS, FG_INDEX, VOLUMES, obs_id, volume_member
 from radiobject.storage._volume import Volume, affine_orientation, spacing_from_affine
 
 __all__ = ["add_subject"]
@@ -97,6 +99,11 @@ def add_subject(
                 ctx=collections[name]._ctx,
                 metadata={"obs_id": row["obs_id"], "obs_subject_id": obs_subject_id},
             )
+        for name, (_, row) in rows.items():  # a mask's entry of the foreground index
+            coll = collections[name]
+            if coll.is_mask:
+                entry = {row["obs_id"]: compute_foreground(arrays[name])}
+                write_foreground(join(coll.uri, FG_INDEX), entry, coll.ctx)
     except BaseException:  # a volume that fails removes those written before it, and itself
         for name in made:
             try:

@@ -14,8 +14,11 @@ from radiobject._context import get_tiledb_ctx, local_ctx, portable_ctx, unpickl
 from radiobject._errors import (
     AlreadyExistsError,
     DtypeError,
+    NotFoundError,
     OutOfBoundsError,
+    RadiObjectError,
     ShapeError,
+    StorageError,
     VersionError,
 )
 from radiobject._tiledb_errors import tiledb_errors
@@ -23,6 +26,10 @@ from radiobject.config import CompressionConfig, Compressor, TileConfig, get_con
 from radiobject.read._region import ArrayInfo, forget_array, open_array, read_region
 from radiobject.read._scaling import ScaledVoxels, Scaling, integer_plan, native
 from radiobject.read._versioned import split_version, versioned
+from radiobject.storage._foreground import compute_foreground, prepare_foreground, write_foreground
+from radiobject.storage._group import group_meta, join
+from radiobject.storage._history import now_ms
+from radiobject.storage._layout import COLLECTION_KIND, FG_INDEX, VOLUMES
 
 __all__ = [
     "ScaledVoxels",
@@ -125,6 +132,8 @@ class Volume:
         self.uri = base
         self._ctx = ctx
         self._at = at if at is not None else stamp  # TileDB timestamp (ms); None: newest
+        self._fg_target: tuple[str, str] | None = None  # see _foreground_target
+        self._fg_looked = False
 
     @property
     def at(self) -> int | None:
@@ -146,6 +155,7 @@ class Volume:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({"_at": None, **state}, _ctx=unpickled_ctx(state["_ctx"]))
+        self._fg_target, self._fg_looked = None, False
 
     def __repr__(self) -> str:
         at = "" if self._at is None else f", at={self._at}"
@@ -461,10 +471,18 @@ class Volume:
         new version: a read at an earlier one (``RadiObject(uri, at=...)``) still sees the
         voxels as they were.
 
+        On a volume of a collection with a foreground index (a mask collection, e.g. a
+        segmentation corrected by hand), the call also writes the volume's new entry of the
+        collection's foreground index, computed from
+        its voxels after the write (one whole-volume read), at the timestamp of the voxels:
+        foreground sampling then centres patches on the new foreground, and a read at any
+        version gets the index of the masks of that version.
+
         Raises:
             ShapeError: ``data`` does not have the shape of ``bounds``.
             DtypeError: the volume stores integers and ``data`` holds values they cannot
                 hold exactly (fractions, NaN, out of range): nothing is clipped or rounded.
+            StorageError: the voxels of a mask were written, its index entry was not.
         """
         bounds = tuple((int(lo), int(hi)) for lo, hi in bounds)
         want = tuple(hi - lo for lo, hi in bounds)
@@ -483,8 +501,51 @@ class Volume:
                 f"{data.dtype} data for region {bounds} hold values it cannot store exactly. "
                 "Write a new volume with Volume.from_numpy (integers=False keeps floats)"
             )
-        self._write(bounds, stored, metadata)
+        index = self._foreground_target()
+        if index is None:
+            self._write(bounds, stored, metadata)
+            forget_array(self.uri)
+            return
+        # a volume of an indexed collection: its entry is written at the voxels' timestamp
+        index_uri, oid = index
+        carried = prepare_foreground(index_uri, self.ctx)  # exists before the timestamp
+        stamp = now_ms()
+        self._write(bounds, stored, metadata, at=stamp)
         forget_array(self.uri)
+        try:
+            entry = compute_foreground(self.to_numpy())
+            write_foreground(index_uri, {**carried, oid: entry}, self.ctx, at=stamp)
+        except RadiObjectError as e:
+            raise StorageError(
+                f"the voxels of {self.uri!r} were written but its foreground index entry in "
+                f"{index_uri!r} was not ({e}); write the region again to index the new mask"
+            ) from e
+
+    def _foreground_target(self) -> tuple[str, str] | None:
+        """``(index uri, obs_id)`` when this is a volume of an indexed collection, else None.
+
+        A mask collection, or another whose foreground was indexed on first use (used as the
+        mask of a segmentation loader). Known from the layout (``<collection>/volumes/<n>``),
+        the collection's ``is_mask`` flag or index and the volume's ``obs_id``; looked up once
+        per Volume object.
+        """
+        if not self._fg_looked:
+            self._fg_looked = True
+            parts = self.uri.rstrip("/").rsplit("/", 2)
+            if len(parts) != 3 or parts[1] != VOLUMES:
+                return None
+            try:
+                meta = group_meta(parts[0], COLLECTION_KIND, self.ctx)
+            except NotFoundError:  # a volume outside a collection
+                return None
+            index = join(parts[0], FG_INDEX)
+            with tiledb_errors(index, "look for the foreground index"):
+                found = tiledb.object_type(index, ctx=self.ctx)
+            indexed = bool(meta.get("is_mask")) or found is not None
+            oid = self.info.meta.get("obs_id") if indexed else None
+            if oid is not None:
+                self._fg_target = (index, str(oid))
+        return self._fg_target
 
     def _check_writable(self) -> None:
         if self._at is not None:
@@ -504,12 +565,13 @@ class Volume:
         bounds: tuple[tuple[int, int], ...],
         stored: np.ndarray,
         metadata: dict[str, Any] | None,
+        at: int | None = None,
     ) -> None:
-        """Write voxels already in the stored dtype (one TileDB write)."""
+        """Write voxels already in the stored dtype (one TileDB write, at ``at``: default now)."""
         self._check_writable()
         with (
             tiledb_errors(self.uri, "write volume region"),
-            tiledb.open(self.uri, mode="w", ctx=self.ctx) as arr,
+            tiledb.open(self.uri, mode="w", ctx=self.ctx, timestamp=at) as arr,
         ):
             dtype = np.dtype(arr.schema.attr(0).dtype)
             box = tuple(slice(lo, hi) for lo, hi in bounds)
