@@ -43,16 +43,9 @@ import numpy as np
 import torch
 from copies import MODALITY, Copies, prepare
 from engines import release
+from grids import parse_sizes
 
 SEED = 0
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """``"240x240x155"`` -> ``(240, 240, 155)`` (``prepare`` checks the sizes)."""
-    parts = tuple(int(p) for p in text.lower().split("x"))
-    if len(parts) != 3:
-        raise SystemExit(f"--shape needs three sizes like 240x240x155, got {text!r}")
-    return parts  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -202,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     from radiobject import ReadConfig, configure
     from radiobject.ml import create_training_dataloader
 
-    copies = prepare(args.workdir, args.subjects, parse_shape(args.shape))
+    copies = prepare(args.workdir, args.subjects, parse_sizes(args.shape))
     coll = axial_collection(copies)
     k, per, batch = args.slab, args.per_volume, args.batch
     itemsize = np.dtype(copies.dtype).itemsize
