@@ -79,17 +79,13 @@ def parse_patch_size(value: object, where: str) -> tuple[int, int, int] | None:
     ...
     radiobject._errors.ConfigurationError: create_training_dataloader: patch_size must be three...
     """
-    if value is None:
-        return None
-    raw = (value,) * 3 if as_int(value) is not None else value
-    sizes = [as_int(s) for s in raw] if isinstance(raw, (tuple, list, np.ndarray)) else []
-    if len(sizes) != 3 or any(s is None or s < 1 for s in sizes):
-        raise ConfigurationError(
-            f"{where}: patch_size must be three positive integers (x, y, z) or one for a cube, "
-            f"e.g. 64 or (64, 64, 32); got {value!r}"
-        )
-    # mypy is silenced on the next line: the check above leaves three ints
-    return tuple(sizes)  # type: ignore[return-value]
+    sizes = _positive_sizes(
+        value,
+        3,
+        f"{where}: patch_size must be three positive integers (x, y, z) or one for a cube, "
+        f"e.g. 64 or (64, 64, 32); got {value!r}",
+    )
+    return None if sizes is None else (sizes[0], sizes[1], sizes[2])
 
 
 def parse_slab(value: object, where: str) -> int:
@@ -144,16 +140,29 @@ def parse_slab_patch(value: object, where: str) -> tuple[int, int] | None:
     ...
     radiobject._errors.ConfigurationError: f: slab_patch must be two positive integers...
     """
+    sizes = _positive_sizes(
+        value,
+        2,
+        f"{where}: slab_patch must be two positive integers (h, w) along the plane or one "
+        f"for a square, e.g. 64 or (96, 64); got {value!r}",
+    )
+    return None if sizes is None else (sizes[0], sizes[1])
+
+
+def _positive_sizes(value: object, n: int, error: str) -> list[int] | None:
+    """``value`` as ``n`` ints >= 1 (one int: repeated ``n`` times); None stays None.
+
+    Raises:
+        ConfigurationError: with ``error`` for anything else.
+    """
     if value is None:
         return None
-    raw = (value,) * 2 if as_int(value) is not None else value
+    raw = (value,) * n if as_int(value) is not None else value
     sizes = [as_int(s) for s in raw] if isinstance(raw, (tuple, list, np.ndarray)) else []
-    if len(sizes) != 2 or any(s is None or s < 1 for s in sizes):
-        raise ConfigurationError(
-            f"{where}: slab_patch must be two positive integers (h, w) along the plane or one "
-            f"for a square, e.g. 64 or (96, 64); got {value!r}"
-        )
-    return (int(sizes[0] or 0), int(sizes[1] or 0))
+    checked = [s for s in sizes if s is not None and s >= 1]
+    if len(sizes) != n or len(checked) != n:
+        raise ConfigurationError(error)
+    return checked
 
 
 def parse_batch_size(value: object, where: str) -> int:
