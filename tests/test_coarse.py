@@ -16,7 +16,7 @@ from radiobject import (
     configure,
 )
 from radiobject.read._scaling import Scaling
-from radiobject.storage import _collection
+from radiobject.storage import _collection_derived
 from radiobject.storage._coarse import MEAN, STRIDE, downsample, level_voxels
 
 SHAPE = (64, 64, 40)
@@ -158,7 +158,7 @@ def test_a_store_that_refuses_the_level_gets_it_in_memory_and_one_warning(tmp_pa
         attempts.append(uri)
         raise StorageError(f"could not write {uri!r}: read-only")
 
-    monkeypatch.setattr(_collection, "write_coarse", refuse)
+    monkeypatch.setattr(_collection_derived, "write_coarse", refuse)
     with pytest.warns(UserWarning, match=r"cannot store the coarse level of 'a_CT'.*read-only"):
         level = ct.coarse_level("a_CT")
     assert isinstance(level, CoarseLevel)

@@ -117,7 +117,7 @@ def test_a_dataset_at_an_earlier_version_samples_the_earlier_foreground(radi, mo
     _edit(radi)
     # nothing is computed from the masks: the index of each version is stored
     monkeypatch.setattr(
-        "radiobject.storage._collection.compute_foreground",
+        "radiobject.storage._collection_derived.compute_foreground",
         lambda *_: pytest.fail("the index was computed from the masks, not read"),
     )
     config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=6)
@@ -164,7 +164,7 @@ def test_a_run_resumed_after_a_mask_edit_gives_the_uninterrupted_batches(radi, m
     del it
     _edit(radi)
     monkeypatch.setattr(
-        "radiobject.storage._collection.compute_foreground",
+        "radiobject.storage._collection_derived.compute_foreground",
         lambda *_: pytest.fail("the index was computed from the masks, not read"),
     )
     resumed = loader(RadiObject(radi.uri))
@@ -250,7 +250,7 @@ def test_an_index_of_the_older_layout_is_read_and_moved_on_the_next_write(radi, 
     marked = type(part)(points={1: part.points[1][:5]}, counts={1: 5})
     _write_dense(uri, {"sub-000_seg": marked, "sub-001_seg": true["sub-001_seg"]})
     monkeypatch.setattr(
-        "radiobject.storage._collection.compute_foreground",
+        "radiobject.storage._collection_derived.compute_foreground",
         lambda *_: pytest.fail("the index was computed from the masks, not read"),
     )
     read = RadiObject(radi.uri).seg.foreground()

@@ -108,7 +108,7 @@ def test_a_resumed_run_reads_the_version_it_started_on(base, monkeypatch):
     _edit_and_grow(radi)  # mid-run: a corrected mask and a new subject
     # the writes indexed the masks they wrote: from here on, no index is computed from masks
     monkeypatch.setattr(
-        "radiobject.storage._collection.compute_foreground",
+        "radiobject.storage._collection_derived.compute_foreground",
         lambda *_: pytest.fail("a foreground index was computed from the masks, not read"),
     )
 

@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib")
 
 from radiobject import RadiObject, StorageError, WriteConfig, configure
 from radiobject.data import make_sample_radiobject
-from radiobject.storage import _collection
+from radiobject.storage import _collection_derived
 from radiobject.widgets import CollectionBrowser
 from radiobject.widgets._png import decode_png
 from radiobject.widgets._render import Window, display_scale, render_slice
@@ -165,7 +165,7 @@ def test_levels_a_store_refuses_are_shown_unsaved_with_one_warning_each(
     def refuse(uri, *args):
         raise StorageError(f"cannot write {uri!r}: the store is read-only")
 
-    monkeypatch.setattr(_collection, "write_coarse", refuse)
+    monkeypatch.setattr(_collection_derived, "write_coarse", refuse)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning counted, repeats included
         browser = CollectionBrowser(RadiObject(radi.uri))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,34 +12,13 @@ import pandas as pd
 import tiledb
 
 from radiobject._context import local_ctx, portable_ctx, unpickled_ctx
-from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError, RadiObjectError
-from radiobject.config import get_config
+from radiobject._errors import LabelError, NotFoundError, OutOfBoundsError
 from radiobject.read._versioned import versioned
-from radiobject.storage._coarse import (
-    DEFAULT_FACTOR,
-    CoarseLevel,
-    build_coarse,
-    coarse_method,
-    read_coarse,
-    stored_coarse,
-    write_coarse,
-)
+from radiobject.storage._collection_derived import CollectionDerivedData
 from radiobject.storage._collection_ingest import CollectionConstructors
 from radiobject.storage._dataframe import Dataframe
-from radiobject.storage._foreground import (
-    ForegroundIndex,
-    compute_foreground,
-    read_foreground,
-    write_foreground,
-)
-from radiobject.storage._group import (
-    add_members,
-    create_group,
-    exists,
-    group_meta,
-    join,
-    require_complete,
-)
+from radiobject.storage._foreground import ForegroundIndex
+from radiobject.storage._group import group_meta, join, require_complete
 from radiobject.storage._history import (
     Version,
     collection_arrays,
@@ -49,17 +26,7 @@ from radiobject.storage._history import (
     group_versions,
     past_timestamp,
 )
-from radiobject.storage._layout import (
-    COARSE,
-    COARSE_KIND,
-    COLLECTION_KIND,
-    COLLECTIONS,
-    FG_INDEX,
-    OBS,
-    RADIOBJECT_KIND,
-    REFERENCE,
-    coarse_member,
-)
+from radiobject.storage._layout import COLLECTION_KIND, COLLECTIONS, OBS, RADIOBJECT_KIND, REFERENCE
 from radiobject.storage._volume import Volume
 
 __all__ = ["VolumeCollection"]
@@ -105,13 +72,15 @@ class _Loc:
 _IDS = ("obs_subject_id",)  # the columns the id properties need
 
 
-class VolumeCollection(CollectionConstructors):
+class VolumeCollection(CollectionConstructors, CollectionDerivedData):
     """Volumes of one kind, one row of ``obs`` each.
 
     A collection is opened lazily; ``head``, ``filter``, ``iloc[a:b]`` and friends return
     views (cheap objects over the same arrays) that ``write(uri)`` can materialise. New
     collections come from the class methods ``from_numpy``, ``from_volumes``, ``from_niftis``
-    and ``from_dicoms`` (in :mod:`radiobject.storage._collection_ingest`).
+    and ``from_dicoms`` (in :mod:`radiobject.storage._collection_ingest`); the foreground
+    index, coarse levels and local-tier copies kept beside the volumes from
+    :mod:`radiobject.storage._collection_derived`.
 
     >>> from radiobject.data import make_sample_radiobject
     >>> import tempfile, os
@@ -419,7 +388,7 @@ class VolumeCollection(CollectionConstructors):
             return frame.loc[frame["obs_subject_id"].isin(subjects), "obs_id"].tolist()
         return self.obs_table.ids(expr)
 
-    # -- labels and foreground -------------------------------------------------------------
+    # -- labels ---------------------------------------------------------------------------
     def column(self, name: str) -> pd.Series:
         """A column by name, per volume (indexed by obs_id): from ``obs``, else ``obs_meta``."""
         frame = self._obs_frame().set_index("obs_id")
@@ -435,144 +404,6 @@ class VolumeCollection(CollectionConstructors):
             + (" or in obs_meta" if self._obs_meta is not None else "")
             + f"; available columns: {known}"
         )
-
-    def foreground(self) -> dict[str, ForegroundIndex]:
-        """Foreground index of every volume of this mask collection (one read of the index).
-
-        The index as of this collection's version: each volume's entry written with its
-        mask's voxels (at ingest, ``add_subject``, ``Volume.write_region``). Volumes without
-        a stored entry are computed now (reading their masks once) and, at the newest
-        version, stored, so the next call reads only the index. At a past version the result
-        is kept by this object; at the newest each call reads the index again (a mask edited
-        since shows).
-
-        >>> import numpy as np, tempfile, os
-        >>> seg = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "seg"),
-        ...                                   [np.zeros((8, 8, 4), np.uint8)], is_mask=True)
-        >>> oid = seg.obs_ids[0]
-        >>> seg.foreground()[oid].labels
-        []
-        >>> seg.volume(oid).write_region(((2, 3), (2, 3), (1, 2)), np.full((1, 1, 1), 2))
-        >>> seg.foreground()[oid].labels, seg.foreground()[oid].points[2].tolist()
-        ([2], [[2, 2, 1]])
-        """
-        if self._fg is not None:
-            return self._fg
-        uri = join(self.uri, FG_INDEX)
-        stored = read_foreground(uri, self.ctx, at=self._at)
-        missing = [i for i in self.obs_ids if i not in stored]
-        if missing:
-            new = {i: compute_foreground(self.volume(i).to_numpy()) for i in missing}
-            if self._at is None:  # a past version is read-only: keep it in memory
-                with contextlib.suppress(RadiObjectError):  # read-only: keep it in memory
-                    write_foreground(uri, new, self.ctx)
-            stored.update(new)
-        found = {i: stored[i] for i in self.obs_ids}
-        if self._at is not None:  # a version never changes
-            self._fg = found
-        return found
-
-    # -- the viewer's coarse level -----------------------------------------------------------
-    def _coarse_uri(self, obs_id: str) -> str:
-        return join(self.uri, coarse_member(str(self.row(obs_id)["volume"])))
-
-    def coarse_volume(self, obs_id: str) -> Volume | None:
-        """The stored coarse level of ``obs_id``, a small :class:`Volume`, or ``None``.
-
-        ``None`` when none is stored, or the stored one was cut short or predates the last
-        write of the volume. Its affine maps its voxels to the same world as the volume's.
-
-        >>> import numpy as np, tempfile, os
-        >>> ct = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "CT"),
-        ...                                  [np.zeros((16, 16, 8))])
-        >>> ct.coarse_volume(ct.obs_ids[0]).shape  # written at ingest, 4x smaller
-        (4, 4, 2)
-        """
-        volume = self.volume(obs_id)
-        return stored_coarse(
-            self._coarse_uri(obs_id), volume, coarse_method(self.is_mask), self.ctx
-        )
-
-    def coarse_level(self, obs_id: str) -> CoarseLevel:
-        """The coarse level of ``obs_id`` in memory: read in one query, or built now.
-
-        A volume without a current stored level (written with ``WriteConfig(coarse=0)``, or
-        before radiobject wrote levels) has one built from its voxels (one whole-volume read,
-        at ``WriteConfig.coarse``, else 4) and stored for the next time. When it cannot be
-        stored (a read-only store, S3 refusing the write) it is returned unsaved
-        (``saved=False``) with a warning, and this collection object stops trying.
-
-        >>> import numpy as np, tempfile, os
-        >>> from radiobject import WriteConfig, configure
-        >>> with configure(write=WriteConfig(coarse=0)):
-        ...     ct = VolumeCollection.from_numpy(os.path.join(tempfile.mkdtemp(), "CT"),
-        ...                                      [np.ones((16, 16, 8))])
-        >>> level = ct.coarse_level(ct.obs_ids[0])  # built on first use, then stored
-        >>> level.voxels.shape, level.name, level.saved, ct.coarse_volume(ct.obs_ids[0]) is None
-        ((4, 4, 2), 'level 1 (4x)', True, False)
-        """
-        found = self.coarse_volume(obs_id)
-        if found is not None:
-            return read_coarse(found)
-        volume, method = self.volume(obs_id), coarse_method(self.is_mask)
-        factor = get_config().write.coarse or DEFAULT_FACTOR
-        stored = build_coarse(volume, factor, method)
-        saved = False
-        if not self._coarse_unsaved and self._at is None:  # a past version is read-only
-            try:
-                self._save_coarse(self._coarse_uri(obs_id), volume, stored, factor, method)
-                saved = True
-            except RadiObjectError as e:
-                self._coarse_unsaved = True
-                warnings.warn(
-                    f"cannot store the coarse level of {obs_id!r} in {self.uri!r} ({e}); "
-                    "the coarse levels of this collection are built at each view and kept in "
-                    "memory. Open it from a writable store to keep them.",
-                    stacklevel=2,
-                )
-        return CoarseLevel.decode(stored, volume.scaling, factor, method, saved)
-
-    def _save_coarse(
-        self, uri: str, volume: Volume, stored: np.ndarray, factor: int, method: str
-    ) -> None:
-        group = join(self.uri, COARSE)
-        if not exists(group, self.ctx):
-            create_group(group, COARSE_KIND, self.ctx)
-            add_members(self.uri, [COARSE], self.ctx)
-        write_coarse(uri, volume, stored, factor, method, self.ctx)
-        add_members(group, [uri.rsplit("/", 1)[-1]], self.ctx)
-
-    def warm_local_tier(self, *, progress: bool = False) -> int:
-        """Put every volume of this collection in the local read tier now.
-
-        Returns how many were written (those already there, unchanged, are skipped).
-
-        The tier (``ReadConfig.local_tier_mb``) keeps whole volumes on local disk for fast
-        random patch reads by every process on the machine; training fills it as it reads,
-        this fills it ahead of time. Also
-        ``python -m radiobject warm URI``.
-
-        Raises:
-            ConfigurationError: the tier is off (``local_tier_mb=0``, or ``None``: the
-                automatic tier is a training loader's own, for its reads only).
-
-        >>> import numpy as np, tempfile, os
-        >>> from radiobject import ReadConfig, configure
-        >>> d = tempfile.mkdtemp()
-        >>> ct = VolumeCollection.from_numpy(os.path.join(d, "CT"), [np.zeros((4, 4, 3))] * 2)
-        >>> with configure(read=ReadConfig(local_tier_mb=16, local_tier_dir=os.path.join(d, "t"))):
-        ...     ct.warm_local_tier(), ct.warm_local_tier()
-        (2, 0)
-        """
-        from tqdm.auto import tqdm
-
-        from radiobject.read._region import fill_local_tier
-
-        uris = [self.volume_uri(i) for i in self.obs_ids]
-        written = 0
-        for uri in tqdm(uris, desc=f"warm {self.name}", unit="vol", disable=not progress):
-            written += fill_local_tier(uri, self.ctx)
-        return written
 
     # -- writing ---------------------------------------------------------------------------
     def write(self, uri: str | Path, *, progress: bool = False) -> VolumeCollection:
