@@ -211,6 +211,76 @@ def test_a_collection_indexed_on_first_use_keeps_its_index_true(tmp_path):
     assert stored.points[4].tolist() == [[0, 0, 0]]
 
 
+def _count_index_reads(monkeypatch) -> list[int | None]:
+    """From now on, the version (``at``) of every read of a foreground index's entries."""
+    from radiobject.storage import _collection_derived
+
+    reads: list[int | None] = []
+    real = _collection_derived.read_foreground
+
+    def counted(uri, ctx, *, at=None):
+        reads.append(at)
+        return real(uri, ctx, at=at)
+
+    monkeypatch.setattr(_collection_derived, "read_foreground", counted)
+    return reads
+
+
+def test_a_segmentation_dataset_reads_a_stored_index_once(radi, monkeypatch):
+    """The masks were indexed at ingest: set-up reads the entries at the pinned version only."""
+    assert radi.seg.foreground_stored()
+    reads = _count_index_reads(monkeypatch)
+    monkeypatch.setattr(
+        "radiobject.storage._collection_derived.compute_foreground",
+        lambda *_: pytest.fail("the index was computed from the masks, not read"),
+    )
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=2)
+    ds = SegmentationDataset(radi.T1w, radi.seg, config, foreground_sampling=True)
+    assert reads == [ds.data_version]  # one read, of the version the dataset reads
+    assert ds.foreground_digest == foreground_digest(list(radi.seg.foreground().values()))
+
+
+def test_masks_without_an_index_are_indexed_before_the_version_is_pinned(tmp_path, monkeypatch):
+    """No stored entry: computed once from the newest masks and stored, then read as pinned."""
+    from radiobject import VolumeCollection
+    from radiobject.storage import _collection_derived
+
+    masks = {s: np.zeros((8, 8, 4), np.uint8) for s in ("a", "b")}
+    masks["a"][2:4, 2:4, 1:3] = 1
+    images = VolumeCollection.from_numpy(
+        str(tmp_path / "img"), {s: m * 1.0 for s, m in masks.items()}
+    )
+    labels = VolumeCollection.from_numpy(str(tmp_path / "lbl"), masks, is_mask=False)
+    assert not labels.foreground_stored()
+    reads = _count_index_reads(monkeypatch)
+    computed: list[int] = []
+    real = _collection_derived.compute_foreground
+    monkeypatch.setattr(
+        _collection_derived, "compute_foreground", lambda m: computed.append(1) or real(m)
+    )
+    config = DatasetConfig(loading_mode="patch", patch_size=(4, 4, 2), patches_per_volume=2)
+    ds = SegmentationDataset(images, labels, config, foreground_sampling=True)
+    assert reads == [None, ds.data_version]  # the newest (to store), then the pinned version
+    assert len(computed) == 2  # each mask once: the pinned read finds the entries stored
+    assert labels.foreground_stored()
+    assert ds.foreground[0].counts == {1: 8}
+
+
+def test_foreground_stored_is_of_the_version_and_the_view(tmp_path):
+    from radiobject import VolumeCollection
+
+    masks = [np.ones((4, 4, 2), np.uint8), np.zeros((4, 4, 2), np.uint8)]
+    labels = VolumeCollection.from_numpy(str(tmp_path / "lbl"), masks, is_mask=False)
+    before = labels.versions()[-1]
+    first = labels.head(1)
+    first.foreground()  # indexes (and stores) the first volume only
+    assert first.foreground_stored()
+    assert not labels.foreground_stored()
+    assert not labels.as_of(before).head(1).foreground_stored()  # not stored then
+    labels.foreground()
+    assert labels.foreground_stored()
+
+
 # -- the older layout: one dense array, rewritten whole -------------------------------------
 
 

@@ -101,9 +101,14 @@ class SegmentationDataset(VolumeCollectionDataset):
         fg_modes = (LoadingMode.PATCH, LoadingMode.SLAB)
         samples_foreground = (config or DatasetConfig()).loading_mode in fg_modes
         # (data_version: one version for all, or an error)
-        if foreground_sampling and samples_foreground and data_version([*images, mask]) is None:
-            # index the masks that lack one and store it before the version is pinned, so a
-            # read of that version finds it stored
+        if (
+            foreground_sampling
+            and samples_foreground
+            and data_version([*images, mask]) is None
+            and not mask.foreground_stored()  # its metadata: the entries are read once, below
+        ):
+            # index the masks that lack an entry and store it before the version is pinned,
+            # so a read of that version finds it stored
             mask.foreground()
         # images and mask read as of one version: theirs, else the newest, pinned now
         (*images, mask), _ = pinned([*images, mask])

@@ -35,6 +35,7 @@ from radiobject.storage._foreground import (
     ForegroundIndex,
     compute_foreground,
     read_foreground,
+    stored_ids,
     write_foreground,
 )
 from radiobject.storage._group import add_members, create_group, exists, join
@@ -118,6 +119,31 @@ class CollectionDerivedData:
         if self._at is not None:  # a version never changes
             self._fg = found
         return found
+
+    def foreground_stored(self) -> bool:
+        """True when the stored foreground index has an entry for every volume, at this version.
+
+        Reads the index's metadata (which names the volumes it holds), never its entries: the
+        cheap check before :meth:`foreground`, whose entries a loader reads at its own
+        version. False when an entry is missing (the volume was written before radiobject
+        indexed masks, or the collection was not ingested as masks), or the index is of
+        radiobject's older layout: :meth:`foreground` then computes and stores them.
+
+        >>> import numpy as np, tempfile, os
+        >>> from radiobject import VolumeCollection
+        >>> d = tempfile.mkdtemp()
+        >>> seg = VolumeCollection.from_numpy(os.path.join(d, "seg"),
+        ...                                   [np.ones((4, 4, 2), np.uint8)], is_mask=True)
+        >>> lbl = VolumeCollection.from_numpy(os.path.join(d, "lbl"),
+        ...                                   [np.ones((4, 4, 2), np.uint8)], is_mask=False)
+        >>> seg.foreground_stored(), lbl.foreground_stored()  # indexed at ingest, or not
+        (True, False)
+        >>> _ = lbl.foreground()  # computed now, and stored
+        >>> lbl.foreground_stored()
+        True
+        """
+        stored = stored_ids(join(self.uri, FG_INDEX), self.ctx, at=self._at)
+        return stored.issuperset(self.obs_ids)
 
     # -- the viewer's coarse level -----------------------------------------------------------
     def _coarse_uri(self, obs_id: str) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "foreground_digest",
     "prepare_foreground",
     "read_foreground",
+    "stored_ids",
     "write_foreground",
 ]
 
@@ -259,22 +260,55 @@ def read_foreground(
     the older layout, rewritten since) are left out: the caller computes them from the
     masks of the version.
     """
-    if tiledb.object_type(uri, ctx=ctx) is None:
+    arr = _open(uri, ctx, at)
+    if arr is None:
         return {}
-    if at is not None:
-        try:
-            arr = tiledb.open(uri, ctx=ctx, timestamp=(0, at))
-        except tiledb.TileDBError:  # created after ``at``
-            return {}
-    else:
-        with tiledb_errors(uri, "read foreground index"):
-            arr = tiledb.open(uri, ctx=ctx)
     with tiledb_errors(uri, "read foreground index"), arr:
         if not arr.schema.sparse:
             return _read_dense(arr)
-        names = {int(k[4:]): str(arr.meta[k]) for k in arr.meta if k.startswith("obs/")}
+        names = _names(arr)
         raw = arr.query(attrs=[a for a, _ in _ATTRS], dims=list(_DIMS), order="G")[:]
     return _decode(raw, names)
+
+
+def stored_ids(uri: str, ctx: tiledb.Ctx, *, at: int | None = None) -> set[str]:
+    """The obs_ids with an entry in the index at ``uri`` (as of ``at``), from its metadata.
+
+    No entry is read: the index names each volume it holds in its metadata, written with
+    the volume's entry. An index of the older dense layout (moved at the next write), or
+    none, names none.
+
+    >>> import tempfile, os
+    >>> uri, ctx = os.path.join(tempfile.mkdtemp(), "fg"), tiledb.Ctx()
+    >>> stored_ids(uri, ctx)
+    set()
+    >>> write_foreground(uri, {"a": compute_foreground(np.ones((2, 2, 2), np.uint8))}, ctx)
+    >>> stored_ids(uri, ctx)
+    {'a'}
+    """
+    arr = _open(uri, ctx, at)
+    if arr is None:
+        return set()
+    with tiledb_errors(uri, "read foreground index"), arr:
+        return set(_names(arr).values()) if arr.schema.sparse else set()
+
+
+def _open(uri: str, ctx: tiledb.Ctx, at: int | None) -> tiledb.Array | None:
+    """The index at ``uri`` open for reading as of ``at``; None when there is none then."""
+    if tiledb.object_type(uri, ctx=ctx) is None:
+        return None
+    if at is not None:
+        try:
+            return tiledb.open(uri, ctx=ctx, timestamp=(0, at))
+        except tiledb.TileDBError:  # created after ``at``
+            return None
+    with tiledb_errors(uri, "read foreground index"):
+        return tiledb.open(uri, ctx=ctx)
+
+
+def _names(arr: tiledb.Array) -> dict[int, str]:
+    """The volume keys of a versioned index and their obs_ids (its metadata)."""
+    return {int(k[4:]): str(arr.meta[k]) for k in arr.meta if k.startswith("obs/")}
 
 
 def _decode(raw: dict[str, np.ndarray], names: dict[int, str]) -> dict[str, ForegroundIndex]:
