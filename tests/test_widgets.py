@@ -473,7 +473,7 @@ def test_latency_readout_counts_each_update_and_the_bytes_sent(browser):
 
 
 def test_moving_one_coordinate_re_encodes_only_the_plane_that_changed(browser, monkeypatch):
-    from radiobject.widgets import _viewer
+    from radiobject.widgets import _plane_images
 
     encoded: list[bytes] = []
 
@@ -486,7 +486,7 @@ def test_moving_one_coordinate_re_encodes_only_the_plane_that_changed(browser, m
         return spy
 
     for name in ("encode_indexed", "encode_png"):
-        monkeypatch.setattr(_viewer, name, spying(getattr(_viewer, name)))
+        monkeypatch.setattr(_plane_images, name, spying(getattr(_plane_images, name)))
     x, y, z = browser.position
     moves = [
         ((x, y, z + 1), "axial"),

@@ -204,7 +204,7 @@ def test_the_background_reads_run_in_the_callers_settings(sample_radi, monkeypat
     from radiobject.widgets import _viewer
 
     seen: list[tuple[str, str, int]] = []
-    real_planes, real_slab = _viewer._read_planes, SliceCache._read_slab
+    real_planes, real_slab = _viewer.read_planes, SliceCache._read_slab
 
     def planes(*args):
         seen.append(("refine", threading.current_thread().name, get_config().read.cache_mb))
@@ -214,7 +214,7 @@ def test_the_background_reads_run_in_the_callers_settings(sample_radi, monkeypat
         seen.append(("slabs", threading.current_thread().name, get_config().read.cache_mb))
         return real_slab(self, bounds)
 
-    monkeypatch.setattr(_viewer, "_read_planes", planes)
+    monkeypatch.setattr(_viewer, "read_planes", planes)
     monkeypatch.setattr(SliceCache, "_read_slab", slab)
     default = get_config().read.cache_mb
     with settings(read={"cache_mb": default + 7}):

@@ -1,4 +1,9 @@
-"""``SliceViewer``: three planes of one volume with sliders, crosshair, window and overlay."""
+"""``SliceViewer``: three planes of one volume with sliders, crosshair, window and overlay.
+
+The widget: its controls and traits, what it shows and which planes it redraws when, and the
+background thread that replaces a coarse view by full-resolution planes. The planes' images
+are drawn by :mod:`radiobject.widgets._plane_images` (pure functions, no widgets).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,17 @@ from radiobject import CoarseLevel
 
 from ._latency import UpdateStats
 from ._overlay import OverlayPlanes
-from ._png import encode_indexed, encode_png, show_png
+from ._plane_images import (
+    FULL,
+    MARK_COLOR,
+    MaskPlanes,
+    Planes,
+    Style,
+    coarse_planes,
+    encode_plane,
+    read_planes,
+)
+from ._png import encode_png, show_png
 from ._render import (
     WINDOW_PRESETS,
     Fusion,
@@ -25,9 +40,6 @@ from ._render import (
     auto_window,
     crosshair_pixel,
     display_scale,
-    draw_plane_box,
-    render_indexed,
-    render_slice,
     window_for,
 )
 from ._slices import (
@@ -43,25 +55,15 @@ from ._slices import (
     readout_html,
 )
 
-__all__ = ["BLANK", "CUSTOM", "FULL", "SliceViewer"]
+__all__ = ["BLANK", "CUSTOM", "FULL", "MARK_COLOR", "MaskPlanes", "SliceViewer"]
 
 CUSTOM = "custom"
 DEFAULT_PRESET = "MR auto (1-99%)"
 CMAPS = ("gray", "bone", "viridis", "magma", "inferno", "hot", "jet")
 BLANK = encode_png(np.zeros((8, 8, 3), np.uint8))
-MARK_COLOR = (255, 200, 0)  # the outline of a marked box (mark): a slab's planes
 _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 Report = Callable[[str, "str | None"], None]
-FULL = "full resolution"
-# (plane -> (image plane, mask plane or None)) and how a plane is drawn
-Planes = dict[str, tuple[np.ndarray, "np.ndarray | None"]]
-# a mask on the shown grid (SliceCache) or on another one, sampled onto it (OverlayPlanes)
-MaskPlanes = SliceCache | OverlayPlanes
-# window, colormap, mask opacity, label colours, and the overlay's window and opacity
-Style = tuple[
-    Window, str, float, tuple[tuple[int, tuple[int, int, int]], ...], "tuple[Window, float] | None"
-]
 
 
 class Quiet:
@@ -461,19 +463,8 @@ class SliceViewer(Quiet, w.VBox):
         """The planes through ``pos`` at the level shown now, and that level's name."""
         assert self.image is not None
         if self._refined or self.coarse is None:
-            return _read_planes(self.image, self.mask, pos), FULL
-        shape, t = self.image.shape, self.image.t
-        planes: Planes = {}
-        for plane in PLANES:
-            index = plane_index(plane, pos)
-            over = self.coarse_mask
-            mask: np.ndarray | None = None
-            if isinstance(over, OverlayPlanes):  # another grid's level, sampled onto this one
-                mask = over.plane(plane, index)
-            elif over is not None:
-                mask = coarse_plane(over, plane, index, shape, t)
-            planes[plane] = (coarse_plane(self.coarse, plane, index, shape, t), mask)
-        return planes, self.coarse.name
+            return read_planes(self.image, self.mask, pos), FULL
+        return coarse_planes(self.coarse, self.coarse_mask, self.image, pos), self.coarse.name
 
     def _encode_planes(
         self, planes: Planes, level: str, pos: tuple[int, int, int], style: Style
@@ -491,7 +482,7 @@ class SliceViewer(Quiet, w.VBox):
             if fresh and self.overlay is not None and style[4] is not None:
                 window, opacity = style[4]
                 fusion = Fusion(self.overlay.plane(plane, index), window, "hot", opacity)
-            png = self._encode(data, mask, scale, style, marked, fusion) if fresh else None
+            png = encode_plane(data, mask, scale, style, marked, fusion) if fresh else None
             out[plane] = (key, png, scale)
         return out
 
@@ -519,28 +510,6 @@ class SliceViewer(Quiet, w.VBox):
         self._shown_level = level
         return sent, encodes, changed
 
-    def _encode(
-        self,
-        data: np.ndarray,
-        mask: np.ndarray | None,
-        scale: tuple[int, int],
-        style: Style,
-        marked: tuple[tuple[int, int], tuple[int, int]] | None = None,
-        fusion: Fusion | None = None,
-    ) -> bytes:
-        window, cmap, opacity, colors, _ = style
-        look = {"mask": mask, "opacity": opacity, "colors": dict(colors), "scale": scale}
-        plain = marked is None and fusion is None  # few colours: a palette image
-        # mypy is silenced on the next line: look's values have the parameters' types
-        indexed = render_indexed(data, window, cmap, **look) if plain else None  # type: ignore[arg-type]
-        if indexed is not None:
-            return encode_indexed(*indexed)
-        # mypy is silenced on the next line: look's values have the parameters' types
-        rgb = render_slice(data, window, cmap, fusion=fusion, **look)  # type: ignore[arg-type]
-        if marked is not None:
-            rgb = draw_plane_box(rgb, *marked, data.shape[:2], scale, color=MARK_COLOR)
-        return encode_png(rgb)
-
     # -- refining: full-resolution planes read by a background thread -----------------------
     def _ask_refine(self, pos: tuple[int, int, int], style: Style) -> None:
         """Queue a read of the planes through ``pos`` (dropping an older one still queued)."""
@@ -562,7 +531,7 @@ class SliceViewer(Quiet, w.VBox):
     ) -> bool:
         """Read and encode the full planes, then show them unless a newer request came."""
         try:
-            planes = _read_planes(image, mask, pos)
+            planes = read_planes(image, mask, pos)
             encoded = self._encode_planes(planes, FULL, pos, style)
         except Exception as e:
             with self._lock:
@@ -613,12 +582,3 @@ class SliceViewer(Quiet, w.VBox):
         self.readout_box.value = readout_html(
             pos, world, value, label, self.mask_name, level, overlay=over
         )
-
-
-def _read_planes(image: SliceCache, mask: MaskPlanes | None, pos: tuple[int, int, int]) -> Planes:
-    """The full-resolution planes through ``pos`` (read where not held already)."""
-    out: Planes = {}
-    for plane in PLANES:
-        index = plane_index(plane, pos)
-        out[plane] = (image.plane(plane, index), None if mask is None else mask.plane(plane, index))
-    return out
