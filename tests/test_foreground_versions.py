@@ -342,6 +342,21 @@ def test_an_index_of_the_older_layout_is_read_and_moved_on_the_next_write(radi, 
     assert then["sub-001_seg"].labels == []
 
 
+def test_an_index_of_the_older_layout_is_read_once_by_a_dataset(radi, monkeypatch):
+    """A dense index naming every mask: set-up reads it at the pinned version only."""
+    before = radi.versions()[-1]
+    _write_dense(_index_uri(radi), radi.seg.foreground())
+    again = RadiObject(radi.uri)
+    assert again.seg.foreground_stored()
+    assert not again.seg.as_of(before).foreground_stored()  # the dense index came later
+    reads = _count_index_reads(monkeypatch)
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=2)
+    ds = SegmentationDataset(again.T1w, again.seg, config, foreground_sampling=True)
+    assert reads == [ds.data_version]
+    with tiledb.open(_index_uri(radi)) as arr:
+        assert not arr.schema.sparse  # a read never moves it
+
+
 def test_something_else_at_the_index_uri_is_refused(tmp_path):
     from radiobject.storage import create_group
 

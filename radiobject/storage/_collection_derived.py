@@ -126,8 +126,8 @@ class CollectionDerivedData:
         Reads the index's metadata (which names the volumes it holds), never its entries: the
         cheap check before :meth:`foreground`, whose entries a loader reads at its own
         version. False when an entry is missing (the volume was written before radiobject
-        indexed masks, or the collection was not ingested as masks), or the index is of
-        radiobject's older layout: :meth:`foreground` then computes and stores them.
+        indexed masks, or the collection was not ingested as masks): :meth:`foreground` then
+        computes and stores them.
 
         >>> import numpy as np, tempfile, os
         >>> from radiobject import VolumeCollection

@@ -275,8 +275,7 @@ def stored_ids(uri: str, ctx: tiledb.Ctx, *, at: int | None = None) -> set[str]:
     """The obs_ids with an entry in the index at ``uri`` (as of ``at``), from its metadata.
 
     No entry is read: the index names each volume it holds in its metadata, written with
-    the volume's entry. An index of the older dense layout (moved at the next write), or
-    none, names none.
+    the volume's entry (the older dense layout, too, names them all in its metadata).
 
     >>> import tempfile, os
     >>> uri, ctx = os.path.join(tempfile.mkdtemp(), "fg"), tiledb.Ctx()
@@ -290,7 +289,9 @@ def stored_ids(uri: str, ctx: tiledb.Ctx, *, at: int | None = None) -> set[str]:
     if arr is None:
         return set()
     with tiledb_errors(uri, "read foreground index"), arr:
-        return set(_names(arr).values()) if arr.schema.sparse else set()
+        if arr.schema.sparse:
+            return set(_names(arr).values())
+        return set(json.loads(arr.meta["obs_ids"])) if "obs_ids" in arr.meta else set()
 
 
 def _open(uri: str, ctx: tiledb.Ctx, at: int | None) -> tiledb.Array | None:
