@@ -253,11 +253,14 @@ def test_masks_without_an_index_are_indexed_before_the_version_is_pinned(tmp_pat
     labels = VolumeCollection.from_numpy(str(tmp_path / "lbl"), masks, is_mask=False)
     assert not labels.foreground_stored()
     reads = _count_index_reads(monkeypatch)
-    computed: list[int] = []
+    computed: list[tuple[int, ...]] = []
     real = _collection_derived.compute_foreground
-    monkeypatch.setattr(
-        _collection_derived, "compute_foreground", lambda m: computed.append(1) or real(m)
-    )
+
+    def compute(mask):
+        computed.append(mask.shape)
+        return real(mask)
+
+    monkeypatch.setattr(_collection_derived, "compute_foreground", compute)
     config = DatasetConfig(loading_mode="patch", patch_size=(4, 4, 2), patches_per_volume=2)
     ds = SegmentationDataset(images, labels, config, foreground_sampling=True)
     assert reads == [None, ds.data_version]  # the newest (to store), then the pinned version
