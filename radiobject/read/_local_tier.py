@@ -95,7 +95,7 @@ FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this lo
 # The entry format: its number is in every entry's name and sidecar, so entries written in
 # another format (codec, level, chunks) are never opened as this one: they are filled again
 # under their new name and the old ones age out of the budget. Change FORMAT with the rest.
-FORMAT = 2  # 1: LZ4HC level 5 in 64³ chunks; 2: LZ4HC level 2, one chunk per 64 MB
+FORMAT = 3  # 1: LZ4HC level 5 in 64³ chunks; 2: LZ4HC 2, one chunk; 3: LZ4HC 2, 5 MB slabs
 CODEC = "LZ4HC"  # a blosc2.Codec name
 CLEVEL = 2
 COMPRESS_THREADS = 1  # threads of one entry's compression (per call, not blosc2's global)
@@ -177,30 +177,45 @@ def _blosc2() -> Any:
     return blosc2
 
 
-CHUNK_BYTES = 64 << 20  # an entry's chunks hold at most this much (decompressed)
+SLAB_BYTES = 5 << 20  # an entry's chunks: slabs along the first axis of about this much ...
+CHUNK_BYTES = 64 << 20  # ... and at most this much (decompressed), for very large volumes
+SLAB_STEP = 32  # slab thickness in voxels: a multiple of the 32³ blocks
 
 
 def _layout(shape: tuple[int, ...], itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """blosc2 chunks and blocks for a volume of ``shape``: 32³ blocks in as few chunks as fit.
+    """blosc2 chunks and blocks for a volume of ``shape``: 32³ blocks in slabs of ~5 MB.
 
     A read decodes only the blocks it touches, whatever the chunks; writing compresses one
-    chunk per call, each taking the GIL again. 64³ chunks (nnU-Net's rule) made a BraTS
-    volume's write 295 ms beside a busy Python thread (training) against 88 ms as one chunk
-    (45 against 33 ms of CPU), for 8% more per 64³ patch read (0.267 against 0.246 ms). So
-    one chunk per volume, halved along its longest axis until it holds :data:`CHUNK_BYTES`.
+    chunk per call, holding the GIL for the whole call (every Python thread of the process,
+    the training step's included, waits meanwhile). A BraTS volume (240x240x155 uint16,
+    17.9 MB) in one chunk took ~34 ms of CPU and held the GIL ~36 ms at a stretch; in
+    64x240x155 slabs (4 chunks of 4.8 MB) ~26 ms, at most ~16 ms at a stretch, and a 64³
+    patch decoded in 0.242 against 0.265 ms (the one chunk). 64³ chunks (nnU-Net's rule)
+    took ~59 ms and re-took the GIL 48 times (a write beside a busy Python thread: ~370 ms).
+    So slabs along the first axis, :data:`SLAB_STEP` voxels thick or a multiple holding up
+    to :data:`SLAB_BYTES`; a slab over :data:`CHUNK_BYTES` (a very large volume) is halved
+    along its longest other axis until it fits.
 
     >>> _layout((240, 240, 155), 2)
-    ((240, 240, 155), (32, 32, 32))
-    >>> _layout((1024, 1024, 400), 2)  # 800 MB: chunks of 64 MB at most
-    ((256, 256, 400), (32, 32, 32))
+    ((64, 240, 155), (32, 32, 32))
+    >>> _layout((40, 36, 28), 4)  # small: one chunk
+    ((40, 36, 28), (32, 32, 28))
+    >>> _layout((1024, 1024, 400), 2)  # 800 MB: 32-voxel slabs halved to 64 MB at most
+    ((32, 1024, 400), (32, 32, 32))
+    >>> _layout((512, 2048, 2048), 2)  # a 256 MB slab, halved
+    ((32, 1024, 1024), (32, 32, 32))
     """
-    chunks = list(shape)
-    voxels = itemsize
-    for n in shape[3:]:
-        voxels *= n
-    while chunks[0] * chunks[1] * chunks[2] * voxels > CHUNK_BYTES and max(chunks[:3]) > 64:
-        axis = chunks.index(max(chunks[:3]))
-        chunks[axis] = -(-chunks[axis] // 2)
+    row = itemsize  # bytes of one slice along the first axis
+    for n in shape[1:]:
+        row *= n
+    thick = max(SLAB_STEP, SLAB_BYTES // row // SLAB_STEP * SLAB_STEP)
+    chunks = [min(shape[0], thick), *shape[1:]]
+    nbytes = chunks[0] * row
+    while nbytes > CHUNK_BYTES and len(chunks) >= 3 and max(chunks[1:3]) > 64:
+        axis = 1 if chunks[1] >= chunks[2] else 2
+        half = -(-chunks[axis] // 2)
+        nbytes = nbytes // chunks[axis] * half
+        chunks[axis] = half
     blocks = tuple(min(32, n) for n in shape[:3]) + tuple(1 for _ in shape[3:])
     return tuple(chunks), blocks
 
