@@ -299,7 +299,7 @@ def test_a_fill_while_reading_never_evicts_volumes_in_use(tmp_path):
 
 def test_large_and_small_regions_decode_the_same_voxels(vol, tmp_path, monkeypatch):
     """A region at least ``WIDE_BYTES`` decodes on blosc2's threads, a smaller one on one."""
-    import radiobject.read._local_tier as lt
+    import radiobject.read._tier_entries as lt
 
     expected = arange_volume(SHAPE)
     with configure(read=tier_config(tmp_path / "tier")):
@@ -381,7 +381,7 @@ def test_a_failed_whole_read_releases_its_claim(vol, tmp_path, monkeypatch):
 
 
 def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
-    import radiobject.read._local_tier as lt
+    import radiobject.read._tier_entries as lt
 
     folder = tmp_path / "tier"
     with configure(read=tier_config(folder)):
