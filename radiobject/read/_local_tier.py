@@ -163,12 +163,13 @@ def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
 class _TierState:
     """This process's tier: the folder, entry names by URI, and the background writers.
 
-    A fill is a whole volume a read has in hand (read whole to serve a region: see
-    :meth:`radiobject.read._policy.ReadPolicy.chain`), compressed and published by one of
-    :data:`WRITERS` threads. At most :data:`WRITERS` + 1 volumes are claimed or queued at a
-    time, each held in memory until written: when the writers are busy, a read reads just
-    its region (and a later miss fills), so the tier fills as fast as the machine writes,
-    without a queue of volumes growing in memory.
+    A fill is a whole volume compressed and published by one of :data:`WRITERS` threads:
+    one a read has in hand (read whole to serve a region), or one the writer reads itself
+    (for a read that read just its region: see
+    :meth:`radiobject.read._policy.ReadPolicy.chain`). At most :data:`WRITERS` + 1 volumes
+    are claimed or queued at a time, each held in memory until written: when the writers
+    are busy, a read reads just its region (and a later miss fills), so the tier fills as
+    fast as the machine writes, without a queue of volumes growing in memory.
     """
 
     def __init__(self) -> None:
