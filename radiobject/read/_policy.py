@@ -14,9 +14,10 @@ what it always was):
    TileDB read). A region that touches less than half of a large volume's tiles
    (:func:`fills_on_step`) is read alone, and the writer reads the volume whole itself
    (:meth:`TierSource.fill_later <radiobject.read._sources.TierSource.fill_later>`): its
-   tiles are read twice, but the step does not wait for a whole volume's decode (a first
-   epoch at 4 64³ patches per BraTS volume ran ~1.6x faster, 20 epochs ~10% faster on
-   the 2-core machine); either way the tier fills as fast as its writers write;
+   tiles are read twice, but the step does not wait for a whole volume's decode (on the
+   shared 2-core machine, noisy: a cold first epoch at 4 64³ patches per BraTS volume ran
+   1.1-2.7x faster in pairs, 20 epochs within noise, ~60 MiB less PSS); either way the
+   tier fills as fast as its writers write;
 2. whole volumes (the loader's shared store if it has one, else the RAM cache), when the
    region is the whole volume, or the plan prefers whole volumes (``whole_on_miss``), and
    what is read recently fits the cache (or the volume is held whole already);
