@@ -13,7 +13,7 @@ uint16) and, in the same dtype, each peer's copy as that peer is at its best:
 - ``b2-nnunet-f32/``: the same in float32, as nnU-Net ships its preprocessed data;
 - ``b2-lz4hc/``: blosc2 LZ4HC level 8 + shuffle, 64³ chunks of 32³ blocks (the fastest
   blosc2 we know for random 64³ patches; radiobject's tier writes faster to fill: LZ4HC 2,
-  one chunk per volume);
+  ~5 MB slabs per volume);
 - ``zarr3/``: zarr v3 sharded (one shard per volume, 32³ inner chunks, blosc LZ4 + shuffle),
   written by zarr-python and read by both zarr-python and tensorstore;
 - ``radiobject-axial/``, ``zarr3-axial/``: slice layouts of the first volumes (reads suite only);

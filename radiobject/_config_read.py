@@ -56,10 +56,13 @@ class ReadConfig(Checked):
             cohort's decompressed bytes exceed ``cache_mb`` (> 0) turns it on for that
             loader's reads only (in its process and workers), with a quarter of the folder's free
             disk, at most 64 GiB (off when under 256 MiB free); other reads, and
-            ``cache_mb=0`` (caching off), leave it off. A miss fills: it reads its volume
-            whole once (the region is cut from it) and hands that array to a background
-            writer, when the writers have room; otherwise it reads just its region and a
-            later miss fills, so the tier fills as fast as the machine compresses. ``0``
+            ``cache_mb=0`` (caching off), leave it off. A miss fills when the writers have
+            room: a region touching most of its volume (or of a small one) reads the volume
+            whole once, is cut from it and hands that array to a background writer; a
+            smaller region of a large volume is read alone and the writer reads the volume
+            (the step never waits for a whole volume's decode). With no room, a miss reads
+            just its region and a later miss fills: the tier fills as fast as the machine
+            compresses. ``0``
             turns it off; ``n > 0`` turns it on for every read with ``n`` MiB. The least
             recently used volumes are removed to stay within the budget.
         local_tier_dir: the tier's folder (default ``$RADIOBJECT_TIER_DIR``, else

@@ -299,7 +299,7 @@ def test_a_fill_while_reading_never_evicts_volumes_in_use(tmp_path):
 
 def test_large_and_small_regions_decode_the_same_voxels(vol, tmp_path, monkeypatch):
     """A region at least ``WIDE_BYTES`` decodes on blosc2's threads, a smaller one on one."""
-    import radiobject.read._local_tier as lt
+    import radiobject.read._tier_entries as lt
 
     expected = arange_volume(SHAPE)
     with configure(read=tier_config(tmp_path / "tier")):
@@ -381,7 +381,7 @@ def test_a_failed_whole_read_releases_its_claim(vol, tmp_path, monkeypatch):
 
 
 def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
-    import radiobject.read._local_tier as lt
+    import radiobject.read._tier_entries as lt
 
     folder = tmp_path / "tier"
     with configure(read=tier_config(folder)):
@@ -398,3 +398,76 @@ def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
     stats = block.cache_stats()
     assert (stats.tier_hits, stats.tier_misses, stats.tier_fills) == (0, 1, 1)
     assert len(entries(folder)) == 2  # a new name; the old entry ages out of the budget
+
+
+def test_a_small_region_of_a_large_volume_is_read_alone_and_a_writer_fills(
+    vol, tmp_path, monkeypatch
+):
+    """Below half of a large volume's tiles, the step reads its region; a writer the volume."""
+    import radiobject.read._policy as policy_module
+    from radiobject.read import reader
+
+    monkeypatch.setattr(policy_module, "STEP_FILL_BYTES", 0)  # the volume counts as large
+    policy = reader().policy
+    storage, fill = policy.storage.counters, policy.fill.counters
+    before = (storage.hits, fill.hits, fill.misses)
+    with configure(read=tier_config(tmp_path / "tier")), TileDBStats(storage=False) as block:
+        out = vol[PATCH]  # 8 of the volume's 18 tiles
+        tier_state().flush()
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    stats = block.cache_stats()
+    assert (stats.tier_misses, stats.tier_fills, stats.storage_queries) == (1, 1, 2)
+    assert stats.bytes_from_storage == out.nbytes + int(np.prod(SHAPE)) * 4  # region, volume
+    assert storage.hits == before[0] + 1  # TileDB served the region itself
+    assert (fill.hits, fill.misses) == before[1:]  # the step read nothing whole
+    assert not tier_state().claimed
+    assert not tier_state().pending
+    with configure(read=tier_config(tmp_path / "tier")):
+        stats, out = read(vol)
+    np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+    assert (stats.tier_hits, stats.storage_queries) == (1, 0)
+
+
+def test_a_failed_writer_read_is_logged_once_counted_and_not_tried_again(
+    vol, tmp_path, monkeypatch, caplog
+):
+    import radiobject.read._policy as policy_module
+    from radiobject._errors import StorageError
+    from radiobject.read import reader
+
+    monkeypatch.setattr(policy_module, "STEP_FILL_BYTES", 0)
+    other = Volume.from_numpy(tmp_path / "w", arange_volume(SHAPE), tile=TILE, integers=False)
+    policy = reader().policy
+
+    def broken(region):
+        raise StorageError("simulated failure reading the whole volume")
+
+    monkeypatch.setattr(policy.storage, "read_whole", broken)  # the writer's read only
+    errors = policy.tier.fill_errors
+    with configure(read=tier_config(tmp_path / "tier")), caplog.at_level("WARNING"):
+        for v in (vol, other):
+            _, out = read(v)  # the step's own read of the region succeeds
+            np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+            tier_state().flush()
+        assert policy.tier.fill_errors == errors + 2
+        again, _ = read(vol)  # not tried again: one region read, no fill queued
+        tier_state().flush()
+    assert (again.tier_misses, again.storage_queries, again.tier_fills) == (1, 1, 0)
+    assert policy.tier.fill_errors == errors + 2
+    logged = [r for r in caplog.records if "could not read a volume to fill" in r.message]
+    assert len(logged) == (1 if errors == 0 else 0)  # once per process
+    assert not entries(tmp_path / "tier")
+    assert not tier_state().claimed
+    assert not tier_state().pending
+
+
+def test_a_miss_whose_volume_was_written_meanwhile_claims_no_fill(vol, tmp_path):
+    """A read that missed just before another thread published the entry reads no volume."""
+    from radiobject.read import reader
+
+    whole = tuple((0, n) for n in SHAPE)
+    with configure(read=tier_config(tmp_path / "tier")):
+        region = reader().region(vol.uri, vol.ctx, whole)
+        assert fill_local_tier(vol.uri, vol.ctx)  # published after the (simulated) miss
+        assert reader().policy.tier.claim(region) is False
+    assert not tier_state().claimed

@@ -60,16 +60,16 @@ def test_torchio_image_parses_paths_with_verify():
 def test_blosc2_ext_ndarray_decodes_a_slice_into_our_buffer(tmp_path):
     """The local tier decodes patches through ``blosc2_ext.NDArray.get_slice_numpy``."""
     blosc2 = pytest.importorskip("blosc2")
-    from radiobject.read import _local_tier
+    from radiobject.read import _tier_entries
 
     ext = blosc2.blosc2_ext.NDArray
     assert hasattr(ext, "get_slice_numpy"), "blosc2 changed: tier reads fall back to array[...]"
     data = np.arange(6 * 5 * 4, dtype=np.uint16).reshape(6, 5, 4)
-    tier = _local_tier.LocalTier(tmp_path, budget_bytes=1 << 20)
+    tier = _tier_entries.LocalTier(tmp_path, budget_bytes=1 << 20)
     assert tier.write("k", data)
     array = tier.open("k")
     assert isinstance(array, ext)
     out = np.empty((3, 2, 2), dtype=np.uint16)
-    _local_tier._decode_into(array, ((1, 4), (2, 4), (0, 2)), out)
+    _tier_entries._decode_into(array, ((1, 4), (2, 4), (0, 2)), out)
     np.testing.assert_array_equal(out, data[1:4, 2:4, 0:2])
-    assert _local_tier._EXT_NDARRAY is ext  # the fast path, not the fallback
+    assert _tier_entries._EXT_NDARRAY is ext  # the fast path, not the fallback

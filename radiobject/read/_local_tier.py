@@ -1,33 +1,18 @@
 """A local read tier: whole volumes kept on local disk as blosc2 arrays, read through mmap.
 
-Between radiobject's RAM block cache and TileDB. A volume read whole from TileDB (to serve a
-region: the read that misses the tier reads its volume once, see
-:class:`~radiobject.read._policy.ReadPolicy`) is written here by background writer threads,
-so the reading step does not wait for the compression; later reads of any region of
-it, by this process or any other on the machine, decode just the blosc2 blocks the region
-touches from a memory-mapped file (the page cache is shared: no copies through IPC), and a
-new run starts warm.
+Between radiobject's RAM block cache and TileDB. A volume read whole from TileDB is written
+here by background writer threads (a read that misses the tier and touches most of its
+volume reads it whole and hands that array over; a smaller region of a large volume is read
+alone and a writer reads the volume: see :class:`~radiobject.read._policy.ReadPolicy`), so
+the reading step does not wait for the compression; later reads of any region of it, by
+this process or any other on the machine, decode just the blosc2 blocks the region touches
+from a memory-mapped file (the page cache is shared: no copies through IPC), and a new run
+starts warm.
 
-Format (measured on this machine, random cold 64³ patches of 240x240x155 float32, one
-thread): blosc2 NDArray in nnU-Net v2's layout (chunks about patch-sized, 32³ blocks, LZ4HC
-and byte shuffle, mmap) read ~1,780 patches/s against ~270 for radiobject's TileDB arrays
-(48³ zstd tiles, ~0.6 ms per TileDB query before any voxel is decoded) and ~3,400 for an
-uncompressed ``.npy`` memmap, which takes ~13x more disk than TileDB on these volumes.
-
-The codec and level (:data:`CODEC`, :data:`CLEVEL`) trade the time to fill an entry against
-the time to read a patch from it. One BraTS-size uint16 volume (17.9 MB decompressed, 2.7 MB
-as TileDB arrays), CPU time of one thread on the shared 2-core machine, 64³ patches: LZ4HC
-level 8 written in 141 ms (2.64 MB), read 0.182 ms a patch; level 5 75 ms (2.70 MB), 0.197
-ms; level 2 39 ms (2.92 MB), 0.223 ms; plain LZ4 34 ms (3.15 MB), 0.297 ms; BLOSCLZ and
-bit-shuffled variants ~31 ms but ~0.41 ms a patch; ZSTD 1 ~0.73 ms a patch. About 20 ms of
-any write is blosc2's chunking, whatever the codec, and each chunk takes the GIL again: beside
-a training loop (a Python thread holding the GIL) a volume in 64³ chunks took ~280 ms to
-write, in one chunk ~90 ms (see :func:`_layout`). Format 2 (LZ4HC level 2, one chunk): 24
-BraTS volumes of a cohort four times the RAM cache were all in the tier by the end of the
-second epoch at 4 patches per volume (format 1: 3 fills an epoch), for 0.25 ms to decode a
-64³ patch (format 1: 0.20; LZ4HC 8 in 64³ chunks: 0.18, written in ~160 ms of CPU) and 1.1x
-TileDB's bytes. An entry is compressed on one thread per writer
-(``nthreads`` of the call: blosc2's global thread count is never changed).
+This module is the process's side: which tier a read uses (:func:`local_tier`), entry names
+(:func:`fragment_key`), and the claims and background writers (:class:`_TierState`). The
+entries themselves, their format and folder are :mod:`radiobject.read._tier_entries`
+(:class:`LocalTier`).
 
 Never wrong:
 
@@ -42,38 +27,35 @@ Never wrong:
 - a folder that cannot be written (read-only, full disk) turns the tier off in that process
   with one warning: reads go on from TileDB. So does an entry that is present and intact
   (its CRC checks) but fails to open: that is blosc2 or the environment, not the entry, and
-  filling it again would rewrite whole volumes for nothing (counted in ``tier_errors``).
+  filling it again would rewrite whole volumes for nothing (counted in ``tier_errors``);
+- a writer's own read of a volume that fails is the fill's alone (the step read its region
+  itself): logged once per process, counted, and that volume is not tried again.
 
 The folder's size is bounded by ``ReadConfig.local_tier_mb``: before each write the least
-recently used entries (by modification time, touched when a process opens one) are removed.
-A fill while reading evicts only entries unused for an hour (``FILL_IDLE_S``): with a cohort
-larger than the budget the tier keeps the volumes it has instead of churning (each fill reads
-a whole volume), and a volume that found no room is not tried again by that process.
-``warm_local_tier`` evicts any least recently used entry.
+recently used entries are removed. A fill while reading evicts only entries unused for an
+hour (``FILL_IDLE_S``): with a cohort larger than the budget the tier keeps the volumes it
+has instead of churning (each fill reads a whole volume), and a volume that found no room is
+not tried again by that process. ``warm_local_tier`` evicts any least recently used entry.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import logging
 import os
 import shutil
 import threading
-import time
 import warnings
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tiledb
 from cachetools import LRUCache
 
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
+from radiobject.read import _tier_entries
+from radiobject.read._tier_entries import LocalTier, blosc2_available
 from radiobject.read._versioned import commit_end_ms, same_array, split_version
 
 __all__ = [
@@ -84,22 +66,12 @@ __all__ = [
     "local_tier",
 ]
 
-Bounds = tuple[tuple[int, int], ...]
-
-_SUFFIX = ".b2nd"
-_SIDECAR = ".json"
-_TMP = ".tmp"
-_STALE_TMP_S = 3600.0  # temporary files older than this were left by a dead writer
 FILL_IDLE_S = 3600.0  # a background fill evicts only entries unused for this long
-
-# The entry format: its number is in every entry's name and sidecar, so entries written in
-# another format (codec, level, chunks) are never opened as this one: they are filled again
-# under their new name and the old ones age out of the budget. Change FORMAT with the rest.
-FORMAT = 2  # 1: LZ4HC level 5 in 64³ chunks; 2: LZ4HC level 2, one chunk per 64 MB
-CODEC = "LZ4HC"  # a blosc2.Codec name
-CLEVEL = 2
-COMPRESS_THREADS = 1  # threads of one entry's compression (per call, not blosc2's global)
-WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))  # background writer threads
+# background writer threads: at least two, so one reads a volume from TileDB while another
+# compresses (a writer does both in turn for a fill it reads itself); on the 2-core machine,
+# ltr 4 patches per volume, two writers had the tier full by epoch 3 instead of 4-5, with
+# ~40% fewer TileDB queries over 20 epochs and a first epoch ~20% slower than with one
+WRITERS = max(2, min(4, (os.cpu_count() or 2) // 2))
 
 
 TIER_DIR_ENV = "RADIOBJECT_TIER_DIR"  # overrides the default folder (tests point it at a tmp dir)
@@ -127,19 +99,6 @@ def default_tier_dir() -> Path:
         return Path(folder)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "radiobject" / "tier"
-
-
-def blosc2_available() -> bool:
-    """Whether blosc2 can be imported (the tier needs it).
-
-    >>> blosc2_available()
-    True
-    """
-    try:
-        _blosc2()
-    except ImportError:
-        return False
-    return True
 
 
 def auto_budget_mb(cohort_bytes: int, cache_bytes: int, folder: Path) -> int:
@@ -171,278 +130,6 @@ def auto_budget_mb(cohort_bytes: int, cache_bytes: int, folder: Path) -> int:
     return budget if budget >= AUTO_MIN_MB else 0
 
 
-def _blosc2() -> Any:
-    import blosc2
-
-    return blosc2
-
-
-CHUNK_BYTES = 64 << 20  # an entry's chunks hold at most this much (decompressed)
-
-
-def _layout(shape: tuple[int, ...], itemsize: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """blosc2 chunks and blocks for a volume of ``shape``: 32³ blocks in as few chunks as fit.
-
-    A read decodes only the blocks it touches, whatever the chunks; writing compresses one
-    chunk per call, each taking the GIL again. 64³ chunks (nnU-Net's rule) made a BraTS
-    volume's write 295 ms beside a busy Python thread (training) against 88 ms as one chunk
-    (45 against 33 ms of CPU), for 8% more per 64³ patch read (0.267 against 0.246 ms). So
-    one chunk per volume, halved along its longest axis until it holds :data:`CHUNK_BYTES`.
-
-    >>> _layout((240, 240, 155), 2)
-    ((240, 240, 155), (32, 32, 32))
-    >>> _layout((1024, 1024, 400), 2)  # 800 MB: chunks of 64 MB at most
-    ((256, 256, 400), (32, 32, 32))
-    """
-    chunks = list(shape)
-    voxels = itemsize
-    for n in shape[3:]:
-        voxels *= n
-    while chunks[0] * chunks[1] * chunks[2] * voxels > CHUNK_BYTES and max(chunks[:3]) > 64:
-        axis = chunks.index(max(chunks[:3]))
-        chunks[axis] = -(-chunks[axis] // 2)
-    blocks = tuple(min(32, n) for n in shape[:3]) + tuple(1 for _ in shape[3:])
-    return tuple(chunks), blocks
-
-
-WIDE_BYTES = 4 << 20  # a region this large decodes on blosc2's threads (a patch: on one)
-_EXT_NDARRAY: Any = False  # blosc2's extension array type with get_slice_numpy (None: absent)
-
-
-def _decode_into(array: Any, bounds: Bounds, out: np.ndarray) -> None:
-    """Decode ``bounds`` of the blosc2 ``array`` into ``out`` (C-ordered, of its shape).
-
-    Straight through blosc2's extension type when it has the call (what ``array[...]``
-    runs after parsing its key: ~20 µs less per patch), else by ``array[...]``.
-    """
-    global _EXT_NDARRAY
-    if _EXT_NDARRAY is False:
-        ext = getattr(getattr(_blosc2(), "blosc2_ext", None), "NDArray", None)
-        _EXT_NDARRAY = ext if hasattr(ext, "get_slice_numpy") else None
-        if _EXT_NDARRAY is None:  # once per process: correct, ~20 µs slower per patch
-            logging.getLogger("radiobject.read").warning(
-                "this blosc2 has no blosc2_ext.NDArray.get_slice_numpy: the local tier "
-                "decodes through array[...] (slower); see tests/test_private_apis.py"
-            )
-    ext = _EXT_NDARRAY
-    if ext is not None and isinstance(array, ext):
-        ext.get_slice_numpy(array, out, ([lo for lo, _ in bounds], [hi for _, hi in bounds]))
-    else:
-        out[...] = array[tuple(slice(lo, hi) for lo, hi in bounds)]
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
-class LocalTier:
-    """Entries of one folder, bounded to ``budget_bytes`` on disk (see the module's notes).
-
-    >>> import tempfile
-    >>> tier = LocalTier(Path(tempfile.mkdtemp()), budget_bytes=1 << 20)
-    >>> tier.write("k", np.arange(24, dtype=np.float32).reshape(2, 3, 4))
-    True
-    >>> tier.read("k", ((0, 1), (1, 3), (0, 2))).tolist()
-    [[[4.0, 5.0], [8.0, 9.0]]]
-    """
-
-    def __init__(self, folder: Path, budget_bytes: int) -> None:
-        self.folder = folder
-        self.budget_bytes = budget_bytes
-        self._lock = threading.Lock()
-        # entry name -> (memory-mapped NDArray decoding on one thread, its lock)
-        self._open: LRUCache[str, tuple[Any, threading.Lock]] = LRUCache(maxsize=1024)
-        # entry name -> the same file decoding on blosc2's threads (large regions)
-        self._wide: LRUCache[str, Any] = LRUCache(maxsize=64)
-        self.broken: str | None = None  # why writing failed in this process
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.folder / f"{key}{_SUFFIX}", self.folder / f"{key}{_SIDECAR}"
-
-    def open(self, key: str) -> Any | None:
-        """The entry ``key`` as a memory-mapped blosc2 array, or None if absent or invalid.
-
-        Absent or invalid means: no sidecar or data, a sidecar that does not parse, or data
-        whose size or CRC-32 differ from the sidecar's (fill it again). An intact entry that
-        blosc2 fails to open is not absent: the error propagates (the read path turns the
-        tier off, with one warning, and counts it).
-        """
-        with self._lock:
-            opened = self._open.get(key)
-        if opened is not None:
-            return opened[0]
-        data, sidecar = self._paths(key)
-        try:
-            meta = json.loads(sidecar.read_text())
-            size, crc, shape, dtype = meta["size"], meta["crc32"], meta["shape"], meta["dtype"]
-            if meta.get("format") != FORMAT:
-                return None  # another layout's entry (its name differs too): fill it again
-            if data.stat().st_size != size or _crc32(data) != crc:
-                return None  # truncated, corrupt, or being replaced: fill it again
-        except (OSError, ValueError, KeyError, TypeError):  # missing or unreadable: absent
-            return None
-        blosc2 = _blosc2()
-        # one decoding thread: a patch's few blocks decode faster without blosc2's
-        # thread hand-offs (0.24 against 0.30 ms per 64³ patch on the 2-core machine)
-        one = blosc2.DParams(nthreads=1)
-        array = blosc2.open(str(data), mode="r", mmap_mode="r", dparams=one)
-        if tuple(array.shape) != tuple(shape) or str(array.dtype) != dtype:
-            return None  # written by another version of the layout: fill it again
-        with contextlib.suppress(OSError):
-            os.utime(data)  # recently used: evicted last
-        with self._lock:
-            self._open[key] = (array, threading.Lock())
-        return array
-
-    def is_open(self, key: str) -> bool:
-        """Whether entry ``key`` is open in this process (checked and mapped: reads are local)."""
-        with self._lock:
-            return key in self._open
-
-    def read(self, key: str, bounds: Bounds, out: np.ndarray | None = None) -> np.ndarray | None:
-        """Voxels of entry ``key`` in ``bounds`` (into ``out`` if given), or None if absent."""
-        with self._lock:
-            opened = self._open.get(key)
-        if opened is None:
-            if self.open(key) is None:
-                return None
-            with self._lock:
-                opened = self._open.get(key)
-            if opened is None:  # dropped meanwhile (rewritten by this process)
-                return None
-        array, lock = opened
-        shape = tuple(hi - lo for lo, hi in bounds)
-        into = out if out is not None and out.flags.c_contiguous else None
-        if into is None:
-            into = np.empty(shape, dtype=array.dtype)
-        if into.nbytes >= WIDE_BYTES:
-            array = self._wide_handle(key, array)
-        # one decode at a time per entry (a blosc2 array's decompression context is its
-        # own); threads reading different volumes decode in parallel
-        with lock:
-            _decode_into(array, bounds, into)
-        if out is not None and into is not out:
-            out[...] = into
-            return out
-        return into
-
-    def _wide_handle(self, key: str, array: Any) -> Any:
-        """Entry ``key`` opened again to decode on blosc2's threads (for large regions)."""
-        with self._lock:
-            wide = self._wide.get(key)
-        if wide is None:
-            wide = _blosc2().open(array.urlpath, mode="r", mmap_mode="r")
-            with self._lock:
-                self._wide[key] = wide
-        return wide
-
-    def write(self, key: str, volume: np.ndarray, *, idle_s: float = 0.0) -> bool:
-        """Publish ``volume`` as entry ``key``; False if it does not fit the budget.
-
-        Room is made by removing the least recently used entries, only those unused for
-        ``idle_s`` seconds: a fill while training (``idle_s`` > 0) never evicts volumes the
-        run is using, so a cohort larger than the budget does not churn the folder.
-
-        Raises:
-            OSError: the folder cannot be written (the caller turns the tier off).
-        """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        data, sidecar = self._paths(key)
-        stem = f".{key}.{os.getpid()}.{threading.get_ident()}{_TMP}"
-        tmp_data = self.folder / f"{stem}{_SUFFIX}"
-        tmp_side = self.folder / f"{stem}{_SIDECAR}"
-        blosc2 = _blosc2()
-        chunks, blocks = _layout(volume.shape, volume.dtype.itemsize)
-        cparams = blosc2.CParams(
-            codec=getattr(blosc2.Codec, CODEC),
-            clevel=CLEVEL,
-            filters=[blosc2.Filter.SHUFFLE],
-            nthreads=COMPRESS_THREADS,  # this call's threads: blosc2's global setting is untouched
-        )
-        try:
-            blosc2.asarray(
-                np.ascontiguousarray(volume),
-                urlpath=str(tmp_data),
-                mode="w",
-                chunks=chunks,
-                blocks=blocks,
-                cparams=cparams,
-            )
-            size = tmp_data.stat().st_size
-            if size > self.budget_bytes:
-                return False
-            meta = {
-                "format": FORMAT,
-                "size": size,
-                "crc32": _crc32(tmp_data),
-                "shape": list(volume.shape),
-                "dtype": str(volume.dtype),
-            }
-            tmp_side.write_text(json.dumps(meta))
-            if not self._make_room(size, keep=key, idle_s=idle_s):
-                return False
-            os.replace(tmp_data, data)
-            os.replace(tmp_side, sidecar)
-        except RuntimeError as exc:  # blosc2 reports a failed write as RuntimeError
-            raise OSError(f"blosc2 could not write {tmp_data}: {exc}") from exc
-        finally:
-            for tmp in (tmp_data, tmp_side):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-        with self._lock:
-            self._open.pop(key, None)
-            self._wide.pop(key, None)
-        return True
-
-    def entry_bytes(self, key: str) -> int:
-        """Bytes entry ``key`` takes on disk (0 if absent)."""
-        try:
-            return self._paths(key)[0].stat().st_size
-        except OSError:
-            return 0
-
-    def entries(self) -> list[tuple[float, int, str]]:
-        """``(mtime, bytes, name)`` of every entry, least recently used first."""
-        found = []
-        for path in self.folder.glob(f"*{_SUFFIX}"):
-            if path.name.startswith("."):
-                self._sweep_tmp(path)
-                continue
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                found.append((st.st_mtime, st.st_size, path.name[: -len(_SUFFIX)]))
-        return sorted(found)
-
-    def _sweep_tmp(self, path: Path) -> None:
-        with contextlib.suppress(OSError):
-            if time.time() - path.stat().st_mtime > _STALE_TMP_S:
-                path.unlink()
-
-    def _make_room(self, incoming: int, keep: str, idle_s: float = 0.0) -> bool:
-        """Remove least recently used entries (unused for ``idle_s``) until ``incoming`` fits."""
-        entries = self.entries()
-        total = sum(size for _, size, name in entries if name != keep) + incoming
-        if total <= self.budget_bytes:
-            return True
-        now = time.time()
-        victims = [e for e in entries if e[2] != keep and now - e[0] >= idle_s]
-        if total - sum(size for _, size, _ in victims) > self.budget_bytes:
-            return False  # not enough idle entries: evict nothing
-        for _, size, name in victims:
-            if total <= self.budget_bytes:
-                break
-            data, sidecar = self._paths(name)
-            for path in (sidecar, data):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            total -= size
-        return True
-
-
 def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
     """The entry name of ``uri`` as stored now: a hash of its URI and committed fragments.
 
@@ -468,19 +155,21 @@ def fragment_key(uri: str, ctx: tiledb.Ctx) -> str:
         names = sorted(str(f.uri).rsplit("/", 1)[-1] for f in fragments)
     if at is not None:
         names = [n for n in names if (commit_end_ms(n) or 0) <= at]
-    digest = hashlib.sha256("\n".join([f"format {FORMAT}", base, *names]).encode()).hexdigest()
+    fmt = _tier_entries.FORMAT  # looked up now: a test may change it
+    digest = hashlib.sha256("\n".join([f"format {fmt}", base, *names]).encode()).hexdigest()
     return digest[:40]
 
 
 class _TierState:
     """This process's tier: the folder, entry names by URI, and the background writers.
 
-    A fill is a whole volume a read has in hand (read whole to serve a region: see
-    :meth:`radiobject.read._policy.ReadPolicy.chain`), compressed and published by one of
-    :data:`WRITERS` threads. At most :data:`WRITERS` + 1 volumes are claimed or queued at a
-    time, each held in memory until written: when the writers are busy, a read reads just
-    its region (and a later miss fills), so the tier fills as fast as the machine writes,
-    without a queue of volumes growing in memory.
+    A fill is a whole volume compressed and published by one of :data:`WRITERS` threads:
+    one a read has in hand (read whole to serve a region), or one the writer reads itself
+    (for a read that read just its region: see
+    :meth:`radiobject.read._policy.ReadPolicy.chain`). At most :data:`WRITERS` + 1 volumes
+    are claimed or queued at a time, each held in memory until written: when the writers
+    are busy, a read reads just its region (and a later miss fills), so the tier fills as
+    fast as the machine writes, without a queue of volumes growing in memory.
     """
 
     def __init__(self) -> None:

@@ -11,6 +11,7 @@ what order, is :class:`~radiobject.read._policy.ReadPolicy`'s decision alone.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from abc import abstractmethod
 
@@ -18,6 +19,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from radiobject._process import Resource
+from radiobject.config import current_scope, in_scope
 from radiobject.read._cache import BlockCache
 from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, tier_state
 from radiobject.read._shared_store import get_shared_store
@@ -34,6 +36,7 @@ __all__ = [
 ]
 
 WHOLE = (-1,)  # block-cache key of a volume held as one block
+_log = logging.getLogger("radiobject.read")
 
 
 def tile_keys(bounds: Bounds, tiles: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -186,7 +189,8 @@ class _WholeVolumeSource(Source):
 class TierFillSource(_WholeVolumeSource):
     """A volume read whole once to fill the local tier; nothing of it is kept in RAM.
 
-    Chosen by the policy after a tier miss it claimed a fill for: the region is cut from the
+    Chosen by the policy after a tier miss it claimed a fill for, when the read touches most
+    of its volume (or the volume is small: ``fills_on_step``): the region is cut from the
     volume and the volume handed to the tier's writer, so the one TileDB read of a fill is
     the read that serves the region.
     """
@@ -248,6 +252,7 @@ class TierSource(Source):
     def __init__(self, cache: BlockCache) -> None:
         super().__init__()
         self.cache = cache
+        self.fill_errors = 0  # fills whose whole-volume read failed in a writer
 
     def get(self, region: Region, out: np.ndarray) -> bool:
         """``region`` decoded from the tier into ``out``, or False (a miss)."""
@@ -277,14 +282,22 @@ class TierSource(Source):
         True when the writers have room (and the volume is not being filled, nor too large
         for the budget): a read with a tier is a read the tier is for (the user's, or a
         training loader's over a cohort larger than RAM, whose volumes are read again every
-        epoch), so its first miss fills, at the pace the writers allow. The claim is the
-        caller's to end, by handing the volume to :meth:`offer` or by :meth:`release`.
+        epoch), so its first miss fills, at the pace the writers allow. Not when the entry
+        was published since the read missed it (another thread's fill): no second whole
+        read. The claim is the caller's to end, by handing the volume to :meth:`offer` or
+        to :meth:`fill_later`, or by :meth:`release`.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
             return False
         state = tier_state()
-        return state.claim(region.tier_key or state.key(region.uri, region.ctx))
+        key = region.tier_key or state.key(region.uri, region.ctx)
+        if not state.claim(key):
+            return False
+        if tier.entry_bytes(key) and self._has(tier, key) is not False:
+            state.release(key)  # written since this read missed it: no second whole read
+            return False
+        return True
 
     def release(self, region: Region) -> None:
         """End a claim of :meth:`claim` whose volume was not offered (no-op if it was)."""
@@ -306,6 +319,50 @@ class TierSource(Source):
                 self.write(tier, key, volume)
 
         state.submit(key, offer)
+
+    def fill_later(self, region: Region, storage: TileDBSource) -> None:
+        """Hand the fill claimed for ``region`` to a writer, which reads its volume whole.
+
+        For a read that reads just its region (see ``ReadPolicy``): the writer reads the
+        volume from ``storage`` and publishes it. A failed read is the fill's alone (the
+        step's own read raises its own error): logged once per process, counted in
+        :attr:`fill_errors`, and that volume is not tried again by this process.
+        """
+        tier: LocalTier | None = region.tier
+        state = tier_state()
+        key = region.tier_key or state.key(region.uri, region.ctx)
+        if tier is None or tier.broken is not None:
+            state.release(key)
+            return
+        scope = current_scope()  # the read's settings, for the writer's read
+
+        def fill() -> None:
+            if self._has(tier, key) is not False:
+                return
+            try:
+                with in_scope(scope):
+                    volume = storage.read_whole(region)
+            except Exception as exc:  # the step reads the region itself: the fill is lost
+                self._fill_failed(key, exc)
+                return
+            self.write(tier, key, volume)
+
+        state.submit(key, fill)
+
+    def _fill_failed(self, key: str, exc: Exception) -> None:
+        state = tier_state()
+        with state.lock:
+            state.rejected[key] = True
+            self.fill_errors += 1
+            first = self.fill_errors == 1
+        if first:
+            _log.warning(
+                "radiobject's local read tier could not read a volume to fill it (%s: %s); "
+                "reads of it go on from storage (further failures are counted in "
+                "TierSource.fill_errors, not logged)",
+                type(exc).__name__,
+                exc,
+            )
 
     def _has(self, tier: LocalTier, key: str) -> bool | None:
         """Whether entry ``key`` is in the tier (None: it failed to open, the tier is off now)."""
