@@ -302,8 +302,11 @@ class TierSource(Source):
         key = region.tier_key or state.key(region.uri, region.ctx)
 
         def offer() -> None:
-            if self._has(tier, key) is False:
-                self.write(tier, key, volume)
+            served = self._has(tier, key)
+            if served is False:
+                served = self.write(tier, key, volume)
+            if served:  # the tier serves it (tried first): RAM copies are dead weight now
+                self.cache.release(region.uri)
 
         state.submit(key, offer)
 
