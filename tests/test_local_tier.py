@@ -398,3 +398,65 @@ def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
     stats = block.cache_stats()
     assert (stats.tier_hits, stats.tier_misses, stats.tier_fills) == (0, 1, 1)
     assert len(entries(folder)) == 2  # a new name; the old entry ages out of the budget
+
+
+def _cached_uris() -> set[str]:
+    from radiobject.read._cache import block_cache
+
+    return {key[0] for key in block_cache()._lru}
+
+
+def test_a_volume_the_tier_serves_leaves_the_ram_cache(vol, tmp_path):
+    # a whole read keeps the volume in the RAM cache and offers it to the tier; once the
+    # entry is published the tier (tried first) serves it: the RAM copy is released
+    expected = arange_volume(SHAPE)
+    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
+    with configure(read=cfg):
+        _, out = read(vol, np.s_[:, :, :])
+        np.testing.assert_array_equal(out, expected)
+        tier_state().flush()
+        assert len(entries(tmp_path / "tier")) == 1
+        assert not any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
+        stats, out = read(vol)
+        np.testing.assert_array_equal(out, expected[PATCH])
+        assert (stats.tier_hits, stats.hits, stats.storage_queries) == (1, 0, 0)
+
+
+def test_without_a_tier_the_ram_cache_keeps_whole_volumes(vol):
+    with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
+        read(vol, np.s_[:, :, :])
+        tier_state().flush()
+        assert any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
+        stats, out = read(vol, np.s_[:, :, :])
+        np.testing.assert_array_equal(out, arange_volume(SHAPE))
+        assert (stats.hits > 0, stats.storage_queries) == (True, 0)
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_whole_volume_dropped_from_the_ram_cache_returns_its_pages(tmp_path):
+    # read whole from storage, its pages are its own: released, they leave the process
+    # (from malloc, freed volumes stayed in the heap and the reading threads' arenas)
+    from radiobject.read._cache import MAPPED_BYTES, block_cache
+
+    shape = (128, 128, 96)  # 6 MiB of float32: over MAPPED_BYTES
+    assert np.prod(shape) * 4 >= MAPPED_BYTES
+    big = Volume.from_numpy(tmp_path / "big", arange_volume(shape), tile=TILE, integers=False)
+    with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
+        _, out = read(big, np.s_[:, :, :])
+        np.testing.assert_array_equal(out, arange_volume(shape))
+        (uri,) = [u for u in _cached_uris() if u.rstrip("/") == big.uri.rstrip("/")]
+        (kept,) = [v for k, v in block_cache()._lru.items() if k[0] == uri]
+        address = kept.__array_interface__["data"][0]
+        assert _mapped(address)
+        del kept
+        assert block_cache().release(uri) == out.nbytes
+        assert not _mapped(address)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 from cachetools import LRUCache
@@ -155,9 +156,14 @@ class _WholeVolumeSource(Source):
         self.storage = storage
         self.tier = tier
 
-    def load(self, region: Region) -> np.ndarray:
-        """The whole volume of ``region`` from storage, offered to its tier."""
+    def load(self, region: Region, keep: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """The whole volume of ``region`` from storage, offered to its tier.
+
+        ``keep`` stores it first: the tier's publish releases the copies kept before it.
+        """
         volume = self.storage.read_whole(region)
+        if keep is not None:
+            keep(volume)
         self.tier.offer(region, volume)
         return volume
 
@@ -217,9 +223,7 @@ class RamVolumeSource(_WholeVolumeSource):
             volume = self.cache.get(key)
             if volume is not None:
                 return volume, True
-            volume = self.load(region)
-            self.cache.put(key, volume)
-            return volume, False
+            return self.load(region, keep=lambda v: self.cache.put(key, v)), False
 
 
 class SharedStoreSource(_WholeVolumeSource):
