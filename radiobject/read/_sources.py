@@ -306,10 +306,8 @@ class TierSource(Source):
         key = region.tier_key or state.key(region.uri, region.ctx)
 
         def offer() -> None:
-            served = self._has(tier, key)
-            if served is False:
-                served = self.write(tier, key, volume)
-            if served:  # the tier serves it (tried first): RAM copies are dead weight now
+            # published: the tier (tried first) serves it, RAM copies are dead weight now
+            if self._has(tier, key) is False and self.write(tier, key, volume):
                 self.cache.release(region.uri)
 
         state.submit(key, offer)
