@@ -460,3 +460,21 @@ def test_a_whole_volume_dropped_from_the_ram_cache_returns_its_pages(tmp_path):
         del kept
         assert block_cache().release(uri) == out.nbytes
         assert not _mapped(address)
+
+
+def test_a_volume_the_busy_writers_could_not_take_is_not_kept_whole(vol, tmp_path, monkeypatch):
+    # held whole in RAM, a volume is never asked of the tier: the writers having no room
+    # when it was read whole must not keep it out of the tier for good
+    state = tier_state()
+    monkeypatch.setattr(state, "room", 0)  # every writer busy
+    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
+    with configure(read=cfg):
+        _, out = read(vol, np.s_[:, :, :])
+        np.testing.assert_array_equal(out, arange_volume(SHAPE))
+        assert not any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
+        monkeypatch.setattr(state, "room", 2)
+        with TileDBStats(storage=False) as block:
+            read(vol, np.s_[:, :, :])
+            tier_state().flush()
+        assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
+        assert read(vol)[0].tier_hits == 1

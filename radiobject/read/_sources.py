@@ -310,7 +310,10 @@ class TierSource(Source):
             if self._has(tier, key) is False and self.write(tier, key, volume):
                 self.cache.release(region.uri)
 
-        state.submit(key, offer)
+        if state.submit(key, offer) is None and key not in state.rejected:
+            # the writers had no room: kept whole here, the volume would never be asked of
+            # the tier (the policy skips it for volumes held whole); a later miss fills it
+            self.cache.release(region.uri)
 
     def _has(self, tier: LocalTier, key: str) -> bool | None:
         """Whether entry ``key`` is in the tier (None: it failed to open, the tier is off now)."""
