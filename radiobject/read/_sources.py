@@ -297,7 +297,12 @@ class TierSource(Source):
     def offer(self, region: Region, volume: np.ndarray) -> None:
         """A whole volume just read from storage: write it to the read's tier in the background.
 
-        The volume is kept (not copied) until written: it must not change meanwhile.
+        The volume is kept (not copied) until written: it must not change meanwhile. Once
+        this process publishes the entry, or when the writers have no room for it, the RAM
+        cache's copies of the volume are released (:meth:`BlockCache.release
+        <radiobject.read._cache.BlockCache.release>`): the policy asks the tier first for a
+        volume not held whole, so a copy kept would be dead weight, or would keep the volume
+        out of the tier for good.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
