@@ -478,3 +478,26 @@ def test_a_volume_the_busy_writers_could_not_take_is_not_kept_whole(vol, tmp_pat
             tier_state().flush()
         assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
         assert read(vol)[0].tier_hits == 1
+
+
+def test_a_volume_the_tier_serves_leaves_the_loaders_shared_store(vol, tmp_path):
+    # a loader's workers keep whole volumes in a shared store (/dev/shm); once the tier
+    # (asked first) serves one, its stored copy goes
+    from radiobject.read._shared_store import SharedStore, set_shared_store
+
+    (tmp_path / "shm").mkdir()
+    store = SharedStore(tmp_path / "shm", budget_bytes=1 << 24)
+    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
+    set_shared_store(store)
+    try:
+        with configure(read=cfg):
+            _, out = read(vol, np.s_[:, :, :])
+            np.testing.assert_array_equal(out, arange_volume(SHAPE))
+            tier_state().flush()
+            assert len(entries(tmp_path / "tier")) == 1
+            assert not list((tmp_path / "shm").glob("*.npy"))
+            stats, out = read(vol)
+            np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+            assert (stats.tier_hits, stats.storage_queries) == (1, 0)
+    finally:
+        set_shared_store(None)

@@ -235,7 +235,10 @@ class SharedStoreSource(_WholeVolumeSource):
         """The volume from the store; one worker fetches it, the others map its file."""
         store = get_shared_store()
         assert store is not None  # the policy chooses this source only with a store
-        return store.fetch(region.uri, lambda: self.load(region))
+        volume, hit = store.fetch(region.uri, lambda: self.storage.read_whole(region))
+        if not hit:  # offered once stored: the tier's publish releases the stored copy
+            self.tier.offer(region, volume)
+        return volume, hit
 
 
 class TierSource(Source):
@@ -302,7 +305,7 @@ class TierSource(Source):
         cache's copies of the volume are released (:meth:`BlockCache.release
         <radiobject.read._cache.BlockCache.release>`): the policy asks the tier first for a
         volume not held whole, so a copy kept would be dead weight, or would keep the volume
-        out of the tier for good.
+        out of the tier for good. So is the loader's shared store's copy.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
@@ -313,12 +316,20 @@ class TierSource(Source):
         def offer() -> None:
             # published: the tier (tried first) serves it, RAM copies are dead weight now
             if self._has(tier, key) is False and self.write(tier, key, volume):
-                self.cache.release(region.uri)
+                self._release(region.uri)
 
         if state.submit(key, offer) is None and key not in state.rejected:
-            # the writers had no room: kept whole here, the volume would never be asked of
-            # the tier (the policy skips it for volumes held whole); a later miss fills it
-            self.cache.release(region.uri)
+            # the writers had no room: kept whole, the volume would never be filled (the
+            # policy skips the tier for volumes held whole in RAM, and a hit in the shared
+            # store fills nothing); released, a later miss fills it
+            self._release(region.uri)
+
+    def _release(self, uri: str) -> None:
+        """Drop the whole copies of ``uri`` that RAM and the loader's shared store keep."""
+        self.cache.release(uri)
+        store = get_shared_store()
+        if store is not None:
+            store.release(uri)
 
     def _has(self, tier: LocalTier, key: str) -> bool | None:
         """Whether entry ``key`` is in the tier (None: it failed to open, the tier is off now)."""
