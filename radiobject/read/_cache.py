@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from cachetools import LRUCache
 
+from radiobject._allocator import applied as allocator_applied
 from radiobject._process import Resource
 from radiobject.config import config_version, get_config
 from radiobject.read._versioned import same_array
@@ -36,7 +37,9 @@ def fresh_array(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> np
     ones come from the heap and the arenas of the reading threads, and what a loader's
     first epoch freed stayed in the process (about 80 MiB of a 24-volume cohort four times
     the RAM cache). The allocator's settings are left alone: only these arrays are mapped.
-    Each costs its page faults (a few ms for a 17 MB volume, beside ~17 ms to decode it).
+    Each costs its page faults (~2 ms of system time for a 17 MB volume, beside ~17 ms to
+    decode it), except when the user asked malloc to keep freed memory for reuse
+    (``ReadConfig.retain_freed_mb``): then they come from malloc, as asked.
 
     >>> a = fresh_array((256, 256, 64), np.dtype(np.uint16))  # 8 MiB: mapped
     >>> isinstance(a.base, mmap.mmap), a.flags.writeable, a.flags.c_contiguous
@@ -49,7 +52,8 @@ def fresh_array(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> np
     for n in shape:
         nbytes *= n
     flags = getattr(mmap, "MAP_PRIVATE", None)
-    if nbytes < MAPPED_BYTES or flags is None:  # small, or no private mappings (Windows)
+    # small, no private mappings (Windows), or freed memory kept for reuse as the user asked
+    if nbytes < MAPPED_BYTES or flags is None or allocator_applied():
         return np.empty(shape, dtype=dtype, order="F" if order == "F" else "C")
     buffer = mmap.mmap(-1, nbytes, flags=flags | mmap.MAP_ANONYMOUS)
     return np.ndarray(shape, dtype=dtype, buffer=buffer, order="F" if order == "F" else "C")
