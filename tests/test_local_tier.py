@@ -15,6 +15,7 @@ import tiledb
 
 from radiobject import ReadConfig, TileConfig, TileDBStats, Volume, configure
 from radiobject._errors import ConfigurationError
+from radiobject.read._caches import clear_caches
 from radiobject.read._local_tier import LocalTier, tier_state
 from radiobject.read._region import fill_local_tier, forget_array
 from tests.conftest import arange_volume
@@ -403,33 +404,52 @@ def test_entries_of_another_format_are_not_opened(vol, tmp_path, monkeypatch):
 def _cached_uris() -> set[str]:
     from radiobject.read._cache import block_cache
 
-    return {key[0] for key in block_cache()._lru}
+    return {key[0].rstrip("/") for key in block_cache()._lru}
 
 
-def test_a_volume_the_tier_serves_leaves_the_ram_cache(vol, tmp_path):
+def auto_read(vol: Volume, index=PATCH):
+    """Read ``index`` as a training loader with an automatic tier does (cohort > RAM cache)."""
+    from radiobject.read import reader
+
+    bounds = tuple((s.start or 0, s.stop) for s in index)
+    with TileDBStats(storage=False) as stats:
+        out = reader().read(vol.uri, vol.ctx, bounds, auto_tier_mb=64)
+    return stats.cache_stats(), out
+
+
+WHOLE = np.s_[0:40, 0:36, 0:28]
+
+
+def test_a_volume_the_automatic_tier_serves_leaves_the_ram_cache(vol, tmp_path):
     # a whole read keeps the volume in the RAM cache and offers it to the tier; once the
     # entry is published the tier (tried first) serves it: the RAM copy is released
     expected = arange_volume(SHAPE)
-    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
-    with configure(read=cfg):
-        _, out = read(vol, np.s_[:, :, :])
+    with configure(read=ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))):
+        _, out = auto_read(vol, WHOLE)
         np.testing.assert_array_equal(out, expected)
         tier_state().flush()
         assert len(entries(tmp_path / "tier")) == 1
-        assert not any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
-        stats, out = read(vol)
+        assert vol.uri.rstrip("/") not in _cached_uris()
+        stats, out = auto_read(vol)
         np.testing.assert_array_equal(out, expected[PATCH])
         assert (stats.tier_hits, stats.hits, stats.storage_queries) == (1, 0, 0)
 
 
-def test_without_a_tier_the_ram_cache_keeps_whole_volumes(vol):
-    with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
-        read(vol, np.s_[:, :, :])
-        tier_state().flush()
-        assert any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
-        stats, out = read(vol, np.s_[:, :, :])
-        np.testing.assert_array_equal(out, arange_volume(SHAPE))
-        assert (stats.hits > 0, stats.storage_queries) == (True, 0)
+def test_the_users_tier_leaves_ram_copies_and_without_a_tier_they_stay(vol, tmp_path):
+    # a tier the user set is filled for later runs and other processes; while the cohort
+    # fits the RAM cache, the whole copy there is the faster one: kept
+    for tier_mb in (64, 0):
+        folder = tmp_path / f"tier{tier_mb}"
+        cfg = ReadConfig(cache_mb=64, local_tier_mb=tier_mb, local_tier_dir=str(folder))
+        with configure(read=cfg):
+            clear_caches()
+            read(vol, WHOLE)
+            tier_state().flush()
+            assert len(entries(folder)) == (1 if tier_mb else 0)
+            assert vol.uri.rstrip("/") in _cached_uris()
+            stats, out = read(vol, WHOLE)
+            np.testing.assert_array_equal(out, arange_volume(SHAPE))
+            assert (stats.hits > 0, stats.tier_hits, stats.storage_queries) == (True, 0, 0)
 
 
 def _mapped(address: int) -> bool:
@@ -453,7 +473,7 @@ def test_a_whole_volume_dropped_from_the_ram_cache_returns_its_pages(tmp_path):
     with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
         _, out = read(big, np.s_[:, :, :])
         np.testing.assert_array_equal(out, arange_volume(shape))
-        (uri,) = [u for u in _cached_uris() if u.rstrip("/") == big.uri.rstrip("/")]
+        (uri,) = [k[0] for k in block_cache()._lru if k[0].rstrip("/") == big.uri.rstrip("/")]
         (kept,) = [v for k, v in block_cache()._lru.items() if k[0] == uri]
         address = kept.__array_interface__["data"][0]
         assert _mapped(address)
@@ -467,17 +487,16 @@ def test_a_volume_the_busy_writers_could_not_take_is_not_kept_whole(vol, tmp_pat
     # when it was read whole must not keep it out of the tier for good
     state = tier_state()
     monkeypatch.setattr(state, "room", 0)  # every writer busy
-    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
-    with configure(read=cfg):
-        _, out = read(vol, np.s_[:, :, :])
+    with configure(read=ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))):
+        _, out = auto_read(vol, WHOLE)
         np.testing.assert_array_equal(out, arange_volume(SHAPE))
-        assert not any(u.rstrip("/") == vol.uri.rstrip("/") for u in _cached_uris())
+        assert vol.uri.rstrip("/") not in _cached_uris()
         monkeypatch.setattr(state, "room", 2)
         with TileDBStats(storage=False) as block:
-            read(vol, np.s_[:, :, :])
+            auto_read(vol, WHOLE)
             tier_state().flush()
         assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
-        assert read(vol)[0].tier_hits == 1
+        assert auto_read(vol)[0].tier_hits == 1
 
 
 def test_a_volume_the_tier_serves_leaves_the_loaders_shared_store(vol, tmp_path):
@@ -487,16 +506,16 @@ def test_a_volume_the_tier_serves_leaves_the_loaders_shared_store(vol, tmp_path)
 
     (tmp_path / "shm").mkdir()
     store = SharedStore(tmp_path / "shm", budget_bytes=1 << 24)
-    cfg = ReadConfig(cache_mb=64, local_tier_mb=64, local_tier_dir=str(tmp_path / "tier"))
+    cfg = ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))
     set_shared_store(store)
     try:
         with configure(read=cfg):
-            _, out = read(vol, np.s_[:, :, :])
+            _, out = auto_read(vol, WHOLE)
             np.testing.assert_array_equal(out, arange_volume(SHAPE))
             tier_state().flush()
             assert len(entries(tmp_path / "tier")) == 1
             assert not list((tmp_path / "shm").glob("*.npy"))
-            stats, out = read(vol)
+            stats, out = auto_read(vol)
             np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
             assert (stats.tier_hits, stats.storage_queries) == (1, 0)
     finally:

@@ -19,6 +19,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from radiobject._process import Resource
+from radiobject.config import get_config
 from radiobject.read._cache import BlockCache
 from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, tier_state
 from radiobject.read._shared_store import get_shared_store
@@ -300,28 +301,29 @@ class TierSource(Source):
     def offer(self, region: Region, volume: np.ndarray) -> None:
         """A whole volume just read from storage: write it to the read's tier in the background.
 
-        The volume is kept (not copied) until written: it must not change meanwhile. Once
-        this process publishes the entry, or when the writers have no room for it, the RAM
-        cache's copies of the volume are released (:meth:`BlockCache.release
-        <radiobject.read._cache.BlockCache.release>`): the policy asks the tier first for a
-        volume not held whole, so a copy kept would be dead weight, or would keep the volume
-        out of the tier for good. So is the loader's shared store's copy.
+        The volume is kept (not copied) until written: it must not change meanwhile.
+
+        With a training loader's automatic tier (a cohort larger than the RAM cache: the tier
+        is what serves its steady epochs), the whole copies the RAM cache and the loader's
+        shared store keep of the volume are released once this process publishes the entry
+        (the policy asks the tier first for a volume not held whole: they would be dead
+        weight), and when the writers have no room for it (held whole, it would never be
+        filled; released, a later miss fills it). A tier the user set keeps them: while the
+        cohort fits RAM they are the faster copies.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
             return
         state = tier_state()
         key = region.tier_key or state.key(region.uri, region.ctx)
+        automatic = get_config().read.local_tier_mb is None  # else the user's own tier
 
         def offer() -> None:
-            # published: the tier (tried first) serves it, RAM copies are dead weight now
-            if self._has(tier, key) is False and self.write(tier, key, volume):
+            written = self._has(tier, key) is False and self.write(tier, key, volume)
+            if written and automatic:
                 self._release(region.uri)
 
-        if state.submit(key, offer) is None and key not in state.rejected:
-            # the writers had no room: kept whole, the volume would never be filled (the
-            # policy skips the tier for volumes held whole in RAM, and a hit in the shared
-            # store fills nothing); released, a later miss fills it
+        if state.submit(key, offer) is None and key not in state.rejected and automatic:
             self._release(region.uri)
 
     def _release(self, uri: str) -> None:
