@@ -51,11 +51,11 @@ def fresh_array(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> np
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
-    flags = getattr(mmap, "MAP_PRIVATE", None)
+    private, anonymous = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
     # small, no private mappings (Windows), or freed memory kept for reuse as the user asked
-    if nbytes < MAPPED_BYTES or flags is None or allocator_applied():
+    if nbytes < MAPPED_BYTES or private is None or anonymous is None or allocator_applied():
         return np.empty(shape, dtype=dtype, order="F" if order == "F" else "C")
-    buffer = mmap.mmap(-1, nbytes, flags=flags | mmap.MAP_ANONYMOUS)
+    buffer = mmap.mmap(-1, nbytes, flags=private | anonymous)
     return np.ndarray(shape, dtype=dtype, buffer=buffer, order="F" if order == "F" else "C")
 
 
