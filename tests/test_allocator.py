@@ -80,3 +80,37 @@ def test_settings_and_bad_values():
     for bad in (0, -1, 2048, True, "64"):
         with pytest.raises(ConfigurationError, match="between 1 and 2047"):
             allocator_settings(bad)  # type: ignore[arg-type]
+
+
+_WHOLE_CHILD = """
+import json, mmap, sys
+import numpy as np
+from radiobject import Volume, configure
+from radiobject.read._cache import block_cache
+
+uri, retain = sys.argv[1], int(sys.argv[2])
+configure(read={"cache_mb": 64, "retain_freed_mb": retain, "local_tier_mb": 0})
+Volume(uri)[:, :, :]  # kept whole in the RAM cache
+(kept,) = block_cache()._lru.values()
+print(json.dumps(isinstance(kept.base, mmap.mmap)))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="the allocator settings need glibc")
+def test_whole_volumes_get_pages_of_their_own_unless_freed_memory_is_kept(tmp_path):
+    from radiobject.read._cache import MAPPED_BYTES
+
+    data = np.zeros((128, 128, 80), dtype=np.float32)  # 5 MiB: a mapped array's size
+    assert data.nbytes >= MAPPED_BYTES
+    uri = Volume.from_numpy(tmp_path / "v", data, integers=False).uri  # float32 as stored
+    mapped = []
+    for retain in (0, 64):
+        out = subprocess.run(
+            [sys.executable, "-c", _WHOLE_CHILD, uri, str(retain)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        mapped.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert mapped == [True, False]  # kept for reuse as asked: from malloc

@@ -342,6 +342,21 @@ def test_tiledb_never_trims_the_heap_after_a_query(retain):
         assert build_tiledb_config()["sm.mem.malloc_trim"] == "false"
 
 
+def test_tiledb_decodes_a_query_in_small_batches_of_tiles(tmp_path):
+    # a whole volume's tiles decoded at once left their buffers in the reading threads'
+    # heaps; a tile larger than the batch still reads (one tile at a time)
+    from radiobject import TileConfig, Volume
+    from radiobject._context import TILE_MEMORY_MB
+
+    assert get_tiledb_ctx().config()["sm.mem.tile_upper_memory_limit"] == str(TILE_MEMORY_MB << 20)
+    data = np.arange(140 * 136 * 130, dtype=np.float32).reshape(140, 136, 130)
+    tile = TileConfig(extents=(136, 136, 130))  # 9.2 MB a tile: more than a batch
+    assert TILE_MEMORY_MB << 20 < 136 * 136 * 130 * 4
+    vol = Volume.from_numpy(tmp_path / "v", data, tile=tile, integers=False)
+    np.testing.assert_array_equal(vol[:, :, :], data)
+    np.testing.assert_array_equal(vol[3:139, 5:90, 2:50], data[3:139, 5:90, 2:50])
+
+
 # --- radiobject.parallel -----------------------------------------------------------------------
 
 

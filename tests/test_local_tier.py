@@ -15,6 +15,7 @@ import tiledb
 
 from radiobject import ReadConfig, TileConfig, TileDBStats, Volume, configure
 from radiobject._errors import ConfigurationError
+from radiobject.read._caches import clear_caches
 from radiobject.read._local_tier import LocalTier, tier_state
 from radiobject.read._region import fill_local_tier, forget_array
 from tests.conftest import arange_volume
@@ -471,3 +472,124 @@ def test_a_miss_whose_volume_was_written_meanwhile_claims_no_fill(vol, tmp_path)
         assert fill_local_tier(vol.uri, vol.ctx)  # published after the (simulated) miss
         assert reader().policy.tier.claim(region) is False
     assert not tier_state().claimed
+
+
+def _cached_uris() -> set[str]:
+    from radiobject.read._cache import block_cache
+
+    return {key[0].rstrip("/") for key in block_cache()._lru}
+
+
+def auto_read(vol: Volume, index=PATCH):
+    """Read ``index`` as a training loader with an automatic tier does (cohort > RAM cache)."""
+    from radiobject.read import reader
+
+    bounds = tuple((s.start or 0, s.stop) for s in index)
+    with TileDBStats(storage=False) as stats:
+        out = reader().read(vol.uri, vol.ctx, bounds, auto_tier_mb=64)
+    return stats.cache_stats(), out
+
+
+WHOLE = np.s_[0:40, 0:36, 0:28]
+
+
+def test_a_volume_the_automatic_tier_serves_leaves_the_ram_cache(vol, tmp_path):
+    # a whole read keeps the volume in the RAM cache and offers it to the tier; once the
+    # entry is published the tier (tried first) serves it: the RAM copy is released
+    expected = arange_volume(SHAPE)
+    with configure(read=ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))):
+        _, out = auto_read(vol, WHOLE)
+        np.testing.assert_array_equal(out, expected)
+        tier_state().flush()
+        assert len(entries(tmp_path / "tier")) == 1
+        assert vol.uri.rstrip("/") not in _cached_uris()
+        stats, out = auto_read(vol)
+        np.testing.assert_array_equal(out, expected[PATCH])
+        assert (stats.tier_hits, stats.hits, stats.storage_queries) == (1, 0, 0)
+
+
+def test_the_users_tier_leaves_ram_copies_and_without_a_tier_they_stay(vol, tmp_path):
+    # a tier the user set is filled for later runs and other processes; while the cohort
+    # fits the RAM cache, the whole copy there is the faster one: kept
+    for tier_mb in (64, 0):
+        folder = tmp_path / f"tier{tier_mb}"
+        cfg = ReadConfig(cache_mb=64, local_tier_mb=tier_mb, local_tier_dir=str(folder))
+        with configure(read=cfg):
+            clear_caches()
+            read(vol, WHOLE)
+            tier_state().flush()
+            assert len(entries(folder)) == (1 if tier_mb else 0)
+            assert vol.uri.rstrip("/") in _cached_uris()
+            stats, out = read(vol, WHOLE)
+            np.testing.assert_array_equal(out, arange_volume(SHAPE))
+            assert (stats.hits > 0, stats.tier_hits, stats.storage_queries) == (True, 0, 0)
+
+
+def _mapped(address: int) -> bool:
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= address < hi:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_whole_volume_dropped_from_the_ram_cache_returns_its_pages(tmp_path):
+    # read whole from storage, its pages are its own: released, they leave the process
+    # (from malloc, freed volumes stayed in the heap and the reading threads' arenas)
+    from radiobject.read._cache import MAPPED_BYTES, block_cache
+
+    shape = (128, 128, 96)  # 6 MiB of float32: over MAPPED_BYTES
+    assert np.prod(shape) * 4 >= MAPPED_BYTES
+    big = Volume.from_numpy(tmp_path / "big", arange_volume(shape), tile=TILE, integers=False)
+    with configure(read=ReadConfig(cache_mb=64, local_tier_mb=0)):
+        _, out = read(big, np.s_[:, :, :])
+        np.testing.assert_array_equal(out, arange_volume(shape))
+        (uri,) = [k[0] for k in block_cache()._lru if k[0].rstrip("/") == big.uri.rstrip("/")]
+        (kept,) = [v for k, v in block_cache()._lru.items() if k[0] == uri]
+        address = kept.__array_interface__["data"][0]
+        assert _mapped(address)
+        del kept
+        assert block_cache().release(uri) == out.nbytes
+        assert not _mapped(address)
+
+
+def test_a_volume_the_busy_writers_could_not_take_is_not_kept_whole(vol, tmp_path, monkeypatch):
+    # held whole in RAM, a volume is never asked of the tier: the writers having no room
+    # when it was read whole must not keep it out of the tier for good
+    state = tier_state()
+    monkeypatch.setattr(state, "room", 0)  # every writer busy
+    with configure(read=ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))):
+        _, out = auto_read(vol, WHOLE)
+        np.testing.assert_array_equal(out, arange_volume(SHAPE))
+        assert vol.uri.rstrip("/") not in _cached_uris()
+        monkeypatch.setattr(state, "room", 2)
+        with TileDBStats(storage=False) as block:
+            auto_read(vol, WHOLE)
+            tier_state().flush()
+        assert (block.cache_stats().tier_misses, block.cache_stats().tier_fills) == (1, 1)
+        assert auto_read(vol)[0].tier_hits == 1
+
+
+def test_a_volume_the_tier_serves_leaves_the_loaders_shared_store(vol, tmp_path):
+    # a loader's workers keep whole volumes in a shared store (/dev/shm); once the tier
+    # (asked first) serves one, its stored copy goes
+    from radiobject.read._shared_store import SharedStore, set_shared_store
+
+    (tmp_path / "shm").mkdir()
+    store = SharedStore(tmp_path / "shm", budget_bytes=1 << 24)
+    cfg = ReadConfig(cache_mb=64, local_tier_dir=str(tmp_path / "tier"))
+    set_shared_store(store)
+    try:
+        with configure(read=cfg):
+            _, out = auto_read(vol, WHOLE)
+            np.testing.assert_array_equal(out, arange_volume(SHAPE))
+            tier_state().flush()
+            assert len(entries(tmp_path / "tier")) == 1
+            assert not list((tmp_path / "shm").glob("*.npy"))
+            stats, out = auto_read(vol)
+            np.testing.assert_array_equal(out, arange_volume(SHAPE)[PATCH])
+            assert (stats.tier_hits, stats.storage_queries) == (1, 0)
+    finally:
+        set_shared_store(None)

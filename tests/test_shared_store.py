@@ -161,3 +161,17 @@ def test_a_loader_folder_is_removed_by_its_owner_only(tmp_path, monkeypatch):
             except OSError:
                 continue
         assert not [f for f in open_files if f.startswith(str(folder))]
+
+
+def test_a_released_volume_is_gone_for_every_process(tmp_path):
+    store = SharedStore(tmp_path, budget_bytes=1 << 20)
+    store.fetch("a", lambda: np.arange(4.0))
+    other = SharedStore(tmp_path, budget_bytes=1 << 20)  # another worker of the loader
+    assert other.holds("a")
+    assert store.release("a")
+    assert not store.release("a")  # released already
+    assert not store.holds("a")
+    again, hit = other.fetch("b", lambda: np.ones(2))
+    assert not hit
+    assert again.tolist() == [1.0, 1.0]
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # b's only

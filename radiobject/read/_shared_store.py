@@ -97,6 +97,21 @@ class SharedStore:
         finally:
             lock.release()
 
+    def release(self, uri: str) -> bool:
+        """Remove ``uri``'s volume (another tier serves it now); whether it was stored.
+
+        Processes that mapped it keep their mapping until they drop it; the file's pages go
+        with the last one.
+        """
+        path = self._path(uri)
+        with self._lock:
+            self._maps.pop(str(path), None)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def clear(self) -> None:
         """Remove every stored volume (for all processes sharing the folder)."""
         with self._lock:

@@ -14,12 +14,13 @@ import itertools
 import logging
 import threading
 from abc import abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 from cachetools import LRUCache
 
 from radiobject._process import Resource
-from radiobject.config import current_scope, in_scope
+from radiobject.config import current_scope, get_config, in_scope
 from radiobject.read._cache import BlockCache
 from radiobject.read._local_tier import FILL_IDLE_S, LocalTier, tier_state
 from radiobject.read._shared_store import get_shared_store
@@ -158,9 +159,14 @@ class _WholeVolumeSource(Source):
         self.storage = storage
         self.tier = tier
 
-    def load(self, region: Region) -> np.ndarray:
-        """The whole volume of ``region`` from storage, offered to its tier."""
+    def load(self, region: Region, keep: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+        """The whole volume of ``region`` from storage, offered to its tier.
+
+        ``keep`` stores it first: the tier's publish releases the copies kept before it.
+        """
         volume = self.storage.read_whole(region)
+        if keep is not None:
+            keep(volume)
         self.tier.offer(region, volume)
         return volume
 
@@ -221,9 +227,7 @@ class RamVolumeSource(_WholeVolumeSource):
             volume = self.cache.get(key)
             if volume is not None:
                 return volume, True
-            volume = self.load(region)
-            self.cache.put(key, volume)
-            return volume, False
+            return self.load(region, keep=lambda v: self.cache.put(key, v)), False
 
 
 class SharedStoreSource(_WholeVolumeSource):
@@ -235,7 +239,10 @@ class SharedStoreSource(_WholeVolumeSource):
         """The volume from the store; one worker fetches it, the others map its file."""
         store = get_shared_store()
         assert store is not None  # the policy chooses this source only with a store
-        return store.fetch(region.uri, lambda: self.load(region))
+        volume, hit = store.fetch(region.uri, lambda: self.storage.read_whole(region))
+        if not hit:  # offered once stored: the tier's publish releases the stored copy
+            self.tier.offer(region, volume)
+        return volume, hit
 
 
 class TierSource(Source):
@@ -307,18 +314,36 @@ class TierSource(Source):
         """A whole volume just read from storage: write it to the read's tier in the background.
 
         The volume is kept (not copied) until written: it must not change meanwhile.
+
+        With a training loader's automatic tier (a cohort larger than the RAM cache: the tier
+        is what serves its steady epochs), the whole copies the RAM cache and the loader's
+        shared store keep of the volume are released once this process publishes the entry
+        (the policy asks the tier first for a volume not held whole: they would be dead
+        weight), and when the writers have no room for it (held whole, it would never be
+        filled; released, a later miss fills it). A tier the user set keeps them: while the
+        cohort fits RAM they are the faster copies.
         """
         tier: LocalTier | None = region.tier
         if tier is None or tier.broken is not None:
             return
         state = tier_state()
         key = region.tier_key or state.key(region.uri, region.ctx)
+        automatic = get_config().read.local_tier_mb is None  # else the user's own tier
 
         def offer() -> None:
-            if self._has(tier, key) is False:
-                self.write(tier, key, volume)
+            written = self._has(tier, key) is False and self.write(tier, key, volume)
+            if written and automatic:
+                self._release(region.uri)
 
-        state.submit(key, offer)
+        if state.submit(key, offer) is None and key not in state.rejected and automatic:
+            self._release(region.uri)
+
+    def _release(self, uri: str) -> None:
+        """Drop the whole copies of ``uri`` that RAM and the loader's shared store keep."""
+        self.cache.release(uri)
+        store = get_shared_store()
+        if store is not None:
+            store.release(uri)
 
     def fill_later(self, region: Region, storage: TileDBSource) -> None:
         """Hand the fill claimed for ``region`` to a writer, which reads its volume whole.
@@ -335,6 +360,7 @@ class TierSource(Source):
             state.release(key)
             return
         scope = current_scope()  # the read's settings, for the writer's read
+        automatic = get_config().read.local_tier_mb is None  # else the user's own tier
 
         def fill() -> None:
             if self._has(tier, key) is not False:
@@ -345,7 +371,8 @@ class TierSource(Source):
             except Exception as exc:  # the step reads the region itself: the fill is lost
                 self._fill_failed(key, exc)
                 return
-            self.write(tier, key, volume)
+            if self.write(tier, key, volume) and automatic:
+                self._release(region.uri)
 
         state.submit(key, fill)
 

@@ -22,7 +22,7 @@ from radiobject._errors import NotFoundError
 from radiobject._process import Resource
 from radiobject._tiledb_errors import tiledb_errors
 from radiobject.config import get_config
-from radiobject.read._cache import BlockCache, block_cache
+from radiobject.read._cache import BlockCache, block_cache, fresh_array
 from radiobject.read._handles import ArrayInfo, forget_array, open_array
 from radiobject.read._source import Bounds, Region, Source
 
@@ -94,8 +94,9 @@ def _read_into(
 
     ``out`` must be contiguous in the volume's cell order (:func:`_into_order`). A fresh
     array is allocated in the volume's cell order (C, or Fortran for column-major
-    arrays, whose tiles then copy in long runs): no buffer size estimate, no result buffers
-    of TileDB-Py's, no second copy. This drives TileDB-Py's core query object
+    arrays, whose tiles then copy in long runs; a large one in pages of its own, returned
+    when dropped: :func:`~radiobject.read._cache.fresh_array`): no buffer size estimate, no
+    result buffers of TileDB-Py's, no second copy. This drives TileDB-Py's core query object
     (``tiledb.libtiledb.Query``, whose submit releases the GIL). A read of
     :data:`SPLIT_BYTES` or more is cut along its slowest axis, on tile edges, into
     ``ReadConfig.concurrency`` slabs, each a contiguous part of the array that one query
@@ -111,7 +112,7 @@ def _read_into(
         return None
     if out is None:
         shape = tuple(hi - lo for lo, hi in bounds)
-        out = np.empty(shape, dtype=info.dtype, order="F" if info.order == "F" else "C")
+        out = fresh_array(shape, info.dtype, order="F" if info.order == "F" else "C")
     parts = get_config().read.concurrency if out.nbytes >= SPLIT_BYTES else 1
     slabs = _slabs(bounds, info, out, parts)
     others = [_SLAB_POOL.get().submit(_fill, handle, info, b, view) for b, view in slabs[1:]]
