@@ -149,7 +149,10 @@ def _read_in_place(
         for p, image, corner in zip(plans, images, corners, strict=True)
     ]
     mark_in_place(batch, images, {"patch_start": (starts, corners)})
-    stage_counters().add_read(ns, sum(map(sample_nbytes, samples)), len(samples))
+    nbytes = batch.nbytes + starts.nbytes  # the samples' images and corners: their rows
+    if ds.labels:
+        nbytes += sum(sample_nbytes(s["label"]) for s in samples)
+    stage_counters().add_read(ns, nbytes, len(samples))
     return samples
 
 
