@@ -170,3 +170,18 @@ def test_a_sample_changed_before_its_collate_is_collated_as_it_is_now(radi):
     assert batch["patch_start"].tolist()[1] == [7, 7, 7]
     assert batch["obs_id"][2] == "changed"
     assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()  # still in place
+
+
+@pytest.mark.parametrize("kind", [int, float])
+def test_labels_of_a_batch_in_place_are_one_tensor_equal_to_their_stack(radi, kind):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    labels = {o: kind(i) / 2 if kind is float else i for i, o in enumerate(radi.T1w.obs_ids)}
+    fast = VolumeCollectionDataset(radi.T1w, config, labels=labels)
+    plain = VolumeCollectionDataset(radi.T1w, config, labels=labels, transform=_identity)
+    keys = [(0, i) for i in (8, 1, 4, 6)]
+    expected = stack_collate(plain.__getitems__(keys))["label"]
+    samples = fast.__getitems__(keys)  # marked for the next collate in this thread
+    got = stack_collate(samples)["label"]
+    assert got.dtype == expected.dtype == (torch.int64 if kind is int else torch.float32)
+    assert torch.equal(got, expected)
+    assert got.data_ptr() == samples[0]["label"].data_ptr()  # the samples hold its rows

@@ -29,6 +29,7 @@ from radiobject.ml._plan import SamplePlan
 from radiobject.ml._read_ahead import ahead_state
 from radiobject.ml._shared import current_state, read_pool, sync_worker
 from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters
+from radiobject.ml._subjects import to_tensor_rows
 from radiobject.read import reader, served_locally
 
 if TYPE_CHECKING:
@@ -128,8 +129,10 @@ def _read_in_place(
 ) -> list[dict[str, Any]]:
     """The samples of ``keys``, their images decoded into the rows of ``batch``.
 
-    Each sample's ``patch_start`` is a row of one tensor of the batch's corners; both
-    tensors are marked for this thread's collate (:func:`~radiobject.ml._stages.mark_in_place`).
+    Each sample's ``patch_start`` is a row of one tensor of the batch's corners, and its
+    ``label`` a row of one tensor of its labels where they are all integers or all floats;
+    those tensors and the batch are marked for this thread's collate
+    (:func:`~radiobject.ml._stages.mark_in_place`), which returns them whole.
     """
     ahead = ahead_state(ds)  # the stock fetch: what was read ahead, else read now
     take = None if ahead is None else ahead.take
@@ -144,16 +147,30 @@ def _read_in_place(
         ns = time.perf_counter_ns() - start
     starts = torch.from_numpy(np.array([p.start for p in plans], dtype=np.int64))
     images, corners = list(batch.unbind()), list(starts.unbind())
+    stacked: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {"patch_start": (starts, corners)}
+    labels = _labels(ds, plans)
+    if labels is not None:
+        stacked["label"] = labels
+    label_rows: list[Any] = [None] * len(plans) if labels is None else labels[1]
     samples = [
-        ds._sample_dict(p.index, image, corner)
-        for p, image, corner in zip(plans, images, corners, strict=True)
+        ds._sample_dict(p.index, image, corner, label)
+        for p, image, corner, label in zip(plans, images, corners, label_rows, strict=True)
     ]
-    mark_in_place(batch, images, {"patch_start": (starts, corners)})
+    mark_in_place(batch, images, stacked)
     nbytes = batch.nbytes + starts.nbytes  # the samples' images and corners: their rows
     if ds.labels:
         nbytes += sum(sample_nbytes(s["label"]) for s in samples)
     stage_counters().add_read(ns, nbytes, len(samples))
     return samples
+
+
+def _labels(
+    ds: VolumeCollectionDataset, plans: list[SamplePlan]
+) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The batch's labels as one tensor and its rows (see ``to_tensor_rows``), or None."""
+    if not ds.labels:
+        return None
+    return to_tensor_rows([ds.labels[ds.refs[ds.volume_of(p.index)].obs_id] for p in plans])
 
 
 def _decode(ds: VolumeCollectionDataset, take: Any, key: Key, out: np.ndarray) -> SamplePlan:

@@ -485,12 +485,13 @@ class VolumeCollectionDataset(Dataset[Any]):
         return self._sample_dict(plan.index, torch.from_numpy(image), start)
 
     def _sample_dict(
-        self, index: int, image: torch.Tensor, patch_start: torch.Tensor
+        self, index: int, image: torch.Tensor, patch_start: torch.Tensor, label: Any = None
     ) -> dict[str, Any]:
         """The stock sample of item ``index`` around its ``image`` and ``patch_start``.
 
         With its volume's ``obs_id`` and ``obs_subject_id``, and its ``label`` when the
-        dataset has labels. A batch decoded in place builds its samples with it too.
+        dataset has labels: ``label`` if given (a row of a batch's labels), else made here.
+        A batch decoded in place builds its samples with it too.
         """
         ref = self.refs[self.volume_of(index)]
         sample: dict[str, Any] = {
@@ -500,7 +501,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             "patch_start": patch_start,
         }
         if self.labels:
-            sample["label"] = to_tensor(self.labels[ref.obs_id])
+            sample["label"] = to_tensor(self.labels[ref.obs_id]) if label is None else label
         return sample
 
     def __getstate__(self) -> dict[str, Any]:
