@@ -185,3 +185,25 @@ def test_labels_of_a_batch_in_place_are_one_tensor_equal_to_their_stack(radi, ki
     assert got.dtype == expected.dtype == (torch.int64 if kind is int else torch.float32)
     assert torch.equal(got, expected)
     assert got.data_ptr() == samples[0]["label"].data_ptr()  # the samples hold its rows
+
+
+def test_a_subclass_with_its_own_read_hooks_is_stacked_and_gives_the_same_batch(radi):
+    class Corner(VolumeCollectionDataset):  # changes what is planned only: still in place
+        def patch_start(self, index, rng):
+            return (0, 0, 0)
+
+    class Doubled(Corner):  # its own apply_transform: samples built one by one
+        def apply_transform(self, sample, key):
+            return {**sample, "twice": sample["image"] * 2}
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    keys = [(0, i) for i in (2, 5, 7)]
+    assert Corner._stock_reads
+    assert not Doubled._stock_reads
+    doubled = Doubled(radi.T1w, config).__getitems__(keys)
+    assert images_in_place(doubled) is None
+    stacked = stack_collate(doubled)
+    corner = stack_collate(Corner(radi.T1w, config).__getitems__(keys))
+    assert torch.equal(stacked["image"], corner["image"])
+    assert torch.equal(stacked["twice"], corner["image"] * 2)
+    assert corner["patch_start"].tolist() == [[0, 0, 0]] * 3

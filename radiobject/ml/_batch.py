@@ -69,7 +69,7 @@ def batch_buffer(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> torch.Tens
         ds.transform is not None
         or ds.config.loading_mode is not LoadingMode.PATCH
         or ds.config.patch_size is None
-        or not type(ds).stock_reads
+        or not type(ds)._stock_reads
     ):
         return None
     shapes = {ds.refs[ds.volume_of(i)].shape[3:] for _, i in keys}

@@ -46,7 +46,7 @@ _SLICE_AXIS: dict[SliceOrientation, int] = PLANE_AXIS
 # read hooks of earlier versions: a subclass overriding one would read outside its plan
 _READ_HOOKS_REMOVED = ("make_sample", "read_sample", "read_image")
 _MANY_PER_VOLUME = (LoadingMode.PATCH, LoadingMode.SLAB)
-# hooks a batch decoded in place leaves out (see VolumeCollectionDataset.stock_reads)
+# hooks a batch decoded in place leaves out (see VolumeCollectionDataset._stock_reads)
 _STOCK_HOOKS = (
     "fetch", "plan_reads", "decode_image", "squeeze_slice", "build_sample", "apply_transform"
 )  # fmt: skip
@@ -194,7 +194,7 @@ class VolumeCollectionDataset(Dataset[Any]):
             raise IndexError(f"index {index} out of range for a dataset of {n} items")
         return (0 if self.config.fixed_epoch else int(epoch)), index % n
 
-    stock_reads: bool = True
+    _stock_reads: bool = True
     """Whether the class keeps the stock read hooks, which a batch decoded in place relies on
     (``fetch``, ``plan_reads``, ``decode_image``, ``squeeze_slice``, ``build_sample``,
     ``apply_transform``; see :mod:`radiobject.ml._batch`). Set for each subclass."""
@@ -209,7 +209,7 @@ class VolumeCollectionDataset(Dataset[Any]):
                 "patch_start or plan_reads to change what is read, and "
                 "build_sample(plan, arrays) to add keys"
             )
-        cls.stock_reads = all(
+        cls._stock_reads = all(
             getattr(cls, name) is getattr(VolumeCollectionDataset, name) for name in _STOCK_HOOKS
         )
 
