@@ -207,3 +207,19 @@ def test_a_subclass_with_its_own_read_hooks_is_stacked_and_gives_the_same_batch(
     assert torch.equal(stacked["image"], corner["image"])
     assert torch.equal(stacked["twice"], corner["image"] * 2)
     assert corner["patch_start"].tolist() == [[0, 0, 0]] * 3
+
+
+def test_a_subclass_plan_is_what_a_batch_in_place_reads(radi):
+    planned = []
+
+    class Logged(VolumeCollectionDataset):
+        def plan(self, key):
+            planned.append(key)
+            return super().plan(key)
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = Logged(radi.T1w, config)
+    keys = [(1, i) for i in (3, 0, 6)]
+    batch = stack_collate(ds.__getitems__(keys))
+    assert planned == keys  # once per key, through the override
+    assert batch["patch_start"].tolist() == [list(ds.plan(k).start) for k in keys]

@@ -15,12 +15,13 @@ in this thread; any other batch of several samples is read on the read pool's th
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from radiobject.config import Scope, current_scope, in_scope
 from radiobject.ml._batch_slots import LocalSlots, note_slot
@@ -79,7 +80,7 @@ def batch_buffer(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> torch.Tens
     shape = (len(keys), channels, *ds.config.patch_size, *shapes.pop())
     # memory reused only by the rule of radiobject.ml._batch_slots: a slot is given back
     # when every tensor viewing it is freed, so a batch kept is never written again
-    if torch.utils.data.get_worker_info() is None:
+    if get_worker_info() is None:
         slots = getattr(ds, "_slots", None)
         if slots is None:
             slots = ds._slots = LocalSlots()
@@ -136,14 +137,15 @@ def _read_in_place(
     """
     ahead = ahead_state(ds)  # the stock fetch: what was read ahead, else read now
     take = None if ahead is None else ahead.take
+    planner = ds._plan if type(ds)._stock_plan else ds.plan  # the keys are resolved
     rows = batch.numpy()
     start = time.perf_counter_ns()
     if len(keys) > 1 and not read_in_this_thread(ds, keys):
-        read = partial(_timed_decode, ds, take, current_scope())
+        read = partial(_timed_decode, planner, take, current_scope())
         done = list(read_pool().map(read, keys, rows))
         plans, ns = [p for p, _ in done], sum(t for _, t in done)  # summed over threads
     else:
-        plans = [_decode(ds, take, key, out) for key, out in zip(keys, rows, strict=True)]
+        plans = [_decode(planner, take, key, out) for key, out in zip(keys, rows, strict=True)]
         ns = time.perf_counter_ns() - start
     starts = torch.from_numpy(np.array([p.start for p in plans], dtype=np.int64))
     images, corners = list(batch.unbind()), list(starts.unbind())
@@ -173,18 +175,24 @@ def _labels(
     return to_tensor_rows([ds.labels[ds.refs[ds.volume_of(p.index)].obs_id] for p in plans])
 
 
-def _decode(ds: VolumeCollectionDataset, take: Any, key: Key, out: np.ndarray) -> SamplePlan:
+def _decode(
+    planner: Callable[[Key], SamplePlan], take: Any, key: Key, out: np.ndarray
+) -> SamplePlan:
     """Plan ``key``, fetch its reads (``take``: the read-ahead's) and decode them into ``out``."""
-    plan = ds.plan(key)
+    plan = planner(key)
     r = reader()
     r.decode(plan.reads, r.fetch(plan.reads, take), into=out)
     return plan
 
 
 def _timed_decode(
-    ds: VolumeCollectionDataset, take: Any, scope: Scope | None, key: Key, out: np.ndarray
+    planner: Callable[[Key], SamplePlan],
+    take: Any,
+    scope: Scope | None,
+    key: Key,
+    out: np.ndarray,
 ) -> tuple[SamplePlan, int]:
     """:func:`_decode` on a pool thread, under ``scope``; with its time (ns)."""
     with in_scope(scope):
         start = time.perf_counter_ns()
-        return _decode(ds, take, key, out), time.perf_counter_ns() - start
+        return _decode(planner, take, key, out), time.perf_counter_ns() - start

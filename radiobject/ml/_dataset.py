@@ -199,6 +199,10 @@ class VolumeCollectionDataset(Dataset[Any]):
     (``fetch``, ``plan_reads``, ``decode_image``, ``squeeze_slice``, ``build_sample``,
     ``apply_transform``; see :mod:`radiobject.ml._batch`). Set for each subclass."""
 
+    _stock_plan: bool = True
+    """Whether the class keeps the stock :meth:`plan` (the batch path then plans the keys it
+    resolved with ``_plan``, without resolving them again). Set for each subclass."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         old = [name for name in _READ_HOOKS_REMOVED if name in vars(cls)]
@@ -212,6 +216,7 @@ class VolumeCollectionDataset(Dataset[Any]):
         cls._stock_reads = all(
             getattr(cls, name) is getattr(VolumeCollectionDataset, name) for name in _STOCK_HOOKS
         )
+        cls._stock_plan = cls.plan is VolumeCollectionDataset.plan
 
     def _load(self, key: tuple[int, int], scope: Scope | None = None) -> dict[str, Any]:
         """Plan ``key``, execute the plan, build the sample (before ``transform``).
@@ -306,7 +311,11 @@ class VolumeCollectionDataset(Dataset[Any]):
         The same key always gives the same plan, and ``self[key]`` reads exactly
         ``plan(key).reads``, in that order.
         """
-        epoch, index = self._key(key)
+        return self._plan(self._key(key))
+
+    def _plan(self, key: tuple[int, int]) -> SamplePlan:
+        """:meth:`plan` of a key ``_key`` resolved already (a batch's keys are, once)."""
+        epoch, index = key
         box = self.region(index, item_rng(self.config.seed, epoch, index))
         return SamplePlan((epoch, index), index, box, self.plan_reads(index, box))
 
