@@ -2,9 +2,10 @@
 
 A batch of patches of one shape, without ``transform`` and with the dataset's stock read
 hooks, is decoded straight into one float32 array, a batch slot
-(:mod:`radiobject.ml._batch_slots`): each sample's ``image`` and ``patch_start`` are rows
-of one batch tensor, which the loader's collate (:func:`~radiobject.ml._stages.stack_collate`)
-hands on whole, with no copy and no stack per key. Any other batch is read sample by sample
+(:mod:`radiobject.ml._batch_slots`): each sample's ``image``, ``patch_start`` (and
+``label``, when the batch's labels are all integers or all floats) are rows of one tensor
+per key, which the loader's collate (:func:`~radiobject.ml._stages.stack_collate`) hands on
+whole, with no copy and no stack per key. Any other batch is read sample by sample
 (``dataset._load``) and transformed in order, each sample seeded from its key.
 
 Who reads: a batch whose volumes are all in the local tier or held whole in memory is read
