@@ -187,12 +187,19 @@ def current_scope() -> Scope | None:
     return _SCOPE.get()
 
 
+def in_scope(scope: Scope | None) -> contextlib.AbstractContextManager[None]:
+    """Run a block under ``scope`` (from :func:`current_scope`; ``None``: change nothing).
+
+    Entered for every batch a loader reads: without a scope it is a shared no-op context.
+    """
+    return _NO_SCOPE if scope is None else _scoped(scope)
+
+
+_NO_SCOPE: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def in_scope(scope: Scope | None) -> Iterator[None]:
-    """Run a block under ``scope`` (from :func:`current_scope`; ``None``: change nothing)."""
-    if scope is None:
-        yield
-        return
+def _scoped(scope: Scope) -> Iterator[None]:
     token = _SCOPE.set(scope)
     try:
         yield

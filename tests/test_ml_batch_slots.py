@@ -116,3 +116,14 @@ def test_a_slot_taken_for_a_batch_that_is_not_sent_is_freed(tmp_path):
     assert slots.held() == 2
     assert slots.take((1,)) is not None
     assert slots.take((1,)) is None  # all held: the caller uses new memory
+
+
+def test_local_slots_of_several_sizes_give_the_one_that_fits():
+    """A free slot is taken by position: free slots of other sizes are never compared."""
+    slots = LocalSlots(count=3)
+    small, large = slots.take((2, 3)), slots.take((4, 3))
+    small_ptr, large_ptr = small.data_ptr(), large.data_ptr()
+    del small, large  # both free: the small one first in line
+    again = slots.take((4, 3))  # only the large one fits
+    assert again.data_ptr() == large_ptr
+    assert slots.take((2, 3)).data_ptr() == small_ptr

@@ -133,3 +133,93 @@ def test_marked_slots_are_taken_whole_only_when_they_are_the_samples_images():
     mark_in_place(base, slots)
     # other tensor objects over the same memory: recognised by the memory checks
     assert torch.equal(images_in_place([{"image": t} for t in base]), base)
+
+
+def test_a_batch_in_place_has_its_corners_as_one_tensor_and_counts_what_it_delivers(radi):
+    from radiobject.ml._stages import stage_counters
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    fast = VolumeCollectionDataset(radi.T1w, config, labels="diagnosis")
+    plain = VolumeCollectionDataset(radi.T1w, config, labels="diagnosis", transform=_identity)
+    keys = [(1, i) for i in (4, 8, 0)]
+    counted = []
+    for ds in (fast, plain):
+        before = stage_counters().copy()
+        samples = ds.__getitems__(keys)
+        counted.append(stage_counters() - before)
+        batch = stack_collate(samples)
+        assert torch.equal(batch["patch_start"], torch.stack([s["patch_start"] for s in samples]))
+        assert torch.equal(batch["label"], torch.stack([s["label"] for s in samples]))
+    assert counted[0].samples == counted[1].samples == len(keys)
+    assert counted[0].sample_bytes == counted[1].sample_bytes  # images, corners and labels
+    samples = fast.__getitems__(keys)
+    corners = [s["patch_start"] for s in samples]
+    assert all(c.untyped_storage().data_ptr() == corners[0].untyped_storage().data_ptr()
+               for c in corners)  # fmt: skip
+    assert stack_collate(samples)["patch_start"].data_ptr() == corners[0].data_ptr()
+
+
+def test_a_sample_changed_before_its_collate_is_collated_as_it_is_now(radi):
+    """The collate takes a marked tensor whole only where the samples still hold its rows."""
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = VolumeCollectionDataset(radi.T1w, config)
+    samples = ds.__getitems__([(0, i) for i in (1, 2, 3)])
+    samples[1]["patch_start"] = torch.tensor([7, 7, 7])
+    samples[2]["obs_id"] = "changed"
+    batch = stack_collate(samples)
+    assert batch["patch_start"].tolist()[1] == [7, 7, 7]
+    assert batch["obs_id"][2] == "changed"
+    assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()  # still in place
+
+
+@pytest.mark.parametrize("kind", [int, float])
+def test_labels_of_a_batch_in_place_are_one_tensor_equal_to_their_stack(radi, kind):
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    labels = {o: kind(i) / 2 if kind is float else i for i, o in enumerate(radi.T1w.obs_ids)}
+    fast = VolumeCollectionDataset(radi.T1w, config, labels=labels)
+    plain = VolumeCollectionDataset(radi.T1w, config, labels=labels, transform=_identity)
+    keys = [(0, i) for i in (8, 1, 4, 6)]
+    expected = stack_collate(plain.__getitems__(keys))["label"]
+    samples = fast.__getitems__(keys)  # marked for the next collate in this thread
+    got = stack_collate(samples)["label"]
+    assert got.dtype == expected.dtype == (torch.int64 if kind is int else torch.float32)
+    assert torch.equal(got, expected)
+    assert got.data_ptr() == samples[0]["label"].data_ptr()  # the samples hold its rows
+
+
+def test_a_subclass_with_its_own_read_hooks_is_stacked_and_gives_the_same_batch(radi):
+    class Corner(VolumeCollectionDataset):  # changes what is planned only: still in place
+        def patch_start(self, index, rng):
+            return (0, 0, 0)
+
+    class Doubled(Corner):  # its own apply_transform: samples built one by one
+        def apply_transform(self, sample, key):
+            return {**sample, "twice": sample["image"] * 2}
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    keys = [(0, i) for i in (2, 5, 7)]
+    assert Corner._stock_reads
+    assert not Doubled._stock_reads
+    doubled = Doubled(radi.T1w, config).__getitems__(keys)
+    assert images_in_place(doubled) is None
+    stacked = stack_collate(doubled)
+    corner = stack_collate(Corner(radi.T1w, config).__getitems__(keys))
+    assert torch.equal(stacked["image"], corner["image"])
+    assert torch.equal(stacked["twice"], corner["image"] * 2)
+    assert corner["patch_start"].tolist() == [[0, 0, 0]] * 3
+
+
+def test_a_subclass_plan_is_what_a_batch_in_place_reads(radi):
+    planned = []
+
+    class Logged(VolumeCollectionDataset):
+        def plan(self, key):
+            planned.append(key)
+            return super().plan(key)
+
+    config = DatasetConfig(loading_mode="patch", patch_size=PATCH, patches_per_volume=PER)
+    ds = Logged(radi.T1w, config)
+    keys = [(1, i) for i in (3, 0, 6)]
+    batch = stack_collate(ds.__getitems__(keys))
+    assert planned == keys  # once per key, through the override
+    assert batch["patch_start"].tolist() == [list(ds.plan(k).start) for k in keys]

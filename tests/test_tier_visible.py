@@ -234,7 +234,7 @@ def test_a_batch_from_the_tier_is_read_in_the_calling_thread_and_is_the_same(
     """Volumes open in the tier: a batch is read without the reader threads, same voxels."""
     import torch
 
-    import radiobject.ml._dataset as dataset_module
+    import radiobject.ml._batch as batch_module
     from radiobject.ml import DatasetConfig, VolumeCollectionDataset
     from radiobject.read._region import served_locally
 
@@ -248,12 +248,12 @@ def test_a_batch_from_the_tier_is_read_in_the_calling_thread_and_is_the_same(
         radi.T1w.warm_local_tier()
         ds[keys[0]], ds[keys[-1]]  # opens both volumes' entries in this process
         assert all(served_locally(u) for u in uris)
-        assert ds._served_locally(keys)
+        assert batch_module.read_in_this_thread(ds, keys)
 
         def no_threads():
             raise AssertionError("a batch served by the tier must not use the reader threads")
 
-        monkeypatch.setattr(dataset_module, "read_pool", no_threads)
+        monkeypatch.setattr(batch_module, "read_pool", no_threads)
         with TileDBStats(storage=False) as stats:
             from_tier = ds.__getitems__(keys)
     assert stats.cache_stats().tier_hits == len(keys)

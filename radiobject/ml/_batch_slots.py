@@ -57,10 +57,12 @@ class LocalSlots:
     def take(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A float32 tensor of ``shape`` on a free slot (new memory if none is free)."""
         n = math.prod(shape)
+        buf: np.ndarray | None = None
         with self._lock:
-            buf = next((b for b in self._free if b.size >= n), None)
-            if buf is not None:
-                self._free.remove(buf)
+            # taken by position: list.remove would compare arrays with == (elementwise)
+            fits = next((i for i, b in enumerate(self._free) if b.size >= n), None)
+            if fits is not None:
+                buf = self._free.pop(fits)
             elif self._free:  # free slots too small for this shape: replace one
                 self._free.pop()
                 buf = np.empty(n, np.float32)

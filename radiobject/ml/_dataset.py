@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,17 +13,18 @@ import torch
 from torch.utils.data import Dataset
 
 from radiobject._errors import ShapeError
-from radiobject.config import Scope, SliceOrientation, current_scope, get_config, in_scope
-from radiobject.ml._batch_slots import LocalSlots, note_slot
+from radiobject.config import Scope, SliceOrientation, get_config, in_scope
+from radiobject.ml._batch import read_batch
+from radiobject.ml._batch_slots import LocalSlots
 from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._params import parse_ctx, parse_transform, with_ctx
 from radiobject.ml._plan import RegionRead, SamplePlan, grid_read
 from radiobject.ml._randomness import seeded_call
 from radiobject.ml._read_ahead import ReadAheadSchedule, ahead_state
 from radiobject.ml._sampling import item_rng, random_patch_start, transform_seed
-from radiobject.ml._shared import current_state, read_pool, sync_worker
+from radiobject.ml._shared import sync_worker
 from radiobject.ml._slab import PLANE_AXIS, planes_as_channels, slab_size
-from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters, worker_failure
+from radiobject.ml._stages import sample_nbytes, stage_counters, worker_failure
 from radiobject.ml._subjects import (
     Labels,
     VolumeRef,
@@ -35,7 +35,7 @@ from radiobject.ml._subjects import (
     resolve_labels,
     to_tensor,
 )
-from radiobject.read import open_array, reader, served_locally
+from radiobject.read import open_array, reader
 from radiobject.storage import VolumeCollection
 
 __all__ = ["VolumeCollectionDataset"]
@@ -46,6 +46,10 @@ _SLICE_AXIS: dict[SliceOrientation, int] = PLANE_AXIS
 # read hooks of earlier versions: a subclass overriding one would read outside its plan
 _READ_HOOKS_REMOVED = ("make_sample", "read_sample", "read_image")
 _MANY_PER_VOLUME = (LoadingMode.PATCH, LoadingMode.SLAB)
+# hooks a batch decoded in place leaves out (see VolumeCollectionDataset._stock_reads)
+_STOCK_HOOKS = (
+    "fetch", "plan_reads", "decode_image", "squeeze_slice", "build_sample", "apply_transform"
+)  # fmt: skip
 
 
 class VolumeCollectionDataset(Dataset[Any]):
@@ -185,10 +189,19 @@ class VolumeCollectionDataset(Dataset[Any]):
 
     def _key(self, key: int | tuple[int, int]) -> tuple[int, int]:
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        index = int(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
-        return (0 if self.config.fixed_epoch else int(epoch)), index % len(self)
+        index, n = int(index), len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} items")
+        return (0 if self.config.fixed_epoch else int(epoch)), index % n
+
+    _stock_reads: bool = True
+    """Whether the class keeps the stock read hooks, which a batch decoded in place relies on
+    (``fetch``, ``plan_reads``, ``decode_image``, ``squeeze_slice``, ``build_sample``,
+    ``apply_transform``; see :mod:`radiobject.ml._batch`). Set for each subclass."""
+
+    _stock_plan: bool = True
+    """Whether the class keeps the stock :meth:`plan` (the batch path then plans the keys it
+    resolved with ``_plan``, without resolving them again). Set for each subclass."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,68 +213,25 @@ class VolumeCollectionDataset(Dataset[Any]):
                 "patch_start or plan_reads to change what is read, and "
                 "build_sample(plan, arrays) to add keys"
             )
+        cls._stock_reads = all(
+            getattr(cls, name) is getattr(VolumeCollectionDataset, name) for name in _STOCK_HOOKS
+        )
+        cls._stock_plan = cls.plan is VolumeCollectionDataset.plan
 
-    def _load(
-        self,
-        key: tuple[int, int],
-        out: torch.Tensor | None = None,
-        scope: Scope | None = None,
-    ) -> dict[str, Any]:
-        """Plan ``key``, execute the plan, build the sample (its image into ``out`` if given).
+    def _load(self, key: tuple[int, int], scope: Scope | None = None) -> dict[str, Any]:
+        """Plan ``key``, execute the plan, build the sample (before ``transform``).
 
         ``scope``: the settings of the thread this one reads for (see ``current_scope``).
         """
         with in_scope(scope):
             start = time.perf_counter_ns()  # the read's time and size: "where the time goes"
-            sample = self._plan_and_read(key, out)
+            sample = self._plan_and_read(key)
             stage_counters().add_read(time.perf_counter_ns() - start, sample_nbytes(sample))
             return sample
 
-    def _plan_and_read(self, key: tuple[int, int], out: torch.Tensor | None) -> dict[str, Any]:
+    def _plan_and_read(self, key: tuple[int, int]) -> dict[str, Any]:
         plan = self.plan(key)
-        arrays = self.fetch(plan.reads)
-        if out is None:
-            return self.build_sample(plan, arrays)
-        # the default hooks (see ``_batch_buffer``): the image decoded into ``out``
-        return self._build_sample(plan, arrays, out)
-
-    def _batch_buffer(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor | None:
-        """One float32 tensor for the images of a batch of patches, or None.
-
-        Each sample's image is decoded into its place in the batch, so collating the batch
-        needs no copy (:func:`~radiobject.ml._stages.stack_collate` finds the images in order
-        and returns the array). Without ``transform``, with the default read hooks, for
-        patches of one shape. The memory is a batch slot (:mod:`radiobject.ml._batch_slots`):
-        this process's own, or in a worker of radiobject's loaders one of the loader's
-        shared slots, which the collate sends as a reference.
-        """
-        if (
-            self.transform is not None
-            or self._mode is not LoadingMode.PATCH
-            or self.config.patch_size is None
-            or not _default_read_hooks(type(self))
-        ):
-            return None
-        shapes = {self.refs[self.volume_of(i)].shape[3:] for _, i in keys}
-        if len(shapes) != 1:
-            return None
-        channels = len(self.collections)
-        shape = (len(keys), channels, *self.config.patch_size, *shapes.pop())
-        # memory reused only by the rule of radiobject.ml._batch_slots: a slot is given back
-        # when every tensor viewing it is freed, so a batch kept is never written again
-        if torch.utils.data.get_worker_info() is None:
-            slots = getattr(self, "_slots", None)
-            if slots is None:
-                slots = self._slots = LocalSlots()
-            return slots.take(shape)
-        shared = current_state()
-        if shared is None or shared.slots is None:
-            return None  # another DataLoader's worker: samples stacked into shared memory
-        taken = shared.slots.take(shape)
-        if taken is None:  # every slot is held: this batch is stacked as usual
-            return None
-        note_slot(taken[0], taken[1], shared.slots)  # the collate sends the slot, not bytes
-        return taken[0]
+        return self.build_sample(plan, self.fetch(plan.reads))
 
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         sync_worker()  # settings published by the parent apply before this read
@@ -277,7 +247,8 @@ class VolumeCollectionDataset(Dataset[Any]):
         TileDB releases the GIL while it reads and decompresses, so the items of a batch
         are read in parallel (``ReadConfig.max_workers`` threads); a batch whose volumes are
         all in the local read tier is read in this thread (blosc2 decodes holding the GIL:
-        threads would only take turns). Transforms run one after
+        threads would only take turns). A batch of patches without ``transform`` is
+        decoded into one array (see :mod:`radiobject.ml._batch`). Transforms run one after
         another in the calling thread, each seeded from its item's key.
 
         In a worker of radiobject's loaders (``failures_whole``), an error goes to the loading
@@ -285,50 +256,12 @@ class VolumeCollectionDataset(Dataset[Any]):
         with no workers. Under any other DataLoader it is raised as usual.
         """
         try:
-            return self._getitems(keys)
+            return read_batch(self, keys)
         except Exception as exc:
             failure = worker_failure(exc) if self.failures_whole else None
             if failure is None:
                 raise
             return failure  # type: ignore[return-value]  # collated and raised as it is
-
-    def _getitems(self, keys: Sequence[int | tuple[int, int]]) -> list[Any]:
-        sync_worker()
-        with in_scope(self.loader_scope):
-            parsed = [self._key(k) for k in keys]
-            self._read_ahead(keys)
-            batch = self._batch_buffer(parsed) if len(parsed) > 1 else None
-            slots = [None] * len(parsed) if batch is None else list(batch)
-            # this thread's collate takes it whole (None: stacks as usual)
-            mark_in_place(batch, None if batch is None else slots)
-            samples: Iterable[dict[str, Any]]
-            if len(parsed) > 1 and not self._served_locally(parsed):
-                scope = current_scope()  # the pool's threads read under this thread's settings
-                samples = read_pool().map(self._load, parsed, slots, [scope] * len(parsed))
-            else:  # in this thread: one clock and one count for the batch's reads
-                start, samples, nbytes = time.perf_counter_ns(), [], 0
-                for key, out in zip(parsed, slots, strict=True):
-                    sample = self._plan_and_read(key, out)
-                    nbytes += sample_nbytes(sample)
-                    samples.append(sample)
-                stage_counters().add_read(time.perf_counter_ns() - start, nbytes, len(samples))
-        sync_worker()
-        return [self.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
-
-    def _served_locally(self, keys: Sequence[tuple[int, int]]) -> bool:
-        """Whether the batch of ``keys`` is read in this thread rather than on the read pool.
-
-        True when every volume is read from the local tier or held whole in memory (this
-        process's cache, or a loader's shared store): blosc2 decodes holding the GIL, and a
-        copy from memory is too short for the pool's hand-offs to pay. Measured on a loaded
-        2-core machine (64³ patches of volumes in the RAM cache, no workers, 4 process
-        pairs): 125-227 µs of CPU per sample in this thread against 156-352 on the pool, and
-        faster in 3 of the 4 pairs; local tier: 0.50 against 0.54 ms per patch.
-        """
-        volumes = {self.volume_of(index) for _, index in keys}
-        mb, r = self.auto_tier_mb, reader()
-        uris = [uri for v in volumes for uri in self.refs[v].uris]
-        return all(r.in_memory(uri) or served_locally(uri, mb) for uri in uris)
 
     def apply_transform(self, sample: dict[str, Any], key: tuple[int, int]) -> Any:
         """``transform`` on the sample of ``key = (epoch, index)``, its randomness from the key.
@@ -378,7 +311,11 @@ class VolumeCollectionDataset(Dataset[Any]):
         The same key always gives the same plan, and ``self[key]`` reads exactly
         ``plan(key).reads``, in that order.
         """
-        epoch, index = self._key(key)
+        return self._plan(self._key(key))
+
+    def _plan(self, key: tuple[int, int]) -> SamplePlan:
+        """:meth:`plan` of a key ``_key`` resolved already (a batch's keys are, once)."""
+        epoch, index = key
         box = self.region(index, item_rng(self.config.seed, epoch, index))
         return SamplePlan((epoch, index), index, box, self.plan_reads(index, box))
 
@@ -552,28 +489,28 @@ class VolumeCollectionDataset(Dataset[Any]):
         ``arrays[i]`` holds what ``plan.reads[i]`` read. Override to add keys; it never
         reads (what a sample reads is :meth:`plan`'s).
         """
-        return self._build_sample(plan, arrays)
+        image = np.ascontiguousarray(self.squeeze_slice(self.decode_image(plan, arrays)))
+        start = torch.tensor(plan.start, dtype=torch.int64)
+        return self._sample_dict(plan.index, torch.from_numpy(image), start)
 
-    def _build_sample(
-        self, plan: SamplePlan, arrays: Sequence[np.ndarray], out: torch.Tensor | None = None
+    def _sample_dict(
+        self, index: int, image: torch.Tensor, patch_start: torch.Tensor, label: Any = None
     ) -> dict[str, Any]:
-        """:meth:`build_sample`, its image written into ``out`` if given (by :meth:`_load`)."""
-        ref = self.refs[self.volume_of(plan.index)]
-        if out is not None:  # a slot of the batch: the sample's image is that view
-            self.decode_image(plan, arrays, out=out.numpy())
-            image = out
-        else:
-            image = torch.from_numpy(
-                np.ascontiguousarray(self.squeeze_slice(self.decode_image(plan, arrays)))
-            )
+        """The stock sample of item ``index`` around its ``image`` and ``patch_start``.
+
+        With its volume's ``obs_id`` and ``obs_subject_id``, and its ``label`` when the
+        dataset has labels: ``label`` if given (a row of a batch's labels), else made here.
+        A batch decoded in place builds its samples with it too.
+        """
+        ref = self.refs[self.volume_of(index)]
         sample: dict[str, Any] = {
             "image": image,
             "obs_id": ref.obs_id,
             "obs_subject_id": ref.obs_subject_id,
-            "patch_start": torch.tensor(plan.start, dtype=torch.int64),
+            "patch_start": patch_start,
         }
         if self.labels:
-            sample["label"] = to_tensor(self.labels[ref.obs_id])
+            sample["label"] = to_tensor(self.labels[ref.obs_id]) if label is None else label
         return sample
 
     def __getstate__(self) -> dict[str, Any]:
@@ -593,20 +530,6 @@ class VolumeCollectionDataset(Dataset[Any]):
             f"{type(self).__name__}([{names}], {len(self.refs)} volumes, {len(self)} items, "
             f"mode={self._mode.name})"
         )
-
-
-_DEFAULT_HOOKS: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
-
-
-def _default_read_hooks(cls: type) -> bool:
-    """Whether ``cls`` keeps the hooks a batch decoded in place relies on (per class, once)."""
-    found = _DEFAULT_HOOKS.get(cls)
-    if found is None:
-        found = _DEFAULT_HOOKS[cls] = all(
-            getattr(cls, name) is getattr(VolumeCollectionDataset, name)
-            for name in ("plan_reads", "build_sample", "decode_image", "squeeze_slice")
-        )
-    return found
 
 
 def _itemsize(uri: str, ctx: tiledb.Ctx) -> int:

@@ -159,27 +159,45 @@ def stack_collate(batch: list[Any]) -> Any:
     >>> out["x"].tolist(), out["id"]
     ([[0.0, 0.0], [1.0, 1.0]], ['a', 'b'])
     """
-    stacked = images_in_place(batch)
-    if stacked is not None:  # the dataset decoded the images into one array: no copy
-        rest = collate(
-            [{k: v for k, v in s.items() if k != "image"} for s in batch],
-            collate_fn_map=_COLLATE_MAP,
-        )
-        return {k: stacked if k == "image" else rest[k] for k in batch[0]}
-    return collate(batch, collate_fn_map=_COLLATE_MAP)
+    taken = _take_mark(batch)
+    if taken is None:
+        return collate(batch, collate_fn_map=_COLLATE_MAP)
+    image, stacked = taken  # the dataset decoded the images into one array: no copy
+    out = {}
+    for key in batch[0]:
+        if key == "image":
+            out[key] = image
+            continue
+        values = [s[key] for s in batch]
+        whole, rows = stacked.get(key, (None, ()))
+        if len(rows) == len(values) and all(a is b for a, b in zip(values, rows, strict=True)):
+            out[key] = whole  # the samples hold its very rows, in order: it is their stack
+        elif all(type(v) is str for v in values):
+            out[key] = values  # what default_collate makes of strings
+        else:
+            out[key] = collate(values, collate_fn_map=_COLLATE_MAP)
+    return out
 
 
 _IN_PLACE = threading.local()  # the batch array this thread decoded last (see images_in_place)
 
 
-def mark_in_place(batch: Any, images: list[Any] | None = None) -> None:
+def mark_in_place(
+    batch: Any,
+    images: list[Any] | None = None,
+    stacked: dict[str, tuple[Any, list[Any]]] | None = None,
+) -> None:
     """Note ``batch`` as an array this thread decoded a batch's images into, for its collate.
 
     ``images``: the tensors of its slots as the samples hold them (``list(batch)``); the
-    collate then recognises them by identity, without comparing their memory.
+    collate then recognises them by identity, without comparing their memory. ``stacked``:
+    other keys whose values the dataset made as rows of one tensor, ``key -> (tensor,
+    list(tensor))`` (``patch_start``); where the samples still hold those very rows, the
+    collate returns the tensor (it equals their stack).
     """
     _IN_PLACE.batch = batch
     _IN_PLACE.images = images
+    _IN_PLACE.stacked = stacked
 
 
 def images_in_place(batch: list[Any]) -> Any:
@@ -201,6 +219,15 @@ def images_in_place(batch: list[Any]) -> Any:
     >>> torch.equal(images_in_place([{"image": t} for t in base]), base)
     True
     """
+    taken = _take_mark(batch)
+    return None if taken is None else taken[0]
+
+
+def _take_mark(batch: list[Any]) -> tuple[Any, dict[str, tuple[Any, list[Any]]]] | None:
+    """The marked array and stacked keys when ``batch``'s images are its slots, else None.
+
+    The mark is dropped when it is taken (see :func:`images_in_place`).
+    """
     import torch
 
     marked = getattr(_IN_PLACE, "batch", None)
@@ -215,8 +242,7 @@ def images_in_place(batch: list[Any]) -> Any:
         and len(slots) == len(images) == marked.shape[0]
         and all(a is b for a, b in zip(images, slots, strict=True))
     ):  # the very slots of the marked array, in order: it is the stacked batch
-        _IN_PLACE.batch = _IN_PLACE.images = None
-        return marked
+        return _drop_mark(marked)
     first = images[0]
     if not all(isinstance(t, torch.Tensor) for t in images) or not first.is_contiguous():
         return None
@@ -237,14 +263,19 @@ def images_in_place(batch: list[Any]) -> Any:
         return None  # slots of a larger array: stack them
     if marked.untyped_storage().data_ptr() != storage.data_ptr():
         return None  # not the array this thread decoded into
-    _IN_PLACE.batch = _IN_PLACE.images = None
     shape = (len(images), *first.shape)
     strides, step = [], 1
     for size in reversed(shape):  # C order, as torch.stack lays out its result
         strides.append(step)
         step *= size
     out = torch.empty(0, dtype=first.dtype, device=first.device)
-    return out.set_(storage, 0, shape, tuple(reversed(strides)))
+    return _drop_mark(out.set_(storage, 0, shape, tuple(reversed(strides))))
+
+
+def _drop_mark(image: Any) -> tuple[Any, dict[str, tuple[Any, list[Any]]]]:
+    stacked = getattr(_IN_PLACE, "stacked", None) or {}
+    _IN_PLACE.batch = _IN_PLACE.images = _IN_PLACE.stacked = None
+    return image, stacked
 
 
 class WorkerFailure:

@@ -25,6 +25,7 @@ __all__ = [
     "reference_of",
     "resolve_labels",
     "to_tensor",
+    "to_tensor_rows",
 ]
 
 Labels = str | Mapping[str, Any] | pd.DataFrame | pd.Series | Callable[[str], Any] | None
@@ -281,3 +282,27 @@ def to_tensor(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return torch.tensor(float(value), dtype=torch.float32)
     return value
+
+
+def to_tensor_rows(values: Sequence[Any]) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """Labels of a batch as one tensor and its rows, each row equal to ``to_tensor(value)``.
+
+    When every value is an integer (int64), or every value a float (float32); else None
+    (each label is then made with :func:`to_tensor`).
+
+    >>> whole, rows = to_tensor_rows([2, 0, 1])
+    >>> whole.tolist(), rows[0].dtype, rows[0].shape
+    ([2, 0, 1], torch.int64, torch.Size([]))
+    >>> to_tensor_rows([1, 0.5]) is None
+    True
+    """
+    try:
+        if all(isinstance(v, (int, np.integer, bool)) for v in values):
+            whole = torch.from_numpy(np.array([int(v) for v in values], dtype=np.int64))
+        elif all(isinstance(v, (float, np.floating)) for v in values):
+            whole = torch.from_numpy(np.array([float(v) for v in values], dtype=np.float32))
+        else:
+            return None
+    except OverflowError:  # beyond int64: to_tensor says so, value by value
+        return None
+    return whole, list(whole.unbind())
