@@ -11,13 +11,17 @@ what it always was):
    source below that would keep it, else the tier fill
    (:class:`~radiobject.read._sources.TierFillSource`, which keeps nothing in RAM), serves
    the region from that array and hands the same array to the tier's writer (no second
-   TileDB read). A region that touches less than half of a large volume's tiles
-   (:func:`fills_on_step`) is read alone, and the writer reads the volume whole itself
-   (:meth:`TierSource.fill_later <radiobject.read._sources.TierSource.fill_later>`): its
-   tiles are read twice, but the step does not wait for a whole volume's decode (on the
-   shared 2-core machine, noisy: a cold first epoch at 4 64³ patches per BraTS volume ran
-   1.1-2.7x faster in pairs, 20 epochs within noise, ~60 MiB less PSS); either way the
-   tier fills as fast as its writers write;
+   TileDB read). Only for a volume larger than :data:`STEP_FILL_BYTES` (a CT of hundreds of
+   MB, whose whole read would stall the step for seconds) does a region touching less than
+   half of its tiles (:func:`fills_on_step`) read alone, while the writer reads the volume
+   whole itself (:meth:`TierSource.fill_later
+   <radiobject.read._sources.TierSource.fill_later>`, its tiles read twice). For BraTS-size
+   volumes the step reads whole: one TileDB read per fill fills the tier sooner than a
+   faster first epoch with two (quiet 2-core machine, 2 processes per variant, 20 epochs,
+   a cohort four times the RAM cache: at 4 64³ patches per volume the tier was full by
+   epoch 2 against 4, 1.86-1.95 s against 2.18-2.42 s to train; at 1 per volume on 96
+   volumes by epoch 7 against 16, 4.7-4.9 s against 6.0-6.3 s); either way the tier fills
+   as fast as its writers write;
 2. whole volumes (the loader's shared store if it has one, else the RAM cache), when the
    region is the whole volume, or the plan prefers whole volumes (``whole_on_miss``), and
    what is read recently fits the cache (or the volume is held whole already);
@@ -62,8 +66,9 @@ __all__ = ["FITS_SHARE", "STEP_FILL_BYTES", "ReadPolicy", "fills_on_step"]
 
 FITS_SHARE = 0.85  # of the whole-volume budget a dataset may fill (the rest: other reads)
 # a volume up to this size (decompressed) is read whole by the read that fills the tier with
-# it: a few ms, about what a region of it costs (TileDB's ~0.6 ms a query dominates)
-STEP_FILL_BYTES = 4 << 20
+# it (a BraTS volume, 18 MB: ~15 ms of decode, and no second TileDB read for its fill); a
+# larger one (a CT of hundreds of MB) only by a read touching half of its tiles
+STEP_FILL_BYTES = 64 << 20
 
 
 def fills_on_step(
@@ -72,16 +77,16 @@ def fills_on_step(
     """Whether the read of ``bounds`` that misses the tier should read its volume whole itself.
 
     True for a volume of at most :data:`STEP_FILL_BYTES` and for a region touching at least
-    half of its volume's tiles: the whole read costs the step little more than the region,
-    and serves both (one TileDB read). Else the region is read alone and a tier writer reads
-    the volume (a BraTS volume's whole read is ~20-60 ms of decode against a few ms for a
-    64³ patch: the step would wait for it).
+    half of its volume's tiles: the one whole read serves the region and the fill (no
+    second TileDB read, so the tier fills sooner: see the module's notes). Else (a volume
+    of hundreds of MB, whose whole read would stall the step for seconds) the region is
+    read alone and a tier writer reads the volume.
 
-    >>> fills_on_step(((0, 64),) * 3, (48, 48, 48), (240, 240, 155), 2)  # 8 of 100 tiles
-    False
-    >>> fills_on_step(((0, 200), (0, 240), (0, 155)), (48, 48, 48), (240, 240, 155), 2)
+    >>> fills_on_step(((0, 64),) * 3, (48, 48, 48), (240, 240, 155), 2)  # BraTS, 18 MB
     True
-    >>> fills_on_step(((0, 8),) * 3, (16, 16, 16), (40, 36, 28), 4)  # 161 KB: read it whole
+    >>> fills_on_step(((0, 64),) * 3, (64, 64, 64), (1024, 1024, 400), 2)  # CT, 800 MB
+    False
+    >>> fills_on_step(((0, 900), (0, 1024), (0, 400)), (64, 64, 64), (1024, 1024, 400), 2)
     True
     """
     volume_bytes = itemsize
