@@ -28,11 +28,13 @@ __all__ = ["ContextRef", "build_tiledb_config", "ctx_settings", "get_tiledb_ctx"
 _MIB = 1024 * 1024
 # TileDB's dense reader decodes a query's tiles in batches of at most this many bytes
 # (``sm.mem.tile_upper_memory_limit``; TileDB's default, 1 GiB, decodes a whole volume's
-# tiles at once). Its tile buffers come from the heaps of the threads decoding them, which
-# keep what was freed: a whole 240x240x155 uint16 volume read at once left ~20 MB per
-# reading thread in the process. 4 MiB is ~18 tiles of 48³ uint16 per batch; whole-volume
-# reads took the same CPU time (14-18 ms against 15-33 ms, a noisy 2-core machine)
-TILE_MEMORY_MB = 4
+# tiles at once). Its tile buffers come from the malloc arena of the thread that runs the
+# query, which keeps what was freed: a whole 240x240x155 uint16 volume read at once left ~20
+# MB per reading thread in the process; 4 MiB batches (~18 tiles of 48³ uint16) ~5.4 MiB per
+# thread, 2 MiB ~2.9 and 1 MiB ~1.5 (a loader reads on 4 reader and up to 4 slab threads).
+# Whole-volume reads, paired in one process on the loaded 2-core machine: 2 MiB took the
+# CPU time of 4 (25.5 and 27.5 against 27.4 and 28.6 ms), 1 MiB ~20% more (34.2 and 31.6)
+TILE_MEMORY_MB = 2
 Settings = tuple[tuple[str, str], ...]
 
 
