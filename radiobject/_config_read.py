@@ -31,6 +31,8 @@ class ReadConfig(Checked):
             own query on a thread at once (TileDB decodes and copies one query's tiles
             mostly on one thread). Whole 240x240x155 int16 volumes read in 0.71x the time
             in two slabs than in one query, at the same CPU time (paired runs, 2 cores).
+            Reads at once share ``concurrency - 1`` slab threads: one finding none free
+            is read in one query.
         memory_budget_mb: TileDB's memory budget per query, in MiB.
         cache_mb: size of radiobject's cache of decompressed tile blocks, in MiB, for the whole
             loader: DataLoader workers share it out, so adding workers never multiplies memory.

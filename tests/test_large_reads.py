@@ -108,3 +108,72 @@ def test_a_failing_slab_raises_with_the_volume(tmp_path, monkeypatch):
     with configure(read=ReadConfig(cache_mb=0, concurrency=2)), pytest.raises(RadiObjectError) as e:
         vol.to_numpy()
     assert vol.uri in str(e.value)
+
+
+def test_large_reads_at_once_share_concurrency_minus_one_slab_threads(tmp_path, monkeypatch):
+    # four reader threads each fanning its read out to a slab thread kept four slab threads,
+    # each with its own malloc arena; with concurrency 2 they share one
+    import threading
+
+    monkeypatch.setattr(region, "SPLIT_BYTES", 1)
+    data = arange_volume((32, 16, 16), "int16")
+    vols = [
+        Volume.from_numpy(tmp_path / f"v{i}", data, tile=TileConfig(extents=(8, 8, 8)))
+        for i in range(4)
+    ]
+    clear_caches()
+    callers = threading.Barrier(4, timeout=30)  # every read has taken its slab threads
+    all_in = threading.Event()
+    slab_fills, whole_fills = [], []
+    real = region._fill
+
+    def fill(handle, info, bounds, view):
+        if threading.current_thread().name.startswith("radiobject-slab"):
+            assert all_in.wait(timeout=30)  # held until every read has decided
+            slab_fills.append(bounds)
+        else:
+            callers.wait()
+            all_in.set()
+            if bounds[0] == (0, 32):
+                whole_fills.append(bounds)
+        return real(handle, info, bounds, view)
+
+    monkeypatch.setattr(region, "_fill", fill)
+    results: dict[int, np.ndarray] = {}
+
+    def read(i: int) -> None:
+        results[i] = vols[i].to_numpy()
+
+    with configure(read=ReadConfig(cache_mb=0, concurrency=2)):
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert len(results) == 4
+    for out in results.values():
+        np.testing.assert_array_equal(out, data)
+    assert len(slab_fills) == 1  # one read took the one slab thread ...
+    assert len(whole_fills) == 3  # ... the others read in one query each
+
+
+def test_a_read_alone_still_reads_its_slabs_on_threads(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(region, "SPLIT_BYTES", 1)
+    data = arange_volume((32, 16, 16), "int16")
+    vol = Volume.from_numpy(tmp_path / "v", data, tile=TileConfig(extents=(8, 8, 8)))
+    clear_caches()
+    names = []
+    real = region._fill
+
+    def fill(handle, info, bounds, view):
+        names.append(threading.current_thread().name.startswith("radiobject-slab"))
+        return real(handle, info, bounds, view)
+
+    monkeypatch.setattr(region, "_fill", fill)
+    with configure(read=ReadConfig(cache_mb=0, concurrency=3)):
+        for _ in range(2):  # the threads are free again once a read ends
+            names.clear()
+            np.testing.assert_array_equal(vol.to_numpy(), data)
+            assert sorted(names) == [False, True, True]

@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import tiledb
@@ -98,11 +98,13 @@ def _read_into(
     when dropped: :func:`~radiobject.read._cache.fresh_array`): no buffer size estimate, no
     result buffers of TileDB-Py's, no second copy. This drives TileDB-Py's core query object
     (``tiledb.libtiledb.Query``, whose submit releases the GIL). A read of
-    :data:`SPLIT_BYTES` or more is cut along its slowest axis, on tile edges, into
+    :data:`SPLIT_BYTES` or more is cut along its slowest axis, on tile edges, into up to
     ``ReadConfig.concurrency`` slabs, each a contiguous part of the array that one query
     fills, on threads at once: TileDB decodes and copies one query's tiles mostly on one
-    thread. ``Array.read_subarray`` (row-major only) is the caller's fallback when the
-    object is missing or a query is left incomplete.
+    thread. The slabs beyond the first run on the slab threads that are free
+    (:class:`_SlabThreads`: ``concurrency - 1`` shared by the reads at once); a read finding
+    none free is read in one query. ``Array.read_subarray`` (row-major only) is the caller's
+    fallback when the object is missing or a query is left incomplete.
     """
     try:
         import tiledb.libtiledb as lt
@@ -113,9 +115,12 @@ def _read_into(
     if out is None:
         shape = tuple(hi - lo for lo, hi in bounds)
         out = fresh_array(shape, info.dtype, order="F" if info.order == "F" else "C")
-    parts = get_config().read.concurrency if out.nbytes >= SPLIT_BYTES else 1
-    slabs = _slabs(bounds, info, out, parts)
-    others = [_SLAB_POOL.get().submit(_fill, handle, info, b, view) for b, view in slabs[1:]]
+    concurrency = get_config().read.concurrency
+    threads = _SLAB_THREADS.get()
+    pool, taken = threads.take(concurrency - 1 if out.nbytes >= SPLIT_BYTES else 0)
+    slabs = _slabs(bounds, info, out, 1 + taken)
+    threads.give_back(taken - (len(slabs) - 1))  # fewer tiles than slabs taken
+    others = [threads.submit(pool, _fill, handle, info, b, v) for b, v in slabs[1:]]
     complete = _fill(handle, info, *slabs[0])
     complete = all([complete, *(f.result() for f in others)])  # every slab, even after one
     return out if complete else None
@@ -159,11 +164,60 @@ def _slabs(
     return slabs
 
 
-def _slab_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="radiobject-slab")
+class _SlabThreads:
+    """The threads that read the slabs of large reads beyond their first: ``concurrency - 1``.
+
+    A large read takes the threads that are free (:meth:`take`) and reads one slab per
+    thread taken beside its own, so several large reads at once (a loader's reader threads
+    filling the local tier) share ``ReadConfig.concurrency - 1`` threads instead of each
+    fanning out: a read that finds none free reads in one query. Each thread that runs
+    TileDB queries keeps its own malloc arena, ~3 MiB once it read a whole volume's slab;
+    with four reader threads the loader kept four slab threads, ~12 MiB. A read alone takes
+    what it took before.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = 0  # slabs taken and not finished (or given back)
+        self.size = 0
+        self.pool: ThreadPoolExecutor | None = None
+
+    def take(self, wanted: int) -> tuple[ThreadPoolExecutor | None, int]:
+        """Up to ``wanted`` threads for one read's other slabs: the pool and how many."""
+        if wanted <= 0:
+            return None, 0
+        with self.lock:
+            if self.pool is None or self.size != wanted:  # ReadConfig.concurrency changed
+                if self.pool is not None:
+                    self.pool.shutdown(wait=False)  # its queued slabs still run
+                self.pool = ThreadPoolExecutor(wanted, thread_name_prefix="radiobject-slab")
+                self.size = wanted
+            taken = max(0, min(wanted, self.size - self.busy))
+            self.busy += taken
+            return self.pool, taken
+
+    def give_back(self, n: int) -> None:
+        """Return ``n`` threads taken but not used."""
+        if n > 0:
+            with self.lock:
+                self.busy -= n
+
+    def submit(
+        self, pool: ThreadPoolExecutor | None, fill: Callable[..., bool], *args: object
+    ) -> Future[bool]:
+        """Run ``fill(*args)`` on a thread :meth:`take` gave; the thread is free once it ends."""
+        assert pool is not None  # a slab beyond the first only with a thread taken
+
+        def run() -> bool:
+            try:
+                return fill(*args)
+            finally:
+                self.give_back(1)
+
+        return pool.submit(run)
 
 
-_SLAB_POOL: Resource[ThreadPoolExecutor] = Resource("slab reader threads", _slab_pool)
+_SLAB_THREADS: Resource[_SlabThreads] = Resource("slab reader threads", _SlabThreads)
 
 
 # (every n queries, a call): set by radiobject.read._stats to trim TileDB's record of queries
