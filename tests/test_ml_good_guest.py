@@ -264,3 +264,45 @@ def test_the_sample_generators_are_only_inside_a_transform():
         sample_rng()
     with pytest.raises(ConfigurationError, match="SeededGlobally"):
         SeededGlobally(lambda s: s)({"image": torch.zeros(1)})
+
+
+_DEFAULT_CONTEXT_SCRIPT = """
+import sys, tiledb
+from radiobject import RadiObject
+from radiobject.data import make_sample_radiobject
+from radiobject.ml import create_segmentation_dataloader, create_training_dataloader
+
+make_sample_radiobject(sys.argv[1], n_subjects=3)
+radi = RadiObject(sys.argv[1])
+radi.obs_meta
+image, mask = radi.collection("T1w"), radi.collection("seg")
+image.obs
+for loader in (
+    create_training_dataloader(image, batch_size=2, patch_size=(8, 8, 8)),
+    create_segmentation_dataloader(image, mask, batch_size=2, patch_size=(8, 8, 8)),
+):
+    for _ in loader:
+        pass
+tiledb.default_ctx(tiledb.Config({"sm.tile_cache_size": "1000"}))  # raises if made already
+print("left to the user")
+"""
+
+
+def test_tiledbs_default_context_is_left_to_the_user(tmp_path):
+    """Ingest, obs reads and loader epochs never make TileDB-Py's default context.
+
+    Every TileDB object radiobject makes is made in its own context: without one, TileDB-Py
+    builds its default context in the calling thread (its own thread pools), and a user's
+    later ``tiledb.default_ctx(config)`` raises "Global context already initialized".
+    """
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_CONTEXT_SCRIPT, str(tmp_path / "radi")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "left to the user" in run.stdout

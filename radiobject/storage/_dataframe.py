@@ -160,8 +160,12 @@ class Dataframe:
                     )
                 if ids is not None and len(ids) == 0:
                     return pd.DataFrame({c: pd.Series([], dtype=object) for c in [index, *wanted]})
-                query = arr.query(attrs=wanted, dims=[index], cond=value_filter or None)
-                raw = query.multi_index[list(ids)] if ids is not None else query[:]
+                # in the array's own context: TileDB-Py's query would otherwise build its
+                # process-wide default context (4 idle threads, and a user's later
+                # tiledb.default_ctx(config) would raise "Global context already initialized")
+                with tiledb.scope_ctx(arr.ctx):
+                    query = arr.query(attrs=wanted, dims=[index], cond=value_filter or None)
+                    raw = query.multi_index[list(ids)] if ids is not None else query[:]
         except tiledb.TileDBError as e:
             storage = translate_tiledb_error(e, self.uri, "read table")
             if value_filter and not isinstance(storage, (S3Error, NotFoundError)):
@@ -247,7 +251,13 @@ class Dataframe:
         # encode before anything is written, so a bad column leaves nothing behind
         values = {name: _encode(df[name], kind) for name, (kind, _) in kinds.items()}
         attrs = [
-            tiledb.Attr(name, dtype=dt, var=dt is str, filters=[tiledb.ZstdFilter()], ctx=ctx)
+            tiledb.Attr(
+                name,
+                dtype=dt,
+                var=dt is str,
+                filters=tiledb.FilterList([tiledb.ZstdFilter(ctx=ctx)], ctx=ctx),
+                ctx=ctx,
+            )
             for name, (_, dt) in kinds.items()
         ]
         dom = tiledb.Domain(

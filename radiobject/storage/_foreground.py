@@ -182,7 +182,12 @@ def prepare_foreground(uri: str, ctx: tiledb.Ctx) -> dict[str, ForegroundIndex]:
             for name, size in zip(_DIMS, (2**62, 2**62, 2**40), strict=True)
         ]
         attrs = [
-            tiledb.Attr(name, dtype=dtype, filters=[tiledb.ZstdFilter()], ctx=ctx)
+            tiledb.Attr(
+                name,
+                dtype=dtype,
+                filters=tiledb.FilterList([tiledb.ZstdFilter(ctx=ctx)], ctx=ctx),
+                ctx=ctx,
+            )
             for name, dtype in _ATTRS
         ]
         schema = tiledb.ArraySchema(
@@ -263,7 +268,8 @@ def read_foreground(
     arr = _open(uri, ctx, at)
     if arr is None:
         return {}
-    with tiledb_errors(uri, "read foreground index"), arr:
+    # in the array's context: TileDB-Py's query would build its default one (see _volume)
+    with tiledb_errors(uri, "read foreground index"), arr, tiledb.scope_ctx(arr.ctx):
         if not arr.schema.sparse:
             return _read_dense(arr)
         names = _names(arr)

@@ -77,17 +77,22 @@ def storage_dtype(dtype: np.dtype) -> np.dtype:
     return native(dtype)
 
 
-def _filters(compression: CompressionConfig) -> tiledb.FilterList:
-    """Byte shuffle, then the codec: measured in :class:`radiobject.config.CompressionConfig`."""
+def _filters(compression: CompressionConfig, ctx: tiledb.Ctx) -> tiledb.FilterList:
+    """Byte shuffle, then the codec: measured in :class:`radiobject.config.CompressionConfig`.
+
+    Made in ``ctx``, as every TileDB object radiobject makes: without one, TileDB-Py builds
+    its default context in the calling thread (its own thread pools; in the user's thread a
+    later ``tiledb.default_ctx(config)`` would raise "Global context already initialized").
+    """
     algo = compression.algorithm
     if algo is Compressor.NONE:
-        return tiledb.FilterList([])
+        return tiledb.FilterList([], ctx=ctx)
     codec = {
-        Compressor.ZSTD: lambda: tiledb.ZstdFilter(level=compression.level),
-        Compressor.LZ4: lambda: tiledb.LZ4Filter(),
-        Compressor.GZIP: lambda: tiledb.GzipFilter(level=compression.level),
+        Compressor.ZSTD: lambda: tiledb.ZstdFilter(level=compression.level, ctx=ctx),
+        Compressor.LZ4: lambda: tiledb.LZ4Filter(ctx=ctx),
+        Compressor.GZIP: lambda: tiledb.GzipFilter(level=compression.level, ctx=ctx),
     }[algo]()
-    return tiledb.FilterList([tiledb.ByteShuffleFilter(), codec])
+    return tiledb.FilterList([tiledb.ByteShuffleFilter(ctx=ctx), codec], ctx=ctx)
 
 
 def cell_order_for(extents: Sequence[int]) -> str:
@@ -433,13 +438,19 @@ class Volume:
                 raise AlreadyExistsError(f"{uri!r} already exists; remove it or write to a new URI")
             extents = tile.extents_for(shape)
             dims = [
-                tiledb.Dim(name=_DIMS[i], domain=(0, n - 1), tile=extents[i], dtype=np.int32)
+                tiledb.Dim(
+                    name=_DIMS[i], domain=(0, n - 1), tile=extents[i], dtype=np.int32, ctx=ctx
+                )
                 for i, n in enumerate(shape)
             ]
             schema = tiledb.ArraySchema(
                 domain=tiledb.Domain(*dims, ctx=ctx),
                 # voxels never written read as 0 (TileDB's default fill is the dtype's maximum)
-                attrs=[tiledb.Attr(ATTR, dtype=dtype, filters=_filters(compression), fill=0)],
+                attrs=[
+                    tiledb.Attr(
+                        ATTR, dtype=dtype, filters=_filters(compression, ctx), fill=0, ctx=ctx
+                    )
+                ],
                 sparse=False,
                 cell_order=cell_order_for(extents),
                 tile_order="row-major",
