@@ -12,9 +12,12 @@ see the commit), in a loader whose 2 workers must beat one process doing everyth
 (:data:`DIRECT_BYTES`; a batch of radiobject's loader travels as a slot reference of about
 550 bytes, its indices in about 100), writes it there under the queue's write lock: no
 feeder thread is started. A larger message, and every message after it (the order of one
-queue's messages is kept), goes through the feeder thread as before, pickled once: a direct
-write never waits on a pipe that a large message could fill, so a loading process and a
-worker cannot both wait to write to each other.
+queue's messages is kept), goes through the feeder thread as before, pickled once. A direct
+write waits only when its pipe (64 KiB on Linux) is full of unread small messages: the
+loading process always reads the batches, and an index pipe holds at most
+``prefetch_factor`` of them, so the loading process and a worker could both wait to write to
+each other only with a ``prefetch_factor`` of about 16 and index lists of ~4 KiB (batches of
+~300 samples) at once.
 
 radiobject's loaders use it through their multiprocessing context
 (:func:`~radiobject.ml._start_method.mp_context`); a context passed by the user keeps its
