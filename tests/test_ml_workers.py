@@ -176,6 +176,24 @@ def test_a_plain_fork_child_can_read_after_threaded_reads(sample_radi):
 
 
 @pytest.mark.timeout(120)
+def test_a_loader_with_workers_starts_no_queue_feeder_thread(sample_radi):
+    """Indices go to the workers written by the loading thread: no feeder thread per queue."""
+    import threading
+
+    def feeders():
+        return sum(t.name == "QueueFeederThread" for t in threading.enumerate())
+
+    before = feeders()
+    loader = create_training_dataloader(
+        sample_radi.T1w, batch_size=2, patch_size=(8, 8, 8), patches_per_volume=2, num_workers=2
+    )
+    for _ in range(2):
+        assert len([b["image"] for b in loader]) == 6  # 6 volumes x 2 patches, by 2
+    assert feeders() == before  # a multiprocessing.Queue would have one per worker
+    assert sum(q.direct_puts for q in loader._iterator._index_queues) >= 12
+
+
+@pytest.mark.timeout(120)
 def test_workers_share_whole_volumes_instead_of_each_reading_them(sample_radi):
     """Many patches per volume: each volume is read from storage about once for all workers."""
     from radiobject.ml import loader_cache_counters

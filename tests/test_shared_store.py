@@ -175,3 +175,25 @@ def test_a_released_volume_is_gone_for_every_process(tmp_path):
     assert not hit
     assert again.tolist() == [1.0, 1.0]
     assert len(list(tmp_path.glob("*.npy"))) == 1  # b's only
+
+
+def test_a_mapped_volume_is_found_again_by_its_uri_alone(tmp_path, monkeypatch):
+    """Every patch asks the store twice (held? then the volume): no hash, no path, no memmap."""
+    SharedStore(tmp_path, budget_bytes=1 << 20).fetch("a", lambda: np.arange(24.0).reshape(2, 3, 4))
+    worker = SharedStore(tmp_path, budget_bytes=1 << 20)  # another worker: maps the file
+    hashes = []
+    real_sha1 = _shared_store.hashlib.sha1
+    monkeypatch.setattr(
+        _shared_store.hashlib, "sha1", lambda data: hashes.append(data) or real_sha1(data)
+    )
+    assert worker.holds("a")
+    assert len(hashes) == 1  # the first ask finds the file
+    for _ in range(10):
+        assert worker.holds("a")
+        volume, hit = worker.fetch("a", lambda: 1 / 0)
+        assert hit
+    assert len(hashes) == 1  # asked 20 times more: found by its uri
+    assert type(volume) is np.ndarray  # a plain view: slicing it makes no memmap per patch
+    assert type(volume[0, 1:3]) is np.ndarray
+    assert volume[1, 2].tolist() == [20.0, 21.0, 22.0, 23.0]
+    assert not worker.holds("b")  # a volume not stored is still looked for, and not found

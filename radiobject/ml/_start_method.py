@@ -49,6 +49,7 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 from radiobject._errors import ConfigurationError
+from radiobject.ml._queues import direct_queue, with_direct
 
 __all__ = [
     "add_forkserver_preload",
@@ -121,14 +122,17 @@ class _ForkProcess(multiprocessing.context.ForkProcess):
 
 class _ForkContext(multiprocessing.context.ForkContext):
     Process = _ForkProcess
+    Queue = direct_queue
 
 
 def mp_context(method: str | BaseContext | None, preload: Sequence[str] = PRELOAD) -> BaseContext:
     """The multiprocessing context of ``method`` (None: :func:`default_start_method`).
 
     ``fork`` is radiobject's fork context; a fork server imports ``preload`` once, so its
-    workers start warm (see :func:`add_forkserver_preload`). A context given is used as it
-    is.
+    workers start warm (see :func:`add_forkserver_preload`). radiobject's contexts make the
+    loader's queues :class:`~radiobject.ml._queues.DirectQueue` (no feeder thread per queue
+    for small messages). A context given is used as it is (a ``fork`` one becomes
+    radiobject's fork context).
 
     >>> mp_context("fork").get_start_method(), mp_context("spawn").get_start_method()
     ('fork', 'spawn')
@@ -149,10 +153,9 @@ def mp_context(method: str | BaseContext | None, preload: Sequence[str] = PRELOA
         )
     if name == "fork":
         return _ForkContext()
-    ctx = multiprocessing.get_context(name)
     if name == "forkserver":
         add_forkserver_preload(preload)
-    return ctx
+    return with_direct(multiprocessing.get_context(name))
 
 
 def add_forkserver_preload(modules: Sequence[str]) -> None:

@@ -29,6 +29,7 @@ __all__ = ["SharedStore", "get_shared_store", "set_shared_store"]
 _WAIT_S = 30.0  # how long a worker waits for another one's fetch before reading itself
 _POLL_S = 0.005  # how often a waiting worker retries the lock (a volume read takes 10-100 ms)
 _MAPS = 32  # mapped volumes kept open per process
+_PATHS = 4096  # file paths of volumes remembered per process (a hash and a path each)
 
 
 class SharedStore:
@@ -45,29 +46,46 @@ class SharedStore:
     def __init__(self, directory: str | os.PathLike[str], budget_bytes: int) -> None:
         self.directory = Path(directory)
         self.budget_bytes = int(budget_bytes)
-        self._maps: LRUCache[str, np.ndarray] = LRUCache(maxsize=_MAPS)
+        self._maps: LRUCache[str, np.ndarray] = LRUCache(maxsize=_MAPS)  # uri -> mapping
+        self._paths: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     def _path(self, uri: str) -> Path:
-        return self.directory / (hashlib.sha1(uri.encode()).hexdigest() + ".npy")
+        path = self._paths.get(uri)
+        if path is None:
+            if len(self._paths) >= _PATHS:
+                self._paths.clear()
+            path = self._paths[uri] = self.directory / (
+                hashlib.sha1(uri.encode()).hexdigest() + ".npy"
+            )
+        return path
 
-    def _mapped(self, path: Path) -> np.ndarray | None:
-        key = str(path)
+    def _mapped(self, uri: str) -> np.ndarray | None:
+        """``uri``'s volume mapped in this process, or None if the store has no file of it.
+
+        A volume mapped once is found again by a dictionary lookup: the read of every patch
+        asks (twice: whether it is held, then for it), and a hash and a path per ask cost
+        more than the patch's copy of a small volume. The mapping stays valid when another
+        process drops the file (a file is never written again in place).
+        """
         with self._lock:
-            arr = self._maps.get(key)
+            arr = self._maps.get(uri)
         if arr is not None:
             return arr
         try:
-            loaded: np.ndarray = np.load(path, mmap_mode="r")
+            loaded = np.load(self._path(uri), mmap_mode="r")
         except (FileNotFoundError, ValueError, OSError):
             return None
+        # a plain ndarray over the mapping (which it keeps alive): slicing an np.memmap
+        # makes a memmap per patch and runs its __array_finalize__
+        plain: np.ndarray = loaded.view(np.ndarray)
         with self._lock:
-            self._maps[key] = loaded
-        return loaded
+            self._maps[uri] = plain
+        return plain
 
     def holds(self, uri: str) -> bool:
         """Whether the store has ``uri`` whole now (mapped in this process from then on)."""
-        return self._mapped(self._path(uri)) is not None
+        return self._mapped(uri) is not None
 
     def fetch(self, uri: str, load: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
         """The whole volume of ``uri`` and whether another process (or call) had stored it.
@@ -75,17 +93,17 @@ class SharedStore:
         One process at a time loads a volume; the others wait for its file (at most
         ``_WAIT_S``, then read it themselves). A loader that dies releases its lock.
         """
-        path = self._path(uri)
-        arr = self._mapped(path)
+        arr = self._mapped(uri)
         if arr is not None:
             return arr, True
+        path = self._path(uri)
         lock = FileLock(str(path.with_suffix(".lock")))
         try:
             lock.acquire(timeout=_WAIT_S, poll_interval=_POLL_S)
         except Timeout:
             return load(), False  # the other worker took too long: read it here
         try:
-            arr = self._mapped(path)  # stored while this one waited
+            arr = self._mapped(uri)  # stored while this one waited
             if arr is not None:
                 return arr, True
             data = load()
@@ -105,7 +123,7 @@ class SharedStore:
         """
         path = self._path(uri)
         with self._lock:
-            self._maps.pop(str(path), None)
+            self._maps.pop(uri, None)
         try:
             path.unlink()
         except FileNotFoundError:
