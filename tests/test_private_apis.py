@@ -73,3 +73,27 @@ def test_blosc2_ext_ndarray_decodes_a_slice_into_our_buffer(tmp_path):
     _tier_entries._decode_into(array, ((1, 4), (2, 4), (0, 2)), out)
     np.testing.assert_array_equal(out, data[1:4, 2:4, 0:2])
     assert _tier_entries._EXT_NDARRAY is ext  # the fast path, not the fallback
+
+
+def test_multiprocessing_queue_internals_that_direct_queue_writes_through():
+    """``ml._queues.DirectQueue`` writes small messages with a Queue's own lock and pipe.
+
+    It uses ``multiprocessing.queues.Queue``'s ``_thread`` (its feeder), ``_closed``, ``_sem``
+    (the bound on unread messages), ``_wlock`` and ``_send_bytes`` (CPython 3.11-3.13 have
+    them). Without them the loader's workers cannot start: a new Python must pass this first.
+    """
+    import multiprocessing
+
+    from radiobject.ml._queues import DirectQueue
+
+    q = DirectQueue(ctx=multiprocessing.get_context("spawn"))
+    try:
+        for name in ("_thread", "_closed", "_sem", "_wlock", "_send_bytes"):
+            assert hasattr(q, name), f"multiprocessing.queues.Queue has no {name} any more"
+        q.put([1, 2, 3])
+        assert q.get(timeout=10) == [1, 2, 3]
+        assert q.direct_puts == 1
+        assert not q.feeder_started()
+    finally:
+        q.close()
+        q.join_thread()
