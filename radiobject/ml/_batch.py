@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import get_worker_info
 
 from radiobject.config import Scope, current_scope, in_scope
 from radiobject.ml._batch_slots import LocalSlots, note_slot
-from radiobject.ml._config import LoadingMode
+from radiobject.ml._config import DatasetConfig, LoadingMode
 from radiobject.ml._plan import SamplePlan
 from radiobject.ml._read_ahead import ahead_state
 from radiobject.ml._shared import current_state, read_pool, sync_worker
@@ -34,15 +34,49 @@ from radiobject.ml._stages import mark_in_place, sample_nbytes, stage_counters
 from radiobject.ml._subjects import to_tensor_rows
 from radiobject.read import reader, served_locally
 
-if TYPE_CHECKING:
-    from radiobject.ml._dataset import VolumeCollectionDataset
-
 __all__ = ["batch_buffer", "read_batch", "read_in_this_thread"]
 
 Key = tuple[int, int]
 
 
-def read_batch(ds: VolumeCollectionDataset, keys: Sequence[int | Key]) -> list[Any]:
+class BatchedDataset(Protocol):
+    """What the batch path uses of its dataset (``VolumeCollectionDataset``).
+
+    A protocol, not the class: ``ml._dataset`` imports this module, so this module never
+    imports it (no import circle, TYPE_CHECKING included).
+    """
+
+    _stock_reads: bool
+    _stock_plan: bool
+    _slots: LocalSlots | None
+    auto_tier_mb: int
+    loader_scope: Scope | None
+
+    @property
+    def collections(self) -> Sequence[Any]: ...
+    @property
+    def refs(self) -> Sequence[Any]: ...
+    @property
+    def config(self) -> DatasetConfig: ...
+    @property
+    def transform(self) -> Any: ...
+    @property
+    def labels(self) -> Any: ...
+
+    def volume_of(self, index: int) -> int: ...
+    def plan(self, key: int | Key) -> SamplePlan: ...
+    def apply_transform(self, sample: dict[str, Any], key: Key) -> Any: ...
+    def _key(self, key: int | Key) -> Key: ...
+    def _plan(self, key: Key) -> SamplePlan: ...
+    def _load(self, key: Key, scope: Scope | None = None) -> dict[str, Any]: ...
+    def _plan_and_read(self, key: Key) -> dict[str, Any]: ...
+    def _read_ahead(self, keys: Sequence[int | Key]) -> None: ...
+    def _sample_dict(
+        self, index: int, image: torch.Tensor, patch_start: torch.Tensor, label: Any = None
+    ) -> dict[str, Any]: ...
+
+
+def read_batch(ds: BatchedDataset, keys: Sequence[int | Key]) -> list[Any]:
     """The samples of ``keys``, read together (see the module), transformed in order."""
     sync_worker()  # settings published by the parent apply before these reads
     with in_scope(ds.loader_scope):
@@ -57,7 +91,7 @@ def read_batch(ds: VolumeCollectionDataset, keys: Sequence[int | Key]) -> list[A
     return [ds.apply_transform(s, k) for s, k in zip(samples, parsed, strict=True)]
 
 
-def batch_buffer(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> torch.Tensor | None:
+def batch_buffer(ds: BatchedDataset, keys: Sequence[Key]) -> torch.Tensor | None:
     """One float32 tensor for the images of a batch of patches, or None.
 
     Each sample's image is decoded into its place in the batch, so collating the batch
@@ -96,7 +130,7 @@ def batch_buffer(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> torch.Tens
     return taken[0]
 
 
-def read_in_this_thread(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> bool:
+def read_in_this_thread(ds: BatchedDataset, keys: Sequence[Key]) -> bool:
     """Whether the batch of ``keys`` is read in this thread rather than on the read pool.
 
     True when every volume is read from the local tier or held whole in memory (this
@@ -112,7 +146,7 @@ def read_in_this_thread(ds: VolumeCollectionDataset, keys: Sequence[Key]) -> boo
     return all(r.in_memory(uri) or served_locally(uri, mb) for uri in uris)
 
 
-def _read_samples(ds: VolumeCollectionDataset, keys: list[Key]) -> list[dict[str, Any]]:
+def _read_samples(ds: BatchedDataset, keys: list[Key]) -> list[dict[str, Any]]:
     """Each sample of ``keys`` planned, read and built on its own (before ``transform``)."""
     if len(keys) > 1 and not read_in_this_thread(ds, keys):
         scope = current_scope()  # the pool's threads read under this thread's settings
@@ -127,7 +161,7 @@ def _read_samples(ds: VolumeCollectionDataset, keys: list[Key]) -> list[dict[str
 
 
 def _read_in_place(
-    ds: VolumeCollectionDataset, keys: list[Key], batch: torch.Tensor
+    ds: BatchedDataset, keys: list[Key], batch: torch.Tensor
 ) -> list[dict[str, Any]]:
     """The samples of ``keys``, their images decoded into the rows of ``batch``.
 
@@ -168,7 +202,7 @@ def _read_in_place(
 
 
 def _labels(
-    ds: VolumeCollectionDataset, plans: list[SamplePlan]
+    ds: BatchedDataset, plans: list[SamplePlan]
 ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
     """The batch's labels as one tensor and its rows (see ``to_tensor_rows``), or None."""
     if not ds.labels:
