@@ -275,11 +275,15 @@ def _lookup(mapping: dict[Any, Any], refs: Sequence[VolumeRef]) -> dict[str, Any
     return {r.obs_id: mapping.get(r.obs_id, mapping.get(r.obs_subject_id)) for r in refs}
 
 
+_INTEGERS = (int, np.integer, bool)  # labels made int64 tensors (to_tensor, to_tensor_rows)
+_FLOATS = (float, np.floating)  # labels made float32 tensors
+
+
 def to_tensor(value: Any) -> Any:
     """A label as a tensor (integers as int64, floats as float32); anything else as it is."""
-    if isinstance(value, (int, np.integer, bool)):
+    if isinstance(value, _INTEGERS):
         return torch.tensor(int(value))
-    if isinstance(value, (float, np.floating)):
+    if isinstance(value, _FLOATS):
         return torch.tensor(float(value), dtype=torch.float32)
     return value
 
@@ -297,9 +301,9 @@ def to_tensor_rows(values: Sequence[Any]) -> tuple[torch.Tensor, list[torch.Tens
     True
     """
     try:
-        if all(isinstance(v, (int, np.integer, bool)) for v in values):
+        if all(isinstance(v, _INTEGERS) for v in values):
             whole = torch.from_numpy(np.array([int(v) for v in values], dtype=np.int64))
-        elif all(isinstance(v, (float, np.floating)) for v in values):
+        elif all(isinstance(v, _FLOATS) for v in values):
             whole = torch.from_numpy(np.array([float(v) for v in values], dtype=np.float32))
         else:
             return None

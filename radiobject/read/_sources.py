@@ -40,6 +40,11 @@ WHOLE = (-1,)  # block-cache key of a volume held as one block
 _log = logging.getLogger("radiobject.read")
 
 
+def _automatic() -> bool:
+    """Whether reads now use a loader's automatic tier (``local_tier_mb`` None), not the user's."""
+    return get_config().read.local_tier_mb is None
+
+
 def tile_keys(bounds: Bounds, tiles: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Indices of the tiles ``bounds`` touches."""
     ranges = [range(lo // t, (hi - 1) // t + 1) for (lo, hi), t in zip(bounds, tiles, strict=True)]
@@ -328,15 +333,21 @@ class TierSource(Source):
             return
         state = tier_state()
         key = region.tier_key or state.key(region.uri, region.ctx)
-        automatic = get_config().read.local_tier_mb is None  # else the user's own tier
+        automatic = _automatic()
 
         def offer() -> None:
-            written = self._has(tier, key) is False and self.write(tier, key, volume)
-            if written and automatic:
-                self._release(region.uri)
+            if self._has(tier, key) is False:
+                self._publish(tier, key, volume, region.uri, automatic)
 
         if state.submit(key, offer) is None and key not in state.rejected and automatic:
             self._release(region.uri)
+
+    def _publish(
+        self, tier: LocalTier, key: str, volume: np.ndarray, uri: str, automatic: bool
+    ) -> None:
+        """Write ``volume`` as entry ``key``; an automatic tier's RAM copies then go."""
+        if self.write(tier, key, volume) and automatic:
+            self._release(uri)
 
     def _release(self, uri: str) -> None:
         """Drop the whole copies of ``uri`` that RAM and the loader's shared store keep."""
@@ -360,7 +371,7 @@ class TierSource(Source):
             state.release(key)
             return
         scope = current_scope()  # the read's settings, for the writer's read
-        automatic = get_config().read.local_tier_mb is None  # else the user's own tier
+        automatic = _automatic()
 
         def fill() -> None:
             if self._has(tier, key) is not False:
@@ -371,8 +382,7 @@ class TierSource(Source):
             except Exception as exc:  # the step reads the region itself: the fill is lost
                 self._fill_failed(key, exc)
                 return
-            if self.write(tier, key, volume) and automatic:
-                self._release(region.uri)
+            self._publish(tier, key, volume, region.uri, automatic)
 
         state.submit(key, fill)
 
