@@ -480,3 +480,58 @@ def test_read_ahead_follows_a_resume_after_an_epoch_it_looked_into(sample_radi):
         schedule = ran.dataset.read_ahead_schedule
         assert schedule is not None
         assert schedule.upcoming(keys[0], depth=4) == keys[2:6]
+
+
+_EXIT_SCRIPT = """
+import sys, time
+import numpy as np
+import tiledb
+import radiobject.read._prefetch as prefetch
+from radiobject import RadiObject, ReadConfig, configure
+from radiobject.ml import create_training_dataloader
+
+big = sys.argv[2]  # a larger array: each read below spends milliseconds inside TileDB
+tiledb.from_numpy(big, np.arange(96**3, dtype=np.float32).reshape(96, 96, 96))
+real = prefetch.Prefetch.__init__
+
+def slow_reads(self, pool, read):
+    def read_slowly(region):  # TileDB calls for half a second, the GIL released in each
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            with tiledb.open(big, ctx=region.ctx) as array:
+                array[:]
+        return read(region)
+    real(self, pool, read_slowly)
+
+prefetch.Prefetch.__init__ = slow_reads
+configure(read=ReadConfig(read_ahead=8, local_tier_mb=0))
+loader = create_training_dataloader(
+    RadiObject(sys.argv[1]).T1w, batch_size=2, patch_size=(8, 8, 8), patches_per_volume=4
+)
+for batch in loader:  # a whole epoch: the next epoch's first reads are read ahead
+    pass
+print("exiting", flush=True)
+"""
+
+
+def test_a_script_exits_cleanly_while_reads_ahead_are_under_way(sample_radi, tmp_path):
+    """Read-ahead threads are inside TileDB when the script ends: it still exits with 0.
+
+    An epoch run to its end keeps the next epoch's reads ahead, so they are under way when
+    the script ends (each made slow: half a second of TileDB calls).
+
+    Before the pools stopped at exit, the interpreter ended those daemon threads through
+    TileDB-Py's C++ frames and the process aborted (exit code 134).
+    """
+    import subprocess
+    import sys
+
+    for attempt in range(3):
+        result = subprocess.run(
+            [sys.executable, "-c", _EXIT_SCRIPT, sample_radi.uri, str(tmp_path / f"big{attempt}")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+        assert result.stdout.strip() == "exiting"
