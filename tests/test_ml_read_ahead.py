@@ -535,3 +535,35 @@ def test_a_script_exits_cleanly_while_reads_ahead_are_under_way(sample_radi, tmp
         )
         assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
         assert result.stdout.strip() == "exiting"
+
+
+def test_a_forked_child_exits_without_waiting_for_its_parents_read_ahead():
+    """The exit handler leaves pools copied by fork alone: their threads and lock are the parent's.
+
+    The parent holds a pool's lock at the fork (as a read-ahead thread does for a moment);
+    the child's exit handler must not wait for it.
+    """
+    import os
+    import time
+    import warnings
+
+    from radiobject.read import _prefetch
+
+    pool = _prefetch.Prefetcher(lambda region: np.zeros(1)).pool
+    with pool.lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TileDB-Py's warning about fork: nothing reads here
+        pid = os.fork()
+        if pid == 0:  # the child: what its interpreter exit runs, then out
+            _prefetch._stop_pools()
+            os._exit(0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's exit handler waited for the parent's pool lock")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -155,6 +156,7 @@ class _Pool:
         self.tasks: deque[_Task] = deque()
         self.threads: set[threading.Thread] = set()
         self.stopped = False  # set at interpreter exit: no new read starts
+        self.pid = os.getpid()  # a forked child has none of these threads (nor their lock)
         _POOLS.add(self)
 
     def submit(self, task: _Task, size: int) -> None:
@@ -385,7 +387,8 @@ class Prefetch:
 def _stop_pools() -> None:
     """Let no read-ahead thread be inside TileDB when the interpreter finalizes."""
     for pool in list(_POOLS):
-        pool.stop()
+        if pool.pid == os.getpid():  # a pool copied by fork: its threads are not here
+            pool.stop()
 
 
 class Prefetcher:
