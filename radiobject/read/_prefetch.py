@@ -27,7 +27,9 @@ interpreter exit (:mod:`atexit`) every pool drops its pending reads and waits fo
 under way: a daemon thread still inside a TileDB call when the interpreter finalizes is
 ended by the interpreter as it tries to take the GIL back, through TileDB-Py's C++ frames,
 and the process aborts ("terminate called without an active exception", exit code 134;
-7 of 8 scripts that ended right after an epoch with read-ahead on, before this).
+7 of 8 scripts that ended right after an epoch with read-ahead on, before this). Exit waits
+for at most one read per thread (each is one volume's reads, dropped between reads): on
+object storage, up to TileDB's request timeout for a read that hangs.
 """
 
 from __future__ import annotations
