@@ -194,6 +194,7 @@ class _Pool:
         for task in dropped:
             for _, future in task.reads:
                 future.cancel()
+            task.owner.task_done()  # as a withdrawn task: its owner's cancel() waits for none
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
