@@ -131,12 +131,20 @@ class _Task:
         finally:
             self.owner.task_done()
 
+    def drop(self) -> None:
+        """Cancel the reads of a task that will not run, and count it done for its owner."""
+        self._cancel_reads()
+        self.owner.task_done()
+
+    def _cancel_reads(self) -> None:
+        for _, future in self.reads:
+            future.cancel()  # its sample, if it comes, reads it itself
+        self.reads.clear()
+
     def _run(self) -> None:
         while self.reads:  # a read's future leaves the task: its sample alone keeps it
             if self.owner.pool.stopped:  # the interpreter is exiting: nobody takes them
-                for _, future in self.reads:
-                    future.cancel()
-                self.reads.clear()
+                self._cancel_reads()
                 return
             read, future = self.reads.pop(0)
             if not future.set_running_or_notify_cancel():
@@ -192,9 +200,7 @@ class _Pool:
             dropped, self.tasks = list(self.tasks), deque()
             threads = list(self.threads)
         for task in dropped:
-            for _, future in task.reads:
-                future.cancel()
-            task.owner.task_done()  # as a withdrawn task: its owner's cancel() waits for none
+            task.drop()  # as a withdrawn task: its owner's cancel() waits for none
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
@@ -368,9 +374,7 @@ class Prefetch:
     def cancel(self) -> None:
         """Cancel what is pending, wait for the reads under way, forget every result."""
         for task in self.pool.withdraw(self):
-            for _, future in task.reads:
-                future.cancel()
-            self.task_done()
+            task.drop()
         with self.lock:
             for queue in self.entries.values():
                 for e in queue:
